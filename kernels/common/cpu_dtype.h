@@ -1,0 +1,71 @@
+/*
+ * cpu_dtype.h: inline f32 <-> f16/bf16 conversions for CPU hot loops, bitwise
+ * equal to fab_f32_to_f16 / fab_f32_to_bf16 (round to nearest even; NaN quiet).
+ * f16 uses the compiler's _Float16 (F16C instructions where the CPU has them).
+ */
+#ifndef FAB_CPU_DTYPE_H
+#define FAB_CPU_DTYPE_H
+
+#include "fabriek.h"
+
+#include <stdint.h>
+#include <string.h>
+
+static inline float fab__bf16_load(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t fab__bf16_store(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000)
+        return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN, quiet */
+    u += 0x7fff + ((u >> 16) & 1);           /* round to nearest, ties to even */
+    return (uint16_t)(u >> 16);
+}
+
+#if defined(__FLT16_MAX__) && !defined(__cplusplus)
+static inline float fab__f16_load(uint16_t h)
+{
+    _Float16 v;
+    memcpy(&v, &h, 2);
+    return (float)v;
+}
+static inline uint16_t fab__f16_store(float f)
+{
+    _Float16 v = (_Float16)f;
+    uint16_t h;
+    memcpy(&h, &v, 2);
+    return h;
+}
+#else
+static inline float fab__f16_load(uint16_t h) { return fab_f16_to_f32(h); }
+static inline uint16_t fab__f16_store(float f) { return fab_f32_to_f16(f); }
+#endif
+
+/* Loads element i of a buffer of dtype f32, f16 or bf16 as float. */
+static inline float fab__load_f(const void *p, fab_dtype dtype, int64_t i)
+{
+    switch (dtype) {
+    case FAB_DTYPE_F16: return fab__f16_load(((const uint16_t *)p)[i]);
+    case FAB_DTYPE_BF16: return fab__bf16_load(((const uint16_t *)p)[i]);
+    default: return ((const float *)p)[i];
+    }
+}
+
+/* Stores v, rounded to dtype, as element i. */
+static inline void fab__store_f(void *p, fab_dtype dtype, int64_t i, float v)
+{
+    switch (dtype) {
+    case FAB_DTYPE_F16: ((uint16_t *)p)[i] = fab__f16_store(v); break;
+    case FAB_DTYPE_BF16: ((uint16_t *)p)[i] = fab__bf16_store(v); break;
+    default: ((float *)p)[i] = v; break;
+    }
+}
+
+#endif
