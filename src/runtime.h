@@ -44,7 +44,7 @@ struct fab_context {
     int deterministic;
     int num_threads; /* CPU: threads for OpenMP regions (>= 1) */
     size_t workspace_bytes;
-    char device_name[160];
+    char device_name[320];
 
     /* CUDA only */
     void *stream;     /* cudaStream_t */
