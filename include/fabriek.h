@@ -206,6 +206,15 @@ typedef struct fab_gelu_backward_params {
 } fab_gelu_backward_params;
 FAB_API fab_status fab_gelu_backward(fab_context *ctx, const fab_gelu_backward_params *p);
 
+/* ----------------------------------------------------------------- matmul */
+/* (section: kernels/matmul) */
+
+/* -------------------------------------------------------------- attention */
+/* (section: kernels/attention) */
+
+/* ------------------------------------------------------------------- comm */
+/* (section: src/comm) */
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
