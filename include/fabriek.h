@@ -209,6 +209,116 @@ FAB_API fab_status fab_gelu_backward(fab_context *ctx, const fab_gelu_backward_p
 /* ----------------------------------------------------------------- matmul */
 /* (section: kernels/matmul) */
 
+/* The training GEMM, as cublasLtMatmul with epilogues and torch.matmul / F.linear:
+ *
+ *   forward:   C = act(alpha·op(A)·op(B) + beta·C + bias)        (pre_act: the argument of act)
+ *   backward:  C = (alpha·op(A)·op(B) + beta·C) ⊙ act'(pre_act)  (activation_backward != 0)
+ *   and, optionally, dbias = column sums of the result C, or the sums of op(A) over k.
+ *
+ * op(X) is X or Xᵀ (trans_a, trans_b). Shapes, after op: op(A) [..., m, k],
+ * op(B) [..., k, n], C [..., m, n]. So A is stored [..., m, k] (FAB_OP_N) or
+ * [..., k, m] (FAB_OP_T), B [..., k, n] or [..., n, k]. A linear layer
+ * y = x·Wᵀ + b (W stored [out, in]) is A = x, B = W, trans_b = FAB_OP_T; its
+ * backward is dx = dy·W (A = dy, B = W) and dW = dyᵀ·x (A = dy, trans_a = FAB_OP_T,
+ * B = x, dbias_from = FAB_MATMUL_DBIAS_FROM_A for db in the same call).
+ *
+ * Strides: each matrix's innermost stride must be 1; its row stride (stride[ndim-2])
+ * must be >= its row length (any value when it has one row), so a column slice of a
+ * wider matrix is accepted. Batch dims (all but the last two) broadcast as NumPy's:
+ * A and B may have fewer dims than C, a batch dim of size 1 or of stride 0
+ * broadcasts; C's batch shape is the batch shape of the product and C's batch
+ * strides must not make two of its elements overlap (C.ndim >= 2).
+ *
+ * Dtypes (A and B always the same):
+ *   A, B f32          -> C f32. Exact f32 FMA by default; precision = FAB_MATMUL_TF32
+ *                        lets CUDA use TF32 tensor cores (10-bit mantissa inputs).
+ *   A, B f16 or bf16  -> C of the same dtype, or f32. Products and sums in f32, C
+ *                        rounded once (RNE) at the end.
+ *   bias: [n], stride 1, C's dtype or f32. pre_act: C's shape and dtype, with C's
+ *   stride rules. dbias: [m] or [n] (see dbias_from), stride 1, f32 or C's dtype.
+ *
+ * alpha: 0 means 1. A zeroed struct computes the plain product C = op(A)·op(B); a
+ * product scaled by exactly 0 is never needed in training, and a caller who wants
+ * only beta·C + bias does not need a GEMM. Use e.g. 1e-30f if you really must.
+ * beta: 0 means 0: C is then not read (NaN or garbage in C does not propagate),
+ * as in BLAS. beta = 1 accumulates (gradient accumulation).
+ *
+ * Aliasing: C must not overlap A, B, bias or pre_act; dbias must not overlap anything.
+ * A and B may overlap each other (e.g. A·Aᵀ).
+ *
+ * Backends:
+ *   CPU  : a packed, cache-blocked GEMM (AVX-512 or AVX2+FMA micro-kernel picked at
+ *          run time, portable C otherwise), OpenMP over the context's threads;
+ *          FAB_MATMUL_ALGO_REFERENCE runs a plain triple loop (tests' oracle).
+ *          Always deterministic: the k-sum order depends only on the shape.
+ *   CUDA : cuBLASLt (GPU builds) or fabriek's own kernel; AUTO picks per shape (see
+ *          docs/API.md); an emulated build (no cuBLASLt) always runs fabriek's kernel.
+ *          In a deterministic context the choice is fixed per shape and no split-k
+ *          with atomics is used, so repeats are bitwise equal.
+ * Empty products: m or n = 0 does nothing; k = 0 gives C = act(beta·C + bias).
+ * Asynchronous on the context's stream for CUDA. */
+typedef enum fab_matmul_op {
+    FAB_OP_N = 0, /* as stored */
+    FAB_OP_T = 1  /* transposed */
+} fab_matmul_op;
+
+typedef enum fab_matmul_activation {
+    FAB_MATMUL_ACT_NONE = 0,
+    FAB_MATMUL_ACT_RELU = 1,      /* max(x, 0); its derivative at 0 is 0, as PyTorch */
+    FAB_MATMUL_ACT_GELU_TANH = 2, /* as fab_gelu_forward with FAB_GELU_TANH (cuBLASLt's GELU) */
+    FAB_MATMUL_ACT_GELU_ERF = 3   /* as fab_gelu_forward with FAB_GELU_ERF (not in cuBLASLt) */
+} fab_matmul_activation;
+
+typedef enum fab_matmul_algo {
+    FAB_MATMUL_ALGO_AUTO = 0,      /* per shape, see above */
+    FAB_MATMUL_ALGO_NATIVE = 1,    /* fabriek's own kernel (CPU or CUDA) */
+    FAB_MATMUL_ALGO_CUBLASLT = 2,  /* cublasLtMatmul; FAB_ERR_UNSUPPORTED without it */
+    FAB_MATMUL_ALGO_REFERENCE = 3  /* plain loops: slow, the tests' oracle */
+} fab_matmul_algo;
+
+typedef enum fab_matmul_precision {
+    FAB_MATMUL_EXACT = 0, /* f32 inputs multiplied in full f32 */
+    FAB_MATMUL_TF32 = 1   /* f32 inputs may be rounded to TF32 (CUDA tensor cores) */
+} fab_matmul_precision;
+
+typedef enum fab_matmul_dbias_from {
+    FAB_MATMUL_DBIAS_FROM_C = 0, /* dbias[n] = sum over m (and batch) of the result C */
+    FAB_MATMUL_DBIAS_FROM_A = 1  /* dbias[m] = sum over k (and batch) of op(A) */
+} fab_matmul_dbias_from;
+
+typedef struct fab_matmul_params {
+    fab_tensor a, b; /* inputs, see above */
+    fab_tensor c;    /* output (and input when beta != 0) */
+    fab_matmul_op trans_a, trans_b;
+    float alpha;     /* 0 means 1 */
+    float beta;      /* 0: C is written, not read */
+    fab_tensor bias; /* optional [n]; absent: data NULL, ndim 0 */
+    fab_matmul_activation activation;
+    /* Forward: optional output, the argument of the activation (for the backward
+     * pass); only with an activation. Backward: the required input. */
+    fab_tensor pre_act;
+    /* Non-zero: the activation's backward (DGELU / DRELU of cuBLASLt): C is
+     * multiplied by act'(pre_act); bias must then be absent. */
+    int activation_backward;
+    /* Optional output, f32 or C's dtype, overwritten (not accumulated). */
+    fab_tensor dbias;
+    fab_matmul_dbias_from dbias_from;
+    fab_matmul_precision precision;
+    fab_matmul_algo algo;
+} fab_matmul_params;
+FAB_API fab_status fab_matmul(fab_context *ctx, const fab_matmul_params *p);
+
+/* dbias[n] = sum of dy over every dim but the last (the bias gradient of a linear
+ * layer, torch's dy.sum(0..-2)). dy [..., n]: inner stride 1, the row stride >= n,
+ * other strides any; f32, f16 or bf16. dbias [n]: stride 1, f32 or dy's dtype,
+ * overwritten; must not overlap dy. Sums in f32 (CPU: in f64 per column, then rounded),
+ * deterministic on both backends. */
+typedef struct fab_matmul_bias_grad_params {
+    fab_tensor dy;
+    fab_tensor dbias;
+} fab_matmul_bias_grad_params;
+FAB_API fab_status fab_matmul_bias_grad(fab_context *ctx, const fab_matmul_bias_grad_params *p);
+
 /* -------------------------------------------------------------- attention */
 /* (section: kernels/attention) */
 

@@ -1,0 +1,69 @@
+/* matmul.h: internal arguments shared by the matmul entry, CPU, cuBLASLt and CUDA files. */
+#ifndef FAB_MATMUL_H
+#define FAB_MATMUL_H
+
+#include "../../src/runtime.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FAB__MM_MAX_BATCH (FAB_MAX_DIMS - 2)
+
+/* A validated call, in row-major terms. Matrix X (A, B, C, pre_act) of batch index
+ * (i_0, ..., i_{nb-1}) starts at X.data + sum_j i_j * X_bstride[j] elements; its
+ * element (r, c) of the matrix AS STORED is at r * ld + c. op(A) is [m, k], op(B)
+ * [k, n]; A is stored [m, k] (trans_a 0) or [k, m] (trans_a 1), B [k, n] or [n, k].
+ * Broadcast batch dims have stride 0. m, n, batch > 0 (the entry returns early
+ * otherwise); k may be 0. */
+typedef struct fab__mm_args {
+    int64_t m, n, k;
+    int nb;                              /* number of batch dims (0..6) */
+    int64_t batch_shape[FAB__MM_MAX_BATCH];
+    int64_t batch;                       /* product of batch_shape */
+    const void *a, *b;
+    void *c;
+    const void *bias;                    /* NULL: none */
+    void *pre_act;                       /* NULL: none */
+    void *dbias;                         /* NULL: none */
+    int64_t lda, ldb, ldc, ldp;          /* row strides, elements */
+    int64_t a_bstride[FAB__MM_MAX_BATCH], b_bstride[FAB__MM_MAX_BATCH];
+    int64_t c_bstride[FAB__MM_MAX_BATCH], p_bstride[FAB__MM_MAX_BATCH];
+    fab_dtype ab_dtype, c_dtype, bias_dtype, dbias_dtype;
+    int trans_a, trans_b;
+    float alpha, beta;
+    fab_matmul_activation act;
+    int act_backward;
+    fab_matmul_dbias_from dbias_from;
+    int tf32;
+    fab_matmul_algo algo;
+} fab__mm_args;
+
+/* Element offset of batch `idx` (row-major over batch_shape) for the given strides. */
+static inline int64_t fab__mm_batch_offset(const fab__mm_args *a, const int64_t *bstride, int64_t idx)
+{
+    int64_t off = 0;
+    for (int j = a->nb - 1; j >= 0; j--) {
+        off += (idx % a->batch_shape[j]) * bstride[j];
+        idx /= a->batch_shape[j];
+    }
+    return off;
+}
+
+/* CPU: algo NATIVE/AUTO runs the packed GEMM, REFERENCE the plain loops. */
+fab_status fab__matmul_cpu(fab_context *ctx, const fab__mm_args *a);
+fab_status fab__matmul_bias_grad_cpu(fab_context *ctx, const void *dy, fab_dtype dtype, int64_t rows,
+                                     int64_t n, const int64_t *row_offsets, void *dbias, fab_dtype dbias_dtype);
+
+/* CUDA: fabriek's kernels (matmul_cuda.cu) and cuBLASLt (matmul_cublas.c). */
+fab_status fab__matmul_cuda(fab_context *ctx, const fab__mm_args *a);
+fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a);
+/* Whether cuBLASLt can run this call (dtypes, epilogue, strides); FAB_OK or a
+ * FAB_ERR_UNSUPPORTED message saying why not. */
+fab_status fab__matmul_cublaslt_supports(const fab_context *ctx, const fab__mm_args *a);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

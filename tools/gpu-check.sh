@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The one script to run on a lent GPU machine (H100/H200, or any sm_80+ card):
+#   1. describe the card, driver and toolkit
+#   2. build for that card only (sm_90a on Hopper) with the gpu tests
+#   3. run the gpu-label tests, then compute-sanitizer (memcheck, racecheck) over them
+#   4. run the quick benchmark (fab-bench --quick) with its JSON report
+#   5. write a summary, report.md, next to the logs
+# Everything lands in $OUT (the device tool's folder) or build/gpu-check; copy it to
+# bench/results/<date>-<card>/ on the development machine and commit it.
+# Needs: tools/gpu-prepare.sh run first on the development machine, and
+# ".gpu-deps" carried along. Keeps going after a failing step; exits non-zero if any failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-$PWD/build/gpu-check}
+mkdir -p "$out"
+exec > >(tee "$out/gpu-check.log") 2>&1
+failed=()
+step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+run() { "$@" || failed+=("$*"); }
+
+step "machine"
+nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.csv"
+nvcc --version | tail -2
+cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' .')
+case "$cap" in
+    90) arch=90a ;;
+    100) arch=100a ;;
+    *) arch=$cap ;;
+esac
+echo "building for sm_$arch"
+
+step "build"
+export LD_LIBRARY_PATH="$PWD/.gpu-deps/cmocka/lib:${LD_LIBRARY_PATH:-}"
+gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
+cmake -S . -B build/gpu "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch" \
+      -DFAB_CMOCKA_ROOT="$PWD/.gpu-deps/cmocka" -DFAB_ENABLE_MPI=OFF > "$out/configure.log" 2>&1 \
+    || { cat "$out/configure.log"; failed+=(configure); }
+run cmake --build build/gpu -j "$(nproc)"
+# register and spill report of every kernel, for the record
+find build/gpu -name '*.cu.o' -exec cuobjdump --dump-resource-usage {} \; > "$out/resource-usage.txt" 2>&1 || true
+
+step "gpu tests"
+run ctest --test-dir build/gpu -L gpu --output-on-failure --timeout 300
+run ctest --test-dir build/gpu -L cpu --output-on-failure --timeout 300
+
+step "compute-sanitizer"
+if command -v compute-sanitizer >/dev/null; then
+    for t in build/gpu/tests/test_*; do
+        [ -x "$t" ] || continue
+        for tool in memcheck racecheck; do
+            echo "--- $tool $(basename "$t")"
+            run compute-sanitizer --tool "$tool" --error-exitcode 9 "$t" --backend cuda
+        done
+    done
+else
+    echo "compute-sanitizer not found: skipped (not a pass)"
+fi
+
+step "benchmark"
+run build/gpu/bench/fab-bench --quick --json "$out/fab-bench.json"
+
+step "report"
+{
+    echo "# gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo
+    echo "- commit: $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+    echo "- card: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1), built for sm_$arch"
+    echo "- failed steps: ${failed[*]:-none}"
+    echo
+    echo '```'
+    grep -E 'tests passed|tests failed|SKIPPED|FAILED' "$out/gpu-check.log" | head -40
+    echo '```'
+    echo
+    echo '```'
+    sed -n '/^suite /,$p' "$out/gpu-check.log" | head -80
+    echo '```'
+} > "$out/report.md"
+cat "$out/report.md"
+[ ${#failed[@]} -eq 0 ]
