@@ -11,22 +11,28 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Type punning through a union (defined in C, and vectorises; memcpy may not). */
+typedef union fab__f32_bits {
+    float f;
+    uint32_t u;
+} fab__f32_bits;
+
 static inline float fab__bf16_load(uint16_t b)
 {
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    fab__f32_bits v;
+    v.u = (uint32_t)b << 16;
+    return v.f;
 }
 
+/* Branch-free, so loops over it vectorise. */
 static inline uint16_t fab__bf16_store(float f)
 {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffff) > 0x7f800000)
-        return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN, quiet */
-    u += 0x7fff + ((u >> 16) & 1);           /* round to nearest, ties to even */
-    return (uint16_t)(u >> 16);
+    fab__f32_bits v;
+    v.f = f;
+    uint32_t u = v.u;
+    uint32_t rounded = (u + 0x7fff + ((u >> 16) & 1)) >> 16; /* round to nearest, ties to even */
+    uint32_t quiet_nan = (u >> 16) | 0x40;                     /* NaN stays NaN, quiet */
+    return (uint16_t)((u & 0x7fffffff) > 0x7f800000 ? quiet_nan : rounded);
 }
 
 #if defined(__FLT16_MAX__) && !defined(__cplusplus)
