@@ -1,0 +1,66 @@
+/*
+ * fab_emu.h -- control API of the fabriek SIMT emulator (C11 and C++).
+ *
+ * Tests use it to configure the virtual device, switch on the race check, and
+ * make emulator-detected kernel errors return an error code instead of
+ * aborting.  Every setting also has an environment variable so that existing
+ * test binaries can be run under a different mode without recompiling:
+ *
+ *   FAB_EMU_DEVICE=h100|a100   virtual device preset (default h100)
+ *   FAB_EMU_THREADS=N          OS worker threads that run blocks (default: cores, max 8)
+ *   FAB_EMU_RACECHECK=1        run every launch under two schedules and compare
+ *   FAB_EMU_ERRORS=abort|return  what a detected kernel error does (default abort)
+ *   FAB_EMU_STACK_KB=N         fiber stack size per emulated thread
+ *
+ * See docs/EMULATOR.md.
+ */
+#ifndef FAB_EMU_H
+#define FAB_EMU_H
+
+#include "cuda_runtime_api.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Replace the virtual device's properties (device 0).  Returns cudaErrorInvalidValue
+ * for impossible values (warpSize != 32, zero SMs, ...). */
+cudaError_t fab_emu_set_device_props(const struct cudaDeviceProp *prop);
+/* Load a preset: "h100" (sm_90, 132 SMs, 227 KB opt-in smem) or "a100" (sm_80, 108 SMs, 163 KB). */
+cudaError_t fab_emu_set_device_preset(const char *name);
+
+/* Race check: 1 = every launch runs twice (forward and reverse thread/block order, cp.async
+ * copies immediate vs deferred to the wait) from the same snapshot of device memory, and
+ * the two results are compared byte for byte.  0 = off.  Returns the previous setting. */
+int fab_emu_set_racecheck(int on);
+/* Number of launches the race check has reported since the process started. */
+unsigned long fab_emu_race_reports(void);
+
+/* Error mode: 0 = abort the process with a message on stderr (default, good under gdb);
+ * 1 = stop the launch, print the message, and return cudaErrorLaunchFailure from the
+ * launch (and cudaGetLastError).  Returns the previous mode. */
+int fab_emu_set_error_mode(int return_errors);
+/* The last emulator error or race report message of this process ("" if none). */
+const char *fab_emu_last_message(void);
+
+/* Number of OS worker threads used to run blocks (>= 1).  Returns the previous value. */
+int fab_emu_set_threads(int n);
+
+/* Counters of emulated work since the process started (for rate measurements). */
+struct fab_emu_stats {
+    unsigned long long launches;
+    unsigned long long blocks;
+    unsigned long long threads;
+    unsigned long long mma;          /* warp-wide mma.sync instructions */
+    unsigned long long ldmatrix;     /* warp-wide ldmatrix/stmatrix instructions */
+    unsigned long long cp_async;     /* per-thread cp.async copies */
+    unsigned long long collectives;  /* warp collectives (shfl, vote, syncwarp, mma, ...) */
+    unsigned long long barriers;     /* completed block barriers */
+};
+void fab_emu_get_stats(struct fab_emu_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FAB_EMU_H */

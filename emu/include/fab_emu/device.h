@@ -1,0 +1,115 @@
+/*
+ * fab_emu/device.h -- the emulator's device-side interface (C++ only).
+ *
+ * cuda_runtime.h and kernels/common/ptx.cuh call these functions; kernels do
+ * not call them directly.  Each emulated CUDA thread is a fiber; a fiber runs
+ * until it reaches a block barrier or a warp collective, then hands control to
+ * its block's scheduler (emu/src/scheduler.cpp), which resumes it once the
+ * barrier or collective has completed.
+ */
+#ifndef FAB_EMU_DEVICE_H
+#define FAB_EMU_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../cuda_runtime_api.h"
+
+/* The identity of the emulated thread that is running on this OS thread.
+ * Readable from gdb: `p *fab_emu_cur`, or `break k.cu:42 if fab_emu_cur->linear == 37`. */
+struct fab_emu_thread {
+    uint3 threadIdx;
+    uint3 blockIdx;
+    dim3 blockDim;
+    dim3 gridDim;
+    unsigned int linear; /* threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z) */
+    unsigned int warp;   /* linear / 32 */
+    unsigned int lane;   /* linear % 32 */
+};
+extern thread_local const fab_emu_thread *fab_emu_cur;
+
+/* CUDA's built-in variables, per worker OS thread; see cuda_runtime.h. */
+extern thread_local uint3 threadIdx;
+extern thread_local uint3 blockIdx;
+extern thread_local dim3 blockDim;
+extern thread_local dim3 gridDim;
+
+namespace fab_emu {
+
+/* The running emulated thread; aborts with a clear message if called outside a kernel. */
+const fab_emu_thread &current_slow();
+inline const fab_emu_thread &current()
+{
+    const fab_emu_thread *t = fab_emu_cur;
+    return t ? *t : current_slow();
+}
+
+/* ---- block barriers (bar.sync / bar.arrive / bar.red) ---- */
+enum BarrierReduce { BAR_NONE = 0, BAR_POPC = 1, BAR_AND = 2, BAR_OR = 3 };
+/* id 0..15; count 0 = all threads of the block, else a multiple of 32.
+ * wait=false is bar.arrive.  Returns the reduction (or 0). */
+int barrier(int id, int count, BarrierReduce red, int pred, bool wait);
+
+/* ---- warp collectives ---- */
+/* A rendezvous of the lanes named in a mask.  Every lane hands in a pointer to its input
+ * and to its output; when the last lane of the group arrives, `fn` computes all outputs. */
+struct CollGroup {
+    uint32_t mask;    /* the membermask the lanes used */
+    uint32_t present; /* lanes of mask that take part (not exited) */
+    int op;           /* the operation; lanes of one group must agree */
+    const void *in[32];
+    void *out[32];
+};
+typedef void (*CollFn)(const CollGroup &g);
+void warp_collective(CollFn fn, int op, uint32_t mask, const void *in, void *out, const char *what);
+/* Emulator-detected misuse: prints `what`, then aborts or ends the launch (see fab_emu.h). */
+[[noreturn]] void kernel_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A lane read a value the ISA leaves undefined; warn once per launch. */
+void undefined_value_warning(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Count an instruction in fab_emu_stats (kind: 0 mma, 1 ldmatrix). */
+void count_instruction(int kind);
+
+/* Shuffle modes and the other warp operations, one code each. */
+enum WarpOp {
+    WOP_SHFL_IDX, WOP_SHFL_UP, WOP_SHFL_DOWN, WOP_SHFL_BFLY,
+    WOP_SYNC, WOP_BALLOT, WOP_ANY, WOP_ALL, WOP_MATCH_ANY, WOP_MATCH_ALL,
+    WOP_REDUCE_ADD, WOP_REDUCE_MIN_U, WOP_REDUCE_MAX_U, WOP_REDUCE_MIN_S, WOP_REDUCE_MAX_S,
+    WOP_REDUCE_AND, WOP_REDUCE_OR, WOP_REDUCE_XOR,
+    WOP_COUNT
+};
+/* One warp operation on a 64-bit value: shfl (b = lane/delta, c = PTX clamp/segment
+ * operand), vote/match/reduce (value = predicate or operand).  Returns the lane's result;
+ * *pred_out (if not null) gets match.all's predicate. */
+uint64_t warp_op(WarpOp op, uint32_t mask, uint64_t value, int b, int c, int *pred_out);
+/* Lanes of the calling warp that have not exited (the emulator's __activemask). */
+uint32_t active_mask();
+
+/* ---- memory ---- */
+void *dynamic_smem();  /* the block's dynamic shared memory (exactly the launch's size) */
+bool is_device_memory(const void *p, size_t bytes);  /* inside a live cudaMalloc block */
+
+/* Let the other threads of the block run (for __nanosleep / spin loops). */
+void yield();
+
+/* ---- PTX instructions (emu/src/ptx.cpp), called by kernels/common/ptx.cuh ---- */
+enum MmaKind { MMA_M16N8K16_BF16, MMA_M16N8K16_F16, MMA_M16N8K8_F16, MMA_M16N8K8_TF32 };
+/* d = a*b + c for this lane's fragments; a has 4 (k16, tf32) or 2 (f16 k8) registers,
+ * b has 2 (k16, tf32) or 1 (f16 k8). */
+void mma(MmaKind kind, float d[4], const uint32_t *a, const uint32_t *b, const float c[4]);
+void ldmatrix(uint32_t *regs, int nmat, bool trans, const void *row_addr);
+void stmatrix(void *row_addr, const uint32_t *regs, int nmat, bool trans);
+uint32_t movmatrix_trans(uint32_t a);
+/* cp.async: cp_size 4, 8 or 16; src_size <= cp_size (rest zero-filled); cg = .cg */
+void cp_async(void *dst, const void *src, int cp_size, int src_size, bool cg);
+void cp_async_commit();
+void cp_async_wait(int n);  /* wait_group n */
+void cp_async_wait_all();
+
+} // namespace fab_emu
+
+/* The launch entry used by cuda_runtime.h's cudaLaunchKernelEx template: runs
+ * invoke(closure) once per emulated thread. */
+cudaError_t fab_emu_launch(const cudaLaunchConfig_t *config, const void *kernel_id,
+                           void (*invoke)(const void *closure), const void *closure);
+
+#endif /* FAB_EMU_DEVICE_H */

@@ -1,0 +1,123 @@
+/*
+ * internal.h -- state shared by the emulator's source files.
+ *
+ * One Launch describes a kernel launch.  A worker (an OS thread) runs one Block
+ * of it at a time; the block's Threads are fibers on that worker.  Everything a
+ * Block owns is touched only by its worker, so it needs no locks.
+ */
+#ifndef FAB_EMU_INTERNAL_H
+#define FAB_EMU_INTERNAL_H
+
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "fab_emu.h"
+#include "fab_emu/device.h"
+#include "fiber.h"
+
+namespace fab_emu {
+
+enum class TState { Runnable, AtBarrier, AtWarp, Exited };
+
+/* One cp.async copy waiting for its group's wait. */
+struct CpOp {
+    void *dst;
+    const void *src;
+    unsigned bytes, src_bytes;
+    unsigned long long group;
+};
+
+struct Thread {
+    fab_emu_thread id;
+    Fiber fiber;
+    TState state = TState::Exited;
+    /* warp collective in progress */
+    CollFn coll_fn = nullptr;
+    int coll_op = 0;
+    uint32_t coll_mask = 0;
+    const void *coll_in = nullptr;
+    void *coll_out = nullptr;
+    const char *coll_what = "";
+    /* barrier in progress */
+    int bar_id = -1;
+    int bar_result = 0;
+    /* cp.async groups: ops carry the number of the group they belong to; the open
+     * (uncommitted) group is number cp_open_group. */
+    std::vector<CpOp> cp_pending;
+    unsigned long long cp_open_group = 0;
+};
+
+/* One of the 16 named barriers of a block, for the current phase. */
+struct Barrier {
+    bool active = false;
+    int count = 0;             /* 0: all threads of the block */
+    uint32_t arrived[32] = {}; /* lanes arrived, per warp */
+    uint32_t counted = 0;      /* warps whose arrival has been counted */
+    int warps_arrived = 0;
+    int popc = 0;
+    bool all = true, any = false;
+};
+
+struct Launch;
+
+struct Block {
+    Launch *launch = nullptr;
+    uint3 idx = {0, 0, 0};
+    unsigned nthreads = 0, nwarps = 0, live = 0;
+    Thread **threads = nullptr; /* the block's threads by linear index */
+    uint32_t exited[32] = {};  /* per warp: exited lanes, and lanes that do not exist */
+    uint32_t waiting[32] = {}; /* per warp: lanes waiting in a warp collective */
+    uint32_t activemask_waiting[32] = {}; /* per warp: lanes waiting in __activemask */
+    Barrier bars[16];
+    unsigned char *smem = nullptr;
+};
+
+struct Launch {
+    void (*invoke)(const void *) = nullptr;
+    const void *closure = nullptr;
+    const void *kernel = nullptr;
+    dim3 grid, block;
+    size_t smem = 0;
+    unsigned long long nblocks = 0;
+    /* schedule */
+    bool reverse = false;      /* run threads (and blocks) in reverse order */
+    bool cp_immediate = false; /* cp.async copies at issue instead of at the wait */
+    unsigned char smem_poison = 0xff;
+    /* progress and failure */
+    std::atomic<unsigned long long> next_block{0};
+    std::atomic<bool> failed{false};
+    std::atomic<unsigned long long> undefined_reads{0};
+};
+
+/* The running thread and block of this OS thread (null outside a kernel). */
+extern thread_local Thread *tl_thread;
+extern thread_local Block *tl_block;
+
+/* ---- runtime.cpp ---- */
+const cudaDeviceProp &device_props();
+int func_max_dynamic_smem(const void *func); /* -1 if never set */
+bool stream_is_valid(cudaStream_t s);
+cudaError_t record_error(cudaError_t e); /* sets the thread's last error; returns e */
+/* Snapshot of live device allocations (base, size). */
+std::vector<std::pair<unsigned char *, size_t>> device_allocations();
+void set_last_message(const std::string &m);
+
+/* ---- settings (scheduler.cpp) ---- */
+bool error_mode_return();
+void count_stat(int which, unsigned long long n); /* index into fab_emu_stats fields */
+enum { STAT_LAUNCHES, STAT_BLOCKS, STAT_THREADS, STAT_MMA, STAT_LDMATRIX, STAT_CP_ASYNC, STAT_COLLECTIVES, STAT_BARRIERS };
+
+/* Describe the running thread: "block (1,0,0) thread (5,0,0)". */
+std::string where();
+/* Name a kernel by its address (dladdr + demangle, or the address). */
+std::string kernel_name(const void *fn);
+
+/* cp.async (ptx.cpp): perform the thread's pending copies of groups < limit. */
+void cp_async_complete(Thread &t, unsigned long long limit);
+
+} // namespace fab_emu
+
+#endif

@@ -1,0 +1,658 @@
+/*
+ * runtime.cpp -- the emulated CUDA runtime API: errors, the virtual device,
+ * memory, streams and events.
+ *
+ * Device memory is host memory from posix_memalign (256-byte aligned, exactly the
+ * requested size, so AddressSanitizer reports any access past its end), recorded in
+ * a registry so copies and memsets can check that a device range lies inside one
+ * live allocation.  New allocations are filled with 0xff bytes (NaN for every float
+ * type) so a kernel that reads memory nobody wrote sees garbage, as on a GPU.
+ *
+ * Streams and events: every operation runs to completion when it is enqueued, so
+ * stream order, cross-stream waits and event ordering hold trivially; an event
+ * records the host time at which it was recorded.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "internal.h"
+
+namespace fab_emu {
+
+/* ------------------------------------------------------------------ errors */
+
+static thread_local cudaError_t tl_last_error = cudaSuccess;
+
+cudaError_t record_error(cudaError_t e)
+{
+    if (e != cudaSuccess) tl_last_error = e;
+    return e;
+}
+
+static std::mutex g_msg_mutex;
+static std::string g_last_message;
+
+void set_last_message(const std::string &m)
+{
+    std::lock_guard<std::mutex> lk(g_msg_mutex);
+    g_last_message = m;
+}
+
+/* ------------------------------------------------------------------ virtual device */
+
+static void preset_h100(cudaDeviceProp &p)
+{
+    memset(&p, 0, sizeof p);
+    snprintf(p.name, sizeof p.name, "fabriek emulated H100");
+    p.totalGlobalMem = 80ull << 30;
+    p.sharedMemPerBlock = 48 * 1024;
+    p.regsPerBlock = 65536;
+    p.warpSize = 32;
+    p.memPitch = 2147483647;
+    p.maxThreadsPerBlock = 1024;
+    p.maxThreadsDim[0] = 1024;
+    p.maxThreadsDim[1] = 1024;
+    p.maxThreadsDim[2] = 64;
+    p.maxGridSize[0] = 2147483647;
+    p.maxGridSize[1] = 65535;
+    p.maxGridSize[2] = 65535;
+    p.totalConstMem = 65536;
+    p.major = 9;
+    p.minor = 0;
+    p.multiProcessorCount = 132;
+    p.canMapHostMemory = 1;
+    p.concurrentKernels = 1;
+    p.ECCEnabled = 1;
+    p.asyncEngineCount = 2;
+    p.unifiedAddressing = 1;
+    p.memoryBusWidth = 5120;
+    p.l2CacheSize = 50 * 1024 * 1024;
+    p.persistingL2CacheMaxSize = 32 * 1024 * 1024;
+    p.maxThreadsPerMultiProcessor = 2048;
+    p.sharedMemPerMultiprocessor = 228 * 1024;
+    p.regsPerMultiprocessor = 65536;
+    p.managedMemory = 1;
+    p.cooperativeLaunch = 1;
+    p.sharedMemPerBlockOptin = 227 * 1024;
+    p.maxBlocksPerMultiProcessor = 32;
+    p.reservedSharedMemPerBlock = 1024;
+    p.memoryPoolsSupported = 1;
+    p.clusterLaunch = 1;
+}
+
+static void preset_a100(cudaDeviceProp &p)
+{
+    preset_h100(p);
+    snprintf(p.name, sizeof p.name, "fabriek emulated A100");
+    p.totalGlobalMem = 40ull << 30;
+    p.major = 8;
+    p.minor = 0;
+    p.multiProcessorCount = 108;
+    p.l2CacheSize = 40 * 1024 * 1024;
+    p.persistingL2CacheMaxSize = 30 * 1024 * 1024;
+    p.sharedMemPerMultiprocessor = 164 * 1024;
+    p.sharedMemPerBlockOptin = 163 * 1024;
+    p.clusterLaunch = 0;
+}
+
+static std::mutex g_dev_mutex;
+static cudaDeviceProp g_props;
+static bool g_props_ready = false;
+static std::map<const void *, int> g_func_smem; /* cudaFuncAttributeMaxDynamicSharedMemorySize */
+
+const cudaDeviceProp &device_props()
+{
+    std::lock_guard<std::mutex> lk(g_dev_mutex);
+    if (!g_props_ready) {
+        const char *d = getenv("FAB_EMU_DEVICE");
+        if (d && strcmp(d, "a100") == 0)
+            preset_a100(g_props);
+        else
+            preset_h100(g_props);
+        g_props_ready = true;
+    }
+    return g_props;
+}
+
+int func_max_dynamic_smem(const void *func)
+{
+    std::lock_guard<std::mutex> lk(g_dev_mutex);
+    auto it = g_func_smem.find(func);
+    return it == g_func_smem.end() ? -1 : it->second;
+}
+
+/* ------------------------------------------------------------------ memory registry */
+
+struct Alloc {
+    size_t size;
+    bool device; /* false: cudaMallocHost */
+};
+static std::mutex g_mem_mutex;
+static std::map<uintptr_t, Alloc> g_allocs;
+static size_t g_device_bytes = 0;
+
+/* The allocation containing [p, p+n), or end(). n == 0 checks p only. */
+static std::map<uintptr_t, Alloc>::iterator find_alloc(const void *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p;
+    auto it = g_allocs.upper_bound(a);
+    if (it == g_allocs.begin()) return g_allocs.end();
+    --it;
+    uintptr_t end = it->first + it->second.size;
+    if (a < it->first || a >= end + (it->second.size == 0 ? 1 : 0)) return g_allocs.end();
+    if (n > end - a) return g_allocs.end();
+    return it;
+}
+
+bool is_device_memory(const void *p, size_t bytes)
+{
+    std::lock_guard<std::mutex> lk(g_mem_mutex);
+    auto it = find_alloc(p, bytes);
+    return it != g_allocs.end() && it->second.device;
+}
+
+/* Does p start inside some device allocation (whatever the length)? */
+static bool starts_in_device(const void *p)
+{
+    auto it = find_alloc(p, 0);
+    return it != g_allocs.end() && it->second.device;
+}
+
+std::vector<std::pair<unsigned char *, size_t>> device_allocations()
+{
+    std::lock_guard<std::mutex> lk(g_mem_mutex);
+    std::vector<std::pair<unsigned char *, size_t>> v;
+    for (auto &kv : g_allocs)
+        if (kv.second.device) v.push_back({(unsigned char *)kv.first, kv.second.size});
+    return v;
+}
+
+static cudaError_t do_malloc(void **ptr, size_t size, bool device)
+{
+    if (!ptr) return cudaErrorInvalidValue;
+    *ptr = nullptr;
+    if (size == 0) return cudaSuccess;
+    const cudaDeviceProp &p = device_props();
+    std::lock_guard<std::mutex> lk(g_mem_mutex);
+    if (device && size > p.totalGlobalMem - g_device_bytes) return cudaErrorMemoryAllocation;
+    void *m = nullptr;
+    if (posix_memalign(&m, 256, size) != 0 || !m) return cudaErrorMemoryAllocation;
+    memset(m, 0xff, size);
+    g_allocs[(uintptr_t)m] = Alloc{size, device};
+    if (device) g_device_bytes += size;
+    *ptr = m;
+    return cudaSuccess;
+}
+
+static cudaError_t do_free(void *ptr, bool device)
+{
+    if (!ptr) return cudaSuccess;
+    std::lock_guard<std::mutex> lk(g_mem_mutex);
+    auto it = g_allocs.find((uintptr_t)ptr);
+    if (it == g_allocs.end() || it->second.device != device) {
+        fprintf(stderr, "fab_emu: %s(%p): not a pointer returned by %s (or already freed)\n",
+                device ? "cudaFree" : "cudaFreeHost", ptr, device ? "cudaMalloc" : "cudaMallocHost");
+        return cudaErrorInvalidValue;
+    }
+    if (device) g_device_bytes -= it->second.size;
+    g_allocs.erase(it);
+    free(ptr);
+    return cudaSuccess;
+}
+
+/* Check one side of a copy: a device side must lie inside one live allocation. */
+static bool range_ok(const void *p, size_t n, bool must_be_device)
+{
+    if (!p) return false;
+    if (must_be_device) {
+        auto it = find_alloc(p, n);
+        if (it == g_allocs.end() || !it->second.device) {
+            fprintf(stderr, "fab_emu: device range [%p, +%zu) is not inside a live cudaMalloc allocation\n", p, n);
+            return false;
+        }
+        return true;
+    }
+    /* Host side, or cudaMemcpyDefault: if it starts in device memory, it must end there too. */
+    if (starts_in_device(p) && find_alloc(p, n) == g_allocs.end()) {
+        fprintf(stderr, "fab_emu: range [%p, +%zu) runs past the end of its cudaMalloc allocation\n", p, n);
+        return false;
+    }
+    return true;
+}
+
+static cudaError_t do_memcpy(void *dst, const void *src, size_t n, cudaMemcpyKind kind)
+{
+    if ((int)kind < 0 || kind > cudaMemcpyDefault) return cudaErrorInvalidMemcpyDirection;
+    if (n == 0) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lk(g_mem_mutex);
+        bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+        bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+        if (!range_ok(dst, n, dst_dev) || !range_ok(src, n, src_dev)) return cudaErrorInvalidValue;
+    }
+    memmove(dst, src, n);
+    return cudaSuccess;
+}
+
+static cudaError_t do_memset(void *p, int v, size_t n)
+{
+    if (n == 0) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lk(g_mem_mutex);
+        if (!range_ok(p, n, true)) return cudaErrorInvalidValue;
+    }
+    memset(p, v, n);
+    return cudaSuccess;
+}
+
+/* ------------------------------------------------------------------ streams and events */
+
+struct StreamObj {
+    unsigned flags;
+};
+struct EventObj {
+    unsigned flags;
+    bool recorded;
+    std::chrono::steady_clock::time_point when;
+};
+static std::mutex g_handle_mutex;
+static std::set<const void *> g_streams, g_events;
+
+bool stream_is_valid(cudaStream_t s)
+{
+    if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return true;
+    std::lock_guard<std::mutex> lk(g_handle_mutex);
+    return g_streams.count(s) != 0;
+}
+
+static EventObj *event_obj(cudaEvent_t e)
+{
+    std::lock_guard<std::mutex> lk(g_handle_mutex);
+    return (e && g_events.count(e)) ? reinterpret_cast<EventObj *>(e) : nullptr;
+}
+
+} // namespace fab_emu
+
+using namespace fab_emu;
+
+extern "C" {
+
+/* ------------------------------------------------------------------ errors */
+
+cudaError_t cudaGetLastError(void)
+{
+    cudaError_t e = tl_last_error;
+    tl_last_error = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) { return tl_last_error; }
+
+struct ErrorText {
+    cudaError_t code;
+    const char *name, *text;
+};
+static const ErrorText kErrors[] = {
+    {cudaSuccess, "cudaSuccess", "no error"},
+    {cudaErrorInvalidValue, "cudaErrorInvalidValue", "invalid argument"},
+    {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory"},
+    {cudaErrorInitializationError, "cudaErrorInitializationError", "initialization error"},
+    {cudaErrorCudartUnloading, "cudaErrorCudartUnloading", "driver shutting down"},
+    {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration", "invalid configuration argument"},
+    {cudaErrorInvalidSymbol, "cudaErrorInvalidSymbol", "invalid device symbol"},
+    {cudaErrorInvalidDevicePointer, "cudaErrorInvalidDevicePointer", "invalid device pointer"},
+    {cudaErrorInvalidMemcpyDirection, "cudaErrorInvalidMemcpyDirection", "invalid copy direction for memcpy"},
+    {cudaErrorInsufficientDriver, "cudaErrorInsufficientDriver",
+     "CUDA driver version is insufficient for CUDA runtime version"},
+    {cudaErrorInvalidDeviceFunction, "cudaErrorInvalidDeviceFunction", "invalid device function"},
+    {cudaErrorNoDevice, "cudaErrorNoDevice", "no CUDA-capable device is detected"},
+    {cudaErrorInvalidDevice, "cudaErrorInvalidDevice", "invalid device ordinal"},
+    {cudaErrorNoKernelImageForDevice, "cudaErrorNoKernelImageForDevice",
+     "no kernel image is available for execution on the device"},
+    {cudaErrorInvalidResourceHandle, "cudaErrorInvalidResourceHandle", "invalid resource handle"},
+    {cudaErrorNotReady, "cudaErrorNotReady", "device not ready"},
+    {cudaErrorIllegalAddress, "cudaErrorIllegalAddress", "an illegal memory access was encountered"},
+    {cudaErrorLaunchOutOfResources, "cudaErrorLaunchOutOfResources", "too many resources requested for launch"},
+    {cudaErrorLaunchTimeout, "cudaErrorLaunchTimeout", "the launch timed out and was terminated"},
+    {cudaErrorContextIsDestroyed, "cudaErrorContextIsDestroyed", "context is destroyed"},
+    {cudaErrorAssert, "cudaErrorAssert", "device-side assert triggered"},
+    {cudaErrorIllegalInstruction, "cudaErrorIllegalInstruction", "an illegal instruction was encountered"},
+    {cudaErrorMisalignedAddress, "cudaErrorMisalignedAddress", "misaligned address"},
+    {cudaErrorInvalidPc, "cudaErrorInvalidPc", "invalid program counter"},
+    {cudaErrorLaunchFailure, "cudaErrorLaunchFailure", "unspecified launch failure"},
+    {cudaErrorNotPermitted, "cudaErrorNotPermitted", "operation not permitted"},
+    {cudaErrorNotSupported, "cudaErrorNotSupported", "operation not supported"},
+    {cudaErrorStreamCaptureUnsupported, "cudaErrorStreamCaptureUnsupported",
+     "operation not permitted when stream is capturing"},
+    {cudaErrorUnknown, "cudaErrorUnknown", "unknown error"},
+};
+
+const char *cudaGetErrorString(cudaError_t e)
+{
+    for (const ErrorText &t : kErrors)
+        if (t.code == e) return t.text;
+    return "unrecognized error code";
+}
+
+const char *cudaGetErrorName(cudaError_t e)
+{
+    for (const ErrorText &t : kErrors)
+        if (t.code == e) return t.name;
+    return "unrecognized error code";
+}
+
+/* ------------------------------------------------------------------ device */
+
+cudaError_t cudaGetDeviceCount(int *count)
+{
+    if (!count) return record_error(cudaErrorInvalidValue);
+    *count = 1;
+    return cudaSuccess;
+}
+
+static thread_local int tl_device = 0;
+
+cudaError_t cudaSetDevice(int device)
+{
+    if (device != 0) return record_error(cudaErrorInvalidDevice);
+    tl_device = device;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *device)
+{
+    if (!device) return record_error(cudaErrorInvalidValue);
+    *device = tl_device;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device)
+{
+    if (!prop) return record_error(cudaErrorInvalidValue);
+    if (device != 0) return record_error(cudaErrorInvalidDevice);
+    *prop = device_props();
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device)
+{
+    if (!value) return record_error(cudaErrorInvalidValue);
+    if (device != 0) return record_error(cudaErrorInvalidDevice);
+    const cudaDeviceProp &p = device_props();
+    switch (attr) {
+    case cudaDevAttrMaxThreadsPerBlock: *value = p.maxThreadsPerBlock; break;
+    case cudaDevAttrMaxBlockDimX: *value = p.maxThreadsDim[0]; break;
+    case cudaDevAttrMaxBlockDimY: *value = p.maxThreadsDim[1]; break;
+    case cudaDevAttrMaxBlockDimZ: *value = p.maxThreadsDim[2]; break;
+    case cudaDevAttrMaxGridDimX: *value = p.maxGridSize[0]; break;
+    case cudaDevAttrMaxGridDimY: *value = p.maxGridSize[1]; break;
+    case cudaDevAttrMaxGridDimZ: *value = p.maxGridSize[2]; break;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = (int)p.sharedMemPerBlock; break;
+    case cudaDevAttrTotalConstantMemory: *value = (int)p.totalConstMem; break;
+    case cudaDevAttrWarpSize: *value = p.warpSize; break;
+    case cudaDevAttrMaxRegistersPerBlock: *value = p.regsPerBlock; break;
+    case cudaDevAttrClockRate: *value = p.major >= 9 ? 1980000 : 1410000; break;
+    case cudaDevAttrMultiProcessorCount: *value = p.multiProcessorCount; break;
+    case cudaDevAttrConcurrentKernels: *value = p.concurrentKernels; break;
+    case cudaDevAttrMemoryClockRate: *value = p.major >= 9 ? 2619000 : 1215000; break;
+    case cudaDevAttrGlobalMemoryBusWidth: *value = p.memoryBusWidth; break;
+    case cudaDevAttrL2CacheSize: *value = p.l2CacheSize; break;
+    case cudaDevAttrMaxThreadsPerMultiProcessor: *value = p.maxThreadsPerMultiProcessor; break;
+    case cudaDevAttrUnifiedAddressing: *value = p.unifiedAddressing; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = p.major; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = p.minor; break;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = (int)p.sharedMemPerMultiprocessor; break;
+    case cudaDevAttrMaxRegistersPerMultiprocessor: *value = p.regsPerMultiprocessor; break;
+    case cudaDevAttrCooperativeLaunch: *value = p.cooperativeLaunch; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = (int)p.sharedMemPerBlockOptin; break;
+    case cudaDevAttrMaxBlocksPerMultiprocessor: *value = p.maxBlocksPerMultiProcessor; break;
+    case cudaDevAttrMemoryPoolsSupported: *value = p.memoryPoolsSupported; break;
+    case cudaDevAttrClusterLaunch: *value = p.clusterLaunch; break;
+    default: return record_error(cudaErrorInvalidValue);
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceReset(void) { return cudaSuccess; }
+
+cudaError_t cudaRuntimeGetVersion(int *v)
+{
+    if (!v) return record_error(cudaErrorInvalidValue);
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDriverGetVersion(int *v)
+{
+    if (!v) return record_error(cudaErrorInvalidValue);
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+
+/* ------------------------------------------------------------------ streams and events */
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags)
+{
+    if (!stream || (flags & ~1u)) return record_error(cudaErrorInvalidValue);
+    StreamObj *s = new StreamObj{flags};
+    std::lock_guard<std::mutex> lk(g_handle_mutex);
+    g_streams.insert(s);
+    *stream = reinterpret_cast<cudaStream_t>(s);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t *stream) { return cudaStreamCreateWithFlags(stream, 0); }
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream)
+{
+    std::lock_guard<std::mutex> lk(g_handle_mutex);
+    if (!stream || !g_streams.erase(stream)) return record_error(cudaErrorInvalidResourceHandle);
+    delete reinterpret_cast<StreamObj *>(stream);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream)
+{
+    return stream_is_valid(stream) ? cudaSuccess : record_error(cudaErrorInvalidResourceHandle);
+}
+
+cudaError_t cudaStreamQuery(cudaStream_t stream) { return cudaStreamSynchronize(stream); }
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags)
+{
+    (void)flags;
+    if (!stream_is_valid(stream) || !event_obj(event)) return record_error(cudaErrorInvalidResourceHandle);
+    return cudaSuccess; /* the event's work is already complete */
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags)
+{
+    if (!event || (flags & ~7u)) return record_error(cudaErrorInvalidValue);
+    EventObj *e = new EventObj{flags, false, {}};
+    std::lock_guard<std::mutex> lk(g_handle_mutex);
+    g_events.insert(e);
+    *event = reinterpret_cast<cudaEvent_t>(e);
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t *event) { return cudaEventCreateWithFlags(event, 0); }
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
+{
+    EventObj *e = event_obj(event);
+    if (!e || !stream_is_valid(stream)) return record_error(cudaErrorInvalidResourceHandle);
+    e->recorded = true;
+    e->when = std::chrono::steady_clock::now();
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t event)
+{
+    return event_obj(event) ? cudaSuccess : record_error(cudaErrorInvalidResourceHandle);
+}
+
+cudaError_t cudaEventQuery(cudaEvent_t event) { return cudaEventSynchronize(event); }
+
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
+{
+    if (!ms) return record_error(cudaErrorInvalidValue);
+    EventObj *a = event_obj(start), *b = event_obj(end);
+    if (!a || !b) return record_error(cudaErrorInvalidResourceHandle);
+    if ((a->flags | b->flags) & cudaEventDisableTiming) return record_error(cudaErrorInvalidResourceHandle);
+    if (!a->recorded || !b->recorded) return record_error(cudaErrorInvalidResourceHandle);
+    *ms = std::chrono::duration<float, std::milli>(b->when - a->when).count();
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event)
+{
+    std::lock_guard<std::mutex> lk(g_handle_mutex);
+    if (!event || !g_events.erase(event)) return record_error(cudaErrorInvalidResourceHandle);
+    delete reinterpret_cast<EventObj *>(event);
+    return cudaSuccess;
+}
+
+/* ------------------------------------------------------------------ memory */
+
+cudaError_t cudaMalloc(void **p, size_t size) { return record_error(do_malloc(p, size, true)); }
+cudaError_t cudaFree(void *p) { return record_error(do_free(p, true)); }
+cudaError_t cudaMallocAsync(void **p, size_t size, cudaStream_t s)
+{
+    if (!stream_is_valid(s)) return record_error(cudaErrorInvalidResourceHandle);
+    return cudaMalloc(p, size);
+}
+cudaError_t cudaFreeAsync(void *p, cudaStream_t s)
+{
+    if (!stream_is_valid(s)) return record_error(cudaErrorInvalidResourceHandle);
+    return cudaFree(p);
+}
+cudaError_t cudaMallocHost(void **p, size_t size) { return record_error(do_malloc(p, size, false)); }
+cudaError_t cudaHostAlloc(void **p, size_t size, unsigned int flags)
+{
+    (void)flags;
+    return cudaMallocHost(p, size);
+}
+cudaError_t cudaFreeHost(void *p) { return record_error(do_free(p, false)); }
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind)
+{
+    return record_error(do_memcpy(dst, src, n, kind));
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind, cudaStream_t s)
+{
+    if (!stream_is_valid(s)) return record_error(cudaErrorInvalidResourceHandle);
+    return cudaMemcpy(dst, src, n, kind);
+}
+
+cudaError_t cudaMemcpy2D(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t height,
+                         enum cudaMemcpyKind kind)
+{
+    if (width > dpitch || width > spitch) return record_error(cudaErrorInvalidValue);
+    for (size_t r = 0; r < height; ++r) {
+        cudaError_t e = do_memcpy((char *)dst + r * dpitch, (const char *)src + r * spitch, width, kind);
+        if (e) return record_error(e);
+    }
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void *p, int v, size_t n) { return record_error(do_memset(p, v, n)); }
+
+cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s)
+{
+    if (!stream_is_valid(s)) return record_error(cudaErrorInvalidResourceHandle);
+    return cudaMemset(p, v, n);
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
+{
+    if (!free_bytes || !total_bytes) return record_error(cudaErrorInvalidValue);
+    const cudaDeviceProp &p = device_props();
+    std::lock_guard<std::mutex> lk(g_mem_mutex);
+    *total_bytes = p.totalGlobalMem;
+    *free_bytes = p.totalGlobalMem - g_device_bytes;
+    return cudaSuccess;
+}
+
+cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *a, const void *ptr)
+{
+    if (!a) return record_error(cudaErrorInvalidValue);
+    std::lock_guard<std::mutex> lk(g_mem_mutex);
+    auto it = find_alloc(ptr, 0);
+    a->device = 0;
+    if (it == g_allocs.end()) {
+        a->type = cudaMemoryTypeUnregistered;
+        a->devicePointer = nullptr;
+        a->hostPointer = const_cast<void *>(ptr);
+    } else if (it->second.device) {
+        a->type = cudaMemoryTypeDevice;
+        a->devicePointer = const_cast<void *>(ptr);
+        a->hostPointer = nullptr;
+    } else {
+        a->type = cudaMemoryTypeHost;
+        a->devicePointer = const_cast<void *>(ptr);
+        a->hostPointer = const_cast<void *>(ptr);
+    }
+    return cudaSuccess;
+}
+
+/* ------------------------------------------------------------------ functions */
+
+cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, int value)
+{
+    if (!func) return record_error(cudaErrorInvalidDeviceFunction);
+    const cudaDeviceProp &p = device_props();
+    switch (attr) {
+    case cudaFuncAttributeMaxDynamicSharedMemorySize: {
+        if (value < 0 || (size_t)value > p.sharedMemPerBlockOptin) return record_error(cudaErrorInvalidValue);
+        std::lock_guard<std::mutex> lk(g_dev_mutex);
+        g_func_smem[func] = value;
+        return cudaSuccess;
+    }
+    case cudaFuncAttributePreferredSharedMemoryCarveout:
+        return (value >= -1 && value <= 100) ? cudaSuccess : record_error(cudaErrorInvalidValue);
+    default: return record_error(cudaErrorNotSupported);
+    }
+}
+
+/* ------------------------------------------------------------------ fab_emu.h */
+
+cudaError_t fab_emu_set_device_props(const struct cudaDeviceProp *prop)
+{
+    if (!prop || prop->warpSize != 32 || prop->multiProcessorCount < 1 || prop->maxThreadsPerBlock < 1 ||
+        prop->maxThreadsPerBlock > 1024 || prop->sharedMemPerBlockOptin < prop->sharedMemPerBlock)
+        return cudaErrorInvalidValue;
+    device_props();
+    std::lock_guard<std::mutex> lk(g_dev_mutex);
+    g_props = *prop;
+    return cudaSuccess;
+}
+
+cudaError_t fab_emu_set_device_preset(const char *name)
+{
+    cudaDeviceProp p;
+    if (name && strcmp(name, "h100") == 0)
+        preset_h100(p);
+    else if (name && strcmp(name, "a100") == 0)
+        preset_a100(p);
+    else
+        return cudaErrorInvalidValue;
+    return fab_emu_set_device_props(&p);
+}
+
+const char *fab_emu_last_message(void)
+{
+    std::lock_guard<std::mutex> lk(g_msg_mutex);
+    static thread_local std::string copy;
+    copy = g_last_message;
+    return copy.c_str();
+}
+
+} // extern "C"

@@ -1,0 +1,22 @@
+/*
+ * nvcc_check.cu -- the emulator's test kernels compiled by nvcc for the real GPU
+ * (sm_80, sm_90a): proves kernels/common/ptx.cuh's GPU bodies and the test kernels are
+ * valid CUDA.  Built by the emu_nvcc_compile test (`nvcc -c`, nothing runs).
+ */
+#include "kernels/gemm_kernels.cuh"
+#include "kernels/ptx_kernels.cuh"
+#include "kernels/race_kernels.cuh"
+#include "kernels/thread_kernels.cuh"
+
+/* Take every kernel's address so that each template instance is compiled. */
+void *fab_emu_nvcc_check_kernels[] = {
+    (void *)k_gemm_bf16<false>, (void *)k_gemm_bf16<true>, (void *)k_mma_loop,
+    (void *)k_mma_bf16_k16, (void *)k_mma_f16_k16, (void *)k_mma_f16_k8, (void *)k_mma_tf32_k8,
+    (void *)k_ldmatrix, (void *)k_cp_async, (void *)k_cp_async_misaligned, (void *)k_ldmatrix_global,
+    (void *)k_mma_half_warp,
+    (void *)k_transpose_tile<true>, (void *)k_transpose_tile<false>, (void *)k_warp_exchange<true>,
+    (void *)k_warp_exchange<false>, (void *)k_cp_async_stage<true>, (void *)k_cp_async_stage<false>,
+    (void *)k_indices, (void *)k_block_sum, (void *)k_sync_reduce, (void *)k_early_exit, (void *)k_named_barrier,
+    (void *)k_dynamic_smem, (void *)k_shuffles, (void *)k_warp_sum_double, (void *)k_votes, (void *)k_atomics,
+    (void *)k_shfl_from_exited, (void *)k_bad_mask, (void *)k_deadlock, (void *)k_mixed_collectives,
+};

@@ -1,0 +1,469 @@
+/*
+ * kernels/common/ptx.cuh -- the only place in fabriek with inline PTX.
+ *
+ * Each wrapper is a small named function with two bodies: the GPU one (inline asm,
+ * compiled by nvcc) and the emulator one (FAB_EMULATE_CUDA: a call into emu/, which
+ * implements the instruction's PTX ISA semantics on the CPU).  Kernels call only these.
+ *
+ * Conventions
+ *   - Shared-memory operands are generic C++ pointers to shared memory.  The GPU body
+ *     converts them with __cvta_generic_to_shared (one cvta, usually hoisted by the
+ *     compiler); the emulator uses them directly.  There is no 32-bit "shared address"
+ *     type to carry around.
+ *   - Register fragments are uint32_t arrays, as in hand-written CUDA: two 16-bit
+ *     values per register, the lower-indexed one in the low half (pack with
+ *     fab__pack_bf16x2 / fab__pack_f16x2).  mma accumulators are float[4].
+ *   - Fragment layouts are those of the PTX ISA ("Matrix fragments for mma.m16n8k16" etc.);
+ *     each function's comment gives the mapping with groupID = lane/4, tig = lane%4.
+ *   - Dynamic shared memory is declared with FAB_DYNAMIC_SMEM(type, name) (below), never
+ *     with a raw `extern __shared__` array: the emulator cannot provide one.
+ *
+ * Targets: sm_80 and newer (sm_90a for stmatrix).  Hopper wgmma / TMA / mbarrier wrappers
+ * will be added here by a later issue, following the same two-body pattern.
+ */
+#ifndef FAB_KERNELS_COMMON_PTX_CUH
+#define FAB_KERNELS_COMMON_PTX_CUH
+
+#include <stdint.h>
+#include <string.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#ifdef FAB_EMULATE_CUDA
+#include "fab_emu/device.h"
+#endif
+
+/* ------------------------------------------------------------------ dynamic shared memory */
+
+/*
+ * FAB_DYNAMIC_SMEM(type, name): inside a kernel, declares `type *name` pointing at the
+ * block's dynamic shared memory (the launch's dynamicSmemBytes).  The base is at least
+ * 16-byte aligned (CUDA's guarantee; the emulator gives 128).  Use it once per kernel
+ * and carve sub-arrays from it.
+ */
+#ifdef FAB_EMULATE_CUDA
+#define FAB_DYNAMIC_SMEM(type, name) type *name = reinterpret_cast<type *>(::fab_emu::dynamic_smem())
+#else
+#define FAB_DYNAMIC_SMEM(type, name)                                   \
+    extern __shared__ __align__(16) unsigned char fab__dynamic_smem[]; \
+    type *name = reinterpret_cast<type *>(fab__dynamic_smem)
+#endif
+
+#ifndef FAB_EMULATE_CUDA
+/* 32-bit .shared address of a generic pointer into shared memory. */
+static __device__ __forceinline__ uint32_t fab__smem_u32(const void *p)
+{
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#endif
+
+/* ------------------------------------------------------------------ packing helpers */
+
+/* Two floats -> one register of two bf16 / f16 (round to nearest even); lo in the low half. */
+static __device__ __forceinline__ uint32_t fab__pack_bf16x2(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    uint32_t r;
+    memcpy(&r, &v, 4);
+    return r;
+}
+static __device__ __forceinline__ uint32_t fab__pack_f16x2(float lo, float hi)
+{
+    __half2 v = __floats2half2_rn(lo, hi);
+    uint32_t r;
+    memcpy(&r, &v, 4);
+    return r;
+}
+
+/* ------------------------------------------------------------------ misc */
+
+/* %laneid */
+static __device__ __forceinline__ unsigned fab__lane_id()
+{
+#ifdef FAB_EMULATE_CUDA
+    return ::fab_emu::current().lane;
+#else
+    unsigned r;
+    asm volatile("mov.u32 %0, %%laneid;" : "=r"(r));
+    return r;
+#endif
+}
+
+/* cvt.rna.tf32.f32: round a float to tf32 (10 mantissa bits, nearest, ties away from zero);
+ * the result is a float bit pattern with the low 13 bits zero.  NaN stays NaN. */
+static __device__ __forceinline__ uint32_t fab__cvt_rna_tf32(float x)
+{
+#ifdef FAB_EMULATE_CUDA
+    uint32_t u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fffffffu;
+    if ((u & 0x7f800000u) == 0x7f800000u) return u; /* inf */
+    return (u + 0x1000u) & 0xffffe000u;             /* add half an ulp of tf32, truncate: ties away */
+#else
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#endif
+}
+
+/* tanh.approx.f32 (sm_75+).  GPU: max relative error about 2^-10.99; emulator: exact tanh. */
+static __device__ __forceinline__ float fab__tanh_approx(float x)
+{
+#ifdef FAB_EMULATE_CUDA
+    return (float)tanh((double)x);
+#else
+    float r;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#endif
+}
+
+/* ex2.approx.f32: 2^x.  GPU: max relative error 2^-22 (about 2 ulp), subnormals kept;
+ * emulator: exact 2^x rounded once. */
+static __device__ __forceinline__ float fab__ex2_approx(float x)
+{
+#ifdef FAB_EMULATE_CUDA
+    return (float)exp2((double)x);
+#else
+    float r;
+    asm("ex2.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#endif
+}
+
+/* ------------------------------------------------------------------ named barriers */
+
+/* bar.sync id, count: wait until `count` threads (a multiple of 32; whole warps) have
+ * arrived at barrier `id` (0..15).  Barrier 0 with all threads is __syncthreads. */
+static __device__ __forceinline__ void fab__bar_sync(unsigned id, unsigned count)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::barrier((int)id, (int)count, ::fab_emu::BAR_NONE, 0, true);
+#else
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
+#endif
+}
+
+/* bar.arrive id, count: signal arrival without waiting (producer side). */
+static __device__ __forceinline__ void fab__bar_arrive(unsigned id, unsigned count)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::barrier((int)id, (int)count, ::fab_emu::BAR_NONE, 0, false);
+#else
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
+#endif
+}
+
+/* ------------------------------------------------------------------ mma.sync */
+
+/*
+ * mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: D = A*B + C for one warp.
+ *   A 16x16 bf16 (row-major), 4 regs: a[r] = A[g + 8*(r&1)][2t + 8*(r>>1) + {0,1}]
+ *   B 16x8  bf16 (k x n),     2 regs: b[r] = B[2t + 8r + {0,1}][g]
+ *   C,D 16x8 f32,             4 regs: c[r] = C[g + 8*(r>>1)][2t + (r&1)]
+ * with g = lane/4, t = lane%4.  d may alias c.
+ */
+static __device__ __forceinline__ void fab__mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4],
+                                                              const uint32_t (&b)[2], const float (&c)[4])
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::mma(::fab_emu::MMA_M16N8K16_BF16, d, a, b, c);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+                   "f"(c[2]), "f"(c[3]));
+#endif
+}
+
+/* As fab__mma_m16n8k16_bf16 with f16 A and B. */
+static __device__ __forceinline__ void fab__mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4],
+                                                             const uint32_t (&b)[2], const float (&c)[4])
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::mma(::fab_emu::MMA_M16N8K16_F16, d, a, b, c);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+                   "f"(c[2]), "f"(c[3]));
+#endif
+}
+
+/*
+ * mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32:
+ *   A 16x8 f16, 2 regs: a[r] = A[g + 8r][2t + {0,1}]
+ *   B 8x8  f16, 1 reg:  b[0] = B[2t + {0,1}][g]
+ *   C,D as m16n8k16.
+ */
+static __device__ __forceinline__ void fab__mma_m16n8k8_f16(float (&d)[4], const uint32_t (&a)[2],
+                                                            const uint32_t (&b)[1], const float (&c)[4])
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::mma(::fab_emu::MMA_M16N8K8_F16, d, a, b, c);
+#else
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%8,%9,%10};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b[0]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#endif
+}
+
+/*
+ * mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (operands: float bit patterns,
+ * the low 13 mantissa bits are ignored by the hardware; round first with fab__cvt_rna_tf32):
+ *   A 16x8, 4 regs: a[r] = A[g + 8*(r&1)][t + 4*(r>>1)]
+ *   B 8x8,  2 regs: b[r] = B[t + 4r][g]
+ *   C,D as m16n8k16.
+ */
+static __device__ __forceinline__ void fab__mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4],
+                                                             const uint32_t (&b)[2], const float (&c)[4])
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::mma(::fab_emu::MMA_M16N8K8_TF32, d, a, b, c);
+#else
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+                   "f"(c[2]), "f"(c[3]));
+#endif
+}
+
+/* ------------------------------------------------------------------ ldmatrix / stmatrix / movmatrix */
+
+/*
+ * ldmatrix.sync.aligned.m8n8.xN{.trans}.shared.b16: loads N 8x8 matrices of 16-bit elements.
+ * Lane 8m + r passes the address of row r of matrix m (16 bytes, 16-byte aligned); lanes
+ * beyond 8N pass anything (ignored).  Register m of lane l receives row l/4, columns
+ * 2(l%4) and 2(l%4)+1 of matrix m -- with .trans, of the transposed matrix.
+ */
+#ifdef FAB_EMULATE_CUDA
+#define FAB__LDMATRIX(N, TRANS, regs, p) ::fab_emu::ldmatrix(regs, N, TRANS, p)
+#endif
+
+static __device__ __forceinline__ void fab__ldmatrix_x1(uint32_t (&r)[1], const void *smem_row)
+{
+#ifdef FAB_EMULATE_CUDA
+    FAB__LDMATRIX(1, false, r, smem_row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];" : "=r"(r[0]) : "r"(fab__smem_u32(smem_row)));
+#endif
+}
+static __device__ __forceinline__ void fab__ldmatrix_x2(uint32_t (&r)[2], const void *smem_row)
+{
+#ifdef FAB_EMULATE_CUDA
+    FAB__LDMATRIX(2, false, r, smem_row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(fab__smem_u32(smem_row)));
+#endif
+}
+static __device__ __forceinline__ void fab__ldmatrix_x4(uint32_t (&r)[4], const void *smem_row)
+{
+#ifdef FAB_EMULATE_CUDA
+    FAB__LDMATRIX(4, false, r, smem_row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(fab__smem_u32(smem_row)));
+#endif
+}
+static __device__ __forceinline__ void fab__ldmatrix_x1_trans(uint32_t (&r)[1], const void *smem_row)
+{
+#ifdef FAB_EMULATE_CUDA
+    FAB__LDMATRIX(1, true, r, smem_row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];"
+                 : "=r"(r[0])
+                 : "r"(fab__smem_u32(smem_row)));
+#endif
+}
+static __device__ __forceinline__ void fab__ldmatrix_x2_trans(uint32_t (&r)[2], const void *smem_row)
+{
+#ifdef FAB_EMULATE_CUDA
+    FAB__LDMATRIX(2, true, r, smem_row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(fab__smem_u32(smem_row)));
+#endif
+}
+static __device__ __forceinline__ void fab__ldmatrix_x4_trans(uint32_t (&r)[4], const void *smem_row)
+{
+#ifdef FAB_EMULATE_CUDA
+    FAB__LDMATRIX(4, true, r, smem_row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(fab__smem_u32(smem_row)));
+#endif
+}
+
+/*
+ * stmatrix.sync.aligned.m8n8.x4{.trans}.shared.b16 (sm_90): the inverse of ldmatrix.x4 --
+ * lane 8m + r passes the address of row r of matrix m; register m of lane l holds row l/4,
+ * columns 2(l%4), 2(l%4)+1 of matrix m (of its transpose with .trans).
+ */
+static __device__ __forceinline__ void fab__stmatrix_x4(void *smem_row, const uint32_t (&r)[4])
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::stmatrix(smem_row, r, 4, false);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};" ::"r"(fab__smem_u32(smem_row)),
+                 "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+                 : "memory");
+#else
+    (void)smem_row;
+    (void)r;
+    __trap(); /* stmatrix needs sm_90 */
+#endif
+}
+static __device__ __forceinline__ void fab__stmatrix_x4_trans(void *smem_row, const uint32_t (&r)[4])
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::stmatrix(smem_row, r, 4, true);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};" ::"r"(
+                     fab__smem_u32(smem_row)),
+                 "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+                 : "memory");
+#else
+    (void)smem_row;
+    (void)r;
+    __trap();
+#endif
+}
+
+/* movmatrix.sync.aligned.m8n8.trans.b16: transpose an 8x8 b16 matrix held in the ldmatrix
+ * fragment layout (lane l: row l/4, columns 2(l%4)+{0,1}). */
+static __device__ __forceinline__ uint32_t fab__movmatrix_trans(uint32_t a)
+{
+#ifdef FAB_EMULATE_CUDA
+    return ::fab_emu::movmatrix_trans(a);
+#else
+    uint32_t d;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(d) : "r"(a));
+    return d;
+#endif
+}
+
+/* ------------------------------------------------------------------ cp.async */
+
+/*
+ * cp.async.{ca,cg}.shared.global [dst], [src], N{, src_bytes}: asynchronous copy of N bytes
+ * from global to shared memory, both aligned to N.  The _zfill forms copy src_bytes
+ * (0..N) and write zeros to the rest (src_bytes = 0 reads nothing: use it for
+ * out-of-bounds tiles).  The data is guaranteed in shared memory only after
+ * fab__cp_async_wait<n>() retires the copy's group (and, for other threads, a barrier).
+ * .ca caches in L1 (4, 8, 16 bytes); .cg bypasses L1 (16 bytes only).
+ */
+static __device__ __forceinline__ void fab__cp_async_4(void *smem_dst, const void *gmem_src)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::cp_async(smem_dst, gmem_src, 4, 4, false);
+#else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(fab__smem_u32(smem_dst)),
+                 "l"(__cvta_generic_to_global(gmem_src))
+                 : "memory");
+#endif
+}
+static __device__ __forceinline__ void fab__cp_async_8(void *smem_dst, const void *gmem_src)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::cp_async(smem_dst, gmem_src, 8, 8, false);
+#else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(fab__smem_u32(smem_dst)),
+                 "l"(__cvta_generic_to_global(gmem_src))
+                 : "memory");
+#endif
+}
+static __device__ __forceinline__ void fab__cp_async_16(void *smem_dst, const void *gmem_src)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::cp_async(smem_dst, gmem_src, 16, 16, true);
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(fab__smem_u32(smem_dst)),
+                 "l"(__cvta_generic_to_global(gmem_src))
+                 : "memory");
+#endif
+}
+static __device__ __forceinline__ void fab__cp_async_16_ca(void *smem_dst, const void *gmem_src)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::cp_async(smem_dst, gmem_src, 16, 16, false);
+#else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(fab__smem_u32(smem_dst)),
+                 "l"(__cvta_generic_to_global(gmem_src))
+                 : "memory");
+#endif
+}
+static __device__ __forceinline__ void fab__cp_async_4_zfill(void *smem_dst, const void *gmem_src, unsigned src_bytes)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::cp_async(smem_dst, gmem_src, 4, (int)src_bytes, false);
+#else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(fab__smem_u32(smem_dst)),
+                 "l"(__cvta_generic_to_global(gmem_src)), "r"(src_bytes)
+                 : "memory");
+#endif
+}
+static __device__ __forceinline__ void fab__cp_async_8_zfill(void *smem_dst, const void *gmem_src, unsigned src_bytes)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::cp_async(smem_dst, gmem_src, 8, (int)src_bytes, false);
+#else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(fab__smem_u32(smem_dst)),
+                 "l"(__cvta_generic_to_global(gmem_src)), "r"(src_bytes)
+                 : "memory");
+#endif
+}
+static __device__ __forceinline__ void fab__cp_async_16_zfill(void *smem_dst, const void *gmem_src,
+                                                              unsigned src_bytes)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::cp_async(smem_dst, gmem_src, 16, (int)src_bytes, true);
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(fab__smem_u32(smem_dst)),
+                 "l"(__cvta_generic_to_global(gmem_src)), "r"(src_bytes)
+                 : "memory");
+#endif
+}
+
+/* cp.async.commit_group: close the group of this thread's outstanding cp.async copies. */
+static __device__ __forceinline__ void fab__cp_async_commit()
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+/* cp.async.wait_group N: wait until at most N of this thread's committed groups are pending. */
+template <int N>
+static __device__ __forceinline__ void fab__cp_async_wait()
+{
+    static_assert(N >= 0 && N <= 7, "cp.async.wait_group takes a small immediate");
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
+/* cp.async.wait_all: commit, then wait for every group. */
+static __device__ __forceinline__ void fab__cp_async_wait_all()
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::cp_async_wait_all();
+#else
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+#endif /* FAB_KERNELS_COMMON_PTX_CUH */
