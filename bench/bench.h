@@ -51,8 +51,11 @@ double bench_now_ms(void);
 
 /* Suites. Each adds rows; returns 0 on success. */
 int bench_suite_gelu(bench *b);
+int bench_suite_matmul(bench *b);
 /* (suite: matmul) */
+int bench_suite_attention(bench *b);
 /* (suite: attention) */
 /* (suite: comm) */
+int bench_suite_comm(bench *b);
 
 #endif

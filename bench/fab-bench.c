@@ -27,9 +27,12 @@ typedef struct suite {
 
 static const suite suites[] = {
     {"gelu", "GELU forward/backward bandwidth vs a device copy", bench_suite_gelu},
+    {"matmul", "GEMM throughput vs OpenBLAS sgemm (CPU) or cuBLASLt (GPU)", bench_suite_matmul},
     /* (suite: matmul) */
+    {"attention", "attention forward/backward GFLOP/s vs the CPU matmul rate (no GPU kernel yet)", bench_suite_attention},
     /* (suite: attention) */
     /* (suite: comm) */
+    {"comm", "collective busbw vs the raw NCCL/MPI call; grad_sync overlap (run under mpirun/srun)", bench_suite_comm},
 };
 #define NSUITES (int)(sizeof suites / sizeof suites[0])
 

@@ -322,8 +322,272 @@ FAB_API fab_status fab_matmul_bias_grad(fab_context *ctx, const fab_matmul_bias_
 /* -------------------------------------------------------------- attention */
 /* (section: kernels/attention) */
 
+/* Exact (not approximate) scaled dot-product attention, as
+ * torch.nn.functional.scaled_dot_product_attention and FlashAttention >= 2.1
+ * (flash_attn_func / flash_attn_varlen_func) define it, for training:
+ *
+ *   s[i,j] = scale * q[i].k[j]                   (scale 0: 1/sqrt(d))
+ *   s[i,j] = softcap * tanh(s[i,j] / softcap)    (only when softcap > 0)
+ *   s[i,j] = -inf where the mask forbids key j for query i
+ *   out[i] = sum_j softmax_j(s[i,:]) v[j],   lse[i] = log(sum_j exp(s[i,j]))  (natural log)
+ *
+ * Layout (FlashAttention's): q [batch, seqlen_q, heads_q, d], k and v
+ * [batch, seqlen_k, heads_kv, d], out like q. The last dim of q, k, v, out (and
+ * dout, dq, dk, dv) must have stride 1; the other strides are free (e.g. slices of
+ * one packed qkv buffer). lse is f32 [batch, heads_q, seqlen_q], contiguous.
+ *
+ * GQA / MQA: heads_q must be a multiple of heads_kv; query head h reads kv head
+ * h / (heads_q / heads_kv), as FlashAttention does.
+ *
+ * Mask. With offset = seqlen_k - seqlen_q (per sequence for varlen), query row i
+ * "sits at" key position i + offset: the causal mask and the window are aligned
+ * to the bottom-right corner, as FlashAttention >= 2.1 and torch's
+ * causal_lower_right. Key j is allowed for query i when
+ *   causal:                  j <= i + offset
+ *   window, window_right>=0: j <= i + offset + window_right
+ *   window, window_left>=0:  j >= i + offset - window_left
+ * (all that apply). window_left/right = -1 means unbounded on that side, as
+ * flash_attn's window_size=(-1, -1). Every query row must keep at least one
+ * allowed key: a call where some row would have none (for example causal with
+ * seqlen_q > seqlen_k, or seqlen_k = 0) is rejected with FAB_ERR_INVALID_ARGUMENT,
+ * where FlashAttention would silently return zeros for that row.
+ *
+ * Variable-length batches (flash_attn_varlen_func): set cu_seqlens_q and
+ * cu_seqlens_k, both i32 [batch + 1], contiguous, in the context's memory:
+ * cumulative offsets that start at 0, never decrease and end at the number of
+ * packed rows. q, out (and dout, dq) are then [total_q, heads_q, d], k, v (dk, dv)
+ * [total_k, heads_kv, d], and lse is f32 [heads_q, total_q] (as flash_attn's varlen
+ * lse). Sequence b is rows cu_seqlens[b] .. cu_seqlens[b+1]-1. max_seqlen_q/k:
+ * 0 means "work it out"; otherwise each must be >= every sequence's length.
+ * The offsets are validated on the host: free on the CPU; on a CUDA context it
+ * costs one small device-to-host copy that waits for the stream, which
+ * trust_cu_seqlens = 1 skips (then bad offsets are undefined behaviour, and
+ * max_seqlen_q/k must be given).
+ *
+ * Dtypes: q, k, v, out (dout, dq, dk, dv) all bf16 or all f16; f32 too on the CPU.
+ * Scores, softmax and accumulation are f32 whatever the storage type; outputs are
+ * rounded to nearest even once.
+ * Head dim d = q.shape[-1] = k.shape[-1] = v.shape[-1]: the CPU takes 1..256.
+ *
+ * Backends. CPU: tiled online-softmax forward and a recompute backward (OpenMP
+ * over batch x heads x tiles); the seqlen_q x seqlen_k matrix is never formed; the
+ * CPU results are bitwise identical run to run and for any thread count.
+ * CUDA: not implemented yet: after validating every argument the call returns
+ * FAB_ERR_UNSUPPORTED (nothing is written).
+ *
+ * Aliasing: no output may overlap any input or another output. */
+typedef struct fab_attention_params {
+    fab_tensor q;   /* [b, sq, hq, d], or [total_q, hq, d] with cu_seqlens */
+    fab_tensor k;   /* [b, sk, hkv, d], or [total_k, hkv, d] */
+    fab_tensor v;   /* like k */
+    fab_tensor out; /* written; like q */
+    fab_tensor lse; /* written; f32 [b, hq, sq] or [hq, total_q]; absent (zeroed): not stored */
+    float scale;    /* 0: 1/sqrt(d); otherwise finite, non-zero */
+    float softcap;  /* 0: none; > 0: s = softcap*tanh(s/softcap) (Gemma-2 / Grok style) */
+    int causal;     /* 0 or 1: bottom-right aligned causal mask */
+    int window;     /* 0 or 1: apply the sliding window below */
+    int64_t window_left;  /* with window: keys allowed left of the diagonal; -1 unbounded */
+    int64_t window_right; /* with window: keys allowed right of the diagonal; -1 unbounded */
+    fab_tensor cu_seqlens_q; /* i32 [b + 1]; both absent: dense batch */
+    fab_tensor cu_seqlens_k; /* i32 [b + 1] */
+    int64_t max_seqlen_q;    /* varlen only (0 for dense): 0 or >= the longest query sequence */
+    int64_t max_seqlen_k;    /* varlen only (0 for dense): 0 or >= the longest key sequence */
+    int trust_cu_seqlens;    /* 1: skip the host-side check of the offsets (see above) */
+} fab_attention_params;
+FAB_API fab_status fab_attention_forward(fab_context *ctx, const fab_attention_params *p);
+
+/* Gradients of the forward above: given q, k, v, the forward's out and lse, and
+ * dout (the gradient of the loss with respect to out), writes dq (like q) and
+ * dk, dv (like k). For GQA/MQA dk and dv hold the sum over the heads_q/heads_kv
+ * query heads that share each kv head. Every mask, scale, softcap and varlen field
+ * means what it means in fab_attention_params and must be the same as in the
+ * forward call that produced out and lse; lse is required here.
+ * dout has q's shape and dtype (strides free but the last, as q). The gradients
+ * are computed from D = rowsum(dout * out) and a recomputation of the
+ * probabilities from lse, in f32; each is rounded once.
+ * Determinism: the CPU backward is always bitwise repeatable (dk/dv are reduced
+ * per key tile, dq per query tile, in a fixed order, whatever the thread count). */
+typedef struct fab_attention_backward_params {
+    fab_tensor q, k, v;
+    fab_tensor out;  /* the forward's output */
+    fab_tensor dout; /* like q */
+    fab_tensor lse;  /* the forward's lse; required */
+    fab_tensor dq;   /* written; like q */
+    fab_tensor dk;   /* written; like k */
+    fab_tensor dv;   /* written; like k */
+    float scale;
+    float softcap;
+    int causal;
+    int window;
+    int64_t window_left;
+    int64_t window_right;
+    fab_tensor cu_seqlens_q;
+    fab_tensor cu_seqlens_k;
+    int64_t max_seqlen_q;
+    int64_t max_seqlen_k;
+    int trust_cu_seqlens;
+} fab_attention_backward_params;
+FAB_API fab_status fab_attention_backward(fab_context *ctx, const fab_attention_backward_params *p);
+
 /* ------------------------------------------------------------------- comm */
 /* (section: src/comm) */
+
+/* Communicators: a group of ranks (one process per GPU, or per CPU socket) that
+ * run collectives together. A CUDA context's communicator runs on NCCL, a CPU
+ * context's on MPI (include/fabriek_mpi.h); a single-rank communicator needs
+ * neither. A communicator belongs to the context it was created with: its
+ * collectives run on that context's stream, and like the context it is used by one
+ * thread at a time.
+ *
+ * Faults: every wait inside fabriek has a deadline (cfg.timeout_seconds, default
+ * 600 s). A collective that has not completed in time returns FAB_ERR_TIMEOUT and
+ * aborts the communicator: every later call on it returns FAB_ERR_TIMEOUT (or the
+ * status of the first fault) with a message saying so; destroy it and create a new
+ * one. FAB_ERR_PEER when the transport reports that another rank failed.
+ *
+ * Debug mode (cfg.debug, or the environment variable FAB_COMM_DEBUG=1): each
+ * collective is logged to stderr with its sequence number, op, dtype and size, and
+ * the ranks first compare (sequence number, op, dtype, count, root) with a small
+ * all-gather, so a mismatch (rank 0 in an all-reduce while rank 1 is in an
+ * all-gather) becomes FAB_ERR_INVALID_ARGUMENT on every rank instead of a hang;
+ * the mismatched collective is not run and the communicator stays usable. */
+typedef struct fab_comm fab_comm;
+
+/* An opaque token from which all ranks join one communicator (ncclUniqueId for NCCL).
+ * Rank 0 makes it; the caller sends it to the other ranks (MPI_Bcast, a file, ...). */
+typedef struct fab_comm_unique_id {
+    unsigned char bytes[128];
+} fab_comm_unique_id;
+
+typedef struct fab_comm_config {
+    double timeout_seconds; /* deadline of every collective and of creation; 0: 600 s */
+    int debug;              /* non-zero: debug mode (as FAB_COMM_DEBUG=1) */
+} fab_comm_config;
+
+/* Makes a unique id for a communicator of `ctx`'s backend (ncclGetUniqueId for a CUDA
+ * context). Call on one rank only and share it. */
+FAB_API fab_status fab_comm_get_unique_id(fab_context *ctx, fab_comm_unique_id *id);
+
+/* Joins rank `rank` of `nranks` (0 <= rank < nranks) to the communicator named by
+ * `id`; every rank calls it with the same id and nranks. cfg may be NULL.
+ *  - CUDA context in a build with NCCL: NCCL (ncclCommInitRankConfig, non-blocking,
+ *    bounded by the timeout), for one rank too (id NULL: it makes its own).
+ *  - nranks == 1 otherwise: a single-rank communicator (collectives are copies);
+ *    id may be NULL.
+ *  - CPU context, nranks > 1: MPI; when the library has MPI and MPI is initialized,
+ *    (nranks, rank) must be MPI_COMM_WORLD's size and rank and the communicator spans
+ *    it (fab_comm_create_mpi takes any MPI_Comm); else FAB_ERR_UNSUPPORTED.
+ * On failure *out is NULL. */
+FAB_API fab_status fab_comm_create(fab_context *ctx, int nranks, int rank, const fab_comm_unique_id *id,
+                                   const fab_comm_config *cfg, fab_comm **out);
+/* Splits `comm` as MPI_Comm_split / ncclCommSplit: ranks giving the same color >= 0
+ * form one new communicator, ordered by key then by rank in `comm`. Every rank of
+ * `comm` calls it; color FAB_COMM_NO_COLOR gives *out = NULL. cfg NULL: comm's. */
+#define FAB_COMM_NO_COLOR (-1)
+FAB_API fab_status fab_comm_split(fab_comm *comm, int color, int key, const fab_comm_config *cfg, fab_comm **out);
+/* Waits (bounded by the timeout) for the communicator's outstanding work and frees
+ * it. An aborted communicator is freed without waiting. NULL is a no-op. */
+FAB_API fab_status fab_comm_destroy(fab_comm *comm);
+/* Aborts outstanding collectives (ncclCommAbort for NCCL; MPI cannot cancel a
+ * collective, so an MPI communicator is only marked unusable) and marks the
+ * communicator unusable. Safe to call on a stuck or failed communicator. */
+FAB_API fab_status fab_comm_abort(fab_comm *comm);
+FAB_API fab_status fab_comm_rank(const fab_comm *comm, int *rank);
+FAB_API fab_status fab_comm_size(const fab_comm *comm, int *nranks);
+/* FAB_OK while usable; else the status of the fault that aborted it (TIMEOUT, PEER,
+ * BACKEND), with a message. Polls NCCL's asynchronous error. */
+FAB_API fab_status fab_comm_status(fab_comm *comm);
+/* Waits, bounded by the timeout, until every collective issued on `comm` so far has
+ * completed (on CUDA: on the device). The call to make before reading results when a
+ * peer may have failed, because fab_synchronize(ctx) has no deadline. */
+FAB_API fab_status fab_comm_synchronize(fab_comm *comm);
+
+/* The transport under `comm`: *transport = "self", "mpi" or "nccl"; *handle = NULL,
+ * a pointer to its MPI_Comm, or its ncclComm_t. For interop and baselines: work
+ * issued directly on the handle bypasses fabriek's deadlines. Either may be NULL. */
+FAB_API fab_status fab_comm_native(const fab_comm *comm, const char **transport, void **handle);
+
+typedef enum fab_reduce_op {
+    FAB_REDUCE_SUM = 0,
+    FAB_REDUCE_AVG = 1, /* sum / nranks; float dtypes only */
+    FAB_REDUCE_MAX = 2,
+    FAB_REDUCE_MIN = 3
+} fab_reduce_op;
+
+/* Collectives. Tensors are contiguous (others are rejected with a message), of
+ * dtype f32, f16, bf16, f64, i32 or i64, in the context's memory; `send` and `recv`
+ * have the same dtype. Asynchronous on the context's stream for CUDA (NCCL),
+ * synchronous for CPU (MPI). Shapes: only element counts matter.
+ * f16/bf16 on MPI: reduced pairwise by a user MPI_Op that widens to f32, combines and
+ * rounds back (RNE), as NCCL reduces in the storage type; AVG divides in f32.
+ * In place: allreduce and broadcast with recv == send; reduce_scatter with recv the
+ * rank's slice of send (send.data + rank*count); allgather with send the rank's
+ * slice of recv (recv.data + rank*count). Other overlaps are rejected. */
+
+/* recv = op over ranks of send; same count. */
+FAB_API fab_status fab_allreduce(fab_comm *comm, const fab_tensor *send, const fab_tensor *recv, fab_reduce_op op);
+/* send holds nranks*count elements; rank r's recv (count) = op over ranks of send's slice r. */
+FAB_API fab_status fab_reduce_scatter(fab_comm *comm, const fab_tensor *send, const fab_tensor *recv,
+                                      fab_reduce_op op);
+/* recv (nranks*count) = the ranks' send (count each), in rank order. */
+FAB_API fab_status fab_allgather(fab_comm *comm, const fab_tensor *send, const fab_tensor *recv);
+/* recv = root's send on every rank. send is read on the root only (may be NULL elsewhere). */
+FAB_API fab_status fab_broadcast(fab_comm *comm, const fab_tensor *send, const fab_tensor *recv, int root);
+/* Returns when every rank has reached it (CUDA: after the context stream's earlier work). */
+FAB_API fab_status fab_barrier(fab_comm *comm);
+/* Collectives between group_start and group_end are issued together at group_end
+ * (ncclGroupStart/End; MPI: all posted, then waited for together). Their tensors must
+ * stay valid until group_end returns (CUDA: until the stream has run them). */
+FAB_API fab_status fab_comm_group_start(fab_comm *comm);
+FAB_API fab_status fab_comm_group_end(fab_comm *comm);
+
+/* Gradient exchange, as PyTorch DistributedDataParallel does it:
+ *   fab_grad_sync_create(comm, &cfg, &gs);
+ *   for each gradient, in the order backward produces them: fab_grad_sync_register(gs, &g, &idx);
+ *   each step:  fab_grad_sync_begin(gs, communicate);      0 for an accumulation micro-step
+ *               ... backward: after the kernel writing gradient idx is issued,
+ *               fab_grad_sync_ready(gs, idx);
+ *               fab_grad_sync_wait(gs);                      before the optimizer step
+ * Gradients are packed in registration order into buckets of one dtype (the first up
+ * to first_bucket_bytes, then up to bucket_cap_bytes; a larger gradient gets a bucket
+ * of its own). When the last gradient of a bucket is ready, the bucket's all-reduce
+ * starts (CUDA: on the communicator's own stream, after the context stream's work so
+ * far, overlapping the rest of backward; MPI: MPI_Iallreduce, progressed by every
+ * fab_grad_sync_* call). wait() waits for all buckets (bounded by the timeout),
+ * unpacks them into the gradients (divided by nranks unless cfg.sum) and orders the
+ * context stream after them. Gradients are f32, f16 or bf16, contiguous, in the
+ * context's memory, and must not change between ready() and wait(). */
+typedef struct fab_grad_sync fab_grad_sync;
+typedef struct fab_grad_sync_config {
+    size_t bucket_cap_bytes;   /* 0: 25 MiB */
+    size_t first_bucket_bytes; /* 0: 1 MiB */
+    int sum;                   /* non-zero: sum the gradients; default: average */
+    int reduce_bf16;           /* non-zero: f32 gradients travel and reduce as bf16 */
+} fab_grad_sync_config;
+FAB_API fab_status fab_grad_sync_create(fab_comm *comm, const fab_grad_sync_config *cfg, fab_grad_sync **out);
+/* Registers one gradient; *index (may be NULL) receives its index (0, 1, ...). Not
+ * after the first begin(). */
+FAB_API fab_status fab_grad_sync_register(fab_grad_sync *gs, const fab_tensor *grad, int *index);
+/* Starts a backward pass. communicate == 0: an accumulation step, ready() and wait()
+ * do no communication. */
+FAB_API fab_status fab_grad_sync_begin(fab_grad_sync *gs, int communicate);
+FAB_API fab_status fab_grad_sync_ready(fab_grad_sync *gs, int index);
+/* Every registered gradient must have been marked ready. */
+FAB_API fab_status fab_grad_sync_wait(fab_grad_sync *gs);
+/* Number of buckets and the bucket of gradient `index` (for tests and tuning). */
+FAB_API fab_status fab_grad_sync_bucket_of(const fab_grad_sync *gs, int index, int *bucket, int *nbuckets);
+FAB_API void fab_grad_sync_destroy(fab_grad_sync *gs);
+
+/* ZeRO stage 1 (optimizer state sharded): flat gradients of nranks*shard elements
+ * (pad the tail) are reduce-scattered so rank r holds the averaged (or summed) slice r;
+ * after the optimizer updates its parameter slice, the slices are all-gathered into
+ * the full flat parameters. shard may be the rank's slice of the flat tensor (in
+ * place). fab_zero_shard_size gives ceil(numel / nranks). */
+FAB_API int64_t fab_zero_shard_size(int64_t numel, int nranks);
+FAB_API fab_status fab_zero_reduce_scatter(fab_comm *comm, const fab_tensor *flat_grads,
+                                           const fab_tensor *grad_shard, int sum);
+FAB_API fab_status fab_zero_allgather(fab_comm *comm, const fab_tensor *param_shard,
+                                      const fab_tensor *flat_params);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -52,15 +52,33 @@ static inline int64_t fab__mm_batch_offset(const fab__mm_args *a, const int64_t 
 
 /* CPU: algo NATIVE/AUTO runs the packed GEMM, REFERENCE the plain loops. */
 fab_status fab__matmul_cpu(fab_context *ctx, const fab__mm_args *a);
-fab_status fab__matmul_bias_grad_cpu(fab_context *ctx, const void *dy, fab_dtype dtype, int64_t rows,
-                                     int64_t n, const int64_t *row_offsets, void *dbias, fab_dtype dbias_dtype);
 
-/* CUDA: fabriek's kernels (matmul_cuda.cu) and cuBLASLt (matmul_cublas.c). */
+/* dbias[n] = sum over every row of dy. dy's rows: `nr` row dims (shape/stride,
+ * the row index (i_0, ..., i_{nr-1}) starts at dy + sum i_j * stride[j]); n > 0. */
+typedef struct fab__bgrad_args {
+    const void *dy;
+    fab_dtype dtype;
+    int64_t n;
+    int nr;
+    int64_t shape[FAB_MAX_DIMS], stride[FAB_MAX_DIMS];
+    void *dbias;
+    fab_dtype dbias_dtype;
+} fab__bgrad_args;
+fab_status fab__bias_grad_cpu(fab_context *ctx, const fab__bgrad_args *a);
+fab_status fab__bias_grad_cuda(fab_context *ctx, const fab__bgrad_args *a);
+
+/* CUDA: fabriek's kernels (matmul_cuda.cu dispatches; matmul_sm80.cu is the
+ * tensor-core kernel) and cuBLASLt (matmul_cublas.c). */
+bool fab__matmul_sm80_supports(const fab_context *ctx, const fab__mm_args *a);
+fab_status fab__matmul_sm80(fab_context *ctx, const fab__mm_args *a);
 fab_status fab__matmul_cuda(fab_context *ctx, const fab__mm_args *a);
 fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a);
 /* Whether cuBLASLt can run this call (dtypes, epilogue, strides); FAB_OK or a
  * FAB_ERR_UNSUPPORTED message saying why not. */
 fab_status fab__matmul_cublaslt_supports(const fab_context *ctx, const fab__mm_args *a);
+/* The dbias of a call (from C or from A) by fabriek's deterministic CUDA
+ * reduction, on the context's stream after the GEMM. */
+fab_status fab__matmul_dbias_cuda(fab_context *ctx, const fab__mm_args *a);
 
 #ifdef __cplusplus
 }

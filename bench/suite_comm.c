@@ -1,0 +1,439 @@
+/*
+ * suite_comm.c: collective bandwidth and gradient-exchange overlap.
+ *
+ * Run one process per GPU (or per CPU rank) under mpirun or srun:
+ *     srun -N2 --ntasks-per-node=4 --gpus-per-task=1 fab-bench --suite comm
+ * On a single process without MPI it measures a single-rank communicator and
+ * says so (busbw is 0 by definition there).
+ *
+ * Bandwidth by nccl-tests' definitions (doc/PERFORMANCE.md there): with S the
+ * buffer size in bytes (allreduce, broadcast: the tensor; reduce_scatter: the send
+ * buffer; allgather: the receive buffer) and t the time of one call,
+ *     algbw = S / t,   busbw = algbw * f,   f = 2(n-1)/n allreduce, (n-1)/n
+ *     reduce_scatter and allgather, 1 broadcast.
+ * busbw is comparable with the hardware's link bandwidth whatever n is.
+ * Each time is the median over repetitions of the slowest rank's time.
+ * Baseline: the same call made directly on the transport (MPI_Allreduce,
+ * ncclAllReduce, ...) on the same communicator, in the same run; the ratio is the
+ * overhead of fabriek's wrapper.
+ *
+ * grad_sync: a synthetic backward pass of L layers, each "computing" (a device
+ * copy of C bytes) and then marking its gradient ready. Exposed communication is
+ * the part of the exchange backward could not hide:
+ *     exposed = T(backward + exchange + wait) - T(backward without exchange)
+ *     fraction = exposed / T(exchange alone)
+ */
+#include "bench.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef FAB_BENCH_MPI
+#include <mpi.h>
+
+#include "fabriek_mpi.h"
+#endif
+#ifdef FAB_BENCH_NCCL
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#endif
+
+#define TRY(call)                      \
+    do {                               \
+        fab_status try_s_ = (call);    \
+        if (try_s_ != FAB_OK)          \
+            return try_s_;             \
+    } while (0)
+
+enum { C_ALLREDUCE, C_REDUCE_SCATTER, C_ALLGATHER, C_BROADCAST, C_COUNT };
+static const char *cnames[] = {"allreduce", "reduce_scatter", "allgather", "broadcast"};
+
+typedef struct comm_bench {
+    fab_context *ctx;
+    fab_comm *comm;
+    const char *transport;
+    void *native;
+    int rank, nranks, mpi;
+    void *a, *b; /* buffers of the largest size */
+#ifdef FAB_BENCH_NCCL
+    cudaStream_t raw_stream;
+#endif
+} comm_bench;
+
+/* Zeroes `bytes` of the context's memory (NaN or denormal garbage would slow a CPU sum). */
+static fab_status zero_fill(fab_context *ctx, void *dst, size_t bytes)
+{
+    static const unsigned char zeros[1 << 20];
+    for (size_t off = 0; off < bytes; off += sizeof zeros) {
+        size_t m = bytes - off < sizeof zeros ? bytes - off : sizeof zeros;
+        TRY(fab_copy(ctx, (char *)dst + off, zeros, m));
+    }
+    return fab_synchronize(ctx);
+}
+
+static double slowest(comm_bench *cb, double ms)
+{
+#ifdef FAB_BENCH_MPI
+    if (cb->mpi) {
+        double m = ms;
+        MPI_Allreduce(&ms, &m, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        return m;
+    }
+#endif
+    (void)cb;
+    return ms;
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+/* One call of collective k on S bytes of f32, through fabriek or directly. */
+static fab_status run_one(comm_bench *cb, int k, size_t bytes, int raw)
+{
+    int64_t n = (int64_t)(bytes / 4), per = n / cb->nranks;
+    if (!raw) {
+        fab_tensor full, part;
+        fab_tensor_make(cb->a, FAB_DTYPE_F32, 1, &n, &full);
+        int64_t np = k == C_REDUCE_SCATTER || k == C_ALLGATHER ? per : n;
+        fab_tensor_make(cb->b, FAB_DTYPE_F32, 1, &np, &part);
+        int64_t ng = per * cb->nranks;
+        fab_tensor gathered;
+        fab_tensor_make(cb->a, FAB_DTYPE_F32, 1, &ng, &gathered);
+        switch (k) {
+        case C_ALLREDUCE: return fab_allreduce(cb->comm, &full, &full, FAB_REDUCE_SUM);
+        case C_REDUCE_SCATTER: return fab_reduce_scatter(cb->comm, &gathered, &part, FAB_REDUCE_SUM);
+        case C_ALLGATHER: return fab_allgather(cb->comm, &part, &gathered);
+        default: return fab_broadcast(cb->comm, &full, &full, 0);
+        }
+    }
+#ifdef FAB_BENCH_MPI
+    if (!strcmp(cb->transport, "mpi")) {
+        MPI_Comm c = *(MPI_Comm *)cb->native;
+        int r = MPI_SUCCESS;
+        switch (k) {
+        case C_ALLREDUCE: r = MPI_Allreduce(MPI_IN_PLACE, cb->a, (int)n, MPI_FLOAT, MPI_SUM, c); break;
+        case C_REDUCE_SCATTER: r = MPI_Reduce_scatter_block(cb->a, cb->b, (int)per, MPI_FLOAT, MPI_SUM, c); break;
+        case C_ALLGATHER: r = MPI_Allgather(cb->b, (int)per, MPI_FLOAT, cb->a, (int)per, MPI_FLOAT, c); break;
+        default: r = MPI_Bcast(cb->a, (int)n, MPI_FLOAT, 0, c); break;
+        }
+        return r == MPI_SUCCESS ? FAB_OK : FAB_ERR_BACKEND;
+    }
+#endif
+#ifdef FAB_BENCH_NCCL
+    if (!strcmp(cb->transport, "nccl")) {
+        ncclComm_t c = (ncclComm_t)cb->native;
+        ncclResult_t r = ncclSuccess;
+        switch (k) {
+        case C_ALLREDUCE: r = ncclAllReduce(cb->a, cb->a, (size_t)n, ncclFloat32, ncclSum, c, cb->raw_stream); break;
+        case C_REDUCE_SCATTER:
+            r = ncclReduceScatter(cb->a, cb->b, (size_t)per, ncclFloat32, ncclSum, c, cb->raw_stream);
+            break;
+        case C_ALLGATHER: r = ncclAllGather(cb->b, cb->a, (size_t)per, ncclFloat32, c, cb->raw_stream); break;
+        default: r = ncclBroadcast(cb->a, cb->a, (size_t)n, ncclFloat32, 0, c, cb->raw_stream); break;
+        }
+        if (r != ncclSuccess && r != ncclInProgress)
+            return FAB_ERR_BACKEND;
+        return cudaStreamSynchronize(cb->raw_stream) == cudaSuccess ? FAB_OK : FAB_ERR_BACKEND;
+    }
+#endif
+    /* single rank: the transport is a copy */
+    if (k == C_ALLREDUCE || k == C_BROADCAST)
+        return FAB_OK;
+    return fab_copy(cb->ctx, cb->b, cb->a, (size_t)per * 4);
+}
+
+/* Median over reps of the slowest rank's time of one call, in ms; < 0 on failure. */
+static double time_coll(comm_bench *cb, bench *b, int k, size_t bytes, int raw)
+{
+    int reps = b->opt.reps, total = b->opt.warmup + reps;
+    double *t = calloc((size_t)reps, sizeof(double));
+    if (!t)
+        return -1;
+    for (int r = 0; r < total; r++) {
+        if (fab_barrier(cb->comm) != FAB_OK)
+            goto fail;
+        double t0 = bench_now_ms();
+        if (run_one(cb, k, bytes, raw) != FAB_OK || fab_comm_synchronize(cb->comm) != FAB_OK)
+            goto fail;
+        double dt = slowest(cb, bench_now_ms() - t0);
+        if (r >= b->opt.warmup)
+            t[r - b->opt.warmup] = dt;
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_double);
+    double m = t[reps / 2];
+    free(t);
+    return m;
+fail:
+    fprintf(stderr, "fab-bench comm: %s %zu B%s: %s\n", cnames[k], bytes, raw ? " (raw)" : "", fab_last_error());
+    free(t);
+    return -1;
+}
+
+static double bus_factor(int k, int n)
+{
+    if (k == C_ALLREDUCE)
+        return 2.0 * (n - 1) / n;
+    if (k == C_BROADCAST)
+        return 1.0;
+    return (double)(n - 1) / n;
+}
+
+/* ---------------------------------------------------------------- grad sync */
+
+typedef struct backward {
+    comm_bench *cb;
+    fab_grad_sync *gs;
+    int layers;
+    void *work_a, *work_b;
+    size_t work_bytes;
+} backward;
+
+/* mode 0: backward only; 1: backward + exchange; 2: exchange alone */
+static fab_status run_backward(backward *bw, int mode)
+{
+    fab_status s = fab_grad_sync_begin(bw->gs, mode != 0);
+    for (int l = 0; s == FAB_OK && l < bw->layers; l++) {
+        if (mode != 2)
+            s = fab_copy(bw->cb->ctx, bw->work_b, bw->work_a, bw->work_bytes); /* the layer's backward */
+        if (s == FAB_OK)
+            s = fab_grad_sync_ready(bw->gs, l);
+    }
+    if (s == FAB_OK)
+        s = fab_grad_sync_wait(bw->gs);
+    if (s == FAB_OK)
+        s = fab_synchronize(bw->cb->ctx);
+    return s;
+}
+
+static double time_backward(backward *bw, bench *b, int mode)
+{
+    int reps = b->opt.reps, total = b->opt.warmup + reps;
+    double *t = calloc((size_t)reps, sizeof(double));
+    if (!t)
+        return -1;
+    for (int r = 0; r < total; r++) {
+        if (fab_barrier(bw->cb->comm) != FAB_OK)
+            goto fail;
+        double t0 = bench_now_ms();
+        if (run_backward(bw, mode) != FAB_OK)
+            goto fail;
+        double dt = slowest(bw->cb, bench_now_ms() - t0);
+        if (r >= b->opt.warmup)
+            t[r - b->opt.warmup] = dt;
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_double);
+    double m = t[reps / 2];
+    free(t);
+    return m;
+fail:
+    fprintf(stderr, "fab-bench comm: grad_sync: %s\n", fab_last_error());
+    free(t);
+    return -1;
+}
+
+static int bench_grad_sync(comm_bench *cb, bench *b, bool gpu)
+{
+    backward bw;
+    memset(&bw, 0, sizeof bw);
+    bw.cb = cb;
+    bw.layers = 24;
+    /* per layer: gradient and "compute" sized so that compute and exchange are comparable */
+    int64_t grad_n = gpu ? (b->opt.quick ? 4 << 20 : 16 << 20) : (b->opt.quick ? 1 << 18 : 1 << 20);
+    bw.work_bytes = gpu ? (size_t)256 << 20 : (size_t)8 << 20;
+    void *grads[24] = {0};
+    int failed = 0;
+    if (fab_alloc(cb->ctx, bw.work_bytes, &bw.work_a) != FAB_OK ||
+        fab_alloc(cb->ctx, bw.work_bytes, &bw.work_b) != FAB_OK ||
+        fab_grad_sync_create(cb->comm, NULL, &bw.gs) != FAB_OK) {
+        fprintf(stderr, "fab-bench comm: grad_sync setup: %s\n", fab_last_error());
+        failed = 1;
+        goto done;
+    }
+    for (int l = 0; l < bw.layers; l++) {
+        fab_tensor t;
+        if (fab_alloc(cb->ctx, (size_t)grad_n * 4, &grads[l]) != FAB_OK ||
+            zero_fill(cb->ctx, grads[l], (size_t)grad_n * 4) != FAB_OK ||
+            fab_tensor_make(grads[l], FAB_DTYPE_F32, 1, &grad_n, &t) != FAB_OK ||
+            fab_grad_sync_register(bw.gs, &t, NULL) != FAB_OK) {
+            fprintf(stderr, "fab-bench comm: grad_sync setup: %s\n", fab_last_error());
+            failed = 1;
+            goto done;
+        }
+    }
+    double t_compute = time_backward(&bw, b, 0);
+    double t_total = time_backward(&bw, b, 1);
+    double t_comm = time_backward(&bw, b, 2);
+    if (t_compute < 0 || t_total < 0 || t_comm < 0) {
+        failed = 1;
+        goto done;
+    }
+    double exposed = t_total - t_compute;
+    if (exposed < 0)
+        exposed = 0;
+    int nb = 0;
+    fab_grad_sync_bucket_of(bw.gs, 0, NULL, &nb);
+    printf("comm: grad_sync, %d layers x %.1f MiB f32 gradients in %d buckets, %d rank%s (%s):\n"
+           "      backward alone %.3f ms, exchange alone %.3f ms, both %.3f ms -> exposed %.3f ms = %.1f%% of the "
+           "exchange (goal <= 10%%)\n",
+           bw.layers, grad_n * 4.0 / (1 << 20), nb, cb->nranks, cb->nranks == 1 ? "" : "s", cb->transport, t_compute,
+           t_comm, t_total, exposed, t_comm > 0 ? 100.0 * exposed / t_comm : 0.0);
+    bench_row *row = cb->nranks > 1 ? bench_add_row(b) : NULL;
+    if (cb->nranks == 1)
+        printf("      (one rank: nothing is exchanged, the fraction means nothing)\n");
+    if (row) {
+        snprintf(row->suite, sizeof row->suite, "comm");
+        snprintf(row->name, sizeof row->name, "grad_sync exposed");
+        snprintf(row->shape, sizeof row->shape, "%dx%lld n=%d", bw.layers, (long long)grad_n, cb->nranks);
+        snprintf(row->dtype, sizeof row->dtype, "f32");
+        row->ms = t_total;
+        row->work = exposed;
+        row->unit = "%exp";
+        row->rate = t_comm > 0 ? 100.0 * exposed / t_comm : 0;
+        snprintf(row->baseline, sizeof row->baseline, "goal");
+        row->baseline_rate = 10.0; /* percent exposed: the goal */
+        row->ratio = row->rate / 10.0; /* <= 1 meets it */
+    }
+done:
+    fab_grad_sync_destroy(bw.gs);
+    for (int l = 0; l < bw.layers; l++)
+        fab_free(cb->ctx, grads[l]);
+    fab_free(cb->ctx, bw.work_a);
+    fab_free(cb->ctx, bw.work_b);
+    return failed;
+}
+
+/* ----------------------------------------------------------------- the suite */
+
+#ifdef FAB_BENCH_MPI
+static void finalize_mpi(void)
+{
+    int done = 0;
+    MPI_Finalized(&done);
+    if (!done)
+        MPI_Finalize();
+}
+#endif
+
+static fab_status make_comm(comm_bench *cb, bench *b)
+{
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.backend = fab_context_backend(b->ctx);
+#ifdef FAB_BENCH_MPI
+    int init = 0;
+    MPI_Initialized(&init);
+    if (!init) { /* fab-bench's main knows nothing of MPI: init here, finalize at exit */
+        int provided;
+        MPI_Init_thread(NULL, NULL, MPI_THREAD_SINGLE, &provided);
+        atexit(finalize_mpi);
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &cb->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &cb->nranks);
+    cb->mpi = cb->nranks > 1;
+    if (cb->mpi) {
+        int local = 0;
+        TRY(fab_mpi_local_rank(MPI_COMM_WORLD, &local));
+        cfg.device = local; /* one GPU per process; falls back to 0 when the job shows only one */
+        if (cfg.backend == FAB_BACKEND_CUDA && fab_context_create(&cfg, &cb->ctx) != FAB_OK)
+            cfg.device = 0;
+        if (!cb->ctx)
+            TRY(fab_context_create(&cfg, &cb->ctx));
+        if (cb->rank != 0 && !freopen("/dev/null", "w", stdout)) /* one report, from rank 0 */
+            return FAB_ERR_INTERNAL;
+        return fab_comm_create_mpi(cb->ctx, MPI_COMM_WORLD, NULL, &cb->comm);
+    }
+#endif
+    cb->nranks = 1;
+    TRY(fab_context_create(&cfg, &cb->ctx));
+    return fab_comm_create(cb->ctx, 1, 0, NULL, NULL, &cb->comm);
+}
+
+int bench_suite_comm(bench *b)
+{
+    comm_bench cb;
+    memset(&cb, 0, sizeof cb);
+    bool gpu = fab_context_backend(b->ctx) == FAB_BACKEND_CUDA;
+    int failed = 0;
+    if (make_comm(&cb, b) != FAB_OK) {
+        fprintf(stderr, "fab-bench comm: %s\n", fab_last_error());
+        failed = 1;
+        goto out;
+    }
+    fab_comm_native(cb.comm, &cb.transport, &cb.native);
+#ifdef FAB_BENCH_NCCL
+    if (!strcmp(cb.transport, "nccl"))
+        cudaStreamCreateWithFlags(&cb.raw_stream, cudaStreamNonBlocking);
+#endif
+    if (cb.nranks == 1)
+        printf("comm: single process, single-rank communicator (%s): busbw is 0 by definition; run under "
+               "mpirun/srun with several ranks for real figures\n",
+               cb.transport);
+    size_t max_bytes = b->opt.quick ? (size_t)64 << 20 : (size_t)1 << 30;
+    if (fab_alloc(cb.ctx, max_bytes, &cb.a) != FAB_OK || fab_alloc(cb.ctx, max_bytes, &cb.b) != FAB_OK ||
+        zero_fill(cb.ctx, cb.a, max_bytes) != FAB_OK || zero_fill(cb.ctx, cb.b, max_bytes) != FAB_OK) {
+        fprintf(stderr, "fab-bench comm: %s\n", fab_last_error());
+        failed = 1;
+        goto out;
+    }
+    printf("comm: %d rank%s over %s; times: median of the slowest rank; baseline: the same call on the raw "
+           "%s communicator\n",
+           cb.nranks, cb.nranks == 1 ? "" : "s", cb.transport, cb.transport);
+    printf("%-15s %12s %10s %10s %10s %10s %9s\n", "collective", "bytes", "fab ms", "algbw GB/s", "busbw GB/s",
+           "raw ms", "overhead");
+    for (int k = 0; k < C_COUNT; k++) {
+        /* 8 B, x4 each step, and the largest size itself */
+        for (size_t bytes = 8; bytes <= max_bytes; bytes = bytes == max_bytes ? SIZE_MAX
+                                                            : bytes * 4 > max_bytes ? max_bytes : bytes * 4) {
+            if (bytes / 4 < (size_t)cb.nranks) /* reduce_scatter/allgather need >= 1 element per rank */
+                continue;
+            size_t eff = (k == C_REDUCE_SCATTER || k == C_ALLGATHER) ? bytes / 4 / (size_t)cb.nranks *
+                                                                            (size_t)cb.nranks * 4
+                                                                      : bytes;
+            double ms = time_coll(&cb, b, k, eff, 0), raw = time_coll(&cb, b, k, eff, 1);
+            if (ms < 0 || raw < 0) {
+                failed = 1;
+                continue;
+            }
+            double algbw = (double)eff / (ms * 1e-3) / 1e9, busbw = algbw * bus_factor(k, cb.nranks);
+            double raw_bus = (double)eff / (raw * 1e-3) / 1e9 * bus_factor(k, cb.nranks);
+            printf("%-15s %12zu %10.4f %10.3f %10.3f %10.4f %8.1f%%\n", cnames[k], eff, ms, algbw, busbw, raw,
+                   100.0 * (ms / raw - 1));
+            if (cb.nranks == 1) /* nothing moves: no row for the report */
+                continue;
+            bench_row *row = bench_add_row(b);
+            if (!row) {
+                failed = 1;
+                continue;
+            }
+            snprintf(row->suite, sizeof row->suite, "comm");
+            snprintf(row->name, sizeof row->name, "%s busbw", cnames[k]);
+            snprintf(row->shape, sizeof row->shape, "bytes=%zu n=%d", eff, cb.nranks);
+            snprintf(row->dtype, sizeof row->dtype, "f32");
+            row->ms = ms;
+            row->work = (double)eff;
+            row->unit = "GB/s";
+            row->rate = busbw;
+            snprintf(row->baseline, sizeof row->baseline, "raw %s", cb.transport);
+            row->baseline_rate = raw_bus;
+            row->ratio = raw / ms; /* 1.0 = no overhead */
+        }
+    }
+    failed |= bench_grad_sync(&cb, b, gpu);
+out:
+    if (cb.ctx) {
+        fab_free(cb.ctx, cb.a);
+        fab_free(cb.ctx, cb.b);
+    }
+#ifdef FAB_BENCH_NCCL
+    if (cb.raw_stream)
+        cudaStreamDestroy(cb.raw_stream);
+#endif
+    fab_comm_destroy(cb.comm);
+    fab_context_destroy(cb.ctx);
+    return failed;
+}

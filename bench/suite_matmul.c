@@ -1,0 +1,289 @@
+/*
+ * suite_matmul.c: fab_matmul throughput (2·m·n·k flops per call) against the
+ * library baseline measured in the same run:
+ *   CPU: OpenBLAS cblas_sgemm (same thread count) for m = n = k in {512, 1024,
+ *        2048} (--quick: 512, 1024); f32, and bf16 inputs (against the same sgemm).
+ *   GPU: cuBLASLt, through fab_matmul with algo = FAB_MATMUL_ALGO_CUBLASLT, for
+ *        bf16 squares 1024..8192 and the linear layers of GPT-2 124M and LLaMA-7B
+ *        training: forward y = x·Wᵀ, backward dx = dy·W and dW = dyᵀ·x.
+ */
+#include "bench.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef FAB_BENCH_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+
+typedef struct mm_bench {
+    fab_context *ctx;
+    fab_matmul_params p;
+#ifdef FAB_BENCH_HAVE_OPENBLAS
+    int m, n, k;
+    const float *a, *b;
+    float *c;
+#endif
+} mm_bench;
+
+static fab_status run_fab(void *arg)
+{
+    mm_bench *c = arg;
+    return fab_matmul(c->ctx, &c->p);
+}
+
+#ifdef FAB_BENCH_HAVE_OPENBLAS
+static fab_status run_openblas(void *arg)
+{
+    mm_bench *c = arg;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->m, c->n, c->k, 1.0f, c->a, c->k, c->b, c->n, 0.0f,
+                c->c, c->n);
+    return FAB_OK;
+}
+#endif
+
+/* Fills n elements of dtype with values in [-1, 1) through the library's conversions. */
+static fab_status fill(fab_context *ctx, void *dev, fab_dtype dtype, int64_t n, unsigned salt)
+{
+    size_t es = fab_dtype_size(dtype);
+    const int64_t chunk = 1 << 20;
+    unsigned char *host = malloc((size_t)chunk * 4);
+    if (!host)
+        return FAB_ERR_OUT_OF_MEMORY;
+    fab_status s = FAB_OK;
+    for (int64_t off = 0; off < n && s == FAB_OK; off += chunk) {
+        int64_t m = n - off < chunk ? n - off : chunk;
+        for (int64_t i = 0; i < m; i++) {
+            float v = (float)(((uint64_t)(off + i) * 2654435761u + salt * 40503u) % 2000) / 1000.0f - 1.0f;
+            if (dtype == FAB_DTYPE_F32) {
+                memcpy(host + 4 * i, &v, 4);
+            } else {
+                uint16_t h = dtype == FAB_DTYPE_BF16 ? fab_f32_to_bf16(v) : fab_f32_to_f16(v);
+                memcpy(host + 2 * i, &h, 2);
+            }
+        }
+        s = fab_copy(ctx, (char *)dev + off * (int64_t)es, host, (size_t)m * es);
+        if (s == FAB_OK)
+            s = fab_synchronize(ctx);
+    }
+    free(host);
+    return s;
+}
+
+static void set_row(bench_row *row, const char *name, int64_t m, int64_t n, int64_t k, fab_dtype dt, double ms,
+                    bool gpu)
+{
+    snprintf(row->suite, sizeof row->suite, "matmul");
+    snprintf(row->name, sizeof row->name, "%s", name);
+    snprintf(row->shape, sizeof row->shape, "%lldx%lldx%lld", (long long)m, (long long)n, (long long)k);
+    snprintf(row->dtype, sizeof row->dtype, "%s", fab_dtype_name(dt));
+    row->ms = ms;
+    row->work = 2.0 * (double)m * (double)n * (double)k;
+    row->unit = gpu ? "TFLOP/s" : "GFLOP/s";
+    row->rate = row->work / (ms * 1e-3) / (gpu ? 1e12 : 1e9);
+}
+
+/* ------------------------------------------------------------------- CPU */
+
+#define ROUNDS 3
+
+static int cpu_suite(bench *b)
+{
+    const int64_t sizes[] = {512, 1024, 2048};
+    int nsizes = b->opt.quick ? 2 : 3, failed = 0;
+#ifdef FAB_BENCH_HAVE_OPENBLAS
+    const char *env = getenv("OMP_NUM_THREADS");
+    int threads = env && atoi(env) > 0 ? atoi(env) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    openblas_set_num_threads(threads);
+#else
+    printf("matmul: OpenBLAS was not found when fab-bench was configured: CPU rows have no baseline\n");
+#endif
+    for (int si = 0; si < nsizes; si++) {
+        int64_t s = sizes[si];
+        void *a32 = NULL, *b32 = NULL, *c32 = NULL, *a16 = NULL, *b16 = NULL;
+        size_t bytes = (size_t)(s * s) * 4;
+        if (fab_alloc(b->ctx, bytes, &a32) != FAB_OK || fab_alloc(b->ctx, bytes, &b32) != FAB_OK ||
+            fab_alloc(b->ctx, bytes, &c32) != FAB_OK || fab_alloc(b->ctx, bytes / 2, &a16) != FAB_OK ||
+            fab_alloc(b->ctx, bytes / 2, &b16) != FAB_OK || fill(b->ctx, a32, FAB_DTYPE_F32, s * s, 1) != FAB_OK ||
+            fill(b->ctx, b32, FAB_DTYPE_F32, s * s, 2) != FAB_OK || fill(b->ctx, a16, FAB_DTYPE_BF16, s * s, 1) != FAB_OK ||
+            fill(b->ctx, b16, FAB_DTYPE_BF16, s * s, 2) != FAB_OK) {
+            fprintf(stderr, "fab-bench matmul: %s\n", fab_last_error());
+            failed = 1;
+        } else {
+            mm_bench c;
+            memset(&c, 0, sizeof c);
+            c.ctx = b->ctx;
+            int64_t sh[2] = {s, s};
+            fab_tensor_make(a32, FAB_DTYPE_F32, 2, sh, &c.p.a);
+            fab_tensor_make(b32, FAB_DTYPE_F32, 2, sh, &c.p.b);
+            fab_tensor_make(c32, FAB_DTYPE_F32, 2, sh, &c.p.c);
+            double base_ms = -1;
+#ifdef FAB_BENCH_HAVE_OPENBLAS
+            c.m = c.n = c.k = (int)s;
+            c.a = a32;
+            c.b = b32;
+            c.c = c32;
+#endif
+            for (int d = 0; d < 2; d++) {
+                if (d == 1) {
+                    c.p.a.data = a16;
+                    c.p.a.dtype = FAB_DTYPE_BF16;
+                    c.p.b.data = b16;
+                    c.p.b.dtype = FAB_DTYPE_BF16;
+                }
+                /* fabriek and the baseline alternate for a few rounds and each keeps
+                 * its best median, so a burst of other load on a shared machine
+                 * does not decide the ratio */
+                double ms = -1;
+                for (int round = 0; round < ROUNDS; round++) {
+#ifdef FAB_BENCH_HAVE_OPENBLAS
+                    if (d == 0) {
+                        double t = bench_time_ms(b, run_openblas, &c);
+                        base_ms = base_ms < 0 || (t > 0 && t < base_ms) ? t : base_ms;
+                    }
+#endif
+                    double t = bench_time_ms(b, run_fab, &c);
+                    if (t < 0) {
+                        ms = -1;
+                        break;
+                    }
+                    ms = ms < 0 || t < ms ? t : ms;
+                }
+                bench_row *row = bench_add_row(b);
+                if (!row || ms < 0) {
+                    failed = 1;
+                    continue;
+                }
+                set_row(row, d ? "matmul bf16->f32" : "matmul", s, s, s, d ? FAB_DTYPE_BF16 : FAB_DTYPE_F32, ms, false);
+                if (base_ms > 0) {
+                    snprintf(row->baseline, sizeof row->baseline, "openblas sgemm");
+                    row->baseline_rate = row->work / (base_ms * 1e-3) / 1e9;
+                    row->ratio = row->rate / row->baseline_rate;
+                } else {
+                    snprintf(row->baseline, sizeof row->baseline, "none (no OpenBLAS)");
+                }
+            }
+        }
+        fab_free(b->ctx, a32);
+        fab_free(b->ctx, b32);
+        fab_free(b->ctx, c32);
+        fab_free(b->ctx, a16);
+        fab_free(b->ctx, b16);
+    }
+    return failed;
+}
+
+/* ------------------------------------------------------------------- GPU */
+
+typedef struct gpu_shape {
+    const char *name;
+    int64_t m, n, k;
+    int ta, tb;
+} gpu_shape;
+
+/* One GEMM, bf16 in and out with f32 accumulation, fabriek (auto) vs cuBLASLt. */
+static int gpu_one(bench *b, const gpu_shape *g)
+{
+    int64_t ar = g->ta ? g->k : g->m, ac = g->ta ? g->m : g->k;
+    int64_t br = g->tb ? g->n : g->k, bc = g->tb ? g->k : g->n;
+    void *da = NULL, *db = NULL, *dc = NULL;
+    int failed = 0;
+    if (fab_alloc(b->ctx, (size_t)(ar * ac) * 2, &da) != FAB_OK || fab_alloc(b->ctx, (size_t)(br * bc) * 2, &db) != FAB_OK ||
+        fab_alloc(b->ctx, (size_t)(g->m * g->n) * 2, &dc) != FAB_OK || fill(b->ctx, da, FAB_DTYPE_BF16, ar * ac, 1) != FAB_OK ||
+        fill(b->ctx, db, FAB_DTYPE_BF16, br * bc, 2) != FAB_OK) {
+        fprintf(stderr, "fab-bench matmul %s: %s\n", g->name, fab_last_error());
+        failed = 1;
+    } else {
+        mm_bench c;
+        memset(&c, 0, sizeof c);
+        c.ctx = b->ctx;
+        int64_t sa[2] = {ar, ac}, sb[2] = {br, bc}, sc[2] = {g->m, g->n};
+        fab_tensor_make(da, FAB_DTYPE_BF16, 2, sa, &c.p.a);
+        fab_tensor_make(db, FAB_DTYPE_BF16, 2, sb, &c.p.b);
+        fab_tensor_make(dc, FAB_DTYPE_BF16, 2, sc, &c.p.c);
+        c.p.trans_a = g->ta ? FAB_OP_T : FAB_OP_N;
+        c.p.trans_b = g->tb ? FAB_OP_T : FAB_OP_N;
+        c.p.algo = FAB_MATMUL_ALGO_CUBLASLT;
+        double base_ms = bench_time_ms(b, run_fab, &c);
+        c.p.algo = FAB_MATMUL_ALGO_NATIVE;
+        double ms = bench_time_ms(b, run_fab, &c);
+        bench_row *row = bench_add_row(b);
+        if (!row || ms < 0 || base_ms < 0) {
+            failed = 1;
+        } else {
+            set_row(row, g->name, g->m, g->n, g->k, FAB_DTYPE_BF16, ms, true);
+            snprintf(row->baseline, sizeof row->baseline, "cublasLt");
+            row->baseline_rate = row->work / (base_ms * 1e-3) / 1e12;
+            row->ratio = row->rate / row->baseline_rate;
+        }
+    }
+    fab_free(b->ctx, da);
+    fab_free(b->ctx, db);
+    fab_free(b->ctx, dc);
+    return failed;
+}
+
+static int gpu_suite(bench *b)
+{
+    /* Is cuBLASLt in this build? (An emulated build has none, and is far too slow
+     * to benchmark.) A 1x1x1 call answers. */
+    {
+        void *buf = NULL;
+        if (fab_alloc(b->ctx, 64, &buf) != FAB_OK)
+            return 1;
+        mm_bench c;
+        memset(&c, 0, sizeof c);
+        c.ctx = b->ctx;
+        int64_t one[2] = {1, 1};
+        fab_tensor_make(buf, FAB_DTYPE_F32, 2, one, &c.p.a);
+        fab_tensor_make((char *)buf + 16, FAB_DTYPE_F32, 2, one, &c.p.b);
+        fab_tensor_make((char *)buf + 32, FAB_DTYPE_F32, 2, one, &c.p.c);
+        c.p.algo = FAB_MATMUL_ALGO_CUBLASLT;
+        fab_status s = fab_matmul(b->ctx, &c.p);
+        fab_synchronize(b->ctx);
+        fab_free(b->ctx, buf);
+        if (s != FAB_OK) {
+            printf("matmul: no cuBLASLt baseline in this build (%s); GPU rows skipped\n", fab_last_error());
+            return 0;
+        }
+    }
+    int failed = 0;
+    static const int64_t squares[] = {1024, 2048, 4096, 8192};
+    int nsq = b->opt.quick ? 3 : 4;
+    for (int i = 0; i < nsq; i++) {
+        gpu_shape g = {"square", squares[i], squares[i], squares[i], 0, 0};
+        failed |= gpu_one(b, &g);
+    }
+    /* linear layers: tokens T, in -> out. forward y[T,out] = x[T,in]·W[out,in]ᵀ;
+     * dx[T,in] = dy[T,out]·W[out,in]; dW[out,in] = dy[T,out]ᵀ·x[T,in]. */
+    typedef struct layer { const char *name; int64_t tokens, in, out; } layer;
+    static const layer layers[] = {
+        {"gpt2 qkv", 8192, 768, 2304},     {"gpt2 attn.proj", 8192, 768, 768}, {"gpt2 fc", 8192, 768, 3072},
+        {"gpt2 fc.proj", 8192, 3072, 768}, {"llama qkv", 4096, 4096, 12288},   {"llama o", 4096, 4096, 4096},
+        {"llama gate/up", 4096, 4096, 11008}, {"llama down", 4096, 11008, 4096},
+    };
+    int nl = (int)(sizeof layers / sizeof layers[0]);
+    for (int i = 0; i < nl; i++) {
+        if (b->opt.quick && i != 2 && i != 6)
+            continue;
+        const layer *l = &layers[i];
+        char name[64];
+        snprintf(name, sizeof name, "%s fwd", l->name);
+        gpu_shape f = {name, l->tokens, l->out, l->in, 0, 1};
+        failed |= gpu_one(b, &f);
+        snprintf(name, sizeof name, "%s dx", l->name);
+        gpu_shape dx = {name, l->tokens, l->in, l->out, 0, 0};
+        failed |= gpu_one(b, &dx);
+        snprintf(name, sizeof name, "%s dW", l->name);
+        gpu_shape dw = {name, l->out, l->in, l->tokens, 1, 0};
+        failed |= gpu_one(b, &dw);
+    }
+    return failed;
+}
+
+int bench_suite_matmul(bench *b)
+{
+    return fab_context_backend(b->ctx) == FAB_BACKEND_CUDA ? gpu_suite(b) : cpu_suite(b);
+}

@@ -1,0 +1,516 @@
+/*
+ * attention_bwd_sm80.cu: attention backward for sm_80 and later, deterministic by
+ * construction (no atomics): like the CPU backward, every gradient element is
+ * summed by one warp in a fixed order, at the price of computing P and dS twice
+ * (7 tile products instead of FlashAttention-2's 5 with dq atomics).
+ *
+ *  1. dot kernel:  D[row] = rowsum(dO * O) in f32, one thread per (row, head),
+ *                  into stream-ordered scratch (cudaMallocAsync).
+ *  2. dq kernel:   one block of 4 warps per (64-query tile, query head, sequence),
+ *                  shaped like the forward: each warp owns 16 query rows; per
+ *                  64-key tile S = Q K^T and dP = dO V^T by mma.m16n8k16 (K, V
+ *                  fragments by ldmatrix), P = exp2(s - lse), dS = P (dP - D)
+ *                  ds/dx in registers, dQ += dS K (K by ldmatrix.trans), K/V tiles
+ *                  double-buffered with cp.async.
+ *  3. dkdv kernel: one block of 4 warps per (64-key tile, kv head, sequence);
+ *                  each warp owns 16 keys and holds their dK, dV rows in f32
+ *                  registers; it walks the query tiles of every query head of its
+ *                  group (Q, dO, lse, D double-buffered with cp.async) computing
+ *                  S^T = K Q^T and dP^T = V dO^T (keys as rows, so P^T and dS^T are
+ *                  already A fragments), dV += P^T dO and dK += dS^T Q (dO, Q by
+ *                  ldmatrix.trans).
+ * Numerics: f32 scores and accumulators; P and dS are rounded to the input type
+ * for the products that consume them (as FlashAttention); gradients rounded once.
+ */
+#include <cuda_runtime.h>
+
+#include "../common/cuda_dtype.cuh"
+#include "../common/ptx.cuh"
+#include "attention.h"
+
+namespace {
+
+const int BM = 64;  /* query rows per tile */
+const int BN = 64;  /* keys per tile */
+const int THREADS = 128;
+const float L2E = 1.4426950408889634f;
+
+template <typename T> struct mma_of;
+template <> struct mma_of<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
+    {
+        fab__mma_m16n8k16_bf16(d, a, b, d);
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return fab__pack_bf16x2(lo, hi); }
+};
+template <> struct mma_of<__half> {
+    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
+    {
+        fab__mma_m16n8k16_f16(d, a, b, d);
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return fab__pack_f16x2(lo, hi); }
+};
+
+/* One sequence of the batch: first rows and lengths. */
+struct seq_info {
+    int64_t q0, k0;
+    int sq, sk;
+};
+
+static __device__ __forceinline__ seq_info seq_of(const fab__attn_args &a, int b)
+{
+    seq_info s;
+    s.q0 = 0, s.k0 = 0, s.sq = (int)a.sq, s.sk = (int)a.sk;
+    if (a.cu_q_dev) {
+        s.q0 = a.cu_q_dev[b], s.k0 = a.cu_k_dev[b];
+        s.sq = a.cu_q_dev[b + 1] - (int)s.q0, s.sk = a.cu_k_dev[b + 1] - (int)s.k0;
+    }
+    return s;
+}
+
+/* rows [row0, row0 + n) of one head into smem [rows x (D+8)] by 16-byte cp.async;
+ * rows past n zero-filled */
+template <typename T, int D>
+static __device__ __forceinline__ void load_rows(T *smem, const T *base, int64_t ss, int row0, int n, int rows)
+{
+    const int chunks = D / 8;
+    for (int c = threadIdx.x; c < rows * chunks; c += THREADS) {
+        int r = c / chunks, col = (c % chunks) * 8;
+        T *dst = smem + r * (D + 8) + col;
+        if (r < n)
+            fab__cp_async_16(dst, base + (int64_t)(row0 + r) * ss + col);
+        else
+            fab__cp_async_16_zfill(dst, base, 0);
+    }
+}
+
+/* BM floats [row0, row0 + n) of a row vector into smem (4-byte cp.async; zeros past n) */
+static __device__ __forceinline__ void load_vec(float *smem, const float *base, int row0, int n)
+{
+    for (int i = threadIdx.x; i < BM; i += THREADS) {
+        if (i < n)
+            fab__cp_async_4(smem + i, base + row0 + i);
+        else
+            fab__cp_async_4_zfill(smem + i, base, 0);
+    }
+}
+
+/* logit in log2 units of raw product x (scale, softcap), and ds/dx (scale included) */
+static __device__ __forceinline__ float logit2(const fab__attn_args &a, float x, float *dsx)
+{
+    if (a.softcap > 0) {
+        float th = tanhf(x * a.scale / a.softcap);
+        *dsx = (1.0f - th * th) * a.scale;
+        return a.softcap * th * L2E;
+    }
+    *dsx = a.scale;
+    return x * a.scale * L2E;
+}
+
+static __device__ __forceinline__ bool allowed(const fab__attn_args &a, int64_t row, int64_t key, int64_t off)
+{
+    int64_t pos = row + off;
+    return (a.right < 0 || key <= pos + a.right) && (a.left < 0 || key >= pos - a.left);
+}
+
+/* ------------------------------------------------------------------ 1. D */
+
+template <typename T>
+__global__ void __launch_bounds__(THREADS) attention_bwd_dot_kernel(const fab__attn_args a, float *Dbuf)
+{
+    const int b = blockIdx.z, h = blockIdx.y, row = blockIdx.x * THREADS + threadIdx.x;
+    seq_info s = seq_of(a, b);
+    if (row >= s.sq)
+        return;
+    const T *o = (const T *)a.out.data + b * a.out.sb + (s.q0 + row) * a.out.ss + h * a.out.sh;
+    const T *d = (const T *)a.dout.data + b * a.dout.sb + (s.q0 + row) * a.dout.ss + h * a.dout.sh;
+    float acc = 0;
+    for (int c = 0; c < (int)a.d; c++)
+        acc += fab__to_f32(o[c]) * fab__to_f32(d[c]);
+    Dbuf[b * a.lse_sb + h * a.lse_sh + s.q0 + row] = acc;
+}
+
+/* ----------------------------------------------------------------- 2. dq */
+
+template <typename T, int D>
+__global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__attn_args a, const float *Dbuf)
+{
+    typedef mma_of<T> M;
+    FAB_DYNAMIC_SMEM(T, smem);
+    T *sQ = smem, *sdO = sQ + BM * (D + 8), *sK = sdO + BM * (D + 8), *sV = sK + 2 * BN * (D + 8);
+    const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    seq_info s = seq_of(a, b);
+    if (m0 >= s.sq)
+        return;
+    const int nq = s.sq - m0 < BM ? s.sq - m0 : BM;
+    const int64_t off = s.sk - s.sq;
+    const int kvh = h / (int)(a.hq / a.hkv);
+    int64_t klo = 0, khi = s.sk;
+    if (a.left >= 0 && m0 + off - a.left > klo)
+        klo = m0 + off - a.left;
+    if (a.right >= 0 && m0 + nq - 1 + off + a.right + 1 < khi)
+        khi = m0 + nq - 1 + off + a.right + 1;
+    const int ntiles = khi > klo ? (int)((khi - klo + BN - 1) / BN) : 0;
+
+    const T *Q = (const T *)a.q.data + b * a.q.sb + s.q0 * a.q.ss + h * a.q.sh;
+    const T *dO = (const T *)a.dout.data + b * a.dout.sb + s.q0 * a.dout.ss + h * a.dout.sh;
+    const T *K = (const T *)a.k.data + b * a.k.sb + s.k0 * a.k.ss + kvh * a.k.sh;
+    const T *V = (const T *)a.v.data + b * a.v.sb + s.k0 * a.v.ss + kvh * a.v.sh;
+    load_rows<T, D>(sQ, Q, a.q.ss, m0, nq, BM);
+    load_rows<T, D>(sdO, dO, a.dout.ss, m0, nq, BM);
+    if (ntiles > 0) {
+        int n = (int)(khi - klo < BN ? khi - klo : BN);
+        load_rows<T, D>(sK, K, a.k.ss, (int)klo, n, BN);
+        load_rows<T, D>(sV, V, a.v.ss, (int)klo, n, BN);
+    }
+    fab__cp_async_commit();
+
+    const int r_lo = m0 + warp * 16 + g;
+    float lse2[2], Dr[2];
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        int row = r_lo + 8 * hr;
+        int64_t idx = b * a.lse_sb + h * a.lse_sh + s.q0 + row;
+        lse2[hr] = row < s.sq ? a.lse[idx] * L2E : 0.0f;
+        Dr[hr] = row < s.sq ? Dbuf[idx] : 0.0f;
+    }
+    uint32_t qf[D / 16][4];
+    float dq[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++)
+        dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0;
+
+    for (int it = 0; it < ntiles; it++) {
+        const int buf = it & 1;
+        const int64_t kt = klo + (int64_t)it * BN;
+        if (it + 1 < ntiles) {
+            int64_t kn = kt + BN;
+            int n = (int)(khi - kn < BN ? khi - kn : BN);
+            load_rows<T, D>(sK + (buf ^ 1) * BN * (D + 8), K, a.k.ss, (int)kn, n, BN);
+            load_rows<T, D>(sV + (buf ^ 1) * BN * (D + 8), V, a.v.ss, (int)kn, n, BN);
+            fab__cp_async_commit();
+            fab__cp_async_wait<1>();
+        } else {
+            fab__cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (it == 0) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                int m = lane / 8;
+                fab__ldmatrix_x4(qf[kk], sQ + (warp * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + kk * 16 + 8 * (m >> 1));
+            }
+        }
+        const T *cK = sK + buf * BN * (D + 8), *cV = sV + buf * BN * (D + 8);
+
+        float sc[BN / 8][4], dp[BN / 8][4];
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++)
+            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t dof[4];
+            int m = lane / 8;
+            fab__ldmatrix_x4(dof, sdO + (warp * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + kk * 16 + 8 * (m >> 1));
+#pragma unroll
+            for (int j = 0; j < BN / 8; j += 2) {
+                uint32_t r[4];
+                fab__ldmatrix_x4(r, cK + (j * 8 + 8 * (m >> 1) + lane % 8) * (D + 8) + kk * 16 + 8 * (m & 1));
+                uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                M::run(sc[j], qf[kk], b0);
+                M::run(sc[j + 1], qf[kk], b1);
+                fab__ldmatrix_x4(r, cV + (j * 8 + 8 * (m >> 1) + lane % 8) * (D + 8) + kk * 16 + 8 * (m & 1));
+                uint32_t c0[2] = {r[0], r[1]}, c1[2] = {r[2], r[3]};
+                M::run(dp[j], dof, c0);
+                M::run(dp[j + 1], dof, c1);
+            }
+        }
+        /* dS = P (dP - D) ds/dx, in sc */
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int64_t key = kt + j * 8 + 2 * t + (e & 1), row = r_lo + 8 * (e >> 1);
+                float dsx, l2 = logit2(a, sc[j][e], &dsx);
+                bool ok = key < khi && row < s.sq && allowed(a, row, key, off);
+                float p = ok ? fab__ex2_approx(l2 - lse2[e >> 1]) : 0.0f;
+                sc[j][e] = p * (dp[j][e] - Dr[e >> 1]) * dsx;
+            }
+        }
+        /* dQ += dS K */
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            uint32_t pa[4];
+            pa[0] = M::pack(sc[2 * kk][0], sc[2 * kk][1]);
+            pa[1] = M::pack(sc[2 * kk][2], sc[2 * kk][3]);
+            pa[2] = M::pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+            pa[3] = M::pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+            for (int dn = 0; dn < D / 8; dn += 2) {
+                uint32_t r[4];
+                int m = lane / 8;
+                fab__ldmatrix_x4_trans(r, cK + (kk * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + dn * 8 + 8 * (m >> 1));
+                uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                M::run(dq[dn], pa, b0);
+                M::run(dq[dn + 1], pa, b1);
+            }
+        }
+        __syncthreads();
+    }
+
+    T *dQ = (T *)a.dq.data + b * a.dq.sb + s.q0 * a.dq.ss + h * a.dq.sh;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        int row = r_lo + 8 * hr;
+        if (row >= s.sq)
+            continue;
+        T *dst = dQ + (int64_t)row * a.dq.ss;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++)
+            *reinterpret_cast<uint32_t *>(dst + i * 8 + 2 * t) = M::pack(dq[i][2 * hr], dq[i][2 * hr + 1]);
+    }
+}
+
+/* --------------------------------------------------------------- 3. dk, dv */
+
+template <typename T, int D>
+__global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__attn_args a, const float *Dbuf)
+{
+    typedef mma_of<T> M;
+    FAB_DYNAMIC_SMEM(T, smem);
+    T *sK = smem, *sV = sK + BN * (D + 8), *sQ = sV + BN * (D + 8), *sdO = sQ + 2 * BM * (D + 8);
+    float *sL = reinterpret_cast<float *>(sdO + 2 * BM * (D + 8)), *sD = sL + 2 * BM;
+    const int b = blockIdx.z, kvh = blockIdx.y, j0 = blockIdx.x * BN;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    seq_info s = seq_of(a, b);
+    if (j0 >= s.sk)
+        return;
+    const int nk = s.sk - j0 < BN ? s.sk - j0 : BN;
+    const int64_t off = s.sk - s.sq;
+    /* query rows that can see keys j0 .. j0+nk-1, in whole tiles */
+    int64_t ilo = 0, ihi = s.sq;
+    if (a.right >= 0 && j0 - off - a.right > ilo)
+        ilo = j0 - off - a.right;
+    if (a.left >= 0 && j0 + nk - 1 - off + a.left + 1 < ihi)
+        ihi = j0 + nk - 1 - off + a.left + 1;
+    ilo = ilo / BM * BM;
+    const int nqt = ihi > ilo ? (int)((ihi - ilo + BM - 1) / BM) : 0;
+    const int group = (int)(a.hq / a.hkv);
+    const int nit = nqt * group; /* (query head, query tile) pairs, head-major */
+
+    const T *K = (const T *)a.k.data + b * a.k.sb + s.k0 * a.k.ss + kvh * a.k.sh;
+    const T *V = (const T *)a.v.data + b * a.v.sb + s.k0 * a.v.ss + kvh * a.v.sh;
+    load_rows<T, D>(sK, K, a.k.ss, j0, nk, BN);
+    load_rows<T, D>(sV, V, a.v.ss, j0, nk, BN);
+
+    /* issues the loads of pair `it` into buffer `buf` */
+#define FAB__LOAD_PAIR(it, buf)                                                                                     \
+    do {                                                                                                            \
+        int h_ = kvh * group + (it) / nqt;                                                                          \
+        int i0_ = (int)(ilo + (int64_t)((it) % nqt) * BM), n_ = s.sq - i0_ < BM ? s.sq - i0_ : BM;                  \
+        load_rows<T, D>(sQ + (buf) * BM * (D + 8), (const T *)a.q.data + b * a.q.sb + s.q0 * a.q.ss + h_ * a.q.sh, \
+                        a.q.ss, i0_, n_, BM);                                                                       \
+        load_rows<T, D>(sdO + (buf) * BM * (D + 8),                                                                 \
+                        (const T *)a.dout.data + b * a.dout.sb + s.q0 * a.dout.ss + h_ * a.dout.sh, a.dout.ss, i0_, \
+                        n_, BM);                                                                                    \
+        const int64_t lb_ = b * a.lse_sb + h_ * a.lse_sh + s.q0;                                                    \
+        load_vec(sL + (buf) * BM, a.lse + lb_, i0_, n_);                                                            \
+        load_vec(sD + (buf) * BM, Dbuf + lb_, i0_, n_);                                                             \
+    } while (0)
+
+    if (nit > 0)
+        FAB__LOAD_PAIR(0, 0);
+    fab__cp_async_commit();
+
+    float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++)
+        dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0;
+    const int k_lo = j0 + warp * 16 + g; /* keys of this lane: k_lo, k_lo + 8 */
+
+    for (int it = 0; it < nit; it++) {
+        const int buf = it & 1;
+        const int i0 = (int)(ilo + (int64_t)(it % nqt) * BM);
+        if (it + 1 < nit) {
+            FAB__LOAD_PAIR(it + 1, buf ^ 1);
+            fab__cp_async_commit();
+            fab__cp_async_wait<1>();
+        } else {
+            fab__cp_async_wait<0>();
+        }
+        __syncthreads();
+        const T *cQ = sQ + buf * BM * (D + 8), *cdO = sdO + buf * BM * (D + 8);
+        const float *cL = sL + buf * BM, *cD = sD + buf * BM;
+
+        /* two halves of 32 queries (fewer live registers): S^T = K Q^T and
+         * dP^T = V dO^T (16 keys x 32 queries per warp), then P^T, dS^T, and
+         * dV += P^T dO, dK += dS^T Q (dO, Q by ldmatrix.trans) */
+#pragma unroll 1
+        for (int half = 0; half < 2; half++) {
+            const int qh = half * (BM / 2);
+            float st[BM / 16][4], dpt[BM / 16][4];
+#pragma unroll
+            for (int j = 0; j < BM / 16; j++)
+                st[j][0] = st[j][1] = st[j][2] = st[j][3] = dpt[j][0] = dpt[j][1] = dpt[j][2] = dpt[j][3] = 0;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t kf[4], vf[4];
+                int m = lane / 8;
+                fab__ldmatrix_x4(kf, sK + (warp * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + kk * 16 + 8 * (m >> 1));
+                fab__ldmatrix_x4(vf, sV + (warp * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + kk * 16 + 8 * (m >> 1));
+#pragma unroll
+                for (int j = 0; j < BM / 16; j += 2) {
+                    uint32_t r[4];
+                    fab__ldmatrix_x4(r, cQ + (qh + j * 8 + 8 * (m >> 1) + lane % 8) * (D + 8) + kk * 16 + 8 * (m & 1));
+                    uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                    M::run(st[j], kf, b0);
+                    M::run(st[j + 1], kf, b1);
+                    fab__ldmatrix_x4(r, cdO + (qh + j * 8 + 8 * (m >> 1) + lane % 8) * (D + 8) + kk * 16 + 8 * (m & 1));
+                    uint32_t c0[2] = {r[0], r[1]}, c1[2] = {r[2], r[3]};
+                    M::run(dpt[j], vf, c0);
+                    M::run(dpt[j + 1], vf, c1);
+                }
+            }
+            /* P^T into st, dS^T into dpt */
+#pragma unroll
+            for (int j = 0; j < BM / 16; j++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int qi = qh + j * 8 + 2 * t + (e & 1);
+                    int64_t row = i0 + qi, key = k_lo + 8 * (e >> 1);
+                    float dsx, l2 = logit2(a, st[j][e], &dsx);
+                    bool ok = row < s.sq && key < s.sk && allowed(a, row, key, off);
+                    float p = ok ? fab__ex2_approx(l2 - cL[qi] * L2E) : 0.0f;
+                    st[j][e] = p;
+                    dpt[j][e] = p * (dpt[j][e] - cD[qi]) * dsx;
+                }
+            }
+#pragma unroll
+            for (int kk = 0; kk < BM / 32; kk++) {
+                uint32_t pa[4], sa[4];
+                pa[0] = M::pack(st[2 * kk][0], st[2 * kk][1]);
+                pa[1] = M::pack(st[2 * kk][2], st[2 * kk][3]);
+                pa[2] = M::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+                pa[3] = M::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+                sa[0] = M::pack(dpt[2 * kk][0], dpt[2 * kk][1]);
+                sa[1] = M::pack(dpt[2 * kk][2], dpt[2 * kk][3]);
+                sa[2] = M::pack(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+                sa[3] = M::pack(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+#pragma unroll
+                for (int dn = 0; dn < D / 8; dn += 2) {
+                    uint32_t r[4];
+                    int m = lane / 8;
+                    const int qrow = qh + kk * 16 + lane % 8 + 8 * (m & 1);
+                    fab__ldmatrix_x4_trans(r, cdO + qrow * (D + 8) + dn * 8 + 8 * (m >> 1));
+                    uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                    M::run(dv[dn], pa, b0);
+                    M::run(dv[dn + 1], pa, b1);
+                    fab__ldmatrix_x4_trans(r, cQ + qrow * (D + 8) + dn * 8 + 8 * (m >> 1));
+                    uint32_t c0[2] = {r[0], r[1]}, c1[2] = {r[2], r[3]};
+                    M::run(dk[dn], sa, c0);
+                    M::run(dk[dn + 1], sa, c1);
+                }
+            }
+        }
+        __syncthreads();
+    }
+#undef FAB__LOAD_PAIR
+    if (nit == 0)
+        fab__cp_async_wait<0>();
+
+    T *dK = (T *)a.dk.data + b * a.dk.sb + s.k0 * a.dk.ss + kvh * a.dk.sh;
+    T *dV = (T *)a.dv.data + b * a.dv.sb + s.k0 * a.dv.ss + kvh * a.dv.sh;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        int key = k_lo + 8 * hr;
+        if (key >= s.sk)
+            continue;
+        T *dkr = dK + (int64_t)key * a.dk.ss, *dvr = dV + (int64_t)key * a.dv.ss;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+            *reinterpret_cast<uint32_t *>(dkr + i * 8 + 2 * t) = M::pack(dk[i][2 * hr], dk[i][2 * hr + 1]);
+            *reinterpret_cast<uint32_t *>(dvr + i * 8 + 2 * t) = M::pack(dv[i][2 * hr], dv[i][2 * hr + 1]);
+        }
+    }
+}
+
+template <typename K>
+static cudaError_t launch_one(fab_context *ctx, K kernel, dim3 grid, size_t smem, const fab__attn_args &a,
+                              const float *Dbuf)
+{
+    cudaError_t err = cudaSuccess;
+    if (smem > 48 * 1024)
+        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess)
+        return err;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(THREADS);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = (cudaStream_t)ctx->stream;
+    return cudaLaunchKernelEx(&cfg, kernel, a, Dbuf);
+}
+
+template <typename T, int D>
+static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const float *Dbuf)
+{
+    const size_t dq_smem = (size_t)(2 * BM + 4 * BN) * (D + 8) * sizeof(T);
+    const size_t dkdv_smem = (size_t)(2 * BN + 4 * BM) * (D + 8) * sizeof(T) + 4 * BM * sizeof(float);
+    cudaError_t err = cudaSuccess;
+    if (a->sq > 0) /* a grid of 0 blocks is an invalid launch */
+        err = launch_one(ctx, attention_bwd_dq_kernel<T, D>,
+                         dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch), dq_smem, *a,
+                         Dbuf);
+    if (err == cudaSuccess)
+        err = launch_one(ctx, attention_bwd_dkdv_kernel<T, D>,
+                         dim3((unsigned)((a->sk + BN - 1) / BN), (unsigned)a->hkv, (unsigned)a->batch), dkdv_smem, *a,
+                         Dbuf);
+    return err;
+}
+
+template <typename T>
+static cudaError_t launch_all(fab_context *ctx, const fab__attn_args *a, float *Dbuf)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)((a->sq + THREADS - 1) / THREADS), (unsigned)a->hq, (unsigned)a->batch);
+    cfg.blockDim = dim3(THREADS);
+    cfg.stream = (cudaStream_t)ctx->stream;
+    cudaError_t err = a->sq > 0 ? cudaLaunchKernelEx(&cfg, attention_bwd_dot_kernel<T>, *a, Dbuf) : cudaSuccess;
+    if (err != cudaSuccess)
+        return err;
+    switch (a->d) {
+    case 32: return launch_grads<T, 32>(ctx, a, Dbuf);
+    case 64: return launch_grads<T, 64>(ctx, a, Dbuf);
+    case 96: return launch_grads<T, 96>(ctx, a, Dbuf);
+    default: return launch_grads<T, 128>(ctx, a, Dbuf);
+    }
+}
+
+} // namespace
+
+extern "C" fab_status fab__attention_backward_sm80(fab_context *ctx, const fab__attn_args *a)
+{
+    const char *op = "fab_attention_backward";
+    cudaError_t err = cudaSetDevice(ctx->device);
+    if (err != cudaSuccess)
+        return fab__fail(FAB_ERR_BACKEND, "%s: cudaSetDevice failed: %s", op, cudaGetErrorString(err));
+    if (a->d != 32 && a->d != 64 && a->d != 96 && a->d != 128)
+        return fab__fail(FAB_ERR_INTERNAL, "%s: head_dim %lld reached the sm80 kernel", op, (long long)a->d);
+    const int64_t nrows = a->lse_sb ? a->batch * a->lse_sb : a->hq * a->lse_sh;
+    float *Dbuf = NULL;
+    err = cudaMallocAsync((void **)&Dbuf, sizeof(float) * (size_t)(nrows > 0 ? nrows : 1), (cudaStream_t)ctx->stream);
+    if (err != cudaSuccess)
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: no device memory for D (%lld floats): %s", op, (long long)nrows,
+                         cudaGetErrorString(err));
+    if (a->dtype == FAB_DTYPE_BF16)
+        err = launch_all<__nv_bfloat16>(ctx, a, Dbuf);
+    else
+        err = launch_all<__half>(ctx, a, Dbuf);
+    cudaError_t ferr = cudaFreeAsync(Dbuf, (cudaStream_t)ctx->stream);
+    if (err == cudaSuccess)
+        err = ferr;
+    if (err != cudaSuccess)
+        return fab__fail(FAB_ERR_BACKEND, "%s: kernel launch failed: %s", op, cudaGetErrorString(err));
+    return fab__cuda_check_launch(op);
+}

@@ -1,0 +1,208 @@
+/*
+ * attention_cpu.c: attention forward and backward on the host.
+ *
+ * Forward (FlashAttention's algorithm on the CPU): one task per (batch, query
+ * head, tile of 128 query rows); it streams the key/value tiles its rows may see
+ * (64 keys each), keeps a running max m and sum l per row, rescales its f32
+ * output accumulator when m grows, and divides by l at the end; lse = m + log l.
+ * Only tiles of 128x64 scores ever exist (128 rows halve the key/value loads
+ * per flop against 64; the f32 tiles of one task stay in L2).
+ *
+ * Backward by recomputation: D = rowsum(dO * O) first; then two passes, so that
+ * every gradient element is reduced by one task in a fixed order and the result
+ * is bitwise the same for any thread count:
+ *   dk/dv pass: one task per (batch, kv head, 64-key tile), summing over the
+ *               query heads of its group and the query tiles that see it:
+ *               dV += P^T dO, dK += dS^T Q, with P = exp(s - lse), dS = P (dP - D)
+ *   dq pass:    one task per (batch, query head, 128-row tile): dQ += dS K.
+ * The pair (P, dS) is computed twice (7 tile products instead of 5): the price of
+ * needing neither atomics nor per-thread partial sums.
+ *
+ * Numerics: inputs are widened to f32, all products and sums are f32, the
+ * exponentials are exp2 of log2-unit scores (a polynomial good to ~1 ulp), each
+ * output is rounded to its dtype once.
+ */
+#include "attention.h"
+
+#include "../common/cpu_dtype.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <omp.h>
+
+#define FAB__BQ 128 /* query rows per tile */
+#define FAB__BK 64 /* keys per tile */
+
+/* One sequence of the batch: its index, first rows in the packed tensors (0 for
+ * a dense batch), lengths, and the padded head dim of the scratch tiles. */
+typedef struct fab__attn_seq {
+    int64_t b, q0, k0, sq, sk;
+    int dp;
+} fab__attn_seq;
+
+static inline int64_t elem(const fab__attn_view *v, int64_t b, int64_t row, int64_t h)
+{
+    return b * v->sb + row * v->ss + h * v->sh;
+}
+
+/* The tile code, twice: baseline ISA, and AVX2+FMA where the compiler can target it. */
+#define FAB__T(name) name##_base
+#define FAB__VL 4
+#include "attention_cpu_tile.h"
+#undef FAB__T
+#undef FAB__VL
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FAB__ATTN_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#pragma GCC optimize("fp-contract=fast") /* a*b + c as one FMA (ISO C mode turns contraction off) */
+#define FAB__T(name) name##_avx2
+#define FAB__VL 8
+#include "attention_cpu_tile.h"
+#undef FAB__T
+#undef FAB__VL
+#pragma GCC pop_options
+#elif defined(__clang__) && defined(__x86_64__)
+#define FAB__ATTN_AVX2 1
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#define FAB__T(name) name##_avx2
+#define FAB__VL 8
+#include "attention_cpu_tile.h"
+#undef FAB__T
+#undef FAB__VL
+#pragma clang attribute pop
+#endif
+
+typedef void (*fwd_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, float *);
+typedef void (*kv_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, const float *,
+                           float *);
+typedef void (*rowdot_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, float *, float *);
+typedef void (*q_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, const float *,
+                          float *);
+
+#ifdef FAB__ATTN_AVX2
+static int use_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif
+
+static fab__attn_seq seq_of(const fab__attn_args *a, int64_t b)
+{
+    fab__attn_seq s;
+    s.b = b;
+    s.dp = (int)((a->d + 15) & ~(int64_t)15);
+    if (a->cu_q) {
+        s.q0 = a->cu_q[b], s.sq = a->cu_q[b + 1] - a->cu_q[b];
+        s.k0 = a->cu_k[b], s.sk = a->cu_k[b + 1] - a->cu_k[b];
+    } else {
+        s.q0 = s.k0 = 0, s.sq = a->sq, s.sk = a->sk;
+    }
+    return s;
+}
+
+/* Per-thread scratch, allocated before any output is touched. */
+static float *alloc_scratch(int threads, size_t floats_per_thread, size_t *stride)
+{
+    *stride = (floats_per_thread + 15) & ~(size_t)15; /* 64-byte multiples */
+    return aligned_alloc(64, sizeof(float) * *stride * (size_t)threads);
+}
+
+fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
+{
+    const int dp = (int)((a->d + 15) & ~(int64_t)15);
+    const int64_t qtiles = (a->sq + FAB__BQ - 1) / FAB__BQ;
+    const int64_t ntasks = a->batch * a->hq * qtiles;
+    int threads = ctx->num_threads;
+    if (threads > ntasks)
+        threads = (int)(ntasks > 0 ? ntasks : 1);
+    size_t stride;
+    float *scratch = alloc_scratch(threads, (size_t)(2 * FAB__BQ * dp + 3 * FAB__BK * dp + FAB__BQ * FAB__BK + 2 * FAB__BQ),
+                                   &stride);
+    if (!scratch)
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_attention_forward: no memory for %d threads' tiles", threads);
+    fwd_tile_fn tile = fwd_tile_base;
+#ifdef FAB__ATTN_AVX2
+    if (use_avx2())
+        tile = fwd_tile_avx2;
+#endif
+#pragma omp parallel num_threads(threads)
+    {
+        float *ws = scratch + stride * (size_t)omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < ntasks; t++) {
+            int64_t b = t / (a->hq * qtiles), h = t / qtiles % a->hq, i0 = t % qtiles * FAB__BQ;
+            fab__attn_seq s = seq_of(a, b);
+            if (i0 >= s.sq)
+                continue;
+            tile(a, &s, h, i0, (int)(s.sq - i0 < FAB__BQ ? s.sq - i0 : FAB__BQ), ws);
+        }
+    }
+    free(scratch);
+    return FAB_OK;
+}
+
+fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a)
+{
+    const char *op = "fab_attention_backward";
+    const int dp = (int)((a->d + 15) & ~(int64_t)15);
+    const int64_t qtiles = (a->sq + FAB__BQ - 1) / FAB__BQ, ktiles = (a->sk + FAB__BK - 1) / FAB__BK;
+    const int64_t nq_tasks = a->batch * a->hq * qtiles, nk_tasks = a->batch * a->hkv * ktiles;
+    int threads = ctx->num_threads;
+    int64_t most = nq_tasks > nk_tasks ? nq_tasks : nk_tasks;
+    if (threads > most)
+        threads = (int)(most > 0 ? most : 1);
+    size_t per = (size_t)(7 * FAB__BQ * dp + 4 * FAB__BQ * FAB__BK + 2 * FAB__BQ); /* BQ == BK */
+    size_t stride;
+    float *scratch = alloc_scratch(threads, per, &stride);
+    /* D = rowsum(dO * O), laid out as lse */
+    const int64_t nrows = a->lse_sb ? a->batch * a->lse_sb : a->hq * a->lse_sh;
+    float *Dbuf = malloc(sizeof(float) * (size_t)(nrows > 0 ? nrows : 1));
+    if (!scratch || !Dbuf) {
+        free(scratch);
+        free(Dbuf);
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: no memory for the tiles and D (%lld rows)", op,
+                         (long long)nrows);
+    }
+    kv_tile_fn kv_tile = bwd_kv_tile_base;
+    q_tile_fn q_tile = bwd_q_tile_base;
+    rowdot_fn rowdot = bwd_rowdot_base;
+#ifdef FAB__ATTN_AVX2
+    if (use_avx2())
+        kv_tile = bwd_kv_tile_avx2, q_tile = bwd_q_tile_avx2, rowdot = bwd_rowdot_avx2;
+#endif
+#pragma omp parallel num_threads(threads)
+    {
+        float *ws = scratch + stride * (size_t)omp_get_thread_num();
+        /* D, one (batch, head) per iteration */
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < a->batch * a->hq; t++) {
+            fab__attn_seq s = seq_of(a, t / a->hq);
+            rowdot(a, &s, t % a->hq, Dbuf, ws);
+        }
+        /* implicit barrier: D is complete */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < nk_tasks; t++) {
+            int64_t b = t / (a->hkv * ktiles), g = t / ktiles % a->hkv, j0 = t % ktiles * FAB__BK;
+            fab__attn_seq s = seq_of(a, b);
+            if (j0 >= s.sk)
+                continue;
+            kv_tile(a, &s, g, j0, (int)(s.sk - j0 < FAB__BK ? s.sk - j0 : FAB__BK), Dbuf, ws);
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < nq_tasks; t++) {
+            int64_t b = t / (a->hq * qtiles), h = t / qtiles % a->hq, i0 = t % qtiles * FAB__BQ;
+            fab__attn_seq s = seq_of(a, b);
+            if (i0 >= s.sq)
+                continue;
+            q_tile(a, &s, h, i0, (int)(s.sq - i0 < FAB__BQ ? s.sq - i0 : FAB__BQ), Dbuf, ws);
+        }
+    }
+    free(scratch);
+    free(Dbuf);
+    return FAB_OK;
+}

@@ -1,0 +1,380 @@
+/*
+ * attention_cpu_tile.h: the hot part of the CPU attention, included twice by
+ * attention_cpu.c: once for the baseline ISA and once compiled for AVX2+FMA
+ * (FAB__T(name) gives each copy its own names; FAB__VL is the vector length).
+ *
+ * Everything here works on f32 tiles in per-thread scratch: BQ query rows by
+ * BK keys, head_dim padded to dp (a multiple of 16) with zeros, so the one
+ * matrix micro-kernel below needs no edge cases. Scores are kept in log2 units
+ * (s * log2(e)) so the softmax uses exp2.
+ */
+
+typedef float FAB__T(vf) __attribute__((vector_size(FAB__VL * 4)));
+
+static inline FAB__T(vf) FAB__T(vload)(const float *p)
+{
+    FAB__T(vf) v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void FAB__T(vstore)(float *p, FAB__T(vf) v) { memcpy(p, &v, sizeof v); }
+
+/* C[m x n] (+)= A[m x kk] * B[kk x n], all row-major f32 with leading dims;
+ * m % 4 == 0, n % (2 VL) == 0. Register block: 4 rows x 2 vectors, the 8
+ * accumulators stay in registers over the whole kk loop (A broadcast, B streamed). */
+static void FAB__T(mm)(int m, int n, int kk, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
+                       int accumulate)
+{
+    typedef FAB__T(vf) vf;
+    for (int i = 0; i < m; i += 4) {
+        for (int j = 0; j < n; j += 2 * FAB__VL) {
+            vf c00, c01, c10, c11, c20, c21, c30, c31;
+            if (accumulate) {
+                c00 = FAB__T(vload)(C + (i + 0) * ldc + j), c01 = FAB__T(vload)(C + (i + 0) * ldc + j + FAB__VL);
+                c10 = FAB__T(vload)(C + (i + 1) * ldc + j), c11 = FAB__T(vload)(C + (i + 1) * ldc + j + FAB__VL);
+                c20 = FAB__T(vload)(C + (i + 2) * ldc + j), c21 = FAB__T(vload)(C + (i + 2) * ldc + j + FAB__VL);
+                c30 = FAB__T(vload)(C + (i + 3) * ldc + j), c31 = FAB__T(vload)(C + (i + 3) * ldc + j + FAB__VL);
+            } else {
+                c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = (vf){0};
+            }
+            const float *a0 = A + (i + 0) * lda, *a1 = A + (i + 1) * lda;
+            const float *a2 = A + (i + 2) * lda, *a3 = A + (i + 3) * lda;
+            for (int c = 0; c < kk; c++) {
+                vf b0 = FAB__T(vload)(B + c * ldb + j), b1 = FAB__T(vload)(B + c * ldb + j + FAB__VL);
+                const float x0 = a0[c], x1 = a1[c], x2 = a2[c], x3 = a3[c]; /* broadcast by the vector ops */
+                c00 += b0 * x0, c01 += b1 * x0;
+                c10 += b0 * x1, c11 += b1 * x1;
+                c20 += b0 * x2, c21 += b1 * x2;
+                c30 += b0 * x3, c31 += b1 * x3;
+            }
+            FAB__T(vstore)(C + (i + 0) * ldc + j, c00), FAB__T(vstore)(C + (i + 0) * ldc + j + FAB__VL, c01);
+            FAB__T(vstore)(C + (i + 1) * ldc + j, c10), FAB__T(vstore)(C + (i + 1) * ldc + j + FAB__VL, c11);
+            FAB__T(vstore)(C + (i + 2) * ldc + j, c20), FAB__T(vstore)(C + (i + 2) * ldc + j + FAB__VL, c21);
+            FAB__T(vstore)(C + (i + 3) * ldc + j, c30), FAB__T(vstore)(C + (i + 3) * ldc + j + FAB__VL, c31);
+        }
+    }
+}
+
+/* Rows row0 .. row0+n-1 of head h as f32 into dst[npad x dp]; padding zeroed.
+ * The conversions are plain loops the compiler vectorizes (shift for bf16,
+ * vcvtph2ps for f16 in the AVX2 copy). */
+static void FAB__T(load)(const fab__attn_view *v, fab_dtype dt, int64_t b, int64_t row0, int n, int npad, int64_t h,
+                         int64_t d, int dp, float *dst)
+{
+    for (int r = 0; r < n; r++) {
+        float *o = dst + (size_t)r * dp;
+        int64_t e = elem(v, b, row0 + r, h);
+        if (dt == FAB_DTYPE_F32) {
+            memcpy(o, (const float *)v->data + e, sizeof(float) * (size_t)d);
+        } else {
+            const uint16_t *s = (const uint16_t *)v->data + e;
+            if (dt == FAB_DTYPE_BF16)
+#pragma omp simd
+                for (int64_t c = 0; c < d; c++)
+                    o[c] = fab__bf16_load(s[c]);
+            else
+#pragma omp simd
+                for (int64_t c = 0; c < d; c++)
+                    o[c] = fab__f16_load(s[c]);
+        }
+        for (int64_t c = d; c < dp; c++)
+            o[c] = 0;
+    }
+    if (npad > n)
+        memset(dst + (size_t)n * dp, 0, sizeof(float) * (size_t)(npad - n) * (size_t)dp);
+}
+
+/* The same rows transposed into dst[dp x BK] (column r = row r; padding zeroed),
+ * through tmp [BK x dp]. */
+static void FAB__T(load_t)(const fab__attn_view *v, fab_dtype dt, int64_t b, int64_t row0, int n, int64_t h,
+                           int64_t d, int dp, float *tmp, float *dst)
+{
+    FAB__T(load)(v, dt, b, row0, n, FAB__BK, h, d, dp, tmp);
+    for (int c = 0; c < dp; c++)
+        for (int r = 0; r < FAB__BK; r++)
+            dst[c * FAB__BK + r] = tmp[r * dp + c];
+}
+
+/* Rows of src[n x dp] rounded into the output rows row0.. of head h. */
+static void FAB__T(store)(const fab__attn_view *v, fab_dtype dt, int64_t b, int64_t row0, int n, int64_t h,
+                          int64_t d, int dp, const float *src)
+{
+    for (int r = 0; r < n; r++) {
+        const float *s = src + (size_t)r * dp;
+        int64_t e = elem(v, b, row0 + r, h);
+        if (dt == FAB_DTYPE_F32) {
+            memcpy((float *)v->data + e, s, sizeof(float) * (size_t)d);
+        } else {
+            uint16_t *o = (uint16_t *)v->data + e;
+            if (dt == FAB_DTYPE_BF16)
+#pragma omp simd
+                for (int64_t c = 0; c < d; c++)
+                    o[c] = fab__bf16_store(s[c]);
+            else
+#pragma omp simd
+                for (int64_t c = 0; c < d; c++)
+                    o[c] = fab__f16_store(s[c]);
+        }
+    }
+}
+
+/* 2^x for x <= 0 (larger x is fine up to 127), about 1 ulp: x = n + f with n an
+ * integer (round to nearest through the 1.5*2^23 trick) and |f| <= 1/2, 2^f by
+ * its degree-6 Taylor polynomial in f*ln2 (error < 2e-7 relative), 2^n through
+ * the exponent bits. x <= -127 (and -inf) gives exactly 0. Branch-free, so loops
+ * over it vectorize. */
+static inline float FAB__T(exp2)(float x)
+{
+    x = x > -127.0f ? x : -127.0f;
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    float t = x + magic;
+    float nf = t - magic;
+    float f = x - nf;
+    int32_t n = (int32_t)nf;
+    float p = 1.5403530393381606e-4f;           /* ln2^6 / 720 */
+    p = p * f + 1.3333558146428443e-3f;         /* ln2^5 / 120 */
+    p = p * f + 9.6181291076284772e-3f;         /* ln2^4 / 24 */
+    p = p * f + 5.5504108664821580e-2f;         /* ln2^3 / 6 */
+    p = p * f + 2.4022650695910071e-1f;         /* ln2^2 / 2 */
+    p = p * f + 6.9314718055994531e-1f;         /* ln2 */
+    p = p * f + 1.0f;
+    uint32_t bits = (uint32_t)(n + 127) << 23;  /* n = -127 gives 0.0f */
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+/* Turns raw scores S = Q.K^T of one tile into log2-unit logits in place:
+ * s = scale*x (or softcap*tanh(scale*x/softcap)), times log2(e); masked entries
+ * (key outside the window, padding rows/columns) become -inf. With softcap,
+ * T (when not NULL) receives tanh(.) for the backward's chain rule. */
+static void FAB__T(logits)(const fab__attn_args *a, float *S, float *T, int nq, int nqp, int nk, int64_t i0,
+                           int64_t j0, int64_t off)
+{
+    const float scale = a->scale, cap = a->softcap;
+    const float l2e = 1.4426950408889634f;
+    for (int i = 0; i < nqp; i++) {
+        float *s = S + i * FAB__BK;
+        /* allowed keys of this row, in tile coordinates [lo, hi) */
+        int64_t lo = 0, hi = nk;
+        if (i >= nq)
+            hi = 0;
+        int64_t pos = i0 + i + off;
+        if (a->left >= 0 && pos - a->left - j0 > lo)
+            lo = pos - a->left - j0;
+        if (a->right >= 0 && pos + a->right + 1 - j0 < hi)
+            hi = pos + a->right + 1 - j0;
+        if (cap > 0) {
+            float *t = T ? T + i * FAB__BK : NULL;
+            for (int j = 0; j < FAB__BK; j++) {
+                float th = tanhf(s[j] * scale / cap);
+                if (t)
+                    t[j] = th;
+                s[j] = (j >= lo && j < hi) ? cap * th * l2e : -INFINITY;
+            }
+        } else {
+            const float k = scale * l2e;
+#pragma omp simd
+            for (int j = 0; j < FAB__BK; j++)
+                s[j] = (j >= lo && j < hi) ? s[j] * k : -INFINITY;
+        }
+    }
+}
+
+/* Forward of one query tile (rows i0 .. i0+nq-1 of one sequence and head):
+ * online softmax over the key tiles the mask lets it see. Q, O: [BQ x dp];
+ * KT: [dp x BK] (keys transposed); V, S: [BK x dp], [BQ x BK]. */
+static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t h, int64_t i0, int nq,
+                             float *ws)
+{
+    const int dp = sq->dp, nqp = (nq + 3) & ~3;
+    float *Q = ws, *O = Q + FAB__BQ * dp, *KT = O + FAB__BQ * dp, *V = KT + dp * FAB__BK;
+    float *S = V + FAB__BK * dp, *m = S + FAB__BQ * FAB__BK, *l = m + FAB__BQ, *tmp = l + FAB__BQ;
+    const int64_t g = h / (a->hq / a->hkv);
+    FAB__T(load)(&a->q, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, dp, Q);
+    memset(O, 0, sizeof(float) * (size_t)(nqp * dp));
+    for (int i = 0; i < FAB__BQ; i++)
+        m[i] = -INFINITY, l[i] = 0;
+    int64_t klo, khi;
+    fab__attn_key_range(a, sq->sq, sq->sk, i0, i0 + nq, &klo, &khi);
+    for (int64_t j0 = klo; j0 < khi; j0 += FAB__BK) {
+        int nk = (int)(khi - j0 < FAB__BK ? khi - j0 : FAB__BK);
+        FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, KT);
+        FAB__T(load)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, V);
+        FAB__T(mm)(nqp, FAB__BK, dp, Q, dp, KT, FAB__BK, S, FAB__BK, 0);
+        FAB__T(logits)(a, S, NULL, nq, nqp, nk, i0, j0, sq->sk - sq->sq);
+        memset(S + nq * FAB__BK, 0, sizeof(float) * (size_t)((nqp - nq) * FAB__BK)); /* padding rows */
+        for (int i = 0; i < nq; i++) {
+            float *s = S + i * FAB__BK;
+            float mx = m[i];
+            for (int j = 0; j < FAB__BK; j++)
+                mx = s[j] > mx ? s[j] : mx;
+            if (mx == -INFINITY) { /* no key of this row in the tile, nor before */
+                memset(s, 0, sizeof(float) * FAB__BK);
+                continue;
+            }
+            float alpha = FAB__T(exp2)(m[i] - mx), sum = 0;
+#pragma omp simd reduction(+ : sum)
+            for (int j = 0; j < FAB__BK; j++) {
+                float p = FAB__T(exp2)(s[j] - mx);
+                s[j] = p;
+                sum += p;
+            }
+            l[i] = l[i] * alpha + sum;
+            m[i] = mx;
+            if (alpha != 1.0f) {
+                float *o = O + i * dp;
+#pragma omp simd
+                for (int c = 0; c < dp; c++)
+                    o[c] *= alpha;
+            }
+        }
+        FAB__T(mm)(nqp, dp, nk, S, FAB__BK, V, dp, O, dp, 1);
+    }
+    /* every row has a key (the entry checks it), so l > 0 */
+    for (int i = 0; i < nq; i++) {
+        float inv = 1.0f / l[i], *o = O + i * dp;
+        for (int c = 0; c < dp; c++)
+            o[c] *= inv;
+        if (a->lse)
+            a->lse[sq->b * a->lse_sb + h * a->lse_sh + sq->q0 + i0 + i] =
+                (m[i] + log2f(l[i])) * 0.69314718055994531f;
+    }
+    FAB__T(store)(&a->out, a->dtype, sq->b, sq->q0 + i0, nq, h, a->d, dp, O);
+}
+
+/* Backward of one (query tile, key tile) pair, shared by both passes: from Q, dO
+ * [BQ x dp], KT, VT [dp x BK], lse2 (lse in log2 units) and D per row, computes
+ * P = exp2(s - lse2) and dS = P (dP - D) * d s / d x into P, dS [BQ x BK]
+ * (the derivative with respect to the raw product q.k, scale included). */
+static void FAB__T(bwd_pair)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t i0, int nq, int nqp,
+                             int64_t j0, int nk, const float *Q, const float *dO, const float *KT, const float *VT,
+                             const float *lse2, const float *D, float *P, float *dS, float *T)
+{
+    const int dp = sq->dp;
+    FAB__T(mm)(nqp, FAB__BK, dp, Q, dp, KT, FAB__BK, P, FAB__BK, 0);
+    FAB__T(mm)(nqp, FAB__BK, dp, dO, dp, VT, FAB__BK, dS, FAB__BK, 0);
+    FAB__T(logits)(a, P, T, nq, nqp, nk, i0, j0, sq->sk - sq->sq);
+    const float scale = a->scale, cap = a->softcap;
+    for (int i = 0; i < nqp; i++) {
+        float *p = P + i * FAB__BK, *ds = dS + i * FAB__BK;
+        const float L = lse2[i], Di = D[i];
+#pragma omp simd
+        for (int j = 0; j < FAB__BK; j++) {
+            float pj = FAB__T(exp2)(p[j] - L);
+            p[j] = pj;
+            ds[j] = pj * (ds[j] - Di) * scale;
+        }
+        if (cap > 0) {
+            const float *t = T + i * FAB__BK;
+            for (int j = 0; j < FAB__BK; j++)
+                ds[j] *= 1.0f - t[j] * t[j];
+        }
+    }
+}
+
+static void FAB__T(transpose)(const float *src, int rows, int cols, float *dst) /* dst[c][r] = src[r][c] */
+{
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            dst[c * rows + r] = src[r * cols + c];
+}
+
+/* D = rowsum(dO * O) for every row of sequence `sq`, head h, into Dbuf (laid out
+ * as lse). Summed in the order, and with the same contraction, as the dP = dO V^T
+ * products of the micro-kernel, so dP - D is exactly 0 where O equals V (one key). */
+static void FAB__T(bwd_rowdot)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t h, float *Dbuf, float *ws)
+{
+    const int dp = sq->dp;
+    float *O = ws, *dO = ws + FAB__BQ * dp;
+    for (int64_t i = 0; i < sq->sq; i += FAB__BQ) {
+        int n = (int)(sq->sq - i < FAB__BQ ? sq->sq - i : FAB__BQ);
+        FAB__T(load)(&a->out, a->dtype, sq->b, sq->q0 + i, n, n, h, a->d, dp, O);
+        FAB__T(load)(&a->dout, a->dtype, sq->b, sq->q0 + i, n, n, h, a->d, dp, dO);
+        for (int row = 0; row < n; row++) {
+            float acc = 0;
+            for (int c = 0; c < dp; c++)
+                acc += dO[row * dp + c] * O[row * dp + c];
+            Dbuf[sq->b * a->lse_sb + h * a->lse_sh + sq->q0 + i + row] = acc;
+        }
+    }
+}
+
+/* Loads the query-side tile of the backward: Q, dO, lse2, D for rows i0.. of head h. */
+static void FAB__T(bwd_load_q)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t h, int64_t i0, int nq,
+                               int nqp, const float *Dbuf, float *Q, float *dO, float *lse2, float *D)
+{
+    FAB__T(load)(&a->q, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, sq->dp, Q);
+    FAB__T(load)(&a->dout, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, sq->dp, dO);
+    const int64_t base = sq->b * a->lse_sb + h * a->lse_sh + sq->q0 + i0;
+    for (int i = 0; i < nqp; i++) {
+        lse2[i] = i < nq ? a->lse[base + i] * 1.4426950408889634f : 0;
+        D[i] = i < nq ? Dbuf[base + i] : 0;
+    }
+}
+
+/* dK, dV of one key tile (rows j0.. of kv head g): the sum over the query
+ * heads of the group and over the query tiles that see it, in a fixed order. */
+static void FAB__T(bwd_kv_tile)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t g, int64_t j0, int nk,
+                                const float *Dbuf, float *ws)
+{
+    const int dp = sq->dp;
+    float *KT = ws, *VT = KT + dp * FAB__BK, *dK = VT + dp * FAB__BK, *dV = dK + FAB__BK * dp;
+    float *Q = dV + FAB__BK * dp, *dO = Q + FAB__BQ * dp, *P = dO + FAB__BQ * dp, *dS = P + FAB__BQ * FAB__BK;
+    float *PT = dS + FAB__BQ * FAB__BK, *T = PT + FAB__BQ * FAB__BK, *lse2 = T + FAB__BQ * FAB__BK, *D = lse2 + FAB__BQ;
+    float *tmp = D + FAB__BQ;
+    FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, KT);
+    FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
+    memset(dK, 0, sizeof(float) * (size_t)(FAB__BK * dp));
+    memset(dV, 0, sizeof(float) * (size_t)(FAB__BK * dp));
+    /* query rows that can see keys j0 .. j0+nk-1 */
+    const int64_t off = sq->sk - sq->sq;
+    int64_t ilo = 0, ihi = sq->sq;
+    if (a->right >= 0 && j0 - off - a->right > ilo)
+        ilo = j0 - off - a->right;
+    if (a->left >= 0 && j0 + nk - 1 - off + a->left + 1 < ihi)
+        ihi = j0 + nk - 1 - off + a->left + 1;
+    ilo = ilo / FAB__BQ * FAB__BQ; /* the same query tiles as the dq pass */
+    const int64_t r = a->hq / a->hkv;
+    for (int64_t h = g * r; h < (g + 1) * r; h++) {
+        for (int64_t i0 = ilo; i0 < ihi; i0 += FAB__BQ) {
+            int nq = (int)(sq->sq - i0 < FAB__BQ ? sq->sq - i0 : FAB__BQ), nqp = (nq + 3) & ~3;
+            FAB__T(bwd_load_q)(a, sq, h, i0, nq, nqp, Dbuf, Q, dO, lse2, D);
+            FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2, D, P, dS, T);
+            FAB__T(transpose)(P, nqp, FAB__BK, PT);
+            FAB__T(mm)(FAB__BK, dp, nqp, PT, nqp, dO, dp, dV, dp, 1);
+            FAB__T(transpose)(dS, nqp, FAB__BK, PT);
+            FAB__T(mm)(FAB__BK, dp, nqp, PT, nqp, Q, dp, dK, dp, 1);
+        }
+    }
+    FAB__T(store)(&a->dk, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK);
+    FAB__T(store)(&a->dv, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dV);
+}
+
+/* dQ of one query tile: the sum over the key tiles it sees, in order. */
+static void FAB__T(bwd_q_tile)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t h, int64_t i0, int nq,
+                               const float *Dbuf, float *ws)
+{
+    const int dp = sq->dp, nqp = (nq + 3) & ~3;
+    float *Q = ws, *dO = Q + FAB__BQ * dp, *dQ = dO + FAB__BQ * dp, *KT = dQ + FAB__BQ * dp;
+    float *VT = KT + dp * FAB__BK, *K = VT + dp * FAB__BK, *P = K + FAB__BK * dp, *dS = P + FAB__BQ * FAB__BK;
+    float *T = dS + FAB__BQ * FAB__BK, *lse2 = T + FAB__BQ * FAB__BK, *D = lse2 + FAB__BQ, *tmp = D + FAB__BQ;
+    const int64_t g = h / (a->hq / a->hkv);
+    FAB__T(bwd_load_q)(a, sq, h, i0, nq, nqp, Dbuf, Q, dO, lse2, D);
+    memset(dQ, 0, sizeof(float) * (size_t)(FAB__BQ * dp));
+    int64_t klo, khi;
+    fab__attn_key_range(a, sq->sq, sq->sk, i0, i0 + nq, &klo, &khi);
+    klo = klo / FAB__BK * FAB__BK; /* the key tiles of the dk/dv pass */
+    for (int64_t j0 = klo; j0 < khi; j0 += FAB__BK) {
+        int nk = (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK);
+        FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
+        for (int c = 0; c < dp; c++) /* K^T from K */
+            for (int r = 0; r < FAB__BK; r++)
+                KT[c * FAB__BK + r] = K[r * dp + c];
+        FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
+        FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2, D, P, dS, T);
+        FAB__T(mm)(nqp, dp, FAB__BK, dS, FAB__BK, K, dp, dQ, dp, 1);
+    }
+    FAB__T(store)(&a->dq, a->dtype, sq->b, sq->q0 + i0, nq, h, a->d, dp, dQ);
+}

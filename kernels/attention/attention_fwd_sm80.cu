@@ -1,0 +1,288 @@
+/*
+ * attention_fwd_sm80.cu: FlashAttention-2-style forward for sm_80 and later.
+ *
+ * Idea: one block of 4 warps per (64-query tile, query head, sequence); each warp
+ * owns 16 query rows, kept in registers as mma A fragments. The block streams the
+ * 64-key tiles its rows may see through shared memory with cp.async, two stages
+ * deep (the next K/V tile loads while this one is used). Per tile a warp computes
+ * S = Q K^T with mma.m16n8k16 (K fragments by ldmatrix), applies scale, softcap
+ * and the mask in registers, updates the online softmax (running max m and sum l
+ * per row, exp2 of log2-unit scores), turns P into A fragments without touching
+ * shared memory, and accumulates O += P V (V fragments by ldmatrix.trans).
+ * Thread mapping: lane = 4g + t holds rows g and g+8 of its warp's 16, columns
+ * 2t, 2t+1 of every 8-wide n-tile; row max and sum are reduced over the 4 lanes
+ * of a quad with shuffles.
+ * Numerics: f32 scores and accumulators; P is rounded to the input type for the
+ * P V product (as FlashAttention); out rounded once; lse = (m + log2 l) ln 2.
+ * Shared rows are padded by 16 bytes, so ldmatrix's 8 row reads hit 8 distinct
+ * bank groups.
+ */
+#include <cuda_runtime.h>
+
+#include "../common/cuda_dtype.cuh"
+#include "../common/ptx.cuh"
+#include "attention.h"
+
+namespace {
+
+const int BM = 64;      /* query rows per block (16 per warp) */
+const int BN = 64;      /* keys per tile */
+const int THREADS = 128;
+
+template <typename T> struct mma_of;
+template <> struct mma_of<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
+    {
+        fab__mma_m16n8k16_bf16(d, a, b, d);
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return fab__pack_bf16x2(lo, hi); }
+};
+template <> struct mma_of<__half> {
+    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
+    {
+        fab__mma_m16n8k16_f16(d, a, b, d);
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return fab__pack_f16x2(lo, hi); }
+};
+
+/* Copies rows [row0, row0 + n) (n <= rows) of one head into smem [rows x (D+8)]
+ * with 16-byte cp.async; rows past n are zero-filled. */
+template <typename T, int D>
+static __device__ __forceinline__ void load_rows(T *smem, const T *base, int64_t ss, int row0, int n, int rows)
+{
+    const int chunks = D / 8;
+    for (int c = threadIdx.x; c < rows * chunks; c += THREADS) {
+        int r = c / chunks, col = (c % chunks) * 8;
+        T *dst = smem + r * (D + 8) + col;
+        if (r < n)
+            fab__cp_async_16(dst, base + (int64_t)(row0 + r) * ss + col);
+        else
+            fab__cp_async_16_zfill(dst, base, 0);
+    }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(THREADS)
+attention_fwd_kernel(const fab__attn_args a)
+{
+    typedef mma_of<T> M;
+    FAB_DYNAMIC_SMEM(T, smem);
+    T *sQ = smem, *sK = sQ + BM * (D + 8), *sV = sK + 2 * BN * (D + 8);
+    const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+
+    /* this sequence */
+    int64_t q0 = 0, k0 = 0;
+    int sq = (int)a.sq, sk = (int)a.sk;
+    if (a.cu_q_dev) {
+        q0 = a.cu_q_dev[b], k0 = a.cu_k_dev[b];
+        sq = a.cu_q_dev[b + 1] - (int)q0, sk = a.cu_k_dev[b + 1] - (int)k0;
+    }
+    if (m0 >= sq)
+        return;
+    const int nq = sq - m0 < BM ? sq - m0 : BM;
+    const int64_t off = sk - sq;
+    const int kvh = h / (int)(a.hq / a.hkv);
+    int64_t klo = 0, khi = sk; /* keys any row of the block may see */
+    if (a.left >= 0 && m0 + off - a.left > klo)
+        klo = m0 + off - a.left;
+    if (a.right >= 0 && m0 + nq - 1 + off + a.right + 1 < khi)
+        khi = m0 + nq - 1 + off + a.right + 1;
+    const int ntiles = khi > klo ? (int)((khi - klo + BN - 1) / BN) : 0;
+
+    const T *Q = (const T *)a.q.data + b * a.q.sb + q0 * a.q.ss + h * a.q.sh;
+    const T *K = (const T *)a.k.data + b * a.k.sb + k0 * a.k.ss + kvh * a.k.sh;
+    const T *V = (const T *)a.v.data + b * a.v.sb + k0 * a.v.ss + kvh * a.v.sh;
+
+    load_rows<T, D>(sQ, Q, a.q.ss, m0, nq, BM);
+    if (ntiles > 0) {
+        int n = (int)(khi - klo < BN ? khi - klo : BN);
+        load_rows<T, D>(sK, K, a.k.ss, (int)klo, n, BN);
+        load_rows<T, D>(sV, V, a.v.ss, (int)klo, n, BN);
+    }
+    fab__cp_async_commit();
+
+    const float L2E = 1.4426950408889634f;
+    const float k_scale = a.scale * L2E;
+    uint32_t qf[D / 16][4];
+    float o[D / 8][4];
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0, 0};
+#pragma unroll
+    for (int i = 0; i < D / 8; i++)
+        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0;
+    const int r_lo = m0 + warp * 16 + g; /* rows of this lane: r_lo, r_lo + 8 */
+
+    for (int it = 0; it < ntiles; it++) {
+        const int buf = it & 1;
+        const int64_t kt = klo + (int64_t)it * BN;
+        if (it + 1 < ntiles) {
+            int64_t kn = kt + BN;
+            int n = (int)(khi - kn < BN ? khi - kn : BN);
+            load_rows<T, D>(sK + (buf ^ 1) * BN * (D + 8), K, a.k.ss, (int)kn, n, BN);
+            load_rows<T, D>(sV + (buf ^ 1) * BN * (D + 8), V, a.v.ss, (int)kn, n, BN);
+            fab__cp_async_commit();
+            fab__cp_async_wait<1>();
+        } else {
+            fab__cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (it == 0) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                int m = lane / 8;
+                fab__ldmatrix_x4(qf[kk], sQ + (warp * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + kk * 16 + 8 * (m >> 1));
+            }
+        }
+        const T *cK = sK + buf * BN * (D + 8), *cV = sV + buf * BN * (D + 8);
+
+        /* S = Q K^T: 16 x 64 per warp */
+        float s[BN / 8][4];
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++)
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+            for (int j = 0; j < BN / 8; j += 2) {
+                uint32_t r[4];
+                int m = lane / 8;
+                fab__ldmatrix_x4(r, cK + (j * 8 + 8 * (m >> 1) + lane % 8) * (D + 8) + kk * 16 + 8 * (m & 1));
+                uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                M::run(s[j], qf[kk], b0);
+                M::run(s[j + 1], qf[kk], b1);
+            }
+        }
+
+        /* logits in log2 units, masked; row max */
+        float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int64_t key = kt + j * 8 + 2 * t + (e & 1);
+                int64_t row = r_lo + 8 * (e >> 1);
+                int64_t pos = row + off;
+                float x = s[j][e];
+                x = a.softcap > 0 ? a.softcap * tanhf(x * a.scale / a.softcap) * L2E : x * k_scale;
+                bool ok = key < khi && (a.right < 0 || key <= pos + a.right) && (a.left < 0 || key >= pos - a.left);
+                s[j][e] = ok ? x : -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+            }
+        }
+        float alpha[2], muse[2];
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
+            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
+            muse[hr] = mx[hr] == -INFINITY ? 0.0f : mx[hr];
+            alpha[hr] = fab__ex2_approx(mrow[hr] - muse[hr]); /* 0 while mrow is -inf */
+            mrow[hr] = mx[hr];
+            lrow[hr] *= alpha[hr];
+        }
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float p = fab__ex2_approx(s[j][e] - muse[e >> 1]);
+                s[j][e] = p;
+                lrow[e >> 1] += p;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+            o[i][0] *= alpha[0], o[i][1] *= alpha[0];
+            o[i][2] *= alpha[1], o[i][3] *= alpha[1];
+        }
+
+        /* O += P V: P from the S registers, V by ldmatrix.trans */
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            uint32_t pa[4];
+            pa[0] = M::pack(s[2 * kk][0], s[2 * kk][1]);
+            pa[1] = M::pack(s[2 * kk][2], s[2 * kk][3]);
+            pa[2] = M::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[3] = M::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dn = 0; dn < D / 8; dn += 2) {
+                uint32_t r[4];
+                int m = lane / 8;
+                fab__ldmatrix_x4_trans(r, cV + (kk * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + dn * 8 + 8 * (m >> 1));
+                uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                M::run(o[dn], pa, b0);
+                M::run(o[dn + 1], pa, b1);
+            }
+        }
+        __syncthreads(); /* this buffer is refilled two tiles on */
+    }
+
+    /* out = O / l, lse */
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        lrow[hr] += __shfl_xor_sync(0xffffffffu, lrow[hr], 1);
+        lrow[hr] += __shfl_xor_sync(0xffffffffu, lrow[hr], 2);
+    }
+    T *O = (T *)a.out.data + b * a.out.sb + q0 * a.out.ss + h * a.out.sh;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        int row = r_lo + 8 * hr;
+        if (row >= sq)
+            continue;
+        float inv = lrow[hr] > 0 ? 1.0f / lrow[hr] : 0.0f;
+        T *orow = O + (int64_t)row * a.out.ss;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+            uint32_t v = M::pack(o[i][2 * hr] * inv, o[i][2 * hr + 1] * inv);
+            *reinterpret_cast<uint32_t *>(orow + i * 8 + 2 * t) = v;
+        }
+        if (a.lse && t == 0)
+            a.lse[b * a.lse_sb + h * a.lse_sh + q0 + row] = (mrow[hr] + log2f(lrow[hr])) * 0.69314718055994531f;
+    }
+}
+
+template <typename T, int D>
+static fab_status launch(fab_context *ctx, const fab__attn_args *a)
+{
+    const size_t smem = (size_t)(BM + 4 * BN) * (D + 8) * sizeof(T);
+    cudaError_t err = cudaSuccess;
+    if (smem > 48 * 1024)
+        err = cudaFuncSetAttribute(attention_fwd_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err == cudaSuccess) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch);
+        cfg.blockDim = dim3(THREADS);
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = (cudaStream_t)ctx->stream;
+        err = cudaLaunchKernelEx(&cfg, attention_fwd_kernel<T, D>, *a);
+    }
+    if (err != cudaSuccess)
+        return fab__fail(FAB_ERR_BACKEND, "fab_attention_forward: kernel launch failed: %s", cudaGetErrorString(err));
+    return fab__cuda_check_launch("fab_attention_forward");
+}
+
+template <typename T>
+static fab_status dispatch_d(fab_context *ctx, const fab__attn_args *a)
+{
+    switch (a->d) {
+    case 32: return launch<T, 32>(ctx, a);
+    case 64: return launch<T, 64>(ctx, a);
+    case 96: return launch<T, 96>(ctx, a);
+    case 128: return launch<T, 128>(ctx, a);
+    default: return fab__fail(FAB_ERR_INTERNAL, "fab_attention_forward: head_dim %lld reached the sm80 kernel", (long long)a->d);
+    }
+}
+
+} // namespace
+
+extern "C" fab_status fab__attention_forward_sm80(fab_context *ctx, const fab__attn_args *a)
+{
+    cudaError_t err = cudaSetDevice(ctx->device);
+    if (err != cudaSuccess)
+        return fab__fail(FAB_ERR_BACKEND, "fab_attention_forward: cudaSetDevice failed: %s", cudaGetErrorString(err));
+    if (a->sq == 0)
+        return FAB_OK;
+    if (a->dtype == FAB_DTYPE_BF16)
+        return dispatch_d<__nv_bfloat16>(ctx, a);
+    if (a->dtype == FAB_DTYPE_F16)
+        return dispatch_d<__half>(ctx, a);
+    return fab__fail(FAB_ERR_INTERNAL, "fab_attention_forward: dtype %s reached the sm80 kernel", fab_dtype_name(a->dtype));
+}

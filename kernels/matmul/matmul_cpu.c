@@ -1,0 +1,463 @@
+/*
+ * matmul_cpu.c: fab_matmul on the host.
+ *
+ * Idea (BLIS): C is computed in NC-wide column blocks; for each KC-deep slice of
+ * k, the KC x NC block of op(B) is packed once into NR-wide panels (all threads
+ * share it, it lives in L2/L3), and each thread packs MC x KC blocks of op(A)
+ * into MR-high panels (L2). A register-blocked MR x NR micro-kernel
+ * (matmul_ukernel.c: AVX-512, AVX2+FMA or portable C, picked at run time) streams
+ * one A panel and one B panel (L1) and adds their product into C. f16/bf16
+ * operands are widened to f32 while packing, so the micro-kernel is f32 only.
+ *
+ * Threads: one OpenMP region per call. B panels are packed cooperatively; the
+ * rows of C are then split between threads (MR-aligned ranges), or, when there are
+ * too few rows, its column panels.
+ *
+ * Numerics: f32 FMA, the k-sum in KC-sized slices in order, so results depend
+ * only on the shape, never on the thread count: deterministic. The f32 sum of
+ * each slice lives in C itself (f32 C) or in an f32 scratch (f16/bf16 C), and the
+ * epilogue (beta·C for scratch, bias, pre_act store, activation or its derivative,
+ * rounding to C's dtype) runs once per tile, right after the last slice.
+ *
+ * FAB_MATMUL_ALGO_REFERENCE runs plain loops with a float64 sum instead.
+ */
+#include "matmul.h"
+#include "matmul_cpu.h"
+
+#include "../activation/gelu_math.h"
+#include "../common/cpu_dtype.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------- element access */
+
+static inline const char *bptr(const void *base, fab_dtype dt, int64_t off)
+{
+    return (const char *)base + off * (int64_t)fab_dtype_size(dt);
+}
+
+/* ----------------------------------------------------------------- epilogue */
+
+static inline float act_fwd(fab_matmul_activation act, float v)
+{
+    switch (act) {
+    case FAB_MATMUL_ACT_RELU: return v > 0.0f ? v : 0.0f;
+    case FAB_MATMUL_ACT_GELU_TANH: return fab__gelu(v, 1);
+    case FAB_MATMUL_ACT_GELU_ERF: return fab__gelu(v, 0);
+    default: return v;
+    }
+}
+
+static inline float act_grad(fab_matmul_activation act, float x)
+{
+    switch (act) {
+    case FAB_MATMUL_ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;
+    case FAB_MATMUL_ACT_GELU_TANH: return fab__gelu_grad(x, 1);
+    case FAB_MATMUL_ACT_GELU_ERF: return fab__gelu_grad(x, 0);
+    default: return 1.0f;
+    }
+}
+
+/* Finishes n values of row i (columns j0..) of one batch: w holds alpha·AB (plus
+ * beta·C when `beta_done`); writes C (and pre_act in the forward pass). c_row and
+ * p_row point at column j0 of the row in C / pre_act. */
+static void epilogue_row(const fab__mm_args *a, const float *w, int64_t j0, int64_t n, bool beta_done,
+                         void *c_row, void *p_row)
+{
+    const bool add_beta = !beta_done && a->beta != 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        float v = w[j];
+        if (add_beta)
+            v += a->beta * fab__load_f(c_row, a->c_dtype, j);
+        if (a->act_backward) {
+            v *= act_grad(a->act, fab__load_f(p_row, a->c_dtype, j));
+        } else {
+            if (a->bias)
+                v += fab__load_f(a->bias, a->bias_dtype, j0 + j);
+            if (p_row)
+                fab__store_f(p_row, a->c_dtype, j, v);
+            v = act_fwd(a->act, v);
+        }
+        fab__store_f(c_row, a->c_dtype, j, v);
+    }
+}
+
+static bool epilogue_needed(const fab__mm_args *a, bool w_is_c)
+{
+    return !w_is_c || a->bias || a->pre_act || a->act != FAB_MATMUL_ACT_NONE;
+}
+
+/* ------------------------------------------------------------------ packing */
+
+/* op(A)[i0 .. i0+mc) x [p0 .. p0+kc) into MR-row panels: panel q holds rows
+ * i0+q*MR.., as kc columns of MR values; rows past mc are zero. */
+static void pack_a(const fab__mm_args *a, const void *A, int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr,
+                   float *dst)
+{
+    const fab_dtype dt = a->ab_dtype;
+    for (int64_t q = 0; q < mc; q += mr) {
+        float *d = dst + q * kc;
+        int64_t rows = mc - q < mr ? mc - q : mr;
+        if (!a->trans_a) { /* A stored [m, k]: row r of the panel is contiguous in k */
+            for (int64_t r = 0; r < rows; r++) {
+                int64_t base = (i0 + q + r) * a->lda + p0;
+                if (dt == FAB_DTYPE_F32) {
+                    const float *s = (const float *)A + base;
+                    for (int64_t p = 0; p < kc; p++)
+                        d[p * mr + r] = s[p];
+                } else {
+                    const uint16_t *s = (const uint16_t *)A + base;
+                    if (dt == FAB_DTYPE_BF16)
+                        for (int64_t p = 0; p < kc; p++)
+                            d[p * mr + r] = fab__bf16_load(s[p]);
+                    else
+                        for (int64_t p = 0; p < kc; p++)
+                            d[p * mr + r] = fab__f16_load(s[p]);
+                }
+            }
+        } else { /* A stored [k, m]: for each p, the panel's MR values are contiguous */
+            for (int64_t p = 0; p < kc; p++) {
+                int64_t base = (p0 + p) * a->lda + i0 + q;
+                for (int64_t r = 0; r < rows; r++)
+                    d[p * mr + r] = fab__load_f(A, dt, base + r);
+            }
+        }
+        if (rows < mr)
+            for (int64_t p = 0; p < kc; p++)
+                for (int64_t r = rows; r < mr; r++)
+                    d[p * mr + r] = 0.0f;
+    }
+}
+
+/* op(B)[p0 .. p0+kc) x [j0+q*NR ..) as one NR-column panel: kc rows of NR values,
+ * columns past n are zero. */
+static void pack_b_panel(const fab__mm_args *a, const void *B, int64_t p0, int64_t kc, int64_t j0, int64_t cols,
+                         int nr, float *d)
+{
+    const fab_dtype dt = a->ab_dtype;
+    if (!a->trans_b) { /* B stored [k, n]: each row of the panel is contiguous */
+        for (int64_t p = 0; p < kc; p++) {
+            int64_t base = (p0 + p) * a->ldb + j0;
+            float *dp = d + p * nr;
+            if (dt == FAB_DTYPE_F32) {
+                memcpy(dp, (const float *)B + base, (size_t)cols * sizeof(float));
+            } else {
+                const uint16_t *s = (const uint16_t *)B + base;
+                if (dt == FAB_DTYPE_BF16)
+                    for (int64_t c = 0; c < cols; c++)
+                        dp[c] = fab__bf16_load(s[c]);
+                else
+                    for (int64_t c = 0; c < cols; c++)
+                        dp[c] = fab__f16_load(s[c]);
+            }
+            for (int64_t c = cols; c < nr; c++)
+                dp[c] = 0.0f;
+        }
+    } else { /* B stored [n, k]: column c of the panel is contiguous in k */
+        for (int64_t c = 0; c < cols; c++) {
+            int64_t base = (j0 + c) * a->ldb + p0;
+            if (dt == FAB_DTYPE_F32) {
+                const float *s = (const float *)B + base;
+                for (int64_t p = 0; p < kc; p++)
+                    d[p * nr + c] = s[p];
+            } else {
+                for (int64_t p = 0; p < kc; p++)
+                    d[p * nr + c] = fab__load_f(B, dt, base + p);
+            }
+        }
+        for (int64_t p = 0; p < kc; p++)
+            for (int64_t c = cols; c < nr; c++)
+                d[p * nr + c] = 0.0f;
+    }
+}
+
+/* ------------------------------------------------------------ packed GEMM */
+
+typedef struct gemm_plan {
+    const fab__mm_ukernel *uk;
+    int64_t mc, kc, nc;
+    bool w_is_c;      /* C is f32: sums accumulate in C itself */
+    float *scratch;   /* f16/bf16 C with more than one k slice: m x nc f32 */
+    int64_t ldw;      /* scratch row stride */
+    int threads;
+} gemm_plan;
+
+/* One MR x NR tile at (i, j) of batch `bt`: runs the micro-kernel on packed
+ * panels ap/bp for the k slice number `slice` (of nslices), then, after the last
+ * slice, the epilogue. mr_eff/nr_eff: the tile's real extent at the edges. */
+static void do_tile(const fab__mm_args *a, const gemm_plan *g, int64_t bt_c, int64_t bt_p, int64_t i, int64_t j,
+                    int64_t jc, int mr_eff, int nr_eff, int64_t kc, const float *ap, const float *bp, int slice,
+                    int nslices, float *tile)
+{
+    const int MR = g->uk->mr, NR = g->uk->nr;
+    const bool first = slice == 0, last = slice == nslices - 1;
+    float *w;
+    int64_t ldw;
+    bool beta_done; /* whether w already holds beta·C */
+    if (g->w_is_c) {
+        w = (float *)a->c + bt_c + i * a->ldc + j;
+        ldw = a->ldc;
+        beta_done = true;
+    } else if (nslices > 1) {
+        w = g->scratch + i * g->ldw + (j - jc);
+        ldw = g->ldw;
+        beta_done = false;
+    } else {
+        w = tile + MR * NR; /* the second tile buffer: finished right below */
+        ldw = NR;
+        beta_done = false;
+    }
+    /* beta for the micro-kernel: the first slice reads C only when C is w */
+    float beta_k = first ? (g->w_is_c ? a->beta : 0.0f) : 1.0f;
+    if (mr_eff == MR && nr_eff == NR) {
+        g->uk->fn(kc, ap, bp, w, ldw, a->alpha, beta_k);
+    } else {
+        g->uk->fn(kc, ap, bp, tile, NR, a->alpha, 0.0f);
+        for (int r = 0; r < mr_eff; r++)
+            for (int c = 0; c < nr_eff; c++) {
+                float *o = &w[r * ldw + c];
+                *o = tile[r * NR + c] + (beta_k == 0.0f ? 0.0f : beta_k * *o);
+            }
+    }
+    if (last && epilogue_needed(a, g->w_is_c)) {
+        size_t ce = fab_dtype_size(a->c_dtype);
+        for (int r = 0; r < mr_eff; r++) {
+            char *c_row = (char *)a->c + (bt_c + (i + r) * a->ldc + j) * (int64_t)ce;
+            char *p_row = a->pre_act ? (char *)a->pre_act + (bt_p + (i + r) * a->ldp + j) * (int64_t)ce : NULL;
+            epilogue_row(a, w + r * ldw, j, nr_eff, beta_done, c_row, p_row);
+        }
+    }
+}
+
+static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
+{
+    gemm_plan g;
+    memset(&g, 0, sizeof g);
+    g.uk = fab__mm_pick_ukernel();
+    const int MR = g.uk->mr, NR = g.uk->nr;
+    g.kc = g.uk->kc;
+    g.mc = g.uk->mc;
+    g.nc = g.uk->nc;
+    /* a k just past a slice is better split evenly than with a thin last slice */
+    int64_t nslices = (a->k + g.kc - 1) / g.kc;
+    if (nslices > 1)
+        g.kc = ((a->k + nslices - 1) / nslices + 7) / 8 * 8;
+    nslices = (a->k + g.kc - 1) / g.kc;
+    /* row blocks of equal height (a multiple of MR), so no thread gets a thin last one */
+    int64_t nblocks = (a->m + g.mc - 1) / g.mc;
+    g.mc = ((a->m + nblocks - 1) / nblocks + MR - 1) / MR * MR;
+    int64_t n_round = (a->n + NR - 1) / NR * NR;
+    if (g.nc > n_round)
+        g.nc = n_round;
+    g.w_is_c = a->c_dtype == FAB_DTYPE_F32;
+
+    double flops = 2.0 * (double)a->m * (double)a->n * (double)a->k * (double)a->batch;
+    g.threads = flops < 2e6 ? 1 : ctx->num_threads;
+
+    size_t b_floats = (size_t)g.kc * (size_t)g.nc;
+    size_t a_floats = (size_t)g.kc * (size_t)((g.mc + MR - 1) / MR * MR);
+    float *bbuf = fab__mm_aligned_alloc(b_floats * sizeof(float));
+    float *abuf = fab__mm_aligned_alloc(a_floats * sizeof(float) * (size_t)g.threads);
+    float *tiles = fab__mm_aligned_alloc((size_t)(2 * MR * NR) * sizeof(float) * (size_t)g.threads);
+    if (!g.w_is_c && nslices > 1) {
+        g.ldw = g.nc;
+        g.scratch = fab__mm_aligned_alloc((size_t)a->m * (size_t)g.nc * sizeof(float));
+    }
+    if (!bbuf || !abuf || !tiles || (!g.w_is_c && nslices > 1 && !g.scratch)) {
+        free(bbuf);
+        free(abuf);
+        free(tiles);
+        free(g.scratch);
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_matmul: no host memory for the packing buffers");
+    }
+
+#pragma omp parallel num_threads(g.threads)
+    {
+        int tid = 0, nt = 1; /* nt: the team's real size */
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        float *my_a = abuf + a_floats * (size_t)tid;
+        float *my_tile = tiles + (size_t)(2 * MR * NR) * (size_t)tid;
+        for (int64_t bt = 0; bt < a->batch; bt++) {
+            const void *A = bptr(a->a, a->ab_dtype, fab__mm_batch_offset(a, a->a_bstride, bt));
+            const void *B = bptr(a->b, a->ab_dtype, fab__mm_batch_offset(a, a->b_bstride, bt));
+            int64_t off_c = fab__mm_batch_offset(a, a->c_bstride, bt);
+            int64_t off_p = a->pre_act ? fab__mm_batch_offset(a, a->p_bstride, bt) : 0;
+            for (int64_t jc = 0; jc < a->n; jc += g.nc) {
+                int64_t nc = a->n - jc < g.nc ? a->n - jc : g.nc;
+                int64_t npanels = (nc + NR - 1) / NR;
+                for (int64_t s = 0; s < nslices; s++) {
+                    int64_t p0 = s * g.kc, kc = a->k - p0 < g.kc ? a->k - p0 : g.kc;
+#pragma omp for schedule(static)
+                    for (int64_t q = 0; q < npanels; q++) {
+                        int64_t cols = nc - q * NR < NR ? nc - q * NR : NR;
+                        pack_b_panel(a, B, p0, kc, jc + q * NR, cols, NR, bbuf + q * NR * kc);
+                    }
+                    /* tasks: (MC-row block, group of panels), handed out dynamically so a
+                     * core shared with other work does not hold up the rest; a thread
+                     * repacks A only when its next task is in another row block */
+                    int64_t nic = (a->m + g.mc - 1) / g.mc;
+                    int64_t groups = (4 * (int64_t)nt + nic - 1) / nic;
+                    if (groups > (npanels + 3) / 4)
+                        groups = (npanels + 3) / 4;
+                    if (groups < 1)
+                        groups = 1;
+                    int64_t width = (npanels + groups - 1) / groups;
+                    groups = (npanels + width - 1) / width;
+                    int64_t packed_ic = -1;
+#pragma omp for schedule(dynamic, 1)
+                    for (int64_t t = 0; t < nic * groups; t++) {
+                        int64_t ic = t / groups * g.mc, q0 = t % groups * width;
+                        int64_t q1 = q0 + width < npanels ? q0 + width : npanels;
+                        int64_t mc = a->m - ic < g.mc ? a->m - ic : g.mc;
+                        if (packed_ic != ic) {
+                            pack_a(a, A, ic, mc, p0, kc, MR, my_a);
+                            packed_ic = ic;
+                        }
+                        for (int64_t q = q0; q < q1; q++) {
+                            int64_t j = jc + q * NR;
+                            int nr_eff = (int)(nc - q * NR < NR ? nc - q * NR : NR);
+                            for (int64_t ir = 0; ir < mc; ir += MR) {
+                                int mr_eff = (int)(mc - ir < MR ? mc - ir : MR);
+                                do_tile(a, &g, off_c, off_p, ic + ir, j, jc, mr_eff, nr_eff, kc, my_a + ir * kc,
+                                        bbuf + q * NR * kc, (int)s, (int)nslices, my_tile);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    free(bbuf);
+    free(abuf);
+    free(tiles);
+    free(g.scratch);
+    return FAB_OK;
+}
+
+/* --------------------------------------------------------------- reference */
+
+static inline double load_d(const void *p, fab_dtype dt, int64_t i)
+{
+    return (double)fab__load_f(p, dt, i);
+}
+
+/* Plain loops, float64 sums, the same epilogue: the oracle the packed GEMM (and
+ * the CUDA kernels, through the tests) is checked against. k = 0 runs here too. */
+static fab_status gemm_reference(fab_context *ctx, const fab__mm_args *a)
+{
+    int64_t rows = a->batch * a->m;
+    int threads = (double)rows * (double)a->n * (double)(a->k + 1) < 1e6 ? 1 : ctx->num_threads;
+#pragma omp parallel num_threads(threads)
+    {
+        float *w = malloc((size_t)(a->n > 0 ? a->n : 1) * sizeof(float));
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            if (!w)
+                continue;
+            int64_t bt = r / a->m, i = r % a->m;
+            int64_t oa = fab__mm_batch_offset(a, a->a_bstride, bt), ob = fab__mm_batch_offset(a, a->b_bstride, bt);
+            int64_t oc = fab__mm_batch_offset(a, a->c_bstride, bt);
+            int64_t op = a->pre_act ? fab__mm_batch_offset(a, a->p_bstride, bt) : 0;
+            for (int64_t j = 0; j < a->n; j++) {
+                double acc = 0.0;
+                for (int64_t p = 0; p < a->k; p++) {
+                    int64_t ia = oa + (a->trans_a ? p * a->lda + i : i * a->lda + p);
+                    int64_t ib = ob + (a->trans_b ? j * a->ldb + p : p * a->ldb + j);
+                    acc += load_d(a->a, a->ab_dtype, ia) * load_d(a->b, a->ab_dtype, ib);
+                }
+                w[j] = (float)(a->alpha * acc);
+            }
+            size_t ce = fab_dtype_size(a->c_dtype);
+            char *c_row = (char *)a->c + (oc + i * a->ldc) * (int64_t)ce;
+            char *p_row = a->pre_act ? (char *)a->pre_act + (op + i * a->ldp) * (int64_t)ce : NULL;
+            epilogue_row(a, w, 0, a->n, false, c_row, p_row);
+        }
+        free(w);
+    }
+    return FAB_OK;
+}
+
+/* ---------------------------------------------------------------- dbias */
+
+static fab_status dbias_cpu(fab_context *ctx, const fab__mm_args *a)
+{
+    if (a->dbias_from == FAB_MATMUL_DBIAS_FROM_C) {
+        fab__bgrad_args g;
+        memset(&g, 0, sizeof g);
+        g.dy = a->c;
+        g.dtype = a->c_dtype;
+        g.n = a->n;
+        g.nr = a->nb + 1;
+        for (int j = 0; j < a->nb; j++) {
+            g.shape[j] = a->batch_shape[j];
+            g.stride[j] = a->c_bstride[j];
+        }
+        g.shape[a->nb] = a->m;
+        g.stride[a->nb] = a->ldc;
+        g.dbias = a->dbias;
+        g.dbias_dtype = a->dbias_dtype;
+        return fab__bias_grad_cpu(ctx, &g);
+    }
+    /* sums of op(A) over k and batch: dbias[i] for i < m */
+    int threads = (double)a->m * (double)a->k * (double)a->batch < 1e6 ? 1 : ctx->num_threads;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < a->m; i++) {
+        double s = 0.0;
+        for (int64_t bt = 0; bt < a->batch; bt++) {
+            int64_t oa = fab__mm_batch_offset(a, a->a_bstride, bt);
+            for (int64_t p = 0; p < a->k; p++)
+                s += load_d(a->a, a->ab_dtype, oa + (a->trans_a ? p * a->lda + i : i * a->lda + p));
+        }
+        fab__store_f(a->dbias, a->dbias_dtype, i, (float)s);
+    }
+    return FAB_OK;
+}
+
+fab_status fab__bias_grad_cpu(fab_context *ctx, const fab__bgrad_args *g)
+{
+    int64_t rows = 1;
+    for (int j = 0; j < g->nr; j++)
+        rows *= g->shape[j];
+    int threads = (double)rows * (double)g->n < 1e6 ? 1 : ctx->num_threads;
+    /* columns in chunks of 64 per thread; each chunk's sums in float64, in row order */
+    int64_t nchunks = (g->n + 63) / 64;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t ch = 0; ch < nchunks; ch++) {
+        double acc[64];
+        int64_t j0 = ch * 64, w = g->n - j0 < 64 ? g->n - j0 : 64;
+        for (int64_t j = 0; j < w; j++)
+            acc[j] = 0.0;
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t off = 0, idx = r;
+            for (int j = g->nr - 1; j >= 0; j--) {
+                off += (idx % g->shape[j]) * g->stride[j];
+                idx /= g->shape[j];
+            }
+            for (int64_t j = 0; j < w; j++)
+                acc[j] += load_d(g->dy, g->dtype, off + j0 + j);
+        }
+        for (int64_t j = 0; j < w; j++)
+            fab__store_f(g->dbias, g->dbias_dtype, j0 + j, (float)acc[j]);
+    }
+    return FAB_OK;
+}
+
+/* ------------------------------------------------------------------- entry */
+
+fab_status fab__matmul_cpu(fab_context *ctx, const fab__mm_args *a)
+{
+    if (a->m > 0 && a->n > 0 && a->batch > 0) {
+        if (a->algo == FAB_MATMUL_ALGO_REFERENCE || a->k == 0)
+            FAB__TRY(gemm_reference(ctx, a));
+        else
+            FAB__TRY(gemm_packed(ctx, a));
+    }
+    if (a->dbias)
+        return dbias_cpu(ctx, a);
+    return FAB_OK;
+}

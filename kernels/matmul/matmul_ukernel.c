@@ -1,0 +1,204 @@
+/*
+ * matmul_ukernel.c: the CPU GEMM's register-blocked micro-kernels (see
+ * matmul_cpu.h for the contract), chosen at run time from the CPU's features.
+ *
+ * Idea: keep an MR x NR block of C in vector registers; per step of k, load one
+ * row of the B panel (NR values, NR/W vectors), broadcast each of the MR values of
+ * the A panel's column and FMA it with that row. Both panels are packed
+ * contiguously, so the loop reads two sequential streams and never touches C
+ * until the end. f32 throughout (FMA: one rounding per step).
+ *
+ *   AVX-512F  12 x 32: 24 zmm accumulators + 2 B vectors + 1 broadcast
+ *   AVX2+FMA   6 x 16: 12 ymm accumulators + 2 B vectors + 1 broadcast
+ *   portable   6 x 16: plain C (the compiler vectorises what it can)
+ */
+#include "matmul_cpu.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FAB_MM_X86 1
+#endif
+
+void *fab__mm_aligned_alloc(size_t bytes)
+{
+    if (bytes == 0)
+        return NULL;
+    return aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+
+/* ---------------------------------------------------------------- portable */
+
+static void ukr_generic_6x16(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, float alpha,
+                             float beta)
+{
+    float acc[6][16];
+    memset(acc, 0, sizeof acc);
+    for (int64_t p = 0; p < kc; p++) {
+        for (int i = 0; i < 6; i++) {
+            float ai = a[p * 6 + i];
+            for (int j = 0; j < 16; j++)
+                acc[i][j] += ai * b[p * 16 + j];
+        }
+    }
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 16; j++)
+            c[i * ldc + j] = alpha * acc[i][j] + (beta == 0.0f ? 0.0f : beta * c[i * ldc + j]);
+}
+
+#ifdef FAB_MM_X86
+
+/* ------------------------------------------------------------------- AVX2 */
+
+#define FAB_MM_AVX2 __attribute__((target("avx2,fma")))
+
+FAB_MM_AVX2 static inline void store_row_avx2(float *c, __m256 x0, __m256 x1, __m256 va, __m256 vb, int rd)
+{
+    x0 = _mm256_mul_ps(x0, va);
+    x1 = _mm256_mul_ps(x1, va);
+    if (rd) {
+        x0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c), x0);
+        x1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 8), x1);
+    }
+    _mm256_storeu_ps(c, x0);
+    _mm256_storeu_ps(c + 8, x1);
+}
+
+FAB_MM_AVX2 static void ukr_avx2_6x16(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, float alpha,
+                                      float beta)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < 6; i++)
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+#define FAB_MM_STEP(P)                                                                   \
+    do {                                                                                 \
+        __m256 b0 = _mm256_load_ps(b + 16 * (P)), b1 = _mm256_load_ps(b + 16 * (P) + 8); \
+        __m256 ax = _mm256_broadcast_ss(a + 6 * (P) + 0);                                \
+        c00 = _mm256_fmadd_ps(ax, b0, c00);                                              \
+        c01 = _mm256_fmadd_ps(ax, b1, c01);                                              \
+        ax = _mm256_broadcast_ss(a + 6 * (P) + 1);                                       \
+        c10 = _mm256_fmadd_ps(ax, b0, c10);                                              \
+        c11 = _mm256_fmadd_ps(ax, b1, c11);                                              \
+        ax = _mm256_broadcast_ss(a + 6 * (P) + 2);                                       \
+        c20 = _mm256_fmadd_ps(ax, b0, c20);                                              \
+        c21 = _mm256_fmadd_ps(ax, b1, c21);                                              \
+        ax = _mm256_broadcast_ss(a + 6 * (P) + 3);                                       \
+        c30 = _mm256_fmadd_ps(ax, b0, c30);                                              \
+        c31 = _mm256_fmadd_ps(ax, b1, c31);                                              \
+        ax = _mm256_broadcast_ss(a + 6 * (P) + 4);                                       \
+        c40 = _mm256_fmadd_ps(ax, b0, c40);                                              \
+        c41 = _mm256_fmadd_ps(ax, b1, c41);                                              \
+        ax = _mm256_broadcast_ss(a + 6 * (P) + 5);                                       \
+        c50 = _mm256_fmadd_ps(ax, b0, c50);                                              \
+        c51 = _mm256_fmadd_ps(ax, b1, c51);                                              \
+    } while (0)
+    int64_t p = 0;
+    for (; p + 4 <= kc; p += 4) {
+        _mm_prefetch((const char *)(b + 16 * 8), _MM_HINT_T0);
+        FAB_MM_STEP(0);
+        FAB_MM_STEP(1);
+        FAB_MM_STEP(2);
+        FAB_MM_STEP(3);
+        a += 24;
+        b += 64;
+    }
+    for (; p < kc; p++) {
+        FAB_MM_STEP(0);
+        a += 6;
+        b += 16;
+    }
+#undef FAB_MM_STEP
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    int rd = beta != 0.0f;
+    store_row_avx2(c + 0 * ldc, c00, c01, va, vb, rd);
+    store_row_avx2(c + 1 * ldc, c10, c11, va, vb, rd);
+    store_row_avx2(c + 2 * ldc, c20, c21, va, vb, rd);
+    store_row_avx2(c + 3 * ldc, c30, c31, va, vb, rd);
+    store_row_avx2(c + 4 * ldc, c40, c41, va, vb, rd);
+    store_row_avx2(c + 5 * ldc, c50, c51, va, vb, rd);
+}
+
+/* ---------------------------------------------------------------- AVX-512 */
+
+#define FAB_MM_AVX512 __attribute__((target("avx512f")))
+
+/* 12 x 32: the accumulators are an array indexed by constants only, in fully
+ * unrolled loops, so they live in registers. */
+FAB_MM_AVX512 static void ukr_avx512_12x32(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
+                                           float alpha, float beta)
+{
+    __m512 acc[12][2];
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; i++) {
+        acc[i][0] = _mm512_setzero_ps();
+        acc[i][1] = _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        _mm_prefetch((const char *)(b + 32 * 8), _MM_HINT_T0);
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) {
+            __m512 ax = _mm512_set1_ps(a[i]);
+            acc[i][0] = _mm512_fmadd_ps(ax, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(ax, b1, acc[i][1]);
+        }
+        a += 12;
+        b += 32;
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; i++) {
+        __m512 x0 = _mm512_mul_ps(acc[i][0], va), x1 = _mm512_mul_ps(acc[i][1], va);
+        if (beta != 0.0f) {
+            x0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + i * ldc), x0);
+            x1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + i * ldc + 16), x1);
+        }
+        _mm512_storeu_ps(c + i * ldc, x0);
+        _mm512_storeu_ps(c + i * ldc + 16, x1);
+    }
+}
+
+#endif /* FAB_MM_X86 */
+
+/* Blocking: KC x NR of B (16 KiB for AVX2) and MR x KC of A stay in L1 during the
+ * micro-kernel; MC x KC of A (144 KiB) in L2; KC x NC of B in L3. */
+static const fab__mm_ukernel k_generic = {"c 6x16", 6, 16, 144, 256, 4080, ukr_generic_6x16};
+#ifdef FAB_MM_X86
+static const fab__mm_ukernel k_avx2 = {"avx2+fma 6x16", 6, 16, 144, 256, 4080, ukr_avx2_6x16};
+static const fab__mm_ukernel k_avx512 = {"avx512f 12x32", 12, 32, 144, 256, 4064, ukr_avx512_12x32};
+#endif
+
+const fab__mm_ukernel *const *fab__mm_ukernels(int *count)
+{
+    static const fab__mm_ukernel *const only_c[] = {&k_generic};
+#ifdef FAB_MM_X86
+    static const fab__mm_ukernel *const with_avx512[] = {&k_avx512, &k_avx2, &k_generic};
+    static const fab__mm_ukernel *const with_avx2[] = {&k_avx2, &k_generic};
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (__builtin_cpu_supports("avx512f") && avx2) {
+        *count = 3;
+        return with_avx512;
+    }
+    if (avx2) {
+        *count = 2;
+        return with_avx2;
+    }
+#endif
+    *count = 1;
+    return only_c;
+}
+
+const fab__mm_ukernel *fab__mm_pick_ukernel(void)
+{
+    int n;
+    return fab__mm_ukernels(&n)[0];
+}

@@ -1,0 +1,127 @@
+/*
+ * comm.h: the inside of fab_comm. comm.c holds everything the transports share
+ * (argument checks, grouping, debug mode, deadlines, faults); a transport (self,
+ * MPI, NCCL) only moves bytes. grad_sync.c is built on the same transport calls.
+ * Internal; never installed.
+ */
+#ifndef FAB_COMM_INTERNAL_H
+#define FAB_COMM_INTERNAL_H
+
+#include "../runtime.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum fab__coll_kind {
+    FAB__COLL_ALLREDUCE = 1,
+    FAB__COLL_REDUCE_SCATTER,
+    FAB__COLL_ALLGATHER,
+    FAB__COLL_BROADCAST,
+    FAB__COLL_BARRIER
+} fab__coll_kind;
+
+/* One collective, counted as NCCL counts: allreduce/broadcast `count` elements;
+ * reduce_scatter `count` received per rank; allgather `count` sent per rank. */
+typedef struct fab__coll {
+    fab__coll_kind kind;
+    fab_reduce_op op;
+    fab_dtype dtype;
+    int64_t count;
+    const void *send;
+    void *recv;
+    int root;
+} fab__coll;
+
+/* What a transport provides. `side` selects the communication stream of gradient
+ * exchange (CUDA); CPU transports ignore it. Every wait honours comm->deadline. */
+typedef struct fab__transport {
+    const char *name;
+    /* Issues n collectives together. CPU transports complete them before returning
+     * unless `side` is set (then fab__transport.complete finishes them). */
+    fab_status (*post)(fab_comm *c, const fab__coll *colls, int n, int side);
+    /* Progress without blocking; *done when nothing issued on `side` is pending. */
+    fab_status (*test)(fab_comm *c, int side, int *done);
+    /* Finishes everything issued on `side`: CPU waits (deadline); CUDA orders the
+     * context stream after the side stream, or with `host` waits on the host. */
+    fab_status (*complete)(fab_comm *c, int side, int host);
+    /* The side stream waits for the context stream's work so far (CUDA). */
+    fab_status (*fork)(fab_comm *c);
+    /* Copies / converts on `side` (CUDA) or at once (CPU). */
+    fab_status (*copy)(fab_comm *c, int side, void *dst, const void *src, size_t bytes);
+    fab_status (*cast)(fab_comm *c, int side, void *dst, fab_dtype dst_dtype, const void *src,
+                       fab_dtype src_dtype, int64_t n);
+    /* Host bytes from every rank, in rank order (debug mode's check); waits. */
+    fab_status (*allgather_host)(fab_comm *c, const void *mine, void *all, size_t bytes);
+    /* Fills out->impl, rank, nranks for the part of `c` with this color. */
+    fab_status (*split)(fab_comm *c, int color, int key, fab_comm *out);
+    /* FAB_OK, or a fault the transport reports asynchronously (NCCL). */
+    fab_status (*poll)(fab_comm *c);
+    void (*abort)(fab_comm *c);
+    /* Frees the transport state; waits (deadline) unless aborted. */
+    fab_status (*destroy)(fab_comm *c);
+    /* The transport's own handle (fab_comm_native). */
+    void *(*native)(fab_comm *c);
+} fab__transport;
+
+struct fab_comm {
+    fab_context *ctx;
+    const fab__transport *tp;
+    void *impl; /* the transport's state */
+    int rank, nranks;
+    double timeout_s;
+    double deadline; /* of the call in progress, on fab__comm_now()'s clock */
+    const char *op;  /* the public call in progress, for messages */
+    int debug;
+    uint64_t seq; /* collectives issued so far */
+    fab_status fault; /* FAB_OK while usable */
+    char fault_msg[200];
+    int group_depth;
+    fab__coll *queue; /* collectives of the open group */
+    int nqueue, capqueue;
+};
+
+/* Seconds on a monotonic clock. */
+double fab__comm_now(void);
+/* Sets comm->deadline = now + timeout for a call about to wait. */
+void fab__comm_arm(fab_comm *c, const char *op);
+/* Called between polls: spins, then sched_yield, then 50 us naps after a long wait. */
+void fab__comm_backoff(int *spins);
+/* Aborts `c` (transport abort + marks it) and records the fault; returns `status`. */
+fab_status fab__comm_fault(fab_comm *c, fab_status status, const char *fmt, ...) FAB__PRINTF(3, 4);
+/* FAB_OK, or the recorded fault with a message naming `op`. */
+fab_status fab__comm_usable(fab_comm *c, const char *op);
+/* Allocates a communicator shell for ctx with the config applied. */
+fab_status fab__comm_new(fab_context *ctx, const fab_comm_config *cfg, fab_comm **out);
+const char *fab__reduce_op_name(fab_reduce_op op);
+
+/* Host reductions for the CPU transports and tests of them: inout = inout op in,
+ * elementwise, n elements of dtype (f16/bf16 widened to f32 and rounded back). */
+void fab__host_reduce(void *inout, const void *in, int64_t n, fab_dtype dtype, fab_reduce_op op);
+/* x /= divisor in place (float dtypes; f16/bf16 in f32): AVG = SUM / nranks. */
+void fab__host_divide(void *x, int64_t n, fab_dtype dtype, int divisor);
+/* Converts between f32 and bf16/f16 (or copies when the dtypes match). */
+void fab__host_cast(void *dst, fab_dtype dst_dtype, const void *src, fab_dtype src_dtype, int64_t n);
+
+/* Transports. */
+extern const fab__transport fab__self_transport;
+fab_status fab__self_host_copy(fab_comm *c, int side, void *dst, const void *src, size_t bytes);
+fab_status fab__self_host_cast(fab_comm *c, int side, void *dst, fab_dtype dst_dtype, const void *src,
+                               fab_dtype src_dtype, int64_t n);
+#ifdef FAB_HAVE_MPI
+/* Joins MPI_COMM_WORLD (fab_comm_create on a CPU context with nranks > 1). */
+fab_status fab__mpi_create_world(fab_context *ctx, int nranks, int rank, const fab_comm_config *cfg, fab_comm **out);
+#endif
+#ifdef FAB_HAVE_NCCL
+/* comm_cast.cu: dst = (dst_dtype) src on a CUDA stream (f32, bf16, f16). */
+fab_status fab__comm_cast_cuda(void *dst, fab_dtype dst_dtype, const void *src, fab_dtype src_dtype, int64_t n,
+                               void *stream);
+fab_status fab__nccl_unique_id(fab_comm_unique_id *id);
+fab_status fab__nccl_create(fab_comm *c, int nranks, int rank, const fab_comm_unique_id *id);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

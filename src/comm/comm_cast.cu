@@ -1,0 +1,48 @@
+/*
+ * comm_cast.cu: f32 <-> bf16/f16 conversion on the GPU for gradient exchange that
+ * travels in 16 bits (fab_grad_sync_config.reduce_bf16). Round to nearest even.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "comm.h"
+
+__device__ static float load_as_float(const void *p, int64_t i, int dtype)
+{
+    if (dtype == FAB_DTYPE_F32)
+        return static_cast<const float *>(p)[i];
+    if (dtype == FAB_DTYPE_BF16)
+        return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
+    return __half2float(static_cast<const __half *>(p)[i]);
+}
+
+__device__ static void store_float(void *p, int64_t i, int dtype, float v)
+{
+    if (dtype == FAB_DTYPE_F32)
+        static_cast<float *>(p)[i] = v;
+    else if (dtype == FAB_DTYPE_BF16)
+        static_cast<__nv_bfloat16 *>(p)[i] = __float2bfloat16_rn(v);
+    else
+        static_cast<__half *>(p)[i] = __float2half_rn(v);
+}
+
+__global__ static void fab__comm_cast_kernel(void *dst, int dst_dtype, const void *src, int src_dtype, int64_t n)
+{
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        store_float(dst, i, dst_dtype, load_as_float(src, i, src_dtype));
+}
+
+extern "C" fab_status fab__comm_cast_cuda(void *dst, fab_dtype dst_dtype, const void *src, fab_dtype src_dtype,
+                                          int64_t n, void *stream)
+{
+    if (n <= 0)
+        return FAB_OK;
+    int64_t blocks = (n + 255) / 256;
+    if (blocks > 4096)
+        blocks = 4096;
+    fab__comm_cast_kernel<<<(unsigned)blocks, 256, 0, (cudaStream_t)stream>>>(dst, (int)dst_dtype, src,
+                                                                             (int)src_dtype, n);
+    return fab__cuda_check_launch("fab_grad_sync (dtype conversion)");
+}

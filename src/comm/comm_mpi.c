@@ -1,0 +1,519 @@
+/*
+ * comm_mpi.c: the MPI transport of CPU communicators, and the MPI bootstrap of
+ * every communicator (fabriek_mpi.h).
+ *
+ * Every collective is posted non-blocking (MPI_Iallreduce, ...) and completed by
+ * polling MPI_Testall against the call's deadline, so a rank that never joins
+ * turns into FAB_ERR_TIMEOUT instead of a hang. MPI cannot cancel a posted
+ * collective: after a timeout the communicator is only marked unusable, its MPI
+ * communicator and the timed-out request are left alone (MPI may still write the
+ * receive buffer if the late peer ever arrives), and nothing is freed that MPI
+ * might touch.
+ *
+ * MPI has no bf16 or f16 type: those travel as MPI_UINT16_T and reduce with user
+ * MPI_Ops that widen each pair to f32, combine and round back (RNE). AVG is SUM
+ * followed by a division by nranks when the request completes.
+ */
+#include "comm.h"
+
+#include <limits.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fabriek_mpi.h"
+
+#define INVALID FAB_ERR_INVALID_ARGUMENT
+
+/* A posted request and what to do when it completes. */
+typedef struct pending {
+    MPI_Request req;
+    void *buf;           /* AVG: divide buf[0:count) by nranks; RS in place: move */
+    int64_t count;
+    fab_dtype dtype;
+    int avg;
+    void *move_to;       /* reduce_scatter in place: result lands at buf, belongs here */
+} pending;
+
+typedef struct mpi_state {
+    MPI_Comm comm;
+    MPI_Op ops16[2][3]; /* [f16, bf16][sum, max, min] */
+    int have_ops;
+    pending *pend[2];   /* [main, side] */
+    int npend[2], cap[2];
+} mpi_state;
+
+/* ---------------------------------------------------------------- errors */
+
+static fab_status mpi_error(fab_comm *c, const char *call, int err)
+{
+    char text[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    MPI_Error_string(err, text, &len);
+    fab_status s = FAB_ERR_BACKEND;
+#ifdef MPIX_ERR_PROC_FAILED
+    int cls = 0;
+    MPI_Error_class(err, &cls);
+    if (cls == MPIX_ERR_PROC_FAILED)
+        s = FAB_ERR_PEER;
+#endif
+    if (c)
+        return fab__comm_fault(c, s, "%s: %s failed: %s", c->op ? c->op : "fab_comm", call, text);
+    return fab__fail(s, "%s failed: %s", call, text);
+}
+
+/* Polls *req against the deadline. */
+static fab_status wait_one(fab_comm *c, MPI_Request *req, const char *what)
+{
+    int done = 0, spins = 0;
+    for (;;) {
+        int err = MPI_Test(req, &done, MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS)
+            return mpi_error(c, what, err);
+        if (done)
+            return FAB_OK;
+        if (fab__comm_now() > c->deadline)
+            return fab__comm_fault(c, FAB_ERR_TIMEOUT,
+                                   "%s: %s did not complete within %.3g s on rank %d of %d (a peer is not taking part, "
+                                   "or is stuck)",
+                                   c->op ? c->op : "fab_comm", what, c->timeout_s, c->rank, c->nranks);
+        fab__comm_backoff(&spins);
+    }
+}
+
+/* ------------------------------------------------------- 16-bit reductions */
+
+#define OP16(name, dtype, rop)                                                   \
+    static void name(void *in, void *inout, int *len, MPI_Datatype *dt)        \
+    {                                                                           \
+        (void)dt;                                                               \
+        fab__host_reduce(inout, in, *len, dtype, rop);                          \
+    }
+OP16(f16_sum, FAB_DTYPE_F16, FAB_REDUCE_SUM)
+OP16(f16_max, FAB_DTYPE_F16, FAB_REDUCE_MAX)
+OP16(f16_min, FAB_DTYPE_F16, FAB_REDUCE_MIN)
+OP16(bf16_sum, FAB_DTYPE_BF16, FAB_REDUCE_SUM)
+OP16(bf16_max, FAB_DTYPE_BF16, FAB_REDUCE_MAX)
+OP16(bf16_min, FAB_DTYPE_BF16, FAB_REDUCE_MIN)
+
+static fab_status make_ops(mpi_state *m)
+{
+    MPI_User_function *fns[2][3] = {{f16_sum, f16_max, f16_min}, {bf16_sum, bf16_max, bf16_min}};
+    for (int d = 0; d < 2; d++)
+        for (int o = 0; o < 3; o++) {
+            int err = MPI_Op_create(fns[d][o], 1, &m->ops16[d][o]);
+            if (err != MPI_SUCCESS)
+                return mpi_error(NULL, "MPI_Op_create", err);
+        }
+    m->have_ops = 1;
+    return FAB_OK;
+}
+
+static MPI_Datatype mpi_type(fab_dtype d)
+{
+    switch (d) {
+    case FAB_DTYPE_F32: return MPI_FLOAT;
+    case FAB_DTYPE_F64: return MPI_DOUBLE;
+    case FAB_DTYPE_I32: return MPI_INT32_T;
+    case FAB_DTYPE_I64: return MPI_INT64_T;
+    default: return MPI_UINT16_T; /* f16, bf16 */
+    }
+}
+
+static MPI_Op mpi_op(mpi_state *m, fab_dtype d, fab_reduce_op op)
+{
+    int o = op == FAB_REDUCE_MAX ? 1 : op == FAB_REDUCE_MIN ? 2 : 0;
+    if (d == FAB_DTYPE_F16 || d == FAB_DTYPE_BF16)
+        return m->ops16[d == FAB_DTYPE_BF16][o];
+    return o == 1 ? MPI_MAX : o == 2 ? MPI_MIN : MPI_SUM;
+}
+
+/* ---------------------------------------------------------------- transport */
+
+static pending *push(fab_comm *c, int side)
+{
+    mpi_state *m = c->impl;
+    if (m->npend[side] == m->cap[side]) {
+        int cap = m->cap[side] ? 2 * m->cap[side] : 16;
+        pending *p = realloc(m->pend[side], sizeof *p * (size_t)cap);
+        if (!p)
+            return NULL;
+        m->pend[side] = p;
+        m->cap[side] = cap;
+    }
+    pending *p = &m->pend[side][m->npend[side]++];
+    memset(p, 0, sizeof *p);
+    p->req = MPI_REQUEST_NULL;
+    return p;
+}
+
+static fab_status post_one(fab_comm *c, const fab__coll *k, int side)
+{
+    mpi_state *m = c->impl;
+    size_t es = fab_dtype_size(k->dtype);
+    int64_t total = k->kind == FAB__COLL_ALLGATHER || k->kind == FAB__COLL_REDUCE_SCATTER ? k->count * c->nranks
+                                                                                          : k->count;
+    if (total > INT_MAX)
+        return fab__fail(FAB_ERR_UNSUPPORTED, "%s: %lld elements is more than MPI's int count allows", c->op,
+                         (long long)total);
+    int n = (int)k->count;
+    MPI_Datatype t = mpi_type(k->dtype);
+    pending *p = push(c, side);
+    if (!p)
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
+    int err = MPI_SUCCESS;
+    const char *call = "";
+    switch (k->kind) {
+    case FAB__COLL_ALLREDUCE:
+        call = "MPI_Iallreduce";
+        err = MPI_Iallreduce(k->send == k->recv ? MPI_IN_PLACE : k->send, k->recv, n, t, mpi_op(m, k->dtype, k->op),
+                             m->comm, &p->req);
+        break;
+    case FAB__COLL_REDUCE_SCATTER: {
+        call = "MPI_Ireduce_scatter_block";
+        char *slice = (char *)k->send + (size_t)c->rank * (size_t)k->count * es;
+        if (slice == k->recv && c->nranks > 1) {
+            /* NCCL's in-place layout; MPI's puts the result at the buffer's start */
+            err = MPI_Ireduce_scatter_block(MPI_IN_PLACE, (void *)k->send, n, t, mpi_op(m, k->dtype, k->op), m->comm,
+                                            &p->req);
+            p->move_to = slice;
+        } else {
+            err = MPI_Ireduce_scatter_block(k->send == k->recv ? MPI_IN_PLACE : k->send, k->recv, n, t,
+                                            mpi_op(m, k->dtype, k->op), m->comm, &p->req);
+        }
+        break;
+    }
+    case FAB__COLL_ALLGATHER: {
+        call = "MPI_Iallgather";
+        char *slot = (char *)k->recv + (size_t)c->rank * (size_t)k->count * es;
+        err = MPI_Iallgather(slot == k->send ? MPI_IN_PLACE : k->send, n, t, k->recv, n, t, m->comm, &p->req);
+        break;
+    }
+    case FAB__COLL_BROADCAST:
+        call = "MPI_Ibcast";
+        if (c->rank == k->root && k->send != k->recv && n > 0)
+            memcpy(k->recv, k->send, (size_t)n * es);
+        err = MPI_Ibcast(k->recv, n, t, k->root, m->comm, &p->req);
+        break;
+    case FAB__COLL_BARRIER:
+        call = "MPI_Ibarrier";
+        err = MPI_Ibarrier(m->comm, &p->req);
+        break;
+    }
+    if (err != MPI_SUCCESS) {
+        m->npend[side]--;
+        return mpi_error(c, call, err);
+    }
+    p->buf = p->move_to ? (void *)k->send : k->recv;
+    p->count = k->count;
+    p->dtype = k->dtype;
+    p->avg = (k->kind == FAB__COLL_ALLREDUCE || k->kind == FAB__COLL_REDUCE_SCATTER) && k->op == FAB_REDUCE_AVG;
+    return FAB_OK;
+}
+
+static void finish(fab_comm *c, int side)
+{
+    mpi_state *m = c->impl;
+    for (int i = 0; i < m->npend[side]; i++) {
+        pending *p = &m->pend[side][i];
+        if (p->avg)
+            fab__host_divide(p->buf, p->count, p->dtype, c->nranks);
+        if (p->move_to)
+            memmove(p->move_to, p->buf, (size_t)p->count * fab_dtype_size(p->dtype));
+    }
+    m->npend[side] = 0;
+}
+
+static fab_status mpi_test(fab_comm *c, int side, int *done)
+{
+    mpi_state *m = c->impl;
+    *done = 1;
+    if (m->npend[side] == 0)
+        return FAB_OK;
+    int flag = 0;
+    for (int i = 0; i < m->npend[side]; i++) { /* MPI_Testall wants a plain array */
+        int one = 0;
+        int err = MPI_Test(&m->pend[side][i].req, &one, MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS)
+            return mpi_error(c, "MPI_Test", err);
+        flag = i == 0 ? one : flag && one;
+    }
+    if (flag)
+        finish(c, side);
+    *done = flag;
+    return FAB_OK;
+}
+
+static fab_status mpi_complete(fab_comm *c, int side, int host)
+{
+    (void)host;
+    mpi_state *m = c->impl;
+    int spins = 0;
+    for (;;) {
+        int done = 0;
+        FAB__TRY(mpi_test(c, side, &done));
+        if (done)
+            return FAB_OK;
+        if (fab__comm_now() > c->deadline)
+            return fab__comm_fault(c, FAB_ERR_TIMEOUT,
+                                   "%s: %d collective%s did not complete within %.3g s on rank %d of %d (a peer is not "
+                                   "taking part, or is stuck)",
+                                   c->op ? c->op : "fab_comm", m->npend[side], m->npend[side] == 1 ? "" : "s",
+                                   c->timeout_s, c->rank, c->nranks);
+        fab__comm_backoff(&spins);
+    }
+}
+
+static fab_status mpi_post(fab_comm *c, const fab__coll *colls, int n, int side)
+{
+    for (int i = 0; i < n; i++)
+        FAB__TRY(post_one(c, &colls[i], side));
+    return side ? FAB_OK : mpi_complete(c, 0, 1);
+}
+
+static fab_status mpi_fork(fab_comm *c)
+{
+    (void)c;
+    return FAB_OK;
+}
+
+static fab_status mpi_allgather_host(fab_comm *c, const void *mine, void *all, size_t bytes)
+{
+    mpi_state *m = c->impl;
+    MPI_Request req;
+    int err = MPI_Iallgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, m->comm, &req);
+    if (err != MPI_SUCCESS)
+        return mpi_error(c, "MPI_Iallgather", err);
+    return wait_one(c, &req, "the debug-mode check (MPI_Iallgather)");
+}
+
+static fab_status new_state(fab_comm *c, MPI_Comm dup)
+{
+    mpi_state *m = calloc(1, sizeof *m);
+    if (!m)
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_comm_create_mpi: out of host memory");
+    m->comm = dup;
+    MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
+    fab_status s = make_ops(m);
+    if (s != FAB_OK) {
+        free(m);
+        return s;
+    }
+    MPI_Comm_rank(dup, &c->rank);
+    MPI_Comm_size(dup, &c->nranks);
+    c->impl = m;
+    return FAB_OK;
+}
+
+static fab_status mpi_split(fab_comm *c, int color, int key, fab_comm *out)
+{
+    mpi_state *m = c->impl;
+    MPI_Comm nc = MPI_COMM_NULL;
+    /* MPI has no non-blocking split; this one call waits without a deadline. */
+    int err = MPI_Comm_split(m->comm, color == FAB_COMM_NO_COLOR ? MPI_UNDEFINED : color, key, &nc);
+    if (err != MPI_SUCCESS)
+        return mpi_error(c, "MPI_Comm_split", err);
+    if (nc == MPI_COMM_NULL)
+        return FAB_OK;
+    fab_status s = new_state(out, nc);
+    if (s != FAB_OK)
+        MPI_Comm_free(&nc);
+    return s;
+}
+
+static fab_status mpi_poll(fab_comm *c)
+{
+    (void)c;
+    return FAB_OK;
+}
+
+static void mpi_abort(fab_comm *c)
+{
+    (void)c; /* nothing can be cancelled; fault is set, the state is kept */
+}
+
+static fab_status mpi_destroy(fab_comm *c)
+{
+    mpi_state *m = c->impl;
+    fab_status s = FAB_OK;
+    if (!m)
+        return FAB_OK;
+    if (c->fault == FAB_OK) {
+        s = mpi_complete(c, 1, 1);
+        if (s == FAB_OK)
+            s = mpi_complete(c, 0, 1);
+    }
+    if (m->npend[0] == 0 && m->npend[1] == 0) { /* nothing MPI could still touch */
+        MPI_Comm_free(&m->comm);
+        for (int d = 0; d < 2; d++)
+            for (int o = 0; o < 3 && m->have_ops; o++)
+                MPI_Op_free(&m->ops16[d][o]);
+        free(m->pend[0]);
+        free(m->pend[1]);
+        free(m);
+    }
+    /* else (after a timeout): requests may still be live inside MPI; leave them,
+     * their buffers and m alone. */
+    c->impl = NULL;
+    return s;
+}
+
+static void *mpi_native(fab_comm *c)
+{
+    return &((mpi_state *)c->impl)->comm;
+}
+
+static const fab__transport mpi_transport = {
+    "mpi", mpi_post, mpi_test, mpi_complete, mpi_fork, fab__self_host_copy, fab__self_host_cast,
+    mpi_allgather_host, mpi_split, mpi_poll, mpi_abort, mpi_destroy, mpi_native,
+};
+
+/* ----------------------------------------------------------------- creation */
+
+static fab_status check_mpi_ready(const char *op)
+{
+    int init = 0, fin = 0;
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (!init || fin)
+        return fab__fail(INVALID, "%s: MPI is not initialized (call MPI_Init first)", op);
+    return FAB_OK;
+}
+
+/* MPI_Comm_idup, polled against the deadline. */
+static fab_status dup_comm(fab_comm *c, MPI_Comm comm, MPI_Comm *dup)
+{
+    MPI_Request req;
+    int err = MPI_Comm_idup(comm, dup, &req);
+    if (err != MPI_SUCCESS)
+        return mpi_error(NULL, "MPI_Comm_idup", err);
+    int done = 0, spins = 0;
+    while (!done) {
+        err = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS)
+            return mpi_error(NULL, "MPI_Comm_idup", err);
+        if (!done && fab__comm_now() > c->deadline)
+            return fab__fail(FAB_ERR_TIMEOUT, "%s: MPI_Comm_idup did not complete within %.3g s (not every rank called it)",
+                             c->op, c->timeout_s);
+        if (!done)
+            fab__comm_backoff(&spins);
+    }
+    return FAB_OK;
+}
+
+fab_status fab_comm_create_mpi(fab_context *ctx, MPI_Comm comm, const fab_comm_config *cfg, fab_comm **out)
+{
+    const char *op = "fab_comm_create_mpi";
+    if (!out)
+        return fab__fail(INVALID, "%s: out is NULL", op);
+    *out = NULL;
+    if (!ctx)
+        return fab__fail(INVALID, "%s: ctx is NULL", op);
+    if (cfg && !(cfg->timeout_seconds >= 0 && cfg->timeout_seconds < 1e9))
+        return fab__fail(INVALID, "%s: cfg.timeout_seconds=%g must be >= 0 (0: 600 s)", op, cfg->timeout_seconds);
+    FAB__TRY(check_mpi_ready(op));
+    if (comm == MPI_COMM_NULL)
+        return fab__fail(INVALID, "%s: comm is MPI_COMM_NULL", op);
+    int inter = 0;
+    MPI_Comm_test_inter(comm, &inter);
+    if (inter)
+        return fab__fail(INVALID, "%s: comm is an intercommunicator; an intracommunicator is needed", op);
+    fab_comm *c;
+    FAB__TRY(fab__comm_new(ctx, cfg, &c));
+    fab__comm_arm(c, op);
+    fab_status s = FAB_OK;
+    if (ctx->backend == FAB_BACKEND_CUDA) {
+#ifdef FAB_HAVE_NCCL
+        int rank = 0, size = 1;
+        MPI_Comm_rank(comm, &rank);
+        MPI_Comm_size(comm, &size);
+        fab_comm_unique_id id;
+        memset(&id, 0, sizeof id);
+        if (rank == 0)
+            s = fab__nccl_unique_id(&id);
+        /* The id travels even when rank 0 failed (zeros), so no rank is left waiting;
+         * a zero id then fails ncclCommInitRank on the others, bounded by the timeout. */
+        MPI_Request req;
+        int err = MPI_Ibcast(&id, (int)sizeof id, MPI_BYTE, 0, comm, &req);
+        if (err != MPI_SUCCESS) {
+            free(c);
+            return mpi_error(NULL, "MPI_Ibcast", err);
+        }
+        int done = 0, spins = 0;
+        while (!done && err == MPI_SUCCESS) {
+            err = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+            if (!done && fab__comm_now() > c->deadline) {
+                free(c);
+                return fab__fail(FAB_ERR_TIMEOUT, "%s: the unique id broadcast did not complete within %.3g s", op,
+                                 c->timeout_s);
+            }
+            if (!done)
+                fab__comm_backoff(&spins);
+        }
+        if (s == FAB_OK && err != MPI_SUCCESS)
+            s = mpi_error(NULL, "MPI_Ibcast", err);
+        if (s == FAB_OK)
+            s = fab__nccl_create(c, size, rank, &id);
+#else
+        s = fab__fail(FAB_ERR_UNSUPPORTED, "%s: a CUDA context needs NCCL, and this fabriek was built without it", op);
+#endif
+    } else {
+        MPI_Comm dup = MPI_COMM_NULL;
+        s = dup_comm(c, comm, &dup);
+        if (s == FAB_OK) {
+            s = new_state(c, dup);
+            if (s != FAB_OK)
+                MPI_Comm_free(&dup);
+            else
+                c->tp = &mpi_transport;
+        }
+    }
+    if (s != FAB_OK) {
+        free(c);
+        return s;
+    }
+    *out = c;
+    return FAB_OK;
+}
+
+fab_status fab__mpi_create_world(fab_context *ctx, int nranks, int rank, const fab_comm_config *cfg, fab_comm **out)
+{
+    const char *op = "fab_comm_create";
+    int init = 0, fin = 0;
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (!init || fin)
+        return fab__fail(FAB_ERR_UNSUPPORTED,
+                         "%s: nranks=%d on a CPU context runs on MPI, which is not initialized; call MPI_Init and "
+                         "fab_comm_create_mpi",
+                         op, nranks);
+    int wr = 0, ws = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &wr);
+    MPI_Comm_size(MPI_COMM_WORLD, &ws);
+    if (ws != nranks || wr != rank)
+        return fab__fail(INVALID,
+                         "%s: nranks=%d, rank=%d must be MPI_COMM_WORLD's size %d and rank %d for a CPU context "
+                         "(fab_comm_create_mpi takes any MPI_Comm)",
+                         op, nranks, rank, ws, wr);
+    return fab_comm_create_mpi(ctx, MPI_COMM_WORLD, cfg, out);
+}
+
+fab_status fab_mpi_local_rank(MPI_Comm comm, int *local_rank)
+{
+    const char *op = "fab_mpi_local_rank";
+    if (!local_rank)
+        return fab__fail(INVALID, "%s: local_rank is NULL", op);
+    FAB__TRY(check_mpi_ready(op));
+    if (comm == MPI_COMM_NULL)
+        return fab__fail(INVALID, "%s: comm is MPI_COMM_NULL", op);
+    int rank = 0;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm node;
+    int err = MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+    if (err != MPI_SUCCESS)
+        return mpi_error(NULL, "MPI_Comm_split_type", err);
+    MPI_Comm_rank(node, local_rank);
+    MPI_Comm_free(&node);
+    return FAB_OK;
+}

@@ -1,0 +1,487 @@
+/*
+ * comm_nccl.c: the NCCL transport of CUDA communicators.
+ *
+ * Communicators are created non-blocking (ncclConfig_t.blocking = 0): every NCCL
+ * call returns at once, possibly with ncclInProgress, and we poll
+ * ncclCommGetAsyncError against the deadline. Collectives run on the context's
+ * stream; gradient exchange uses a second stream of the communicator (`side`), so
+ * its all-reduces overlap the backward kernels on the context stream.
+ *
+ * A collective that never completes would block the stream forever, and with it
+ * fab_synchronize. A watchdog thread per communicator (as PyTorch's ProcessGroupNCCL)
+ * watches an event recorded after the last collective on each stream and NCCL's
+ * asynchronous error; past the timeout, or on an error, it calls ncclCommAbort,
+ * which makes the stuck kernels return, and records the fault that the next
+ * fabriek call on the communicator reports (FAB_ERR_TIMEOUT, FAB_ERR_PEER).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "comm.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct nccl_state {
+    ncclComm_t comm;
+    int device;
+    cudaStream_t side;       /* gradient exchange; created with the communicator */
+    cudaEvent_t fork_ev, join_ev;
+    void *scratch;           /* debug-mode check and barrier: 64 bytes per rank */
+    /* watchdog */
+    pthread_t thread;
+    int have_thread;
+    pthread_mutex_t lock;    /* guards the events below */
+    cudaEvent_t last[2];     /* after the last collective on [main, side] */
+    double posted[2];        /* when it was issued */
+    int armed[2];
+    double timeout_s;
+    atomic_int stop;
+    atomic_int aborted;
+    atomic_int wd_fault;     /* a fab_status the watchdog found */
+    char wd_msg[200];
+} nccl_state;
+
+static fab_status nccl_fail(fab_status s, const char *op, const char *call, ncclResult_t r)
+{
+    return fab__fail(s, "%s: %s failed: %s", op, call, ncclGetErrorString(r));
+}
+
+static fab_status status_of(ncclResult_t r)
+{
+    return r == ncclRemoteError ? FAB_ERR_PEER : r == ncclInvalidArgument || r == ncclInvalidUsage
+                                                     ? FAB_ERR_INVALID_ARGUMENT
+                                                     : FAB_ERR_BACKEND;
+}
+
+static cudaStream_t stream_of(fab_comm *c, int side)
+{
+    nccl_state *m = c->impl;
+    return side ? m->side : (cudaStream_t)c->ctx->stream;
+}
+
+/* Waits until `comm` leaves ncclInProgress, bounded by the deadline. */
+static fab_status settle(fab_comm *c, ncclComm_t comm, const char *call)
+{
+    int spins = 0;
+    for (;;) {
+        ncclResult_t st = ncclSuccess;
+        ncclResult_t r = ncclCommGetAsyncError(comm, &st);
+        if (r != ncclSuccess)
+            return nccl_fail(FAB_ERR_BACKEND, c->op, "ncclCommGetAsyncError", r);
+        if (st == ncclSuccess)
+            return FAB_OK;
+        if (st != ncclInProgress) {
+            if (c->impl && ((nccl_state *)c->impl)->comm == comm)
+                return fab__comm_fault(c, status_of(st), "%s: %s: %s", c->op, call, ncclGetErrorString(st));
+            return nccl_fail(status_of(st), c->op, call, st);
+        }
+        if (fab__comm_now() > c->deadline) {
+            if (c->impl && ((nccl_state *)c->impl)->comm == comm)
+                return fab__comm_fault(c, FAB_ERR_TIMEOUT, "%s: %s did not complete within %.3g s", c->op, call,
+                                       c->timeout_s);
+            ncclCommAbort(comm);
+            return fab__fail(FAB_ERR_TIMEOUT, "%s: %s did not complete within %.3g s", c->op, call, c->timeout_s);
+        }
+        fab__comm_backoff(&spins);
+    }
+}
+
+/* ----------------------------------------------------------------- watchdog */
+
+static void *watchdog(void *arg)
+{
+    fab_comm *c = arg;
+    nccl_state *m = c->impl;
+    cudaSetDevice(m->device);
+    while (!atomic_load(&m->stop) && !atomic_load(&m->aborted)) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        fab_status found = FAB_OK;
+        pthread_mutex_lock(&m->lock);
+        for (int s = 0; s < 2 && found == FAB_OK; s++) {
+            if (!m->armed[s])
+                continue;
+            cudaError_t q = cudaEventQuery(m->last[s]);
+            if (q == cudaSuccess)
+                m->armed[s] = 0;
+            else if (q == cudaErrorNotReady && fab__comm_now() - m->posted[s] > m->timeout_s) {
+                found = FAB_ERR_TIMEOUT;
+                snprintf(m->wd_msg, sizeof m->wd_msg,
+                         "a collective on the %s stream did not complete within %.3g s (watchdog)",
+                         s ? "gradient-exchange" : "context", m->timeout_s);
+            }
+        }
+        pthread_mutex_unlock(&m->lock);
+        ncclResult_t st = ncclSuccess;
+        if (found == FAB_OK && ncclCommGetAsyncError(m->comm, &st) == ncclSuccess && st != ncclSuccess &&
+            st != ncclInProgress) {
+            found = status_of(st);
+            snprintf(m->wd_msg, sizeof m->wd_msg, "NCCL reported an asynchronous error: %s", ncclGetErrorString(st));
+        }
+        if (found != FAB_OK && !atomic_exchange(&m->aborted, 1)) {
+            ncclCommAbort(m->comm); /* makes the stuck kernels return */
+            atomic_store(&m->wd_fault, (int)found);
+        }
+    }
+    return NULL;
+}
+
+/* Records "a collective was issued on this stream" for the watchdog. */
+static void arm(fab_comm *c, int side)
+{
+    nccl_state *m = c->impl;
+    pthread_mutex_lock(&m->lock);
+    if (cudaEventRecord(m->last[side], stream_of(c, side)) == cudaSuccess) {
+        m->posted[side] = fab__comm_now();
+        m->armed[side] = 1;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* ---------------------------------------------------------------- transport */
+
+static ncclDataType_t nccl_type(fab_dtype d)
+{
+    switch (d) {
+    case FAB_DTYPE_F16: return ncclFloat16;
+    case FAB_DTYPE_BF16: return ncclBfloat16;
+    case FAB_DTYPE_F64: return ncclFloat64;
+    case FAB_DTYPE_I32: return ncclInt32;
+    case FAB_DTYPE_I64: return ncclInt64;
+    default: return ncclFloat32;
+    }
+}
+
+static ncclRedOp_t nccl_op(fab_reduce_op op)
+{
+    switch (op) {
+    case FAB_REDUCE_AVG: return ncclAvg;
+    case FAB_REDUCE_MAX: return ncclMax;
+    case FAB_REDUCE_MIN: return ncclMin;
+    default: return ncclSum;
+    }
+}
+
+static fab_status enter(fab_comm *c)
+{
+    cudaError_t e = cudaSetDevice(c->ctx->device);
+    return e == cudaSuccess ? FAB_OK
+                            : fab__fail(FAB_ERR_BACKEND, "%s: cudaSetDevice: %s", c->op, cudaGetErrorString(e));
+}
+
+static fab_status nccl_post(fab_comm *c, const fab__coll *colls, int n, int side)
+{
+    nccl_state *m = c->impl;
+    FAB__TRY(enter(c));
+    cudaStream_t s = stream_of(c, side);
+    ncclResult_t r = ncclGroupStart();
+    for (int i = 0; i < n && (r == ncclSuccess || r == ncclInProgress); i++) {
+        const fab__coll *k = &colls[i];
+        size_t cnt = (size_t)k->count;
+        ncclDataType_t t = nccl_type(k->dtype);
+        switch (k->kind) {
+        case FAB__COLL_ALLREDUCE:
+            r = ncclAllReduce(k->send, k->recv, cnt, t, nccl_op(k->op), m->comm, s);
+            break;
+        case FAB__COLL_REDUCE_SCATTER:
+            r = ncclReduceScatter(k->send, k->recv, cnt, t, nccl_op(k->op), m->comm, s);
+            break;
+        case FAB__COLL_ALLGATHER:
+            r = ncclAllGather(k->send, k->recv, cnt, t, m->comm, s);
+            break;
+        case FAB__COLL_BROADCAST:
+            r = ncclBroadcast(k->send ? k->send : k->recv, k->recv, cnt, t, k->root, m->comm, s);
+            break;
+        case FAB__COLL_BARRIER: /* a one-element all-reduce, then wait for it below */
+            r = ncclAllReduce(m->scratch, m->scratch, 1, ncclInt32, ncclSum, m->comm, s);
+            break;
+        }
+    }
+    ncclResult_t e = ncclGroupEnd();
+    if (r == ncclSuccess || r == ncclInProgress)
+        r = e;
+    if (r != ncclSuccess && r != ncclInProgress)
+        return fab__comm_fault(c, status_of(r), "%s: NCCL refused the collective: %s", c->op, ncclGetErrorString(r));
+    FAB__TRY(settle(c, m->comm, "enqueueing the collective"));
+    arm(c, side);
+    if (n == 1 && colls[0].kind == FAB__COLL_BARRIER)
+        return c->tp->complete(c, side, 1);
+    return FAB_OK;
+}
+
+static fab_status nccl_test(fab_comm *c, int side, int *done)
+{
+    cudaError_t e = cudaStreamQuery(stream_of(c, side));
+    *done = e == cudaSuccess;
+    if (e != cudaSuccess && e != cudaErrorNotReady)
+        return fab__fail(FAB_ERR_BACKEND, "%s: cudaStreamQuery: %s", c->op, cudaGetErrorString(e));
+    /* a watchdog abort makes the stream drain: the fault, not "done", is the answer */
+    return fab__comm_usable(c, c->op ? c->op : "fab_comm");
+}
+
+static fab_status nccl_complete(fab_comm *c, int side, int host)
+{
+    nccl_state *m = c->impl;
+    FAB__TRY(enter(c));
+    if (!host) {
+        if (!side)
+            return FAB_OK; /* already in order on the context stream */
+        cudaError_t e = cudaEventRecord(m->join_ev, m->side);
+        if (e == cudaSuccess)
+            e = cudaStreamWaitEvent((cudaStream_t)c->ctx->stream, m->join_ev, 0);
+        return e == cudaSuccess ? FAB_OK
+                                : fab__fail(FAB_ERR_BACKEND, "%s: joining the streams: %s", c->op, cudaGetErrorString(e));
+    }
+    int spins = 0;
+    for (;;) {
+        int done = 0;
+        FAB__TRY(nccl_test(c, side, &done));
+        if (done)
+            return FAB_OK;
+        if (fab__comm_now() > c->deadline)
+            return fab__comm_fault(c, FAB_ERR_TIMEOUT,
+                                   "%s: collectives did not complete within %.3g s on rank %d of %d (a peer is not "
+                                   "taking part, or is stuck)",
+                                   c->op, c->timeout_s, c->rank, c->nranks);
+        fab__comm_backoff(&spins);
+    }
+}
+
+static fab_status nccl_fork(fab_comm *c)
+{
+    nccl_state *m = c->impl;
+    FAB__TRY(enter(c));
+    cudaError_t e = cudaEventRecord(m->fork_ev, (cudaStream_t)c->ctx->stream);
+    if (e == cudaSuccess)
+        e = cudaStreamWaitEvent(m->side, m->fork_ev, 0);
+    return e == cudaSuccess ? FAB_OK
+                            : fab__fail(FAB_ERR_BACKEND, "%s: forking the streams: %s", c->op, cudaGetErrorString(e));
+}
+
+static fab_status nccl_copy(fab_comm *c, int side, void *dst, const void *src, size_t bytes)
+{
+    if (!bytes || dst == src)
+        return FAB_OK;
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_of(c, side));
+    return e == cudaSuccess ? FAB_OK : fab__fail(FAB_ERR_BACKEND, "%s: cudaMemcpyAsync: %s", c->op, cudaGetErrorString(e));
+}
+
+static fab_status nccl_cast(fab_comm *c, int side, void *dst, fab_dtype dd, const void *src, fab_dtype sd, int64_t n)
+{
+    if (dd == sd)
+        return nccl_copy(c, side, dst, src, (size_t)n * fab_dtype_size(dd));
+    return fab__comm_cast_cuda(dst, dd, src, sd, n, stream_of(c, side));
+}
+
+static fab_status nccl_allgather_host(fab_comm *c, const void *mine, void *all, size_t bytes)
+{
+    nccl_state *m = c->impl;
+    if (bytes > 64)
+        return fab__fail(FAB_ERR_INTERNAL, "%s: debug check of %zu bytes", c->op, bytes);
+    cudaStream_t s = (cudaStream_t)c->ctx->stream;
+    char *slot = (char *)m->scratch + 64 * (size_t)c->nranks; /* after the gathered area */
+    cudaError_t e = cudaMemcpyAsync(slot, mine, bytes, cudaMemcpyHostToDevice, s);
+    if (e != cudaSuccess)
+        return fab__fail(FAB_ERR_BACKEND, "%s: cudaMemcpyAsync: %s", c->op, cudaGetErrorString(e));
+    ncclResult_t r = ncclAllGather(slot, m->scratch, bytes, ncclUint8, m->comm, s);
+    if (r != ncclSuccess && r != ncclInProgress)
+        return fab__comm_fault(c, status_of(r), "%s: ncclAllGather (debug check): %s", c->op, ncclGetErrorString(r));
+    FAB__TRY(settle(c, m->comm, "the debug-mode check"));
+    arm(c, 0);
+    FAB__TRY(nccl_complete(c, 0, 1));
+    e = cudaMemcpy(all, m->scratch, bytes * (size_t)c->nranks, cudaMemcpyDeviceToHost);
+    return e == cudaSuccess ? FAB_OK : fab__fail(FAB_ERR_BACKEND, "%s: cudaMemcpy: %s", c->op, cudaGetErrorString(e));
+}
+
+static fab_status nccl_poll(fab_comm *c)
+{
+    nccl_state *m = c->impl;
+    if (!m)
+        return FAB_OK;
+    int f = atomic_load(&m->wd_fault);
+    if (f != FAB_OK && c->fault == FAB_OK) {
+        c->fault = (fab_status)f;
+        snprintf(c->fault_msg, sizeof c->fault_msg, "%s", m->wd_msg);
+    }
+    return FAB_OK; /* fab__comm_usable reports c->fault */
+}
+
+static void nccl_abort(fab_comm *c)
+{
+    nccl_state *m = c->impl;
+    if (m && !atomic_exchange(&m->aborted, 1))
+        ncclCommAbort(m->comm);
+}
+
+static void free_state(nccl_state *m)
+{
+    if (m->have_thread) {
+        atomic_store(&m->stop, 1);
+        pthread_join(m->thread, NULL);
+    }
+    if (m->scratch)
+        cudaFree(m->scratch);
+    for (int s = 0; s < 2; s++)
+        if (m->last[s])
+            cudaEventDestroy(m->last[s]);
+    if (m->fork_ev)
+        cudaEventDestroy(m->fork_ev);
+    if (m->join_ev)
+        cudaEventDestroy(m->join_ev);
+    if (m->side)
+        cudaStreamDestroy(m->side);
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+}
+
+static fab_status nccl_destroy(fab_comm *c)
+{
+    nccl_state *m = c->impl;
+    if (!m)
+        return FAB_OK;
+    fab_status s = FAB_OK;
+    if (enter(c) == FAB_OK && c->fault == FAB_OK && !atomic_load(&m->aborted)) {
+        s = nccl_complete(c, 1, 1);
+        if (s == FAB_OK)
+            s = nccl_complete(c, 0, 1);
+        if (s == FAB_OK) {
+            ncclResult_t r = ncclCommFinalize(m->comm);
+            if (r != ncclSuccess && r != ncclInProgress)
+                s = nccl_fail(FAB_ERR_BACKEND, "fab_comm_destroy", "ncclCommFinalize", r);
+            else
+                s = settle(c, m->comm, "ncclCommFinalize");
+        }
+    }
+    /* stop the watchdog before the communicator goes */
+    if (m->have_thread) {
+        atomic_store(&m->stop, 1);
+        pthread_join(m->thread, NULL);
+        m->have_thread = 0;
+    }
+    if (c->fault == FAB_OK && s == FAB_OK && !atomic_load(&m->aborted))
+        ncclCommDestroy(m->comm);
+    else if (!atomic_exchange(&m->aborted, 1))
+        ncclCommAbort(m->comm);
+    free_state(m);
+    c->impl = NULL;
+    return s;
+}
+
+static fab_status nccl_split(fab_comm *c, int color, int key, fab_comm *out);
+
+static void *nccl_native(fab_comm *c)
+{
+    return ((nccl_state *)c->impl)->comm;
+}
+
+static const fab__transport nccl_transport = {
+    "nccl", nccl_post, nccl_test, nccl_complete, nccl_fork, nccl_copy, nccl_cast,
+    nccl_allgather_host, nccl_split, nccl_poll, nccl_abort, nccl_destroy, nccl_native,
+};
+
+/* Wraps a created ncclComm_t: streams, events, scratch, watchdog. */
+static fab_status adopt(fab_comm *c, ncclComm_t comm)
+{
+    nccl_state *m = calloc(1, sizeof *m);
+    if (!m) {
+        ncclCommAbort(comm);
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
+    }
+    pthread_mutex_init(&m->lock, NULL);
+    m->comm = comm;
+    m->device = c->ctx->device;
+    m->timeout_s = c->timeout_s;
+    int rank = 0, size = 1;
+    ncclCommUserRank(comm, &rank);
+    ncclCommCount(comm, &size);
+    cudaError_t e = cudaStreamCreateWithFlags(&m->side, cudaStreamNonBlocking);
+    if (e == cudaSuccess)
+        e = cudaEventCreateWithFlags(&m->fork_ev, cudaEventDisableTiming);
+    if (e == cudaSuccess)
+        e = cudaEventCreateWithFlags(&m->join_ev, cudaEventDisableTiming);
+    for (int s = 0; s < 2 && e == cudaSuccess; s++)
+        e = cudaEventCreateWithFlags(&m->last[s], cudaEventDisableTiming);
+    if (e == cudaSuccess)
+        e = cudaMalloc(&m->scratch, 64 * ((size_t)size + 1));
+    if (e != cudaSuccess) {
+        ncclCommAbort(comm);
+        free_state(m);
+        return fab__fail(FAB_ERR_BACKEND, "%s: setting up the communicator's stream: %s", c->op, cudaGetErrorString(e));
+    }
+    cudaMemset(m->scratch, 0, 64 * ((size_t)size + 1));
+    c->impl = m;
+    c->tp = &nccl_transport;
+    c->rank = rank;
+    c->nranks = size;
+    if (pthread_create(&m->thread, NULL, watchdog, c) == 0)
+        m->have_thread = 1;
+    else {
+        c->impl = NULL;
+        ncclCommAbort(comm);
+        free_state(m);
+        return fab__fail(FAB_ERR_BACKEND, "%s: cannot start the communicator's watchdog thread", c->op);
+    }
+    return FAB_OK;
+}
+
+static ncclConfig_t make_config(void)
+{
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0; /* so that a stuck init or collective can be aborted */
+    return cfg;
+}
+
+fab_status fab__nccl_unique_id(fab_comm_unique_id *id)
+{
+    ncclUniqueId u;
+    _Static_assert(sizeof u <= sizeof id->bytes, "ncclUniqueId fits fab_comm_unique_id");
+    ncclResult_t r = ncclGetUniqueId(&u);
+    if (r != ncclSuccess)
+        return nccl_fail(FAB_ERR_BACKEND, "fab_comm_get_unique_id", "ncclGetUniqueId", r);
+    memset(id, 0, sizeof *id);
+    memcpy(id->bytes, &u, sizeof u);
+    return FAB_OK;
+}
+
+fab_status fab__nccl_create(fab_comm *c, int nranks, int rank, const fab_comm_unique_id *id)
+{
+    if (!c->op)
+        fab__comm_arm(c, "fab_comm_create");
+    fab__comm_arm(c, c->op);
+    FAB__TRY(enter(c));
+    ncclUniqueId u;
+    memcpy(&u, id->bytes, sizeof u);
+    ncclConfig_t cfg = make_config();
+    ncclComm_t comm = NULL;
+    ncclResult_t r = ncclCommInitRankConfig(&comm, nranks, u, rank, &cfg);
+    if (r != ncclSuccess && r != ncclInProgress) {
+        if (comm)
+            ncclCommAbort(comm);
+        return nccl_fail(status_of(r), c->op, "ncclCommInitRankConfig", r);
+    }
+    FAB__TRY(settle(c, comm, "ncclCommInitRankConfig"));
+    return adopt(c, comm);
+}
+
+static fab_status nccl_split(fab_comm *c, int color, int key, fab_comm *out)
+{
+    nccl_state *m = c->impl;
+    FAB__TRY(enter(c));
+    ncclConfig_t cfg = make_config();
+    ncclComm_t nc = NULL;
+    ncclResult_t r = ncclCommSplit(m->comm, color == FAB_COMM_NO_COLOR ? NCCL_SPLIT_NOCOLOR : color, key, &nc, &cfg);
+    if (r != ncclSuccess && r != ncclInProgress)
+        return nccl_fail(status_of(r), c->op, "ncclCommSplit", r);
+    FAB__TRY(settle(c, m->comm, "ncclCommSplit"));
+    if (!nc)
+        return FAB_OK; /* FAB_COMM_NO_COLOR */
+    out->op = c->op;
+    out->deadline = c->deadline;
+    FAB__TRY(settle(out, nc, "ncclCommSplit"));
+    return adopt(out, nc);
+}

@@ -1,0 +1,917 @@
+/*
+ * test_attention.c: fab_attention_forward / fab_attention_backward against a
+ * float64 reference that materialises the softmax, for every feature (causal
+ * bottom-right, sliding window, softcap, custom scale, GQA/MQA, variable-length
+ * batches, sq != sk, head dims 17..256, lengths 0, 1, 17, 128, 1000, strided
+ * layouts) and combinations; lse checked; a finite-difference check of the
+ * reference backward; bitwise repeatability across runs and thread counts; and
+ * every kind of bad argument (status, message, nothing written).
+ */
+#include "harness.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INVALID FAB_ERR_INVALID_ARGUMENT
+#define MAXSEQ 8
+
+/* ------------------------------------------------------------- reference */
+
+/* The problem in a packed layout: q [total_q, hq, d], k, v [total_k, hkv, d];
+ * sequence b is rows cu_q[b].. (dense batches use uniform offsets). */
+typedef struct ref_problem {
+    int nseq;
+    int32_t cu_q[MAXSEQ + 1], cu_k[MAXSEQ + 1];
+    int64_t hq, hkv, d;
+    double scale, softcap;
+    int64_t left, right; /* folded: causal sets right = 0; -1 unbounded */
+} ref_problem;
+
+static int allowed(const ref_problem *p, int64_t sq, int64_t sk, int64_t i, int64_t j)
+{
+    int64_t pos = i + sk - sq;
+    if (p->right >= 0 && j > pos + p->right)
+        return 0;
+    if (p->left >= 0 && j < pos - p->left)
+        return 0;
+    return 1;
+}
+
+/* logits of row i of sequence s, head h: s_j (or -inf), and ds/dx_j in dsx */
+static void ref_logits(const ref_problem *p, const double *q, const double *k, int s, int64_t h, int64_t i,
+                       double *logit, double *dsx)
+{
+    int64_t sq = p->cu_q[s + 1] - p->cu_q[s], sk = p->cu_k[s + 1] - p->cu_k[s];
+    int64_t g = h / (p->hq / p->hkv);
+    const double *qi = q + ((p->cu_q[s] + i) * p->hq + h) * p->d;
+    for (int64_t j = 0; j < sk; j++) {
+        if (!allowed(p, sq, sk, i, j)) {
+            logit[j] = -INFINITY;
+            dsx[j] = 0;
+            continue;
+        }
+        const double *kj = k + ((p->cu_k[s] + j) * p->hkv + g) * p->d;
+        double x = 0;
+        for (int64_t c = 0; c < p->d; c++)
+            x += qi[c] * kj[c];
+        x *= p->scale;
+        if (p->softcap > 0) {
+            double t = tanh(x / p->softcap);
+            logit[j] = p->softcap * t;
+            dsx[j] = (1 - t * t) * p->scale;
+        } else {
+            logit[j] = x;
+            dsx[j] = p->scale;
+        }
+    }
+}
+
+/* softmax of a row in place; returns lse */
+static double ref_softmax(double *s, int64_t n)
+{
+    double m = -INFINITY, sum = 0;
+    for (int64_t j = 0; j < n; j++)
+        m = fmax(m, s[j]);
+    for (int64_t j = 0; j < n; j++)
+        sum += (s[j] = exp(s[j] - m));
+    for (int64_t j = 0; j < n; j++)
+        s[j] /= sum;
+    return m + log(sum);
+}
+
+static int64_t max_sk(const ref_problem *p)
+{
+    int64_t m = 1;
+    for (int s = 0; s < p->nseq; s++)
+        if (p->cu_k[s + 1] - p->cu_k[s] > m)
+            m = p->cu_k[s + 1] - p->cu_k[s];
+    return m;
+}
+
+/* out [total_q, hq, d]; lse [hq, total_q] */
+static void ref_forward(const ref_problem *p, const double *q, const double *k, const double *v, double *out,
+                        double *lse)
+{
+    int64_t msk = max_sk(p);
+    double *s = malloc(sizeof(double) * (size_t)msk), *dsx = malloc(sizeof(double) * (size_t)msk);
+    assert_true(s && dsx);
+    int64_t total_q = p->cu_q[p->nseq];
+    for (int b = 0; b < p->nseq; b++) {
+        int64_t sq = p->cu_q[b + 1] - p->cu_q[b], sk = p->cu_k[b + 1] - p->cu_k[b];
+        for (int64_t h = 0; h < p->hq; h++) {
+            int64_t g = h / (p->hq / p->hkv);
+            for (int64_t i = 0; i < sq; i++) {
+                ref_logits(p, q, k, b, h, i, s, dsx);
+                int64_t row = p->cu_q[b] + i;
+                lse[h * total_q + row] = ref_softmax(s, sk);
+                double *o = out + (row * p->hq + h) * p->d;
+                for (int64_t c = 0; c < p->d; c++)
+                    o[c] = 0;
+                for (int64_t j = 0; j < sk; j++) {
+                    const double *vj = v + ((p->cu_k[b] + j) * p->hkv + g) * p->d;
+                    for (int64_t c = 0; c < p->d; c++)
+                        o[c] += s[j] * vj[c];
+                }
+            }
+        }
+    }
+    free(s);
+    free(dsx);
+}
+
+/* Gradients; D_i = dout_i . out_i with the `out` given (as the kernels do). */
+static void ref_backward(const ref_problem *p, const double *q, const double *k, const double *v, const double *out,
+                         const double *dout, double *dq, double *dk, double *dv)
+{
+    int64_t msk = max_sk(p);
+    double *s = malloc(sizeof(double) * (size_t)msk), *dsx = malloc(sizeof(double) * (size_t)msk);
+    assert_true(s && dsx);
+    int64_t total_q = p->cu_q[p->nseq], total_k = p->cu_k[p->nseq];
+    memset(dq, 0, sizeof(double) * (size_t)(total_q * p->hq * p->d));
+    memset(dk, 0, sizeof(double) * (size_t)(total_k * p->hkv * p->d));
+    memset(dv, 0, sizeof(double) * (size_t)(total_k * p->hkv * p->d));
+    for (int b = 0; b < p->nseq; b++) {
+        int64_t sq = p->cu_q[b + 1] - p->cu_q[b], sk = p->cu_k[b + 1] - p->cu_k[b];
+        for (int64_t h = 0; h < p->hq; h++) {
+            int64_t g = h / (p->hq / p->hkv);
+            for (int64_t i = 0; i < sq; i++) {
+                ref_logits(p, q, k, b, h, i, s, dsx);
+                ref_softmax(s, sk);
+                int64_t row = p->cu_q[b] + i;
+                const double *doi = dout + (row * p->hq + h) * p->d, *oi = out + (row * p->hq + h) * p->d;
+                const double *qi = q + (row * p->hq + h) * p->d;
+                double *dqi = dq + (row * p->hq + h) * p->d;
+                double D = 0;
+                for (int64_t c = 0; c < p->d; c++)
+                    D += doi[c] * oi[c];
+                for (int64_t j = 0; j < sk; j++) {
+                    if (s[j] == 0)
+                        continue;
+                    int64_t kr = ((p->cu_k[b] + j) * p->hkv + g) * p->d;
+                    double dp = 0;
+                    for (int64_t c = 0; c < p->d; c++)
+                        dp += doi[c] * v[kr + c];
+                    double ds = s[j] * (dp - D) * dsx[j];
+                    for (int64_t c = 0; c < p->d; c++) {
+                        dv[kr + c] += s[j] * doi[c];
+                        dk[kr + c] += ds * qi[c];
+                        dqi[c] += ds * k[kr + c];
+                    }
+                }
+            }
+        }
+    }
+    free(s);
+    free(dsx);
+}
+
+/* The reference backward against central differences of L = sum(out * W), on a
+ * small varlen, GQA, causal + window + softcap problem (every element of q, k, v). */
+static void test_reference_gradient(void **state)
+{
+    (void)state;
+    fab_test_reseed(1);
+    ref_problem p;
+    memset(&p, 0, sizeof p);
+    p.nseq = 2;
+    int32_t cq[3] = {0, 5, 8}, ck[3] = {0, 7, 11};
+    memcpy(p.cu_q, cq, sizeof cq);
+    memcpy(p.cu_k, ck, sizeof ck);
+    p.hq = 4, p.hkv = 2, p.d = 8, p.scale = 0.6, p.softcap = 1.5, p.left = 3, p.right = 0;
+    const int64_t nq = 8 * 4 * 8, nk = 11 * 2 * 8;
+    double q[256], k[176], v[176], w[256], out[256], lse[32], dq[256], dk[176], dv[176], o2[256];
+    fab_test_fill_uniform(q, nq, -1.5, 1.5);
+    fab_test_fill_uniform(k, nk, -1.5, 1.5);
+    fab_test_fill_uniform(v, nk, -1, 1);
+    fab_test_fill_uniform(w, nq, -1, 1);
+    ref_forward(&p, q, k, v, out, lse);
+    ref_backward(&p, q, k, v, out, w, dq, dk, dv);
+    double *xs[3] = {q, k, v}, *gs[3] = {dq, dk, dv};
+    const int64_t ns[3] = {nq, nk, nk};
+    const char *names[3] = {"dq", "dk", "dv"};
+    for (int t = 0; t < 3; t++) {
+        for (int64_t e = 0; e < ns[t]; e++) {
+            double x0 = xs[t][e], hstep = 1e-5, lp = 0, lm = 0;
+            xs[t][e] = x0 + hstep;
+            ref_forward(&p, q, k, v, o2, lse);
+            for (int64_t i = 0; i < nq; i++)
+                lp += o2[i] * w[i];
+            xs[t][e] = x0 - hstep;
+            ref_forward(&p, q, k, v, o2, lse);
+            for (int64_t i = 0; i < nq; i++)
+                lm += o2[i] * w[i];
+            xs[t][e] = x0;
+            double fd = (lp - lm) / (2 * hstep);
+            if (!(fabs(gs[t][e] - fd) <= 1e-7 * (1 + fabs(fd))))
+                fail_msg("reference %s[%lld]: analytic %.12g, finite difference %.12g", names[t], (long long)e,
+                         gs[t][e], fd);
+        }
+    }
+    /* it is not vacuous: some gradients are clearly non-zero */
+    double mx = 0;
+    for (int64_t e = 0; e < nk; e++)
+        mx = fmax(mx, fabs(dk[e]));
+    assert_true(mx > 1e-2);
+}
+
+/* ------------------------------------------------- strided device buffers */
+
+/* A tensor in a device buffer, possibly with gaps between rows and heads. */
+typedef struct tbuf {
+    int ndim;
+    int64_t shape[4], stride[4];
+    int64_t n_alloc;
+    double *host; /* n_alloc values: what was uploaded (rounded), or downloaded */
+    void *dev;
+    fab_dtype dtype;
+} tbuf;
+
+static void tb_layout(tbuf *t, fab_dtype dtype, int ndim, const int64_t *shape, int padded)
+{
+    memset(t, 0, sizeof *t);
+    t->dtype = dtype;
+    t->ndim = ndim;
+    int64_t st = 1, last = 0;
+    for (int i = ndim - 1; i >= 0; i--) {
+        t->shape[i] = shape[i];
+        t->stride[i] = st;
+        st = st * shape[i] + (padded ? 8 : 0); /* gaps of 16 bytes (8 16-bit elements) */
+        last += (shape[i] > 0 ? shape[i] - 1 : 0) * t->stride[i];
+    }
+    t->n_alloc = last + 1 + (padded ? 5 : 0);
+    t->host = malloc(sizeof(double) * (size_t)t->n_alloc);
+    assert_non_null(t->host);
+}
+
+static int64_t tb_numel(const tbuf *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++)
+        n *= t->shape[i];
+    return n;
+}
+
+/* logical (row-major) element e -> offset in the buffer */
+static int64_t tb_off(const tbuf *t, int64_t e)
+{
+    int64_t off = 0;
+    for (int i = t->ndim - 1; i >= 0; i--) {
+        off += e % t->shape[i] * t->stride[i];
+        e /= t->shape[i];
+    }
+    return off;
+}
+
+static void tb_input(fab_context *ctx, tbuf *t, double lo, double hi)
+{
+    fab_test_fill_uniform(t->host, t->n_alloc, lo, hi);
+    t->dev = fab_test_upload(ctx, t->dtype, t->host, t->n_alloc, t->host);
+}
+
+static void tb_output(fab_context *ctx, tbuf *t) { t->dev = fab_test_alloc_poisoned(ctx, t->dtype, t->n_alloc); }
+
+static void tb_gather(const tbuf *t, double *logical)
+{
+    int64_t n = tb_numel(t);
+    for (int64_t e = 0; e < n; e++)
+        logical[e] = t->host[tb_off(t, e)];
+}
+
+static fab_tensor tb_tensor(const tbuf *t)
+{
+    fab_tensor x;
+    memset(&x, 0, sizeof x);
+    x.data = t->dev;
+    x.dtype = t->dtype;
+    x.ndim = t->ndim;
+    for (int i = 0; i < t->ndim; i++)
+        x.shape[i] = t->shape[i], x.stride[i] = t->stride[i];
+    return x;
+}
+
+/* Downloads an output; its logical elements into `logical`, and fails when an
+ * element outside the view (a gap) was written. */
+static void tb_download(fab_context *ctx, tbuf *t, double *logical, const char *what)
+{
+    fab_test_download(ctx, t->dtype, t->dev, t->n_alloc, t->host);
+    int64_t n = tb_numel(t);
+    char *inside = calloc((size_t)t->n_alloc, 1);
+    assert_non_null(inside);
+    for (int64_t e = 0; e < n; e++) {
+        inside[tb_off(t, e)] = 1;
+        logical[e] = t->host[tb_off(t, e)];
+    }
+    for (int64_t i = 0; i < t->n_alloc; i++)
+        if (!inside[i] && !isnan(t->host[i]))
+            fail_msg("%s: element %lld outside the view was written (%g)", what, (long long)i, t->host[i]);
+    free(inside);
+}
+
+static void tb_free(fab_context *ctx, tbuf *t)
+{
+    if (t->dev)
+        fab_test_free(ctx, t->dev);
+    free(t->host);
+    t->dev = NULL;
+    t->host = NULL;
+}
+
+/* ------------------------------------------------------------------ cases */
+
+typedef struct acase {
+    const char *name;
+    int64_t batch, sq, sk, hq, hkv, d; /* dense; for varlen batch = number of sequences */
+    int varlen;
+    int32_t lq[MAXSEQ], lk[MAXSEQ];
+    int causal, window;
+    int64_t wl, wr;
+    float scale, softcap;
+    int padded;
+    double qrange; /* inputs of q, k in [-qrange, qrange]; 0: 1 */
+} acase;
+
+static fab_tolerance lse_tol(void)
+{
+    fab_tolerance t = {2e-5, 2e-5, 1e-5};
+    return t;
+}
+
+/* Backward tolerances: f32 sums over up to 1000 rows of terms that cancel. */
+static fab_tolerance grad_tol(fab_dtype dt)
+{
+    fab_tolerance t = fab_test_tolerance(dt);
+    if (dt == FAB_DTYPE_F32)
+        t.atol = 2e-5, t.rtol = 2e-5, t.rel = 1e-5;
+    return t;
+}
+
+static void run_case(fab_context *ctx, const acase *c, fab_dtype dt)
+{
+    char what[160];
+    ref_problem p;
+    memset(&p, 0, sizeof p);
+    p.nseq = (int)c->batch;
+    for (int b = 0; b < c->batch; b++) {
+        p.cu_q[b + 1] = p.cu_q[b] + (c->varlen ? c->lq[b] : (int32_t)c->sq);
+        p.cu_k[b + 1] = p.cu_k[b] + (c->varlen ? c->lk[b] : (int32_t)c->sk);
+    }
+    p.hq = c->hq, p.hkv = c->hkv, p.d = c->d;
+    p.scale = c->scale != 0 ? (double)c->scale : 1 / sqrt((double)c->d);
+    p.softcap = c->softcap;
+    p.left = c->window ? c->wl : -1;
+    p.right = c->causal ? 0 : c->window ? c->wr : -1;
+    const int64_t tq = p.cu_q[p.nseq], tk = p.cu_k[p.nseq];
+    fab_test_reseed((uint64_t)(tq * 131 + tk * 7 + c->d * 3 + c->hq + dt * 1000003));
+
+    int64_t qshape[4], kshape[4], lshape[3];
+    int nd = c->varlen ? 3 : 4, lnd = c->varlen ? 2 : 3;
+    if (c->varlen) {
+        int64_t a[3] = {tq, c->hq, c->d}, b[3] = {tk, c->hkv, c->d}, l[2] = {c->hq, tq};
+        memcpy(qshape, a, sizeof a), memcpy(kshape, b, sizeof b), memcpy(lshape, l, sizeof l);
+    } else {
+        int64_t a[4] = {c->batch, c->sq, c->hq, c->d}, b[4] = {c->batch, c->sk, c->hkv, c->d};
+        int64_t l[3] = {c->batch, c->hq, c->sq};
+        memcpy(qshape, a, sizeof a), memcpy(kshape, b, sizeof b), memcpy(lshape, l, sizeof l);
+    }
+    double qr = c->qrange > 0 ? c->qrange : 1;
+    tbuf q, k, v, out, lse, dout, dq, dk, dv;
+    tb_layout(&q, dt, nd, qshape, c->padded), tb_input(ctx, &q, -qr, qr);
+    tb_layout(&k, dt, nd, kshape, c->padded), tb_input(ctx, &k, -qr, qr);
+    tb_layout(&v, dt, nd, kshape, c->padded), tb_input(ctx, &v, -1, 1);
+    tb_layout(&dout, dt, nd, qshape, c->padded), tb_input(ctx, &dout, -1, 1);
+    tb_layout(&out, dt, nd, qshape, c->padded), tb_output(ctx, &out);
+    tb_layout(&lse, FAB_DTYPE_F32, lnd, lshape, 0), tb_output(ctx, &lse);
+    tb_layout(&dq, dt, nd, qshape, c->padded), tb_output(ctx, &dq);
+    tb_layout(&dk, dt, nd, kshape, c->padded), tb_output(ctx, &dk);
+    tb_layout(&dv, dt, nd, kshape, c->padded), tb_output(ctx, &dv);
+    /* logical values in the packed layout (a dense [b, s, h, d] is already packed) */
+    int64_t nq = tq * c->hq * c->d, nk = tk * c->hkv * c->d;
+    double *hq_ = malloc(sizeof(double) * (size_t)(nq + 1)), *hk = malloc(sizeof(double) * (size_t)(nk + 1));
+    double *hv = malloc(sizeof(double) * (size_t)(nk + 1)), *hdo = malloc(sizeof(double) * (size_t)(nq + 1));
+    double *ro = malloc(sizeof(double) * (size_t)(nq + 1)), *rl = malloc(sizeof(double) * (size_t)(c->hq * tq + 1));
+    double *go = malloc(sizeof(double) * (size_t)(nq + 1)), *gl = malloc(sizeof(double) * (size_t)(c->hq * tq + 1));
+    double *rdq = malloc(sizeof(double) * (size_t)(nq + 1)), *rdk = malloc(sizeof(double) * (size_t)(nk + 1));
+    double *rdv = malloc(sizeof(double) * (size_t)(nk + 1)), *gdq = malloc(sizeof(double) * (size_t)(nq + 1));
+    double *gdk = malloc(sizeof(double) * (size_t)(nk + 1)), *gdv = malloc(sizeof(double) * (size_t)(nk + 1));
+    double *rl2 = malloc(sizeof(double) * (size_t)(c->hq * tq + 1));
+    assert_true(hq_ && hk && hv && hdo && ro && rl && go && gl && rdq && rdk && rdv && gdq && gdk && gdv && rl2);
+    tb_gather(&q, hq_), tb_gather(&k, hk), tb_gather(&v, hv), tb_gather(&dout, hdo);
+    ref_forward(&p, hq_, hk, hv, ro, rl);
+    /* the reference lse is [hq, total_q]; a dense lse is [b, hq, sq] */
+    for (int b = 0; b < p.nseq; b++)
+        for (int64_t h = 0; h < c->hq; h++)
+            for (int64_t i = p.cu_q[b]; i < p.cu_q[b + 1]; i++)
+                rl2[c->varlen ? h * tq + i : (b * c->hq + h) * c->sq + (i - p.cu_q[b])] = rl[h * tq + i];
+
+    int32_t cuh[2 * (MAXSEQ + 1)];
+    memcpy(cuh, p.cu_q, sizeof(int32_t) * (size_t)(p.nseq + 1));
+    memcpy(cuh + p.nseq + 1, p.cu_k, sizeof(int32_t) * (size_t)(p.nseq + 1));
+    void *cu_dev = NULL;
+    fab_tensor cu_q, cu_k;
+    memset(&cu_q, 0, sizeof cu_q), memset(&cu_k, 0, sizeof cu_k);
+    if (c->varlen) {
+        assert_int_equal(fab_alloc(ctx, sizeof cuh, &cu_dev), FAB_OK);
+        assert_int_equal(fab_copy(ctx, cu_dev, cuh, sizeof cuh), FAB_OK);
+        assert_int_equal(fab_synchronize(ctx), FAB_OK);
+        int64_t n1 = p.nseq + 1;
+        assert_int_equal(fab_tensor_make(cu_dev, FAB_DTYPE_I32, 1, &n1, &cu_q), FAB_OK);
+        assert_int_equal(fab_tensor_make((int32_t *)cu_dev + n1, FAB_DTYPE_I32, 1, &n1, &cu_k), FAB_OK);
+    }
+
+    fab_attention_params f;
+    memset(&f, 0, sizeof f);
+    f.q = tb_tensor(&q), f.k = tb_tensor(&k), f.v = tb_tensor(&v), f.out = tb_tensor(&out), f.lse = tb_tensor(&lse);
+    f.scale = c->scale, f.softcap = c->softcap, f.causal = c->causal, f.window = c->window;
+    f.window_left = c->wl, f.window_right = c->wr, f.cu_seqlens_q = cu_q, f.cu_seqlens_k = cu_k;
+    fab_status s = fab_attention_forward(ctx, &f);
+    if (s != FAB_OK)
+        fail_msg("%s %s: fab_attention_forward: %s: %s", c->name, fab_dtype_name(dt), fab_status_name(s),
+                 fab_last_error());
+    snprintf(what, sizeof what, "attention_forward %s %s out", c->name, fab_dtype_name(dt));
+    tb_download(ctx, &out, go, what);
+    fab_tolerance otol = fab_test_tolerance(dt);
+    if (fab_context_backend(ctx) == FAB_BACKEND_CUDA && dt == FAB_DTYPE_BF16)
+        otol.atol = 2.5e-3; /* the GPU rounds P to bf16 for P.V (as FlashAttention): |err| <= 2^-9 max|v| more */
+    fab_test_check_close(what, go, ro, nq, otol);
+    snprintf(what, sizeof what, "attention_forward %s %s lse", c->name, fab_dtype_name(dt));
+    tb_download(ctx, &lse, gl, what);
+    fab_test_check_close(what, gl, rl2, c->hq * tq, lse_tol());
+
+    /* backward from the kernel's own out and lse */
+    ref_backward(&p, hq_, hk, hv, go, hdo, rdq, rdk, rdv);
+
+    fab_attention_backward_params bp;
+    memset(&bp, 0, sizeof bp);
+    bp.q = f.q, bp.k = f.k, bp.v = f.v, bp.out = f.out, bp.lse = f.lse, bp.dout = tb_tensor(&dout);
+    bp.dq = tb_tensor(&dq), bp.dk = tb_tensor(&dk), bp.dv = tb_tensor(&dv);
+    bp.scale = f.scale, bp.softcap = f.softcap, bp.causal = f.causal, bp.window = f.window;
+    bp.window_left = f.window_left, bp.window_right = f.window_right;
+    bp.cu_seqlens_q = cu_q, bp.cu_seqlens_k = cu_k;
+    s = fab_attention_backward(ctx, &bp);
+    if (s != FAB_OK)
+        fail_msg("%s %s: fab_attention_backward: %s: %s", c->name, fab_dtype_name(dt), fab_status_name(s),
+                 fab_last_error());
+    const char *gn[3] = {"dq", "dk", "dv"};
+    tbuf *gb[3] = {&dq, &dk, &dv};
+    double *gg[3] = {gdq, gdk, gdv}, *rg[3] = {rdq, rdk, rdv};
+    int64_t gnum[3] = {nq, nk, nk};
+    for (int t = 0; t < 3; t++) {
+        snprintf(what, sizeof what, "attention_backward %s %s %s", c->name, fab_dtype_name(dt), gn[t]);
+        tb_download(ctx, gb[t], gg[t], what);
+        fab_tolerance gtol = grad_tol(dt);
+        if (fab_context_backend(ctx) == FAB_BACKEND_CUDA && dt == FAB_DTYPE_BF16) {
+            /* the GPU rounds P and dS to bf16 for the products that consume them (as
+             * FlashAttention): each sum's error grows by up to 2^-9 of its terms' size */
+            double mx = 0;
+            for (int64_t i = 0; i < gnum[t]; i++)
+                mx = fmax(mx, fabs(rg[t][i]));
+            gtol.atol = fmax(gtol.atol, mx / 256);
+        }
+        fab_test_check_close(what, gg[t], rg[t], gnum[t], gtol);
+    }
+
+    if (cu_dev)
+        fab_test_free(ctx, cu_dev);
+    tbuf *all[9] = {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv};
+    for (int i = 0; i < 9; i++)
+        tb_free(ctx, all[i]);
+    double *hs[15] = {hq_, hk, hv, hdo, ro, rl, go, gl, rdq, rdk, rdv, gdq, gdk, gdv, rl2};
+    for (int i = 0; i < 15; i++)
+        free(hs[i]);
+}
+
+/* name, batch, sq, sk, hq, hkv, d, varlen, lq, lk, causal, window, wl, wr, scale, softcap, padded, qrange */
+static const acase cases[] = {
+    {"basic", 2, 128, 128, 2, 2, 64, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"causal", 2, 128, 128, 2, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
+    {"causal sq<sk", 1, 17, 128, 2, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
+    {"causal+window sq<sk, unseen keys", 1, 17, 200, 2, 1, 64, 0, {0}, {0}, 1, 1, 10, -1, 0, 0, 0, 0},
+    {"sq>sk", 2, 130, 17, 2, 2, 64, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"window sq>sk", 1, 128, 17, 2, 2, 32, 0, {0}, {0}, 0, 1, 5, 120, 0, 0, 0, 0},
+    {"window both sides", 1, 200, 200, 2, 2, 64, 0, {0}, {0}, 0, 1, 7, 3, 0, 0, 0, 0},
+    {"causal+window left", 2, 150, 150, 2, 2, 64, 0, {0}, {0}, 1, 1, 31, -1, 0, 0, 0, 0},
+    {"softcap+scale", 1, 100, 90, 2, 2, 64, 0, {0}, {0}, 0, 0, 0, 0, 0.5f, 2.0f, 0, 2},
+    {"window+softcap", 1, 129, 129, 2, 2, 64, 0, {0}, {0}, 0, 1, 20, 20, 0, 10.0f, 0, 2},
+    {"GQA causal", 2, 70, 70, 6, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
+    {"MQA", 1, 65, 80, 4, 1, 64, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"varlen causal GQA", 5, 0, 0, 4, 2, 64, 1, {17, 1, 64, 0, 100}, {17, 30, 64, 5, 130}, 1, 0, 0, 0, 0, 0, 0, 0},
+    {"varlen window softcap", 3, 0, 0, 2, 1, 128, 1, {40, 7, 66}, {45, 90, 66}, 0, 1, 16, 4, 0, 5.0f, 0, 0},
+    {"head_dim 32", 1, 65, 70, 2, 2, 32, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
+    {"head_dim 96", 1, 65, 70, 2, 2, 96, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"head_dim 128", 1, 65, 70, 2, 2, 128, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
+    {"head_dim 256", 1, 65, 70, 2, 1, 256, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"head_dim 17", 1, 33, 20, 3, 1, 17, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"seqlen 1", 3, 1, 1, 2, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
+    {"decode 1x1000", 1, 1, 1000, 4, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
+    {"strided GQA causal", 2, 77, 77, 4, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 1, 0},
+    {"strided varlen", 2, 0, 0, 2, 2, 64, 1, {30, 50}, {45, 50}, 1, 0, 0, 0, 0, 0, 1, 0},
+    {"empty queries (sq=0)", 2, 0, 40, 2, 2, 64, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
+};
+static const acase long_case = {"long 1000 causal GQA", 1, 1000, 1000, 4, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0};
+static const acase emu_long_case = {"longer 384 causal GQA varlen", 2, 0, 0, 4, 2, 128, 1, {384, 200}, {384, 260}, 1, 1, 150, -1, 0, 0, 0, 0};
+static const acase long_window = {"long 1000 window", 1, 1000, 1000, 2, 2, 128, 0, {0}, {0}, 0, 1, 100, 100, 0, 0, 0, 0};
+
+/* What the CUDA kernel takes (test_backend_coverage checks the rest is refused). */
+static int cuda_runs(const acase *c, fab_dtype dt)
+{
+    return dt != FAB_DTYPE_F32 && (c->d == 32 || c->d == 64 || c->d == 96 || c->d == 128);
+}
+
+static void skip_on_cuda(fab_context *ctx, const char *why)
+{
+    if (fab_context_backend(ctx) == FAB_BACKEND_CUDA) {
+        fab_context_destroy(ctx);
+        print_message("SKIP: %s\n", why);
+        skip();
+    }
+}
+
+static void test_cases_dtype(fab_dtype dt)
+{
+    fab_context *ctx = fab_test_context();
+    int cuda = fab_context_backend(ctx) == FAB_BACKEND_CUDA;
+    if (cuda && dt == FAB_DTYPE_F32)
+        skip_on_cuda(ctx, "the CUDA attention kernel takes bf16 and f16 only (test_backend_coverage checks f32 is refused)");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (!cuda || cuda_runs(&cases[i], dt))
+            run_case(ctx, &cases[i], dt);
+    fab_context_destroy(ctx);
+}
+
+static void test_cases_bf16(void **state) { (void)state; test_cases_dtype(FAB_DTYPE_BF16); }
+static void test_cases_f16(void **state) { (void)state; test_cases_dtype(FAB_DTYPE_F16); }
+static void test_cases_f32(void **state) { (void)state; test_cases_dtype(FAB_DTYPE_F32); }
+
+static void test_long(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    if (fab_context_backend(ctx) == FAB_BACKEND_CUDA) { /* the emulator is slow: one longer case */
+        run_case(ctx, &emu_long_case, FAB_DTYPE_BF16);
+    } else {
+        run_case(ctx, &long_case, FAB_DTYPE_BF16);
+        run_case(ctx, &long_window, FAB_DTYPE_F32);
+    }
+    fab_context_destroy(ctx);
+}
+
+/* ------------------------------------------------------------ determinism */
+
+/* Runs forward + backward of a GQA causal problem (f32, so any change in a
+ * summation order shows) and returns the bytes of out, lse, dq, dk, dv. */
+static void det_run(fab_context *ctx, fab_dtype dt, unsigned char *bytes, size_t *nbytes)
+{
+    const int64_t b = 2, s = 150, hq = 4, hkv = 2, d = 64;
+    int64_t qs[4] = {b, s, hq, d}, ks[4] = {b, s, hkv, d}, ls[3] = {b, hq, s};
+    int64_t nq = b * s * hq * d, nk = b * s * hkv * d;
+    double *x = malloc(sizeof(double) * (size_t)(nq + 32));
+    assert_non_null(x);
+    fab_test_reseed(77);
+    fab_test_fill_uniform(x, nq + 32, -1, 1);
+    void *q = fab_test_upload(ctx, dt, x, nq, NULL);
+    void *dout = fab_test_upload(ctx, dt, x + 5, nq, NULL); /* shifted: another tensor */
+    void *k = fab_test_upload(ctx, dt, x + 11, nk, NULL);
+    void *v = fab_test_upload(ctx, dt, x + 17, nk, NULL);
+    void *out = fab_test_alloc_poisoned(ctx, dt, nq), *lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, b * hq * s);
+    void *dq = fab_test_alloc_poisoned(ctx, dt, nq), *dk = fab_test_alloc_poisoned(ctx, dt, nk);
+    void *dv = fab_test_alloc_poisoned(ctx, dt, nk);
+    fab_attention_params f;
+    memset(&f, 0, sizeof f);
+    fab_tensor_make(q, dt, 4, qs, &f.q);
+    fab_tensor_make(k, dt, 4, ks, &f.k);
+    fab_tensor_make(v, dt, 4, ks, &f.v);
+    fab_tensor_make(out, dt, 4, qs, &f.out);
+    fab_tensor_make(lse, FAB_DTYPE_F32, 3, ls, &f.lse);
+    f.causal = 1;
+    f.softcap = 3;
+    assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
+    fab_attention_backward_params p;
+    memset(&p, 0, sizeof p);
+    p.q = f.q, p.k = f.k, p.v = f.v, p.out = f.out, p.lse = f.lse, p.causal = 1, p.softcap = 3;
+    fab_tensor_make(dout, dt, 4, qs, &p.dout);
+    fab_tensor_make(dq, dt, 4, qs, &p.dq);
+    fab_tensor_make(dk, dt, 4, ks, &p.dk);
+    fab_tensor_make(dv, dt, 4, ks, &p.dv);
+    assert_int_equal(fab_attention_backward(ctx, &p), FAB_OK);
+    size_t off = 0;
+    void *bufs[5] = {out, lse, dq, dk, dv};
+    int64_t ns[5] = {nq, b * hq * s, nq, nk, nk};
+    for (int i = 0; i < 5; i++) {
+        size_t es = i == 1 ? 4 : fab_dtype_size(dt);
+        fab_test_download_bytes(ctx, bufs[i], (size_t)ns[i] * es, bytes + off);
+        off += (size_t)ns[i] * es;
+        fab_test_free(ctx, bufs[i]);
+    }
+    *nbytes = off;
+    fab_test_free(ctx, q), fab_test_free(ctx, k), fab_test_free(ctx, v), fab_test_free(ctx, dout);
+    free(x);
+}
+
+static void test_deterministic(void **state)
+{
+    (void)state;
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.deterministic = 1;
+    cfg.num_threads = 2;
+    fab_context *ctx = fab_test_context_with(&cfg);
+    const fab_dtype dt = fab_context_backend(ctx) == FAB_BACKEND_CUDA ? FAB_DTYPE_BF16 : FAB_DTYPE_F32;
+    const size_t es = fab_dtype_size(dt);
+    size_t cap = (size_t)(2 * 150 * 4 * 64 * 2 + 2 * 150 * 2 * 64 * 2) * es + 2 * 4 * 150 * 4, n1, n2, n3;
+    unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap);
+    assert_true(r1 && r2 && r3);
+    det_run(ctx, dt, r1, &n1);
+    det_run(ctx, dt, r2, &n2);
+    fab_context_destroy(ctx);
+    cfg.num_threads = 1;
+    ctx = fab_test_context_with(&cfg);
+    det_run(ctx, dt, r3, &n3);
+    fab_context_destroy(ctx);
+    assert_int_equal(n1, cap);
+    assert_true(n1 == n2 && n1 == n3);
+    if (memcmp(r1, r2, n1) != 0)
+        fail_msg("attention: two deterministic runs differ");
+    if (memcmp(r1, r3, n1) != 0)
+        fail_msg("attention: 1 and 2 threads give different bits");
+    free(r1), free(r2), free(r3);
+}
+
+/* ---------------------------------------------------------- bad arguments */
+
+typedef struct bad_setup {
+    void *q, *k, *v, *dout, *out, *lse, *dq, *dk, *dv, *cu;
+    fab_attention_params f;          /* a valid dense bf16 call */
+    fab_attention_params fv;         /* its varlen twin (not valid as is: see cu) */
+    fab_attention_backward_params b; /* a valid backward */
+    unsigned char before[5][16384];
+} bad_setup;
+
+enum { B = 2, S = 16, HQ = 4, HKV = 2, D = 64 };
+/* cumulative offsets, 3 each: good q, good k, then bad variants */
+static const int32_t cu_host[] = {0, 10, 32, 0, 12, 32, 0, 20, 10, 0, 10, 40, 1, 10, 32, 0, 10, 30, 0, 22, 32};
+enum { CU_Q = 0, CU_K = 3, CU_NONMONO = 6, CU_PAST = 9, CU_FIRST = 12, CU_SHORT = 15, CU_LONG0 = 18 };
+
+static void bad_setup_make(fab_context *ctx, bad_setup *s)
+{
+    memset(s, 0, sizeof *s);
+    int64_t nq = B * S * HQ * D, nk = B * S * HKV * D;
+    double *x = malloc(sizeof(double) * (size_t)nq);
+    assert_non_null(x);
+    fab_test_fill_uniform(x, nq, -1, 1);
+    s->q = fab_test_upload(ctx, FAB_DTYPE_BF16, x, nq, NULL);
+    s->dout = fab_test_upload(ctx, FAB_DTYPE_BF16, x, nq, NULL);
+    s->k = fab_test_upload(ctx, FAB_DTYPE_BF16, x, nk, NULL);
+    s->v = fab_test_upload(ctx, FAB_DTYPE_BF16, x, nk, NULL);
+    s->out = fab_test_alloc_poisoned(ctx, FAB_DTYPE_BF16, nq);
+    s->lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, B * HQ * S);
+    s->dq = fab_test_alloc_poisoned(ctx, FAB_DTYPE_BF16, nq);
+    s->dk = fab_test_alloc_poisoned(ctx, FAB_DTYPE_BF16, nk);
+    s->dv = fab_test_alloc_poisoned(ctx, FAB_DTYPE_BF16, nk);
+    /* room past the offsets, so an output aimed at them overlaps nothing else */
+    assert_int_equal(fab_alloc(ctx, 65536, &s->cu), FAB_OK);
+    assert_int_equal(fab_copy(ctx, s->cu, cu_host, sizeof cu_host), FAB_OK);
+    assert_int_equal(fab_synchronize(ctx), FAB_OK);
+    free(x);
+    int64_t qs[4] = {B, S, HQ, D}, ks[4] = {B, S, HKV, D}, ls[3] = {B, HQ, S};
+    fab_attention_params *f = &s->f;
+    assert_int_equal(fab_tensor_make(s->q, FAB_DTYPE_BF16, 4, qs, &f->q), FAB_OK);
+    assert_int_equal(fab_tensor_make(s->k, FAB_DTYPE_BF16, 4, ks, &f->k), FAB_OK);
+    assert_int_equal(fab_tensor_make(s->v, FAB_DTYPE_BF16, 4, ks, &f->v), FAB_OK);
+    assert_int_equal(fab_tensor_make(s->out, FAB_DTYPE_BF16, 4, qs, &f->out), FAB_OK);
+    assert_int_equal(fab_tensor_make(s->lse, FAB_DTYPE_F32, 3, ls, &f->lse), FAB_OK);
+    int64_t vq[3] = {B * S, HQ, D}, vk[3] = {B * S, HKV, D}, vl[2] = {HQ, B * S}, three = 3;
+    fab_attention_params *g = &s->fv;
+    assert_int_equal(fab_tensor_make(s->q, FAB_DTYPE_BF16, 3, vq, &g->q), FAB_OK);
+    assert_int_equal(fab_tensor_make(s->k, FAB_DTYPE_BF16, 3, vk, &g->k), FAB_OK);
+    assert_int_equal(fab_tensor_make(s->v, FAB_DTYPE_BF16, 3, vk, &g->v), FAB_OK);
+    assert_int_equal(fab_tensor_make(s->out, FAB_DTYPE_BF16, 3, vq, &g->out), FAB_OK);
+    assert_int_equal(fab_tensor_make(s->lse, FAB_DTYPE_F32, 2, vl, &g->lse), FAB_OK);
+    assert_int_equal(fab_tensor_make((int32_t *)s->cu + CU_Q, FAB_DTYPE_I32, 1, &three, &g->cu_seqlens_q), FAB_OK);
+    assert_int_equal(fab_tensor_make((int32_t *)s->cu + CU_K, FAB_DTYPE_I32, 1, &three, &g->cu_seqlens_k), FAB_OK);
+    fab_attention_backward_params *b = &s->b;
+    b->q = f->q, b->k = f->k, b->v = f->v, b->out = f->out, b->lse = f->lse;
+    assert_int_equal(fab_tensor_make(s->dout, FAB_DTYPE_BF16, 4, qs, &b->dout), FAB_OK);
+    assert_int_equal(fab_tensor_make(s->dq, FAB_DTYPE_BF16, 4, qs, &b->dq), FAB_OK);
+    assert_int_equal(fab_tensor_make(s->dk, FAB_DTYPE_BF16, 4, ks, &b->dk), FAB_OK);
+    assert_int_equal(fab_tensor_make(s->dv, FAB_DTYPE_BF16, 4, ks, &b->dv), FAB_OK);
+    void *outs[5] = {s->out, s->lse, s->dq, s->dk, s->dv};
+    for (int i = 0; i < 5; i++)
+        fab_test_download_bytes(ctx, outs[i], i == 1 ? B * HQ * S * 4 : (i == 3 || i == 4 ? B * S * HKV * D * 2 : B * S * HQ * D * 2),
+                                s->before[i]);
+}
+
+/* every output byte as it was before the rejected calls */
+static void bad_setup_check_and_free(fab_context *ctx, bad_setup *s)
+{
+    void *outs[5] = {s->out, s->lse, s->dq, s->dk, s->dv};
+    static unsigned char after[16384];
+    for (int i = 0; i < 5; i++) {
+        size_t n = i == 1 ? B * HQ * S * 4 : (i == 3 || i == 4 ? B * S * HKV * D * 2 : B * S * HQ * D * 2);
+        fab_test_download_bytes(ctx, outs[i], n, after);
+        if (memcmp(after, s->before[i], n) != 0)
+            fail_msg("a rejected attention call wrote output %d", i);
+    }
+    void *all[10] = {s->q, s->k, s->v, s->dout, s->out, s->lse, s->dq, s->dk, s->dv, s->cu};
+    for (int i = 0; i < 10; i++)
+        fab_test_free(ctx, all[i]);
+}
+
+static void test_bad_arguments(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    static bad_setup s;
+    bad_setup_make(ctx, &s);
+    fab_attention_params p;
+    const fab_status UNSUP = FAB_ERR_UNSUPPORTED;
+    int32_t *cu = s.cu;
+
+#define EXPECT(base, mutation, status, needle)                                 \
+    do {                                                                       \
+        p = (base);                                                            \
+        mutation;                                                              \
+        fab_test_expect_error(fab_attention_forward(ctx, &p), status, needle); \
+    } while (0)
+
+    fab_test_expect_error(fab_attention_forward(NULL, &s.f), INVALID, "ctx is NULL");
+    fab_test_expect_error(fab_attention_forward(ctx, NULL), INVALID, "params pointer is NULL");
+    /* options */
+    EXPECT(s.f, p.causal = 2, INVALID, "p.causal=2 must be 0 or 1");
+    EXPECT(s.f, p.window = 3, INVALID, "p.window=3");
+    EXPECT(s.f, (p.window = 1, p.window_left = -2), INVALID, "p.window_left=-2");
+    EXPECT(s.f, (p.window = 1, p.window_right = -5), INVALID, "p.window_right=-5");
+    EXPECT(s.f, p.window_left = 8, INVALID, "p.window=0");
+    EXPECT(s.f, p.scale = NAN, INVALID, "p.scale=nan");
+    EXPECT(s.f, p.scale = INFINITY, INVALID, "p.scale=inf");
+    EXPECT(s.f, p.softcap = -1, INVALID, "p.softcap=-1");
+    EXPECT(s.f, p.softcap = NAN, INVALID, "p.softcap=nan");
+    EXPECT(s.f, p.trust_cu_seqlens = 2, INVALID, "p.trust_cu_seqlens=2");
+    EXPECT(s.f, p.max_seqlen_q = -1, INVALID, "p.max_seqlen_q=-1");
+    EXPECT(s.f, p.max_seqlen_k = 16, INVALID, "must be 0 without cu_seqlens");
+    EXPECT(s.f, p.trust_cu_seqlens = 1, INVALID, "p.trust_cu_seqlens=1 without cu_seqlens");
+    /* tensors */
+    EXPECT(s.f, p.q.ndim = 3, INVALID, "q.ndim=3 must be 4");
+    EXPECT(s.f, p.q.stride[3] = 2, INVALID, "q.stride[3]=2 must be 1");
+    EXPECT(s.f, p.k.stride[3] = 0, INVALID, "k.stride[3]=0 must be 1");
+    EXPECT(s.f, p.q.data = NULL, INVALID, "q.data is NULL");
+    EXPECT(s.f, p.v.data = (char *)s.v + 1, INVALID, "v.data=");
+    EXPECT(s.f, p.out.stride[1] = -1, INVALID, "out.stride[1]=-1");
+    EXPECT(s.f, p.q.dtype = FAB_DTYPE_I32, UNSUP, "q.dtype=i32 is not supported");
+    EXPECT(s.f, p.k.dtype = FAB_DTYPE_F16, INVALID, "k.dtype=f16 must equal q.dtype=bf16");
+    EXPECT(s.f, p.v.dtype = FAB_DTYPE_F16, INVALID, "v.dtype=f16 must equal q.dtype=bf16");
+    EXPECT(s.f, p.out.dtype = FAB_DTYPE_F32, INVALID, "out.dtype=f32 must equal q.dtype=bf16");
+    EXPECT(s.f, p.k.shape[3] = 32, INVALID, "k.shape[3]=32 must equal q.shape[3]=64 (head dims must match)");
+    EXPECT(s.f, p.v.shape[3] = 32, INVALID, "v.shape[3]=32 must equal q.shape[3]=64");
+    EXPECT(s.f, p.v.shape[1] = 8, INVALID, "v.shape[1]=8 must equal k.shape[1]=16");
+    EXPECT(s.f, (p.k.shape[0] = 1, p.v.shape[0] = 1), INVALID, "k.shape[0]=1 must equal q.shape[0]=2");
+    EXPECT(s.f, (p.k.shape[2] = 3, p.v.shape[2] = 3), INVALID, "heads_q=q.shape[2]=4 must be a multiple of heads_kv=k.shape[2]=3");
+    EXPECT(s.f, (p.k.shape[2] = 0, p.v.shape[2] = 0), INVALID, "heads_kv must be >= 1");
+    EXPECT(s.f, (p.q.shape[2] = 0, p.out.shape[2] = 0), INVALID, "heads_q must be >= 1");
+    EXPECT(s.f, (p.q.shape[3] = 0, p.k.shape[3] = 0, p.v.shape[3] = 0, p.out.shape[3] = 0), INVALID, "head_dim must be >= 1");
+    EXPECT(s.f, p.out.shape[1] = 15, INVALID, "out.shape[1]=15 must equal q.shape[1]=16");
+    EXPECT(s.f, p.out.ndim = 3, INVALID, "out.ndim=3 must be 4");
+    /* lse */
+    EXPECT(s.f, p.lse.dtype = FAB_DTYPE_F16, INVALID, "lse.dtype=f16 must be f32");
+    EXPECT(s.f, (p.lse.shape[2] = 8, p.lse.stride[1] = 8, p.lse.stride[0] = 32), INVALID, "lse.shape[2]=8 must be 16");
+    EXPECT(s.f, (p.lse.shape[1] = 2, p.lse.stride[0] = 32), INVALID, "lse.shape[1]=2 must be 4");
+    EXPECT(s.f, p.lse.ndim = 2, INVALID, "lse.ndim=2 must be 3");
+    EXPECT(s.f, p.lse.stride[0] = 128, INVALID, "lse.stride[0]=128 must be 64");
+    /* aliasing (each time the smaller span lies inside the other's allocation) */
+    EXPECT(s.f, p.out.data = s.q, INVALID, "out overlaps q");
+    EXPECT(s.f, p.k.data = (char *)s.out + 64, INVALID, "out overlaps k");
+    EXPECT(s.f, p.lse.data = s.out, INVALID, "out overlaps lse");
+    EXPECT(s.f, p.lse.data = s.v, INVALID, "lse overlaps v");
+    /* masks that leave a query row without keys */
+    EXPECT(s.f, (p.k.shape[1] = 8, p.v.shape[1] = 8, p.causal = 1), INVALID, "causal mask with seqlen_q=16 > seqlen_k=8 leaves query row 0 without keys");
+    EXPECT(s.f, (p.k.shape[1] = 8, p.v.shape[1] = 8, p.window = 1, p.window_left = -1, p.window_right = 7), INVALID,
+           "the window with seqlen_q=16 > seqlen_k=8 leaves query row 0 without keys");
+    EXPECT(s.f, (p.k.shape[1] = 8, p.v.shape[1] = 8, p.causal = 1, p.window = 1, p.window_left = 4, p.window_right = 20), INVALID,
+           "causal mask and window");
+    EXPECT(s.f, (p.k.shape[1] = 0, p.v.shape[1] = 0), INVALID, "seqlen_k=0 with seqlen_q=16");
+    /* head dims the CPU cannot do (a small valid-looking problem) */
+    if (fab_test_backend() == FAB_BACKEND_CPU) {
+        int64_t s300[4] = {1, 1, 1, 300};
+        EXPECT(s.f, (fab_tensor_make(s.q, FAB_DTYPE_BF16, 4, s300, &p.q), fab_tensor_make(s.k, FAB_DTYPE_BF16, 4, s300, &p.k),
+                     fab_tensor_make(s.v, FAB_DTYPE_BF16, 4, s300, &p.v), fab_tensor_make(s.out, FAB_DTYPE_BF16, 4, s300, &p.out),
+                     p.lse.shape[0] = p.lse.shape[1] = p.lse.shape[2] = 1),
+               UNSUP, "head_dim=300 is not supported on the CPU");
+    } else {
+        static uint16_t host_buf[B * S * HQ * D];
+        EXPECT(s.f, p.q.data = host_buf, INVALID, "q.data");
+    }
+
+    /* variable-length batches */
+    EXPECT(s.fv, memset(&p.cu_seqlens_k, 0, sizeof p.cu_seqlens_k), INVALID, "cu_seqlens_q is set but cu_seqlens_k is absent");
+    EXPECT(s.fv, memset(&p.cu_seqlens_q, 0, sizeof p.cu_seqlens_q), INVALID, "cu_seqlens_k is set but cu_seqlens_q is absent");
+    EXPECT(s.fv, p.q = s.f.q, INVALID, "q.ndim=4 must be 3");
+    EXPECT(s.fv, p.lse = s.f.lse, INVALID, "lse.ndim=3 must be 2");
+    EXPECT(s.fv, p.lse.shape[1] = 16, INVALID, "lse.shape[1]=16 must be 32");
+    EXPECT(s.fv, p.cu_seqlens_q.data = cu + CU_NONMONO, INVALID, "cu_seqlens_q is not monotone: cu_seqlens_q[2]=10 < cu_seqlens_q[1]=20");
+    EXPECT(s.fv, p.cu_seqlens_k.data = cu + CU_NONMONO, INVALID, "cu_seqlens_k is not monotone");
+    EXPECT(s.fv, p.cu_seqlens_q.data = cu + CU_PAST, INVALID, "cu_seqlens_q[2]=40 is past the end of q.shape[0] (32 rows)");
+    EXPECT(s.fv, p.cu_seqlens_k.data = cu + CU_PAST, INVALID, "cu_seqlens_k[2]=40 is past the end of k.shape[0]");
+    EXPECT(s.fv, p.cu_seqlens_q.data = cu + CU_FIRST, INVALID, "cu_seqlens_q[0]=1 must be 0");
+    EXPECT(s.fv, p.cu_seqlens_q.data = cu + CU_SHORT, INVALID, "cu_seqlens_q[2]=30 must equal q.shape[0] (32)");
+    EXPECT(s.fv, (p.cu_seqlens_q.data = cu + CU_LONG0, p.causal = 1), INVALID,
+           "causal mask with seqlen_q=22 > seqlen_k=12 in sequence 0 leaves query row 0 without keys");
+    EXPECT(s.fv, p.max_seqlen_q = 5, INVALID, "p.max_seqlen_q=5 is less than the longest query sequence (22)");
+    EXPECT(s.fv, p.max_seqlen_k = 19, INVALID, "p.max_seqlen_k=19 is less than the longest key sequence (20)");
+    EXPECT(s.fv, p.cu_seqlens_q.dtype = FAB_DTYPE_F32, INVALID, "cu_seqlens_q.dtype=f32 must be i32");
+    EXPECT(s.fv, (p.cu_seqlens_k.ndim = 2, p.cu_seqlens_k.shape[1] = 1, p.cu_seqlens_k.stride[1] = 1), INVALID, "cu_seqlens_k must be 1-d");
+    EXPECT(s.fv, p.cu_seqlens_k.shape[0] = 2, INVALID, "cu_seqlens_k.shape[0]=2 must equal cu_seqlens_q.shape[0]=3");
+    EXPECT(s.fv, p.cu_seqlens_q.data = NULL, INVALID, "cu_seqlens_q.data is NULL");
+    EXPECT(s.fv, p.out.data = cu, INVALID, "out overlaps cu_seqlens_q");
+#undef EXPECT
+
+    /* backward */
+    fab_attention_backward_params b;
+#define EXPECT_B(mutation, status, needle)                                      \
+    do {                                                                        \
+        b = s.b;                                                                \
+        mutation;                                                               \
+        fab_test_expect_error(fab_attention_backward(ctx, &b), status, needle); \
+    } while (0)
+    fab_test_expect_error(fab_attention_backward(NULL, &s.b), INVALID, "ctx is NULL");
+    fab_test_expect_error(fab_attention_backward(ctx, NULL), INVALID, "params pointer is NULL");
+    EXPECT_B(memset(&b.lse, 0, sizeof b.lse), INVALID, "lse is absent; the backward pass needs the forward's lse");
+    EXPECT_B(b.dq.shape[1] = 15, INVALID, "dq.shape[1]=15 must equal q.shape[1]=16");
+    EXPECT_B(b.dk.shape[2] = 4, INVALID, "dk.shape[2]=4 must equal k.shape[2]=2");
+    EXPECT_B(b.dv.ndim = 3, INVALID, "dv.ndim=3 must be 4");
+    EXPECT_B(b.dk.dtype = FAB_DTYPE_F16, INVALID, "dk.dtype=f16 must equal q.dtype=bf16");
+    EXPECT_B(b.dout.dtype = FAB_DTYPE_F16, INVALID, "dout.dtype=f16 must equal q.dtype=bf16");
+    EXPECT_B(b.dout.shape[2] = 2, INVALID, "dout.shape[2]=2 must equal q.shape[2]=4");
+    EXPECT_B(b.dout.stride[3] = 2, INVALID, "dout.stride[3]=2 must be 1");
+    EXPECT_B(b.dv.data = s.dk, INVALID, "dk overlaps dv");
+    EXPECT_B(b.dq.data = s.dout, INVALID, "dq overlaps dout");
+    EXPECT_B(b.lse.data = s.dk, INVALID, "dk overlaps lse");
+    EXPECT_B(b.dq.data = s.out, INVALID, "dq overlaps out");
+    EXPECT_B(b.lse.shape[0] = 1, INVALID, "lse.shape[0]=1 must be 2");
+    EXPECT_B(b.causal = 7, INVALID, "p.causal=7");
+    EXPECT_B((b.k.shape[1] = b.v.shape[1] = b.dk.shape[1] = b.dv.shape[1] = 4, b.causal = 1), INVALID, "leaves query row 0 without keys");
+    EXPECT_B(b.dq.data = NULL, INVALID, "dq.data is NULL");
+#undef EXPECT_B
+
+    bad_setup_check_and_free(ctx, &s);
+    fab_context_destroy(ctx);
+}
+
+/* What each backend refuses as unsupported, writing nothing: the CPU head dims
+ * past 256; on CUDA f32, head dims other than 32/64/96/128, and rows that are
+ * not 16-byte aligned. */
+static void test_backend_coverage(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    static bad_setup s;
+    bad_setup_make(ctx, &s);
+    if (fab_test_backend() == FAB_BACKEND_CUDA) {
+        fab_attention_params p = s.f;
+        int64_t s256[4] = {1, 1, 1, 256};
+        fab_tensor_make(s.q, FAB_DTYPE_BF16, 4, s256, &p.q);
+        fab_tensor_make(s.k, FAB_DTYPE_BF16, 4, s256, &p.k);
+        fab_tensor_make(s.v, FAB_DTYPE_BF16, 4, s256, &p.v);
+        fab_tensor_make(s.out, FAB_DTYPE_BF16, 4, s256, &p.out);
+        memset(&p.lse, 0, sizeof p.lse);
+        fab_test_expect_error(fab_attention_forward(ctx, &p), FAB_ERR_UNSUPPORTED, "head_dim=256 is not supported on CUDA");
+        int64_t s64[4] = {1, 1, 1, 64}; /* small, so the f32 views stay inside their buffers */
+        fab_tensor_make(s.q, FAB_DTYPE_F32, 4, s64, &p.q);
+        fab_tensor_make(s.k, FAB_DTYPE_F32, 4, s64, &p.k);
+        fab_tensor_make(s.v, FAB_DTYPE_F32, 4, s64, &p.v);
+        fab_tensor_make(s.out, FAB_DTYPE_F32, 4, s64, &p.out);
+        fab_test_expect_error(fab_attention_forward(ctx, &p), FAB_ERR_UNSUPPORTED, "q.dtype=f32 is not supported on CUDA");
+        p = s.f;
+        p.q.stride[1] -= 4, p.q.shape[2] = 3, p.out.stride[1] -= 4, p.out.shape[2] = 3; /* rows 8-byte aligned */
+        p.k.shape[2] = p.v.shape[2] = 1;
+        memset(&p.lse, 0, sizeof p.lse);
+        fab_test_expect_error(fab_attention_forward(ctx, &p), FAB_ERR_UNSUPPORTED, "needs q.data 16-byte aligned");
+    } else {
+        int64_t s257[4] = {1, 1, 1, 257};
+        fab_attention_params p = s.f;
+        memset(&p.lse, 0, sizeof p.lse);
+        fab_tensor_make(s.q, FAB_DTYPE_BF16, 4, s257, &p.q);
+        fab_tensor_make(s.k, FAB_DTYPE_BF16, 4, s257, &p.k);
+        fab_tensor_make(s.v, FAB_DTYPE_BF16, 4, s257, &p.v);
+        fab_tensor_make(s.out, FAB_DTYPE_BF16, 4, s257, &p.out);
+        fab_test_expect_error(fab_attention_forward(ctx, &p), FAB_ERR_UNSUPPORTED, "head_dim=257 is not supported on the CPU (1..256)");
+    }
+    bad_setup_check_and_free(ctx, &s);
+    fab_context_destroy(ctx);
+}
+
+int main(int argc, char **argv)
+{
+    fab_test_init(argc, argv);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reference_gradient),
+        cmocka_unit_test(test_cases_bf16),
+        cmocka_unit_test(test_cases_f16),
+        cmocka_unit_test(test_cases_f32),
+        cmocka_unit_test(test_long),
+        cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_backend_coverage),
+    };
+    return fab_test_run(tests);
+}

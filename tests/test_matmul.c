@@ -1,0 +1,986 @@
+/*
+ * test_matmul.c: fab_matmul and fab_matmul_bias_grad against a float64 reference,
+ * for every dtype pair, both transposes, odd sizes, batched and strided operands
+ * (broadcasts included), every epilogue; the backward products and the fused
+ * DGELU + bias gradient by a finite-difference gradient check; determinism; and
+ * every kind of bad argument.
+ *
+ * The per-element bound is the GEMM error bound: |out - ref| <= eps * (|alpha|
+ * sum_p |a||b| + |beta c| + |bias|) * 1.5 + tiny, with eps per output dtype (f32
+ * 2e-5, f16 2e-3, bf16 1e-2), so cancellation never makes a correct result fail.
+ */
+#include "harness.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INVALID FAB_ERR_INVALID_ARGUMENT
+#define UNSUPPORTED FAB_ERR_UNSUPPORTED
+#define FAB_PI 3.14159265358979323846
+
+static bool on_cuda(void) { return fab_test_backend() == FAB_BACKEND_CUDA; }
+
+/* ------------------------------------------------------------- test matrices */
+
+/* A (possibly batched, strided) matrix: host doubles of the whole storage span
+ * (rounded to dtype), and the same on the context's device. */
+typedef struct tmat {
+    fab_dtype dt;
+    int ndim;
+    int64_t shape[4], stride[4];
+    int64_t storage;
+    double *host;
+    void *dev;
+} tmat;
+
+/* shape[ndim]; rows padded by row_pad elements; batch dims with bit j of
+ * zero_mask get stride 0; `fill` 0: poison (NaN) on the device, 1: random. */
+static void tmat_make(fab_context *ctx, tmat *t, fab_dtype dt, int ndim, const int64_t *shape, int64_t row_pad,
+                      unsigned zero_mask, int fill, double lo, double hi)
+{
+    memset(t, 0, sizeof *t);
+    t->dt = dt;
+    t->ndim = ndim;
+    int64_t s = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        t->shape[i] = shape[i];
+        if (i == ndim - 1) {
+            t->stride[i] = 1;
+            s = shape[i] + row_pad;
+        } else if (i == ndim - 2) {
+            t->stride[i] = s;
+            s *= shape[i];
+        } else if (zero_mask >> i & 1) {
+            t->stride[i] = 0;
+        } else {
+            t->stride[i] = s;
+            s *= shape[i];
+        }
+    }
+    t->storage = 1;
+    for (int i = 0; i < ndim; i++)
+        t->storage += (shape[i] > 0 ? shape[i] - 1 : 0) * t->stride[i];
+    t->storage += row_pad; /* room for the last row's padding: it must stay untouched */
+    t->host = malloc(sizeof(double) * (size_t)t->storage);
+    assert_non_null(t->host);
+    if (fill) {
+        fab_test_fill_uniform(t->host, t->storage, lo, hi);
+        t->dev = fab_test_upload(ctx, dt, t->host, t->storage, t->host);
+    } else {
+        for (int64_t i = 0; i < t->storage; i++)
+            t->host[i] = NAN;
+        t->dev = fab_test_alloc_poisoned(ctx, dt, t->storage);
+    }
+}
+
+static fab_tensor tmat_tensor(const tmat *t)
+{
+    fab_tensor x;
+    memset(&x, 0, sizeof x);
+    x.data = t->dev;
+    x.dtype = t->dt;
+    x.ndim = t->ndim;
+    for (int i = 0; i < t->ndim; i++) {
+        x.shape[i] = t->shape[i];
+        x.stride[i] = t->stride[i];
+    }
+    return x;
+}
+
+static void tmat_free(fab_context *ctx, tmat *t)
+{
+    if (t->dev)
+        fab_test_free(ctx, t->dev);
+    free(t->host);
+    memset(t, 0, sizeof *t);
+}
+
+/* Offset of batch index bidx[0..nb) (C's batch dims) in t, broadcasting. */
+static int64_t tmat_batch_offset(const tmat *t, int nb, const int64_t *bidx)
+{
+    int tb = t->ndim - 2, off = 0;
+    for (int j = 0; j < nb; j++) {
+        int tj = j - (nb - tb);
+        if (tj < 0 || t->shape[tj] == 1)
+            continue;
+        off += (int)(bidx[j] * t->stride[tj]);
+    }
+    return off;
+}
+
+/* ---------------------------------------------------------------- reference */
+
+static double act_ref(int act, double x)
+{
+    switch (act) {
+    case FAB_MATMUL_ACT_RELU: return x > 0 ? x : 0;
+    case FAB_MATMUL_ACT_GELU_TANH: return 0.5 * x * (1 + tanh(sqrt(2 / FAB_PI) * (x + 0.044715 * x * x * x)));
+    case FAB_MATMUL_ACT_GELU_ERF: return 0.5 * x * (1 + erf(x / sqrt(2)));
+    default: return x;
+    }
+}
+
+static double act_grad_ref(int act, double x)
+{
+    switch (act) {
+    case FAB_MATMUL_ACT_RELU: return x > 0 ? 1 : 0;
+    case FAB_MATMUL_ACT_GELU_TANH: {
+        double k = sqrt(2 / FAB_PI), t = tanh(k * (x + 0.044715 * x * x * x));
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x);
+    }
+    case FAB_MATMUL_ACT_GELU_ERF: return 0.5 * (1 + erf(x / sqrt(2))) + x * exp(-0.5 * x * x) / sqrt(2 * FAB_PI);
+    default: return 1;
+    }
+}
+
+typedef struct mm_case {
+    fab_dtype in, out;
+    int64_t m, n, k;
+    int ta, tb;
+    int nb;                /* batch dims of C: 0, 1 or 2 */
+    int64_t bshape[2];     /* C's batch shape */
+    int a_nb, b_nb;        /* batch dims of A and B (<= nb; fewer broadcast) */
+    int64_t a_bshape[2], b_bshape[2];
+    unsigned a_zero, b_zero; /* stride-0 batch dims (bit j of A's/B's own dims) */
+    int64_t pad;           /* row padding of every matrix */
+    float alpha, beta;
+    int bias;              /* 0 none, 1 C's dtype, 2 f32 */
+    int act;
+    int pre;               /* forward: store pre_act */
+    int bwd;               /* activation_backward */
+    int dbias;             /* 0 none, 1 from C, 2 from A */
+    int algo;
+    int tf32;
+    int align8;            /* pad each matrix's rows to a multiple of 8 elements (tensor-core path) */
+} mm_case;
+
+static int64_t row_pad(const mm_case *cs, int64_t cols)
+{
+    return cs->align8 ? (8 - cols % 8) % 8 : cs->pad;
+}
+
+static double eps_of(fab_dtype out, int tf32)
+{
+    if (out == FAB_DTYPE_BF16)
+        return 1e-2;
+    if (out == FAB_DTYPE_F16)
+        return 2e-3;
+    return tf32 ? 2e-3 : 2e-5;
+}
+
+static void check_bound(const char *what, const double *out, const double *ref, const double *bound, int64_t n,
+                        double eps)
+{
+    double err2 = 0, ref2 = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (isnan(ref[i])) {
+            if (!isnan(out[i]))
+                fail_msg("%s: element %lld was written (%g) but must stay untouched", what, (long long)i, out[i]);
+            continue;
+        }
+        double d = fabs(out[i] - ref[i]);
+        if (!(d <= eps * bound[i] * 1.5 + 1e-30))
+            fail_msg("%s: element %lld: got %.9g, want %.9g (|diff| %.3g > %.3g)", what, (long long)i, out[i],
+                     ref[i], d, eps * bound[i] * 1.5);
+        err2 += d * d;
+        ref2 += ref[i] * ref[i];
+    }
+    (void)err2;
+    (void)ref2;
+}
+
+static void run_case(fab_context *ctx, const mm_case *cs)
+{
+    char what[256];
+    snprintf(what, sizeof what, "matmul %s->%s m=%lld n=%lld k=%lld ta=%d tb=%d nb=%d pad=%lld a=%g b=%g bias=%d act=%d pre=%d bwd=%d dbias=%d algo=%d al8=%d",
+             fab_dtype_name(cs->in), fab_dtype_name(cs->out), (long long)cs->m, (long long)cs->n, (long long)cs->k,
+             cs->ta, cs->tb, cs->nb, (long long)cs->pad, cs->alpha, cs->beta, cs->bias, cs->act, cs->pre, cs->bwd,
+             cs->dbias, cs->algo, cs->align8);
+    fab_test_reseed((uint64_t)(cs->m * 1000003 + cs->n * 1009 + cs->k * 7 + cs->in * 3 + cs->out + cs->ta * 11 +
+                               cs->tb * 13 + cs->act * 17 + cs->bwd * 19 + cs->bias * 23));
+    int64_t sh[4];
+    tmat A, B, C, P, bias, dbias;
+    memset(&P, 0, sizeof P);
+    memset(&bias, 0, sizeof bias);
+    memset(&dbias, 0, sizeof dbias);
+    /* A */
+    for (int j = 0; j < cs->a_nb; j++)
+        sh[j] = cs->a_bshape[j];
+    sh[cs->a_nb] = cs->ta ? cs->k : cs->m;
+    sh[cs->a_nb + 1] = cs->ta ? cs->m : cs->k;
+    tmat_make(ctx, &A, cs->in, cs->a_nb + 2, sh, row_pad(cs, sh[cs->a_nb + 1]), cs->a_zero, 1, -1, 1);
+    for (int j = 0; j < cs->b_nb; j++)
+        sh[j] = cs->b_bshape[j];
+    sh[cs->b_nb] = cs->tb ? cs->n : cs->k;
+    sh[cs->b_nb + 1] = cs->tb ? cs->k : cs->n;
+    tmat_make(ctx, &B, cs->in, cs->b_nb + 2, sh, row_pad(cs, sh[cs->b_nb + 1]), cs->b_zero, 1, -1, 1);
+    for (int j = 0; j < cs->nb; j++)
+        sh[j] = cs->bshape[j];
+    sh[cs->nb] = cs->m;
+    sh[cs->nb + 1] = cs->n;
+    tmat_make(ctx, &C, cs->out, cs->nb + 2, sh, row_pad(cs, cs->n), 0, cs->beta != 0, -1, 1);
+    if (cs->pre || cs->bwd)
+        tmat_make(ctx, &P, cs->out, cs->nb + 2, sh, row_pad(cs, cs->n), 0, cs->bwd, -2, 2);
+    if (cs->bias) {
+        int64_t bn = cs->n;
+        tmat_make(ctx, &bias, cs->bias == 2 ? FAB_DTYPE_F32 : cs->out, 1, &bn, 0, 0, 1, -1, 1);
+    }
+    int64_t dlen = cs->dbias == 2 ? cs->m : cs->n;
+    if (cs->dbias) {
+        fab_dtype ddt = (cs->m & 1) ? FAB_DTYPE_F32 : cs->out;
+        tmat_make(ctx, &dbias, ddt, 1, &dlen, 0, 0, 0, 0, 0);
+    }
+
+    /* reference */
+    double *refc = malloc(sizeof(double) * (size_t)C.storage), *bc = malloc(sizeof(double) * (size_t)C.storage);
+    double *refp = P.storage ? malloc(sizeof(double) * (size_t)P.storage) : NULL;
+    double *refd = calloc((size_t)(dlen > 0 ? dlen : 1), sizeof(double)), *bd = calloc((size_t)(dlen > 0 ? dlen : 1), sizeof(double));
+    assert_true(refc && bc && refd && bd && (!P.storage || refp));
+    for (int64_t i = 0; i < C.storage; i++) {
+        refc[i] = C.host[i]; /* untouched elements keep their value (NaN poison or C0) */
+        bc[i] = 0;
+    }
+    if (refp)
+        for (int64_t i = 0; i < P.storage; i++)
+            refp[i] = P.host[i];
+    double alpha = cs->alpha == 0 ? 1 : cs->alpha;
+    int64_t batch = 1;
+    for (int j = 0; j < cs->nb; j++)
+        batch *= cs->bshape[j];
+    for (int64_t bt = 0; bt < batch; bt++) {
+        int64_t bidx[2] = {0, 0}, r = bt;
+        for (int j = cs->nb - 1; j >= 0; j--) {
+            bidx[j] = r % cs->bshape[j];
+            r /= cs->bshape[j];
+        }
+        int64_t oa = tmat_batch_offset(&A, cs->nb, bidx), ob = tmat_batch_offset(&B, cs->nb, bidx);
+        int64_t oc = tmat_batch_offset(&C, cs->nb, bidx);
+        int64_t lda = A.stride[A.ndim - 2], ldb = B.stride[B.ndim - 2], ldc = C.stride[C.ndim - 2];
+        for (int64_t i = 0; i < cs->m; i++)
+            for (int64_t j = 0; j < cs->n; j++) {
+                double s = 0, sa = 0;
+                for (int64_t p = 0; p < cs->k; p++) {
+                    double x = A.host[oa + (cs->ta ? p * lda + i : i * lda + p)];
+                    double y = B.host[ob + (cs->tb ? j * ldb + p : p * ldb + j)];
+                    s += x * y;
+                    sa += fabs(x * y);
+                }
+                int64_t ci = oc + i * ldc + j;
+                double v = alpha * s, bound = fabs(alpha) * sa;
+                if (cs->beta != 0) {
+                    v += cs->beta * C.host[ci];
+                    bound += fabs(cs->beta * C.host[ci]);
+                }
+                if (cs->bwd) {
+                    double g = act_grad_ref(cs->act, P.host[ci]);
+                    v *= g;
+                    bound *= fabs(g) > 1 ? fabs(g) : 1;
+                } else {
+                    if (cs->bias) {
+                        v += bias.host[j];
+                        bound += fabs(bias.host[j]);
+                    }
+                    if (cs->pre)
+                        refp[ci] = v;
+                    v = act_ref(cs->act, v);
+                    bound *= 1.2;
+                }
+                refc[ci] = v;
+                bc[ci] = bound + fabs(v);
+                if (cs->dbias == 1) {
+                    refd[j] += v;
+                    bd[j] += bc[ci];
+                }
+            }
+        if (cs->dbias == 2)
+            for (int64_t i = 0; i < cs->m; i++)
+                for (int64_t p = 0; p < cs->k; p++) {
+                    double x = A.host[oa + (cs->ta ? p * lda + i : i * lda + p)];
+                    refd[i] += x;
+                    bd[i] += fabs(x);
+                }
+    }
+
+    fab_matmul_params p;
+    memset(&p, 0, sizeof p);
+    p.a = tmat_tensor(&A);
+    p.b = tmat_tensor(&B);
+    p.c = tmat_tensor(&C);
+    p.trans_a = cs->ta ? FAB_OP_T : FAB_OP_N;
+    p.trans_b = cs->tb ? FAB_OP_T : FAB_OP_N;
+    p.alpha = cs->alpha;
+    p.beta = cs->beta;
+    if (cs->bias)
+        p.bias = tmat_tensor(&bias);
+    p.activation = (fab_matmul_activation)cs->act;
+    if (P.dev)
+        p.pre_act = tmat_tensor(&P);
+    p.activation_backward = cs->bwd;
+    if (cs->dbias) {
+        p.dbias = tmat_tensor(&dbias);
+        p.dbias_from = cs->dbias == 2 ? FAB_MATMUL_DBIAS_FROM_A : FAB_MATMUL_DBIAS_FROM_C;
+    }
+    p.algo = (fab_matmul_algo)cs->algo;
+    p.precision = cs->tf32 ? FAB_MATMUL_TF32 : FAB_MATMUL_EXACT;
+    fab_status s = fab_matmul(ctx, &p);
+    if (s != FAB_OK)
+        fail_msg("%s: fab_matmul: %s: %s", what, fab_status_name(s), fab_last_error());
+
+    double *out = malloc(sizeof(double) * (size_t)C.storage);
+    assert_non_null(out);
+    fab_test_download(ctx, cs->out, C.dev, C.storage, out);
+    double eps = eps_of(cs->out, cs->tf32);
+    for (int64_t i = 0; i < C.storage; i++)
+        if (!isnan(refc[i]) && bc[i] == 0) /* elements outside the view: must be unchanged */
+            bc[i] = fabs(refc[i]) * 1e-30;
+    check_bound(what, out, refc, bc, C.storage, eps);
+    if (cs->pre) {
+        double *outp = malloc(sizeof(double) * (size_t)P.storage);
+        assert_non_null(outp);
+        fab_test_download(ctx, cs->out, P.dev, P.storage, outp);
+        char w2[300];
+        snprintf(w2, sizeof w2, "%s: pre_act", what);
+        check_bound(w2, outp, refp, bc, P.storage, eps);
+        free(outp);
+    }
+    if (cs->dbias) {
+        double *outd = malloc(sizeof(double) * (size_t)dlen);
+        assert_non_null(outd);
+        fab_test_download(ctx, dbias.dt, dbias.dev, dlen, outd);
+        char w2[300];
+        snprintf(w2, sizeof w2, "%s: dbias", what);
+        double e = dbias.dt == FAB_DTYPE_F32 ? eps : eps_of(dbias.dt, 0);
+        if (cs->dbias == 1 && e < eps)
+            e = eps;
+        for (int64_t i = 0; i < dlen; i++)
+            bd[i] += 1e-30;
+        check_bound(w2, outd, refd, bd, dlen, e > 2e-5 ? e : 2e-5);
+        free(outd);
+    }
+    free(out);
+    free(refc);
+    free(bc);
+    free(refp);
+    free(refd);
+    free(bd);
+    tmat_free(ctx, &A);
+    tmat_free(ctx, &B);
+    tmat_free(ctx, &C);
+    tmat_free(ctx, &P);
+    tmat_free(ctx, &bias);
+    tmat_free(ctx, &dbias);
+}
+
+static mm_case plain(fab_dtype in, fab_dtype out, int64_t m, int64_t n, int64_t k, int ta, int tb)
+{
+    mm_case c;
+    memset(&c, 0, sizeof c);
+    c.in = in;
+    c.out = out;
+    c.m = m;
+    c.n = n;
+    c.k = k;
+    c.ta = ta;
+    c.tb = tb;
+    return c;
+}
+
+static const fab_dtype pairs[][2] = {
+    {FAB_DTYPE_F32, FAB_DTYPE_F32},   {FAB_DTYPE_F16, FAB_DTYPE_F16}, {FAB_DTYPE_F16, FAB_DTYPE_F32},
+    {FAB_DTYPE_BF16, FAB_DTYPE_BF16}, {FAB_DTYPE_BF16, FAB_DTYPE_F32},
+};
+#define NPAIRS 5
+
+/* Every dtype pair, both transposes, odd sizes (1, 7, 127, 129, 1000 in one
+ * dimension at a time), more than one k slice, fabriek's kernel and the oracle. */
+static void test_values(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    static const int64_t cpu_sizes[][3] = {{1, 1, 1},      {7, 7, 7},       {127, 129, 7},  {129, 127, 300},
+                                           {1000, 7, 129}, {7, 1000, 127},  {33, 65, 1000}, {300, 260, 520},
+                                           {1, 129, 127},  {127, 1, 129}};
+    static const int64_t emu_sizes[][3] = {{1, 1, 1}, {7, 7, 7}, {127, 129, 7}, {65, 33, 129}, {16, 24, 1000}};
+    const int64_t(*sizes)[3] = on_cuda() ? emu_sizes : cpu_sizes;
+    int nsizes = on_cuda() ? 5 : 10;
+    for (int pi = 0; pi < NPAIRS; pi++)
+        for (int si = 0; si < nsizes; si++) {
+            int t = (si + pi) & 3;
+            mm_case c = plain(pairs[pi][0], pairs[pi][1], sizes[si][0], sizes[si][1], sizes[si][2], t & 1, t >> 1);
+            run_case(ctx, &c);
+            if (si < 4) { /* the other transposes on the smaller sizes */
+                c.ta = !c.ta;
+                c.tb = !c.tb;
+                run_case(ctx, &c);
+            }
+        }
+    /* the oracle itself, and forced NATIVE */
+    mm_case c = plain(FAB_DTYPE_BF16, FAB_DTYPE_F32, 65, 47, 129, 1, 0);
+    c.algo = FAB_MATMUL_ALGO_REFERENCE;
+    run_case(ctx, &c);
+    c.algo = FAB_MATMUL_ALGO_NATIVE;
+    run_case(ctx, &c);
+    /* k = 0: C = beta·C + bias */
+    c = plain(FAB_DTYPE_F32, FAB_DTYPE_F32, 5, 9, 0, 0, 0);
+    c.beta = 0.5f;
+    c.bias = 1;
+    run_case(ctx, &c);
+    fab_context_destroy(ctx);
+}
+
+/* bf16/f16 with every row stride a multiple of 8 elements: on CUDA this is the
+ * tensor-core kernel (cp.async needs whole 16-byte chunks), so its predicated
+ * edges in m, n and k, both transposes, both tile configurations (a 128x128 grid
+ * on an emulated GPU of few SMs), batches and epilogues are covered. */
+static void test_tensor_core_shapes(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    static const int64_t sizes[][3] = {{1, 1, 1},     {7, 7, 7},      {16, 8, 32},   {127, 129, 7},
+                                       {129, 127, 65}, {33, 1000, 40}, {1000, 17, 24}, {64, 72, 1000},
+                                       {256, 256, 96}};
+    const int ns = on_cuda() ? 9 : 5;
+    for (int si = 0; si < ns; si++)
+        for (int t = 0; t < 4; t++) {
+            if (si >= 5 && t != (si & 3))
+                continue;
+            fab_dtype in = (si + t) & 1 ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
+            mm_case c = plain(in, t & 2 ? FAB_DTYPE_F32 : in, sizes[si][0], sizes[si][1], sizes[si][2], t & 1, t >> 1);
+            c.align8 = 1;
+            c.algo = FAB_MATMUL_ALGO_NATIVE;
+            if (si == 4) {
+                c.act = t == 0 ? FAB_MATMUL_ACT_GELU_ERF : FAB_MATMUL_ACT_GELU_TANH;
+                c.bias = 1 + (t & 1);
+                c.pre = t != 3;
+                c.beta = t == 2 ? 0.5f : 0.0f;
+                c.dbias = t == 1 ? 1 : 0;
+            }
+            run_case(ctx, &c);
+        }
+    mm_case b = plain(FAB_DTYPE_BF16, FAB_DTYPE_BF16, 67, 45, 129, 0, 1);
+    b.align8 = 1;
+    b.act = FAB_MATMUL_ACT_GELU_TANH;
+    b.bwd = 1;
+    b.dbias = 1;
+    run_case(ctx, &b);
+    /* 33 x 4 blocks of 128x128 >= the SM count of an emulated H100 (132): the
+     * large tile configuration, with edges in m, n and k */
+    for (int t = 0; t < 4; t++) {
+        fab_dtype in = t & 1 ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
+        mm_case big = plain(in, t & 2 ? FAB_DTYPE_F32 : in, 129, 131, 40 + t, t & 1, t >> 1);
+        big.align8 = 1;
+        big.nb = 1;
+        big.bshape[0] = 33;
+        big.a_nb = big.b_nb = 1;
+        big.a_bshape[0] = big.b_bshape[0] = 33;
+        big.act = t == 3 ? FAB_MATMUL_ACT_RELU : 0;
+        big.bias = t == 3;
+        run_case(ctx, &big);
+    }
+    mm_case bt = plain(FAB_DTYPE_F16, FAB_DTYPE_F32, 33, 40, 70, 1, 0);
+    bt.align8 = 1;
+    bt.nb = 1;
+    bt.bshape[0] = 3;
+    bt.a_nb = 1;
+    bt.a_bshape[0] = 3;
+    run_case(ctx, &bt);
+    fab_context_destroy(ctx);
+}
+
+/* TF32 on f32 inputs: CUDA may round inputs, the CPU computes exactly. */
+static void test_tf32(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    mm_case c = plain(FAB_DTYPE_F32, FAB_DTYPE_F32, 67, 45, 129, 0, 1);
+    c.tf32 = 1;
+    run_case(ctx, &c);
+    fab_context_destroy(ctx);
+}
+
+/* Every epilogue: alpha, beta, bias (C's dtype and f32), each activation with and
+ * without pre_act, the activation backward, both dbias sources. */
+static void test_epilogues(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    const fab_dtype outs[][2] = {{FAB_DTYPE_F32, FAB_DTYPE_F32}, {FAB_DTYPE_BF16, FAB_DTYPE_BF16}, {FAB_DTYPE_F16, FAB_DTYPE_F32}};
+    int64_t m = on_cuda() ? 37 : 131, n = on_cuda() ? 41 : 93, k = on_cuda() ? 70 : 300;
+    for (int d = 0; d < 3; d++)
+        for (int act = 0; act <= 3; act++) {
+            mm_case c = plain(outs[d][0], outs[d][1], m, n, k, act & 1, (act >> 1) ^ (d & 1));
+            c.act = act;
+            c.bias = 1 + (act & 1);
+            c.pre = act != 0;
+            c.alpha = 0.75f;
+            run_case(ctx, &c);
+            c.beta = act == 2 ? 1.0f : -0.5f;
+            c.pre = 0;
+            c.dbias = 1;
+            run_case(ctx, &c);
+            if (act != 0) {
+                mm_case b = plain(outs[d][0], outs[d][1], m, n, k, 0, 1);
+                b.act = act;
+                b.bwd = 1;
+                b.dbias = 1;
+                run_case(ctx, &b);
+            }
+        }
+    mm_case c = plain(FAB_DTYPE_BF16, FAB_DTYPE_BF16, m, n, k, 1, 0);
+    c.dbias = 2;
+    run_case(ctx, &c);
+    c.in = c.out = FAB_DTYPE_F32;
+    c.ta = 0;
+    run_case(ctx, &c);
+    fab_context_destroy(ctx);
+}
+
+/* Batched: C [2, 3, m, n]; A [3, m, k] broadcast over the first dim; B [2, 1, k, n]
+ * broadcast over the second; stride-0 batch dims; padded rows everywhere. */
+static void test_batched_strided(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    for (int v = 0; v < 4; v++) {
+        mm_case c = plain(v & 1 ? FAB_DTYPE_BF16 : FAB_DTYPE_F32, FAB_DTYPE_F32, 29 + v, 37, 45 + 40 * v, v & 1, v >> 1);
+        c.nb = 2;
+        c.bshape[0] = 2;
+        c.bshape[1] = 3;
+        c.pad = 3 + v;
+        c.a_nb = 1;
+        c.a_bshape[0] = 3;
+        c.b_nb = 2;
+        c.b_bshape[0] = 2;
+        c.b_bshape[1] = v == 3 ? 3 : 1;
+        c.b_zero = v == 3 ? 2u : 0u; /* B's second dim: size 3, stride 0 */
+        c.beta = v == 2 ? 1.0f : 0.0f;
+        c.act = v == 1 ? FAB_MATMUL_ACT_GELU_TANH : 0;
+        c.pre = v == 1;
+        c.bias = v == 1 ? 2 : 0;
+        c.dbias = v == 2 ? 1 : v == 3 ? 2 : 0;
+        run_case(ctx, &c);
+    }
+    fab_context_destroy(ctx);
+}
+
+/* ------------------------------------------------------------ gradient check */
+
+/* A 2-layer MLP, L = sum(G ⊙ act(x·W1 + b1)·W2), W1 [k, h], W2 as torch stores
+ * it, [n, h]. Its backward runs through fab_matmul only:
+ *   dH   = G·W2                (A = G, B = W2)
+ *   dPre = dH ⊙ act'(pre), db1 = column sums (activation_backward, dbias from C)
+ *   dW1  = xᵀ·dPre             (trans_a)
+ *   dx   = dPre·W1ᵀ            (trans_b)
+ *   dW2  = Gᵀ·H, as [n, h]     (trans_a), db2 from A = column sums of G
+ * and each is checked against central finite differences of L in float64. */
+enum { GM = 7, GK = 5, GH = 9, GN = 6 };
+
+static double mlp_loss(const double *x, const double *w1, const double *b1, const double *w2, const double *b2,
+                       const double *g, int act)
+{
+    double L = 0;
+    for (int i = 0; i < GM; i++) {
+        double h[GH];
+        for (int q = 0; q < GH; q++) {
+            double s = b1[q];
+            for (int p = 0; p < GK; p++)
+                s += x[i * GK + p] * w1[p * GH + q];
+            h[q] = act_ref(act, s);
+        }
+        for (int j = 0; j < GN; j++) {
+            double s = b2[j];
+            for (int q = 0; q < GH; q++)
+                s += h[q] * w2[j * GH + q];
+            L += g[i * GN + j] * s;
+        }
+    }
+    return L;
+}
+
+static void *dev_f32(fab_context *ctx, const double *v, int64_t n)
+{
+    return fab_test_upload(ctx, FAB_DTYPE_F32, v, n, NULL);
+}
+
+static fab_tensor t2(void *data, int64_t r, int64_t c)
+{
+    fab_tensor t;
+    int64_t sh[2] = {r, c};
+    assert_int_equal(fab_tensor_make(data, FAB_DTYPE_F32, 2, sh, &t), FAB_OK);
+    return t;
+}
+
+static fab_tensor t1(void *data, int64_t n)
+{
+    fab_tensor t;
+    assert_int_equal(fab_tensor_make(data, FAB_DTYPE_F32, 1, &n, &t), FAB_OK);
+    return t;
+}
+
+static void mm_ok(fab_context *ctx, const fab_matmul_params *p, const char *what)
+{
+    fab_status s = fab_matmul(ctx, p);
+    if (s != FAB_OK)
+        fail_msg("%s: %s", what, fab_last_error());
+}
+
+static void gradcheck_param(const char *what, double *param, int64_t n, const double *analytic, double *x,
+                            double *w1, double *b1, double *w2, double *b2, const double *g, int act)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double keep = param[i], h = 1e-5;
+        param[i] = keep + h;
+        double lp = mlp_loss(x, w1, b1, w2, b2, g, act);
+        param[i] = keep - h;
+        double lm = mlp_loss(x, w1, b1, w2, b2, g, act);
+        param[i] = keep;
+        double fd = (lp - lm) / (2 * h);
+        if (!(fabs(analytic[i] - fd) <= 1e-4 * (1 + fabs(fd))))
+            fail_msg("gradcheck %s act=%d: element %lld: fab_matmul gives %.8g, finite differences %.8g", what, act,
+                     (long long)i, analytic[i], fd);
+    }
+}
+
+static void test_gradcheck(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    for (int act = FAB_MATMUL_ACT_GELU_TANH; act <= FAB_MATMUL_ACT_GELU_ERF; act++) {
+        double x[GM * GK], w1[GK * GH], b1[GH], w2[GN * GH], b2[GN], g[GM * GN];
+        fab_test_reseed(500 + (uint64_t)act);
+        fab_test_fill_uniform(x, GM * GK, -1, 1);
+        fab_test_fill_uniform(w1, GK * GH, -1, 1);
+        fab_test_fill_uniform(b1, GH, -1, 1);
+        fab_test_fill_uniform(w2, GN * GH, -1, 1);
+        fab_test_fill_uniform(b2, GN, -1, 1);
+        fab_test_fill_uniform(g, GM * GN, -1, 1);
+        /* round to f32 so the library and the float64 loss see the same inputs */
+        double *all[] = {x, w1, b1, w2, b2, g};
+        int lens[] = {GM * GK, GK * GH, GH, GN * GH, GN, GM * GN};
+        for (int a = 0; a < 6; a++)
+            for (int i = 0; i < lens[a]; i++)
+                all[a][i] = (float)all[a][i];
+        void *dx = dev_f32(ctx, x, GM * GK), *dw1 = dev_f32(ctx, w1, GK * GH), *db1 = dev_f32(ctx, b1, GH);
+        void *dw2 = dev_f32(ctx, w2, GN * GH), *dg = dev_f32(ctx, g, GM * GN);
+        void *pre = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, GM * GH), *hh = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, GM * GH);
+        void *dpre = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, GM * GH), *gb1 = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, GH);
+        void *gw1 = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, GK * GH), *gx = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, GM * GK);
+        void *gw2 = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, GN * GH), *gb2 = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, GN);
+        fab_matmul_params p;
+        /* forward: H = act(x·W1 + b1), pre saved */
+        memset(&p, 0, sizeof p);
+        p.a = t2(dx, GM, GK);
+        p.b = t2(dw1, GK, GH);
+        p.c = t2(hh, GM, GH);
+        p.bias = t1(db1, GH);
+        p.activation = (fab_matmul_activation)act;
+        p.pre_act = t2(pre, GM, GH);
+        mm_ok(ctx, &p, "forward");
+        /* dPre = (G·W2) ⊙ act'(pre), db1 */
+        memset(&p, 0, sizeof p);
+        p.a = t2(dg, GM, GN);
+        p.b = t2(dw2, GN, GH);
+        p.c = t2(dpre, GM, GH);
+        p.activation = (fab_matmul_activation)act;
+        p.activation_backward = 1;
+        p.pre_act = t2(pre, GM, GH);
+        p.dbias = t1(gb1, GH);
+        mm_ok(ctx, &p, "dgelu + bgrad");
+        /* dW1 = xᵀ·dPre */
+        memset(&p, 0, sizeof p);
+        p.a = t2(dx, GM, GK);
+        p.trans_a = FAB_OP_T;
+        p.b = t2(dpre, GM, GH);
+        p.c = t2(gw1, GK, GH);
+        mm_ok(ctx, &p, "dW1");
+        /* dx = dPre·W1ᵀ */
+        memset(&p, 0, sizeof p);
+        p.a = t2(dpre, GM, GH);
+        p.b = t2(dw1, GK, GH);
+        p.trans_b = FAB_OP_T;
+        p.c = t2(gx, GM, GK);
+        mm_ok(ctx, &p, "dx");
+        /* dW2 [n, h] = Gᵀ·H, db2 = sums of Gᵀ over k (the rows of G) */
+        memset(&p, 0, sizeof p);
+        p.a = t2(dg, GM, GN);
+        p.trans_a = FAB_OP_T;
+        p.b = t2(hh, GM, GH);
+        p.c = t2(gw2, GN, GH);
+        p.dbias = t1(gb2, GN);
+        p.dbias_from = FAB_MATMUL_DBIAS_FROM_A;
+        mm_ok(ctx, &p, "dW2 + bgrad from A");
+
+        double a_x[GM * GK], a_w1[GK * GH], a_b1[GH], a_w2[GN * GH], a_b2[GN];
+        fab_test_download(ctx, FAB_DTYPE_F32, gx, GM * GK, a_x);
+        fab_test_download(ctx, FAB_DTYPE_F32, gw1, GK * GH, a_w1);
+        fab_test_download(ctx, FAB_DTYPE_F32, gb1, GH, a_b1);
+        fab_test_download(ctx, FAB_DTYPE_F32, gw2, GN * GH, a_w2);
+        fab_test_download(ctx, FAB_DTYPE_F32, gb2, GN, a_b2);
+        gradcheck_param("dx", x, GM * GK, a_x, x, w1, b1, w2, b2, g, act);
+        gradcheck_param("dW1", w1, GK * GH, a_w1, x, w1, b1, w2, b2, g, act);
+        gradcheck_param("db1 (fused bgrad)", b1, GH, a_b1, x, w1, b1, w2, b2, g, act);
+        gradcheck_param("dW2", w2, GN * GH, a_w2, x, w1, b1, w2, b2, g, act);
+        gradcheck_param("db2 (bgrad from A)", b2, GN, a_b2, x, w1, b1, w2, b2, g, act);
+        void *bufs[] = {dx, dw1, db1, dw2, dg, pre, hh, dpre, gb1, gw1, gx, gw2, gb2};
+        for (int i = 0; i < 13; i++)
+            fab_test_free(ctx, bufs[i]);
+    }
+    fab_context_destroy(ctx);
+}
+
+/* ------------------------------------------------------------ bias gradient */
+
+static void test_bias_grad(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    for (int d = 0; d < 3; d++) {
+        fab_dtype dt = d == 0 ? FAB_DTYPE_F32 : d == 1 ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
+        int64_t shape[3] = {3, 129, 70};
+        tmat dy, db;
+        tmat_make(ctx, &dy, dt, 3, shape, 5, 0, 1, -1, 1);
+        int64_t n = 70;
+        tmat_make(ctx, &db, d == 2 ? FAB_DTYPE_BF16 : FAB_DTYPE_F32, 1, &n, 0, 0, 0, 0, 0);
+        fab_matmul_bias_grad_params p;
+        memset(&p, 0, sizeof p);
+        p.dy = tmat_tensor(&dy);
+        p.dbias = tmat_tensor(&db);
+        assert_int_equal(fab_matmul_bias_grad(ctx, &p), FAB_OK);
+        double ref[70], bound[70], out[70];
+        for (int64_t j = 0; j < n; j++) {
+            ref[j] = bound[j] = 0;
+            for (int64_t b = 0; b < 3; b++)
+                for (int64_t i = 0; i < 129; i++) {
+                    double v = dy.host[b * dy.stride[0] + i * dy.stride[1] + j];
+                    ref[j] += v;
+                    bound[j] += fabs(v);
+                }
+        }
+        fab_test_download(ctx, db.dt, db.dev, n, out);
+        check_bound("fab_matmul_bias_grad", out, ref, bound, n, eps_of(db.dt, 0));
+        tmat_free(ctx, &dy);
+        tmat_free(ctx, &db);
+    }
+    fab_context_destroy(ctx);
+}
+
+/* ------------------------------------------------------------- determinism */
+
+static void test_deterministic(void **state)
+{
+    (void)state;
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.deterministic = 1;
+    fab_context *ctx = fab_test_context_with(&cfg);
+    int64_t m = on_cuda() ? 67 : 257, n = on_cuda() ? 45 : 300, k = on_cuda() ? 200 : 1000;
+    double *av = malloc(sizeof(double) * (size_t)(m * k)), *bv = malloc(sizeof(double) * (size_t)(k * n));
+    assert_true(av && bv);
+    fab_test_fill_uniform(av, m * k, -1, 1);
+    fab_test_fill_uniform(bv, k * n, -1, 1);
+    for (int d = 0; d < 2; d++) {
+        fab_dtype dt = d ? FAB_DTYPE_BF16 : FAB_DTYPE_F32;
+        void *da = fab_test_upload(ctx, dt, av, m * k, NULL), *db = fab_test_upload(ctx, dt, bv, k * n, NULL);
+        void *c1 = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, m * n), *c2 = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, m * n);
+        void *g1 = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, n), *g2 = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, n);
+        fab_matmul_params p;
+        memset(&p, 0, sizeof p);
+        int64_t sa[2] = {m, k}, sb[2] = {k, n}, sc[2] = {m, n};
+        fab_tensor_make(da, dt, 2, sa, &p.a);
+        fab_tensor_make(db, dt, 2, sb, &p.b);
+        fab_tensor_make(c1, FAB_DTYPE_F32, 2, sc, &p.c);
+        fab_tensor_make(g1, FAB_DTYPE_F32, 1, &n, &p.dbias);
+        p.activation = FAB_MATMUL_ACT_GELU_TANH;
+        mm_ok(ctx, &p, "deterministic run 1");
+        p.c.data = c2;
+        p.dbias.data = g2;
+        mm_ok(ctx, &p, "deterministic run 2");
+        size_t bytes = (size_t)(m * n) * 4;
+        unsigned char *h1 = malloc(bytes), *h2 = malloc(bytes);
+        assert_true(h1 && h2);
+        fab_test_download_bytes(ctx, c1, bytes, h1);
+        fab_test_download_bytes(ctx, c2, bytes, h2);
+        assert_memory_equal(h1, h2, bytes);
+        fab_test_download_bytes(ctx, g1, (size_t)n * 4, h1);
+        fab_test_download_bytes(ctx, g2, (size_t)n * 4, h2);
+        assert_memory_equal(h1, h2, (size_t)n * 4);
+        free(h1);
+        free(h2);
+        void *bufs[] = {da, db, c1, c2, g1, g2};
+        for (int i = 0; i < 6; i++)
+            fab_test_free(ctx, bufs[i]);
+    }
+    free(av);
+    free(bv);
+    fab_context_destroy(ctx);
+}
+
+/* ----------------------------------------------------------- bad arguments */
+
+static void test_bad_arguments(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    enum { M = 8, K = 16, N = 12 };
+    double v[M * K + K * N + 64];
+    fab_test_fill_uniform(v, M * K + K * N + 64, -1, 1);
+    void *da = fab_test_upload(ctx, FAB_DTYPE_F32, v, M * K, NULL);
+    void *db = fab_test_upload(ctx, FAB_DTYPE_F32, v + M * K, K * N, NULL);
+    void *dbias = fab_test_upload(ctx, FAB_DTYPE_F32, v, 64, NULL);
+    void *dc = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, 4 * M * N);
+    void *dp = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, M * N);
+    void *dg = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, 64);
+    static unsigned char before[4 * M * N * 4], after[4 * M * N * 4], gb[256], ga[256], pb[M * N * 4], pa[M * N * 4];
+    fab_test_download_bytes(ctx, dc, sizeof before, before);
+    fab_test_download_bytes(ctx, dg, sizeof gb, gb);
+    fab_test_download_bytes(ctx, dp, sizeof pb, pb);
+
+    fab_matmul_params good;
+    memset(&good, 0, sizeof good);
+    int64_t sa[2] = {M, K}, sb[2] = {K, N}, sc[2] = {M, N};
+    assert_int_equal(fab_tensor_make(da, FAB_DTYPE_F32, 2, sa, &good.a), FAB_OK);
+    assert_int_equal(fab_tensor_make(db, FAB_DTYPE_F32, 2, sb, &good.b), FAB_OK);
+    assert_int_equal(fab_tensor_make(dc, FAB_DTYPE_F32, 2, sc, &good.c), FAB_OK);
+    fab_matmul_params p;
+    fab_tensor bias1, pre, dbv;
+    int64_t nn = N, mm = M;
+    assert_int_equal(fab_tensor_make(dbias, FAB_DTYPE_F32, 1, &nn, &bias1), FAB_OK);
+    assert_int_equal(fab_tensor_make(dp, FAB_DTYPE_F32, 2, sc, &pre), FAB_OK);
+    assert_int_equal(fab_tensor_make(dg, FAB_DTYPE_F32, 1, &nn, &dbv), FAB_OK);
+
+#define EXPECT(mutation, status, needle)                             \
+    do {                                                             \
+        p = good;                                                    \
+        mutation;                                                    \
+        fab_test_expect_error(fab_matmul(ctx, &p), status, needle);  \
+    } while (0)
+
+    fab_test_expect_error(fab_matmul(NULL, &good), INVALID, "ctx is NULL");
+    fab_test_expect_error(fab_matmul(ctx, NULL), INVALID, "params pointer is NULL");
+    /* shapes */
+    EXPECT(p.b.shape[0] = 15, INVALID, "b.shape[0]=15 must equal a.shape[1]=16");
+    EXPECT(p.trans_b = FAB_OP_T, INVALID, "b.shape[1]=12 must equal a.shape[1]=16");
+    EXPECT(p.c.shape[0] = 7, INVALID, "c.shape[0]=7 must equal a.shape[0]=8");
+    EXPECT((p.c.shape[1] = 11, p.c.stride[0] = 11), INVALID, "c.shape[1]=11 must equal b.shape[1]=12");
+    EXPECT(p.a.ndim = 1, INVALID, "a.ndim=1 must be >= 2");
+    EXPECT(p.c.ndim = 9, INVALID, "c.ndim=9");
+    EXPECT((p.a.ndim = 3, p.a.shape[0] = 2, p.a.shape[1] = M, p.a.shape[2] = K, p.a.stride[0] = M * K,
+            p.a.stride[1] = K, p.a.stride[2] = 1),
+           INVALID, "a.ndim=3 must be <= c.ndim=2");
+    /* strides */
+    EXPECT(p.a.stride[1] = 2, INVALID, "a.stride[1]=2 must be 1");
+    EXPECT(p.b.stride[0] = 11, INVALID, "b.stride[0]=11 must be >= b.shape[1]=12");
+    EXPECT(p.c.stride[0] = -1, INVALID, "c.stride[0]=-1");
+    EXPECT((p.c.ndim = 3, p.c.shape[0] = 2, p.c.shape[1] = M, p.c.shape[2] = N, p.c.stride[0] = 0, p.c.stride[1] = N,
+            p.c.stride[2] = 1),
+           INVALID, "c.stride[0]=0 makes elements of c overlap");
+    /* dtypes */
+    EXPECT(p.b.dtype = FAB_DTYPE_BF16, UNSUPPORTED, "b.dtype=bf16 with a.dtype=f32 is not supported");
+    EXPECT((p.a.dtype = FAB_DTYPE_I32, p.b.dtype = FAB_DTYPE_I32), UNSUPPORTED, "a.dtype=i32 is not supported");
+    EXPECT((p.a.dtype = FAB_DTYPE_F8_E4M3, p.b.dtype = FAB_DTYPE_F8_E4M3), UNSUPPORTED, "a.dtype=f8_e4m3 is not supported");
+    EXPECT(p.c.dtype = FAB_DTYPE_BF16, UNSUPPORTED, "c.dtype=bf16 with a.dtype=f32 is not supported");
+    EXPECT(p.a.dtype = (fab_dtype)99, INVALID, "a.dtype=99");
+    /* enums */
+    EXPECT(p.trans_a = (fab_matmul_op)2, INVALID, "p.trans_a=2");
+    EXPECT(p.trans_b = (fab_matmul_op)-1, INVALID, "p.trans_b=-1");
+    EXPECT(p.activation = (fab_matmul_activation)4, INVALID, "p.activation=4");
+    EXPECT(p.algo = (fab_matmul_algo)7, INVALID, "p.algo=7");
+    EXPECT(p.precision = (fab_matmul_precision)3, INVALID, "p.precision=3");
+    EXPECT(p.dbias_from = (fab_matmul_dbias_from)2, INVALID, "p.dbias_from=2");
+    EXPECT(p.alpha = NAN, INVALID, "p.alpha and p.beta must not be NaN");
+    EXPECT(p.activation_backward = 1, INVALID, "p.activation_backward needs p.activation");
+    /* bias */
+    EXPECT((p.bias = bias1, p.bias.shape[0] = N - 1), INVALID, "bias.shape[0]=11 must equal n=12");
+    EXPECT((p.bias = bias1, p.bias.stride[0] = 2), INVALID, "bias.stride[0]=2 must be 1");
+    EXPECT((p.bias = bias1, p.bias.dtype = FAB_DTYPE_F16), UNSUPPORTED, "bias.dtype=f16 is not supported");
+    EXPECT((p.bias = bias1, p.bias.ndim = 2, p.bias.shape[0] = 1, p.bias.shape[1] = N, p.bias.stride[1] = 1), INVALID, "bias.ndim=2 must be 1");
+    EXPECT((p.bias = bias1, p.bias.data = NULL), INVALID, "bias.data is NULL");
+    EXPECT((p.bias = bias1, p.activation = FAB_MATMUL_ACT_RELU, p.activation_backward = 1, p.pre_act = pre), INVALID,
+           "p.bias must be absent with p.activation_backward");
+    /* pre_act */
+    EXPECT(p.pre_act = pre, INVALID, "p.pre_act is given but p.activation is FAB_MATMUL_ACT_NONE");
+    EXPECT((p.activation = FAB_MATMUL_ACT_GELU_ERF, p.activation_backward = 1), INVALID, "p.pre_act is required");
+    EXPECT((p.activation = FAB_MATMUL_ACT_RELU, p.pre_act = pre, p.pre_act.shape[1] = N - 1), INVALID,
+           "pre_act.shape[1]=11 must equal c.shape[1]=12");
+    EXPECT((p.activation = FAB_MATMUL_ACT_RELU, p.pre_act = pre, p.pre_act.dtype = FAB_DTYPE_BF16), INVALID,
+           "pre_act.dtype=bf16 must equal c.dtype=f32");
+    /* dbias */
+    EXPECT((p.dbias = dbv, p.dbias.shape[0] = M), INVALID, "dbias.shape[0]=8 must equal n (dbias_from C)=12");
+    EXPECT((p.dbias = dbv, p.dbias_from = FAB_MATMUL_DBIAS_FROM_A), INVALID, "dbias.shape[0]=12 must equal m (dbias_from A)=8");
+    /* aliasing */
+    EXPECT(p.c.data = da, INVALID, "c overlaps a");
+    EXPECT(p.c.data = (float *)db + 5, INVALID, "c overlaps b");
+    EXPECT((p.bias = bias1, p.bias.data = (float *)dc + 3), INVALID, "c overlaps bias");
+    EXPECT((p.activation = FAB_MATMUL_ACT_RELU, p.pre_act = pre, p.pre_act.data = (float *)dc + 1), INVALID, "c overlaps pre_act");
+    EXPECT((p.activation = FAB_MATMUL_ACT_RELU, p.pre_act = pre, p.pre_act.data = db), INVALID, "pre_act overlaps b");
+    EXPECT((p.dbias = dbv, p.dbias.data = (float *)dc + 2), INVALID, "dbias overlaps c");
+    EXPECT((p.dbias = dbv, p.dbias.data = dp, p.activation = FAB_MATMUL_ACT_RELU, p.pre_act = pre), INVALID, "dbias overlaps pre_act");
+    /* NULLs and alignment */
+    EXPECT(p.a.data = NULL, INVALID, "a.data is NULL");
+    EXPECT(p.c.data = NULL, INVALID, "c.data is NULL");
+    EXPECT(p.b.data = (char *)db + 2, INVALID, "b.data");
+    /* backend */
+    if (!on_cuda())
+        EXPECT(p.algo = FAB_MATMUL_ALGO_CUBLASLT, UNSUPPORTED, "FAB_MATMUL_ALGO_CUBLASLT needs a CUDA context");
+    else {
+        static float host_buf[M * K];
+        EXPECT(p.a.data = host_buf, INVALID, "a.data");
+    }
+#undef EXPECT
+
+    fab_matmul_bias_grad_params bg, q;
+    memset(&bg, 0, sizeof bg);
+    bg.dy = good.c;
+    bg.dy.data = db; /* any readable [M, N] f32 */
+    bg.dbias = dbv;
+    fab_test_expect_error(fab_matmul_bias_grad(NULL, &bg), INVALID, "ctx is NULL");
+    fab_test_expect_error(fab_matmul_bias_grad(ctx, NULL), INVALID, "params pointer is NULL");
+    q = bg;
+    q.dbias.shape[0] = N + 1;
+    fab_test_expect_error(fab_matmul_bias_grad(ctx, &q), INVALID, "dbias.shape[0]=13 must equal dy's last dim=12");
+    q = bg;
+    q.dy.stride[1] = 3;
+    fab_test_expect_error(fab_matmul_bias_grad(ctx, &q), INVALID, "dy.stride[1]=3 must be 1");
+    q = bg;
+    q.dy.dtype = FAB_DTYPE_I64;
+    fab_test_expect_error(fab_matmul_bias_grad(ctx, &q), UNSUPPORTED, "dy.dtype=i64 is not supported");
+    q = bg;
+    q.dbias.data = (float *)db + 4;
+    fab_test_expect_error(fab_matmul_bias_grad(ctx, &q), INVALID, "dbias overlaps dy");
+    q = bg;
+    q.dbias.dtype = FAB_DTYPE_F16;
+    fab_test_expect_error(fab_matmul_bias_grad(ctx, &q), UNSUPPORTED, "dbias.dtype=f16 is not supported");
+
+    /* nothing written by any rejected call */
+    fab_test_download_bytes(ctx, dc, sizeof after, after);
+    assert_memory_equal(before, after, sizeof before);
+    fab_test_download_bytes(ctx, dg, sizeof ga, ga);
+    assert_memory_equal(gb, ga, sizeof gb);
+    fab_test_download_bytes(ctx, dp, sizeof pa, pa);
+    assert_memory_equal(pb, pa, sizeof pb);
+    (void)mm;
+    void *bufs[] = {da, db, dbias, dc, dp, dg};
+    for (int i = 0; i < 6; i++)
+        fab_test_free(ctx, bufs[i]);
+    fab_context_destroy(ctx);
+}
+
+int main(int argc, char **argv)
+{
+    fab_test_init(argc, argv);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_values),
+        cmocka_unit_test(test_tf32),
+        cmocka_unit_test(test_tensor_core_shapes),
+        cmocka_unit_test(test_epilogues),
+        cmocka_unit_test(test_batched_strided),
+        cmocka_unit_test(test_gradcheck),
+        cmocka_unit_test(test_bias_grad),
+        cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_bad_arguments),
+    };
+    return fab_test_run(tests);
+}
