@@ -366,14 +366,20 @@ FAB_API fab_status fab_matmul_bias_grad(fab_context *ctx, const fab_matmul_bias_
  *
  * Dtypes: q, k, v, out (dout, dq, dk, dv) all bf16 or all f16; f32 too on the CPU.
  * Scores, softmax and accumulation are f32 whatever the storage type; outputs are
- * rounded to nearest even once.
- * Head dim d = q.shape[-1] = k.shape[-1] = v.shape[-1]: the CPU takes 1..256.
+ * rounded to nearest even once. (The CUDA kernels, like FlashAttention, round the
+ * probabilities P and dS to bf16/f16 for the products that consume them.)
+ * Head dim d = q.shape[-1] = k.shape[-1] = v.shape[-1]: the CPU takes 1..256,
+ * CUDA 32, 64, 96, 128; others give FAB_ERR_UNSUPPORTED.
  *
  * Backends. CPU: tiled online-softmax forward and a recompute backward (OpenMP
- * over batch x heads x tiles); the seqlen_q x seqlen_k matrix is never formed; the
- * CPU results are bitwise identical run to run and for any thread count.
- * CUDA: not implemented yet: after validating every argument the call returns
- * FAB_ERR_UNSUPPORTED (nothing is written).
+ * over batch x heads x tiles). CUDA (sm_80 and later; Hopper runs the same
+ * kernels): FlashAttention-2-style mma.sync/ldmatrix/cp.async kernels; they need
+ * every data pointer 16-byte aligned and every stride but the last a multiple of
+ * 8 elements (else FAB_ERR_UNSUPPORTED), and the backward takes a stream-ordered
+ * scratch of 4 bytes per query row and head (cudaMallocAsync). Neither backend
+ * forms the seqlen_q x seqlen_k matrix. Both are bitwise identical run to run
+ * (no atomics; fixed reduction orders), the CPU also for any thread count; the
+ * deterministic flag changes nothing here.
  *
  * Aliasing: no output may overlap any input or another output. */
 typedef struct fab_attention_params {
@@ -405,8 +411,9 @@ FAB_API fab_status fab_attention_forward(fab_context *ctx, const fab_attention_p
  * dout has q's shape and dtype (strides free but the last, as q). The gradients
  * are computed from D = rowsum(dout * out) and a recomputation of the
  * probabilities from lse, in f32; each is rounded once.
- * Determinism: the CPU backward is always bitwise repeatable (dk/dv are reduced
- * per key tile, dq per query tile, in a fixed order, whatever the thread count). */
+ * Determinism: always bitwise repeatable on both backends (dk/dv are reduced per
+ * key tile, dq per query tile, in a fixed order, with no atomics; this recomputes
+ * P and dS once more than FlashAttention-2's atomic dq). */
 typedef struct fab_attention_backward_params {
     fab_tensor q, k, v;
     fab_tensor out;  /* the forward's output */
@@ -444,6 +451,11 @@ FAB_API fab_status fab_attention_backward(fab_context *ctx, const fab_attention_
  * aborts the communicator: every later call on it returns FAB_ERR_TIMEOUT (or the
  * status of the first fault) with a message saying so; destroy it and create a new
  * one. FAB_ERR_PEER when the transport reports that another rank failed.
+ * MPI cannot cancel a posted collective: after a timeout on an MPI communicator the
+ * tensors of the collective that timed out stay with MPI (it may still write them
+ * if the late rank turns up; do not free or reuse them), and so do the library's
+ * own buffers of that collective, which are leaked on purpose rather than freed
+ * under MPI.
  *
  * Debug mode (cfg.debug, or the environment variable FAB_COMM_DEBUG=1): each
  * collective is logged to stderr with its sequence number, op, dtype and size, and
@@ -503,8 +515,9 @@ FAB_API fab_status fab_comm_status(fab_comm *comm);
 FAB_API fab_status fab_comm_synchronize(fab_comm *comm);
 
 /* The transport under `comm`: *transport = "self", "mpi" or "nccl"; *handle = NULL,
- * a pointer to its MPI_Comm, or its ncclComm_t. For interop and baselines: work
- * issued directly on the handle bypasses fabriek's deadlines. Either may be NULL. */
+ * a pointer to its MPI_Comm, or its ncclComm_t (NULL once aborted: NCCL freed it).
+ * For interop and baselines: work issued directly on the handle bypasses fabriek's
+ * deadlines. Either may be NULL. */
 FAB_API fab_status fab_comm_native(const fab_comm *comm, const char **transport, void **handle);
 
 typedef enum fab_reduce_op {
@@ -522,7 +535,9 @@ typedef enum fab_reduce_op {
  * rounds back (RNE), as NCCL reduces in the storage type; AVG divides in f32.
  * In place: allreduce and broadcast with recv == send; reduce_scatter with recv the
  * rank's slice of send (send.data + rank*count); allgather with send the rank's
- * slice of recv (recv.data + rank*count). Other overlaps are rejected. */
+ * slice of recv (recv.data + rank*count). Other overlaps are rejected. In-place
+ * reduce_scatter writes only the rank's slice: the other slices of send keep their
+ * values (NCCL and MPI alike). */
 
 /* recv = op over ranks of send; same count. */
 FAB_API fab_status fab_allreduce(fab_comm *comm, const fab_tensor *send, const fab_tensor *recv, fab_reduce_op op);
@@ -556,7 +571,15 @@ FAB_API fab_status fab_comm_group_end(fab_comm *comm);
  * fab_grad_sync_* call). wait() waits for all buckets (bounded by the timeout),
  * unpacks them into the gradients (divided by nranks unless cfg.sum) and orders the
  * context stream after them. Gradients are f32, f16 or bf16, contiguous, in the
- * context's memory, and must not change between ready() and wait(). */
+ * context's memory, and must not change between ready() and wait().
+ * fab_grad_sync_create is collective over `comm` (every rank calls it, outside a
+ * group): the buckets' all-reduces run on a duplicate of `comm` made there
+ * (MPI_Comm_idup; ncclCommSplit, one more NCCL communicator's memory), so
+ * collectives issued on `comm` itself during backward, e.g. a fab_allreduce between
+ * ready() calls at different points on different ranks, never pair with a bucket.
+ * A fault on `comm` (timeout, fab_comm_abort) reaches the gradient exchange at its
+ * next call; fab_grad_sync_destroy frees the duplicate (destroy the gradient
+ * exchange before or after `comm`, but use it only while `comm` exists). */
 typedef struct fab_grad_sync fab_grad_sync;
 typedef struct fab_grad_sync_config {
     size_t bucket_cap_bytes;   /* 0: 25 MiB */

@@ -9,6 +9,7 @@
 #include <time.h>
 
 static fab_backend backend = FAB_BACKEND_CPU;
+static bool skipped_no_device; /* a test skipped for want of a GPU */
 static uint64_t base_seed;
 static uint64_t rng[4];
 
@@ -37,6 +38,13 @@ void fab_test_init(int argc, char **argv)
 fab_backend fab_test_backend(void) { return backend; }
 const char *fab_test_backend_name(void) { return backend == FAB_BACKEND_CUDA ? "cuda" : "cpu"; }
 
+int fab_test_finish(int failures)
+{
+    if (failures == 0 && skipped_no_device)
+        return FAB_TEST_SKIP_EXIT;
+    return failures;
+}
+
 const char *fab_test_group_name(const char *base)
 {
     static char name[128];
@@ -54,7 +62,11 @@ fab_context *fab_test_context_with(const fab_context_config *cfg)
     fab_context *ctx = NULL;
     fab_status s = fab_context_create(&c, &ctx);
     if (s == FAB_ERR_NO_DEVICE && backend == FAB_BACKEND_CUDA) {
+        const char *require = getenv("FAB_TEST_REQUIRE_GPU");
+        if (require && strcmp(require, "1") == 0)
+            fail_msg("FAB_TEST_REQUIRE_GPU=1 but the CUDA backend cannot run: %s", fab_last_error());
         print_message("SKIP: the CUDA backend cannot run here: %s\n", fab_last_error());
+        skipped_no_device = true;
         skip();
     }
     if (s != FAB_OK)

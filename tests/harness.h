@@ -76,8 +76,14 @@ void fab_test_gradcheck_elementwise(const char *what, double (*f)(double x, cons
 #define fab_test_expect_error(got, want, needle) fab__test_expect_error((got), (want), (needle), __FILE__, __LINE__)
 void fab__test_expect_error(fab_status got, fab_status want, const char *needle, const char *file, int line);
 
-/* Runs the cmocka group with the backend's name in the group name. */
-#define fab_test_run(tests) _cmocka_run_group_tests(fab_test_group_name(#tests), tests, sizeof(tests) / sizeof((tests)[0]), NULL, NULL)
+/* Runs the cmocka group with the backend's name in the group name. Its exit code:
+ * the number of failed tests, or FAB_TEST_SKIP_EXIT when none failed but some were
+ * skipped for want of a GPU, so ctest (SKIP_RETURN_CODE) reports "skipped", not
+ * "passed". With FAB_TEST_REQUIRE_GPU=1 (tools/gpu-check.sh) a missing GPU fails. */
+#define FAB_TEST_SKIP_EXIT 77
+#define fab_test_run(tests) \
+    fab_test_finish(_cmocka_run_group_tests(fab_test_group_name(#tests), tests, sizeof(tests) / sizeof((tests)[0]), NULL, NULL))
 const char *fab_test_group_name(const char *base);
+int fab_test_finish(int failures);
 
 #endif

@@ -6,6 +6,9 @@
  * layouts) and combinations; lse checked; a finite-difference check of the
  * reference backward; bitwise repeatability across runs and thread counts; and
  * every kind of bad argument (status, message, nothing written).
+ * With --backend cuda (GPU, or the emulator) the same cases run on the sm80
+ * kernels where they apply (bf16/f16, head dims 32..128); test_backend_coverage
+ * checks that the rest is refused as unsupported.
  */
 #include "harness.h"
 

@@ -158,6 +158,54 @@ static void test_shapes_and_offsets(void **state)
     fab_context_destroy(ctx);
 }
 
+/* Far tails and large magnitudes: no NaN, no cancellation; the derivative goes to
+ * 0 and 1. (f16 cannot hold 1e20, so it gets its own largest values.) */
+static void test_extremes(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    const double wide[] = {1e20, -1e20, 3e4, -3e4, 30, -30, 10, -10, 6, -6, 0.0, -0.0, 1e-30, -1e-30};
+    const double narrow[] = {6e4, -6e4, 3e4, -3e4, 30, -30, 10, -10, 6, -6, 0.0, -0.0, 1e-7, -1e-7};
+    for (size_t d = 0; d < 3; d++) {
+        fab_dtype dtype = dtypes[d];
+        const double *vals = dtype == FAB_DTYPE_F16 ? narrow : wide;
+        const int64_t n = 14;
+        double x[14], ones[14], out[14], ref[14];
+        for (int i = 0; i < n; i++)
+            ones[i] = 1.0;
+        for (int approx = 0; approx < 2; approx++) {
+            void *dx = fab_test_upload(ctx, dtype, vals, n, x);
+            void *dg = fab_test_upload(ctx, dtype, ones, n, NULL);
+            void *dy = fab_test_alloc_poisoned(ctx, dtype, n);
+            fab_gelu_params p = {0};
+            fab_tensor_make(dx, dtype, 1, &n, &p.x);
+            fab_tensor_make(dy, dtype, 1, &n, &p.y);
+            p.approximate = approx ? FAB_GELU_TANH : FAB_GELU_ERF;
+            assert_int_equal(fab_gelu_forward(ctx, &p), FAB_OK);
+            fab_test_download(ctx, dtype, dy, n, out);
+            for (int i = 0; i < n; i++)
+                ref[i] = gelu_ref(x[i], &approx);
+            fab_test_check_close(approx ? "gelu tanh extremes" : "gelu erf extremes", out, ref, n,
+                                 fab_test_tolerance(dtype));
+            fab_gelu_backward_params b = {0};
+            b.x = p.x;
+            fab_tensor_make(dg, dtype, 1, &n, &b.dy);
+            b.dx = p.y;
+            b.approximate = p.approximate;
+            assert_int_equal(fab_gelu_backward(ctx, &b), FAB_OK);
+            fab_test_download(ctx, dtype, dy, n, out);
+            for (int i = 0; i < n; i++)
+                ref[i] = gelu_grad_ref(x[i], &approx);
+            fab_test_check_close(approx ? "gelu tanh grad extremes" : "gelu erf grad extremes", out, ref, n,
+                                 fab_test_tolerance(dtype));
+            fab_test_free(ctx, dx);
+            fab_test_free(ctx, dg);
+            fab_test_free(ctx, dy);
+        }
+    }
+    fab_context_destroy(ctx);
+}
+
 /* Every bad argument gives its status and a message naming the argument, and
  * leaves the output exactly as it was. */
 static void test_bad_arguments(void **state)
@@ -244,6 +292,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_in_place),
         cmocka_unit_test(test_shapes_and_offsets),
+        cmocka_unit_test(test_extremes),
         cmocka_unit_test(test_bad_arguments),
     };
     return fab_test_run(tests);

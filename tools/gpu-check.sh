@@ -40,6 +40,7 @@ run cmake --build build/gpu -j "$(nproc)"
 find build/gpu -name '*.cu.o' -exec cuobjdump --dump-resource-usage {} \; > "$out/resource-usage.txt" 2>&1 || true
 
 step "gpu tests"
+export FAB_TEST_REQUIRE_GPU=1 # a test that cannot reach the GPU fails here instead of skipping
 run ctest --test-dir build/gpu -L gpu --output-on-failure --timeout 300
 run ctest --test-dir build/gpu -L cpu --output-on-failure --timeout 300
 

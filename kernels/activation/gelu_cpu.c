@@ -10,7 +10,7 @@
  *
  * Numerics, in f32:
  *  - exp: Cody-Waite reduction by ln2 and a degree-6 polynomial on
- *    [-ln2/2, ln2/2]: within 2 ulp.
+ *    [-ln2/2, ln2/2]: within 2 ulp; 0 and infinity past the f32 range.
  *  - erfc(z), z >= 0: erfc(z) = t exp(-z^2 + P(t)), t = 1/(1 + z/2), with the
  *    Chebyshev-fitted P of Numerical Recipes' erfcc (fractional error < 1.2e-7);
  *    z^2 is split into hi + lo with an FMA so exp(-z^2) keeps full relative
@@ -39,6 +39,7 @@ static inline float exp_f32(float x)
 {
     const float log2e = 1.44269504088896341f;
     const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
+    float xin = x;
     x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
     float k = (x * log2e + 12582912.0f) - 12582912.0f; /* round to nearest integer */
     float r = fmaf(k, -ln2_hi, x);
@@ -52,7 +53,9 @@ static inline float exp_f32(float x)
     p = fmaf(p, r, 1.0f);
     fab__f32_bits scale;
     scale.u = (uint32_t)((int32_t)k + 127) << 23;
-    return p * scale.f;
+    float r_exp = p * scale.f;
+    /* past the clamps: underflow to 0, overflow to infinity, as expf does */
+    return xin < -87.3f ? 0.0f : (xin > 88.7f ? INFINITY : r_exp);
 }
 
 /* erfc(z) for z >= 0 (see the header comment) */
@@ -71,7 +74,8 @@ static inline float erfc_nonneg_f32(float z)
     p = fmaf(p, t, -1.26551223f);
     float z2_hi = z * z;
     float z2_lo = fmaf(z, z, -z2_hi);
-    return t * exp_f32(p - z2_hi) * (1.0f - z2_lo);
+    float r = t * exp_f32(p - z2_hi) * (1.0f - z2_lo);
+    return z > 10.0f ? 0.0f : r; /* erfc(10) < 2^-149; also keeps z*z = inf out */
 }
 
 /* Phi(x) = erfc(-x/sqrt2)/2, the standard normal CDF */
@@ -94,6 +98,9 @@ static inline float gelu_f32(float x, int approximate)
 static inline float gelu_grad_f32(float x, int approximate)
 {
     if (approximate) {
+        /* past |x| = 20 the derivative is 0 or 1 in f32; clamping keeps x^2 and
+         * u finite, so s (1 - s) du never becomes 0 * inf */
+        x = x < -20.0f ? -20.0f : (x > 20.0f ? 20.0f : x);
         float x2 = x * x;
         float u = 0.79788456080286536f * fmaf(0.044715f * x, x2, x);
         float s = 1.0f / (1.0f + exp_f32(-2.0f * u));

@@ -38,6 +38,9 @@ static inline FAB__HD float fab__gelu(float x, int approximate)
 static inline FAB__HD float fab__gelu_grad(float x, int approximate)
 {
     if (approximate) {
+        /* past |x| = 20 the derivative is 0 or 1 in f32; clamping keeps x^2 and
+         * u finite, so s (1 - s) du never becomes 0 * inf */
+        x = x < -20.0f ? -20.0f : (x > 20.0f ? 20.0f : x);
         float x2 = x * x;
         float u = FAB__SQRT_2_OVER_PI * (x + FAB__GELU_TANH_K * x2 * x);
         float s = 1.0f / (1.0f + expf(-2.0f * u));

@@ -2,8 +2,9 @@
  * attention.c: public entries fab_attention_forward / fab_attention_backward.
  * Validates every argument (shapes, dtypes, strides, mask options, the varlen
  * offsets, overlaps, memory), resolves the defaults, folds the mask into one
- * window, and hands a fab__attn_args to the context's backend. Nothing is written
- * before every check has passed.
+ * window, and hands a fab__attn_args to the context's backend: attention_cpu.c,
+ * or the sm80 kernels (attention_fwd_sm80.cu, attention_bwd_sm80.cu) on CUDA.
+ * Nothing is written before every check has passed.
  */
 #include "attention.h"
 
@@ -164,7 +165,7 @@ static fab_status check_rows_nonempty(const common *c, int64_t right, int64_t se
 }
 
 /* What the CUDA kernels take (checked after every argument is known valid). */
-static fab_status cuda_supports(fab_context *ctx, const common *c, int64_t d)
+static fab_status cuda_supports(fab_context *ctx, const common *c, int64_t d, int64_t batch, int64_t hq)
 {
     const char *op = c->op;
     if (ctx->sm_version < 80)
@@ -175,6 +176,9 @@ static fab_status cuda_supports(fab_context *ctx, const common *c, int64_t d)
     if (d != 32 && d != 64 && d != 96 && d != 128)
         return fab__fail(FAB_ERR_UNSUPPORTED, "%s: head_dim=%" PRId64 " is not supported on CUDA (32, 64, 96, 128)",
                          op, d);
+    if (batch > 65535 || hq > 65535) /* grid y and z */
+        return fab__fail(FAB_ERR_UNSUPPORTED, "%s: batch=%" PRId64 " and heads_q=%" PRId64
+                                              " must be <= 65535 on CUDA", op, batch, hq);
     const fab_tensor *ts[8] = {c->q, c->k, c->v, c->out, c->dout, c->dq, c->dk, c->dv};
     const char *names[8] = {"q", "k", "v", "out", "dout", "dq", "dk", "dv"};
     for (int i = 0; i < (c->backward ? 8 : 4); i++) {
@@ -392,7 +396,7 @@ static fab_status attention(fab_context *ctx, const common *c)
     /* what the backends support */
     fab_status s = FAB_OK;
     if (ctx->backend == FAB_BACKEND_CUDA) {
-        s = cuda_supports(ctx, c, d);
+        s = cuda_supports(ctx, c, d, batch, hq);
     } else if (d > FAB__ATTN_CPU_MAX_D) {
         s = fab__fail(FAB_ERR_UNSUPPORTED, "%s: head_dim=%" PRId64 " is not supported on the CPU (1..%d)", op, d,
                       FAB__ATTN_CPU_MAX_D);

@@ -156,7 +156,10 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
     int64_t most = nq_tasks > nk_tasks ? nq_tasks : nk_tasks;
     if (threads > most)
         threads = (int)(most > 0 ? most : 1);
-    size_t per = (size_t)(7 * FAB__BQ * dp + 4 * FAB__BQ * FAB__BK + 2 * FAB__BQ); /* BQ == BK */
+    /* the larger of the two tile layouts (see bwd_kv_tile and bwd_q_tile) */
+    size_t kv_floats = (size_t)(5 * FAB__BK * dp + 2 * FAB__BQ * dp + 4 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
+    size_t q_floats = (size_t)(3 * FAB__BQ * dp + 4 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
+    size_t per = kv_floats > q_floats ? kv_floats : q_floats;
     size_t stride;
     float *scratch = alloc_scratch(threads, per, &stride);
     /* D = rowsum(dO * O), laid out as lse */

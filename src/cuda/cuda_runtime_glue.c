@@ -126,8 +126,9 @@ fab_status fab__cuda_free(fab_context *ctx, void *ptr)
     if (s != FAB_OK)
         return s;
     cudaError_t err = cudaStreamSynchronize((cudaStream_t)ctx->stream);
-    if (err == cudaSuccess)
-        err = cudaFree(ptr);
+    if (err != cudaSuccess)
+        return cuda_fail(FAB_ERR_BACKEND, "fab_free", "cudaStreamSynchronize", err);
+    err = cudaFree(ptr);
     return err == cudaSuccess ? FAB_OK : cuda_fail(FAB_ERR_BACKEND, "fab_free", "cudaFree", err);
 }
 
@@ -147,7 +148,8 @@ fab_status fab__cuda_check_device_pointer(fab_context *ctx, const char *op, cons
     cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
     if (err != cudaSuccess) {
         (void)cudaGetLastError();
-        return cuda_fail(FAB_ERR_INVALID_ARGUMENT, op, "cudaPointerGetAttributes", err);
+        return fab__fail(FAB_ERR_INVALID_ARGUMENT, "%s: %s.data=%p: cudaPointerGetAttributes failed: %s", op, name,
+                         ptr, cudaGetErrorName(err));
     }
     switch (attr.type) {
     case cudaMemoryTypeDevice:
