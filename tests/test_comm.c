@@ -15,10 +15,12 @@
 #include "harness.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifdef FAB_TEST_MPI
 #include <mpi.h>
@@ -37,12 +39,14 @@ static const fab_dtype all_dtypes[] = {FAB_DTYPE_F32, FAB_DTYPE_F16, FAB_DTYPE_B
 static const int64_t sizes[] = {1, 7, 127, 1029};
 #define NSIZES (int)(sizeof sizes / sizeof sizes[0])
 
+#ifdef FAB_TEST_MPI /* the fault tests, which need several ranks */
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
+#endif
 
 static uint64_t mix(uint64_t z)
 {
@@ -229,6 +233,15 @@ static void run_collective(fab_context *ctx, fab_comm *comm, int kind, fab_dtype
     if (s != FAB_OK)
         fail_msg("%s: %s: %s", what, fab_status_name(s), fab_last_error());
     check_values(what, ctx, d, rt.data, ref, nr);
+    if (in_place && kind == K_REDUCE_SCATTER) { /* the other slices of send keep their values */
+        char what2[240];
+        for (int r = 0; r < nranks; r++) {
+            if (r == my_rank)
+                continue;
+            snprintf(what2, sizeof what2, "%s: send slice %d (not this rank's) after the call", what, r);
+            check_values(what2, ctx, d, (char *)sdev + (size_t)r * (size_t)n * es, send + (int64_t)r * n, n);
+        }
+    }
     fab_test_free(ctx, sdev);
     fab_test_free(ctx, rdev);
     free(send);
@@ -490,6 +503,62 @@ static void test_grad_sync(void **state)
     fab_context_destroy(ctx);
 }
 
+/* A plain collective in the middle of backward, between ready() calls, with ranks
+ * marking their gradients ready in different orders: even ranks start bucket 0
+ * before the all-reduce, odd ranks after it. Bucket all-reduces must not pair with
+ * the user's all-reduce across ranks (gradient exchange has its own communicator). */
+static void test_grad_sync_interleaved(void **state)
+{
+    (void)state;
+    if (nranks < 2)
+        skip();
+    fab_context *ctx = comm_ctx();
+    fab_comm *comm = make_comm(ctx, 10, 0);
+    enum { N = 96 };
+    fab_grad_sync_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.first_bucket_bytes = cfg.bucket_cap_bytes = N * 4; /* one gradient per bucket */
+    cfg.sum = 1;
+    fab_grad_sync *gs = NULL;
+    expect_ok(fab_grad_sync_create(comm, &cfg, &gs), "fab_grad_sync_create");
+    double h[3][N], ref[3][N];
+    void *dev[3];
+    for (int k = 0; k < 3; k++) { /* gradients 0, 1 and the user's tensor X (k = 2): same size and dtype */
+        for (int i = 0; i < N; i++) {
+            h[k][i] = val(my_rank, i, 8100 + (uint64_t)k, FAB_DTYPE_F32);
+            ref[k][i] = reduce_ref(i, 8100 + (uint64_t)k, FAB_DTYPE_F32, FAB_REDUCE_SUM);
+        }
+        dev[k] = fab_test_upload(ctx, FAB_DTYPE_F32, h[k], N, NULL);
+    }
+    fab_tensor g0 = tensor1(dev[0], FAB_DTYPE_F32, N), g1 = tensor1(dev[1], FAB_DTYPE_F32, N);
+    fab_tensor tx = tensor1(dev[2], FAB_DTYPE_F32, N);
+    expect_ok(fab_grad_sync_register(gs, &g0, NULL), "register");
+    expect_ok(fab_grad_sync_register(gs, &g1, NULL), "register");
+    int nb = 0;
+    expect_ok(fab_grad_sync_bucket_of(gs, 1, NULL, &nb), "bucket_of");
+    assert_int_equal(nb, 2);
+    expect_ok(fab_grad_sync_begin(gs, 1), "begin");
+    if (my_rank % 2 == 0) {
+        expect_ok(fab_grad_sync_ready(gs, 0), "ready 0"); /* bucket 0 starts */
+        expect_ok(fab_allreduce(comm, &tx, &tx, FAB_REDUCE_SUM), "user allreduce during backward");
+        expect_ok(fab_grad_sync_ready(gs, 1), "ready 1");
+    } else {
+        expect_ok(fab_grad_sync_ready(gs, 1), "ready 1"); /* waits for bucket 0 */
+        expect_ok(fab_allreduce(comm, &tx, &tx, FAB_REDUCE_SUM), "user allreduce during backward");
+        expect_ok(fab_grad_sync_ready(gs, 0), "ready 0"); /* buckets 0 and 1 start */
+    }
+    expect_ok(fab_grad_sync_wait(gs), "wait");
+    expect_ok(fab_comm_synchronize(comm), "fab_comm_synchronize");
+    check_values("gradient 0 (bucket 0)", ctx, FAB_DTYPE_F32, dev[0], ref[0], N);
+    check_values("gradient 1 (bucket 1)", ctx, FAB_DTYPE_F32, dev[1], ref[1], N);
+    check_values("the user's all-reduce between ready() calls", ctx, FAB_DTYPE_F32, dev[2], ref[2], N);
+    fab_grad_sync_destroy(gs);
+    for (int k = 0; k < 3; k++)
+        fab_test_free(ctx, dev[k]);
+    expect_ok(fab_comm_destroy(comm), "fab_comm_destroy");
+    fab_context_destroy(ctx);
+}
+
 /* Bucket layout follows the caps: 1 MiB first, then 25 MiB, as PyTorch DDP. */
 static void test_grad_sync_buckets(void **state)
 {
@@ -594,6 +663,16 @@ static void test_zero1(void **state)
 /* ------------------------------------------------------------------ faults */
 
 #ifdef FAB_TEST_MPI
+/* When this rank is FAB_TEST_COMM_FAIL_RANK, fails here on purpose: the check that a
+ * failing rank ends the whole MPI job at once instead of leaving the others in a
+ * barrier until ctest's timeout (run by hand, see main). */
+static void deliberate_failure(const char *where)
+{
+    const char *env = getenv("FAB_TEST_COMM_FAIL_RANK");
+    if (env && env[0] && atoi(env) == my_rank)
+        fail_msg("deliberate failure on rank %d in %s (FAB_TEST_COMM_FAIL_RANK)", my_rank, where);
+}
+
 /* Waits for what `s` left in flight: CUDA collectives are asynchronous, so a
  * lost peer shows at fab_comm_synchronize; MPI ones report it at once. */
 static fab_status settle(fab_comm *comm, fab_status s)
@@ -629,6 +708,7 @@ static void test_timeout(void **state)
         fab_test_expect_error(fab_allreduce(comm, &t, &t, FAB_REDUCE_SUM), FAB_ERR_TIMEOUT, "destroy it");
         fab_test_expect_error(fab_barrier(comm), FAB_ERR_TIMEOUT, "aborted");
     }
+    deliberate_failure("test_timeout");
     /* The late rank posts its half: with MPI the others' request then completes
      * inside MPI; with NCCL its own deadline ends it. */
     MPI_Barrier(MPI_COMM_WORLD);
@@ -689,6 +769,72 @@ static void test_grad_sync_timeout(void **state)
     fab_test_free(ctx, g0); /* the gradients themselves never reach MPI (buckets do) */
     fab_test_free(ctx, g1);
     fab_context_destroy(ctx);
+}
+
+/* Debug mode, rank 0 early and alone: its debug-mode check (a small all-gather of
+ * the collective's descriptor) times out; the others then arrive late and their
+ * checks complete that all-gather inside MPI. MPI must not write into memory rank 0
+ * got back: the chunks it allocates after the timeout, of the size of the gathered
+ * descriptors (the heap reuses the size of what the check freed), must stay intact. */
+static void test_debug_late_peer(void **state)
+{
+    (void)state;
+    if (nranks < 2 || fab_test_backend() != FAB_BACKEND_CPU)
+        skip();
+    fab_context *ctx = comm_ctx();
+    const double timeout = 1.0;
+    fab_comm *comm = make_comm(ctx, timeout, 1);
+    double x[16];
+    for (int i = 0; i < 16; i++)
+        x[i] = i;
+    void *dx = fab_test_upload(ctx, FAB_DTYPE_F32, x, 16, NULL);
+    fab_tensor t = tensor1(dx, FAB_DTYPE_F32, 16);
+    enum { NPROBE = 64 };
+    unsigned char *probe[NPROBE] = {0};
+    const size_t psize = sizeof(int64_t) * 6 * (size_t)nranks; /* what the check gathers */
+    if (my_rank == 0) {
+        fab_test_expect_error(fab_allreduce(comm, &t, &t, FAB_REDUCE_SUM), FAB_ERR_TIMEOUT, "did not complete within 1 s");
+        for (int i = 0; i < NPROBE; i++) {
+            probe[i] = malloc(psize);
+            assert_non_null(probe[i]);
+            memset(probe[i], 0xA5, psize);
+        }
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (my_rank != 0) /* the check pairs with rank 0's stale one; the all-reduce then waits for rank 0 */
+        fab_test_expect_error(fab_allreduce(comm, &t, &t, FAB_REDUCE_SUM), FAB_ERR_TIMEOUT, "within 1 s");
+    MPI_Barrier(MPI_COMM_WORLD);
+    int corrupted = -1;
+    if (my_rank == 0) {
+        double t0 = now_s();
+        while (now_s() - t0 < 0.2) { /* let MPI progress whatever is still pending */
+            int flag = 0;
+            MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
+        }
+        for (int i = 0; i < NPROBE && corrupted < 0; i++)
+            for (size_t b = 0; b < psize; b++)
+                if (probe[i][b] != 0xA5)
+                    corrupted = i;
+        /* Complete the late ranks' all-reduce on the underlying MPI communicator. */
+        void *h = NULL;
+        expect_ok(fab_comm_native(comm, NULL, &h), "fab_comm_native");
+        float y[16] = {0};
+        MPI_Request req; /* non-blocking: blocking and non-blocking collectives do not match */
+        MPI_Iallreduce(MPI_IN_PLACE, y, 16, MPI_FLOAT, MPI_SUM, *(MPI_Comm *)h, &req);
+        int done = 0;
+        for (double t1 = now_s(); !done && now_s() - t1 < 10;)
+            MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+        if (!done)
+            fail_msg("the late ranks' all-reduce did not complete");
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    for (int i = 0; i < NPROBE; i++)
+        free(probe[i]);
+    fab_comm_destroy(comm);
+    if (corrupted >= 0)
+        fail_msg("after a debug-mode check timed out, MPI wrote into memory the library had freed (chunk %d)",
+                 corrupted);
+    fab_context_destroy(ctx); /* dx stays with MPI on the late ranks */
 }
 
 /* Debug mode turns mismatched collectives into FAB_ERR_INVALID_ARGUMENT on every
@@ -908,6 +1054,16 @@ static void test_bad_arguments(void **state)
     fab_context_destroy(ctx);
 }
 
+#ifdef FAB_TEST_MPI
+static void abort_job(int sig)
+{
+    (void)sig;
+    fprintf(stderr, "test_comm: rank %d failed a check; aborting the MPI job\n", my_rank);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    _exit(1);
+}
+#endif
+
 int main(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++)
@@ -921,6 +1077,15 @@ int main(int argc, char **argv)
         MPI_Comm_rank(MPI_COMM_WORLD, &my_rank);
         MPI_Comm_size(MPI_COMM_WORLD, &nranks);
         MPI_Bcast(&seed, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD); /* every rank must agree */
+        /* A failing check on one rank must end the job at once: cmocka would go on to
+         * the next test while the other ranks wait in a collective or MPI_Barrier of
+         * this one (until ctest's timeout). CMOCKA_TEST_ABORT=1 makes cmocka call
+         * abort() on a failure (after printing it); the handler turns that into
+         * MPI_Abort, which takes every rank down. Check by hand that it works:
+         *   FAB_TEST_COMM_FAIL_RANK=1 mpirun -np 2 test_comm --backend cpu --mpi
+         * ends within seconds, failing. */
+        setenv("CMOCKA_TEST_ABORT", "1", 1);
+        signal(SIGABRT, abort_job);
     }
 #else
     if (use_mpi) {
@@ -940,11 +1105,13 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_grad_sync),
         cmocka_unit_test(test_grad_sync_buckets),
+        cmocka_unit_test(test_grad_sync_interleaved),
         cmocka_unit_test(test_zero1),
 #ifdef FAB_TEST_MPI
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_grad_sync_timeout),
         cmocka_unit_test(test_debug_mismatch),
+        cmocka_unit_test(test_debug_late_peer),
 #endif
         cmocka_unit_test(test_bad_arguments),
     };

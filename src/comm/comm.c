@@ -54,15 +54,17 @@ void fab__comm_backoff(int *spins)
 
 fab_status fab__comm_fault(fab_comm *c, fab_status status, const char *fmt, ...)
 {
+    char msg[sizeof c->fault_msg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->fault_msg, sizeof c->fault_msg, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (c->fault == FAB_OK) {
+    if (c->fault == FAB_OK) { /* the first fault is the one reported from now on: its status and its message */
+        memcpy(c->fault_msg, msg, sizeof msg);
         c->fault = status;
         c->tp->abort(c);
     }
-    return fab__fail(status, "%s; the communicator is aborted", c->fault_msg);
+    return fab__fail(status, "%s; the communicator is aborted", msg);
 }
 
 fab_status fab__comm_usable(fab_comm *c, const char *op)
@@ -246,6 +248,11 @@ static fab_status self_split(fab_comm *c, int color, int key, fab_comm *out)
     return FAB_OK;
 }
 
+static fab_status self_dup(fab_comm *c, fab_comm *out)
+{
+    return self_split(c, 0, 0, out);
+}
+
 static fab_status self_poll(fab_comm *c)
 {
     (void)c;
@@ -271,7 +278,7 @@ static void *self_native(fab_comm *c)
 
 const fab__transport fab__self_transport = {
     "self", self_post, self_test, self_complete, self_fork, fab__self_host_copy, fab__self_host_cast,
-    self_allgather_host, self_split, self_poll, self_abort, self_destroy, self_native,
+    self_allgather_host, self_split, self_dup, self_poll, self_abort, self_destroy, self_native,
 };
 
 /* ------------------------------------------------------------ communicators */
@@ -287,6 +294,26 @@ fab_status fab__comm_new(fab_context *ctx, const fab_comm_config *cfg, fab_comm 
     const char *env = getenv("FAB_COMM_DEBUG");
     c->debug = (cfg && cfg->debug) || (env && env[0] && strcmp(env, "0") != 0);
     c->nranks = 1;
+    *out = c;
+    return FAB_OK;
+}
+
+fab_status fab__comm_dup(fab_comm *comm, const char *op, fab_comm **out)
+{
+    *out = NULL;
+    fab_comm_config own = {comm->timeout_s, comm->debug};
+    fab_comm *c;
+    FAB__TRY(fab__comm_new(comm->ctx, &own, &c));
+    c->debug = comm->debug;
+    c->tp = comm->tp;
+    fab__comm_arm(comm, op);
+    c->op = op;
+    c->deadline = comm->deadline;
+    fab_status s = comm->tp->dup(comm, c);
+    if (s != FAB_OK) {
+        free(c);
+        return s;
+    }
     *out = c;
     return FAB_OK;
 }
@@ -595,7 +622,10 @@ static void describe_text(const int64_t *d, char *buf, size_t size)
                  d[3] >= 0 ? fab_dtype_name((fab_dtype)d[3]) : "-", d[4], d[5] >= 0 ? " (root given)" : "");
 }
 
-/* Debug mode: all ranks exchange `mine` and agree, or all fail with the same message. */
+/* Debug mode: all ranks exchange `mine` and agree, or all fail with the same message.
+ * `all` may be freed whatever allgather_host returns: the transport hands MPI (or
+ * NCCL) only buffers of its own and copies into `all` on success (a timed-out MPI
+ * request keeps its buffers, see comm_mpi.c). */
 static fab_status debug_check(fab_comm *c, const char *op, const int64_t mine[DESC_N])
 {
     int64_t *all = malloc(sizeof(int64_t) * DESC_N * (size_t)c->nranks);

@@ -51,10 +51,16 @@ typedef struct fab__transport {
     fab_status (*copy)(fab_comm *c, int side, void *dst, const void *src, size_t bytes);
     fab_status (*cast)(fab_comm *c, int side, void *dst, fab_dtype dst_dtype, const void *src,
                        fab_dtype src_dtype, int64_t n);
-    /* Host bytes from every rank, in rank order (debug mode's check); waits. */
+    /* Host bytes from every rank, in rank order (debug mode's check); waits. The
+     * transport reads `mine` and writes `all` only during the call (it copies them
+     * through buffers of its own), so the caller may free both whatever it returns. */
     fab_status (*allgather_host)(fab_comm *c, const void *mine, void *all, size_t bytes);
     /* Fills out->impl, rank, nranks for the part of `c` with this color. */
     fab_status (*split)(fab_comm *c, int color, int key, fab_comm *out);
+    /* Fills out->impl, rank, nranks with a duplicate of `c`: the same ranks in the
+     * same order, on a transport communicator of its own (MPI_Comm_idup,
+     * ncclCommSplit), so its collectives never pair with `c`'s. */
+    fab_status (*dup)(fab_comm *c, fab_comm *out);
     /* FAB_OK, or a fault the transport reports asynchronously (NCCL). */
     fab_status (*poll)(fab_comm *c);
     void (*abort)(fab_comm *c);
@@ -93,6 +99,9 @@ fab_status fab__comm_fault(fab_comm *c, fab_status status, const char *fmt, ...)
 fab_status fab__comm_usable(fab_comm *c, const char *op);
 /* Allocates a communicator shell for ctx with the config applied. */
 fab_status fab__comm_new(fab_context *ctx, const fab_comm_config *cfg, fab_comm **out);
+/* A duplicate of `comm` with its timeout and debug mode (gradient exchange's own
+ * communicator). Collective over `comm`; `op` names the public call for messages. */
+fab_status fab__comm_dup(fab_comm *comm, const char *op, fab_comm **out);
 const char *fab__reduce_op_name(fab_reduce_op op);
 
 /* Host reductions for the CPU transports and tests of them: inout = inout op in,

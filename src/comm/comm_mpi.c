@@ -10,6 +10,15 @@
  * receive buffer if the late peer ever arrives), and nothing is freed that MPI
  * might touch.
  *
+ * So MPI is only ever handed memory that outlives a timeout: the caller's tensors
+ * (documented: they stay with MPI after a timeout), or buffers this file allocates
+ * and owns (the debug-mode check's send/receive buffer, reduce_scatter's scratch,
+ * the new MPI_Comm of MPI_Comm_idup, the unique id of the NCCL bootstrap). Results
+ * are copied out of them only on success. On a timeout (or an MPI error) they stay
+ * with the live request and are leaked on purpose: fab_comm_destroy frees the
+ * state only when every request it knows of has completed by then. Never a stack
+ * variable and never a buffer the caller may free.
+ *
  * MPI has no bf16 or f16 type: those travel as MPI_UINT16_T and reduce with user
  * MPI_Ops that widen each pair to f32, combine and round back (RNE). AVG is SUM
  * followed by a division by nranks when the request completes.
@@ -33,7 +42,8 @@ typedef struct pending {
     int64_t count;
     fab_dtype dtype;
     int avg;
-    void *move_to;       /* reduce_scatter in place: result lands at buf, belongs here */
+    void *move_to;       /* reduce_scatter in place: the result lands at buf, belongs here */
+    void *scratch;       /* owned (reduce_scatter in place): freed when the request completes */
 } pending;
 
 typedef struct mpi_state {
@@ -42,6 +52,8 @@ typedef struct mpi_state {
     int have_ops;
     pending *pend[2];   /* [main, side] */
     int npend[2], cap[2];
+    MPI_Request host_req; /* the debug-mode check's all-gather */
+    void *host_buf;       /* its send and receive buffer, owned while host_req lives */
 } mpi_state;
 
 /* ---------------------------------------------------------------- errors */
@@ -173,14 +185,20 @@ static fab_status post_one(fab_comm *c, const fab__coll *k, int side)
     case FAB__COLL_REDUCE_SCATTER: {
         call = "MPI_Ireduce_scatter_block";
         char *slice = (char *)k->send + (size_t)c->rank * (size_t)k->count * es;
-        if (slice == k->recv && c->nranks > 1) {
-            /* NCCL's in-place layout; MPI's puts the result at the buffer's start */
-            err = MPI_Ireduce_scatter_block(MPI_IN_PLACE, (void *)k->send, n, t, mpi_op(m, k->dtype, k->op), m->comm,
-                                            &p->req);
+        if (slice == k->recv) {
+            /* NCCL's in-place layout (recv = this rank's slice of send), with NCCL's
+             * result: only that slice changes. MPI_IN_PLACE would put the result at
+             * the buffer's start and may use the rest as scratch, so the result goes
+             * to a buffer of ours and is copied into the slice on completion. */
+            p->scratch = malloc((size_t)n * es + 1);
+            if (!p->scratch) {
+                m->npend[side]--;
+                return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
+            }
+            err = MPI_Ireduce_scatter_block(k->send, p->scratch, n, t, mpi_op(m, k->dtype, k->op), m->comm, &p->req);
             p->move_to = slice;
         } else {
-            err = MPI_Ireduce_scatter_block(k->send == k->recv ? MPI_IN_PLACE : k->send, k->recv, n, t,
-                                            mpi_op(m, k->dtype, k->op), m->comm, &p->req);
+            err = MPI_Ireduce_scatter_block(k->send, k->recv, n, t, mpi_op(m, k->dtype, k->op), m->comm, &p->req);
         }
         break;
     }
@@ -202,10 +220,11 @@ static fab_status post_one(fab_comm *c, const fab__coll *k, int side)
         break;
     }
     if (err != MPI_SUCCESS) {
+        free(p->scratch); /* not posted: MPI never saw it */
         m->npend[side]--;
         return mpi_error(c, call, err);
     }
-    p->buf = p->move_to ? (void *)k->send : k->recv;
+    p->buf = p->scratch ? p->scratch : k->recv;
     p->count = k->count;
     p->dtype = k->dtype;
     p->avg = (k->kind == FAB__COLL_ALLREDUCE || k->kind == FAB__COLL_REDUCE_SCATTER) && k->op == FAB_REDUCE_AVG;
@@ -220,7 +239,9 @@ static void finish(fab_comm *c, int side)
         if (p->avg)
             fab__host_divide(p->buf, p->count, p->dtype, c->nranks);
         if (p->move_to)
-            memmove(p->move_to, p->buf, (size_t)p->count * fab_dtype_size(p->dtype));
+            memcpy(p->move_to, p->buf, (size_t)p->count * fab_dtype_size(p->dtype));
+        free(p->scratch);
+        p->scratch = NULL;
     }
     m->npend[side] = 0;
 }
@@ -281,11 +302,30 @@ static fab_status mpi_fork(fab_comm *c)
 static fab_status mpi_allgather_host(fab_comm *c, const void *mine, void *all, size_t bytes)
 {
     mpi_state *m = c->impl;
-    MPI_Request req;
-    int err = MPI_Iallgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, m->comm, &req);
-    if (err != MPI_SUCCESS)
+    if (m->host_req != MPI_REQUEST_NULL) /* a timed-out check; the communicator is aborted then */
+        return fab__fail(FAB_ERR_INTERNAL, "%s: an earlier debug-mode check is still pending", c->op);
+    /* MPI gets a buffer of the state's, never `mine` (the caller's stack) or `all`
+     * (the caller's heap): after a timeout the request stays live and MPI may still
+     * read and write it when a late peer arrives. */
+    size_t total = bytes * ((size_t)c->nranks + 1);
+    unsigned char *buf = malloc(total ? total : 1);
+    if (!buf)
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
+    memcpy(buf, mine, bytes);
+    int err = MPI_Iallgather(buf, (int)bytes, MPI_BYTE, buf + bytes, (int)bytes, MPI_BYTE, m->comm, &m->host_req);
+    if (err != MPI_SUCCESS) {
+        m->host_req = MPI_REQUEST_NULL;
+        free(buf);
         return mpi_error(c, "MPI_Iallgather", err);
-    return wait_one(c, &req, "the debug-mode check (MPI_Iallgather)");
+    }
+    m->host_buf = buf;
+    fab_status s = wait_one(c, &m->host_req, "the debug-mode check (MPI_Iallgather)");
+    if (s != FAB_OK)
+        return s; /* buf stays with the live request (and m): see the top of this file */
+    memcpy(all, buf + bytes, bytes * (size_t)c->nranks);
+    free(buf);
+    m->host_buf = NULL;
+    return FAB_OK;
 }
 
 static fab_status new_state(fab_comm *c, MPI_Comm dup)
@@ -294,6 +334,7 @@ static fab_status new_state(fab_comm *c, MPI_Comm dup)
     if (!m)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_comm_create_mpi: out of host memory");
     m->comm = dup;
+    m->host_req = MPI_REQUEST_NULL;
     MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
     fab_status s = make_ops(m);
     if (s != FAB_OK) {
@@ -333,6 +374,26 @@ static void mpi_abort(fab_comm *c)
     (void)c; /* nothing can be cancelled; fault is set, the state is kept */
 }
 
+/* Tests every request the state knows of once (no wait); 1 when none is live any
+ * more, so that nothing of the state's can still be touched by MPI. */
+static int requests_done(mpi_state *m)
+{
+    int live = 0;
+    for (int side = 0; side < 2; side++)
+        for (int i = 0; i < m->npend[side]; i++) {
+            MPI_Request *r = &m->pend[side][i].req;
+            int flag = 0;
+            if (*r != MPI_REQUEST_NULL && (MPI_Test(r, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || !flag))
+                live = 1;
+        }
+    if (m->host_req != MPI_REQUEST_NULL) {
+        int flag = 0;
+        if (MPI_Test(&m->host_req, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || !flag)
+            live = 1;
+    }
+    return !live;
+}
+
 static fab_status mpi_destroy(fab_comm *c)
 {
     mpi_state *m = c->impl;
@@ -344,17 +405,25 @@ static fab_status mpi_destroy(fab_comm *c)
         if (s == FAB_OK)
             s = mpi_complete(c, 0, 1);
     }
-    if (m->npend[0] == 0 && m->npend[1] == 0) { /* nothing MPI could still touch */
+    int idle = m->npend[0] == 0 && m->npend[1] == 0 && m->host_req == MPI_REQUEST_NULL;
+    /* After a timeout the late peer may have turned up since: then the requests have
+     * completed and everything can go (the caller's buffers are not touched again). */
+    if (idle || requests_done(m)) {
         MPI_Comm_free(&m->comm);
         for (int d = 0; d < 2; d++)
             for (int o = 0; o < 3 && m->have_ops; o++)
                 MPI_Op_free(&m->ops16[d][o]);
+        for (int side = 0; side < 2; side++)
+            for (int i = 0; i < m->npend[side]; i++)
+                free(m->pend[side][i].scratch);
         free(m->pend[0]);
         free(m->pend[1]);
+        free(m->host_buf);
         free(m);
     }
     /* else (after a timeout): requests may still be live inside MPI; leave them,
-     * their buffers and m alone. */
+     * their buffers (the state's scratch and check buffers among them), the MPI
+     * communicator and m alone: leaked on purpose, as MPI may write them any time. */
     c->impl = NULL;
     return s;
 }
@@ -364,9 +433,11 @@ static void *mpi_native(fab_comm *c)
     return &((mpi_state *)c->impl)->comm;
 }
 
+static fab_status mpi_dup(fab_comm *c, fab_comm *out);
+
 static const fab__transport mpi_transport = {
     "mpi", mpi_post, mpi_test, mpi_complete, mpi_fork, fab__self_host_copy, fab__self_host_cast,
-    mpi_allgather_host, mpi_split, mpi_poll, mpi_abort, mpi_destroy, mpi_native,
+    mpi_allgather_host, mpi_split, mpi_dup, mpi_poll, mpi_abort, mpi_destroy, mpi_native,
 };
 
 /* ----------------------------------------------------------------- creation */
@@ -381,25 +452,60 @@ static fab_status check_mpi_ready(const char *op)
     return FAB_OK;
 }
 
-/* MPI_Comm_idup, polled against the deadline. */
-static fab_status dup_comm(fab_comm *c, MPI_Comm comm, MPI_Comm *dup)
+/* Polls a request of the creation path (no communicator of ours yet) against
+ * c's deadline. On failure the request may still be live: the caller leaves what
+ * it points into alone (leaked on purpose). */
+static fab_status wait_bootstrap(fab_comm *c, MPI_Request *req, const char *call)
 {
-    MPI_Request req;
-    int err = MPI_Comm_idup(comm, dup, &req);
-    if (err != MPI_SUCCESS)
-        return mpi_error(NULL, "MPI_Comm_idup", err);
     int done = 0, spins = 0;
     while (!done) {
-        err = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+        int err = MPI_Test(req, &done, MPI_STATUS_IGNORE);
         if (err != MPI_SUCCESS)
-            return mpi_error(NULL, "MPI_Comm_idup", err);
+            return mpi_error(NULL, call, err);
         if (!done && fab__comm_now() > c->deadline)
-            return fab__fail(FAB_ERR_TIMEOUT, "%s: MPI_Comm_idup did not complete within %.3g s (not every rank called it)",
-                             c->op, c->timeout_s);
+            return fab__fail(FAB_ERR_TIMEOUT, "%s: %s did not complete within %.3g s (not every rank called it)", c->op,
+                             call, c->timeout_s);
         if (!done)
             fab__comm_backoff(&spins);
     }
     return FAB_OK;
+}
+
+/* MPI_Comm_idup, polled against the deadline. MPI writes the new handle when the
+ * request completes, so it goes to the heap: on a timeout that slot (and the
+ * request) are leaked, never a dead stack frame. */
+static fab_status dup_comm(fab_comm *c, MPI_Comm comm, MPI_Comm *dup)
+{
+    MPI_Comm *slot = malloc(sizeof *slot);
+    if (!slot)
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
+    *slot = MPI_COMM_NULL;
+    MPI_Request req;
+    int err = MPI_Comm_idup(comm, slot, &req);
+    if (err != MPI_SUCCESS) {
+        free(slot);
+        return mpi_error(NULL, "MPI_Comm_idup", err);
+    }
+    FAB__TRY(wait_bootstrap(c, &req, "MPI_Comm_idup")); /* failed: slot stays with the request */
+    *dup = *slot;
+    free(slot);
+    return FAB_OK;
+}
+
+static fab_status mpi_dup(fab_comm *c, fab_comm *out)
+{
+    mpi_state *m = c->impl;
+    MPI_Comm nc = MPI_COMM_NULL;
+    fab_status s = dup_comm(c, m->comm, &nc);
+    if (s != FAB_OK) {
+        if (s == FAB_ERR_TIMEOUT) /* the ranks are out of step on c: fault it as a collective would */
+            return fab__comm_fault(c, s, "%s", fab_last_error());
+        return s;
+    }
+    s = new_state(out, nc);
+    if (s != FAB_OK)
+        MPI_Comm_free(&nc);
+    return s;
 }
 
 fab_status fab_comm_create_mpi(fab_context *ctx, MPI_Comm comm, const fab_comm_config *cfg, fab_comm **out)
@@ -428,33 +534,32 @@ fab_status fab_comm_create_mpi(fab_context *ctx, MPI_Comm comm, const fab_comm_c
         int rank = 0, size = 1;
         MPI_Comm_rank(comm, &rank);
         MPI_Comm_size(comm, &size);
-        fab_comm_unique_id id;
-        memset(&id, 0, sizeof id);
+        /* On the heap: after a timeout the broadcast is still live and MPI writes
+         * (or reads) the id whenever rank 0 turns up; it is leaked then. */
+        fab_comm_unique_id *id = calloc(1, sizeof *id);
+        if (!id) {
+            free(c);
+            return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
+        }
         if (rank == 0)
-            s = fab__nccl_unique_id(&id);
+            s = fab__nccl_unique_id(id);
         /* The id travels even when rank 0 failed (zeros), so no rank is left waiting;
          * a zero id then fails ncclCommInitRank on the others, bounded by the timeout. */
         MPI_Request req;
-        int err = MPI_Ibcast(&id, (int)sizeof id, MPI_BYTE, 0, comm, &req);
+        int err = MPI_Ibcast(id, (int)sizeof *id, MPI_BYTE, 0, comm, &req);
         if (err != MPI_SUCCESS) {
+            free(id);
             free(c);
             return mpi_error(NULL, "MPI_Ibcast", err);
         }
-        int done = 0, spins = 0;
-        while (!done && err == MPI_SUCCESS) {
-            err = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-            if (!done && fab__comm_now() > c->deadline) {
-                free(c);
-                return fab__fail(FAB_ERR_TIMEOUT, "%s: the unique id broadcast did not complete within %.3g s", op,
-                                 c->timeout_s);
-            }
-            if (!done)
-                fab__comm_backoff(&spins);
+        fab_status b = wait_bootstrap(c, &req, "the unique id broadcast (MPI_Ibcast)");
+        if (b != FAB_OK) { /* id stays with the live request */
+            free(c);
+            return b;
         }
-        if (s == FAB_OK && err != MPI_SUCCESS)
-            s = mpi_error(NULL, "MPI_Ibcast", err);
         if (s == FAB_OK)
-            s = fab__nccl_create(c, size, rank, &id);
+            s = fab__nccl_create(c, size, rank, id);
+        free(id);
 #else
         s = fab__fail(FAB_ERR_UNSUPPORTED, "%s: a CUDA context needs NCCL, and this fabriek was built without it", op);
 #endif

@@ -10,9 +10,18 @@
  * A collective that never completes would block the stream forever, and with it
  * fab_synchronize. A watchdog thread per communicator (as PyTorch's ProcessGroupNCCL)
  * watches an event recorded after the last collective on each stream and NCCL's
- * asynchronous error; past the timeout, or on an error, it calls ncclCommAbort,
- * which makes the stuck kernels return, and records the fault that the next
- * fabriek call on the communicator reports (FAB_ERR_TIMEOUT, FAB_ERR_PEER).
+ * asynchronous error; past the timeout, or on an error, it records the fault that
+ * the next fabriek call on the communicator reports (FAB_ERR_TIMEOUT,
+ * FAB_ERR_PEER) and calls ncclCommAbort, which makes the stuck kernels return.
+ *
+ * ncclCommAbort frees the NCCL communicator, and the watchdog and the calling
+ * thread both may call it. So every use of the adopted communicator (m->comm) on
+ * either thread, ncclCommAbort included, happens under m->comm_lock with
+ * m->aborted checked first: whoever aborts sets `aborted` under the lock, and
+ * nobody touches m->comm after that (calls on an aborted communicator return its
+ * fault instead). The watchdog stores its fault before it aborts, so a thread
+ * that sees `aborted` also sees why. fab_comm_destroy stops and joins the
+ * watchdog before ncclCommFinalize / ncclCommDestroy.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "comm.h"
@@ -35,15 +44,16 @@ typedef struct nccl_state {
     /* watchdog */
     pthread_t thread;
     int have_thread;
+    pthread_mutex_t comm_lock; /* around every call on `comm` after adopt(); see the top */
     pthread_mutex_t lock;    /* guards the events below */
     cudaEvent_t last[2];     /* after the last collective on [main, side] */
     double posted[2];        /* when it was issued */
     int armed[2];
     double timeout_s;
     atomic_int stop;
-    atomic_int aborted;
-    atomic_int wd_fault;     /* a fab_status the watchdog found */
-    char wd_msg[200];
+    atomic_int aborted;      /* set (under comm_lock) by whoever calls ncclCommAbort */
+    atomic_int wd_fault;     /* a fab_status the watchdog found; stored before it aborts */
+    char wd_msg[200];        /* written before wd_fault, read after it */
 } nccl_state;
 
 static fab_status nccl_fail(fab_status s, const char *op, const char *call, ncclResult_t r)
@@ -64,24 +74,62 @@ static cudaStream_t stream_of(fab_comm *c, int side)
     return side ? m->side : (cudaStream_t)c->ctx->stream;
 }
 
-/* Waits until `comm` leaves ncclInProgress, bounded by the deadline. */
+static fab_status nccl_poll(fab_comm *c);
+
+/* Takes comm_lock unless the communicator was aborted (then nothing may touch
+ * m->comm any more): 1 with the lock held, 0 without it. */
+static int lock_live(nccl_state *m)
+{
+    pthread_mutex_lock(&m->comm_lock);
+    if (!atomic_load(&m->aborted))
+        return 1;
+    pthread_mutex_unlock(&m->comm_lock);
+    return 0;
+}
+
+/* What a call on an aborted communicator returns: its fault. */
+static fab_status aborted_fault(fab_comm *c)
+{
+    (void)nccl_poll(c); /* an abort is a fault: the watchdog's, or one already recorded */
+    return fab__comm_usable(c, c->op ? c->op : "fab_comm");
+}
+
+/* Waits until `comm` leaves ncclInProgress, bounded by the deadline. `comm` is
+ * either c's adopted communicator (polled under comm_lock; a failure aborts c) or
+ * one not adopted yet (being created or split off): that one is aborted here on
+ * every failure, so the caller never has to. */
 static fab_status settle(fab_comm *c, ncclComm_t comm, const char *call)
 {
+    nccl_state *m = c->impl;
+    int adopted = m && m->comm == comm;
     int spins = 0;
     for (;;) {
-        ncclResult_t st = ncclSuccess;
-        ncclResult_t r = ncclCommGetAsyncError(comm, &st);
-        if (r != ncclSuccess)
+        ncclResult_t st = ncclSuccess, r;
+        if (adopted) {
+            if (!lock_live(m))
+                return aborted_fault(c);
+            r = ncclCommGetAsyncError(comm, &st);
+            pthread_mutex_unlock(&m->comm_lock);
+        } else {
+            r = ncclCommGetAsyncError(comm, &st);
+        }
+        if (r != ncclSuccess) {
+            if (adopted)
+                return fab__comm_fault(c, FAB_ERR_BACKEND, "%s: ncclCommGetAsyncError (%s): %s", c->op, call,
+                                       ncclGetErrorString(r));
+            ncclCommAbort(comm);
             return nccl_fail(FAB_ERR_BACKEND, c->op, "ncclCommGetAsyncError", r);
+        }
         if (st == ncclSuccess)
             return FAB_OK;
         if (st != ncclInProgress) {
-            if (c->impl && ((nccl_state *)c->impl)->comm == comm)
+            if (adopted)
                 return fab__comm_fault(c, status_of(st), "%s: %s: %s", c->op, call, ncclGetErrorString(st));
+            ncclCommAbort(comm);
             return nccl_fail(status_of(st), c->op, call, st);
         }
         if (fab__comm_now() > c->deadline) {
-            if (c->impl && ((nccl_state *)c->impl)->comm == comm)
+            if (adopted)
                 return fab__comm_fault(c, FAB_ERR_TIMEOUT, "%s: %s did not complete within %.3g s", c->op, call,
                                        c->timeout_s);
             ncclCommAbort(comm);
@@ -95,13 +143,13 @@ static fab_status settle(fab_comm *c, ncclComm_t comm, const char *call)
 
 static void *watchdog(void *arg)
 {
-    fab_comm *c = arg;
-    nccl_state *m = c->impl;
+    nccl_state *m = arg;
     cudaSetDevice(m->device);
     while (!atomic_load(&m->stop) && !atomic_load(&m->aborted)) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
         fab_status found = FAB_OK;
+        char msg[sizeof m->wd_msg] = "";
         pthread_mutex_lock(&m->lock);
         for (int s = 0; s < 2 && found == FAB_OK; s++) {
             if (!m->armed[s])
@@ -111,22 +159,27 @@ static void *watchdog(void *arg)
                 m->armed[s] = 0;
             else if (q == cudaErrorNotReady && fab__comm_now() - m->posted[s] > m->timeout_s) {
                 found = FAB_ERR_TIMEOUT;
-                snprintf(m->wd_msg, sizeof m->wd_msg,
-                         "a collective on the %s stream did not complete within %.3g s (watchdog)",
+                snprintf(msg, sizeof msg, "a collective on the %s stream did not complete within %.3g s (watchdog)",
                          s ? "gradient-exchange" : "context", m->timeout_s);
             }
         }
         pthread_mutex_unlock(&m->lock);
+        if (atomic_load(&m->stop) || !lock_live(m))
+            break; /* being destroyed, or aborted by the calling thread */
         ncclResult_t st = ncclSuccess;
         if (found == FAB_OK && ncclCommGetAsyncError(m->comm, &st) == ncclSuccess && st != ncclSuccess &&
             st != ncclInProgress) {
             found = status_of(st);
-            snprintf(m->wd_msg, sizeof m->wd_msg, "NCCL reported an asynchronous error: %s", ncclGetErrorString(st));
+            snprintf(msg, sizeof msg, "NCCL reported an asynchronous error: %s", ncclGetErrorString(st));
         }
-        if (found != FAB_OK && !atomic_exchange(&m->aborted, 1)) {
-            ncclCommAbort(m->comm); /* makes the stuck kernels return */
+        if (found != FAB_OK) {
+            /* the fault first: whoever sees `aborted` must find it */
+            memcpy(m->wd_msg, msg, sizeof msg);
             atomic_store(&m->wd_fault, (int)found);
+            atomic_store(&m->aborted, 1);
+            ncclCommAbort(m->comm); /* makes the stuck kernels return; frees the communicator */
         }
+        pthread_mutex_unlock(&m->comm_lock);
     }
     return NULL;
 }
@@ -179,6 +232,8 @@ static fab_status nccl_post(fab_comm *c, const fab__coll *colls, int n, int side
     nccl_state *m = c->impl;
     FAB__TRY(enter(c));
     cudaStream_t s = stream_of(c, side);
+    if (!lock_live(m))
+        return aborted_fault(c);
     ncclResult_t r = ncclGroupStart();
     for (int i = 0; i < n && (r == ncclSuccess || r == ncclInProgress); i++) {
         const fab__coll *k = &colls[i];
@@ -203,6 +258,7 @@ static fab_status nccl_post(fab_comm *c, const fab__coll *colls, int n, int side
         }
     }
     ncclResult_t e = ncclGroupEnd();
+    pthread_mutex_unlock(&m->comm_lock);
     if (r == ncclSuccess || r == ncclInProgress)
         r = e;
     if (r != ncclSuccess && r != ncclInProgress)
@@ -267,7 +323,8 @@ static fab_status nccl_copy(fab_comm *c, int side, void *dst, const void *src, s
 {
     if (!bytes || dst == src)
         return FAB_OK;
-    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_of(c, side));
+    /* Default: the context's memory may be device, managed or pinned host memory. */
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_of(c, side));
     return e == cudaSuccess ? FAB_OK : fab__fail(FAB_ERR_BACKEND, "%s: cudaMemcpyAsync: %s", c->op, cudaGetErrorString(e));
 }
 
@@ -288,7 +345,10 @@ static fab_status nccl_allgather_host(fab_comm *c, const void *mine, void *all, 
     cudaError_t e = cudaMemcpyAsync(slot, mine, bytes, cudaMemcpyHostToDevice, s);
     if (e != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "%s: cudaMemcpyAsync: %s", c->op, cudaGetErrorString(e));
+    if (!lock_live(m))
+        return aborted_fault(c);
     ncclResult_t r = ncclAllGather(slot, m->scratch, bytes, ncclUint8, m->comm, s);
+    pthread_mutex_unlock(&m->comm_lock);
     if (r != ncclSuccess && r != ncclInProgress)
         return fab__comm_fault(c, status_of(r), "%s: ncclAllGather (debug check): %s", c->op, ncclGetErrorString(r));
     FAB__TRY(settle(c, m->comm, "the debug-mode check"));
@@ -301,21 +361,36 @@ static fab_status nccl_allgather_host(fab_comm *c, const void *mine, void *all, 
 static fab_status nccl_poll(fab_comm *c)
 {
     nccl_state *m = c->impl;
-    if (!m)
+    if (!m || c->fault != FAB_OK)
         return FAB_OK;
+    /* `aborted` before wd_fault: the watchdog stores them the other way round */
+    int aborted = atomic_load(&m->aborted);
     int f = atomic_load(&m->wd_fault);
-    if (f != FAB_OK && c->fault == FAB_OK) {
+    if (f != FAB_OK) {
         c->fault = (fab_status)f;
         snprintf(c->fault_msg, sizeof c->fault_msg, "%s", m->wd_msg);
+    } else if (aborted) { /* cannot happen unrecorded, but an aborted communicator is never usable */
+        c->fault = FAB_ERR_BACKEND;
+        snprintf(c->fault_msg, sizeof c->fault_msg, "the NCCL communicator was aborted");
     }
     return FAB_OK; /* fab__comm_usable reports c->fault */
+}
+
+/* ncclCommAbort, once, under comm_lock (the watchdog may be inside a call on it). */
+static void abort_comm(nccl_state *m)
+{
+    pthread_mutex_lock(&m->comm_lock);
+    if (!atomic_exchange(&m->aborted, 1)) {
+        ncclCommAbort(m->comm); /* m->comm dangles from here on; `aborted` keeps everyone off it */
+    }
+    pthread_mutex_unlock(&m->comm_lock);
 }
 
 static void nccl_abort(fab_comm *c)
 {
     nccl_state *m = c->impl;
-    if (m && !atomic_exchange(&m->aborted, 1))
-        ncclCommAbort(m->comm);
+    if (m)
+        abort_comm(m);
 }
 
 static void free_state(nccl_state *m)
@@ -336,6 +411,7 @@ static void free_state(nccl_state *m)
     if (m->side)
         cudaStreamDestroy(m->side);
     pthread_mutex_destroy(&m->lock);
+    pthread_mutex_destroy(&m->comm_lock);
     free(m);
 }
 
@@ -345,28 +421,32 @@ static fab_status nccl_destroy(fab_comm *c)
     if (!m)
         return FAB_OK;
     fab_status s = FAB_OK;
-    if (enter(c) == FAB_OK && c->fault == FAB_OK && !atomic_load(&m->aborted)) {
+    int entered = enter(c) == FAB_OK;
+    if (entered && c->fault == FAB_OK && !atomic_load(&m->aborted)) {
+        /* the watchdog still watches these waits */
         s = nccl_complete(c, 1, 1);
         if (s == FAB_OK)
             s = nccl_complete(c, 0, 1);
-        if (s == FAB_OK) {
-            ncclResult_t r = ncclCommFinalize(m->comm);
-            if (r != ncclSuccess && r != ncclInProgress)
-                s = nccl_fail(FAB_ERR_BACKEND, "fab_comm_destroy", "ncclCommFinalize", r);
-            else
-                s = settle(c, m->comm, "ncclCommFinalize");
-        }
     }
-    /* stop the watchdog before the communicator goes */
+    /* Stop the watchdog before the communicator goes: from here on this thread is
+     * the only one that touches m->comm. */
     if (m->have_thread) {
         atomic_store(&m->stop, 1);
         pthread_join(m->thread, NULL);
         m->have_thread = 0;
     }
-    if (c->fault == FAB_OK && s == FAB_OK && !atomic_load(&m->aborted))
+    (void)nccl_poll(c); /* a fault the watchdog found meanwhile */
+    if (entered && s == FAB_OK && c->fault == FAB_OK && !atomic_load(&m->aborted)) {
+        ncclResult_t r = ncclCommFinalize(m->comm);
+        if (r != ncclSuccess && r != ncclInProgress)
+            s = fab__comm_fault(c, status_of(r), "fab_comm_destroy: ncclCommFinalize: %s", ncclGetErrorString(r));
+        else
+            s = settle(c, m->comm, "ncclCommFinalize"); /* a failure aborts it */
+    }
+    if (s == FAB_OK && c->fault == FAB_OK && !atomic_load(&m->aborted))
         ncclCommDestroy(m->comm);
-    else if (!atomic_exchange(&m->aborted, 1))
-        ncclCommAbort(m->comm);
+    else
+        abort_comm(m); /* no-op when aborted already */
     free_state(m);
     c->impl = NULL;
     return s;
@@ -374,14 +454,20 @@ static fab_status nccl_destroy(fab_comm *c)
 
 static fab_status nccl_split(fab_comm *c, int color, int key, fab_comm *out);
 
+static fab_status nccl_dup(fab_comm *c, fab_comm *out)
+{
+    return nccl_split(c, 0, c->rank, out); /* one color, keys in rank order: the same ranks, in order */
+}
+
 static void *nccl_native(fab_comm *c)
 {
-    return ((nccl_state *)c->impl)->comm;
+    nccl_state *m = c->impl;
+    return atomic_load(&m->aborted) ? NULL : m->comm; /* NULL once aborted (freed by NCCL) */
 }
 
 static const fab__transport nccl_transport = {
     "nccl", nccl_post, nccl_test, nccl_complete, nccl_fork, nccl_copy, nccl_cast,
-    nccl_allgather_host, nccl_split, nccl_poll, nccl_abort, nccl_destroy, nccl_native,
+    nccl_allgather_host, nccl_split, nccl_dup, nccl_poll, nccl_abort, nccl_destroy, nccl_native,
 };
 
 /* Wraps a created ncclComm_t: streams, events, scratch, watchdog. */
@@ -393,6 +479,7 @@ static fab_status adopt(fab_comm *c, ncclComm_t comm)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
     }
     pthread_mutex_init(&m->lock, NULL);
+    pthread_mutex_init(&m->comm_lock, NULL);
     m->comm = comm;
     m->device = c->ctx->device;
     m->timeout_s = c->timeout_s;
@@ -418,7 +505,7 @@ static fab_status adopt(fab_comm *c, ncclComm_t comm)
     c->tp = &nccl_transport;
     c->rank = rank;
     c->nranks = size;
-    if (pthread_create(&m->thread, NULL, watchdog, c) == 0)
+    if (pthread_create(&m->thread, NULL, watchdog, m) == 0)
         m->have_thread = 1;
     else {
         c->impl = NULL;
@@ -474,14 +561,25 @@ static fab_status nccl_split(fab_comm *c, int color, int key, fab_comm *out)
     FAB__TRY(enter(c));
     ncclConfig_t cfg = make_config();
     ncclComm_t nc = NULL;
+    if (!lock_live(m))
+        return aborted_fault(c);
     ncclResult_t r = ncclCommSplit(m->comm, color == FAB_COMM_NO_COLOR ? NCCL_SPLIT_NOCOLOR : color, key, &nc, &cfg);
-    if (r != ncclSuccess && r != ncclInProgress)
+    pthread_mutex_unlock(&m->comm_lock);
+    if (r != ncclSuccess && r != ncclInProgress) {
+        if (nc)
+            ncclCommAbort(nc);
         return nccl_fail(status_of(r), c->op, "ncclCommSplit", r);
-    FAB__TRY(settle(c, m->comm, "ncclCommSplit"));
+    }
+    fab_status s = settle(c, m->comm, "ncclCommSplit");
+    if (s != FAB_OK) { /* the parent is aborted now; the child goes too */
+        if (nc)
+            ncclCommAbort(nc);
+        return s;
+    }
     if (!nc)
         return FAB_OK; /* FAB_COMM_NO_COLOR */
     out->op = c->op;
     out->deadline = c->deadline;
-    FAB__TRY(settle(out, nc, "ncclCommSplit"));
+    FAB__TRY(settle(out, nc, "ncclCommSplit")); /* out->impl is NULL: a failure aborts nc */
     return adopt(out, nc);
 }

@@ -10,6 +10,13 @@
  * before it): every rank must issue collectives in the same order, whatever order
  * its gradients became ready in. wait() finishes the side channel, orders the
  * context stream after it and unpacks the buffers into the gradients.
+ *
+ * The bucket all-reduces run on a communicator of their own, a duplicate of the
+ * user's made by fab_grad_sync_create (MPI_Comm_idup; ncclCommSplit with one color),
+ * so they never pair with the user's collectives on `comm`: ranks may issue a
+ * fab_allreduce between ready() calls at different points of their bucket
+ * sequence. A fault of the user's communicator (fab_comm_abort, a timeout) is
+ * passed on to the duplicate at the next fab_grad_sync_* call.
  */
 #include "comm.h"
 
@@ -37,7 +44,8 @@ typedef struct gs_bucket {
 } gs_bucket;
 
 struct fab_grad_sync {
-    fab_comm *comm;
+    fab_comm *user; /* the communicator given to create() */
+    fab_comm *comm; /* its duplicate: the buckets' collectives run here */
     fab_grad_sync_config cfg;
     gs_grad *grads;
     int ngrads, capgrads;
@@ -56,10 +64,17 @@ fab_status fab_grad_sync_create(fab_comm *comm, const fab_grad_sync_config *cfg,
     if (!comm)
         return fab__fail(INVALID, "%s: comm is NULL", op);
     FAB__TRY(fab__comm_usable(comm, op));
+    if (comm->group_depth)
+        return fab__fail(INVALID, "%s: not inside fab_comm_group_start/end", op);
     fab_grad_sync *gs = calloc(1, sizeof *gs);
     if (!gs)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
-    gs->comm = comm;
+    gs->user = comm;
+    fab_status s = fab__comm_dup(comm, op, &gs->comm);
+    if (s != FAB_OK) {
+        free(gs);
+        return s;
+    }
     if (cfg)
         gs->cfg = *cfg;
     if (!gs->cfg.bucket_cap_bytes)
@@ -103,6 +118,18 @@ fab_status fab_grad_sync_register(fab_grad_sync *gs, const fab_tensor *grad, int
         *index = gs->ngrads;
     gs->ngrads++;
     return FAB_OK;
+}
+
+/* The duplicate's state, after passing on a fault of the user's communicator. */
+static fab_status gs_usable(fab_grad_sync *gs, const char *op)
+{
+    fab_comm *u = gs->user, *c = gs->comm;
+    if (c->fault == FAB_OK && u->fault == FAB_OK)
+        (void)fab__comm_usable(u, op); /* polls (NCCL's asynchronous errors) */
+    if (c->fault == FAB_OK && u->fault != FAB_OK)
+        (void)fab__comm_fault(c, u->fault, "the communicator was aborted (%s: %s)", fab_status_name(u->fault),
+                              u->fault_msg);
+    return fab__comm_usable(c, op);
 }
 
 static fab_dtype wire_dtype(const fab_grad_sync *gs, fab_dtype d)
@@ -172,6 +199,8 @@ static fab_status check_layout(fab_grad_sync *gs, const char *op)
             h = (h ^ ((unsigned char *)v)[b]) * 1099511628211ull;
     }
     int64_t mine[3] = {gs->nbuckets, total, (int64_t)(h >> 1)};
+    /* `all` may be freed whatever allgather_host returns: the transport copies into
+     * it only on success and keeps its own buffers for a request that timed out. */
     int64_t *all = malloc(sizeof mine * (size_t)c->nranks);
     if (!all)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
@@ -210,7 +239,7 @@ fab_status fab_grad_sync_begin(fab_grad_sync *gs, int communicate)
         return fab__fail(INVALID, "%s: gs is NULL", op);
     if (gs->in_pass)
         return fab__fail(INVALID, "%s: the previous pass has not ended with fab_grad_sync_wait", op);
-    FAB__TRY(fab__comm_usable(gs->comm, op));
+    FAB__TRY(gs_usable(gs, op));
     if (!gs->built) {
         FAB__TRY(build(gs, op));
         FAB__TRY(check_layout(gs, op));
@@ -261,7 +290,7 @@ fab_status fab_grad_sync_ready(fab_grad_sync *gs, int index)
     gs_grad *g = &gs->grads[index];
     if (g->ready)
         return fab__fail(INVALID, "%s: gradient %d was already marked ready in this pass", op, index);
-    FAB__TRY(fab__comm_usable(gs->comm, op));
+    FAB__TRY(gs_usable(gs, op));
     g->ready = 1;
     gs->buckets[g->bucket].waiting--;
     if (!gs->communicate)
@@ -292,7 +321,7 @@ fab_status fab_grad_sync_wait(fab_grad_sync *gs)
             return fab__fail(INVALID, "%s: gradient %d was not marked ready in this pass", op, missing);
         return FAB_OK;
     }
-    FAB__TRY(fab__comm_usable(c, op));
+    FAB__TRY(gs_usable(gs, op));
     fab__comm_arm(c, op);
     FAB__TRY(c->tp->complete(c, 1, 0)); /* what was started finishes, even on error */
     if (missing >= 0)
@@ -327,6 +356,7 @@ void fab_grad_sync_destroy(fab_grad_sync *gs)
     for (int k = 0; k < gs->nbuckets; k++)
         if (c->fault == FAB_OK || !gs->communicate)
             fab_free(c->ctx, gs->buckets[k].buf);
+    (void)fab_comm_destroy(c); /* after a fault: frees only what the transport no longer uses */
     free(gs->buckets);
     free(gs->grads);
     free(gs);
