@@ -95,6 +95,7 @@ void fab_context_destroy(fab_context *ctx)
         return;
     if (ctx->backend == FAB_BACKEND_CUDA)
         fab__cuda_context_release(ctx);
+    fab__matmul_context_release(ctx);
     free(ctx);
 }
 

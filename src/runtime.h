@@ -51,7 +51,13 @@ struct fab_context {
     bool owns_stream; /* created by us, destroyed with the context */
     int sm_version;   /* 80, 90, 100, ... */
     int sm_count;
+
+    /* Per-op state an op creates lazily and releases with the context. */
+    void *matmul; /* kernels/matmul: cuBLASLt handle, workspace, algorithm cache */
 };
+
+/* Releases ctx->matmul (kernels/matmul/matmul.c); safe in every build. */
+void fab__matmul_context_release(fab_context *ctx);
 
 /* ----------------------------------------------------------- tensor checks */
 

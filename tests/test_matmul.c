@@ -818,6 +818,49 @@ static void test_deterministic(void **state)
     fab_context_destroy(ctx);
 }
 
+/* Empty products: m = 0 or n = 0 or an empty batch write nothing; dbias over no
+ * rows is zero. */
+static void test_empty(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    double v[64];
+    fab_test_fill_uniform(v, 64, -1, 1);
+    void *da = fab_test_upload(ctx, FAB_DTYPE_F32, v, 64, NULL);
+    void *dc = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, 64);
+    void *dg = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, 8);
+    fab_matmul_params p;
+    memset(&p, 0, sizeof p);
+    int64_t sa[2] = {0, 8}, sb[2] = {8, 8}, sc[2] = {0, 8}, n = 8;
+    assert_int_equal(fab_tensor_make(NULL, FAB_DTYPE_F32, 2, sa, &p.a), FAB_OK);
+    assert_int_equal(fab_tensor_make(da, FAB_DTYPE_F32, 2, sb, &p.b), FAB_OK);
+    assert_int_equal(fab_tensor_make(NULL, FAB_DTYPE_F32, 2, sc, &p.c), FAB_OK);
+    mm_ok(ctx, &p, "m = 0");
+    assert_int_equal(fab_tensor_make(dg, FAB_DTYPE_F32, 1, &n, &p.dbias), FAB_OK);
+    mm_ok(ctx, &p, "m = 0 with dbias");
+    double out[8], zero[8] = {0};
+    fab_test_download(ctx, FAB_DTYPE_F32, dg, 8, out);
+    for (int i = 0; i < 8; i++)
+        if (out[i] != 0)
+            fail_msg("dbias of an empty product: element %d is %g, want 0", i, out[i]);
+    (void)zero;
+    /* n = 0: nothing happens, C untouched */
+    int64_t sa2[2] = {8, 8}, sb2[2] = {8, 0}, sc2[2] = {8, 0};
+    memset(&p, 0, sizeof p);
+    assert_int_equal(fab_tensor_make(da, FAB_DTYPE_F32, 2, sa2, &p.a), FAB_OK);
+    assert_int_equal(fab_tensor_make(NULL, FAB_DTYPE_F32, 2, sb2, &p.b), FAB_OK);
+    assert_int_equal(fab_tensor_make(dc, FAB_DTYPE_F32, 2, sc2, &p.c), FAB_OK);
+    mm_ok(ctx, &p, "n = 0");
+    double cb[64];
+    fab_test_download(ctx, FAB_DTYPE_F32, dc, 64, cb);
+    for (int i = 0; i < 64; i++)
+        assert_true(isnan(cb[i]));
+    fab_test_free(ctx, da);
+    fab_test_free(ctx, dc);
+    fab_test_free(ctx, dg);
+    fab_context_destroy(ctx);
+}
+
 /* ----------------------------------------------------------- bad arguments */
 
 static void test_bad_arguments(void **state)
@@ -980,6 +1023,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_gradcheck),
         cmocka_unit_test(test_bias_grad),
         cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_empty),
         cmocka_unit_test(test_bad_arguments),
     };
     return fab_test_run(tests);

@@ -33,8 +33,15 @@ cudaError_t fab_emu_set_device_preset(const char *name);
  * copies immediate vs deferred to the wait) from the same snapshot of device memory, and
  * the two results are compared byte for byte.  0 = off.  Returns the previous setting. */
 int fab_emu_set_racecheck(int on);
-/* Number of launches the race check has reported since the process started. */
+/* Number of launches the race check has reported since the process started (both the
+ * schedule comparison and the shared-memory race detector count). */
 unsigned long fab_emu_race_reports(void);
+/* Shared-memory race detector: 1 = check every shared-memory access made through the
+ * PTX wrappers (cp.async, ldmatrix, stmatrix) for a conflicting access by another thread
+ * not ordered by a barrier / __syncwarp / cp.async.wait_group (default: on; also
+ * FAB_EMU_SMEMCHECK=0/1), in every run of the race check too.  Returns the previous
+ * setting. */
+int fab_emu_set_smemcheck(int on);
 
 /* Error mode: 0 = abort the process with a message on stderr (default, good under gdb);
  * 1 = stop the launch, print the message, and return cudaErrorLaunchFailure from the

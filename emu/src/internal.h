@@ -28,6 +28,7 @@ struct CpOp {
     const void *src;
     unsigned bytes, src_bytes;
     unsigned long long group;
+    bool landed; /* data already copied (race check's first run); the window still ends at the wait */
 };
 
 struct Thread {
@@ -48,6 +49,12 @@ struct Thread {
      * (uncommitted) group is number cp_open_group. */
     std::vector<CpOp> cp_pending;
     unsigned long long cp_open_group = 0;
+    /* shared-memory race detector (shadow.cpp): happens-before clocks.  vc[w] for the
+     * block's warps (vc[own warp] is this thread's epoch), lv[l] for the lanes of its own
+     * warp (lv[own lane] is its lane epoch).  Null when the detector is off. */
+    uint32_t *vc = nullptr;
+    uint32_t *lv = nullptr;
+    bool yielded = false; /* suspended by yield() (spin loop), not by a synchronisation */
 };
 
 /* One of the 16 named barriers of a block, for the current phase. */
@@ -59,6 +66,7 @@ struct Barrier {
     int warps_arrived = 0;
     int popc = 0;
     bool all = true, any = false;
+    uint32_t join[32] = {}; /* race detector: join of the arrivals' warp clocks */
 };
 
 struct Launch;
@@ -73,6 +81,7 @@ struct Block {
     uint32_t activemask_waiting[32] = {}; /* per warp: lanes waiting in __activemask */
     Barrier bars[16];
     unsigned char *smem = nullptr;
+    struct Shadow *shadow = nullptr; /* race detector state; null when off */
 };
 
 struct Launch {
@@ -86,6 +95,8 @@ struct Launch {
     bool reverse = false;      /* run threads (and blocks) in reverse order */
     bool cp_immediate = false; /* cp.async copies at issue instead of at the wait */
     unsigned char smem_poison = 0xff;
+    bool greedy = false;       /* run each warp as far as it goes before the next one */
+    bool shadow = false;       /* shared-memory race detector on (shadow.cpp) */
     /* progress and failure */
     std::atomic<unsigned long long> next_block{0};
     std::atomic<bool> failed{false};
@@ -114,6 +125,27 @@ enum { STAT_LAUNCHES, STAT_BLOCKS, STAT_THREADS, STAT_MMA, STAT_LDMATRIX, STAT_C
 std::string where();
 /* Name a kernel by its address (dladdr + demangle, or the address). */
 std::string kernel_name(const void *fn);
+
+/* A race found by the detector: count it, print, then abort or fail the launch. */
+void race_failure(Launch *L, const std::string &msg);
+bool smemcheck_on();
+
+/* ---- shadow.cpp: the shared-memory race detector ----
+ * Every shared-memory access made by emulator code (cp.async, ldmatrix, stmatrix) is
+ * checked against the last write and the reads since it, by happens-before: barriers
+ * order the warps that take part, warp collectives the lanes that take part.  */
+struct Shadow;
+Shadow *shadow_acquire(Block &b);          /* per worker, reset for this block */
+void shadow_thread_init(Block &b, Thread &t);
+void shadow_barrier_arrive(Block &b, Barrier &B, Thread &t, bool wait);
+void shadow_barrier_release(Block &b, Barrier &B, int id);
+void shadow_warp_sync_begin(Block &b, unsigned w, uint32_t lanes); /* before a collective's work */
+void shadow_warp_sync_end(Block &b, unsigned w, uint32_t lanes);   /* after it */
+bool collective_orders_memory(CollFn fn); /* ptx.cpp: false for mma, movmatrix */
+enum ShadowOp { SH_LDMATRIX, SH_STMATRIX, SH_CP_ASYNC };
+void shadow_read(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp op);
+void shadow_write(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp op, bool async);
+void shadow_async_done(Block &b, Thread &t, const void *p, unsigned bytes); /* the wait that completes it */
 
 /* cp.async (ptx.cpp): perform the thread's pending copies of groups < limit. */
 void cp_async_complete(Thread &t, unsigned long long limit);

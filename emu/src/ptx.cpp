@@ -156,11 +156,14 @@ static void mat_fn(const CollGroup &g)
     require_full_warp(g, what);
     /* M[m][row][col]: matrix m, 8x8 b16.  Row r of matrix m lives at the address of lane 8m + r. */
     uint16_t M[4][8][8];
+    Block *b = tl_block;
+    Thread *const *warp_threads = b->threads + tl_thread->id.warp * 32;
     if (!store) {
         for (int m = 0; m < nmat; ++m)
             for (int r = 0; r < 8; ++r) {
                 const MatIn &in = *static_cast<const MatIn *>(g.in[8 * m + r]);
                 check_row(in.addr, what, 8 * m + r);
+                if (b->shadow) shadow_read(*b, *warp_threads[8 * m + r], in.addr, 16, SH_LDMATRIX);
                 memcpy(M[m][r], in.addr, 16);
             }
     }
@@ -185,6 +188,7 @@ static void mat_fn(const CollGroup &g)
             for (int r = 0; r < 8; ++r) {
                 const MatIn &in = *static_cast<const MatIn *>(g.in[8 * m + r]);
                 check_row(in.addr, what, 8 * m + r);
+                if (b->shadow) shadow_write(*b, *warp_threads[8 * m + r], in.addr, 16, SH_STMATRIX, false);
                 memcpy(in.addr, M[m][r], 16);
             }
     }
@@ -232,6 +236,12 @@ uint32_t movmatrix_trans(uint32_t a)
     return out;
 }
 
+/* The race detector treats a warp collective as ordering the memory accesses of the
+ * lanes taking part -- except mma and movmatrix, which touch no memory and are not
+ * memory-ordering operations (and are the most frequent collectives: skipping them
+ * keeps the detector cheap). */
+bool collective_orders_memory(CollFn fn) { return fn != mma_fn && fn != movmatrix_fn; }
+
 /* ------------------------------------------------------------------ cp.async */
 
 static void cp_do(const CpOp &op)
@@ -243,7 +253,12 @@ static void cp_do(const CpOp &op)
 void cp_async_complete(Thread &t, unsigned long long limit)
 {
     size_t n = 0;
-    while (n < t.cp_pending.size() && t.cp_pending[n].group < limit) cp_do(t.cp_pending[n++]);
+    Block *b = tl_block;
+    for (; n < t.cp_pending.size() && t.cp_pending[n].group < limit; ++n) {
+        const CpOp &op = t.cp_pending[n];
+        if (!op.landed) cp_do(op);
+        if (b && b->shadow) shadow_async_done(*b, t, op.dst, op.bytes);
+    }
     t.cp_pending.erase(t.cp_pending.begin(), t.cp_pending.begin() + (long)n);
 }
 
@@ -271,12 +286,14 @@ void cp_async(void *dst, const void *src, int cp_size, int src_size, bool cg)
         kernel_error("cp.async: destination %p is global memory; it must be shared memory", dst);
     if (src_size > 0 && !is_device_memory(src, (size_t)src_size))
         kernel_error("cp.async: source [%p, +%d) is not inside a live cudaMalloc allocation", src, src_size);
-    CpOp op{dst, src, (unsigned)cp_size, (unsigned)src_size, t->cp_open_group};
+    Block *b = tl_block;
+    CpOp op{dst, src, (unsigned)cp_size, (unsigned)src_size, t->cp_open_group, b->launch->cp_immediate};
     count_stat(STAT_CP_ASYNC, 1);
-    if (tl_block->launch->cp_immediate)
-        cp_do(op);
-    else
-        t->cp_pending.push_back(op);
+    /* The write's window is [issue, the wait that completes the group]: checked here,
+     * in flight until then (shadow.cpp). */
+    if (b->shadow) shadow_write(*b, *t, dst, (unsigned)cp_size, SH_CP_ASYNC, true);
+    if (op.landed) cp_do(op);
+    t->cp_pending.push_back(op);
 }
 
 void cp_async_commit()

@@ -54,6 +54,7 @@ static int env_int(const char *name, int dflt)
 static std::atomic<int> g_racecheck{-1};    /* -1: read FAB_EMU_RACECHECK */
 static std::atomic<int> g_error_return{-1}; /* -1: read FAB_EMU_ERRORS */
 static std::atomic<int> g_threads{0};       /* 0: read FAB_EMU_THREADS */
+static std::atomic<int> g_smemcheck{-1};    /* -1: read FAB_EMU_SMEMCHECK (default on) */
 static std::atomic<unsigned long> g_race_reports{0};
 static std::atomic<unsigned long long> g_stats[8];
 
@@ -63,6 +64,16 @@ static bool racecheck_on()
     if (v < 0) {
         v = env_int("FAB_EMU_RACECHECK", 0) != 0;
         g_racecheck = v;
+    }
+    return v != 0;
+}
+
+bool smemcheck_on()
+{
+    int v = g_smemcheck.load();
+    if (v < 0) {
+        v = env_int("FAB_EMU_SMEMCHECK", 1) != 0;
+        g_smemcheck = v;
     }
     return v != 0;
 }
@@ -148,6 +159,13 @@ static void launch_failure(Launch *L, const std::string &msg)
     if (L) L->failed = true;
 }
 
+void race_failure(Launch *L, const std::string &msg)
+{
+    if (L && L->failed.exchange(true)) return; /* one report per launch */
+    g_race_reports++;
+    launch_failure(L, msg);
+}
+
 void kernel_error(const char *fmt, ...)
 {
     char body[1024];
@@ -227,6 +245,7 @@ static void release_barrier(Block &b, int id, BarrierReduce red)
     if (red == BAR_POPC) result = B.popc;
     if (red == BAR_AND) result = B.all ? 1 : 0;
     if (red == BAR_OR) result = B.any ? 1 : 0;
+    if (b.shadow) shadow_barrier_release(b, B, id);
     for (unsigned i = 0; i < b.nthreads; ++i) {
         Thread &t = *b.threads[i];
         if (t.state == TState::AtBarrier && t.bar_id == id) {
@@ -274,6 +293,7 @@ int barrier(int id, int count, BarrierReduce red, int pred, bool wait)
                      "completion?)",
                      id);
     B.arrived[w] |= bit;
+    if (b.shadow) shadow_barrier_arrive(b, B, *t, wait);
     B.popc += pred != 0;
     B.all = B.all && pred != 0;
     B.any = B.any || pred != 0;
@@ -364,7 +384,10 @@ static void try_complete_warp(Block &b, unsigned w)
             g.in[j] = o.coll_in;
             g.out[j] = o.coll_out;
         }
+        const bool track = b.shadow && collective_orders_memory(t.coll_fn);
+        if (track) shadow_warp_sync_begin(b, w, need);
         t.coll_fn(g);
+        if (track) shadow_warp_sync_end(b, w, need);
         for (uint32_t m = need; m; m &= m - 1) thread_at(b, w, (unsigned)__builtin_ctz(m)).state = TState::Runnable;
         b.waiting[w] &= ~need;
         pending &= ~need;
@@ -556,7 +579,9 @@ void *dynamic_smem()
 void yield()
 {
     Thread *t = tl_thread;
-    if (t) fiber_suspend(t->fiber); /* stays Runnable: the scheduler resumes it next round */
+    if (!t) return;
+    t->yielded = true;
+    fiber_suspend(t->fiber); /* stays Runnable: the scheduler resumes it next round */
 }
 
 /* ------------------------------------------------------------------ running a block */
@@ -661,6 +686,7 @@ static void run_block(Launch &L, unsigned long long linear)
     }
     if (L.smem) memset(smem, L.smem_poison, L.smem);
     b.smem = static_cast<unsigned char *>(smem);
+    b.shadow = L.shadow ? shadow_acquire(b) : nullptr;
 
     while (wk.slots.size() < b.nthreads) {
         Thread *t = new Thread(); /* kept for the worker's lifetime, with its fiber stack */
@@ -685,6 +711,9 @@ static void run_block(Launch &L, unsigned long long linear)
         t.bar_result = 0;
         t.cp_pending.clear();
         t.cp_open_group = 0;
+        t.vc = t.lv = nullptr;
+        t.yielded = false;
+        if (b.shadow) shadow_thread_init(b, t);
         fiber_prepare(t.fiber, thread_main, &t);
     }
     tl_block = &b;
@@ -693,22 +722,44 @@ static void run_block(Launch &L, unsigned long long linear)
     ::gridDim = L.grid;
 
     bool failed = false;
+    auto resume = [&](Thread &t) {
+        tl_thread = &t;
+        fab_emu_cur = &t.id;
+        ::threadIdx = t.id.threadIdx;
+        t.yielded = false;
+        fiber_resume(t.fiber);
+        tl_thread = nullptr;
+        fab_emu_cur = nullptr;
+        if (L.failed) failed = true;
+    };
     while (b.live > 0 && !failed) {
         bool progressed = false;
-        for (unsigned k = 0; k < b.nthreads; ++k) {
-            unsigned i = L.reverse ? b.nthreads - 1 - k : k;
-            Thread &t = *slots[i];
-            if (t.state != TState::Runnable) continue;
-            progressed = true;
-            tl_thread = &t;
-            fab_emu_cur = &t.id;
-            ::threadIdx = t.id.threadIdx;
-            fiber_resume(t.fiber);
-            tl_thread = nullptr;
-            fab_emu_cur = nullptr;
-            if (L.failed) {
-                failed = true;
-                break;
+        if (L.greedy) {
+            /* Each warp in turn runs as far as it can (to a block barrier or its end)
+             * before the next warp starts: the largest skew between warps that the
+             * barriers allow, so a missing barrier changes what other warps read. */
+            for (unsigned k = 0; k < b.nwarps && !failed; ++k) {
+                unsigned w = L.reverse ? b.nwarps - 1 - k : k;
+                for (bool again = true; again && !failed;) {
+                    again = false;
+                    for (unsigned j = 0; j < 32 && !failed; ++j) {
+                        unsigned i = w * 32 + (L.reverse ? 31 - j : j);
+                        if (i >= b.nthreads) continue;
+                        Thread &t = *slots[i];
+                        if (t.state != TState::Runnable) continue;
+                        progressed = true;
+                        resume(t);
+                        if (!t.yielded) again = true; /* a spinning thread lets the others run */
+                    }
+                }
+            }
+        } else {
+            for (unsigned k = 0; k < b.nthreads && !failed; ++k) {
+                unsigned i = L.reverse ? b.nthreads - 1 - k : k;
+                Thread &t = *slots[i];
+                if (t.state != TState::Runnable) continue;
+                progressed = true;
+                resume(t);
             }
         }
         if (!progressed && b.live > 0 && !failed) {
@@ -719,6 +770,7 @@ static void run_block(Launch &L, unsigned long long linear)
     tl_block = nullptr;
     free(smem);
     b.smem = nullptr;
+    b.shadow = nullptr;
     count_stat(STAT_BLOCKS, 1);
     count_stat(STAT_THREADS, b.nthreads);
 }
@@ -824,8 +876,10 @@ static cudaError_t execute(Launch &L)
 {
     std::lock_guard<std::mutex> lk(g_launch_mutex);
     count_stat(STAT_LAUNCHES, 1);
+    L.shadow = smemcheck_on();
     if (!racecheck_on()) {
         L.reverse = false;
+        L.greedy = false;
         L.cp_immediate = false;
         L.smem_poison = 0xff;
         run_launch(L, worker_count());
@@ -836,6 +890,7 @@ static cudaError_t execute(Launch &L)
     std::vector<std::vector<unsigned char>> snapshot(allocs.size()), first(allocs.size());
     for (size_t a = 0; a < allocs.size(); ++a) snapshot[a].assign(allocs[a].first, allocs[a].first + allocs[a].second);
     L.reverse = false;
+    L.greedy = true;
     L.cp_immediate = true;
     L.smem_poison = 0xff;
     run_launch(L, 1);
@@ -917,6 +972,13 @@ cudaError_t fab_emu_launch(const cudaLaunchConfig_t *cfg, const void *kernel, vo
 }
 
 extern "C" {
+
+int fab_emu_set_smemcheck(int on)
+{
+    int old = smemcheck_on() ? 1 : 0;
+    g_smemcheck = on ? 1 : 0;
+    return old;
+}
 
 int fab_emu_set_racecheck(int on)
 {

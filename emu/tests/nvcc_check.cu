@@ -16,6 +16,8 @@ void *fab_emu_nvcc_check_kernels[] = {
     (void *)k_mma_half_warp,
     (void *)k_transpose_tile<true>, (void *)k_transpose_tile<false>, (void *)k_warp_exchange<true>,
     (void *)k_warp_exchange<false>, (void *)k_cp_async_stage<true>, (void *)k_cp_async_stage<false>,
+    (void *)k_pipeline_ldmatrix<true>, (void *)k_pipeline_ldmatrix<false>, (void *)k_named_barrier_ldmatrix<true>,
+    (void *)k_named_barrier_ldmatrix<false>,
     (void *)k_indices, (void *)k_block_sum, (void *)k_sync_reduce, (void *)k_early_exit, (void *)k_named_barrier,
     (void *)k_dynamic_smem, (void *)k_shuffles, (void *)k_warp_sum_double, (void *)k_votes, (void *)k_atomics,
     (void *)k_shfl_from_exited, (void *)k_bad_mask, (void *)k_deadlock, (void *)k_mixed_collectives,

@@ -20,6 +20,7 @@ static bool flags_race(F run, cudaError_t *err)
 int main()
 {
     fab_emu_set_racecheck(1);
+    fab_emu_set_smemcheck(1); /* whatever FAB_EMU_SMEMCHECK says */
     fab_emu_set_error_mode(1);
     cudaError_t e;
 
@@ -60,6 +61,74 @@ int main()
     CHECK(!r && e == cudaSuccess, "correct cp.async staging flagged: %s", fab_emu_last_message());
     r = flags_race([&] { return launch(k_cp_async_stage<false>, dim3(2), dim3(n), n * 16, fi, fo); }, &e);
     CHECK(r, "missing cp.async wait not caught");
+
+    /* The attention kernel's cp.async double buffer read with ldmatrix, without the
+     * trailing __syncthreads: the shared-memory race detector reports the write after
+     * read, with and without FAB_EMU_RACECHECK; the correct kernel is silent and right. */
+    {
+        const int ntiles = 5, nblk = 2;
+        std::vector<uint32_t> hs((size_t)nblk * ntiles * 128 * 4);
+        EmuRng rng(7);
+        for (auto &v : hs) v = (uint32_t)rng.next();
+        uint4 *ps = device_alloc<uint4>(hs.size() / 4);
+        uint32_t *po = device_alloc<uint32_t>(nblk * 128);
+        cudaMemcpy(ps, hs.data(), hs.size() * 4, cudaMemcpyHostToDevice);
+        std::vector<uint32_t> want(nblk * 128);
+        for (int b = 0; b < nblk; ++b)
+            for (int t = 0; t < 128; ++t) {
+                uint32_t acc = 0;
+                int lane = t % 32;
+                for (int it = 0; it < ntiles; ++it)
+                    for (int q = 0; q < 4; ++q) {
+                        uint32_t r[4];
+                        /* ldmatrix.x4: register m = matrix m (rows 8m..8m+7 of the 32), row lane/4, word lane%4 */
+                        for (int m = 0; m < 4; ++m)
+                            r[m] = hs[((size_t)(b * ntiles + it) * 128 + q * 32 + m * 8 + lane / 4) * 4 + lane % 4];
+                        acc = acc * 31u + (r[0] ^ (r[1] << 1) ^ (r[2] << 2) ^ (r[3] << 3));
+                    }
+                want[b * 128 + t] = acc;
+            }
+        for (int rc = 1; rc >= 0; --rc) {
+            fab_emu_set_racecheck(rc);
+            r = flags_race([&] { return launch(k_pipeline_ldmatrix<true>, dim3(nblk), dim3(128), 256 * 16, ps, ntiles, po); },
+                           &e);
+            CHECK(!r && e == cudaSuccess, "racecheck=%d: correct cp.async/ldmatrix pipeline flagged: %s", rc,
+                  fab_emu_last_message());
+            std::vector<uint32_t> got(nblk * 128);
+            cudaMemcpy(got.data(), po, got.size() * 4, cudaMemcpyDeviceToHost);
+            int wrong = 0;
+            for (int i = 0; i < nblk * 128; ++i) wrong += got[i] != want[i];
+            CHECK(wrong == 0, "racecheck=%d: pipeline result wrong for %d threads", rc, wrong);
+            r = flags_race([&] { return launch(k_pipeline_ldmatrix<false>, dim3(nblk), dim3(128), 256 * 16, ps, ntiles, po); },
+                           &e);
+            CHECK(r && e == cudaErrorLaunchFailure, "racecheck=%d: missing trailing __syncthreads in the pipeline not caught",
+                  rc);
+            CHECK(strstr(fab_emu_last_message(), "shared-memory race (") != nullptr &&
+                      strstr(fab_emu_last_message(), "cp.async") != nullptr &&
+                      strstr(fab_emu_last_message(), "ldmatrix") != nullptr,
+                  "racecheck=%d: message: %s", rc, fab_emu_last_message());
+        }
+        /* With the detector off, the schedule comparison alone still sees it: the greedy
+         * warp order lets warp 0 refill the stage before warp 1 read it. */
+        fab_emu_set_racecheck(1);
+        int old = fab_emu_set_smemcheck(0);
+        r = flags_race([&] { return launch(k_pipeline_ldmatrix<false>, dim3(nblk), dim3(128), 256 * 16, ps, ntiles, po); },
+                       &e);
+        CHECK(r && strstr(fab_emu_last_message(), "race check") != nullptr,
+              "schedule comparison missed the pipeline race: %s", fab_emu_last_message());
+        fab_emu_set_smemcheck(old);
+        fab_emu_set_racecheck(0);
+
+        /* named barriers order only their participants */
+        r = flags_race([&] { return launch(k_named_barrier_ldmatrix<false>, dim3(1), dim3(128), 32 * 16, ps, po); }, &e);
+        CHECK(!r && e == cudaSuccess, "named barrier: correct kernel flagged: %s", fab_emu_last_message());
+        r = flags_race([&] { return launch(k_named_barrier_ldmatrix<true>, dim3(1), dim3(128), 32 * 16, ps, po); }, &e);
+        CHECK(r && strstr(fab_emu_last_message(), "read after write") != nullptr,
+              "named barrier: read by a non-participant not caught: %s", fab_emu_last_message());
+        cudaFree(ps);
+        cudaFree(po);
+        fab_emu_set_racecheck(1);
+    }
 
     /* FAB_EMU_RACECHECK off: the buggy kernel runs without complaint (one schedule only). */
     fab_emu_set_racecheck(0);

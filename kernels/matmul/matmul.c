@@ -118,18 +118,28 @@ static fab_status check_enums(const char *op, const fab_matmul_params *p)
     return FAB_OK;
 }
 
-#ifdef FAB_HAVE_CUDA
-/* cuBLASLt lives in matmul_cublas.c, which builds only for a real GPU. In an
- * emulated build these weak stand-ins say so; a GPU build's strong definitions
- * replace them at link time. */
-__attribute__((weak)) fab_status fab__matmul_cublaslt_supports(const fab_context *ctx, const fab__mm_args *a)
+/* Called by fab_context_destroy: releases the per-context matmul state. */
+void fab__matmul_context_release(fab_context *ctx)
+{
+#ifdef FAB_HAVE_CUBLASLT
+    if (ctx)
+        fab__matmul_cublaslt_release(ctx);
+#else
+    (void)ctx;
+#endif
+}
+
+#if defined(FAB_HAVE_CUDA) && !defined(FAB_HAVE_CUBLASLT)
+/* cuBLASLt lives in matmul_cublas.c, which builds only for a real GPU
+ * (FAB_HAVE_CUBLASLT). An emulated build has none, and says so. */
+fab_status fab__matmul_cublaslt_supports(const fab_context *ctx, const fab__mm_args *a)
 {
     (void)ctx;
     (void)a;
     return fab__fail(UNSUPPORTED, "fab_matmul: cuBLASLt is not part of this build (emulated CUDA)");
 }
 
-__attribute__((weak)) fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a)
+fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a)
 {
     return fab__matmul_cublaslt_supports(ctx, a);
 }
@@ -283,12 +293,10 @@ fab_status fab_matmul(fab_context *ctx, const fab_matmul_params *p)
 
     if (ctx->backend == FAB_BACKEND_CUDA) {
 #ifdef FAB_HAVE_CUDA
+        if ((m == 0 || n == 0 || a.batch == 0) && !has_dbias)
+            return FAB_OK;
         if (a.algo == FAB_MATMUL_ALGO_CUBLASLT)
             FAB__TRY(fab__matmul_cublaslt_supports(ctx, &a));
-        if (m == 0 || n == 0 || a.batch == 0) {
-            if (!has_dbias)
-                return FAB_OK;
-        }
         return fab__matmul_cuda(ctx, &a);
 #else
         return fab__fail(FAB_ERR_INTERNAL, "%s: CUDA context in a build without CUDA", op);

@@ -76,6 +76,9 @@ fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a);
 /* Whether cuBLASLt can run this call (dtypes, epilogue, strides); FAB_OK or a
  * FAB_ERR_UNSUPPORTED message saying why not. */
 fab_status fab__matmul_cublaslt_supports(const fab_context *ctx, const fab__mm_args *a);
+/* fab__matmul_context_release (declared in src/runtime.h) frees what fab_matmul
+ * keeps in a context through this, in builds with cuBLASLt. */
+void fab__matmul_cublaslt_release(fab_context *ctx);
 /* The dbias of a call (from C or from A) by fabriek's deterministic CUDA
  * reduction, on the context's stream after the GEMM. */
 fab_status fab__matmul_dbias_cuda(fab_context *ctx, const fab__mm_args *a);

@@ -1,17 +1,15 @@
 /*
  * matmul_cpu.c: fab_matmul on the host.
  *
- * Idea (BLIS): C is computed in NC-wide column blocks; for each KC-deep slice of
- * k, the KC x NC block of op(B) is packed once into NR-wide panels (all threads
- * share it, it lives in L2/L3), and each thread packs MC x KC blocks of op(A)
- * into MR-high panels (L2). A register-blocked MR x NR micro-kernel
- * (matmul_ukernel.c: AVX-512, AVX2+FMA or portable C, picked at run time) streams
- * one A panel and one B panel (L1) and adds their product into C. f16/bf16
- * operands are widened to f32 while packing, so the micro-kernel is f32 only.
+ * Idea (BLIS): for each KC-deep slice of k, a KC x width block of op(B) is packed
+ * into NR-wide panels (L2) and MC x KC blocks of op(A) into MR-high panels; a
+ * register-blocked MR x NR micro-kernel (matmul_ukernel.c: AVX-512, AVX2+FMA or
+ * portable C, picked at run time) streams one A panel and one B panel (L1) and
+ * adds their product into C. f16/bf16 operands are widened to f32 while packing,
+ * so the micro-kernel is f32 only.
  *
- * Threads: one OpenMP region per call. B panels are packed cooperatively; the
- * rows of C are then split between threads (MR-aligned ranges), or, when there are
- * too few rows, its column panels.
+ * Threads: one OpenMP region per call; the packed B block is shared, the work
+ * on it is handed out dynamically in tasks (see gemm_packed).
  *
  * Numerics: f32 FMA, the k-sum in KC-sized slices in order, so results depend
  * only on the shape, never on the thread count: deterministic. The f32 sum of
@@ -177,18 +175,16 @@ static void pack_b_panel(const fab__mm_args *a, const void *B, int64_t p0, int64
 
 typedef struct gemm_plan {
     const fab__mm_ukernel *uk;
-    int64_t mc, kc, nc;
+    int64_t mc, kc;
     bool w_is_c;      /* C is f32: sums accumulate in C itself */
-    float *scratch;   /* f16/bf16 C with more than one k slice: m x nc f32 */
-    int64_t ldw;      /* scratch row stride */
-    int threads;
+    int64_t ldw;      /* row stride of the f32 scratch (f16/bf16 C, several k slices); 0: none */
 } gemm_plan;
 
 /* One MR x NR tile at (i, j) of batch `bt`: runs the micro-kernel on packed
  * panels ap/bp for the k slice number `slice` (of nslices), then, after the last
  * slice, the epilogue. mr_eff/nr_eff: the tile's real extent at the edges. */
 static void do_tile(const fab__mm_args *a, const gemm_plan *g, int64_t bt_c, int64_t bt_p, int64_t i, int64_t j,
-                    int64_t jc, int mr_eff, int nr_eff, int64_t kc, const float *ap, const float *bp, int slice,
+                    float *scratch, int mr_eff, int nr_eff, int64_t kc, const float *ap, const float *bp, int slice,
                     int nslices, float *tile)
 {
     const int MR = g->uk->mr, NR = g->uk->nr;
@@ -201,7 +197,7 @@ static void do_tile(const fab__mm_args *a, const gemm_plan *g, int64_t bt_c, int
         ldw = a->ldc;
         beta_done = true;
     } else if (nslices > 1) {
-        w = g->scratch + i * g->ldw + (j - jc);
+        w = scratch; /* this tile's place in the task's f32 scratch */
         ldw = g->ldw;
         beta_done = false;
     } else {
@@ -231,6 +227,13 @@ static void do_tile(const fab__mm_args *a, const gemm_plan *g, int64_t bt_c, int
     }
 }
 
+/* Threads share the packed K x NC block of op(B) (every k slice of it, packed
+ * cooperatively: packing it once per thread would cost as much as the
+ * arithmetic on small blocks). The block's work is then cut into tasks (MC rows
+ * x a group of NR panels, all k slices) handed out dynamically, so a core that
+ * other work takes away for a while delays only its own tasks; one barrier per
+ * column block (after packing B), not one per k slice. A task packs its MC x KC
+ * A block per slice (L2) and runs it against each B panel of its group (L1). */
 static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
 {
     gemm_plan g;
@@ -239,92 +242,89 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
     const int MR = g.uk->mr, NR = g.uk->nr;
     g.kc = g.uk->kc;
     g.mc = g.uk->mc;
-    g.nc = g.uk->nc;
+    int64_t nc_max = g.uk->nc;
     /* a k just past a slice is better split evenly than with a thin last slice */
     int64_t nslices = (a->k + g.kc - 1) / g.kc;
     if (nslices > 1)
         g.kc = ((a->k + nslices - 1) / nslices + 7) / 8 * 8;
     nslices = (a->k + g.kc - 1) / g.kc;
-    /* row blocks of equal height (a multiple of MR), so no thread gets a thin last one */
+    /* row blocks of equal height (a multiple of MR), so no block is thin */
     int64_t nblocks = (a->m + g.mc - 1) / g.mc;
     g.mc = ((a->m + nblocks - 1) / nblocks + MR - 1) / MR * MR;
     int64_t n_round = (a->n + NR - 1) / NR * NR;
-    if (g.nc > n_round)
-        g.nc = n_round;
+    if (nc_max > n_round)
+        nc_max = n_round;
     g.w_is_c = a->c_dtype == FAB_DTYPE_F32;
+    if (!g.w_is_c && nslices > 1)
+        g.ldw = nc_max;
 
     double flops = 2.0 * (double)a->m * (double)a->n * (double)a->k * (double)a->batch;
-    g.threads = flops < 2e6 ? 1 : ctx->num_threads;
+    int threads = flops < 2e6 ? 1 : ctx->num_threads;
 
-    size_t b_floats = (size_t)g.kc * (size_t)g.nc;
-    size_t a_floats = (size_t)g.kc * (size_t)((g.mc + MR - 1) / MR * MR);
-    float *bbuf = fab__mm_aligned_alloc(b_floats * sizeof(float));
-    float *abuf = fab__mm_aligned_alloc(a_floats * sizeof(float) * (size_t)g.threads);
-    float *tiles = fab__mm_aligned_alloc((size_t)(2 * MR * NR) * sizeof(float) * (size_t)g.threads);
-    if (!g.w_is_c && nslices > 1) {
-        g.ldw = g.nc;
-        g.scratch = fab__mm_aligned_alloc((size_t)a->m * (size_t)g.nc * sizeof(float));
-    }
-    if (!bbuf || !abuf || !tiles || (!g.w_is_c && nslices > 1 && !g.scratch)) {
-        free(bbuf);
-        free(abuf);
-        free(tiles);
-        free(g.scratch);
-        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_matmul: no host memory for the packing buffers");
-    }
+    size_t b_floats = (size_t)g.kc * (size_t)nslices * (size_t)nc_max;
+    size_t a_floats = (size_t)g.kc * (size_t)g.mc;
+    size_t t_floats = (size_t)(2 * MR * NR);
+    size_t s_floats = g.ldw ? (size_t)a->m * (size_t)g.ldw : 0;
+    size_t total = b_floats + s_floats + (a_floats + t_floats) * (size_t)threads;
+    float *buf = fab__mm_aligned_alloc(total * sizeof(float));
+    if (!buf)
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_matmul: no host memory for the packing buffers (%zu bytes)",
+                         total * sizeof(float));
+    float *bbuf = buf, *scratch = buf + b_floats, *per_thread = scratch + s_floats;
 
-#pragma omp parallel num_threads(g.threads)
+#pragma omp parallel num_threads(threads)
     {
-        int tid = 0, nt = 1; /* nt: the team's real size */
+        int tid = 0, nt = 1;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
         nt = omp_get_num_threads();
 #endif
-        float *my_a = abuf + a_floats * (size_t)tid;
-        float *my_tile = tiles + (size_t)(2 * MR * NR) * (size_t)tid;
+        float *my_a = per_thread + (a_floats + t_floats) * (size_t)tid;
+        float *my_tile = my_a + a_floats;
         for (int64_t bt = 0; bt < a->batch; bt++) {
             const void *A = bptr(a->a, a->ab_dtype, fab__mm_batch_offset(a, a->a_bstride, bt));
             const void *B = bptr(a->b, a->ab_dtype, fab__mm_batch_offset(a, a->b_bstride, bt));
             int64_t off_c = fab__mm_batch_offset(a, a->c_bstride, bt);
             int64_t off_p = a->pre_act ? fab__mm_batch_offset(a, a->p_bstride, bt) : 0;
-            for (int64_t jc = 0; jc < a->n; jc += g.nc) {
-                int64_t nc = a->n - jc < g.nc ? a->n - jc : g.nc;
+            for (int64_t jc = 0; jc < a->n; jc += nc_max) {
+                int64_t nc = a->n - jc < nc_max ? a->n - jc : nc_max;
                 int64_t npanels = (nc + NR - 1) / NR;
-                for (int64_t s = 0; s < nslices; s++) {
+                /* all k slices of this column block, packed by all threads: slice s
+                 * of panel q at bbuf + s*KC*nc_round + q*NR*kc */
+#pragma omp for schedule(dynamic, 4)
+                for (int64_t u = 0; u < npanels * nslices; u++) {
+                    int64_t s = u / npanels, q = u % npanels;
                     int64_t p0 = s * g.kc, kc = a->k - p0 < g.kc ? a->k - p0 : g.kc;
-#pragma omp for schedule(static)
-                    for (int64_t q = 0; q < npanels; q++) {
-                        int64_t cols = nc - q * NR < NR ? nc - q * NR : NR;
-                        pack_b_panel(a, B, p0, kc, jc + q * NR, cols, NR, bbuf + q * NR * kc);
-                    }
-                    /* tasks: (MC-row block, group of panels), handed out dynamically so a
-                     * core shared with other work does not hold up the rest; a thread
-                     * repacks A only when its next task is in another row block */
-                    int64_t nic = (a->m + g.mc - 1) / g.mc;
-                    int64_t groups = (4 * (int64_t)nt + nic - 1) / nic;
-                    if (groups > (npanels + 3) / 4)
-                        groups = (npanels + 3) / 4;
-                    if (groups < 1)
-                        groups = 1;
-                    int64_t width = (npanels + groups - 1) / groups;
-                    groups = (npanels + width - 1) / width;
-                    int64_t packed_ic = -1;
+                    int64_t cols = nc - q * NR < NR ? nc - q * NR : NR;
+                    pack_b_panel(a, B, p0, kc, jc + q * NR, cols, NR, bbuf + s * g.kc * nc_max + q * NR * kc);
+                }
+                /* tasks: row blocks x panel groups; a group is wide (>= 512 columns
+                 * where n allows), since its task repacks its A block per k slice */
+                int64_t nic = (a->m + g.mc - 1) / g.mc;
+                int64_t groups = (4 * (int64_t)nt + nic - 1) / nic;
+                if (groups > (npanels * NR + 511) / 512)
+                    groups = (npanels * NR + 511) / 512;
+                if (groups < 1)
+                    groups = 1;
+                int64_t width = (npanels + groups - 1) / groups;
+                groups = (npanels + width - 1) / width;
 #pragma omp for schedule(dynamic, 1)
-                    for (int64_t t = 0; t < nic * groups; t++) {
-                        int64_t ic = t / groups * g.mc, q0 = t % groups * width;
-                        int64_t q1 = q0 + width < npanels ? q0 + width : npanels;
-                        int64_t mc = a->m - ic < g.mc ? a->m - ic : g.mc;
-                        if (packed_ic != ic) {
-                            pack_a(a, A, ic, mc, p0, kc, MR, my_a);
-                            packed_ic = ic;
-                        }
+                for (int64_t t = 0; t < nic * groups; t++) {
+                    int64_t ic = t / groups * g.mc, q0 = t % groups * width;
+                    int64_t q1 = q0 + width < npanels ? q0 + width : npanels;
+                    int64_t mc = a->m - ic < g.mc ? a->m - ic : g.mc;
+                    for (int64_t s = 0; s < nslices; s++) {
+                        int64_t p0 = s * g.kc, kc = a->k - p0 < g.kc ? a->k - p0 : g.kc;
+                        const float *bs = bbuf + s * g.kc * nc_max;
+                        pack_a(a, A, ic, mc, p0, kc, MR, my_a);
                         for (int64_t q = q0; q < q1; q++) {
                             int64_t j = jc + q * NR;
                             int nr_eff = (int)(nc - q * NR < NR ? nc - q * NR : NR);
                             for (int64_t ir = 0; ir < mc; ir += MR) {
                                 int mr_eff = (int)(mc - ir < MR ? mc - ir : MR);
-                                do_tile(a, &g, off_c, off_p, ic + ir, j, jc, mr_eff, nr_eff, kc, my_a + ir * kc,
-                                        bbuf + q * NR * kc, (int)s, (int)nslices, my_tile);
+                                float *sc = g.ldw ? scratch + (ic + ir) * g.ldw + (j - jc) : NULL;
+                                do_tile(a, &g, off_c, off_p, ic + ir, j, sc, mr_eff, nr_eff, kc, my_a + ir * kc,
+                                        bs + q * NR * kc, (int)s, (int)nslices, my_tile);
                             }
                         }
                     }
@@ -332,10 +332,7 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
             }
         }
     }
-    free(bbuf);
-    free(abuf);
-    free(tiles);
-    free(g.scratch);
+    free(buf);
     return FAB_OK;
 }
 

@@ -2,7 +2,7 @@
  * matmul_cublas.c: fab_matmul through cublasLtMatmul: the baseline fabriek's own
  * kernels are measured against, and AUTO's choice on a real GPU where it
  * supports the call. Builds only for a real GPU (the emulator has no cuBLASLt;
- * matmul.c's weak stand-ins answer there).
+ * matmul.c's stand-ins answer there).
  *
  * Row-major to cuBLAS's column-major: a row-major [r, c] matrix with row stride ld
  * is a column-major [c, r] one with leading dimension ld. So C = op(A)·op(B)
@@ -20,8 +20,8 @@
  * A dbias cuBLASLt cannot fuse (other dtype, batched) is reduced after the GEMM by
  * fabriek's deterministic kernel.
  *
- * Workspace and handle: created per call for now (cudaMallocAsync on the context's
- * stream, ctx->workspace_bytes); see the note at fab__matmul_cublaslt.
+ * Handle, workspace (ctx->workspace_bytes) and an algorithm cache per context,
+ * created on first use, in ctx->matmul (see fab__mm_lt_state).
  * Deterministic contexts restrict cuBLASLt to algorithms without split-k
  * reductions (CUBLASLT_REDUCTION_SCHEME_NONE), so repeats are bitwise equal.
  */
@@ -29,6 +29,7 @@
 
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define UNSUPPORTED FAB_ERR_UNSUPPORTED
@@ -54,6 +55,24 @@ static bool flat_stride(const fab__mm_args *a, const int64_t *bstride, int64_t *
     *out = s < 0 ? 0 : s;
     return true;
 }
+
+/* Per-context cuBLASLt state: the handle, the workspace, and the algorithm the
+ * heuristic chose for each recent call shape. It lives in ctx->matmul, created on
+ * first use and released with the context (fab__matmul_context_release). */
+#define LT_CACHE 32
+typedef struct lt_key {
+    int64_t v[24];
+} lt_key;
+typedef struct fab__mm_lt_state {
+    cublasLtHandle_t handle;
+    void *workspace;
+    size_t workspace_bytes;
+    int next;                    /* round-robin replacement */
+    int used[LT_CACHE];
+    lt_key key[LT_CACHE];
+    cublasLtMatmulAlgo_t algo[LT_CACHE];
+    size_t algo_ws[LT_CACHE];
+} fab__mm_lt_state;
 
 typedef struct lt_plan {
     cublasLtEpilogue_t epi;
@@ -163,25 +182,80 @@ static cublasStatus_t set_layout_batch(cublasLtMatrixLayout_t l, int32_t count, 
     return s;
 }
 
-/* Note for the context: cuBLASLt wants one handle and one workspace per context,
- * created on first use and released with it. Until the context has a slot for
- * them (see fab__matmul_context_release in the report), each call creates its
- * handle and takes its workspace from the stream-ordered allocator, which costs
- * a few microseconds per call but is correct. */
+static lt_key make_key(const fab_context *ctx, const fab__mm_args *a, const lt_plan *pl)
+{
+    lt_key k;
+    memset(&k, 0, sizeof k);
+    int64_t *v = k.v;
+    v[0] = a->m, v[1] = a->n, v[2] = a->k, v[3] = a->lda, v[4] = a->ldb, v[5] = a->ldc, v[6] = a->ldp;
+    v[7] = a->batch, v[8] = pl->sa, v[9] = pl->sb, v[10] = pl->sc, v[11] = pl->sp;
+    v[12] = a->ab_dtype, v[13] = a->c_dtype, v[14] = a->trans_a, v[15] = a->trans_b, v[16] = pl->epi;
+    v[17] = pl->compute, v[18] = align_of(a->a), v[19] = align_of(a->b), v[20] = align_of(a->c);
+    v[21] = ctx->deterministic, v[22] = a->beta != 0.0f, v[23] = pl->fuse_dbias;
+    return k;
+}
+
+static void release_state(fab__mm_lt_state *st)
+{
+    if (!st)
+        return;
+    if (st->workspace)
+        cudaFree(st->workspace);
+    if (st->handle)
+        cublasLtDestroy(st->handle);
+    free(st);
+}
+
+/* The context's state, created on first use. */
+static fab_status get_state(fab_context *ctx, fab__mm_lt_state **out)
+{
+    fab__mm_lt_state *st = (fab__mm_lt_state *)ctx->matmul;
+    if (!st) {
+        st = calloc(1, sizeof *st);
+        if (!st)
+            return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", lt_op);
+        cublasStatus_t cs = cublasLtCreate(&st->handle);
+        if (cs != CUBLAS_STATUS_SUCCESS) {
+            free(st);
+            return fab__fail(FAB_ERR_BACKEND, "%s: cublasLtCreate failed: %s", lt_op, cublasLtGetStatusString(cs));
+        }
+        if (ctx->workspace_bytes > 0) {
+            cudaError_t err = cudaMalloc(&st->workspace, ctx->workspace_bytes);
+            if (err != cudaSuccess) {
+                (void)cudaGetLastError();
+                st->workspace = NULL; /* run without a workspace */
+            } else {
+                st->workspace_bytes = ctx->workspace_bytes;
+            }
+        }
+        ctx->matmul = st;
+    }
+    *out = st;
+    return FAB_OK;
+}
+
+void fab__matmul_cublaslt_release(fab_context *ctx)
+{
+    if (ctx->backend == FAB_BACKEND_CUDA && ctx->matmul) {
+        cudaSetDevice(ctx->device);
+        release_state((fab__mm_lt_state *)ctx->matmul);
+    }
+    ctx->matmul = NULL;
+}
+
 fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a)
 {
     lt_plan pl;
     FAB__TRY(plan(a, &pl));
+    fab__mm_lt_state *st = NULL;
+    FAB__TRY(get_state(ctx, &st));
     fab_status status = FAB_OK;
     cudaStream_t stream = (cudaStream_t)ctx->stream;
-    cublasLtHandle_t h = NULL;
+    cublasLtHandle_t h = st->handle;
     cublasLtMatmulDesc_t desc = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
     cublasLtMatmulPreference_t pref = NULL;
-    void *ws = NULL;
-    size_t ws_bytes = ctx->workspace_bytes;
 
-    LT_TRY(cublasLtCreate(&h), "cublasLtCreate");
     LT_TRY(cublasLtMatmulDescCreate(&desc, pl.compute, CUDA_R_32F), "cublasLtMatmulDescCreate");
     /* cuBLAS's A is our B, its B our A */
     cublasOperation_t opa = a->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, opb = a->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -216,51 +290,55 @@ fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a)
         LT_TRY(set_layout_batch(lc, (int32_t)a->batch, pl.sc), "batch of c");
     }
 
-    LT_TRY(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-    uint64_t wsb = ws_bytes;
-    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb),
-           "MAX_WORKSPACE_BYTES");
-    uint32_t al_a = align_of(a->b), al_b = align_of(a->a), al_c = align_of(a->c);
-    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a), "ALIGN_A");
-    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b), "ALIGN_B");
-    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c), "ALIGN_C");
-    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c), "ALIGN_D");
-    if (ctx->deterministic) {
-        uint32_t mask = CUBLASLT_REDUCTION_SCHEME_NONE;
-        LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &mask, sizeof mask),
-               "REDUCTION_SCHEME_MASK");
-    }
-    cublasLtMatmulHeuristicResult_t res;
-    int found = 0;
-    memset(&res, 0, sizeof res);
-    LT_TRY(cublasLtMatmulAlgoGetHeuristic(h, desc, la, lb, lc, lc, pref, 1, &res, &found), "cublasLtMatmulAlgoGetHeuristic");
-    if (found == 0) {
-        status = fab__fail(UNSUPPORTED, "%s: no cuBLASLt algorithm for this call (epilogue %d)", lt_op, (int)pl.epi);
-        goto done;
-    }
-    if (res.workspaceSize > 0) {
-        cudaError_t err = cudaMallocAsync(&ws, res.workspaceSize, stream);
-        if (err != cudaSuccess) {
-            status = fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: %zu bytes of workspace: %s", lt_op, res.workspaceSize,
-                               cudaGetErrorString(err));
+    /* the algorithm: from the cache, else the heuristic's first choice */
+    lt_key key = make_key(ctx, a, &pl);
+    int slot = -1;
+    for (int i = 0; i < LT_CACHE; i++)
+        if (st->used[i] && memcmp(&st->key[i], &key, sizeof key) == 0) {
+            slot = i;
+            break;
+        }
+    if (slot < 0) {
+        LT_TRY(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+        uint64_t wsb = st->workspace_bytes;
+        LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb),
+               "MAX_WORKSPACE_BYTES");
+        uint32_t al_a = align_of(a->b), al_b = align_of(a->a), al_c = align_of(a->c);
+        LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a), "ALIGN_A");
+        LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b), "ALIGN_B");
+        LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c), "ALIGN_C");
+        LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c), "ALIGN_D");
+        if (ctx->deterministic) {
+            uint32_t mask = CUBLASLT_REDUCTION_SCHEME_NONE;
+            LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &mask, sizeof mask),
+                   "REDUCTION_SCHEME_MASK");
+        }
+        cublasLtMatmulHeuristicResult_t res;
+        int found = 0;
+        memset(&res, 0, sizeof res);
+        LT_TRY(cublasLtMatmulAlgoGetHeuristic(h, desc, la, lb, lc, lc, pref, 1, &res, &found),
+               "cublasLtMatmulAlgoGetHeuristic");
+        if (found == 0) {
+            status = fab__fail(UNSUPPORTED, "%s: no cuBLASLt algorithm for this call (epilogue %d)", lt_op, (int)pl.epi);
             goto done;
         }
+        slot = st->next;
+        st->next = (st->next + 1) % LT_CACHE;
+        st->used[slot] = 1;
+        st->key[slot] = key;
+        st->algo[slot] = res.algo;
+        st->algo_ws[slot] = res.workspaceSize;
     }
     {
         /* beta = 0 must not read C (it may hold NaN): cuBLAS does not read C then */
         float alpha = a->alpha, beta = a->beta;
-        LT_TRY(cublasLtMatmul(h, desc, &alpha, a->b, la, a->a, lb, &beta, a->c, lc, a->c, lc, &res.algo, ws,
-                              res.workspaceSize, stream),
+        LT_TRY(cublasLtMatmul(h, desc, &alpha, a->b, la, a->a, lb, &beta, a->c, lc, a->c, lc, &st->algo[slot],
+                              st->workspace, st->algo_ws[slot], stream),
                "cublasLtMatmul");
     }
-    if (a->dbias && !pl.fuse_dbias) {
-        /* fabriek's deterministic reduction, after the GEMM on the same stream */
-        fab__mm_args only = *a;
-        status = fab__matmul_dbias_cuda(ctx, &only);
-    }
+    if (a->dbias && !pl.fuse_dbias) /* fabriek's deterministic reduction, after the GEMM on the same stream */
+        status = fab__matmul_dbias_cuda(ctx, a);
 done:
-    if (ws)
-        cudaFreeAsync(ws, stream);
     if (pref)
         cublasLtMatmulPreferenceDestroy(pref);
     if (la)
@@ -271,7 +349,5 @@ done:
         cublasLtMatrixLayoutDestroy(lc);
     if (desc)
         cublasLtMatmulDescDestroy(desc);
-    if (h)
-        cublasLtDestroy(h);
     return status;
 }

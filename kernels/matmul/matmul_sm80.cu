@@ -48,7 +48,25 @@ struct sm80_geom {
     int64_t m, n, k, lda, ldb, ldc, ldp;
     float alpha, beta;
     int act, act_backward, bias_f32;
+    int c_f32; /* C and pre_act are f32, else T (a runtime choice: it only touches the
+                * epilogue, and halves the kernels compiled per architecture) */
 };
+
+/* Element i of C or pre_act (f32 or T), as f32. */
+template <typename T>
+static __device__ __forceinline__ float sm80_load_c(const void *p, int64_t i, int c_f32)
+{
+    return c_f32 ? ((const float *)p)[i] : fab__to_f32(((const T *)p)[i]);
+}
+
+template <typename T>
+static __device__ __forceinline__ void sm80_store_c(void *p, int64_t i, int c_f32, float v)
+{
+    if (c_f32)
+        ((float *)p)[i] = v;
+    else
+        ((T *)p)[i] = fab__from_f32<T>(v);
+}
 
 static __device__ __forceinline__ float sm80_act(int act, float v)
 {
@@ -125,9 +143,9 @@ __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (
     fab__mma_m16n8k16_f16(d, a, b, d);
 }
 
-template <typename T, typename TC, int BM, int BN, int WARPS_M, int WARPS_N, bool TA, bool TB>
+template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, bool TA, bool TB>
 __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, 1)
-sm80_gemm(const T *A, const T *B, TC *C, const void *bias, TC *pre, sm80_geom g, sm80_batch bt)
+sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, sm80_geom g, sm80_batch bt)
 {
     constexpr int THREADS = WARPS_M * WARPS_N * 32;
     constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;
@@ -155,9 +173,10 @@ sm80_gemm(const T *A, const T *B, TC *C, const void *bias, TC *pre, sm80_geom g,
     }
     A += oa;
     B += ob;
-    C += oc;
+    const size_t c_size = g.c_f32 ? sizeof(float) : sizeof(T);
+    C = (char *)C + oc * c_size;
     if (pre)
-        pre += op;
+        pre = (char *)pre + op * c_size;
 
     const int64_t m0 = (int64_t)blockIdx.y * BM, n0 = (int64_t)blockIdx.x * BN;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -247,23 +266,23 @@ sm80_gemm(const T *A, const T *B, TC *C, const void *bias, TC *pre, sm80_geom g,
                 if (row >= g.m || col >= g.n)
                     continue;
                 float v = g.alpha * acc[i][j][r];
-                TC *cp = C + row * g.ldc + col;
+                int64_t ci = row * g.ldc + col;
                 if (g.beta != 0.0f)
-                    v += g.beta * fab__to_f32(*cp);
+                    v += g.beta * sm80_load_c<T>(C, ci, g.c_f32);
                 if (g.act_backward) {
-                    v *= sm80_act_grad(g.act, fab__to_f32(pre[row * g.ldp + col]));
+                    v *= sm80_act_grad(g.act, sm80_load_c<T>(pre, row * g.ldp + col, g.c_f32));
                 } else {
                     if (bias)
-                        v += g.bias_f32 ? ((const float *)bias)[col] : fab__to_f32(((const TC *)bias)[col]);
+                        v += sm80_load_c<T>(bias, col, g.bias_f32 || g.c_f32);
                     if (pre)
-                        pre[row * g.ldp + col] = fab__from_f32<TC>(v);
+                        sm80_store_c<T>(pre, row * g.ldp + col, g.c_f32, v);
                     v = sm80_act(g.act, v);
                 }
-                *cp = fab__from_f32<TC>(v);
+                sm80_store_c<T>(C, ci, g.c_f32, v);
             }
 }
 
-template <typename T, typename TC, int BM, int BN, int WM, int WN, bool TA, bool TB>
+template <typename T, int BM, int BN, int WM, int WN, bool TA, bool TB>
 static cudaError_t launch_cfg(fab_context *ctx, const fab__mm_args *a, const sm80_geom &g, const sm80_batch &bt)
 {
     const int smem = SM80_STAGES * (BM + BN) * SM80_BK * (int)sizeof(T);
@@ -272,27 +291,27 @@ static cudaError_t launch_cfg(fab_context *ctx, const fab__mm_args *a, const sm8
     cfg.blockDim = dim3(WM * WN * 32);
     cfg.dynamicSmemBytes = (size_t)smem;
     cfg.stream = (cudaStream_t)ctx->stream;
-    return cudaLaunchKernelEx(&cfg, sm80_gemm<T, TC, BM, BN, WM, WN, TA, TB>, (const T *)a->a, (const T *)a->b,
-                              (TC *)a->c, a->bias, (TC *)a->pre_act, g, bt);
+    return cudaLaunchKernelEx(&cfg, sm80_gemm<T, BM, BN, WM, WN, TA, TB>, (const T *)a->a, (const T *)a->b,
+                              a->c, a->bias, a->pre_act, g, bt);
 }
 
 /* Tile configurations: 128x128 (8 warps, 64x32 each) when the grid fills the
  * GPU, else 64x64 (4 warps, 32x32 each) for more blocks on small problems. */
-template <typename T, typename TC, bool TA, bool TB>
+template <typename T, bool TA, bool TB>
 static cudaError_t launch_tiles(fab_context *ctx, const fab__mm_args *a, const sm80_geom &g, const sm80_batch &bt)
 {
     int64_t big_blocks = ((a->m + 127) / 128) * ((a->n + 127) / 128) * a->batch;
     if (big_blocks >= (int64_t)ctx->sm_count)
-        return launch_cfg<T, TC, 128, 128, 2, 4, TA, TB>(ctx, a, g, bt);
-    return launch_cfg<T, TC, 64, 64, 2, 2, TA, TB>(ctx, a, g, bt);
+        return launch_cfg<T, 128, 128, 2, 4, TA, TB>(ctx, a, g, bt);
+    return launch_cfg<T, 64, 64, 2, 2, TA, TB>(ctx, a, g, bt);
 }
 
-template <typename T, typename TC>
+template <typename T>
 static cudaError_t launch_trans(fab_context *ctx, const fab__mm_args *a, const sm80_geom &g, const sm80_batch &bt)
 {
     if (a->trans_a)
-        return a->trans_b ? launch_tiles<T, TC, true, true>(ctx, a, g, bt) : launch_tiles<T, TC, true, false>(ctx, a, g, bt);
-    return a->trans_b ? launch_tiles<T, TC, false, true>(ctx, a, g, bt) : launch_tiles<T, TC, false, false>(ctx, a, g, bt);
+        return a->trans_b ? launch_tiles<T, true, true>(ctx, a, g, bt) : launch_tiles<T, true, false>(ctx, a, g, bt);
+    return a->trans_b ? launch_tiles<T, false, true>(ctx, a, g, bt) : launch_tiles<T, false, false>(ctx, a, g, bt);
 }
 
 extern "C" bool fab__matmul_sm80_supports(const fab_context *ctx, const fab__mm_args *a)
@@ -337,11 +356,11 @@ extern "C" fab_status fab__matmul_sm80(fab_context *ctx, const fab__mm_args *a)
         bt.sp[j] = a->p_bstride[j];
     }
     cudaError_t err;
-    bool cf = a->c_dtype == FAB_DTYPE_F32;
+    g.c_f32 = a->c_dtype == FAB_DTYPE_F32;
     if (a->ab_dtype == FAB_DTYPE_BF16)
-        err = cf ? launch_trans<__nv_bfloat16, float>(ctx, a, g, bt) : launch_trans<__nv_bfloat16, __nv_bfloat16>(ctx, a, g, bt);
+        err = launch_trans<__nv_bfloat16>(ctx, a, g, bt);
     else
-        err = cf ? launch_trans<__half, float>(ctx, a, g, bt) : launch_trans<__half, __half>(ctx, a, g, bt);
+        err = launch_trans<__half>(ctx, a, g, bt);
     if (err != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "fab_matmul: sm80_gemm launch failed: %s", cudaGetErrorString(err));
     return fab__cuda_check_launch("fab_matmul");

@@ -43,3 +43,60 @@ __global__ void k_cp_async_stage(const float4 *in, float4 *out)
     out[blockIdx.x * n + t] = s[(t + 1) % n];
     fab__cp_async_wait_all();
 }
+
+/* The attention kernel's pipeline in miniature: 128 threads stream `ntiles` tiles of
+ * 128 rows x 16 bytes through two shared-memory stages with cp.async (thread t copies
+ * row t), and every warp reads each whole tile with ldmatrix.x4.  The bug: no
+ * __syncthreads at the end of the loop body, so the cp.async that refills a stage in the
+ * next iteration races with the ldmatrix reads of slower warps (write after read).
+ * out[block * 128 + t] = a hash of the registers thread t received. */
+template <bool TrailingSync>
+__global__ void k_pipeline_ldmatrix(const uint4 *src, int ntiles, uint32_t *out)
+{
+    FAB_DYNAMIC_SMEM(uint4, stage); /* 2 x 128 rows */
+    const int t = threadIdx.x, lane = t % 32;
+    const uint4 *g = src + (size_t)blockIdx.x * ntiles * 128;
+    fab__cp_async_16(&stage[t], &g[t]);
+    fab__cp_async_commit();
+    uint32_t acc = 0;
+    for (int it = 0; it < ntiles; ++it) {
+        const int s = it & 1;
+        if (it + 1 < ntiles) {
+            fab__cp_async_16(&stage[(s ^ 1) * 128 + t], &g[(it + 1) * 128 + t]);
+            fab__cp_async_commit();
+            fab__cp_async_wait<1>();
+        } else {
+            fab__cp_async_wait<0>();
+        }
+        __syncthreads();
+        for (int q = 0; q < 4; ++q) {
+            uint32_t r[4];
+            fab__ldmatrix_x4(r, &stage[s * 128 + q * 32 + lane]);
+            acc = acc * 31u + (r[0] ^ (r[1] << 1) ^ (r[2] << 2) ^ (r[3] << 3));
+        }
+        if (TrailingSync) __syncthreads(); /* the stage is refilled in the next iteration */
+    }
+    out[blockIdx.x * 128 + t] = acc;
+}
+
+/* Named barriers order only their participants.  Warp 0 stages a tile with cp.async and
+ * waits; then warps 0 and 1 meet at bar.sync 1, 64 and warps 2 and 3 at bar.sync 2, 64.
+ * Warp 1 reads the tile with ldmatrix (ordered); with Bug, warp 2 reads it too -- it
+ * never synchronised with warp 0 (read after write). */
+template <bool Bug>
+__global__ void k_named_barrier_ldmatrix(const uint4 *src, uint32_t *out)
+{
+    FAB_DYNAMIC_SMEM(uint4, tile); /* 32 rows */
+    const int t = threadIdx.x, warp = t / 32, lane = t % 32;
+    if (warp == 0) {
+        fab__cp_async_16(&tile[lane], &src[lane]);
+        fab__cp_async_wait_all();
+    }
+    if (warp < 2)
+        fab__bar_sync(1, 64);
+    else
+        fab__bar_sync(2, 64);
+    uint32_t r[4] = {0, 0, 0, 0};
+    if (warp == 1 || (Bug && warp == 2)) fab__ldmatrix_x4(r, &tile[lane]);
+    out[t] = r[0] + r[1] + r[2] + r[3];
+}
