@@ -21,12 +21,8 @@ run() { "$@" || failed+=("$*"); }
 step "machine"
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.csv"
 nvcc --version | tail -2
-cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' .')
-case "$cap" in
-    90) arch=90a ;;
-    100) arch=100a ;;
-    *) arch=$cap ;;
-esac
+source tools/cuda-archs.sh
+arch=$FAB_CUDA_ARCHS
 echo "building for sm_$arch"
 
 step "build"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds fabriek and runs all its tests:
-#   1. the default build (CUDA backend when nvcc is found; on a machine without a
-#      GPU the gpu-label tests report themselves skipped) : labels cpu, gpu, mpi
+#   1. the default build (CUDA backend when nvcc is found, for this machine's GPU;
+#      without a GPU it is compiled for sm_90a and the gpu-label tests report
+#      themselves skipped) : labels cpu, gpu, mpi
 #   2. the emulated build (the CUDA kernels run on the CPU under emu/) : label emu
 # Exits non-zero when any build or test fails.
 set -euo pipefail
@@ -11,7 +12,9 @@ bash tools/deps.sh
 jobs=${FAB_JOBS:-$(nproc)}
 
 echo "== default build"
-cmake --preset default >/dev/null
+source tools/cuda-archs.sh # FAB_CUDA_ARCHS: this card's target, or sm_90a without a GPU
+echo "CUDA targets: $FAB_CUDA_ARCHS"
+cmake --preset default -DCMAKE_CUDA_ARCHITECTURES="$FAB_CUDA_ARCHS" >/dev/null
 cmake --build --preset default -j "$jobs"
 ctest --preset default -j "$jobs"
 
