@@ -33,9 +33,13 @@
 #define FAB__VECTOR_CLONES
 #endif
 
+/* The math helpers must inline into the block loops, or those loops call them per
+ * element and do not vectorise; GCC's size heuristics stop inlining them otherwise. */
+#define FAB__INLINE __attribute__((always_inline))
+
 #define BLOCK 512
 
-static inline float exp_f32(float x)
+static inline FAB__INLINE float exp_f32(float x)
 {
     const float log2e = 1.44269504088896341f;
     const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
@@ -55,12 +59,15 @@ static inline float exp_f32(float x)
     scale.u = (uint32_t)((int32_t)k + 127) << 23;
     float r_exp = p * scale.f;
     /* past the clamps: underflow to 0, overflow to infinity, as expf does */
-    return xin < -87.3f ? 0.0f : (xin > 88.7f ? INFINITY : r_exp);
+    r_exp = xin < -87.3f ? 0.0f : r_exp;
+    r_exp = xin > 88.7f ? INFINITY : r_exp;
+    return r_exp;
 }
 
 /* erfc(z) for z >= 0 (see the header comment) */
-static inline float erfc_nonneg_f32(float z)
+static inline FAB__INLINE float erfc_nonneg_f32(float z)
 {
+    z = z > 10.0f ? 10.0f : z; /* erfc(10) < 2^-149 already; keeps z*z (and inf) finite */
     float t = 1.0f / fmaf(0.5f, z, 1.0f);
     float p = 0.17087277f;
     p = fmaf(p, t, -0.82215223f);
@@ -74,19 +81,18 @@ static inline float erfc_nonneg_f32(float z)
     p = fmaf(p, t, -1.26551223f);
     float z2_hi = z * z;
     float z2_lo = fmaf(z, z, -z2_hi);
-    float r = t * exp_f32(p - z2_hi) * (1.0f - z2_lo);
-    return z > 10.0f ? 0.0f : r; /* erfc(10) < 2^-149; also keeps z*z = inf out */
+    return t * exp_f32(p - z2_hi) * (1.0f - z2_lo);
 }
 
 /* Phi(x) = erfc(-x/sqrt2)/2, the standard normal CDF */
-static inline float normal_cdf_f32(float x)
+static inline FAB__INLINE float normal_cdf_f32(float x)
 {
     float z = fabsf(x) * 0.70710678118654752f;
     float half_erfc = 0.5f * erfc_nonneg_f32(z);
     return x < 0 ? half_erfc : 1.0f - half_erfc;
 }
 
-static inline float gelu_f32(float x, int approximate)
+static inline FAB__INLINE float gelu_f32(float x, int approximate)
 {
     if (approximate) {
         float u = 0.79788456080286536f * fmaf(0.044715f * x, x * x, x);
@@ -95,7 +101,7 @@ static inline float gelu_f32(float x, int approximate)
     return x * normal_cdf_f32(x);
 }
 
-static inline float gelu_grad_f32(float x, int approximate)
+static inline FAB__INLINE float gelu_grad_f32(float x, int approximate)
 {
     if (approximate) {
         /* past |x| = 20 the derivative is 0 or 1 in f32; clamping keeps x^2 and
