@@ -68,6 +68,8 @@ static int write_json(const char *path, bench *b, const char *date)
     gethostname(host, sizeof host - 1);
     fprintf(f, "{\n  \"tool\": \"fab-bench\",\n  \"fabriek_version\": ");
     json_string(f, fab_version());
+    fprintf(f, ",\n  \"build\": ");
+    json_string(f, fab_build_info());
     fprintf(f, ",\n  \"commit\": ");
     json_string(f, FAB_GIT_COMMIT);
     fprintf(f, ",\n  \"date\": ");
@@ -160,7 +162,7 @@ int main(int argc, char **argv)
     char date[32];
     time_t now = time(NULL);
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-    printf("fab-bench %s (commit %s), %s\n", fab_version(), FAB_GIT_COMMIT, date);
+    printf("fab-bench %s (commit %s), %s\n%s\n", fab_version(), FAB_GIT_COMMIT, date, fab_build_info());
     printf("device: %s; median of %d runs after %d warm-up, caches scrubbed before each\n",
            fab_context_device_name(b.ctx), b.opt.reps, b.opt.warmup);
     if (!gpu)

@@ -43,6 +43,11 @@ extern "C" {
  * of the header a program was compiled with). Static string; never fails. */
 FAB_API const char *fab_version(void);
 
+/* How this library was built, for reports: version, CUDA backend (gpu with the
+ * toolkit version and targets, emulated, or none), MPI, NCCL, compiler. Static
+ * string; never fails. */
+FAB_API const char *fab_build_info(void);
+
 /* ----------------------------------------------------------------- status */
 
 typedef enum fab_status {

@@ -14,6 +14,26 @@ const char *fab_version(void)
     return FAB__STR(FAB_VERSION_MAJOR) "." FAB__STR(FAB_VERSION_MINOR) "." FAB__STR(FAB_VERSION_PATCH);
 }
 
+#ifndef FAB_BUILD_CUDA
+#define FAB_BUILD_CUDA "unknown"
+#endif
+#ifndef FAB_BUILD_COMM
+#define FAB_BUILD_COMM "unknown"
+#endif
+#if defined(__clang__)
+#define FAB__COMPILER "clang " __clang_version__
+#elif defined(__GNUC__)
+#define FAB__COMPILER "gcc " __VERSION__
+#else
+#define FAB__COMPILER "unknown compiler"
+#endif
+
+const char *fab_build_info(void)
+{
+    return "fabriek " FAB__STR(FAB_VERSION_MAJOR) "." FAB__STR(FAB_VERSION_MINOR) "." FAB__STR(FAB_VERSION_PATCH)
+           "; CUDA backend: " FAB_BUILD_CUDA "; comm: " FAB_BUILD_COMM "; " FAB__COMPILER;
+}
+
 const char *fab_status_name(fab_status status)
 {
     switch (status) {

@@ -17,6 +17,9 @@ static void test_version_and_status(void **state)
     char want[32];
     snprintf(want, sizeof want, "%d.%d.%d", FAB_VERSION_MAJOR, FAB_VERSION_MINOR, FAB_VERSION_PATCH);
     assert_string_equal(fab_version(), want);
+    assert_non_null(strstr(fab_build_info(), want));
+    assert_non_null(strstr(fab_build_info(), "CUDA backend: "));
+    assert_null(strstr(fab_build_info(), "unknown"));
     const char *seen[16];
     for (int s = 0; s <= FAB_ERR_INTERNAL; s++) {
         seen[s] = fab_status_name((fab_status)s);

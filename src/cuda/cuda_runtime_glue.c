@@ -68,8 +68,12 @@ fab_status fab__cuda_context_init(fab_context *ctx, void *user_stream)
         return cuda_fail(FAB_ERR_BACKEND, op, "cudaGetDeviceProperties", err);
     ctx->sm_version = prop.major * 10 + prop.minor;
     ctx->sm_count = prop.multiProcessorCount;
-    snprintf(ctx->device_name, sizeof ctx->device_name, "%s (sm_%d, %d SMs)", prop.name,
-             ctx->sm_version, ctx->sm_count);
+    int driver = 0, runtime = 0;
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    snprintf(ctx->device_name, sizeof ctx->device_name, "%s (sm_%d, %d SMs, driver %d.%d, runtime %d.%d)",
+             prop.name, ctx->sm_version, ctx->sm_count, driver / 1000, driver % 1000 / 10, runtime / 1000,
+             runtime % 1000 / 10);
     if (user_stream) {
         ctx->stream = user_stream;
         ctx->owns_stream = false;
