@@ -27,6 +27,7 @@
 #include "../common/cuda_dtype.cuh"
 #include "../common/ptx.cuh"
 #include "attention.h"
+#include "attention_sm80_common.cuh"
 
 namespace {
 
@@ -34,22 +35,6 @@ const int BM = 64;  /* query rows per tile */
 const int BN = 64;  /* keys per tile */
 const int THREADS = 128;
 const float L2E = 1.4426950408889634f;
-
-template <typename T> struct mma_of;
-template <> struct mma_of<__nv_bfloat16> {
-    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
-    {
-        fab__mma_m16n8k16_bf16(d, a, b, d);
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return fab__pack_bf16x2(lo, hi); }
-};
-template <> struct mma_of<__half> {
-    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
-    {
-        fab__mma_m16n8k16_f16(d, a, b, d);
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return fab__pack_f16x2(lo, hi); }
-};
 
 /* One sequence of the batch: first rows and lengths. */
 struct seq_info {
@@ -66,22 +51,6 @@ static __device__ __forceinline__ seq_info seq_of(const fab__attn_args &a, int b
         s.sq = a.cu_q_dev[b + 1] - (int)s.q0, s.sk = a.cu_k_dev[b + 1] - (int)s.k0;
     }
     return s;
-}
-
-/* rows [row0, row0 + n) of one head into smem [rows x (D+8)] by 16-byte cp.async;
- * rows past n zero-filled */
-template <typename T, int D>
-static __device__ __forceinline__ void load_rows(T *smem, const T *base, int64_t ss, int row0, int n, int rows)
-{
-    const int chunks = D / 8;
-    for (int c = threadIdx.x; c < rows * chunks; c += THREADS) {
-        int r = c / chunks, col = (c % chunks) * 8;
-        T *dst = smem + r * (D + 8) + col;
-        if (r < n)
-            fab__cp_async_16(dst, base + (int64_t)(row0 + r) * ss + col);
-        else
-            fab__cp_async_16_zfill(dst, base, 0);
-    }
 }
 
 /* BM floats [row0, row0 + n) of a row vector into smem (4-byte cp.async; zeros past n) */
@@ -157,13 +126,10 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
     const T *dO = (const T *)a.dout.data + b * a.dout.sb + s.q0 * a.dout.ss + h * a.dout.sh;
     const T *K = (const T *)a.k.data + b * a.k.sb + s.k0 * a.k.ss + kvh * a.k.sh;
     const T *V = (const T *)a.v.data + b * a.v.sb + s.k0 * a.v.ss + kvh * a.v.sh;
-    load_rows<T, D>(sQ, Q, a.q.ss, m0, nq, BM);
-    load_rows<T, D>(sdO, dO, a.dout.ss, m0, nq, BM);
-    if (ntiles > 0) {
-        int n = (int)(khi - klo < BN ? khi - klo : BN);
-        load_rows<T, D>(sK, K, a.k.ss, (int)klo, n, BN);
-        load_rows<T, D>(sV, V, a.v.ss, (int)klo, n, BN);
-    }
+    attn_load_rows<T, D, THREADS>(sQ, Q, a.q.ss, m0, nq, BM);
+    attn_load_rows<T, D, THREADS>(sdO, dO, a.dout.ss, m0, nq, BM);
+    if (ntiles > 0)
+        attn_kv_tile<T, D, BN, THREADS>(sK, sV, K, a.k.ss, V, a.v.ss, klo, khi);
     fab__cp_async_commit();
 
     const int r_lo = m0 + warp * 16 + g;
@@ -184,24 +150,10 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
     for (int it = 0; it < ntiles; it++) {
         const int buf = it & 1;
         const int64_t kt = klo + (int64_t)it * BN;
-        if (it + 1 < ntiles) {
-            int64_t kn = kt + BN;
-            int n = (int)(khi - kn < BN ? khi - kn : BN);
-            load_rows<T, D>(sK + (buf ^ 1) * BN * (D + 8), K, a.k.ss, (int)kn, n, BN);
-            load_rows<T, D>(sV + (buf ^ 1) * BN * (D + 8), V, a.v.ss, (int)kn, n, BN);
-            fab__cp_async_commit();
-            fab__cp_async_wait<1>();
-        } else {
-            fab__cp_async_wait<0>();
-        }
+        attn_kv_next<T, D, BN, THREADS>(sK, sV, K, a.k.ss, V, a.v.ss, buf, kt, khi, it + 1 < ntiles);
         __syncthreads();
-        if (it == 0) {
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                int m = lane / 8;
-                fab__ldmatrix_x4(qf[kk], sQ + (warp * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + kk * 16 + 8 * (m >> 1));
-            }
-        }
+        if (it == 0)
+            attn_load_q_frags<D>(qf, sQ, warp, lane);
         const T *cK = sK + buf * BN * (D + 8), *cV = sV + buf * BN * (D + 8);
 
         float sc[BN / 8][4], dp[BN / 8][4];
@@ -211,16 +163,15 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
             uint32_t dof[4];
-            int m = lane / 8;
-            fab__ldmatrix_x4(dof, sdO + (warp * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + kk * 16 + 8 * (m >> 1));
+            fab__ldmatrix_x4(dof, attn_frag_a_ptr<D>(sdO, warp * 16, kk * 16, lane));
 #pragma unroll
             for (int j = 0; j < BN / 8; j += 2) {
                 uint32_t r[4];
-                fab__ldmatrix_x4(r, cK + (j * 8 + 8 * (m >> 1) + lane % 8) * (D + 8) + kk * 16 + 8 * (m & 1));
+                fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cK, j * 8, kk * 16, lane));
                 uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
                 M::run(sc[j], qf[kk], b0);
                 M::run(sc[j + 1], qf[kk], b1);
-                fab__ldmatrix_x4(r, cV + (j * 8 + 8 * (m >> 1) + lane % 8) * (D + 8) + kk * 16 + 8 * (m & 1));
+                fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cV, j * 8, kk * 16, lane));
                 uint32_t c0[2] = {r[0], r[1]}, c1[2] = {r[2], r[3]};
                 M::run(dp[j], dof, c0);
                 M::run(dp[j + 1], dof, c1);
@@ -239,23 +190,7 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
             }
         }
         /* dQ += dS K */
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            uint32_t pa[4];
-            pa[0] = M::pack(sc[2 * kk][0], sc[2 * kk][1]);
-            pa[1] = M::pack(sc[2 * kk][2], sc[2 * kk][3]);
-            pa[2] = M::pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-            pa[3] = M::pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-#pragma unroll
-            for (int dn = 0; dn < D / 8; dn += 2) {
-                uint32_t r[4];
-                int m = lane / 8;
-                fab__ldmatrix_x4_trans(r, cK + (kk * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + dn * 8 + 8 * (m >> 1));
-                uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                M::run(dq[dn], pa, b0);
-                M::run(dq[dn + 1], pa, b1);
-            }
-        }
+        attn_mma_px<T, D, BN>(dq, sc, cK, lane);
         __syncthreads();
     }
 
@@ -301,17 +236,17 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
 
     const T *K = (const T *)a.k.data + b * a.k.sb + s.k0 * a.k.ss + kvh * a.k.sh;
     const T *V = (const T *)a.v.data + b * a.v.sb + s.k0 * a.v.ss + kvh * a.v.sh;
-    load_rows<T, D>(sK, K, a.k.ss, j0, nk, BN);
-    load_rows<T, D>(sV, V, a.v.ss, j0, nk, BN);
+    attn_load_rows<T, D, THREADS>(sK, K, a.k.ss, j0, nk, BN);
+    attn_load_rows<T, D, THREADS>(sV, V, a.v.ss, j0, nk, BN);
 
     /* issues the loads of pair `it` into buffer `buf` */
 #define FAB__LOAD_PAIR(it, buf)                                                                                     \
     do {                                                                                                            \
         int h_ = kvh * group + (it) / nqt;                                                                          \
         int i0_ = (int)(ilo + (int64_t)((it) % nqt) * BM), n_ = s.sq - i0_ < BM ? s.sq - i0_ : BM;                  \
-        load_rows<T, D>(sQ + (buf) * BM * (D + 8), (const T *)a.q.data + b * a.q.sb + s.q0 * a.q.ss + h_ * a.q.sh, \
+        attn_load_rows<T, D, THREADS>(sQ + (buf) * BM * (D + 8), (const T *)a.q.data + b * a.q.sb + s.q0 * a.q.ss + h_ * a.q.sh, \
                         a.q.ss, i0_, n_, BM);                                                                       \
-        load_rows<T, D>(sdO + (buf) * BM * (D + 8),                                                                 \
+        attn_load_rows<T, D, THREADS>(sdO + (buf) * BM * (D + 8),                                                                 \
                         (const T *)a.dout.data + b * a.dout.sb + s.q0 * a.dout.ss + h_ * a.dout.sh, a.dout.ss, i0_, \
                         n_, BM);                                                                                    \
         const int64_t lb_ = b * a.lse_sb + h_ * a.lse_sh + s.q0;                                                    \
@@ -389,14 +324,8 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
 #pragma unroll
             for (int kk = 0; kk < BM / 32; kk++) {
                 uint32_t pa[4], sa[4];
-                pa[0] = M::pack(st[2 * kk][0], st[2 * kk][1]);
-                pa[1] = M::pack(st[2 * kk][2], st[2 * kk][3]);
-                pa[2] = M::pack(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-                pa[3] = M::pack(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-                sa[0] = M::pack(dpt[2 * kk][0], dpt[2 * kk][1]);
-                sa[1] = M::pack(dpt[2 * kk][2], dpt[2 * kk][3]);
-                sa[2] = M::pack(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-                sa[3] = M::pack(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+                attn_pack_a<T>(pa, st[2 * kk], st[2 * kk + 1]);
+                attn_pack_a<T>(sa, dpt[2 * kk], dpt[2 * kk + 1]);
 #pragma unroll
                 for (int dn = 0; dn < D / 8; dn += 2) {
                     uint32_t r[4];

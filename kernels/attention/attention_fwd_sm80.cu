@@ -22,44 +22,13 @@
 #include "../common/cuda_dtype.cuh"
 #include "../common/ptx.cuh"
 #include "attention.h"
+#include "attention_sm80_common.cuh"
 
 namespace {
 
 const int BM = 64;      /* query rows per block (16 per warp) */
 const int BN = 64;      /* keys per tile */
 const int THREADS = 128;
-
-template <typename T> struct mma_of;
-template <> struct mma_of<__nv_bfloat16> {
-    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
-    {
-        fab__mma_m16n8k16_bf16(d, a, b, d);
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return fab__pack_bf16x2(lo, hi); }
-};
-template <> struct mma_of<__half> {
-    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
-    {
-        fab__mma_m16n8k16_f16(d, a, b, d);
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return fab__pack_f16x2(lo, hi); }
-};
-
-/* Copies rows [row0, row0 + n) (n <= rows) of one head into smem [rows x (D+8)]
- * with 16-byte cp.async; rows past n are zero-filled. */
-template <typename T, int D>
-static __device__ __forceinline__ void load_rows(T *smem, const T *base, int64_t ss, int row0, int n, int rows)
-{
-    const int chunks = D / 8;
-    for (int c = threadIdx.x; c < rows * chunks; c += THREADS) {
-        int r = c / chunks, col = (c % chunks) * 8;
-        T *dst = smem + r * (D + 8) + col;
-        if (r < n)
-            fab__cp_async_16(dst, base + (int64_t)(row0 + r) * ss + col);
-        else
-            fab__cp_async_16_zfill(dst, base, 0);
-    }
-}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(THREADS)
@@ -94,12 +63,9 @@ attention_fwd_kernel(const fab__attn_args a)
     const T *K = (const T *)a.k.data + b * a.k.sb + k0 * a.k.ss + kvh * a.k.sh;
     const T *V = (const T *)a.v.data + b * a.v.sb + k0 * a.v.ss + kvh * a.v.sh;
 
-    load_rows<T, D>(sQ, Q, a.q.ss, m0, nq, BM);
-    if (ntiles > 0) {
-        int n = (int)(khi - klo < BN ? khi - klo : BN);
-        load_rows<T, D>(sK, K, a.k.ss, (int)klo, n, BN);
-        load_rows<T, D>(sV, V, a.v.ss, (int)klo, n, BN);
-    }
+    attn_load_rows<T, D, THREADS>(sQ, Q, a.q.ss, m0, nq, BM);
+    if (ntiles > 0)
+        attn_kv_tile<T, D, BN, THREADS>(sK, sV, K, a.k.ss, V, a.v.ss, klo, khi);
     fab__cp_async_commit();
 
     const float L2E = 1.4426950408889634f;
@@ -115,24 +81,10 @@ attention_fwd_kernel(const fab__attn_args a)
     for (int it = 0; it < ntiles; it++) {
         const int buf = it & 1;
         const int64_t kt = klo + (int64_t)it * BN;
-        if (it + 1 < ntiles) {
-            int64_t kn = kt + BN;
-            int n = (int)(khi - kn < BN ? khi - kn : BN);
-            load_rows<T, D>(sK + (buf ^ 1) * BN * (D + 8), K, a.k.ss, (int)kn, n, BN);
-            load_rows<T, D>(sV + (buf ^ 1) * BN * (D + 8), V, a.v.ss, (int)kn, n, BN);
-            fab__cp_async_commit();
-            fab__cp_async_wait<1>();
-        } else {
-            fab__cp_async_wait<0>();
-        }
+        attn_kv_next<T, D, BN, THREADS>(sK, sV, K, a.k.ss, V, a.v.ss, buf, kt, khi, it + 1 < ntiles);
         __syncthreads();
-        if (it == 0) {
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                int m = lane / 8;
-                fab__ldmatrix_x4(qf[kk], sQ + (warp * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + kk * 16 + 8 * (m >> 1));
-            }
-        }
+        if (it == 0)
+            attn_load_q_frags<D>(qf, sQ, warp, lane);
         const T *cK = sK + buf * BN * (D + 8), *cV = sV + buf * BN * (D + 8);
 
         /* S = Q K^T: 16 x 64 per warp */
@@ -145,8 +97,7 @@ attention_fwd_kernel(const fab__attn_args a)
 #pragma unroll
             for (int j = 0; j < BN / 8; j += 2) {
                 uint32_t r[4];
-                int m = lane / 8;
-                fab__ldmatrix_x4(r, cK + (j * 8 + 8 * (m >> 1) + lane % 8) * (D + 8) + kk * 16 + 8 * (m & 1));
+                fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cK, j * 8, kk * 16, lane));
                 uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
                 M::run(s[j], qf[kk], b0);
                 M::run(s[j + 1], qf[kk], b1);
@@ -195,23 +146,7 @@ attention_fwd_kernel(const fab__attn_args a)
         }
 
         /* O += P V: P from the S registers, V by ldmatrix.trans */
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            uint32_t pa[4];
-            pa[0] = M::pack(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = M::pack(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = M::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = M::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dn = 0; dn < D / 8; dn += 2) {
-                uint32_t r[4];
-                int m = lane / 8;
-                fab__ldmatrix_x4_trans(r, cV + (kk * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + dn * 8 + 8 * (m >> 1));
-                uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                M::run(o[dn], pa, b0);
-                M::run(o[dn + 1], pa, b1);
-            }
-        }
+        attn_mma_px<T, D, BN>(o, s, cV, lane);
         __syncthreads(); /* this buffer is refilled two tiles on */
     }
 

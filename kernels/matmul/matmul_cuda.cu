@@ -21,79 +21,15 @@
 #include "../activation/gelu_math.h"
 #include "../common/cuda_dtype.cuh"
 #include "matmul.h"
+#include "matmul_cuda_common.cuh"
 
-/* Batch geometry passed by value: offsets of batch z for A, B, C, pre_act. */
-struct mm_batch {
-    int nb;
-    int64_t shape[FAB__MM_MAX_BATCH];
-    int64_t sa[FAB__MM_MAX_BATCH], sb[FAB__MM_MAX_BATCH], sc[FAB__MM_MAX_BATCH], sp[FAB__MM_MAX_BATCH];
-};
-
-struct mm_geom {
-    int64_t m, n, k, lda, ldb, ldc, ldp;
-    int ta, tb;
-    float alpha, beta;
-    int act, act_backward;
-    int bias_f32; /* bias dtype: f32 (1) or C's (0) */
-};
-
-static __device__ __forceinline__ void batch_offsets(const mm_batch &b, int64_t z, int64_t *oa, int64_t *ob,
-                                                     int64_t *oc, int64_t *op)
-{
-    int64_t a = 0, bb = 0, c = 0, p = 0;
-    for (int j = b.nb - 1; j >= 0; j--) {
-        int64_t i = z % b.shape[j];
-        z /= b.shape[j];
-        a += i * b.sa[j];
-        bb += i * b.sb[j];
-        c += i * b.sc[j];
-        p += i * b.sp[j];
-    }
-    *oa = a;
-    *ob = bb;
-    *oc = c;
-    *op = p;
-}
-
-static __device__ __forceinline__ float act_fwd(int act, float v)
-{
-    switch (act) {
-    case FAB_MATMUL_ACT_RELU: return v > 0.0f ? v : 0.0f;
-    case FAB_MATMUL_ACT_GELU_TANH: return fab__gelu(v, 1);
-    case FAB_MATMUL_ACT_GELU_ERF: return fab__gelu(v, 0);
-    default: return v;
-    }
-}
-
-static __device__ __forceinline__ float act_grad(int act, float x)
-{
-    switch (act) {
-    case FAB_MATMUL_ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;
-    case FAB_MATMUL_ACT_GELU_TANH: return fab__gelu_grad(x, 1);
-    case FAB_MATMUL_ACT_GELU_ERF: return fab__gelu_grad(x, 0);
-    default: return 1.0f;
-    }
-}
-
-/* The epilogue of one element: acc = op(A)·op(B) in f32. */
+/* The epilogue of one element: acc = op(A)·op(B) in f32; C and pre_act are TC
+ * (f32 exactly when TC is float), bias f32 or TC. */
 template <typename TC>
 static __device__ __forceinline__ void finish(const mm_geom &g, float acc, int64_t i, int64_t j, TC *c,
                                               const void *bias, TC *pre)
 {
-    float v = g.alpha * acc;
-    TC *cp = c + i * g.ldc + j;
-    if (g.beta != 0.0f)
-        v += g.beta * fab__to_f32(*cp);
-    if (g.act_backward) {
-        v *= act_grad(g.act, fab__to_f32(pre[i * g.ldp + j]));
-    } else {
-        if (bias)
-            v += g.bias_f32 ? ((const float *)bias)[j] : fab__to_f32(((const TC *)bias)[j]);
-        if (pre)
-            pre[i * g.ldp + j] = fab__from_f32<TC>(v);
-        v = act_fwd(g.act, v);
-    }
-    *cp = fab__from_f32<TC>(v);
+    mm_epilogue<TC>(g, acc, i, j, c, bias, pre, sizeof(TC) == sizeof(float));
 }
 
 /* simt_gemm: fabriek's portable CUDA GEMM (every dtype, transpose, stride and
@@ -115,7 +51,7 @@ simt_gemm(const TI *A, const TI *B, TC *C, const void *bias, TC *pre, mm_geom g,
     __shared__ float As[SIMT_BK][SIMT_BM + 1];
     __shared__ float Bs[SIMT_BK][SIMT_BN + 1];
     int64_t oa, ob, oc, op;
-    batch_offsets(bt, blockIdx.z, &oa, &ob, &oc, &op);
+    mm_batch_offsets(bt, blockIdx.z, &oa, &ob, &oc, &op);
     A += oa;
     B += ob;
     C += oc;
@@ -191,7 +127,7 @@ __global__ void __launch_bounds__(256)
 ref_gemm(const TI *A, const TI *B, TC *C, const void *bias, TC *pre, mm_geom g, mm_batch bt)
 {
     int64_t oa, ob, oc, op;
-    batch_offsets(bt, blockIdx.z, &oa, &ob, &oc, &op);
+    mm_batch_offsets(bt, blockIdx.z, &oa, &ob, &oc, &op);
     int64_t j = (int64_t)blockIdx.x * 16 + threadIdx.x % 16, i = (int64_t)blockIdx.y * 16 + threadIdx.x / 16;
     if (i >= g.m || j >= g.n)
         return;
@@ -284,30 +220,8 @@ template <typename TI, typename TC>
 static fab_status gemm_typed(fab_context *ctx, const fab__mm_args *a, bool reference)
 {
     mm_geom g;
-    g.m = a->m;
-    g.n = a->n;
-    g.k = a->k;
-    g.lda = a->lda;
-    g.ldb = a->ldb;
-    g.ldc = a->ldc;
-    g.ldp = a->ldp;
-    g.ta = a->trans_a;
-    g.tb = a->trans_b;
-    g.alpha = a->alpha;
-    g.beta = a->beta;
-    g.act = (int)a->act;
-    g.act_backward = a->act_backward;
-    g.bias_f32 = a->bias_dtype == FAB_DTYPE_F32;
     mm_batch bt;
-    memset(&bt, 0, sizeof bt);
-    bt.nb = a->nb;
-    for (int j = 0; j < a->nb; j++) {
-        bt.shape[j] = a->batch_shape[j];
-        bt.sa[j] = a->a_bstride[j];
-        bt.sb[j] = a->b_bstride[j];
-        bt.sc[j] = a->c_bstride[j];
-        bt.sp[j] = a->p_bstride[j];
-    }
+    mm_fill(a, &g, &bt);
     if (a->batch > 65535)
         return fab__fail(FAB_ERR_UNSUPPORTED, "fab_matmul: a batch of %lld matrices is more than the CUDA kernels' 65535",
                          (long long)a->batch);

@@ -34,59 +34,10 @@
 #include "../common/cuda_dtype.cuh"
 #include "../common/ptx.cuh"
 #include "matmul.h"
+#include "matmul_cuda_common.cuh"
 
 #define SM80_BK 32
 #define SM80_STAGES 3
-
-struct sm80_batch {
-    int nb;
-    int64_t shape[FAB__MM_MAX_BATCH];
-    int64_t sa[FAB__MM_MAX_BATCH], sb[FAB__MM_MAX_BATCH], sc[FAB__MM_MAX_BATCH], sp[FAB__MM_MAX_BATCH];
-};
-
-struct sm80_geom {
-    int64_t m, n, k, lda, ldb, ldc, ldp;
-    float alpha, beta;
-    int act, act_backward, bias_f32;
-    int c_f32; /* C and pre_act are f32, else T (a runtime choice: it only touches the
-                * epilogue, and halves the kernels compiled per architecture) */
-};
-
-/* Element i of C or pre_act (f32 or T), as f32. */
-template <typename T>
-static __device__ __forceinline__ float sm80_load_c(const void *p, int64_t i, int c_f32)
-{
-    return c_f32 ? ((const float *)p)[i] : fab__to_f32(((const T *)p)[i]);
-}
-
-template <typename T>
-static __device__ __forceinline__ void sm80_store_c(void *p, int64_t i, int c_f32, float v)
-{
-    if (c_f32)
-        ((float *)p)[i] = v;
-    else
-        ((T *)p)[i] = fab__from_f32<T>(v);
-}
-
-static __device__ __forceinline__ float sm80_act(int act, float v)
-{
-    switch (act) {
-    case FAB_MATMUL_ACT_RELU: return v > 0.0f ? v : 0.0f;
-    case FAB_MATMUL_ACT_GELU_TANH: return fab__gelu(v, 1);
-    case FAB_MATMUL_ACT_GELU_ERF: return fab__gelu(v, 0);
-    default: return v;
-    }
-}
-
-static __device__ __forceinline__ float sm80_act_grad(int act, float x)
-{
-    switch (act) {
-    case FAB_MATMUL_ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;
-    case FAB_MATMUL_ACT_GELU_TANH: return fab__gelu_grad(x, 1);
-    case FAB_MATMUL_ACT_GELU_ERF: return fab__gelu_grad(x, 0);
-    default: return 1.0f;
-    }
-}
 
 /* Index (in 16-bit elements) of chunk `ch` (8 elements) of row `row` in a shared
  * tile with R chunks per row, swizzled. R = 4 (k-contiguous, 64-byte rows: rows
@@ -145,7 +96,7 @@ __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (
 
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, bool TA, bool TB>
 __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, 1)
-sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, sm80_geom g, sm80_batch bt)
+sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom g, mm_batch bt)
 {
     constexpr int THREADS = WARPS_M * WARPS_N * 32;
     constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;
@@ -159,18 +110,8 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, sm80_geo
     T *As = smem;
     T *Bs = smem + SM80_STAGES * A_ELEMS;
 
-    int64_t oa = 0, ob = 0, oc = 0, op = 0;
-    {
-        int64_t z = blockIdx.z;
-        for (int j = bt.nb - 1; j >= 0; j--) {
-            int64_t i = z % bt.shape[j];
-            z /= bt.shape[j];
-            oa += i * bt.sa[j];
-            ob += i * bt.sb[j];
-            oc += i * bt.sc[j];
-            op += i * bt.sp[j];
-        }
-    }
+    int64_t oa, ob, oc, op;
+    mm_batch_offsets(bt, blockIdx.z, &oa, &ob, &oc, &op);
     A += oa;
     B += ob;
     const size_t c_size = g.c_f32 ? sizeof(float) : sizeof(T);
@@ -265,25 +206,12 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, sm80_geo
                 int64_t col = n0 + wn * WTN + j * 8 + 2 * tq + (r & 1);
                 if (row >= g.m || col >= g.n)
                     continue;
-                float v = g.alpha * acc[i][j][r];
-                int64_t ci = row * g.ldc + col;
-                if (g.beta != 0.0f)
-                    v += g.beta * sm80_load_c<T>(C, ci, g.c_f32);
-                if (g.act_backward) {
-                    v *= sm80_act_grad(g.act, sm80_load_c<T>(pre, row * g.ldp + col, g.c_f32));
-                } else {
-                    if (bias)
-                        v += sm80_load_c<T>(bias, col, g.bias_f32 || g.c_f32);
-                    if (pre)
-                        sm80_store_c<T>(pre, row * g.ldp + col, g.c_f32, v);
-                    v = sm80_act(g.act, v);
-                }
-                sm80_store_c<T>(C, ci, g.c_f32, v);
+                mm_epilogue<T>(g, acc[i][j][r], row, col, C, bias, pre, g.c_f32);
             }
 }
 
 template <typename T, int BM, int BN, int WM, int WN, bool TA, bool TB>
-static cudaError_t launch_cfg(fab_context *ctx, const fab__mm_args *a, const sm80_geom &g, const sm80_batch &bt)
+static cudaError_t launch_cfg(fab_context *ctx, const fab__mm_args *a, const mm_geom &g, const mm_batch &bt)
 {
     const int smem = SM80_STAGES * (BM + BN) * SM80_BK * (int)sizeof(T);
     cudaLaunchConfig_t cfg = {};
@@ -298,7 +226,7 @@ static cudaError_t launch_cfg(fab_context *ctx, const fab__mm_args *a, const sm8
 /* Tile configurations: 128x128 (8 warps, 64x32 each) when the grid fills the
  * GPU, else 64x64 (4 warps, 32x32 each) for more blocks on small problems. */
 template <typename T, bool TA, bool TB>
-static cudaError_t launch_tiles(fab_context *ctx, const fab__mm_args *a, const sm80_geom &g, const sm80_batch &bt)
+static cudaError_t launch_tiles(fab_context *ctx, const fab__mm_args *a, const mm_geom &g, const mm_batch &bt)
 {
     int64_t big_blocks = ((a->m + 127) / 128) * ((a->n + 127) / 128) * a->batch;
     if (big_blocks >= (int64_t)ctx->sm_count)
@@ -307,7 +235,7 @@ static cudaError_t launch_tiles(fab_context *ctx, const fab__mm_args *a, const s
 }
 
 template <typename T>
-static cudaError_t launch_trans(fab_context *ctx, const fab__mm_args *a, const sm80_geom &g, const sm80_batch &bt)
+static cudaError_t launch_trans(fab_context *ctx, const fab__mm_args *a, const mm_geom &g, const mm_batch &bt)
 {
     if (a->trans_a)
         return a->trans_b ? launch_tiles<T, true, true>(ctx, a, g, bt) : launch_tiles<T, true, false>(ctx, a, g, bt);
@@ -332,31 +260,10 @@ extern "C" bool fab__matmul_sm80_supports(const fab_context *ctx, const fab__mm_
 
 extern "C" fab_status fab__matmul_sm80(fab_context *ctx, const fab__mm_args *a)
 {
-    sm80_geom g;
-    g.m = a->m;
-    g.n = a->n;
-    g.k = a->k;
-    g.lda = a->lda;
-    g.ldb = a->ldb;
-    g.ldc = a->ldc;
-    g.ldp = a->ldp;
-    g.alpha = a->alpha;
-    g.beta = a->beta;
-    g.act = (int)a->act;
-    g.act_backward = a->act_backward;
-    g.bias_f32 = a->bias_dtype == FAB_DTYPE_F32;
-    sm80_batch bt;
-    memset(&bt, 0, sizeof bt);
-    bt.nb = a->nb;
-    for (int j = 0; j < a->nb; j++) {
-        bt.shape[j] = a->batch_shape[j];
-        bt.sa[j] = a->a_bstride[j];
-        bt.sb[j] = a->b_bstride[j];
-        bt.sc[j] = a->c_bstride[j];
-        bt.sp[j] = a->p_bstride[j];
-    }
+    mm_geom g;
+    mm_batch bt;
+    mm_fill(a, &g, &bt);
     cudaError_t err;
-    g.c_f32 = a->c_dtype == FAB_DTYPE_F32;
     if (a->ab_dtype == FAB_DTYPE_BF16)
         err = launch_trans<__nv_bfloat16>(ctx, a, g, bt);
     else

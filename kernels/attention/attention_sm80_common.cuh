@@ -1,0 +1,146 @@
+/*
+ * attention_sm80_common.cuh: device helpers shared by the sm_80 attention kernels
+ * (attention_fwd_sm80.cu, attention_bwd_sm80.cu). Shared tiles are row-major
+ * [rows x (D+8)] of the input type: rows padded by 16 bytes, so the 8 row reads
+ * of one ldmatrix phase hit 8 distinct bank groups. Fragments follow the PTX ISA
+ * layout of mma.m16n8k16 (lane = 4g + t). Include after cuda_dtype.cuh and ptx.cuh.
+ */
+#ifndef FAB_ATTENTION_SM80_COMMON_CUH
+#define FAB_ATTENTION_SM80_COMMON_CUH
+
+namespace {
+
+/* mma.m16n8k16 (d += a b, f32 accumulate) and the packing of two f32 into one
+ * 32-bit register of the input type (one rounding each), per input type. */
+template <typename T> struct mma_of;
+template <> struct mma_of<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
+    {
+        fab__mma_m16n8k16_bf16(d, a, b, d);
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return fab__pack_bf16x2(lo, hi); }
+};
+template <> struct mma_of<__half> {
+    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
+    {
+        fab__mma_m16n8k16_f16(d, a, b, d);
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return fab__pack_f16x2(lo, hi); }
+};
+
+/* Copies rows [row0, row0 + n) (n <= rows) of one head (row stride ss) into smem
+ * [rows x (D+8)] with 16-byte cp.async, rows past n zero-filled. Thread mapping:
+ * the block's THREADS threads take the D/8 chunks of each row in turn (coalesced).
+ * The caller commits and waits. */
+template <typename T, int D, int THREADS>
+static __device__ __forceinline__ void attn_load_rows(T *smem, const T *base, int64_t ss, int row0, int n, int rows)
+{
+    const int chunks = D / 8;
+    for (int c = threadIdx.x; c < rows * chunks; c += THREADS) {
+        int r = c / chunks, col = (c % chunks) * 8;
+        T *dst = smem + r * (D + 8) + col;
+        if (r < n)
+            fab__cp_async_16(dst, base + (int64_t)(row0 + r) * ss + col);
+        else
+            fab__cp_async_16_zfill(dst, base, 0);
+    }
+}
+
+/* Starts the copy of the K and V tile of keys [kt, min(kt + BN, khi)) into sK, sV
+ * (attn_load_rows; the caller commits). */
+template <typename T, int D, int BN, int THREADS>
+static __device__ __forceinline__ void attn_kv_tile(T *sK, T *sV, const T *K, int64_t kss, const T *V, int64_t vss,
+                                                    int64_t kt, int64_t khi)
+{
+    int n = (int)(khi - kt < BN ? khi - kt : BN);
+    attn_load_rows<T, D, THREADS>(sK, K, kss, (int)kt, n, BN);
+    attn_load_rows<T, D, THREADS>(sV, V, vss, (int)kt, n, BN);
+}
+
+/* The two-stage K/V pipeline of a loop over BN-key tiles: when a next tile exists
+ * (more), starts its copy (keys from kt + BN) into the other buffer `buf ^ 1` and
+ * waits for the current one only; else waits for all. The caller then
+ * __syncthreads(). */
+template <typename T, int D, int BN, int THREADS>
+static __device__ __forceinline__ void attn_kv_next(T *sK, T *sV, const T *K, int64_t kss, const T *V, int64_t vss,
+                                                    int buf, int64_t kt, int64_t khi, bool more)
+{
+    if (more) {
+        attn_kv_tile<T, D, BN, THREADS>(sK + (buf ^ 1) * BN * (D + 8), sV + (buf ^ 1) * BN * (D + 8), K, kss, V, vss,
+                                        kt + BN, khi);
+        fab__cp_async_commit();
+        fab__cp_async_wait<1>();
+    } else {
+        fab__cp_async_wait<0>();
+    }
+}
+
+/* Lane's ldmatrix.x4 row address for the 16x16 block at (row0, col0) of a padded
+ * tile, matrices in the order (r0-7,c0-7) (r8-15,c0-7) (r0-7,c8-15) (r8-15,c8-15):
+ * an mma A fragment (rows m, columns k), or with .trans two B fragments (rows k,
+ * columns n0-7 and n8-15). */
+template <int D, typename T>
+static __device__ __forceinline__ const T *attn_frag_a_ptr(const T *s, int row0, int col0, int lane)
+{
+    int m = lane / 8;
+    return s + (row0 + lane % 8 + 8 * (m & 1)) * (D + 8) + col0 + 8 * (m >> 1);
+}
+
+/* The same for the order (r0-7,c0-7) (r0-7,c8-15) (r8-15,c0-7) (r8-15,c8-15): two
+ * B fragments (rows n0-7 and n8-15 of a k-contiguous tile, columns k). */
+template <int D, typename T>
+static __device__ __forceinline__ const T *attn_frag_b_ptr(const T *s, int row0, int col0, int lane)
+{
+    int m = lane / 8;
+    return s + (row0 + 8 * (m >> 1) + lane % 8) * (D + 8) + col0 + 8 * (m & 1);
+}
+
+/* The A fragments of a warp's 16 query rows (warp*16..) over all D columns of sQ,
+ * kept in registers for the whole key loop. */
+template <int D, typename T>
+static __device__ __forceinline__ void attn_load_q_frags(uint32_t (&qf)[D / 16][4], const T *sQ, int warp, int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        fab__ldmatrix_x4(qf[kk], attn_frag_a_ptr<D>(sQ, warp * 16, kk * 16, lane));
+}
+
+/* An A fragment from f32 accumulators of two adjacent n-tiles (lo: columns 0-7,
+ * hi: 8-15 of the k slice), each value rounded once to T: the P (or dS) registers
+ * of one 16x16 block reused as the A operand without shared memory. */
+template <typename T>
+static __device__ __forceinline__ void attn_pack_a(uint32_t (&pa)[4], const float (&lo)[4], const float (&hi)[4])
+{
+    pa[0] = mma_of<T>::pack(lo[0], lo[1]);
+    pa[1] = mma_of<T>::pack(lo[2], lo[3]);
+    pa[2] = mma_of<T>::pack(hi[0], hi[1]);
+    pa[3] = mma_of<T>::pack(hi[2], hi[3]);
+}
+
+/* acc[16 x D] += P[16 x BN] X[BN x D] for one warp: P is the warp's f32
+ * accumulators of a 16 x BN product (p[BN/8][4], mma C layout), turned into A
+ * fragments by attn_pack_a (one rounding to T each); X is a padded [BN x (D+8)]
+ * shared tile, read as B fragments by ldmatrix.trans. f32 accumulation, k in
+ * order of 16-key slices. */
+template <typename T, int D, int BN>
+static __device__ __forceinline__ void attn_mma_px(float (&acc)[D / 8][4], float (&p)[BN / 8][4], const T *sx,
+                                                   int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+        uint32_t pa[4];
+        attn_pack_a<T>(pa, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+        for (int dn = 0; dn < D / 8; dn += 2) {
+            uint32_t r[4];
+            fab__ldmatrix_x4_trans(r, attn_frag_a_ptr<D>(sx, kk * 16, dn * 8, lane));
+            uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+            mma_of<T>::run(acc[dn], pa, b0);
+            mma_of<T>::run(acc[dn + 1], pa, b1);
+        }
+    }
+}
+
+} // namespace
+
+#endif
