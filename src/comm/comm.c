@@ -62,7 +62,7 @@ fab_status fab__comm_fault(fab_comm *c, fab_status status, const char *fmt, ...)
     if (c->fault == FAB_OK) { /* the first fault is the one reported from now on: its status and its message */
         memcpy(c->fault_msg, msg, sizeof msg);
         c->fault = status;
-        c->tp->abort(c);
+        c->tp->abort_comm(c);
     }
     return fab__fail(status, "%s; the communicator is aborted", msg);
 }
@@ -440,7 +440,7 @@ fab_status fab_comm_abort(fab_comm *comm)
     if (comm->fault == FAB_OK) {
         comm->fault = FAB_ERR_BACKEND;
         snprintf(comm->fault_msg, sizeof comm->fault_msg, "fab_comm_abort was called");
-        comm->tp->abort(comm);
+        comm->tp->abort_comm(comm);
     }
     return FAB_OK;
 }
