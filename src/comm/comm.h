@@ -63,7 +63,7 @@ typedef struct fab__transport {
     fab_status (*dup)(fab_comm *c, fab_comm *out);
     /* FAB_OK, or a fault the transport reports asynchronously (NCCL). */
     fab_status (*poll)(fab_comm *c);
-    void (*abort_comm)(fab_comm *c); /* transport-level abort (ncclCommAbort, ...) */
+    void (*abort_comm)(fab_comm *c); /* the transport's own abort: ncclCommAbort, ... */
     /* Frees the transport state; waits (deadline) unless aborted. */
     fab_status (*destroy)(fab_comm *c);
     /* The transport's own handle (fab_comm_native). */
