@@ -329,7 +329,7 @@ static fab_status make_comm(comm_bench *cb, bench *b)
     MPI_Initialized(&init);
     if (!init) { /* fab-bench's main knows nothing of MPI: init here, finalize at exit */
         int provided;
-        MPI_Init_thread(NULL, NULL, MPI_THREAD_SINGLE, &provided);
+        MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided); /* MULTIPLE: the MPI transport's progress thread */
         atexit(finalize_mpi);
     }
     MPI_Comm_rank(MPI_COMM_WORLD, &cb->rank);

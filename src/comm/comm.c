@@ -130,7 +130,7 @@ static void store_f(void *p, int64_t i, fab_dtype d, float v)
         else if (op == FAB_REDUCE_MIN)                                      \
             for (int64_t i = 0; i < n; i++) o[i] = x[i] < o[i] ? x[i] : o[i]; \
         else                                                                \
-            for (int64_t i = 0; i < n; i++) o[i] += x[i];                   \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] += x[i]; \
     } while (0)
 
 void fab__host_reduce(void *inout, const void *in, int64_t n, fab_dtype dtype, fab_reduce_op op)

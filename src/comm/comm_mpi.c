@@ -23,17 +23,31 @@
  * MPI_Ops that widen each pair to f32, combine and round back (RNE). AVG is SUM
  * followed by a division by nranks when the request completes.
  */
+#define _POSIX_C_SOURCE 200809L
 #include "comm.h"
 
 #include <limits.h>
 #include <mpi.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
+#include "comm_mpi_ring.h"
 #include "fabriek_mpi.h"
 
 #define INVALID FAB_ERR_INVALID_ARGUMENT
+
+/* All-reduce, reduce-scatter and all-gather of at least RING_MIN_DEFAULT bytes
+ * run on fabriek's ring (comm_mpi_ring.c), in RING_CHUNK_DEFAULT messages;
+ * smaller ones on MPI's own non-blocking collectives. Both can be overridden
+ * (FAB_COMM_RING_MIN_BYTES, FAB_COMM_RING_CHUNK_BYTES; the same on every rank). */
+#define RING_MIN_DEFAULT ((size_t)64 << 10)
+#define RING_CHUNK_DEFAULT ((size_t)1 << 20)
 
 /* A posted request and what to do when it completes. */
 typedef struct pending {
@@ -44,6 +58,7 @@ typedef struct pending {
     int avg;
     void *move_to;       /* reduce_scatter in place: the result lands at buf, belongs here */
     void *scratch;       /* owned (reduce_scatter in place): freed when the request completes */
+    fab__ring *ring;     /* instead of req: fabriek's ring (comm_mpi_ring.c) */
 } pending;
 
 typedef struct mpi_state {
@@ -54,6 +69,16 @@ typedef struct mpi_state {
     int npend[2], cap[2];
     MPI_Request host_req; /* the debug-mode check's all-gather */
     void *host_buf;       /* its send and receive buffer, owned while host_req lives */
+    pthread_mutex_t lock; /* guards side 1 (pend[1], npend[1], thread_err): shared with the thread */
+    pthread_cond_t wake;  /* side 1 has work, or stop */
+    pthread_t thread;     /* the progress thread (progress_main) */
+    int thread_ok;        /* MPI_THREAD_MULTIPLE and not disabled: start it on the first side post */
+    int thread_on, stop;
+    int thread_err;       /* its MPI error, if any, and the call */
+    const char *thread_call;
+    size_t ring_min;      /* collectives of at least this many bytes take the ring */
+    size_t ring_chunk;    /* the ring's message size */
+    unsigned ring_seq;    /* rings started: their message tags */
 } mpi_state;
 
 /* ---------------------------------------------------------------- errors */
@@ -174,6 +199,23 @@ static fab_status post_one(fab_comm *c, const fab__coll *k, int side)
     pending *p = push(c, side);
     if (!p)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
+    if (k->kind != FAB__COLL_BROADCAST && k->kind != FAB__COLL_BARRIER && (size_t)total * es >= m->ring_min) {
+        /* Every rank decides alike (same sizes, same settings) and starts its rings
+         * in the same order, so the tags match. */
+        int tag = 1 + (int)(m->ring_seq++ % 32000u); /* MPI_TAG_UB is at least 32767 */
+        fab_status s = fab__ring_start(m->comm, tag, m->ring_chunk, k, &p->ring);
+        if (s != FAB_OK) {
+            char why[128];
+            snprintf(why, sizeof why, "%s", fab_last_error());
+            m->npend[side]--;
+            return fab__fail(s, "%s: %s", c->op, why);
+        }
+        p->buf = k->recv;
+        p->count = k->count;
+        p->dtype = k->dtype;
+        p->avg = k->kind != FAB__COLL_ALLGATHER && k->op == FAB_REDUCE_AVG;
+        return FAB_OK;
+    }
     int err = MPI_SUCCESS;
     const char *call = "";
     switch (k->kind) {
@@ -242,28 +284,61 @@ static void finish(fab_comm *c, int side)
             memcpy(p->move_to, p->buf, (size_t)p->count * fab_dtype_size(p->dtype));
         free(p->scratch);
         p->scratch = NULL;
+        fab__ring_free(p->ring);
+        p->ring = NULL;
     }
     m->npend[side] = 0;
+}
+
+/* Moves everything issued on `side` on without waiting; finishes it all when all
+ * of it is done. Returns MPI_SUCCESS or an MPI error code (*call names the call).
+ * Side 1 only under m->lock (the progress thread shares it). */
+static int progress(fab_comm *c, int side, int *done, const char **call)
+{
+    mpi_state *m = c->impl;
+    int all = 1;
+    for (int i = 0; i < m->npend[side]; i++) {
+        pending *p = &m->pend[side][i];
+        int one = 0, err;
+        *call = "MPI_Test";
+        if (p->ring) /* every ring moves on, not only the first unfinished one */
+            err = fab__ring_progress(p->ring, &one, call);
+        else
+            err = MPI_Test(&p->req, &one, MPI_STATUS_IGNORE);
+        if (err != MPI_SUCCESS)
+            return err;
+        all = all && one;
+    }
+    if (all)
+        finish(c, side);
+    *done = all;
+    return MPI_SUCCESS;
+}
+
+static void lock_side(mpi_state *m, int side)
+{
+    if (side)
+        pthread_mutex_lock(&m->lock);
+}
+
+static void unlock_side(mpi_state *m, int side)
+{
+    if (side)
+        pthread_mutex_unlock(&m->lock);
 }
 
 static fab_status mpi_test(fab_comm *c, int side, int *done)
 {
     mpi_state *m = c->impl;
-    *done = 1;
-    if (m->npend[side] == 0)
-        return FAB_OK;
-    int flag = 0;
-    for (int i = 0; i < m->npend[side]; i++) { /* MPI_Testall wants a plain array */
-        int one = 0;
-        int err = MPI_Test(&m->pend[side][i].req, &one, MPI_STATUS_IGNORE);
-        if (err != MPI_SUCCESS)
-            return mpi_error(c, "MPI_Test", err);
-        flag = i == 0 ? one : flag && one;
-    }
-    if (flag)
-        finish(c, side);
-    *done = flag;
-    return FAB_OK;
+    const char *call = "MPI_Test";
+    lock_side(m, side);
+    int err = side ? m->thread_err : MPI_SUCCESS; /* the progress thread's error, reported here */
+    if (err != MPI_SUCCESS)
+        call = m->thread_call;
+    else
+        err = progress(c, side, done, &call);
+    unlock_side(m, side);
+    return err == MPI_SUCCESS ? FAB_OK : mpi_error(c, call, err);
 }
 
 static fab_status mpi_complete(fab_comm *c, int side, int host)
@@ -276,20 +351,82 @@ static fab_status mpi_complete(fab_comm *c, int side, int host)
         FAB__TRY(mpi_test(c, side, &done));
         if (done)
             return FAB_OK;
-        if (fab__comm_now() > c->deadline)
+        if (fab__comm_now() > c->deadline) {
+            lock_side(m, side);
+            int npend = m->npend[side];
+            unlock_side(m, side);
             return fab__comm_fault(c, FAB_ERR_TIMEOUT,
                                    "%s: %d collective%s did not complete within %.3g s on rank %d of %d (a peer is not "
                                    "taking part, or is stuck)",
-                                   c->op ? c->op : "fab_comm", m->npend[side], m->npend[side] == 1 ? "" : "s",
-                                   c->timeout_s, c->rank, c->nranks);
+                                   c->op ? c->op : "fab_comm", npend, npend == 1 ? "" : "s", c->timeout_s, c->rank,
+                                   c->nranks);
+        }
         fab__comm_backoff(&spins);
     }
 }
 
+/* The progress thread: while collectives are pending on side 1 (gradient
+ * exchange), polls them every few microseconds, so MPI and the ring move data
+ * while the caller computes the rest of the backward pass. It sleeps on m->wake
+ * when nothing is pending. An MPI error stops it; mpi_test reports the error. */
+static void *progress_main(void *arg)
+{
+    fab_comm *c = arg;
+    mpi_state *m = c->impl;
+#ifdef __linux__
+    prctl(PR_SET_TIMERSLACK, 1000UL); /* 1 us: naps of ~10 us, not the default 50 us slack */
+#endif
+    pthread_mutex_lock(&m->lock);
+    while (!m->stop) {
+        if (m->npend[1] == 0 || m->thread_err != MPI_SUCCESS) {
+            pthread_cond_wait(&m->wake, &m->lock);
+            continue;
+        }
+        int done = 0;
+        const char *call = "MPI_Test";
+        int err = progress(c, 1, &done, &call);
+        if (err != MPI_SUCCESS) {
+            m->thread_err = err;
+            m->thread_call = call;
+            continue;
+        }
+        pthread_mutex_unlock(&m->lock);
+        if (!done) {
+            struct timespec nap = {0, 10000};
+            nanosleep(&nap, NULL);
+        }
+        pthread_mutex_lock(&m->lock);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+static void stop_thread(mpi_state *m)
+{
+    if (!m->thread_on)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->stop = 1;
+    pthread_cond_signal(&m->wake);
+    pthread_mutex_unlock(&m->lock);
+    pthread_join(m->thread, NULL);
+    m->thread_on = 0;
+}
+
 static fab_status mpi_post(fab_comm *c, const fab__coll *colls, int n, int side)
 {
-    for (int i = 0; i < n; i++)
-        FAB__TRY(post_one(c, &colls[i], side));
+    mpi_state *m = c->impl;
+    if (side && m->thread_ok && !m->thread_on && !m->stop) /* started by the first gradient bucket */
+        m->thread_on = pthread_create(&m->thread, NULL, progress_main, c) == 0;
+    fab_status s = FAB_OK;
+    lock_side(m, side);
+    for (int i = 0; i < n && s == FAB_OK; i++)
+        s = post_one(c, &colls[i], side);
+    if (side)
+        pthread_cond_signal(&m->wake);
+    unlock_side(m, side);
+    if (s != FAB_OK)
+        return s;
     return side ? FAB_OK : mpi_complete(c, 0, 1);
 }
 
@@ -328,6 +465,18 @@ static fab_status mpi_allgather_host(fab_comm *c, const void *mine, void *all, s
     return FAB_OK;
 }
 
+/* A byte count from the environment (tuning; every rank must see the same), or
+ * `fallback` when unset or not a number. */
+static size_t env_bytes(const char *name, size_t fallback)
+{
+    const char *v = getenv(name);
+    char *end = NULL;
+    if (!v || !*v)
+        return fallback;
+    unsigned long long x = strtoull(v, &end, 10);
+    return end && *end == '\0' ? (size_t)x : fallback;
+}
+
 static fab_status new_state(fab_comm *c, MPI_Comm dup)
 {
     mpi_state *m = calloc(1, sizeof *m);
@@ -335,9 +484,21 @@ static fab_status new_state(fab_comm *c, MPI_Comm dup)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_comm_create_mpi: out of host memory");
     m->comm = dup;
     m->host_req = MPI_REQUEST_NULL;
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->wake, NULL);
+    int level = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&level);
+    const char *pt = getenv("FAB_COMM_PROGRESS_THREAD");
+    m->thread_ok = level == MPI_THREAD_MULTIPLE && !(pt && strcmp(pt, "0") == 0);
+    m->ring_min = env_bytes("FAB_COMM_RING_MIN_BYTES", RING_MIN_DEFAULT);
+    m->ring_chunk = env_bytes("FAB_COMM_RING_CHUNK_BYTES", RING_CHUNK_DEFAULT);
+    if (m->ring_chunk == 0)
+        m->ring_chunk = RING_CHUNK_DEFAULT;
     MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
     fab_status s = make_ops(m);
     if (s != FAB_OK) {
+        pthread_mutex_destroy(&m->lock);
+        pthread_cond_destroy(&m->wake);
         free(m);
         return s;
     }
@@ -371,7 +532,10 @@ static fab_status mpi_poll(fab_comm *c)
 
 static void mpi_abort(fab_comm *c)
 {
-    (void)c; /* nothing can be cancelled; fault is set, the state is kept */
+    /* Nothing can be cancelled; fault is set, the state is kept. The progress
+     * thread (if any) runs on until fab_comm_destroy: this may be called with
+     * m->lock held, so it cannot join here. */
+    (void)c;
 }
 
 /* Tests every request the state knows of once (no wait); 1 when none is live any
@@ -383,7 +547,9 @@ static int requests_done(mpi_state *m)
         for (int i = 0; i < m->npend[side]; i++) {
             MPI_Request *r = &m->pend[side][i].req;
             int flag = 0;
-            if (*r != MPI_REQUEST_NULL && (MPI_Test(r, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || !flag))
+            if (m->pend[side][i].ring ? !fab__ring_idle(m->pend[side][i].ring)
+                                      : *r != MPI_REQUEST_NULL &&
+                                            (MPI_Test(r, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || !flag))
                 live = 1;
         }
     if (m->host_req != MPI_REQUEST_NULL) {
@@ -400,6 +566,7 @@ static fab_status mpi_destroy(fab_comm *c)
     fab_status s = FAB_OK;
     if (!m)
         return FAB_OK;
+    stop_thread(m); /* from here on this thread alone touches m */
     if (c->fault == FAB_OK) {
         s = mpi_complete(c, 1, 1);
         if (s == FAB_OK)
@@ -414,11 +581,15 @@ static fab_status mpi_destroy(fab_comm *c)
             for (int o = 0; o < 3 && m->have_ops; o++)
                 MPI_Op_free(&m->ops16[d][o]);
         for (int side = 0; side < 2; side++)
-            for (int i = 0; i < m->npend[side]; i++)
+            for (int i = 0; i < m->npend[side]; i++) {
                 free(m->pend[side][i].scratch);
+                fab__ring_free(m->pend[side][i].ring);
+            }
         free(m->pend[0]);
         free(m->pend[1]);
         free(m->host_buf);
+        pthread_mutex_destroy(&m->lock);
+        pthread_cond_destroy(&m->wake);
         free(m);
     }
     /* else (after a timeout): requests may still be live inside MPI; leave them,

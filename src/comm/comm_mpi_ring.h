@@ -1,0 +1,31 @@
+/*
+ * comm_mpi_ring.h: fabriek's own ring all-reduce, reduce-scatter and all-gather on
+ * MPI point-to-point messages, progressed by polling (comm_mpi_ring.c).
+ * Internal to the MPI transport.
+ */
+#ifndef FAB_COMM_MPI_RING_H
+#define FAB_COMM_MPI_RING_H
+
+#include <mpi.h>
+
+#include "comm.h"
+
+typedef struct fab__ring fab__ring;
+
+/* Starts collective `k` (allreduce, reduce_scatter or allgather, counted as in
+ * fab__coll) on `comm` with message tag `tag`: every rank must start its
+ * collectives in the same order with the same tags. AVG is left to the caller
+ * (the ring sums). Messages are at most `chunk_bytes` each. */
+fab_status fab__ring_start(MPI_Comm comm, int tag, size_t chunk_bytes, const fab__coll *k, fab__ring **out);
+
+/* Moves the ring on as far as it can without waiting. Returns MPI_SUCCESS or an
+ * MPI error code (then *call names the MPI function); *done is 1 when finished. */
+int fab__ring_progress(fab__ring *r, int *done, const char **call);
+
+/* 1 when no message of the ring is in flight (finished, or never posted any). */
+int fab__ring_idle(fab__ring *r);
+
+/* Frees a ring that is idle. */
+void fab__ring_free(fab__ring *r);
+
+#endif
