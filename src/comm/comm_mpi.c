@@ -2,9 +2,13 @@
  * comm_mpi.c: the MPI transport of CPU communicators, and the MPI bootstrap of
  * every communicator (fabriek_mpi.h).
  *
- * Every collective is posted non-blocking (MPI_Iallreduce, ...) and completed by
- * polling MPI_Testall against the call's deadline, so a rank that never joins
- * turns into FAB_ERR_TIMEOUT instead of a hang. MPI cannot cancel a posted
+ * Every collective is posted non-blocking and completed by polling against the
+ * call's deadline, so a rank that never joins turns into FAB_ERR_TIMEOUT instead
+ * of a hang: MPI's own (MPI_Iallreduce, ...), or for large all-reduce and
+ * reduce-scatter fabriek's ring on MPI_Isend/MPI_Irecv (comm_mpi_ring.c; libnbc's
+ * are ~2x slower than the blocking calls there). With MPI_THREAD_MULTIPLE a
+ * progress thread polls the side queue (gradient buckets) while the caller
+ * computes; everything else is polled by the calling thread. MPI cannot cancel a posted
  * collective: after a timeout the communicator is only marked unusable, its MPI
  * communicator and the timed-out request are left alone (MPI may still write the
  * receive buffer if the late peer ever arrives), and nothing is freed that MPI
