@@ -366,6 +366,33 @@ static void test_split(void **state)
     fab_context_destroy(ctx);
 }
 
+#ifdef FAB_TEST_MPI
+/* A rank that never calls fab_comm_split: the others get FAB_ERR_TIMEOUT within
+ * the timeout (MPI_Comm_split would wait for it forever). */
+static void test_split_timeout(void **state)
+{
+    (void)state;
+    if (nranks < 2 || fab_test_backend() != FAB_BACKEND_CPU)
+        skip();
+    fab_context *ctx = comm_ctx();
+    const double timeout = 1.0, slack = 1.5;
+    fab_comm *comm = make_comm(ctx, timeout, 0);
+    if (my_rank != nranks - 1) {
+        fab_comm *sub = (fab_comm *)1;
+        double t0 = now_s();
+        fab_status s = fab_comm_split(comm, 0, my_rank, NULL, &sub);
+        double dt = now_s() - t0;
+        fab_test_expect_error(s, FAB_ERR_TIMEOUT, "did not complete within 1 s");
+        assert_null(sub);
+        if (dt < timeout || dt > timeout + slack)
+            fail_msg("timed out after %.3f s; expected within [%g, %g] s", dt, timeout, timeout + slack);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    fab_comm_destroy(comm);
+    fab_context_destroy(ctx);
+}
+#endif
+
 /* ----------------------------------------------------------- gradient sync */
 
 typedef struct layout {
@@ -1176,6 +1203,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_zero1),
 #ifdef FAB_TEST_MPI
         cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_split_timeout),
         cmocka_unit_test(test_grad_sync_timeout),
         cmocka_unit_test(test_grad_sync_progress),
         cmocka_unit_test(test_debug_mismatch),

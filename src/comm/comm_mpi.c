@@ -512,17 +512,66 @@ static fab_status new_state(fab_comm *c, MPI_Comm dup)
     return FAB_OK;
 }
 
+/* Orders the ranks of one color by (key, rank), as MPI_Comm_split does. */
+static int cmp_member(const void *x, const void *y)
+{
+    const int *a = x, *b = y; /* {key, rank} */
+    return a[0] != b[0] ? (a[0] < b[0] ? -1 : 1) : (a[1] > b[1]) - (a[1] < b[1]);
+}
+
+/* MPI_Comm_split would wait without a deadline for a rank that never calls it.
+ * Instead every rank's (color, key) travels by the polled all-gather (deadline:
+ * a missing rank gives FAB_ERR_TIMEOUT), then each color makes its communicator
+ * with MPI_Comm_create_group, collective over that color's ranks only: they have
+ * all just answered, so that blocking call does not wait on a lost rank. */
 static fab_status mpi_split(fab_comm *c, int color, int key, fab_comm *out)
 {
     mpi_state *m = c->impl;
+    int mine[2] = {color, key};
+    int *all = malloc(sizeof(int) * 2 * (size_t)c->nranks);
+    int *members = malloc(sizeof(int) * 2 * (size_t)c->nranks);
+    if (!all || !members) {
+        free(all);
+        free(members);
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
+    }
+    fab_status s = mpi_allgather_host(c, mine, all, sizeof mine);
+    int n = 0;
+    for (int r = 0; s == FAB_OK && r < c->nranks; r++)
+        if (color != FAB_COMM_NO_COLOR && all[2 * r] == color) {
+            members[2 * n] = all[2 * r + 1];
+            members[2 * n + 1] = r;
+            n++;
+        }
+    if (s != FAB_OK || color == FAB_COMM_NO_COLOR) {
+        free(all);
+        free(members);
+        return s;
+    }
+    qsort(members, (size_t)n, sizeof(int) * 2, cmp_member);
+    for (int i = 0; i < n; i++)
+        all[i] = members[2 * i + 1]; /* the new communicator's ranks, in order */
+    MPI_Group world = MPI_GROUP_NULL, part = MPI_GROUP_NULL;
     MPI_Comm nc = MPI_COMM_NULL;
-    /* MPI has no non-blocking split; this one call waits without a deadline. */
-    int err = MPI_Comm_split(m->comm, color == FAB_COMM_NO_COLOR ? MPI_UNDEFINED : color, key, &nc);
+    int err = MPI_Comm_group(m->comm, &world);
+    const char *call = "MPI_Comm_group";
+    if (err == MPI_SUCCESS) {
+        call = "MPI_Group_incl";
+        err = MPI_Group_incl(world, n, all, &part);
+    }
+    if (err == MPI_SUCCESS) {
+        call = "MPI_Comm_create_group";
+        err = MPI_Comm_create_group(m->comm, part, 0, &nc);
+    }
+    if (part != MPI_GROUP_NULL)
+        MPI_Group_free(&part);
+    if (world != MPI_GROUP_NULL)
+        MPI_Group_free(&world);
+    free(all);
+    free(members);
     if (err != MPI_SUCCESS)
-        return mpi_error(c, "MPI_Comm_split", err);
-    if (nc == MPI_COMM_NULL)
-        return FAB_OK;
-    fab_status s = new_state(out, nc);
+        return mpi_error(c, call, err);
+    s = new_state(out, nc);
     if (s != FAB_OK)
         MPI_Comm_free(&nc);
     return s;
