@@ -297,7 +297,7 @@ static void finish(fab_comm *c, int side)
 /* Moves everything issued on `side` on without waiting; finishes it all when all
  * of it is done. Returns MPI_SUCCESS or an MPI error code (*call names the call).
  * Side 1 only under m->lock (the progress thread shares it). */
-static int progress(fab_comm *c, int side, int *done, const char **call)
+static int progress(fab_comm *c, int side, int *done, int *moved, const char **call)
 {
     mpi_state *m = c->impl;
     int all = 1;
@@ -305,10 +305,14 @@ static int progress(fab_comm *c, int side, int *done, const char **call)
         pending *p = &m->pend[side][i];
         int one = 0, err;
         *call = "MPI_Test";
-        if (p->ring) /* every ring moves on, not only the first unfinished one */
-            err = fab__ring_progress(p->ring, &one, call);
-        else
+        if (p->ring) { /* every ring moves on, not only the first unfinished one */
+            err = fab__ring_progress(p->ring, &one, moved, call);
+        } else {
+            int was_null = p->req == MPI_REQUEST_NULL;
             err = MPI_Test(&p->req, &one, MPI_STATUS_IGNORE);
+            if (one && !was_null)
+                *moved = 1;
+        }
         if (err != MPI_SUCCESS)
             return err;
         all = all && one;
@@ -339,8 +343,10 @@ static fab_status mpi_test(fab_comm *c, int side, int *done)
     int err = side ? m->thread_err : MPI_SUCCESS; /* the progress thread's error, reported here */
     if (err != MPI_SUCCESS)
         call = m->thread_call;
-    else
-        err = progress(c, side, done, &call);
+    else {
+        int moved = 0;
+        err = progress(c, side, done, &moved, &call);
+    }
     unlock_side(m, side);
     return err == MPI_SUCCESS ? FAB_OK : mpi_error(c, call, err);
 }
@@ -369,10 +375,13 @@ static fab_status mpi_complete(fab_comm *c, int side, int host)
     }
 }
 
+enum { NAP_MIN_NS = 10000, NAP_MAX_NS = 200000 }; /* the progress thread's naps */
+
 /* The progress thread: while collectives are pending on side 1 (gradient
- * exchange), polls them every few microseconds, so MPI and the ring move data
- * while the caller computes the rest of the backward pass. It sleeps on m->wake
- * when nothing is pending. An MPI error stops it; mpi_test reports the error. */
+ * exchange), polls them every 10 us (backing off to 200 us while nothing
+ * moves), so MPI and the ring move data while the caller computes the rest of
+ * the backward pass. It sleeps on m->wake when nothing is pending. An MPI error
+ * stops it; mpi_test reports the error. */
 static void *progress_main(void *arg)
 {
     fab_comm *c = arg;
@@ -380,23 +389,27 @@ static void *progress_main(void *arg)
 #ifdef __linux__
     prctl(PR_SET_TIMERSLACK, 1000UL); /* 1 us: naps of ~10 us, not the default 50 us slack */
 #endif
+    long nap_ns = NAP_MIN_NS;
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
         if (m->npend[1] == 0 || m->thread_err != MPI_SUCCESS) {
             pthread_cond_wait(&m->wake, &m->lock);
             continue;
         }
-        int done = 0;
+        int done = 0, moved = 0;
         const char *call = "MPI_Test";
-        int err = progress(c, 1, &done, &call);
+        int err = progress(c, 1, &done, &moved, &call);
         if (err != MPI_SUCCESS) {
             m->thread_err = err;
             m->thread_call = call;
             continue;
         }
         pthread_mutex_unlock(&m->lock);
+        /* Data moving: poll again soon. Waiting on a peer (it is still computing):
+         * back off, doubling up to NAP_MAX_NS, to leave the cores to the caller. */
+        nap_ns = moved ? NAP_MIN_NS : (nap_ns * 2 < NAP_MAX_NS ? nap_ns * 2 : NAP_MAX_NS);
         if (!done) {
-            struct timespec nap = {0, 10000};
+            struct timespec nap = {0, nap_ns};
             nanosleep(&nap, NULL);
         }
         pthread_mutex_lock(&m->lock);

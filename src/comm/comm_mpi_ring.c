@@ -183,7 +183,7 @@ static void sum_chunk(fab__ring *r, int64_t j)
     fab__host_reduce(d, r->tmp + (size_t)(j % WINDOW) * (size_t)r->chunk * r->es, len, r->dtype, r->op);
 }
 
-int fab__ring_progress(fab__ring *r, int *done, const char **call)
+int fab__ring_progress(fab__ring *r, int *done, int *moved_any, const char **call)
 {
     int right = mod(r->rank + 1, r->n), left = mod(r->rank - 1, r->n);
     for (;;) {
@@ -236,6 +236,8 @@ int fab__ring_progress(fab__ring *r, int *done, const char **call)
                 moved = 1;
             }
         }
+        if (moved)
+            *moved_any = 1;
         if (r->sdone == r->nsend && r->rdone == r->nrecv) {
             next_step(r);
             continue;

@@ -19,8 +19,9 @@ typedef struct fab__ring fab__ring;
 fab_status fab__ring_start(MPI_Comm comm, int tag, size_t chunk_bytes, const fab__coll *k, fab__ring **out);
 
 /* Moves the ring on as far as it can without waiting. Returns MPI_SUCCESS or an
- * MPI error code (then *call names the MPI function); *done is 1 when finished. */
-int fab__ring_progress(fab__ring *r, int *done, const char **call);
+ * MPI error code (then *call names the MPI function); *done is 1 when finished;
+ * *moved is set to 1 when a message was posted or completed (else left alone). */
+int fab__ring_progress(fab__ring *r, int *done, int *moved, const char **call);
 
 /* 1 when no message of the ring is in flight (finished, or never posted any). */
 int fab__ring_idle(fab__ring *r);
