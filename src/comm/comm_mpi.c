@@ -46,7 +46,7 @@
 
 #define INVALID FAB_ERR_INVALID_ARGUMENT
 
-/* All-reduce, reduce-scatter and all-gather of at least RING_MIN_DEFAULT bytes
+/* All-reduce and reduce-scatter of at least RING_MIN_DEFAULT bytes
  * run on fabriek's ring (comm_mpi_ring.c), in RING_CHUNK_DEFAULT messages;
  * smaller ones on MPI's own non-blocking collectives. Both can be overridden
  * (FAB_COMM_RING_MIN_BYTES, FAB_COMM_RING_CHUNK_BYTES; the same on every rank). */
@@ -195,7 +195,9 @@ static fab_status post_one(fab_comm *c, const fab__coll *k, int side)
     size_t es = fab_dtype_size(k->dtype);
     int64_t total = k->kind == FAB__COLL_ALLGATHER || k->kind == FAB__COLL_REDUCE_SCATTER ? k->count * c->nranks
                                                                                           : k->count;
-    if (total > INT_MAX)
+    int ring = (k->kind == FAB__COLL_ALLREDUCE || k->kind == FAB__COLL_REDUCE_SCATTER) &&
+               (size_t)total * es >= m->ring_min; /* the ring's messages are chunks: any count fits */
+    if (total > INT_MAX && !ring)
         return fab__fail(FAB_ERR_UNSUPPORTED, "%s: %lld elements is more than MPI's int count allows", c->op,
                          (long long)total);
     int n = (int)k->count;
@@ -203,7 +205,7 @@ static fab_status post_one(fab_comm *c, const fab__coll *k, int side)
     pending *p = push(c, side);
     if (!p)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
-    if (k->kind != FAB__COLL_BROADCAST && k->kind != FAB__COLL_BARRIER && (size_t)total * es >= m->ring_min) {
+    if (ring) {
         /* Every rank decides alike (same sizes, same settings) and starts its rings
          * in the same order, so the tags match. */
         int tag = 1 + (int)(m->ring_seq++ % 32000u); /* MPI_TAG_UB is at least 32767 */
@@ -217,7 +219,7 @@ static fab_status post_one(fab_comm *c, const fab__coll *k, int side)
         p->buf = k->recv;
         p->count = k->count;
         p->dtype = k->dtype;
-        p->avg = k->kind != FAB__COLL_ALLGATHER && k->op == FAB_REDUCE_AVG;
+        p->avg = k->op == FAB_REDUCE_AVG;
         return FAB_OK;
     }
     int err = MPI_SUCCESS;

@@ -1,6 +1,6 @@
 /*
- * comm_mpi_ring.c: ring all-reduce, reduce-scatter and all-gather on MPI
- * point-to-point messages, for the MPI transport's large collectives.
+ * comm_mpi_ring.c: ring all-reduce and reduce-scatter on MPI point-to-point
+ * messages, for the MPI transport's large collectives.
  *
  * Why not MPI_Iallreduce: Open MPI's non-blocking collectives (libnbc) run
  * about 2x slower than its blocking ones at 8 MiB and more, and a blocking call
@@ -15,7 +15,9 @@
  *     of it. After n-1 steps rank r holds segment r summed over every rank.
  *   all-gather, steps s = 0 .. n-2: send segment (r-s) mod n, receive segment
  *     (r-s-1) mod n into its place.
- * all-reduce is both phases; reduce-scatter the first; all-gather the second.
+ * all-reduce is both phases; reduce-scatter the first. (Open MPI's own
+ * non-blocking all-gather and broadcast were close to the blocking ones, so
+ * they stay on MPI's.)
  * Each link carries 2(n-1)/n of the data for all-reduce, the optimum. Every
  * segment is summed along one chain and then copied, so all ranks get bitwise
  * the same result. Steps run in lockstep (the next step sends what this one
@@ -50,7 +52,7 @@ struct fab__ring {
     int set_up; /* the step's fields below are valid */
     const char *src; /* sent */
     int64_t src_n;
-    char *dst; /* received into (all-gather), or summed into (reduce-scatter) */
+    char *dst; /* received into (all-gather phase), or summed into (reduce-scatter phase) */
     const char *own; /* reduce-scatter: this rank's input of the received segment */
     int64_t dst_n;
     int64_t nsend, nrecv, sposted, sdone, rposted, rdone; /* chunks */
@@ -62,8 +64,8 @@ static int mod(int a, int n)
     return ((a % n) + n) % n;
 }
 
-/* All-reduce cuts count elements into n nearly equal segments; the others use
- * segments of `count` elements. */
+/* All-reduce cuts count elements into n nearly equal segments; reduce-scatter
+ * has segments of `count` elements. */
 static int64_t seg_off(const fab__ring *r, int i)
 {
     return r->kind == FAB__COLL_ALLREDUCE ? r->count * i / r->n : r->count * i;
@@ -140,17 +142,13 @@ fab_status fab__ring_start(MPI_Comm comm, int tag, size_t chunk_bytes, const fab
     r->out = k->recv;
     for (int i = 0; i < WINDOW; i++)
         r->sreq[i] = r->rreq[i] = MPI_REQUEST_NULL;
-    r->phase = k->kind == FAB__COLL_ALLGATHER ? 1 : 0;
+    r->phase = 0;
 
-    size_t seg_bytes = (size_t)k->count * r->es; /* reduce-scatter / all-gather segment */
+    size_t seg_bytes = (size_t)k->count * r->es; /* reduce-scatter segment */
     if (r->n == 1) { /* nothing travels */
         if (r->in != r->out)
             memcpy(r->out, r->in, seg_bytes);
         r->phase = 2;
-    } else if (k->kind == FAB__COLL_ALLGATHER) {
-        char *slot = r->out + (size_t)r->rank * seg_bytes;
-        if (slot != r->in)
-            memcpy(slot, r->in, seg_bytes);
     } else {
         r->tmp = malloc((size_t)WINDOW * (size_t)r->chunk * r->es);
         int parts = k->kind == FAB__COLL_REDUCE_SCATTER && r->n > 2;
