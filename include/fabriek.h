@@ -572,8 +572,9 @@ FAB_API fab_status fab_comm_group_end(fab_comm *comm);
  * to first_bucket_bytes, then up to bucket_cap_bytes; a larger gradient gets a bucket
  * of its own). When the last gradient of a bucket is ready, the bucket's all-reduce
  * starts (CUDA: on the communicator's own stream, after the context stream's work so
- * far, overlapping the rest of backward; MPI: MPI_Iallreduce, progressed by every
- * fab_grad_sync_* call). wait() waits for all buckets (bounded by the timeout),
+ * far, overlapping the rest of backward; MPI: a non-blocking all-reduce, moved on
+ * by a progress thread when MPI was initialised with MPI_THREAD_MULTIPLE, else only
+ * inside fab_grad_sync_* calls). wait() waits for all buckets (bounded by the timeout),
  * unpacks them into the gradients (divided by nranks unless cfg.sum) and orders the
  * context stream after them. Gradients are f32, f16 or bf16, contiguous, in the
  * context's memory, and must not change between ready() and wait().

@@ -8,7 +8,8 @@
  * context, unless the job already confines each process to one GPU
  * (CUDA_VISIBLE_DEVICES set per task by Slurm's --gpus-per-task / --gpu-bind):
  *
- *   MPI_Init(&argc, &argv);
+ *   int provided;      (MPI_THREAD_MULTIPLE: CPU gradient exchange overlaps backward)
+ *   MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
  *   int local; fab_mpi_local_rank(MPI_COMM_WORLD, &local);
  *   fab_context_config cc = {0}; cc.backend = FAB_BACKEND_CUDA; cc.device = local;
  *   fab_context *ctx; fab_context_create(&cc, &ctx);
