@@ -7,7 +7,9 @@
  *
  * The per-element bound is the GEMM error bound: |out - ref| <= eps * (|alpha|
  * sum_p |a||b| + |beta c| + |bias|) * 1.5 + tiny, with eps per output dtype (f32
- * 2e-5, f16 2e-3, bf16 1e-2), so cancellation never makes a correct result fail.
+ * 2e-5, f16 2e-3, bf16 1e-2; f32 with TF32 from tf32's input rounding and k, see
+ * eps_of), so cancellation never makes a correct result fail. TF32's tensor-core
+ * path is also checked bit-exactly on inputs whose rounding to tf32 is known.
  */
 #include "harness.h"
 
@@ -155,20 +157,30 @@ typedef struct mm_case {
     int algo;
     int tf32;
     int align8;            /* pad each matrix's rows to a multiple of 8 elements (tensor-core path) */
+    int align4;            /* ... of 4 elements (16 bytes of f32: the TF32 tensor-core path) */
 } mm_case;
 
 static int64_t row_pad(const mm_case *cs, int64_t cols)
 {
-    return cs->align8 ? (8 - cols % 8) % 8 : cs->pad;
+    if (cs->align8)
+        return (8 - cols % 8) % 8;
+    return cs->align4 ? (4 - cols % 4) % 4 : cs->pad;
 }
 
-static double eps_of(fab_dtype out, int tf32)
+/* TF32 (f32 inputs rounded to tf32, 10 mantissa bits, to nearest): each input is
+ * off by a relative 2^-11 at most, so each product by (1 + 2^-11)^2 - 1 =
+ * 2^-10 + 2^-22; the f32 sum of k products, one rounding per addition (per mma of
+ * 8 products on the tensor cores, whose alignment may truncate: 2^-23 each), adds
+ * at most k·2^-23, relative to sum |a b|, and the f32 epilogue a few roundings
+ * (the + 8). So eps(k) = 2^-10 + 2^-22 + (k + 8)·2^-23, about 1e-3 at k = 0 and
+ * 1.1e-3 at k = 1000 (check_bound multiplies by 1.5). */
+static double eps_of(fab_dtype out, int tf32, int64_t k)
 {
     if (out == FAB_DTYPE_BF16)
         return 1e-2;
     if (out == FAB_DTYPE_F16)
         return 2e-3;
-    return tf32 ? 2e-3 : 2e-5;
+    return tf32 ? ldexp(1, -10) + ldexp(1, -22) + (double)(k + 8) * ldexp(1, -23) : 2e-5;
 }
 
 static void check_bound(const char *what, const double *out, const double *ref, const double *bound, int64_t n,
@@ -195,10 +207,10 @@ static void check_bound(const char *what, const double *out, const double *ref, 
 static void run_case(fab_context *ctx, const mm_case *cs)
 {
     char what[256];
-    snprintf(what, sizeof what, "matmul %s->%s m=%lld n=%lld k=%lld ta=%d tb=%d nb=%d pad=%lld a=%g b=%g bias=%d act=%d pre=%d bwd=%d dbias=%d algo=%d al8=%d",
+    snprintf(what, sizeof what, "matmul %s->%s m=%lld n=%lld k=%lld ta=%d tb=%d nb=%d pad=%lld a=%g b=%g bias=%d act=%d pre=%d bwd=%d dbias=%d algo=%d al8=%d al4=%d tf32=%d",
              fab_dtype_name(cs->in), fab_dtype_name(cs->out), (long long)cs->m, (long long)cs->n, (long long)cs->k,
              cs->ta, cs->tb, cs->nb, (long long)cs->pad, cs->alpha, cs->beta, cs->bias, cs->act, cs->pre, cs->bwd,
-             cs->dbias, cs->algo, cs->align8);
+             cs->dbias, cs->algo, cs->align8, cs->align4, cs->tf32);
     fab_test_reseed((uint64_t)(cs->m * 1000003 + cs->n * 1009 + cs->k * 7 + cs->in * 3 + cs->out + cs->ta * 11 +
                                cs->tb * 13 + cs->act * 17 + cs->bwd * 19 + cs->bias * 23));
     int64_t sh[4];
@@ -332,7 +344,7 @@ static void run_case(fab_context *ctx, const mm_case *cs)
     double *out = malloc(sizeof(double) * (size_t)C.storage);
     assert_non_null(out);
     fab_test_download(ctx, cs->out, C.dev, C.storage, out);
-    double eps = eps_of(cs->out, cs->tf32);
+    double eps = eps_of(cs->out, cs->tf32, cs->k);
     for (int64_t i = 0; i < C.storage; i++)
         if (!isnan(refc[i]) && bc[i] == 0) /* elements outside the view: must be unchanged */
             bc[i] = fabs(refc[i]) * 1e-30;
@@ -352,7 +364,7 @@ static void run_case(fab_context *ctx, const mm_case *cs)
         fab_test_download(ctx, dbias.dt, dbias.dev, dlen, outd);
         char w2[300];
         snprintf(w2, sizeof w2, "%s: dbias", what);
-        double e = dbias.dt == FAB_DTYPE_F32 ? eps : eps_of(dbias.dt, 0);
+        double e = dbias.dt == FAB_DTYPE_F32 ? eps : eps_of(dbias.dt, 0, 0);
         if (cs->dbias == 1 && e < eps)
             e = eps;
         for (int64_t i = 0; i < dlen; i++)
@@ -490,7 +502,13 @@ static void test_tensor_core_shapes(void **state)
     fab_context_destroy(ctx);
 }
 
-/* TF32 on f32 inputs: CUDA may round inputs, the CPU computes exactly. */
+/* TF32 on f32 inputs: CUDA may round inputs, the CPU computes exactly. With rows
+ * padded to 4 elements (16 bytes) CUDA runs the tensor-core kernel (m16n8k8.tf32):
+ * both transposes of each operand (ldmatrix for a k-contiguous operand, 32-bit
+ * shared loads for an m/n-contiguous one), edges in m, n and k (1, 7, 127, 129,
+ * k slices of 16), both tile configurations, batches with broadcasts and padded
+ * strides, every epilogue; the bound is eps_of's TF32 bound in k. Unpadded rows
+ * (odd strides) take the SIMT kernel, exactly. */
 static void test_tf32(void **state)
 {
     (void)state;
@@ -498,6 +516,167 @@ static void test_tf32(void **state)
     mm_case c = plain(FAB_DTYPE_F32, FAB_DTYPE_F32, 67, 45, 129, 0, 1);
     c.tf32 = 1;
     run_case(ctx, &c);
+    static const int64_t sizes[][3] = {{1, 1, 1},      {7, 7, 7},     {127, 129, 7}, {129, 127, 33},
+                                       {1, 129, 127},  {127, 1, 129}, {16, 8, 16},   {33, 1000, 40},
+                                       {1000, 17, 24}, {64, 72, 1000}};
+    const int ns = on_cuda() ? 10 : 6;
+    for (int si = 0; si < ns; si++)
+        for (int t = 0; t < 4; t++) {
+            if (si >= 4 && t != (si & 3))
+                continue;
+            c = plain(FAB_DTYPE_F32, FAB_DTYPE_F32, sizes[si][0], sizes[si][1], sizes[si][2], t & 1, t >> 1);
+            c.tf32 = 1;
+            c.align4 = 1;
+            c.align8 = si == 2; /* strides of 8 as well as 4 (+ 0, 1, 2 or 3) elements */
+            c.algo = si & 1 ? FAB_MATMUL_ALGO_NATIVE : FAB_MATMUL_ALGO_AUTO;
+            if (si == 3) { /* every epilogue, on both layouts of each operand */
+                c.alpha = t == 1 ? -0.75f : 0.0f;
+                c.act = t == 0 ? FAB_MATMUL_ACT_GELU_ERF : t == 1 ? FAB_MATMUL_ACT_RELU : FAB_MATMUL_ACT_GELU_TANH;
+                c.bias = t == 3 ? 0 : 1 + (t & 1);
+                c.pre = t < 2;
+                c.bwd = t == 3;
+                c.beta = t == 2 || t == 3 ? 0.5f : 0.0f;
+                c.dbias = t == 1 ? 1 : t == 2 ? 2 : 0;
+            }
+            run_case(ctx, &c);
+        }
+    /* 33 x 4 blocks of 128x128 >= the SM count of an emulated H100 (132): the
+     * large tile configuration, with edges in m, n and k */
+    for (int t = 0; t < (on_cuda() ? 4 : 1); t++) {
+        mm_case big = plain(FAB_DTYPE_F32, FAB_DTYPE_F32, 129, 131, 37 + t, t & 1, t >> 1);
+        big.tf32 = 1;
+        big.align4 = 1;
+        big.algo = FAB_MATMUL_ALGO_NATIVE;
+        big.nb = 1;
+        big.bshape[0] = 33;
+        big.a_nb = big.b_nb = 1;
+        big.a_bshape[0] = big.b_bshape[0] = 33;
+        big.act = t == 3 ? FAB_MATMUL_ACT_RELU : 0;
+        big.bias = t == 3;
+        run_case(ctx, &big);
+    }
+    /* batched: C [2, 3, m, n]; A [3, m, k]; B [2, 3, k, n] with a stride-0 dim or
+     * [2, 1, k, n]; rows padded to 4 elements, so every batch stride is too */
+    for (int v = 0; v < 4; v++) {
+        c = plain(FAB_DTYPE_F32, FAB_DTYPE_F32, 29 + v, 37, 45 + 40 * v, v & 1, v >> 1);
+        c.tf32 = 1;
+        c.align4 = 1;
+        c.algo = FAB_MATMUL_ALGO_NATIVE;
+        c.nb = 2;
+        c.bshape[0] = 2;
+        c.bshape[1] = 3;
+        c.a_nb = 1;
+        c.a_bshape[0] = 3;
+        c.b_nb = 2;
+        c.b_bshape[0] = 2;
+        c.b_bshape[1] = v == 3 ? 3 : 1;
+        c.b_zero = v == 3 ? 2u : 0u;
+        c.beta = v == 2 ? 1.0f : 0.0f;
+        c.act = v == 1 ? FAB_MATMUL_ACT_GELU_TANH : 0;
+        c.pre = v == 1;
+        c.bias = v == 1 ? 2 : 0;
+        c.dbias = v == 2 ? 1 : v == 3 ? 2 : 0;
+        run_case(ctx, &c);
+    }
+    fab_context_destroy(ctx);
+}
+
+/* cvt.rna.tf32.f32 as the PTX ISA defines it, on the host: keep 10 of the 23
+ * mantissa bits, to nearest, ties away from zero (finite values). */
+static double tf32_rna(double x)
+{
+    float f = (float)x;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u = (u + 0x1000u) & 0xffffe000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Proof that precision TF32 runs the tensor-core kernel and rounds as it should
+ * (the test above passes with exact f32 too): one operand holds ±(1 + q·2^-13),
+ * q = 0..7 (below, at and above half a tf32 ulp of 1, 2^-11), the other small
+ * integers, so every partial sum is exact in f32 both with the inputs as given
+ * and with them rounded to tf32. Then C must be exactly sum rna(a)·rna(b) with
+ * TF32 and exactly sum a·b with EXACT, and the two differ. Both operands take the
+ * fractional role, in both layouts. The CPU ignores TF32: exactly sum a·b there. */
+static void test_tf32_rounding(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    const int64_t m = 37, n = 29, k = 77;
+    for (int v = 0; v < 8; v++) {
+        int ta = v & 1, tb = v >> 1 & 1, frac_b = v >> 2;
+        fab_test_reseed((uint64_t)(7001 + v));
+        int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+        int64_t lda = (ac + 3) / 4 * 4 + 4 * (v & 1), ldb = (bc + 3) / 4 * 4, ldc = n + 1;
+        double *ha = malloc(sizeof(double) * (size_t)(ar * lda)), *hb = malloc(sizeof(double) * (size_t)(br * ldb));
+        double *exact = malloc(sizeof(double) * (size_t)(m * ldc)), *rounded = malloc(sizeof(double) * (size_t)(m * ldc));
+        double *out = malloc(sizeof(double) * (size_t)(m * ldc));
+        assert_true(ha && hb && exact && rounded && out);
+        for (int64_t i = 0; i < ar * lda; i++) {
+            double sgn = fab_test_rand_u64() & 1 ? -1 : 1;
+            double q = (double)(fab_test_rand_u64() % 8);
+            ha[i] = frac_b ? sgn * (double)(1 + fab_test_rand_u64() % 3) : sgn * (1 + q * ldexp(1, -13));
+        }
+        for (int64_t i = 0; i < br * ldb; i++) {
+            double sgn = fab_test_rand_u64() & 1 ? -1 : 1;
+            double q = (double)(fab_test_rand_u64() % 8);
+            hb[i] = frac_b ? sgn * (1 + q * ldexp(1, -13)) : sgn * (double)(1 + fab_test_rand_u64() % 3);
+        }
+        int differ = 0;
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) {
+                double se = 0, sr = 0;
+                for (int64_t p = 0; p < k; p++) {
+                    double x = ha[ta ? p * lda + i : i * lda + p], y = hb[tb ? j * ldb + p : p * ldb + j];
+                    se += x * y;
+                    sr += tf32_rna(x) * tf32_rna(y);
+                }
+                exact[i * ldc + j] = se;
+                rounded[i * ldc + j] = sr;
+                differ += se != sr;
+            }
+        assert_true(differ > m * n / 2); /* the inputs do exercise the rounding */
+        void *da = fab_test_upload(ctx, FAB_DTYPE_F32, ha, ar * lda, NULL);
+        void *db = fab_test_upload(ctx, FAB_DTYPE_F32, hb, br * ldb, NULL);
+        void *dc = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, m * ldc);
+        fab_matmul_params p;
+        memset(&p, 0, sizeof p);
+        int64_t sa[2] = {ar, ac}, sb[2] = {br, bc}, sc[2] = {m, n};
+        assert_int_equal(fab_tensor_make(da, FAB_DTYPE_F32, 2, sa, &p.a), FAB_OK);
+        assert_int_equal(fab_tensor_make(db, FAB_DTYPE_F32, 2, sb, &p.b), FAB_OK);
+        assert_int_equal(fab_tensor_make(dc, FAB_DTYPE_F32, 2, sc, &p.c), FAB_OK);
+        p.a.stride[0] = lda;
+        p.b.stride[0] = ldb;
+        p.c.stride[0] = ldc;
+        p.trans_a = ta ? FAB_OP_T : FAB_OP_N;
+        p.trans_b = tb ? FAB_OP_T : FAB_OP_N;
+        p.algo = FAB_MATMUL_ALGO_NATIVE;
+        for (int prec = 0; prec < 2; prec++) {
+            p.precision = prec ? FAB_MATMUL_TF32 : FAB_MATMUL_EXACT;
+            fab_status s = fab_matmul(ctx, &p);
+            if (s != FAB_OK)
+                fail_msg("tf32 rounding v=%d: %s", v, fab_last_error());
+            fab_test_download(ctx, FAB_DTYPE_F32, dc, m * ldc, out);
+            const double *want = prec && on_cuda() ? rounded : exact;
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++)
+                    if (out[i * ldc + j] != want[i * ldc + j])
+                        fail_msg("tf32 rounding ta=%d tb=%d rounded operand %c, precision %s: C[%lld][%lld] = %.9g, "
+                                 "want %.9g (exact f32 %.9g, inputs rounded to tf32 %.9g)",
+                                 ta, tb, frac_b ? 'B' : 'A', prec ? "TF32" : "EXACT", (long long)i, (long long)j,
+                                 out[i * ldc + j], want[i * ldc + j], exact[i * ldc + j], rounded[i * ldc + j]);
+        }
+        fab_test_free(ctx, da);
+        fab_test_free(ctx, db);
+        fab_test_free(ctx, dc);
+        free(ha);
+        free(hb);
+        free(exact);
+        free(rounded);
+        free(out);
+    }
     fab_context_destroy(ctx);
 }
 
@@ -760,7 +939,7 @@ static void test_bias_grad(void **state)
                 }
         }
         fab_test_download(ctx, db.dt, db.dev, n, out);
-        check_bound("fab_matmul_bias_grad", out, ref, bound, n, eps_of(db.dt, 0));
+        check_bound("fab_matmul_bias_grad", out, ref, bound, n, eps_of(db.dt, 0, 0));
         tmat_free(ctx, &dy);
         tmat_free(ctx, &db);
     }
@@ -1017,6 +1196,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_tf32),
+        cmocka_unit_test(test_tf32_rounding),
         cmocka_unit_test(test_tensor_core_shapes),
         cmocka_unit_test(test_epilogues),
         cmocka_unit_test(test_batched_strided),

@@ -4,8 +4,10 @@
  *
  * Dispatch (documented in docs/API.md):
  *   ALGO_CUBLASLT  -> matmul_cublas.c (the entry has checked it supports the call)
- *   ALGO_NATIVE    -> the tensor-core kernel (matmul_sm80.cu) for bf16/f16 with
- *                     8-element-aligned strides, else simt_gemm below
+ *   ALGO_NATIVE    -> the tensor-core kernel (matmul_sm80.cu) for bf16/f16, and
+ *                     for f32 with precision TF32, with 16-byte-aligned bases and
+ *                     strides (8 or 4 elements; fab__matmul_sm80_supports), else
+ *                     simt_gemm below (exact f32 FMA for f32, TF32 or not)
  *   ALGO_REFERENCE -> ref_gemm below (one thread per element, plain k loop)
  *   ALGO_AUTO      -> cuBLASLt whenever it supports the call (a real GPU build),
  *                     else as NATIVE. Until the tensor-core kernel has been

@@ -1,30 +1,47 @@
 /*
- * matmul_sm80.cu: fabriek's tensor-core GEMM for sm_80 and later (bf16/f16 in,
- * f32 accumulation, bf16/f16/f32 out, every epilogue of fab_matmul).
+ * matmul_sm80.cu: fabriek's tensor-core GEMM for sm_80 and later: bf16/f16 in
+ * (mma.sync m16n8k16), or f32 in with precision = FAB_MATMUL_TF32 (mma.sync
+ * m16n8k8 .tf32); f32 accumulation; C bf16/f16/f32 (f32 for f32 inputs); every
+ * epilogue of fab_matmul.
  *
- * Idea: a block computes a BM x BN tile of C with a k loop over BK = 32 slices.
- * Each slice of op(A) and op(B) is copied global -> shared with 16-byte
- * cp.async (zero-filled past every edge, so any m, n, k works), STAGES = 3 slices
- * in flight; a warp computes a WTM x WTN sub-tile as (WTM/16) x (WTN/8) mma.sync
- * m16n8k16 tiles whose fragments come from shared memory by ldmatrix (.trans
- * where the operand is stored m- or n-contiguous, i.e. A transposed or B not).
- * Shared tiles are stored as the operand is in memory (k-contiguous rows of
- * 32 values, or m/n-contiguous rows of BM/BN values), with the 16-byte chunks of
- * each row XOR-swizzled by the row index so the 8 rows one ldmatrix phase reads
- * fall in 8 different bank groups (no conflicts), and cp.async writes stay whole
- * chunks. The epilogue (alpha, beta·C, bias, pre_act, activation or its
- * derivative, rounding) runs on the accumulator registers and stores directly.
+ * Idea: a block computes a BM x BN tile of C with a k loop over slices of 64
+ * bytes of k (BK = 32 16-bit values or 16 f32). Each slice of op(A) and op(B) is
+ * copied global -> shared with 16-byte cp.async (8 or 4 values; zero-filled past
+ * every edge, so any m, n, k works), STAGES = 3 slices in flight; a warp computes
+ * a WTM x WTN sub-tile as (WTM/16) x (WTN/8) mma tiles. Shared tiles are stored
+ * as the operand is in memory (k-contiguous rows of BK values, or m/n-contiguous
+ * rows of BM/BN values), with the 16-byte chunks of each row XOR-swizzled by the
+ * row index, so cp.async writes stay whole chunks and the fragment reads below
+ * are free of bank conflicts.
+ *   16-bit inputs: fragments by ldmatrix, .trans where the operand is stored m-
+ *   or n-contiguous (A transposed, or B not); the swizzle puts the 8 rows one
+ *   ldmatrix phase reads in 8 different bank groups.
+ *   TF32: a k-contiguous operand is read by ldmatrix (.b16, not .trans): on 32-bit
+ *   data, lane l receives the value at row l/4, 32-bit column l%4 of each 8x4
+ *   matrix, which is exactly the tf32 fragment (A: a[r] = A[g + 8(r&1)][t + 4(r>>1)],
+ *   B: b[r] = B[t + 4r][g], g = l/4, t = l%4). ldmatrix.trans cannot transpose
+ *   32-bit values, so an m/n-contiguous operand is read with plain 32-bit shared
+ *   loads: one register of the warp is rows k0 + t (4 rows) x columns c0 + g
+ *   (8 values, 2 chunks), and XOR-ing chunk indices with 2(row%4) puts those 8
+ *   chunks in 8 different bank groups (32 banks, no conflict). Every value is
+ *   rounded to tf32 with cvt.rna after the load.
+ * The epilogue (alpha, beta·C, bias, pre_act, activation or its derivative,
+ * rounding) runs on the accumulator registers and stores directly.
  *
  * Thread mapping: warp w owns rows wm*WTM.. and columns wn*WTN.. of the block
  * tile (wm = w / WARPS_N, wn = w % WARPS_N); in an mma tile lane l holds rows
  * l/4 and l/4 + 8, columns 2(l%4) + {0, 1} (PTX ISA fragment layout).
  *
- * Numerics: products exact, sums in f32 (the tensor cores' order), epilogue in
- * f32, one rounding to C's dtype. Deterministic: no split-k, fixed order.
+ * Numerics: 16-bit inputs: products exact, sums in f32 (the tensor cores'
+ * order). TF32: each input rounded to tf32 (10 mantissa bits, nearest, ties away:
+ * relative error <= 2^-11), products exact, sums in f32. Epilogue in f32, one
+ * rounding to C's dtype. Deterministic: no split-k, fixed order.
  *
- * Requirements (fab__matmul_sm80_supports): bf16 or f16 A and B, row strides and
- * batch strides of A and B multiples of 8 elements and 16-byte aligned bases
- * (whole cp.async chunks); otherwise the SIMT kernel runs.
+ * Requirements (fab__matmul_sm80_supports): bf16 or f16 A and B, or f32 with
+ * precision TF32; the row strides (where the operand has more than one stored
+ * row) and batch strides of A and B multiples of 16 bytes (8 16-bit values or 4
+ * f32) and 16-byte aligned bases (whole cp.async chunks); otherwise the SIMT
+ * kernel runs (for f32: exact f32 FMA, no rounding to tf32).
  */
 #include <cuda_runtime.h>
 #include <string.h>
@@ -36,28 +53,41 @@
 #include "matmul.h"
 #include "matmul_cuda_common.cuh"
 
-#define SM80_BK 32
 #define SM80_STAGES 3
 
-/* Index (in 16-bit elements) of chunk `ch` (8 elements) of row `row` in a shared
- * tile with R chunks per row, swizzled. R = 4 (k-contiguous, 64-byte rows: rows
- * pair up in a 128-byte line, so XOR with (row/2)%4) or R >= 8 (XOR with row%8). */
-template <int R>
+/* Sizes in elements of T: a shared row of k is 64 bytes (BK values), a cp.async
+ * chunk 16 bytes (VEC values), one mma step 32 bytes of k (KSTEP: 16 for
+ * m16n8k16, 8 for m16n8k8.tf32). */
+template <typename T>
+struct sm80_dims {
+    static constexpr int VEC = 16 / (int)sizeof(T);
+    static constexpr int BK = 4 * VEC;
+    static constexpr int KSTEP = 2 * VEC;
+};
+
+/* Index (in elements of T) of chunk `ch` (16 bytes) of row `row` in a shared tile
+ * with R chunks per row, swizzled. R = 4 (k-contiguous, 64-byte rows: rows pair
+ * up in a 128-byte line, so XOR with (row/2)%4). R >= 8 (m/n-contiguous): 16-bit
+ * values XOR with row%8 (ldmatrix.trans reads one chunk of 8 consecutive rows),
+ * f32 with 2(row%4) (a tf32 fragment load reads 2 adjacent chunks of 4
+ * consecutive rows, see the head comment). */
+template <typename T, int R>
 static __device__ __forceinline__ int swz(int row, int ch)
 {
-    int x = R == 4 ? ((row >> 1) & 3) : (row & 7);
-    return row * R * 8 + ((ch ^ x) * 8);
+    int x = R == 4 ? ((row >> 1) & 3) : sizeof(T) == 4 ? ((row & 3) << 1) : (row & 7);
+    return row * R * sm80_dims<T>::VEC + (ch ^ x) * sm80_dims<T>::VEC;
 }
 
 /* Copies one BK slice of an operand into shared memory. KMAJOR: the operand is
  * stored with k contiguous (rows = ROWS of m or n, 4 chunks of k each); else rows
- * are k and each holds ROWS/8 chunks of m or n. `rows_lim` = m or n, `k` = K. */
+ * are k and each holds ROWS/VEC chunks of m or n. `rows_lim` = m or n, `k` = K. */
 template <typename T, bool KMAJOR, int ROWS, int THREADS>
 static __device__ __forceinline__ void load_slice(T *dst, const T *src, int64_t ld, int64_t r0, int64_t k0,
                                                   int64_t rows_lim, int64_t klim)
 {
-    constexpr int R = KMAJOR ? SM80_BK / 8 : ROWS / 8;
-    constexpr int NROWS = KMAJOR ? ROWS : SM80_BK;
+    constexpr int VEC = sm80_dims<T>::VEC, BK = sm80_dims<T>::BK;
+    constexpr int R = KMAJOR ? BK / VEC : ROWS / VEC;
+    constexpr int NROWS = KMAJOR ? ROWS : BK;
     constexpr int CHUNKS = NROWS * R;
 #pragma unroll
     for (int c = threadIdx.x; c < CHUNKS; c += THREADS) {
@@ -65,19 +95,20 @@ static __device__ __forceinline__ void load_slice(T *dst, const T *src, int64_t 
         int64_t g_row, g_col, col_lim, row_lim;
         if (KMAJOR) {
             g_row = r0 + row;
-            g_col = k0 + ch * 8;
+            g_col = k0 + ch * VEC;
             row_lim = rows_lim;
             col_lim = klim;
         } else {
             g_row = k0 + row;
-            g_col = r0 + ch * 8;
+            g_col = r0 + ch * VEC;
             row_lim = klim;
             col_lim = rows_lim;
         }
         int64_t left = col_lim - g_col;
-        unsigned bytes = (g_row < row_lim && left > 0) ? (unsigned)(left >= 8 ? 16 : left * 2) : 0u;
+        unsigned bytes =
+            (g_row < row_lim && left > 0) ? (unsigned)(left >= VEC ? 16 : left * (int64_t)sizeof(T)) : 0u;
         const T *s = bytes ? src + g_row * ld + g_col : src;
-        fab__cp_async_16_zfill(dst + swz<R>(row, ch), s, bytes);
+        fab__cp_async_16_zfill(dst + swz<T, R>(row, ch), s, bytes);
     }
 }
 
@@ -94,17 +125,37 @@ __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (
     fab__mma_m16n8k16_f16(d, a, b, d);
 }
 
+/* Value (row, col) of an m/n-contiguous f32 shared tile with R chunks per row,
+ * rounded to tf32 (a plain 32-bit shared load). */
+template <int R>
+static __device__ __forceinline__ uint32_t ld_tf32(const float *tile, int row, int col)
+{
+    return fab__cvt_rna_tf32(tile[swz<float, R>(row, col / 4) + col % 4]);
+}
+
+/* The four (A) or two (B) registers of a fragment loaded by ldmatrix, rounded to tf32. */
+template <int N>
+static __device__ __forceinline__ void round_tf32(uint32_t (&r)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        r[i] = fab__cvt_rna_tf32(__uint_as_float(r[i]));
+}
+
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, bool TA, bool TB>
 __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, 1)
 sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom g, mm_batch bt)
 {
+    constexpr bool TF32 = sizeof(T) == 4;
+    constexpr int VEC = sm80_dims<T>::VEC, BK = sm80_dims<T>::BK, KSTEP = sm80_dims<T>::KSTEP;
     constexpr int THREADS = WARPS_M * WARPS_N * 32;
     constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;
     constexpr int MT = WTM / 16, NT = WTN / 8;
-    constexpr int A_ELEMS = BM * SM80_BK, B_ELEMS = BN * SM80_BK;
+    constexpr int A_ELEMS = BM * BK, B_ELEMS = BN * BK;
     /* A: k-contiguous unless transposed; B: k-contiguous when transposed */
     constexpr bool A_K = !TA, B_K = TB;
-    constexpr int RA = A_K ? SM80_BK / 8 : BM / 8, RB = B_K ? SM80_BK / 8 : BN / 8;
+    constexpr int RA = A_K ? BK / VEC : BM / VEC, RB = B_K ? BK / VEC : BN / VEC;
+    static_assert(NT % 2 == 0, "B fragments are loaded for pairs of n tiles");
 
     FAB_DYNAMIC_SMEM(T, smem);
     T *As = smem;
@@ -132,12 +183,12 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom 
             for (int r = 0; r < 4; r++)
                 acc[i][j][r] = 0.0f;
 
-    const int ktiles = (int)((g.k + SM80_BK - 1) / SM80_BK);
+    const int ktiles = (int)((g.k + BK - 1) / BK);
 #pragma unroll
     for (int s = 0; s < SM80_STAGES - 1; s++) {
         if (s < ktiles) {
-            load_slice<T, A_K, BM, THREADS>(As + s * A_ELEMS, A, g.lda, m0, (int64_t)s * SM80_BK, g.m, g.k);
-            load_slice<T, B_K, BN, THREADS>(Bs + s * B_ELEMS, B, g.ldb, n0, (int64_t)s * SM80_BK, g.n, g.k);
+            load_slice<T, A_K, BM, THREADS>(As + s * A_ELEMS, A, g.lda, m0, (int64_t)s * BK, g.m, g.k);
+            load_slice<T, B_K, BN, THREADS>(Bs + s * B_ELEMS, B, g.ldb, n0, (int64_t)s * BK, g.n, g.k);
         }
         fab__cp_async_commit();
     }
@@ -148,37 +199,50 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom 
         int nk = kt + SM80_STAGES - 1;
         if (nk < ktiles) {
             int s = nk % SM80_STAGES;
-            load_slice<T, A_K, BM, THREADS>(As + s * A_ELEMS, A, g.lda, m0, (int64_t)nk * SM80_BK, g.m, g.k);
-            load_slice<T, B_K, BN, THREADS>(Bs + s * B_ELEMS, B, g.ldb, n0, (int64_t)nk * SM80_BK, g.n, g.k);
+            load_slice<T, A_K, BM, THREADS>(As + s * A_ELEMS, A, g.lda, m0, (int64_t)nk * BK, g.m, g.k);
+            load_slice<T, B_K, BN, THREADS>(Bs + s * B_ELEMS, B, g.ldb, n0, (int64_t)nk * BK, g.n, g.k);
         }
         fab__cp_async_commit();
         const T *as = As + (kt % SM80_STAGES) * A_ELEMS;
         const T *bs = Bs + (kt % SM80_STAGES) * B_ELEMS;
 #pragma unroll
-        for (int kk = 0; kk < SM80_BK; kk += 16) {
+        for (int kk = 0; kk < BK; kk += KSTEP) {
             uint32_t af[MT][4], bf[NT][2];
-            const int mi = lane / 8, r8 = lane % 8;
+            const int mi = lane / 8, r8 = lane % 8, gq = lane / 4, tq = lane % 4;
 #pragma unroll
             for (int i = 0; i < MT; i++) {
                 int mrow = wm * WTM + i * 16;
-                if (A_K) { /* rows m, chunks of k: matrices (m0-7,k0-7) (m8-15,k0-7) (m0-7,k8-15) (m8-15,k8-15) */
-                    int row = mrow + (lane % 16), ch = kk / 8 + lane / 16;
-                    fab__ldmatrix_x4(af[i], as + swz<RA>(row, ch));
+                if (A_K) { /* rows m, chunks of k: matrices (m0-7,k0-) (m8-15,k0-) (m0-7,k1-) (m8-15,k1-),
+                            * k0- / k1- the first / second 16-byte chunk of the step */
+                    int row = mrow + (lane % 16), ch = kk / VEC + lane / 16;
+                    fab__ldmatrix_x4(af[i], as + swz<T, RA>(row, ch));
+                    if constexpr (TF32)
+                        round_tf32(af[i]);
+                } else if constexpr (TF32) { /* rows k, m contiguous: a[r] = A[g + 8(r&1)][t + 4(r>>1)] */
+#pragma unroll
+                    for (int r = 0; r < 4; r++)
+                        af[i][r] = ld_tf32<RA>(as, kk + tq + 4 * (r >> 1), mrow + gq + 8 * (r & 1));
                 } else { /* rows k, chunks of m, transposed */
                     int row = kk + r8 + 8 * (mi >> 1), ch = (mrow + 8 * (mi & 1)) / 8;
-                    fab__ldmatrix_x4_trans(af[i], as + swz<RA>(row, ch));
+                    fab__ldmatrix_x4_trans(af[i], as + swz<T, RA>(row, ch));
                 }
             }
 #pragma unroll
             for (int j = 0; j < NT; j += 2) {
                 int ncol = wn * WTN + j * 8;
                 uint32_t r[4];
-                if (B_K) { /* rows n, chunks of k: (n0-7,k0-7) (n0-7,k8-15) (n8-15,k0-7) (n8-15,k8-15) */
-                    int row = ncol + r8 + 8 * (mi >> 1), ch = kk / 8 + (mi & 1);
-                    fab__ldmatrix_x4(r, bs + swz<RB>(row, ch));
+                if (B_K) { /* rows n, chunks of k: (n0-7,k0-) (n0-7,k1-) (n8-15,k0-) (n8-15,k1-) */
+                    int row = ncol + r8 + 8 * (mi >> 1), ch = kk / VEC + (mi & 1);
+                    fab__ldmatrix_x4(r, bs + swz<T, RB>(row, ch));
+                    if constexpr (TF32)
+                        round_tf32(r);
+                } else if constexpr (TF32) { /* rows k, n contiguous: b[q] = B[t + 4q][g] */
+#pragma unroll
+                    for (int q = 0; q < 4; q++)
+                        r[q] = ld_tf32<RB>(bs, kk + tq + 4 * (q & 1), ncol + gq + 8 * (q >> 1));
                 } else { /* rows k, chunks of n, transposed */
                     int row = kk + r8 + 8 * (mi & 1), ch = (ncol + 8 * (mi >> 1)) / 8;
-                    fab__ldmatrix_x4_trans(r, bs + swz<RB>(row, ch));
+                    fab__ldmatrix_x4_trans(r, bs + swz<T, RB>(row, ch));
                 }
                 bf[j][0] = r[0];
                 bf[j][1] = r[1];
@@ -188,8 +252,12 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom 
 #pragma unroll
             for (int i = 0; i < MT; i++)
 #pragma unroll
-                for (int j = 0; j < NT; j++)
-                    mma16816<T>(acc[i][j], af[i], bf[j]);
+                for (int j = 0; j < NT; j++) {
+                    if constexpr (TF32)
+                        fab__mma_m16n8k8_tf32(acc[i][j], af[i], bf[j], acc[i][j]);
+                    else
+                        mma16816<T>(acc[i][j], af[i], bf[j]);
+                }
         }
     }
     fab__cp_async_wait_all();
@@ -213,7 +281,8 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom 
 template <typename T, int BM, int BN, int WM, int WN, bool TA, bool TB>
 static cudaError_t launch_cfg(fab_context *ctx, const fab__mm_args *a, const mm_geom &g, const mm_batch &bt)
 {
-    const int smem = SM80_STAGES * (BM + BN) * SM80_BK * (int)sizeof(T);
+    /* 3 * 256 rows * 64 bytes = 48 KiB at most: no opt-in to more shared memory */
+    const int smem = SM80_STAGES * (BM + BN) * sm80_dims<T>::BK * (int)sizeof(T);
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)((a->n + BN - 1) / BN), (unsigned)((a->m + BM - 1) / BM), (unsigned)a->batch);
     cfg.blockDim = dim3(WM * WN * 32);
@@ -242,16 +311,30 @@ static cudaError_t launch_trans(fab_context *ctx, const fab__mm_args *a, const m
     return a->trans_b ? launch_tiles<T, false, true>(ctx, a, g, bt) : launch_tiles<T, false, false>(ctx, a, g, bt);
 }
 
+/* Whether the tensor-core kernel runs this call: bf16/f16 inputs, or f32 with
+ * precision TF32 (f32 otherwise stays exact, on the SIMT kernel); whole 16-byte
+ * cp.async chunks, i.e. 16-byte aligned A and B, and row strides (where an operand
+ * has more than one stored row: one row's stride is never used) and batch strides
+ * (of batch dims longer than 1) multiples of 16 bytes, 8 16-bit values or 4 f32;
+ * grid dimensions within CUDA's limits. */
 extern "C" bool fab__matmul_sm80_supports(const fab_context *ctx, const fab__mm_args *a)
 {
     if (ctx->sm_version < 80)
         return false;
-    if (a->ab_dtype != FAB_DTYPE_BF16 && a->ab_dtype != FAB_DTYPE_F16)
+    int64_t vec;
+    if (a->ab_dtype == FAB_DTYPE_BF16 || a->ab_dtype == FAB_DTYPE_F16)
+        vec = 8;
+    else if (a->ab_dtype == FAB_DTYPE_F32 && a->tf32)
+        vec = 4;
+    else
         return false;
-    if (a->lda % 8 != 0 || a->ldb % 8 != 0 || (uintptr_t)a->a % 16 != 0 || (uintptr_t)a->b % 16 != 0)
+    if ((uintptr_t)a->a % 16 != 0 || (uintptr_t)a->b % 16 != 0)
+        return false;
+    int64_t a_rows = a->trans_a ? a->k : a->m, b_rows = a->trans_b ? a->n : a->k;
+    if ((a_rows > 1 && a->lda % vec != 0) || (b_rows > 1 && a->ldb % vec != 0))
         return false;
     for (int j = 0; j < a->nb; j++)
-        if (a->a_bstride[j] % 8 != 0 || a->b_bstride[j] % 8 != 0)
+        if (a->batch_shape[j] > 1 && (a->a_bstride[j] % vec != 0 || a->b_bstride[j] % vec != 0))
             return false;
     if (a->batch > 65535 || (a->m + 63) / 64 > 65535)
         return false;
@@ -266,8 +349,10 @@ extern "C" fab_status fab__matmul_sm80(fab_context *ctx, const fab__mm_args *a)
     cudaError_t err;
     if (a->ab_dtype == FAB_DTYPE_BF16)
         err = launch_trans<__nv_bfloat16>(ctx, a, g, bt);
-    else
+    else if (a->ab_dtype == FAB_DTYPE_F16)
         err = launch_trans<__half>(ctx, a, g, bt);
+    else
+        err = launch_trans<float>(ctx, a, g, bt);
     if (err != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "fab_matmul: sm80_gemm launch failed: %s", cudaGetErrorString(err));
     return fab__cuda_check_launch("fab_matmul");
