@@ -374,17 +374,20 @@ FAB_API fab_status fab_matmul_bias_grad(fab_context *ctx, const fab_matmul_bias_
  * rounded to nearest even once. (The CUDA kernels, like FlashAttention, round the
  * probabilities P and dS to bf16/f16 for the products that consume them.)
  * Head dim d = q.shape[-1] = k.shape[-1] = v.shape[-1]: the CPU takes 1..256,
- * CUDA 32, 64, 96, 128; others give FAB_ERR_UNSUPPORTED.
+ * CUDA 32, 64, 96, 128 (and 256 in the forward only); others give
+ * FAB_ERR_UNSUPPORTED.
  *
  * Backends. CPU: tiled online-softmax forward and a recompute backward (OpenMP
  * over batch x heads x tiles). CUDA (sm_80 and later; Hopper runs the same
  * kernels): FlashAttention-2-style mma.sync/ldmatrix/cp.async kernels; they need
  * every data pointer 16-byte aligned and every stride but the last a multiple of
  * 8 elements (else FAB_ERR_UNSUPPORTED), and the backward takes a stream-ordered
- * scratch of 4 bytes per query row and head (cudaMallocAsync). Neither backend
- * forms the seqlen_q x seqlen_k matrix. Both are bitwise identical run to run
- * (no atomics; fixed reduction orders), the CPU also for any thread count; the
- * deterministic flag changes nothing here.
+ * scratch (cudaMallocAsync) of 4 bytes per query row and head, plus 4*d bytes in
+ * a non-deterministic context. Neither backend forms the seqlen_q x seqlen_k
+ * matrix. Determinism: the forward and the CPU backward are bitwise identical run
+ * to run (the CPU also for any thread count). The CUDA backward adds dq with f32
+ * atomics (FlashAttention-2's 5 products) unless the context is deterministic,
+ * where a separate dq kernel sums each element in a fixed order (7 products).
  *
  * Aliasing: no output may overlap any input or another output. */
 typedef struct fab_attention_params {

@@ -7,8 +7,10 @@
  * reference backward; bitwise repeatability across runs and thread counts; and
  * every kind of bad argument (status, message, nothing written).
  * With --backend cuda (GPU, or the emulator) the same cases run on the sm80
- * kernels where they apply (bf16/f16, head dims 32..128); test_backend_coverage
- * checks that the rest is refused as unsupported.
+ * kernels where they apply (bf16/f16, head dims 32..128, and 256 for the forward),
+ * every backward on both CUDA paths (fast: dq by f32 atomics; deterministic), with
+ * test_fast_path showing the fast one really runs; test_backend_coverage checks
+ * that the rest is refused as unsupported.
  */
 #include "harness.h"
 
@@ -350,7 +352,12 @@ static fab_tolerance grad_tol(fab_dtype dt)
     return t;
 }
 
-static void run_case(fab_context *ctx, const acase *c, fab_dtype dt)
+/* Runs case c on ctx and checks out, lse, dq, dk, dv against the reference. With
+ * ctx2 (a CUDA context on the same device with deterministic = det2, the other
+ * setting than ctx's), the backward runs again there into fresh outputs, checked
+ * against the same reference; returns the number of dq elements whose bits differ
+ * between the two runs (else 0). */
+static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_context *ctx2, int det2)
 {
     char what[160];
     ref_problem p;
@@ -453,14 +460,17 @@ static void run_case(fab_context *ctx, const acase *c, fab_dtype dt)
     bp.window_left = f.window_left, bp.window_right = f.window_right;
     bp.cu_seqlens_q = cu_q, bp.cu_seqlens_k = cu_k;
     s = fab_attention_backward(ctx, &bp);
-    if (s != FAB_OK)
+    int fwd_only = fab_context_backend(ctx) == FAB_BACKEND_CUDA && c->d == 256;
+    if (fwd_only) /* the CUDA forward takes head_dim 256, the backward does not */
+        fab_test_expect_error(s, FAB_ERR_UNSUPPORTED, "head_dim=256 is not supported by the CUDA backward");
+    else if (s != FAB_OK)
         fail_msg("%s %s: fab_attention_backward: %s: %s", c->name, fab_dtype_name(dt), fab_status_name(s),
                  fab_last_error());
     const char *gn[3] = {"dq", "dk", "dv"};
     tbuf *gb[3] = {&dq, &dk, &dv};
     double *gg[3] = {gdq, gdk, gdv}, *rg[3] = {rdq, rdk, rdv};
     int64_t gnum[3] = {nq, nk, nk};
-    for (int t = 0; t < 3; t++) {
+    for (int t = 0; t < (fwd_only ? 0 : 3); t++) {
         snprintf(what, sizeof what, "attention_backward %s %s %s", c->name, fab_dtype_name(dt), gn[t]);
         tb_download(ctx, gb[t], gg[t], what);
         fab_tolerance gtol = grad_tol(dt);
@@ -474,6 +484,39 @@ static void run_case(fab_context *ctx, const acase *c, fab_dtype dt)
         }
         fab_test_check_close(what, gg[t], rg[t], gnum[t], gtol);
     }
+    int64_t ndiff = 0;
+    if (ctx2 && !fwd_only) {
+        double *g2 = malloc(sizeof(double) * (size_t)(nq > nk ? nq + 1 : nk + 1));
+        assert_non_null(g2);
+        for (int t = 0; t < 3; t++) { /* fresh poisoned outputs: nothing of the first run survives */
+            fab_test_free(ctx, gb[t]->dev);
+            tb_output(ctx, gb[t]);
+        }
+        bp.dq = tb_tensor(&dq), bp.dk = tb_tensor(&dk), bp.dv = tb_tensor(&dv);
+        assert_int_equal(fab_synchronize(ctx), FAB_OK);
+        s = fab_attention_backward(ctx2, &bp);
+        if (s != FAB_OK)
+            fail_msg("%s %s: fab_attention_backward (deterministic=%d): %s: %s", c->name, fab_dtype_name(dt), det2,
+                     fab_status_name(s), fab_last_error());
+        assert_int_equal(fab_synchronize(ctx2), FAB_OK);
+        for (int t = 0; t < 3; t++) {
+            snprintf(what, sizeof what, "attention_backward %s %s %s (deterministic=%d)", c->name, fab_dtype_name(dt),
+                     gn[t], det2);
+            tb_download(ctx, gb[t], g2, what);
+            fab_tolerance gtol = grad_tol(dt);
+            if (dt == FAB_DTYPE_BF16) { /* as above */
+                double mx = 0;
+                for (int64_t i = 0; i < gnum[t]; i++)
+                    mx = fmax(mx, fabs(rg[t][i]));
+                gtol.atol = fmax(gtol.atol, mx / 256);
+            }
+            fab_test_check_close(what, g2, rg[t], gnum[t], gtol);
+            if (t == 0)
+                for (int64_t i = 0; i < nq; i++)
+                    ndiff += memcmp(&g2[i], &gdq[i], sizeof(double)) != 0;
+        }
+        free(g2);
+    }
 
     if (cu_dev)
         fab_test_free(ctx, cu_dev);
@@ -483,7 +526,10 @@ static void run_case(fab_context *ctx, const acase *c, fab_dtype dt)
     double *hs[15] = {hq_, hk, hv, hdo, ro, rl, go, gl, rdq, rdk, rdv, gdq, gdk, gdv, rl2};
     for (int i = 0; i < 15; i++)
         free(hs[i]);
+    return ndiff;
 }
+
+static void run_case(fab_context *ctx, const acase *c, fab_dtype dt) { (void)run_case2(ctx, c, dt, NULL, 0); }
 
 /* name, batch, sq, sk, hq, hkv, d, varlen, lq, lk, causal, window, wl, wr, scale, softcap, padded, qrange */
 static const acase cases[] = {
@@ -505,6 +551,7 @@ static const acase cases[] = {
     {"head_dim 96", 1, 65, 70, 2, 2, 96, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
     {"head_dim 128", 1, 65, 70, 2, 2, 128, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
     {"head_dim 256", 1, 65, 70, 2, 1, 256, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"head_dim 256 varlen causal window softcap", 2, 0, 0, 2, 1, 256, 1, {70, 33}, {100, 33}, 1, 1, 40, -1, 0, 3.0f, 0, 0},
     {"head_dim 17", 1, 33, 20, 3, 1, 17, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
     {"seqlen 1", 3, 1, 1, 2, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
     {"decode 1x1000", 1, 1, 1000, 4, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
@@ -516,10 +563,11 @@ static const acase long_case = {"long 1000 causal GQA", 1, 1000, 1000, 4, 2, 64,
 static const acase emu_long_case = {"longer 384 causal GQA varlen", 2, 0, 0, 4, 2, 128, 1, {384, 200}, {384, 260}, 1, 1, 150, -1, 0, 0, 0, 0};
 static const acase long_window = {"long 1000 window", 1, 1000, 1000, 2, 2, 128, 0, {0}, {0}, 0, 1, 100, 100, 0, 0, 0, 0};
 
-/* What the CUDA kernel takes (test_backend_coverage checks the rest is refused). */
+/* What the CUDA kernels take (test_backend_coverage checks the rest is refused);
+ * at head_dim 256 the forward only (run_case checks the backward's refusal). */
 static int cuda_runs(const acase *c, fab_dtype dt)
 {
-    return dt != FAB_DTYPE_F32 && (c->d == 32 || c->d == 64 || c->d == 96 || c->d == 128);
+    return dt != FAB_DTYPE_F32 && (c->d == 32 || c->d == 64 || c->d == 96 || c->d == 128 || c->d == 256);
 }
 
 static void skip_on_cuda(fab_context *ctx, const char *why)
@@ -537,9 +585,24 @@ static void test_cases_dtype(fab_dtype dt)
     int cuda = fab_context_backend(ctx) == FAB_BACKEND_CUDA;
     if (cuda && dt == FAB_DTYPE_F32)
         skip_on_cuda(ctx, "the CUDA attention kernel takes bf16 and f16 only (test_backend_coverage checks f32 is refused)");
+    /* CUDA: each backward runs on both paths, the fast one (this default context,
+     * deterministic = 0: dq by atomics) and the deterministic one (a second context) */
+    fab_context *det = NULL;
+    if (cuda) {
+        fab_context_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.deterministic = 1;
+        det = fab_test_context_with(&cfg);
+    }
+    int64_t ndiff = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         if (!cuda || cuda_runs(&cases[i], dt))
-            run_case(ctx, &cases[i], dt);
+            ndiff += run_case2(ctx, &cases[i], dt, det, 1);
+    if (det) {
+        print_message("attention %s: dq differs in %lld elements between the fast and the deterministic path\n",
+                      fab_dtype_name(dt), (long long)ndiff);
+        fab_context_destroy(det);
+    }
     fab_context_destroy(ctx);
 }
 
@@ -639,6 +702,95 @@ static void test_deterministic(void **state)
     if (memcmp(r1, r3, n1) != 0)
         fail_msg("attention: 1 and 2 threads give different bits");
     free(r1), free(r2), free(r3);
+}
+
+/* The CUDA backward's two paths on a problem built so that they must differ: with
+ * q = 0 every probability is 1/192 and, with dout = e0 and v = +-e0 half and
+ * half, D = 0 and dS = +-s exactly. Keys 0-63 (all dS = +s) and 128-191 (all -s)
+ * have k = G = 2^14 in every column: the partial dq sums of the first and third
+ * key tiles are X and -X exactly. The second tile holds one key with k = 2^-5 (and
+ * dS = +s) per 16-key slice: y = s 2^-5 per slice, below half an f32 ulp of X, but
+ * 4y is above it. The deterministic path sums every key tile into one f32
+ * accumulator per element, slice after slice: X + y rounds back to X four times,
+ * then the third tile cancels X: dq = 0. The fast path sums each key tile apart
+ * (4y exactly) and adds the three partials with atomics: whatever their order the
+ * result is 4y, or it rounded to one or two ulps of X, never 0. So every dq element
+ * of the fast run is non-zero, and the bits differ from the deterministic run:
+ * the fast path really ran, with per-tile partials. (The exact dq, 4y, is far below
+ * the size of the terms; neither path is checked against it here.) */
+static void test_fast_path(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    if (fab_context_backend(ctx) != FAB_BACKEND_CUDA) {
+        fab_context_destroy(ctx);
+        print_message("SKIP: only the CUDA backward has two paths (the CPU one is deterministic always)\n");
+        skip();
+    }
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.deterministic = 1;
+    fab_context *det = fab_test_context_with(&cfg);
+    enum { SQ = 16, SK = 192, HQ2 = 2, HKV2 = 1, D2 = 64 };
+    const int64_t nq = SQ * HQ2 * D2, nk = SK * HKV2 * D2;
+    double *x = calloc((size_t)(nq + 3 * nk), sizeof(double)), *r1 = malloc(sizeof(double) * nq),
+           *r2 = malloc(sizeof(double) * nq);
+    assert_true(x && r1 && r2);
+    double *hq_ = x, *hk = x + nq, *hv = hk + nk, *hdo = hv + nk; /* q stays 0 */
+    for (int64_t i = 0; i < SQ * HQ2; i++)
+        hdo[i * D2] = 1;
+    for (int j = 0; j < SK; j++) {
+        int plus = j < 64 || (j < 128 && j % 16 < 8); /* dS = +s: tile 0, first half of each slice of tile 1 */
+        hv[j * D2] = plus ? 1 : -1;
+        for (int c = 0; c < D2; c++)
+            hk[j * D2 + c] = j < 64 || j >= 128 ? 16384.0 : (j % 16 == 0 ? 1.0 / 32 : 0);
+    }
+    for (int t = 0; t < 2; t++) {
+        fab_dtype dt = t ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
+        int64_t qs[4] = {1, SQ, HQ2, D2}, ks[4] = {1, SK, HKV2, D2}, ls[3] = {1, HQ2, SQ};
+        void *q = fab_test_upload(ctx, dt, hq_, nq, NULL), *k = fab_test_upload(ctx, dt, hk, nk, NULL);
+        void *v = fab_test_upload(ctx, dt, hv, nk, NULL), *dout = fab_test_upload(ctx, dt, hdo, nq, NULL);
+        void *out = fab_test_alloc_poisoned(ctx, dt, nq), *lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, HQ2 * SQ);
+        void *dq = fab_test_alloc_poisoned(ctx, dt, nq), *dk = fab_test_alloc_poisoned(ctx, dt, nk);
+        void *dv = fab_test_alloc_poisoned(ctx, dt, nk);
+        fab_attention_params f;
+        memset(&f, 0, sizeof f);
+        fab_tensor_make(q, dt, 4, qs, &f.q);
+        fab_tensor_make(k, dt, 4, ks, &f.k);
+        fab_tensor_make(v, dt, 4, ks, &f.v);
+        fab_tensor_make(out, dt, 4, qs, &f.out);
+        fab_tensor_make(lse, FAB_DTYPE_F32, 3, ls, &f.lse);
+        f.scale = 1;
+        assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
+        fab_attention_backward_params p;
+        memset(&p, 0, sizeof p);
+        p.q = f.q, p.k = f.k, p.v = f.v, p.out = f.out, p.lse = f.lse, p.scale = 1;
+        fab_tensor_make(dout, dt, 4, qs, &p.dout);
+        fab_tensor_make(dq, dt, 4, qs, &p.dq);
+        fab_tensor_make(dk, dt, 4, ks, &p.dk);
+        fab_tensor_make(dv, dt, 4, ks, &p.dv);
+        assert_int_equal(fab_attention_backward(ctx, &p), FAB_OK);
+        fab_test_download(ctx, dt, dq, nq, r1);
+        assert_int_equal(fab_synchronize(ctx), FAB_OK);
+        assert_int_equal(fab_attention_backward(det, &p), FAB_OK);
+        assert_int_equal(fab_synchronize(det), FAB_OK);
+        fab_test_download(ctx, dt, dq, nq, r2);
+        int64_t ndiff = 0;
+        for (int64_t i = 0; i < nq; i++) {
+            if (!(r1[i] != 0 && isfinite(r1[i])))
+                fail_msg("attention fast path %s: dq[%lld] = %g (deterministic path: %g): is dq still summed in one "
+                         "accumulator per element?", fab_dtype_name(dt), (long long)i, r1[i], r2[i]);
+            ndiff += r1[i] != r2[i];
+        }
+        if (ndiff == 0)
+            fail_msg("attention %s: dq of the fast and the deterministic path are identical", fab_dtype_name(dt));
+        void *bufs[9] = {q, k, v, dout, out, lse, dq, dk, dv};
+        for (int i = 0; i < 9; i++)
+            fab_test_free(ctx, bufs[i]);
+    }
+    free(x), free(r1), free(r2);
+    fab_context_destroy(det);
+    fab_context_destroy(ctx);
 }
 
 /* ---------------------------------------------------------- bad arguments */
@@ -861,8 +1013,8 @@ static void test_bad_arguments(void **state)
 }
 
 /* What each backend refuses as unsupported, writing nothing: the CPU head dims
- * past 256; on CUDA f32, head dims other than 32/64/96/128, and rows that are
- * not 16-byte aligned. */
+ * past 256; on CUDA f32, head dims other than 32/64/96/128 (and 256 in the
+ * forward), and rows that are not 16-byte aligned. */
 static void test_backend_coverage(void **state)
 {
     (void)state;
@@ -871,13 +1023,26 @@ static void test_backend_coverage(void **state)
     bad_setup_make(ctx, &s);
     if (fab_test_backend() == FAB_BACKEND_CUDA) {
         fab_attention_params p = s.f;
-        int64_t s256[4] = {1, 1, 1, 256};
-        fab_tensor_make(s.q, FAB_DTYPE_BF16, 4, s256, &p.q);
-        fab_tensor_make(s.k, FAB_DTYPE_BF16, 4, s256, &p.k);
-        fab_tensor_make(s.v, FAB_DTYPE_BF16, 4, s256, &p.v);
-        fab_tensor_make(s.out, FAB_DTYPE_BF16, 4, s256, &p.out);
+        int64_t s160[4] = {1, 1, 1, 160};
+        fab_tensor_make(s.q, FAB_DTYPE_BF16, 4, s160, &p.q);
+        fab_tensor_make(s.k, FAB_DTYPE_BF16, 4, s160, &p.k);
+        fab_tensor_make(s.v, FAB_DTYPE_BF16, 4, s160, &p.v);
+        fab_tensor_make(s.out, FAB_DTYPE_BF16, 4, s160, &p.out);
         memset(&p.lse, 0, sizeof p.lse);
-        fab_test_expect_error(fab_attention_forward(ctx, &p), FAB_ERR_UNSUPPORTED, "head_dim=256 is not supported on CUDA");
+        fab_test_expect_error(fab_attention_forward(ctx, &p), FAB_ERR_UNSUPPORTED, "head_dim=160 is not supported on CUDA");
+        fab_attention_backward_params bq = s.b;
+        int64_t s256[4] = {1, 1, 1, 256}, l1[3] = {1, 1, 1};
+        fab_tensor_make(s.q, FAB_DTYPE_BF16, 4, s256, &bq.q);
+        fab_tensor_make(s.k, FAB_DTYPE_BF16, 4, s256, &bq.k);
+        fab_tensor_make(s.v, FAB_DTYPE_BF16, 4, s256, &bq.v);
+        fab_tensor_make(s.out, FAB_DTYPE_BF16, 4, s256, &bq.out);
+        fab_tensor_make(s.dout, FAB_DTYPE_BF16, 4, s256, &bq.dout);
+        fab_tensor_make(s.dq, FAB_DTYPE_BF16, 4, s256, &bq.dq);
+        fab_tensor_make(s.dk, FAB_DTYPE_BF16, 4, s256, &bq.dk);
+        fab_tensor_make(s.dv, FAB_DTYPE_BF16, 4, s256, &bq.dv);
+        fab_tensor_make(s.lse, FAB_DTYPE_F32, 3, l1, &bq.lse);
+        fab_test_expect_error(fab_attention_backward(ctx, &bq), FAB_ERR_UNSUPPORTED,
+                              "head_dim=256 is not supported by the CUDA backward");
         int64_t s64[4] = {1, 1, 1, 64}; /* small, so the f32 views stay inside their buffers */
         fab_tensor_make(s.q, FAB_DTYPE_F32, 4, s64, &p.q);
         fab_tensor_make(s.k, FAB_DTYPE_F32, 4, s64, &p.k);
@@ -913,6 +1078,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cases_f32),
         cmocka_unit_test(test_long),
         cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_fast_path),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_backend_coverage),
     };

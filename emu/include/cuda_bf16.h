@@ -139,6 +139,7 @@ static inline fab_emu_bf162 operator-(const fab_emu_bf162 &a) { return __hneg2(a
 
 static inline __nv_bfloat162 atomicAdd(__nv_bfloat162 *a, __nv_bfloat162 v)
 {
+    fab_emu::note_float_atomic(a, sizeof *a);
     return fab_emu::atomic_update(a, [v](__nv_bfloat162 o) { return __hadd2(o, v); });
 }
 

@@ -149,6 +149,7 @@ static inline bool operator!=(const __half2 &a, const __half2 &b) { return __hne
 /* atomicAdd on __half2 (sm_60+): each half added atomically as one 32-bit word. */
 static inline __half2 atomicAdd(__half2 *a, __half2 v)
 {
+    fab_emu::note_float_atomic(a, sizeof *a);
     return fab_emu::atomic_update(a, [v](__half2 o) { return __hadd2(o, v); });
 }
 

@@ -246,9 +246,18 @@ inline T atomic_update(T *addr, F f)
 static inline int atomicAdd(int *a, int v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
 static inline unsigned atomicAdd(unsigned *a, unsigned v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
 static inline unsigned long long atomicAdd(unsigned long long *a, unsigned long long v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
-/* Float adds round to nearest even like the GPU's red/atom.add.f32 (no FTZ since sm_20). */
-static inline float atomicAdd(float *a, float v) { return fab_emu::atomic_update(a, [v](float o) { return o + v; }); }
-static inline double atomicAdd(double *a, double v) { return fab_emu::atomic_update(a, [v](double o) { return o + v; }); }
+/* Float adds round to nearest even like the GPU's red/atom.add.f32 (no FTZ since sm_20).
+ * Their sum depends on the order: the race check does not compare the words they add to. */
+static inline float atomicAdd(float *a, float v)
+{
+    fab_emu::note_float_atomic(a, sizeof *a);
+    return fab_emu::atomic_update(a, [v](float o) { return o + v; });
+}
+static inline double atomicAdd(double *a, double v)
+{
+    fab_emu::note_float_atomic(a, sizeof *a);
+    return fab_emu::atomic_update(a, [v](double o) { return o + v; });
+}
 static inline int atomicSub(int *a, int v) { return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST); }
 static inline unsigned atomicSub(unsigned *a, unsigned v) { return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST); }
 static inline int atomicExch(int *a, int v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }

@@ -101,6 +101,10 @@ struct Launch {
     std::atomic<unsigned long long> next_block{0};
     std::atomic<bool> failed{false};
     std::atomic<unsigned long long> undefined_reads{0};
+    /* race check: 4-byte words that float atomics added to (note_float_atomic) */
+    bool note_atomics = false;
+    std::mutex atomic_mu;
+    std::vector<uintptr_t> atomic_words;
 };
 
 /* The running thread and block of this OS thread (null outside a kernel). */

@@ -130,6 +130,25 @@ int main()
         fab_emu_set_racecheck(1);
     }
 
+    /* Order-dependent float atomics are not reported, and the words they add to keep
+     * the forward schedule's sum; a plain-store race beside them still is. */
+    {
+        float *sum = device_alloc<float>(2);
+        int *out = device_alloc<int>(4);
+        cudaMemset(sum, 0, 8);
+        r = flags_race([&] { return launch(k_float_atomic_sum<false>, dim3(3), dim3(32), 0, sum, out); }, &e);
+        CHECK(!r && e == cudaSuccess, "order-dependent float atomicAdd flagged: %s", fab_emu_last_message());
+        float hsum[2] = {-1, -1};
+        cudaMemcpy(hsum, sum, 8, cudaMemcpyDeviceToHost);
+        CHECK(hsum[0] == 0.0f && hsum[1] == 0.0f, "atomic sum %g (want the forward order's 0), neighbour %g", hsum[0],
+              hsum[1]);
+        r = flags_race([&] { return launch(k_float_atomic_sum<true>, dim3(3), dim3(32), 0, sum, out); }, &e);
+        CHECK(r && e == cudaErrorLaunchFailure && strstr(fab_emu_last_message(), "race check") != nullptr,
+              "store race beside float atomics not caught: %s", fab_emu_last_message());
+        cudaFree(sum);
+        cudaFree(out);
+    }
+
     /* FAB_EMU_RACECHECK off: the buggy kernel runs without complaint (one schedule only). */
     fab_emu_set_racecheck(0);
     r = flags_race([&] { return launch(k_transpose_tile<false>, dim3(2), dim3(32, 32), 0, din, dout); }, &e);

@@ -1,8 +1,17 @@
 /*
- * attention_bwd_sm80.cu: attention backward for sm_80 and later, deterministic by
- * construction (no atomics): like the CPU backward, every gradient element is
- * summed by one warp in a fixed order, at the price of computing P and dS twice
- * (7 tile products instead of FlashAttention-2's 5 with dq atomics).
+ * attention_bwd_sm80.cu: attention backward for sm_80 and later, two paths.
+ *
+ * Deterministic (ctx->deterministic != 0): no atomics; like the CPU backward,
+ * every gradient element is summed by one warp in a fixed order, so the result is
+ * bitwise repeatable, at the price of computing P and dS twice (7 tile products):
+ *   dot kernel, dq kernel, dkdv kernel (below).
+ * Fast (ctx->deterministic == 0, the default): FlashAttention-2's 5 tile
+ * products: the dkdv kernel also forms dQ partials dS K for each query tile it
+ * visits and adds them with f32 atomics into a zeroed f32 accumulator in scratch;
+ * a convert kernel rounds that to dq's dtype. The order of the atomic adds varies
+ * from run to run, so dq's low bits may too (dk, dv never: they are the same
+ * on both paths).
+ *   dot kernel, dkdv kernel with dQ atomics, convert kernel.
  *
  *  1. dot kernel:  D[row] = rowsum(dO * O) in f32, one thread per (row, head),
  *                  into stream-ordered scratch (cudaMallocAsync).
@@ -18,9 +27,18 @@
  *                  group (Q, dO, lse, D double-buffered with cp.async) computing
  *                  S^T = K Q^T and dP^T = V dO^T (keys as rows, so P^T and dS^T are
  *                  already A fragments), dV += P^T dO and dK += dS^T Q (dO, Q by
- *                  ldmatrix.trans).
- * Numerics: f32 scores and accumulators; P and dS are rounded to the input type
- * for the products that consume them (as FlashAttention); gradients rounded once.
+ *                  ldmatrix.trans). Fast path: dS^T also goes to shared memory,
+ *                  and after a barrier each warp forms dQ for 16 query rows of the
+ *                  tile, dS K over the block's 64 keys (dS by ldmatrix.trans, K
+ *                  from the resident K tile), in column chunks added with
+ *                  atomicAdd (red.global.add.f32) to the accumulator.
+ *  4. convert kernel (fast path): dq = accumulator rounded to the input type.
+ * GQA: a query head's dq only gets contributions from its own kv head's keys on
+ * both paths (the dkdv block of kv head g walks exactly the query heads of g).
+ * Numerics: f32 scores and accumulators; P and dS (scale and softcap derivative
+ * included) are rounded to the input type for the products that consume them (as
+ * FlashAttention); gradients rounded once. On the fast path dq is a sum of f32
+ * per-key-tile partials (in a varying order) instead of one f32 chain.
  */
 #include <cuda_runtime.h>
 
@@ -34,6 +52,7 @@ namespace {
 const int BM = 64;  /* query rows per tile */
 const int BN = 64;  /* keys per tile */
 const int THREADS = 128;
+const int DQ_CHUNK = 32; /* fast path: dQ columns per atomic pass (bounds the live registers) */
 const float L2E = 1.4426950408889634f;
 
 /* One sequence of the batch: first rows and lengths. */
@@ -209,13 +228,21 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
 
 /* --------------------------------------------------------------- 3. dk, dv */
 
-template <typename T, int D>
-__global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__attn_args a, const float *Dbuf)
+/* Idea: keys stay resident, query tiles stream past (see the file comment).
+ * DQ_ATOMIC (fast path): per query tile, also dQ[64 x D] += dS K over this block's
+ * 64 keys, added to dqacc (f32, [lse row index][D]) with atomics. Thread mapping of
+ * that part: warp w takes query rows 16w..16w+15 of the tile, DQ_CHUNK columns at
+ * a time; lane (g, t) adds rows g, g+8 x columns 2t, 2t+1 of each 8-column
+ * n-tile. Numerics: the same dS (rounded to T) as the dK product, f32 partials. */
+template <typename T, int D, bool DQ_ATOMIC>
+__global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__attn_args a, const float *Dbuf,
+                                                                     float *dqacc)
 {
     typedef mma_of<T> M;
     FAB_DYNAMIC_SMEM(T, smem);
     T *sK = smem, *sV = sK + BN * (D + 8), *sQ = sV + BN * (D + 8), *sdO = sQ + 2 * BM * (D + 8);
     float *sL = reinterpret_cast<float *>(sdO + 2 * BM * (D + 8)), *sD = sL + 2 * BM;
+    T *sdS = reinterpret_cast<T *>(sD + 2 * BM); /* fast path: dS^T [BN keys x (BM+8)] */
     const int b = blockIdx.z, kvh = blockIdx.y, j0 = blockIdx.x * BN;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     seq_info s = seq_of(a, b);
@@ -340,6 +367,49 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
                     M::run(dk[dn], sa, c0);
                     M::run(dk[dn + 1], sa, c1);
                 }
+                if (DQ_ATOMIC) { /* dS^T rows k_lo, k_lo + 8, queries 2t, 2t+1 of each n-tile */
+#pragma unroll
+                    for (int r = 0; r < 4; r++)
+                        *reinterpret_cast<uint32_t *>(sdS + (warp * 16 + g + 8 * (r & 1)) * (BM + 8) + qh + kk * 16 +
+                                                      8 * (r >> 1) + 2 * t) = sa[r];
+                }
+            }
+        }
+        if (DQ_ATOMIC) {
+            __syncthreads(); /* every warp's dS^T in sdS */
+            const int h = kvh * group + it / nqt;
+            float *acc_base = dqacc + (b * a.lse_sb + h * a.lse_sh + s.q0 + i0) * (int64_t)D;
+            const int qrow = warp * 16 + g; /* tile rows qrow, qrow + 8 */
+#pragma unroll 1
+            for (int c0 = 0; c0 < D; c0 += DQ_CHUNK) {
+                float acc[DQ_CHUNK / 8][4];
+#pragma unroll
+                for (int i = 0; i < DQ_CHUNK / 8; i++)
+                    acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; kk++) {
+                    uint32_t da[4];
+                    fab__ldmatrix_x4_trans(da, attn_frag_b_ptr<BM>(sdS, kk * 16, warp * 16, lane));
+#pragma unroll
+                    for (int dn = 0; dn < DQ_CHUNK / 8; dn += 2) {
+                        uint32_t r[4];
+                        fab__ldmatrix_x4_trans(r, attn_frag_a_ptr<D>(sK, kk * 16, c0 + dn * 8, lane));
+                        uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                        M::run(acc[dn], da, b0);
+                        M::run(acc[dn + 1], da, b1);
+                    }
+                }
+#pragma unroll
+                for (int hr = 0; hr < 2; hr++) {
+                    if (i0 + qrow + 8 * hr >= s.sq)
+                        continue;
+                    float *dst = acc_base + (int64_t)(qrow + 8 * hr) * D + c0 + 2 * t;
+#pragma unroll
+                    for (int i = 0; i < DQ_CHUNK / 8; i++) {
+                        atomicAdd(dst + i * 8, acc[i][2 * hr]);
+                        atomicAdd(dst + i * 8 + 1, acc[i][2 * hr + 1]);
+                    }
+                }
             }
         }
         __syncthreads();
@@ -364,9 +434,31 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
     }
 }
 
-template <typename K>
-static cudaError_t launch_one(fab_context *ctx, K kernel, dim3 grid, size_t smem, const fab__attn_args &a,
-                              const float *Dbuf)
+/* ------------------------------------------------------- 4. dq convert */
+
+/* Fast path: dq = dqacc rounded once to T (dS already carries the scale and the
+ * softcap derivative). One thread per 8 columns of a (row, head): two 16-byte
+ * loads, one 16-byte store; consecutive threads take consecutive chunks of a row. */
+template <typename T, int D>
+__global__ void __launch_bounds__(THREADS) attention_bwd_dq_convert_kernel(const fab__attn_args a, const float *dqacc)
+{
+    typedef mma_of<T> M;
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int c = blockIdx.x * THREADS + threadIdx.x, row = c / (D / 8), col = (c % (D / 8)) * 8;
+    seq_info s = seq_of(a, b);
+    if (row >= s.sq)
+        return;
+    const float4 *src =
+        reinterpret_cast<const float4 *>(dqacc + (b * a.lse_sb + h * a.lse_sh + s.q0 + row) * (int64_t)D + col);
+    float4 x = src[0], y = src[1];
+    uint4 o;
+    o.x = M::pack(x.x, x.y), o.y = M::pack(x.z, x.w), o.z = M::pack(y.x, y.y), o.w = M::pack(y.z, y.w);
+    T *dst = (T *)a.dq.data + b * a.dq.sb + (s.q0 + row) * a.dq.ss + h * a.dq.sh + col;
+    *reinterpret_cast<uint4 *>(dst) = o;
+}
+
+template <typename K, typename... Args>
+static cudaError_t launch_one(fab_context *ctx, K kernel, dim3 grid, size_t smem, const Args &...args)
 {
     cudaError_t err = cudaSuccess;
     if (smem > 48 * 1024)
@@ -378,28 +470,39 @@ static cudaError_t launch_one(fab_context *ctx, K kernel, dim3 grid, size_t smem
     cfg.blockDim = dim3(THREADS);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = (cudaStream_t)ctx->stream;
-    return cudaLaunchKernelEx(&cfg, kernel, a, Dbuf);
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
+/* Deterministic: dq kernel, then dkdv. Fast (dqacc set, zeroed): dkdv with dQ
+ * atomics, then the convert kernel. */
 template <typename T, int D>
-static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const float *Dbuf)
+static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, float *dqacc)
 {
     const size_t dq_smem = (size_t)(2 * BM + 4 * BN) * (D + 8) * sizeof(T);
     const size_t dkdv_smem = (size_t)(2 * BN + 4 * BM) * (D + 8) * sizeof(T) + 4 * BM * sizeof(float);
+    const dim3 kgrid((unsigned)((a->sk + BN - 1) / BN), (unsigned)a->hkv, (unsigned)a->batch);
     cudaError_t err = cudaSuccess;
-    if (a->sq > 0) /* a grid of 0 blocks is an invalid launch */
-        err = launch_one(ctx, attention_bwd_dq_kernel<T, D>,
-                         dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch), dq_smem, *a,
-                         Dbuf);
-    if (err == cudaSuccess)
-        err = launch_one(ctx, attention_bwd_dkdv_kernel<T, D>,
-                         dim3((unsigned)((a->sk + BN - 1) / BN), (unsigned)a->hkv, (unsigned)a->batch), dkdv_smem, *a,
-                         Dbuf);
+    if (!dqacc) {
+        if (a->sq > 0) /* a grid of 0 blocks is an invalid launch */
+            err = launch_one(ctx, attention_bwd_dq_kernel<T, D>,
+                             dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch), dq_smem,
+                             *a, Dbuf);
+        if (err == cudaSuccess)
+            err = launch_one(ctx, attention_bwd_dkdv_kernel<T, D, false>, kgrid, dkdv_smem, *a, Dbuf, dqacc);
+        return err;
+    }
+    err = launch_one(ctx, attention_bwd_dkdv_kernel<T, D, true>, kgrid,
+                     dkdv_smem + (size_t)BN * (BM + 8) * sizeof(T), *a, Dbuf, dqacc);
+    if (err == cudaSuccess && a->sq > 0)
+        err = launch_one(ctx, attention_bwd_dq_convert_kernel<T, D>,
+                         dim3((unsigned)((a->sq * (D / 8) + THREADS - 1) / THREADS), (unsigned)a->hq,
+                              (unsigned)a->batch),
+                         0, *a, (const float *)dqacc);
     return err;
 }
 
 template <typename T>
-static cudaError_t launch_all(fab_context *ctx, const fab__attn_args *a, float *Dbuf)
+static cudaError_t launch_all(fab_context *ctx, const fab__attn_args *a, float *Dbuf, float *dqacc)
 {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)((a->sq + THREADS - 1) / THREADS), (unsigned)a->hq, (unsigned)a->batch);
@@ -409,10 +512,10 @@ static cudaError_t launch_all(fab_context *ctx, const fab__attn_args *a, float *
     if (err != cudaSuccess)
         return err;
     switch (a->d) {
-    case 32: return launch_grads<T, 32>(ctx, a, Dbuf);
-    case 64: return launch_grads<T, 64>(ctx, a, Dbuf);
-    case 96: return launch_grads<T, 96>(ctx, a, Dbuf);
-    default: return launch_grads<T, 128>(ctx, a, Dbuf);
+    case 32: return launch_grads<T, 32>(ctx, a, Dbuf, dqacc);
+    case 64: return launch_grads<T, 64>(ctx, a, Dbuf, dqacc);
+    case 96: return launch_grads<T, 96>(ctx, a, Dbuf, dqacc);
+    default: return launch_grads<T, 128>(ctx, a, Dbuf, dqacc);
     }
 }
 
@@ -426,16 +529,25 @@ extern "C" fab_status fab__attention_backward_sm80(fab_context *ctx, const fab__
         return fab__fail(FAB_ERR_BACKEND, "%s: cudaSetDevice failed: %s", op, cudaGetErrorString(err));
     if (a->d != 32 && a->d != 64 && a->d != 96 && a->d != 128)
         return fab__fail(FAB_ERR_INTERNAL, "%s: head_dim %lld reached the sm80 kernel", op, (long long)a->d);
+    /* one scratch block: D (nrows floats), then on the fast path the dq
+     * accumulator (nrows x d floats, 16-byte aligned, zeroed) */
     const int64_t nrows = a->lse_sb ? a->batch * a->lse_sb : a->hq * a->lse_sh;
+    const int64_t nd = (nrows + 3) / 4 * 4, nacc = a->deterministic ? 0 : nrows * a->d;
+    const size_t bytes = sizeof(float) * (size_t)(nd + nacc > 0 ? nd + nacc : 1);
     float *Dbuf = NULL;
-    err = cudaMallocAsync((void **)&Dbuf, sizeof(float) * (size_t)(nrows > 0 ? nrows : 1), (cudaStream_t)ctx->stream);
+    err = cudaMallocAsync((void **)&Dbuf, bytes, (cudaStream_t)ctx->stream);
     if (err != cudaSuccess)
-        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: no device memory for D (%lld floats): %s", op, (long long)nrows,
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: no device memory for %zu bytes of scratch: %s", op, bytes,
                          cudaGetErrorString(err));
-    if (a->dtype == FAB_DTYPE_BF16)
-        err = launch_all<__nv_bfloat16>(ctx, a, Dbuf);
-    else
-        err = launch_all<__half>(ctx, a, Dbuf);
+    float *dqacc = a->deterministic ? NULL : Dbuf + nd;
+    if (dqacc && nacc > 0)
+        err = cudaMemsetAsync(dqacc, 0, sizeof(float) * (size_t)nacc, (cudaStream_t)ctx->stream);
+    if (err == cudaSuccess) {
+        if (a->dtype == FAB_DTYPE_BF16)
+            err = launch_all<__nv_bfloat16>(ctx, a, Dbuf, dqacc);
+        else
+            err = launch_all<__half>(ctx, a, Dbuf, dqacc);
+    }
     cudaError_t ferr = cudaFreeAsync(Dbuf, (cudaStream_t)ctx->stream);
     if (err == cudaSuccess)
         err = ferr;

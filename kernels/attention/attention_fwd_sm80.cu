@@ -2,13 +2,15 @@
  * attention_fwd_sm80.cu: FlashAttention-2-style forward for sm_80 and later.
  *
  * Idea: one block of 4 warps per (64-query tile, query head, sequence); each warp
- * owns 16 query rows, kept in registers as mma A fragments. The block streams the
- * 64-key tiles its rows may see through shared memory with cp.async, two stages
- * deep (the next K/V tile loads while this one is used). Per tile a warp computes
- * S = Q K^T with mma.m16n8k16 (K fragments by ldmatrix), applies scale, softcap
- * and the mask in registers, updates the online softmax (running max m and sum l
- * per row, exp2 of log2-unit scores), turns P into A fragments without touching
- * shared memory, and accumulates O += P V (V fragments by ldmatrix.trans).
+ * owns 16 query rows, kept in registers as mma A fragments (at head_dim 256 read
+ * from shared memory per key tile instead: see fwd_bn). The block streams the
+ * 64-key (head_dim 256: 32-key) tiles its rows may see through shared memory with
+ * cp.async, two stages deep (the next K/V tile loads while this one is used).
+ * Per tile a warp computes S = Q K^T with mma.m16n8k16 (K fragments by
+ * ldmatrix), applies scale, softcap and the mask in registers, updates the online
+ * softmax (running max m and sum l per row, exp2 of log2-unit scores), turns P
+ * into A fragments without touching shared memory, and accumulates O += P V (V
+ * fragments by ldmatrix.trans).
  * Thread mapping: lane = 4g + t holds rows g and g+8 of its warp's 16, columns
  * 2t, 2t+1 of every 8-wide n-tile; row max and sum are reduced over the 4 lanes
  * of a quad with shuffles.
@@ -27,14 +29,24 @@
 namespace {
 
 const int BM = 64;      /* query rows per block (16 per warp) */
-const int BN = 64;      /* keys per tile */
 const int THREADS = 128;
+
+/* Tile shape per head dim. Up to 128: 64-key tiles, Q fragments held in registers
+ * for the whole key loop. 256: the O accumulators alone take 128 registers per
+ * thread, so Q fragments are read from shared memory for each tile (ldmatrix), and
+ * keys come in 32-key tiles (two stages of 64-key K and V tiles would not fit in
+ * an A100's 163 KB of shared memory; 32 also halves the score registers). */
+template <int D> struct fwd_bn {
+    static const int value = D > 128 ? 32 : 64;
+    static const bool q_in_regs = D <= 128;
+};
 
 template <typename T, int D>
 __global__ void __launch_bounds__(THREADS)
 attention_fwd_kernel(const fab__attn_args a)
 {
     typedef mma_of<T> M;
+    const int BN = fwd_bn<D>::value;
     FAB_DYNAMIC_SMEM(T, smem);
     T *sQ = smem, *sK = sQ + BM * (D + 8), *sV = sK + 2 * BN * (D + 8);
     const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
@@ -70,7 +82,8 @@ attention_fwd_kernel(const fab__attn_args a)
 
     const float L2E = 1.4426950408889634f;
     const float k_scale = a.scale * L2E;
-    uint32_t qf[D / 16][4];
+    const bool QREG = fwd_bn<D>::q_in_regs;
+    uint32_t qf[QREG ? D / 16 : 1][4];
     float o[D / 8][4];
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0, 0};
 #pragma unroll
@@ -83,8 +96,11 @@ attention_fwd_kernel(const fab__attn_args a)
         const int64_t kt = klo + (int64_t)it * BN;
         attn_kv_next<T, D, BN, THREADS>(sK, sV, K, a.k.ss, V, a.v.ss, buf, kt, khi, it + 1 < ntiles);
         __syncthreads();
-        if (it == 0)
-            attn_load_q_frags<D>(qf, sQ, warp, lane);
+        if (QREG && it == 0) {
+#pragma unroll
+            for (int kk = 0; kk < (QREG ? D / 16 : 1); kk++)
+                fab__ldmatrix_x4(qf[kk], attn_frag_a_ptr<D>(sQ, warp * 16, kk * 16, lane));
+        }
         const T *cK = sK + buf * BN * (D + 8), *cV = sV + buf * BN * (D + 8);
 
         /* S = Q K^T: 16 x 64 per warp */
@@ -94,13 +110,17 @@ attention_fwd_kernel(const fab__attn_args a)
             s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t qs[4];
+            if (!QREG)
+                fab__ldmatrix_x4(qs, attn_frag_a_ptr<D>(sQ, warp * 16, kk * 16, lane));
+            const uint32_t(&qa)[4] = QREG ? qf[QREG ? kk : 0] : qs;
 #pragma unroll
             for (int j = 0; j < BN / 8; j += 2) {
                 uint32_t r[4];
                 fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cK, j * 8, kk * 16, lane));
                 uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                M::run(s[j], qf[kk], b0);
-                M::run(s[j + 1], qf[kk], b1);
+                M::run(s[j], qa, b0);
+                M::run(s[j + 1], qa, b1);
             }
         }
 
@@ -177,7 +197,7 @@ attention_fwd_kernel(const fab__attn_args a)
 template <typename T, int D>
 static fab_status launch(fab_context *ctx, const fab__attn_args *a)
 {
-    const size_t smem = (size_t)(BM + 4 * BN) * (D + 8) * sizeof(T);
+    const size_t smem = (size_t)(BM + 4 * fwd_bn<D>::value) * (D + 8) * sizeof(T);
     cudaError_t err = cudaSuccess;
     if (smem > 48 * 1024)
         err = cudaFuncSetAttribute(attention_fwd_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -202,6 +222,7 @@ static fab_status dispatch_d(fab_context *ctx, const fab__attn_args *a)
     case 64: return launch<T, 64>(ctx, a);
     case 96: return launch<T, 96>(ctx, a);
     case 128: return launch<T, 128>(ctx, a);
+    case 256: return launch<T, 256>(ctx, a);
     default: return fab__fail(FAB_ERR_INTERNAL, "fab_attention_forward: head_dim %lld reached the sm80 kernel", (long long)a->d);
     }
 }

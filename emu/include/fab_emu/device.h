@@ -88,6 +88,11 @@ uint32_t active_mask();
 void *dynamic_smem();  /* the block's dynamic shared memory (exactly the launch's size) */
 bool is_device_memory(const void *p, size_t bytes);  /* inside a live cudaMalloc block */
 
+/* A floating-point atomic add on [addr, addr + bytes): its result legitimately
+ * depends on the order of the adds, so the race check leaves those bytes out of
+ * its comparison of the two schedules (a no-op when the race check is off). */
+void note_float_atomic(const void *addr, size_t bytes);
+
 /* Let the other threads of the block run (for __nanosleep / spin loops). */
 void yield();
 

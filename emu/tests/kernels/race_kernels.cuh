@@ -100,3 +100,17 @@ __global__ void k_named_barrier_ldmatrix(const uint4 *src, uint32_t *out)
     if (warp == 1 || (Bug && warp == 2)) fab__ldmatrix_x4(r, &tile[lane]);
     out[t] = r[0] + r[1] + r[2] + r[3];
 }
+
+/* Three blocks add 1, 1e8, -1e8 to one float with atomicAdd: the sum depends on the
+ * order (0 forward, 1 in reverse), which is not a race. Each block also stores its
+ * index: to its own word of `out` (Racy = false), or all to out[0] (Racy = true: the
+ * last writer wins, a race that the comparison must still see). */
+template <bool Racy>
+__global__ void k_float_atomic_sum(float *sum, int *out)
+{
+    const float v[3] = {1.0f, 1e8f, -1e8f};
+    if (threadIdx.x == 0) {
+        atomicAdd(sum, v[blockIdx.x % 3]);
+        out[Racy ? 0 : blockIdx.x] = (int)blockIdx.x;
+    }
+}
