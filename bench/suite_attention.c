@@ -15,7 +15,11 @@
  *        drive cuDNN yet, so on a GPU it prints that, reports fabriek's TFLOP/s
  *        alone (baseline "none", ratio 0) for FlashAttention's benchmark shapes
  *        (16k tokens per batch, model dim 2048, head dims 64 and 128, sequence
- *        512..16k, causal and not).
+ *        512..16k, causal and not; the forward also at head dim 256).
+ *        One more row per case, "attn_backward determ.", times the deterministic
+ *        backward (a context with deterministic = 1: separate dq kernel, 7 tile
+ *        products) against the default fast one (dq atomics) of the same run:
+ *        its ratio is what determinism costs.
  */
 #include "bench.h"
 
@@ -26,6 +30,7 @@
 
 typedef struct attn_case {
     fab_context *ctx;
+    fab_context *det_ctx; /* GPU: deterministic, for the deterministic backward row */
     fab_attention_params fwd;
     fab_attention_backward_params bwd;
     /* baselines */
@@ -38,6 +43,13 @@ typedef struct attn_case {
 
 static fab_status run_fwd(void *arg) { attn_case *c = arg; return fab_attention_forward(c->ctx, &c->fwd); }
 static fab_status run_bwd(void *arg) { attn_case *c = arg; return fab_attention_backward(c->ctx, &c->bwd); }
+/* On its own context's stream: waits for it here (the timer synchronizes only b->ctx). */
+static fab_status run_bwd_det(void *arg)
+{
+    attn_case *c = arg;
+    fab_status s = fab_attention_backward(c->det_ctx, &c->bwd);
+    return s == FAB_OK ? fab_synchronize(c->det_ctx) : s;
+}
 static fab_status run_mm(void *arg) { attn_case *c = arg; return fab_matmul(c->ctx, &c->mm); }
 
 /* The naive baseline: one (batch, head) at a time, the whole s x s score matrix
@@ -150,7 +162,8 @@ int bench_suite_attention(bench *b)
     /* CPU: one sequence of s tokens, model dim 1024. GPU: FlashAttention's
      * benchmark shapes, 16k tokens per batch (b = 16384 / s), model dim 2048. */
     const int64_t cpu_seqs[2] = {1024, 2048}, gpu_seqs[6] = {512, 1024, 2048, 4096, 8192, 16384};
-    const int64_t gpu_quick[3] = {512, 2048, 8192}, dims[2] = {64, 128};
+    const int64_t gpu_quick[3] = {512, 2048, 8192}, dims[3] = {64, 128, 256};
+    const int ndims = gpu ? 3 : 2; /* 256: GPU forward only (the CPU has it, but slowly) */
     const int64_t *seqs = gpu ? (b->opt.quick ? gpu_quick : gpu_seqs) : cpu_seqs;
     const int nseq = gpu ? (b->opt.quick ? 3 : 6) : (b->opt.quick ? 1 : 2);
     const char *unit = gpu ? "TFLOP/s" : "GFLOP/s";
@@ -160,8 +173,18 @@ int bench_suite_attention(bench *b)
     double base = 0;
     const char *base_name = "none";
     int naive = 0;
+    fab_context *det_ctx = NULL;
     if (gpu) {
         printf("attention: no cuDNN baseline in this suite yet: rows show fabriek's rate only (ratio 0)\n");
+        fab_context_config dc;
+        memset(&dc, 0, sizeof dc);
+        dc.backend = FAB_BACKEND_CUDA; /* device 0, as fab-bench's own context */
+        dc.deterministic = 1;
+        if (fab_context_create(&dc, &det_ctx) != FAB_OK) {
+            fprintf(stderr, "fab-bench attention: deterministic context: %s\n", fab_last_error());
+            det_ctx = NULL;
+            failed = 1;
+        }
     } else {
         base = matmul_rate(b, dtype);
         base_name = "matmul 1024^3";
@@ -174,7 +197,7 @@ int bench_suite_attention(bench *b)
     }
 
     for (int si = 0; si < nseq; si++) {
-        for (int di = 0; di < 2; di++) {
+        for (int di = 0; di < ndims; di++) {
             const int64_t s = seqs[si], d = dims[di];
             const int64_t h = gpu ? 2048 / d : 1024 / d, bsz = gpu ? 16384 / s : 1;
             const int64_t shape[4] = {bsz, s, h, d}, lshape[3] = {bsz, h, s}, n = bsz * s * h * d;
@@ -200,6 +223,7 @@ int bench_suite_attention(bench *b)
                 attn_case c;
                 memset(&c, 0, sizeof c);
                 c.ctx = b->ctx;
+                c.det_ctx = det_ctx;
                 c.b = bsz, c.s = s, c.h = h, c.d = d, c.causal = causal;
                 fab_tensor_make(buf[0], dtype, 4, shape, &c.fwd.q);
                 fab_tensor_make(buf[1], dtype, 4, shape, &c.fwd.k);
@@ -224,15 +248,30 @@ int bench_suite_attention(bench *b)
                     base_rate = ms > 0 ? fwd_flops / (ms * 1e-3) / 1e9 : 0;
                 }
                 double fms = bench_time_ms(b, run_fwd, &c); /* also leaves out and lse for the backward */
-                double bms = fms > 0 ? bench_time_ms(b, run_bwd, &c) : -1;
-                if (fms < 0 || bms < 0) {
+                if (fms < 0) {
                     failed = 1;
                     continue;
                 }
                 add_row(b, "attn_forward", &c, fab_dtype_name(dtype), fms, fwd_flops, unit, unit_scale, base_name,
                         base_rate);
+                if (d > 128) /* no CUDA backward at head dim 256 */
+                    continue;
+                double bms = bench_time_ms(b, run_bwd, &c);
+                if (bms < 0) {
+                    failed = 1;
+                    continue;
+                }
                 add_row(b, "attn_backward", &c, fab_dtype_name(dtype), bms, 2.5 * fwd_flops, unit, unit_scale, base_name,
                         base_rate);
+                if (det_ctx) {
+                    double dms = bench_time_ms(b, run_bwd_det, &c);
+                    if (dms < 0) {
+                        failed = 1;
+                        continue;
+                    }
+                    add_row(b, "attn_backward determ.", &c, fab_dtype_name(dtype), dms, 2.5 * fwd_flops, unit,
+                            unit_scale, "fast bwd", 2.5 * fwd_flops / (bms * 1e-3) / unit_scale);
+                }
             }
             free(host);
             for (int i = 0; i < 8; i++)
@@ -240,5 +279,6 @@ int bench_suite_attention(bench *b)
             fab_free(b->ctx, lse);
         }
     }
+    fab_context_destroy(det_ctx);
     return failed;
 }
