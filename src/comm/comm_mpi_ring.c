@@ -6,7 +6,8 @@
  * about 2x slower than its blocking ones at 8 MiB and more, and a blocking call
  * cannot honour fabriek's timeout. This ring is non-blocking (polled, so the
  * deadline holds), and it pipelines: each segment travels in chunks of
- * `chunk_bytes` (1 MiB by default), WINDOW chunks in flight each way, and each
+ * at most `chunk_bytes` (1 MiB by default; a quarter segment for smaller ones,
+ * not under 64 KiB), WINDOW chunks in flight each way, and each
  * chunk is summed as soon as it lands, while it is still in cache.
  *
  * The algorithm (n ranks, rank r, data cut into n segments):
@@ -134,7 +135,13 @@ fab_status fab__ring_start(MPI_Comm comm, int tag, size_t chunk_bytes, const fab
     r->dtype = k->dtype;
     r->op = k->op == FAB_REDUCE_AVG ? FAB_REDUCE_SUM : k->op;
     r->es = fab_dtype_size(k->dtype);
-    r->chunk = (int64_t)(chunk_bytes / r->es);
+    /* A segment in at least 4 chunks, so that even a few-MiB collective pipelines,
+     * but no chunk under 64 KiB (per-message costs) unless chunk_bytes says so. */
+    size_t seg_bytes_max = (size_t)((k->kind == FAB__COLL_ALLREDUCE ? (k->count + r->n - 1) / r->n : k->count)) * r->es;
+    size_t cb = seg_bytes_max / 4 < chunk_bytes ? seg_bytes_max / 4 : chunk_bytes;
+    if (cb < ((size_t)64 << 10))
+        cb = chunk_bytes < ((size_t)64 << 10) ? chunk_bytes : (size_t)64 << 10;
+    r->chunk = (int64_t)(cb / r->es);
     if (r->chunk < 1)
         r->chunk = 1;
     r->count = k->count;
