@@ -53,7 +53,7 @@ struct fab_context {
     int sm_count;
 
     /* Per-op state an op creates lazily and releases with the context. */
-    void *matmul; /* kernels/matmul: cuBLASLt handle, workspace, algorithm cache */
+    void *matmul; /* kernels/matmul (fab__mm_state): cuBLASLt state and AUTO's tuning cache */
 };
 
 /* Releases ctx->matmul (kernels/matmul/matmul.c); safe in every build. */

@@ -11,6 +11,7 @@
  * eps_of), so cancellation never makes a correct result fail. TF32's tensor-core
  * path is also checked bit-exactly on inputs whose rounding to tf32 is known.
  */
+#define _POSIX_C_SOURCE 200809L /* setenv, dup, fileno: AUTO's log is read back from stderr */
 #include "harness.h"
 
 #include <math.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define INVALID FAB_ERR_INVALID_ARGUMENT
 #define UNSUPPORTED FAB_ERR_UNSUPPORTED
@@ -204,6 +206,34 @@ static void check_bound(const char *what, const double *out, const double *ref, 
     (void)ref2;
 }
 
+/* With g_capture set, run_case keeps what fab_matmul writes to stderr (AUTO's
+ * FAB_MATMUL_AUTOTUNE_LOG lines) in g_log. Only the call itself is captured, so a
+ * failing check still reaches the real stderr. */
+static bool g_capture;
+static char g_log[8192];
+
+static void capture_begin(FILE **tmp, int *saved)
+{
+    fflush(stderr);
+    *tmp = tmpfile();
+    assert_non_null(*tmp);
+    *saved = dup(2);
+    assert_true(*saved >= 0);
+    assert_true(dup2(fileno(*tmp), 2) >= 0);
+}
+
+static void capture_end(FILE *tmp, int saved)
+{
+    fflush(stderr);
+    int ok = dup2(saved, 2) >= 0;
+    close(saved);
+    assert_true(ok);
+    rewind(tmp);
+    size_t len = fread(g_log, 1, sizeof g_log - 1, tmp);
+    g_log[len] = 0;
+    fclose(tmp);
+}
+
 static void run_case(fab_context *ctx, const mm_case *cs)
 {
     char what[256];
@@ -337,7 +367,13 @@ static void run_case(fab_context *ctx, const mm_case *cs)
     }
     p.algo = (fab_matmul_algo)cs->algo;
     p.precision = cs->tf32 ? FAB_MATMUL_TF32 : FAB_MATMUL_EXACT;
+    FILE *cap = NULL;
+    int saved_fd = -1;
+    if (g_capture)
+        capture_begin(&cap, &saved_fd);
     fab_status s = fab_matmul(ctx, &p);
+    if (g_capture)
+        capture_end(cap, saved_fd);
     if (s != FAB_OK)
         fail_msg("%s: fab_matmul: %s: %s", what, fab_status_name(s), fab_last_error());
 
@@ -997,6 +1033,205 @@ static void test_deterministic(void **state)
     fab_context_destroy(ctx);
 }
 
+/* ------------------------------------------------------------ AUTO's tuning */
+
+/* Lines of g_log, and how many contain `needle`. */
+static int log_lines(void)
+{
+    int n = 0;
+    for (const char *q = g_log; *q; q++)
+        n += *q == '\n';
+    return n;
+}
+
+static int log_count(const char *needle)
+{
+    int n = 0;
+    for (const char *q = strstr(g_log, needle); q; q = strstr(q + 1, needle))
+        n++;
+    return n;
+}
+
+/* The candidate after "-> " in g_log's (single) line. */
+static void log_winner(char *out, size_t size)
+{
+    const char *q = strstr(g_log, "-> ");
+    assert_non_null(q);
+    q += 3;
+    size_t i = 0;
+    while (q[i] && q[i] != '\n' && q[i] != ' ' && i + 1 < size) {
+        out[i] = q[i];
+        i++;
+    }
+    out[i] = 0;
+}
+
+/* Calls where AUTO has two candidates: on a GPU cuBLASLt and the tensor-core
+ * kernel (every case is one cuBLASLt expresses: tanh GELU, its backward, bias of
+ * C's dtype, aligned pre_act), in the emulated build the tensor-core kernel and
+ * the SIMT kernel (FAB_MATMUL_AUTOTUNE_SIMT). Each has an output the measurement
+ * could spoil: beta != 0 (C is read: measured runs that wrote the caller's C would
+ * leave beta·C counted more than once), a stored pre_act, the activation backward
+ * (pre_act is an input), dbias from C and from A. */
+static int autotune_cases(mm_case *cases)
+{
+    int n = 0;
+    mm_case c = plain(FAB_DTYPE_BF16, FAB_DTYPE_BF16, 40, 24, 32, 0, 1); /* linear forward */
+    c.align8 = 1, c.beta = 1, c.bias = 1, c.act = FAB_MATMUL_ACT_GELU_TANH, c.pre = 1;
+    cases[n++] = c;
+    c = plain(FAB_DTYPE_BF16, FAB_DTYPE_F32, 33, 40, 24, 0, 0); /* GELU backward, dbias from C */
+    c.align8 = 1, c.beta = 0.5f, c.act = FAB_MATMUL_ACT_GELU_TANH, c.bwd = 1, c.dbias = 1;
+    cases[n++] = c;
+    c = plain(FAB_DTYPE_F16, FAB_DTYPE_F16, 24, 16, 40, 1, 0); /* weight gradient: dbias from A, accumulate */
+    c.align8 = 1, c.beta = 1, c.dbias = 2;
+    cases[n++] = c;
+    c = plain(FAB_DTYPE_F32, FAB_DTYPE_F32, 20, 28, 36, 1, 1); /* TF32, f32 bias, ReLU */
+    c.align4 = 1, c.tf32 = 1, c.beta = -1, c.bias = 1, c.act = FAB_MATMUL_ACT_RELU;
+    cases[n++] = c;
+    c = plain(FAB_DTYPE_BF16, FAB_DTYPE_BF16, 24, 16, 16, 0, 0); /* batched, pre_act stored */
+    c.align8 = 1, c.beta = 1, c.act = FAB_MATMUL_ACT_GELU_TANH, c.pre = 1, c.nb = 1, c.bshape[0] = 3, c.a_nb = 1,
+    c.a_bshape[0] = 3, c.b_nb = 0;
+    cases[n++] = c;
+    return n;
+}
+
+/* Whether the context's device has the tensor-core kernel (sm_80 or later). */
+static bool has_sm80(fab_context *ctx)
+{
+    const char *q = strstr(fab_context_device_name(ctx), "(sm_");
+    return q && atoi(q + 4) >= 80;
+}
+
+/* AUTO measures a call's candidates the first time it sees its key and uses the
+ * cached winner afterwards (FAB_MATMUL_AUTOTUNE_LOG says which happened, one line
+ * per call); the results are right both times. A deterministic context and
+ * FAB_MATMUL_AUTOTUNE=0 use the fixed heuristic and never measure. */
+static void test_autotune(void **state)
+{
+    (void)state;
+    if (!on_cuda()) /* the CPU backend has one GEMM: nothing to choose */
+        return;
+    mm_case cases[8];
+    int nc = autotune_cases(cases);
+    setenv("FAB_MATMUL_AUTOTUNE_LOG", "1", 1);
+    setenv("FAB_MATMUL_AUTOTUNE_SIMT", "1", 1); /* emulated builds only; a GPU build ignores it */
+    unsetenv("FAB_MATMUL_AUTOTUNE");
+    fab_context *ctx = fab_test_context();
+    if (!has_sm80(ctx)) {
+        fab_context_destroy(ctx);
+        unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
+        unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
+        return;
+    }
+    g_capture = true;
+    char first[8][32];
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < nc; i++) {
+            run_case(ctx, &cases[i]); /* fresh buffers each time: the same key */
+            if (log_lines() != 1 || log_count(round ? ": cached -> " : ": tuned -> ") != 1)
+                fail_msg("case %d, call %d: want one \"%s\" line, got:\n%s", i, round + 1,
+                         round ? "cached" : "tuned", g_log);
+            char w[32];
+            log_winner(w, sizeof w);
+            if (round == 0)
+                strcpy(first[i], w);
+            else if (strcmp(first[i], w) != 0)
+                fail_msg("case %d: tuned %s, the cached call ran %s", i, first[i], w);
+        }
+    fab_context_destroy(ctx);
+
+    /* a deterministic context: the heuristic, every time */
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.deterministic = 1;
+    ctx = fab_test_context_with(&cfg);
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < nc; i++) {
+            run_case(ctx, &cases[i]);
+            if (log_lines() != 1 || log_count(": heuristic (deterministic context) -> ") != 1)
+                fail_msg("deterministic, case %d, call %d: want one heuristic line, got:\n%s", i, round + 1, g_log);
+        }
+    fab_context_destroy(ctx);
+
+    /* FAB_MATMUL_AUTOTUNE=0 */
+    setenv("FAB_MATMUL_AUTOTUNE", "0", 1);
+    ctx = fab_test_context();
+    run_case(ctx, &cases[0]);
+    if (log_lines() != 1 || log_count(": heuristic (FAB_MATMUL_AUTOTUNE=0) -> ") != 1)
+        fail_msg("FAB_MATMUL_AUTOTUNE=0: want one heuristic line, got:\n%s", g_log);
+    fab_context_destroy(ctx);
+
+    g_capture = false;
+    unsetenv("FAB_MATMUL_AUTOTUNE");
+    unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
+    unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
+}
+
+/* The cache holds 256 keys per context: the 257th new shape runs the heuristic
+ * unmeasured, keys already in the cache keep their winner. */
+static void test_autotune_cache_full(void **state)
+{
+    (void)state;
+    if (!on_cuda())
+        return;
+    setenv("FAB_MATMUL_AUTOTUNE_LOG", "1", 1);
+    setenv("FAB_MATMUL_AUTOTUNE_SIMT", "1", 1);
+    unsetenv("FAB_MATMUL_AUTOTUNE");
+    fab_context *ctx = fab_test_context();
+    if (!has_sm80(ctx)) {
+        fab_context_destroy(ctx);
+        unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
+        unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
+        return;
+    }
+    const int64_t mmax = 257, n = 8, k = 8;
+    double *v = malloc(sizeof(double) * (size_t)(mmax * k));
+    assert_non_null(v);
+    fab_test_fill_uniform(v, mmax * k, -1, 1);
+    void *da = fab_test_upload(ctx, FAB_DTYPE_BF16, v, mmax * k, NULL);
+    void *db = fab_test_upload(ctx, FAB_DTYPE_BF16, v, k * n, NULL);
+    void *dc = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, mmax * n);
+    for (int64_t m = 1; m <= mmax + 1; m++) {
+        int64_t mr = m <= mmax ? m : 5; /* last: a key from the full cache */
+        fab_matmul_params p;
+        memset(&p, 0, sizeof p);
+        int64_t sa[2] = {mr, k}, sb[2] = {k, n}, sc[2] = {mr, n};
+        fab_tensor_make(da, FAB_DTYPE_BF16, 2, sa, &p.a);
+        fab_tensor_make(db, FAB_DTYPE_BF16, 2, sb, &p.b);
+        fab_tensor_make(dc, FAB_DTYPE_F32, 2, sc, &p.c);
+        FILE *cap;
+        int saved;
+        capture_begin(&cap, &saved);
+        fab_status s = fab_matmul(ctx, &p);
+        capture_end(cap, saved);
+        if (s != FAB_OK)
+            fail_msg("m=%lld: %s: %s", (long long)mr, fab_status_name(s), fab_last_error());
+        const char *want = m <= 256 ? ": tuned -> " : m == mmax ? ": heuristic (cache full) -> " : ": cached -> ";
+        if (log_lines() != 1 || log_count(want) != 1)
+            fail_msg("call %lld (m=%lld): want \"%s\", got:\n%s", (long long)m, (long long)mr, want, g_log);
+    }
+    double *out = malloc(sizeof(double) * (size_t)(5 * n));
+    assert_non_null(out);
+    fab_test_download(ctx, FAB_DTYPE_F32, dc, 5 * n, out);
+    for (int64_t i = 0; i < 5; i++) /* bf16 inputs, f32 sums of 8 products */
+        for (int64_t j = 0; j < n; j++) {
+            double ref = 0;
+            for (int64_t q = 0; q < k; q++)
+                ref += (double)fab_bf16_to_f32(fab_f32_to_bf16((float)v[i * k + q])) *
+                       (double)fab_bf16_to_f32(fab_f32_to_bf16((float)v[q * n + j]));
+            if (!(fabs(out[i * n + j] - ref) <= 1e-5))
+                fail_msg("c[%lld][%lld] = %g, want %g", (long long)i, (long long)j, out[i * n + j], ref);
+        }
+    free(out);
+    free(v);
+    fab_test_free(ctx, da);
+    fab_test_free(ctx, db);
+    fab_test_free(ctx, dc);
+    fab_context_destroy(ctx);
+    unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
+    unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
+}
+
 /* Empty products: m = 0 or n = 0 or an empty batch write nothing; dbias over no
  * rows is zero. */
 static void test_empty(void **state)
@@ -1203,6 +1438,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_gradcheck),
         cmocka_unit_test(test_bias_grad),
         cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_autotune),
+        cmocka_unit_test(test_autotune_cache_full),
         cmocka_unit_test(test_empty),
         cmocka_unit_test(test_bad_arguments),
     };

@@ -472,6 +472,14 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
     return cudaSuccess; /* the event's work is already complete */
 }
 
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus *pCaptureStatus)
+{
+    if (!pCaptureStatus) return record_error(cudaErrorInvalidValue);
+    if (!stream_is_valid(stream)) return record_error(cudaErrorInvalidResourceHandle);
+    *pCaptureStatus = cudaStreamCaptureStatusNone; /* no graphs in the emulator */
+    return cudaSuccess;
+}
+
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags)
 {
     if (!event || (flags & ~7u)) return record_error(cudaErrorInvalidValue);

@@ -2,6 +2,7 @@
  * test_runtime.cu -- the emulated runtime API: virtual device, memory, copies, streams,
  * events, error codes and names, launch-configuration errors.
  */
+#include <chrono>
 #include <vector>
 
 #include "emu_test.h"
@@ -111,10 +112,33 @@ static void test_streams_events()
     CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
     CHECK(ms >= 0, "elapsed %g", (double)ms);
     CHECK(cudaEventElapsedTime(&ms, e0, nt) == cudaErrorInvalidResourceHandle, "timing a DisableTiming event");
+    /* event timing follows the host clock: a 20 ms wait between two records shows */
+    CHECK_CUDA(cudaEventRecord(e0, s));
+    {
+        std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+        while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(20)) {
+        }
+    }
+    CHECK_CUDA(cudaEventRecord(e1, s));
+    CHECK_CUDA(cudaEventSynchronize(e1));
+    CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    CHECK(ms >= 19.0f && ms < 10000.0f, "elapsed %g ms over a 20 ms wait", (double)ms);
+    CHECK(cudaEventElapsedTime(&ms, e1, e0) == cudaSuccess && ms <= -19.0f, "reverse order: %g", (double)ms);
+    /* no stream capture in the emulator: every valid stream reports None */
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusActive;
+    CHECK_CUDA(cudaStreamIsCapturing(s, &cs));
+    CHECK(cs == cudaStreamCaptureStatusNone, "capture status %d", (int)cs);
+    cs = cudaStreamCaptureStatusActive;
+    CHECK_CUDA(cudaStreamIsCapturing(0, &cs));
+    CHECK(cs == cudaStreamCaptureStatusNone, "capture status of the legacy stream %d", (int)cs);
+    CHECK(cudaStreamIsCapturing(s, NULL) == cudaErrorInvalidValue, "NULL status pointer accepted");
+    cudaGetLastError();
     CHECK_CUDA(cudaStreamSynchronize(s));
     CHECK_CUDA(cudaEventSynchronize(e1));
     CHECK_CUDA(cudaStreamDestroy(s));
     CHECK(cudaStreamSynchronize(s) == cudaErrorInvalidResourceHandle, "destroyed stream accepted");
+    CHECK(cudaStreamIsCapturing(s, &cs) == cudaErrorInvalidResourceHandle, "capture query on a destroyed stream");
+    cudaGetLastError();
     cfg.stream = s;
     CHECK(cudaLaunchKernelEx(&cfg, k_fill, d, 1) == cudaErrorInvalidResourceHandle, "launch on destroyed stream");
     cudaEventDestroy(e0);

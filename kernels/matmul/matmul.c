@@ -7,6 +7,7 @@
 #include "matmul.h"
 
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define INVALID FAB_ERR_INVALID_ARGUMENT
@@ -118,15 +119,28 @@ static fab_status check_enums(const char *op, const fab_matmul_params *p)
     return FAB_OK;
 }
 
+fab__mm_state *fab__matmul_state(fab_context *ctx)
+{
+    if (!ctx->matmul) {
+        ctx->matmul = calloc(1, sizeof(fab__mm_state));
+        if (!ctx->matmul)
+            fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_matmul: out of host memory for the context's matmul state");
+    }
+    return (fab__mm_state *)ctx->matmul;
+}
+
 /* Called by fab_context_destroy: releases the per-context matmul state. */
 void fab__matmul_context_release(fab_context *ctx)
 {
+    if (!ctx || !ctx->matmul)
+        return;
+    fab__mm_state *st = (fab__mm_state *)ctx->matmul;
 #ifdef FAB_HAVE_CUBLASLT
-    if (ctx)
-        fab__matmul_cublaslt_release(ctx);
-#else
-    (void)ctx;
+    fab__matmul_cublaslt_release(ctx, st);
 #endif
+    free(st->tuner); /* plain host memory */
+    free(st);
+    ctx->matmul = NULL;
 }
 
 #if defined(FAB_HAVE_CUDA) && !defined(FAB_HAVE_CUBLASLT)

@@ -76,9 +76,20 @@ fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a);
 /* Whether cuBLASLt can run this call (dtypes, epilogue, strides); FAB_OK or a
  * FAB_ERR_UNSUPPORTED message saying why not. */
 fab_status fab__matmul_cublaslt_supports(const fab_context *ctx, const fab__mm_args *a);
-/* fab__matmul_context_release (declared in src/runtime.h) frees what fab_matmul
- * keeps in a context through this, in builds with cuBLASLt. */
-void fab__matmul_cublaslt_release(fab_context *ctx);
+
+/* What fab_matmul keeps in a CUDA context (ctx->matmul): created on the first
+ * call that needs it (fab__matmul_state), released with the context by
+ * fab__matmul_context_release (matmul.c). */
+typedef struct fab__mm_tuner fab__mm_tuner;
+typedef struct fab__mm_state {
+    void *lt;              /* matmul_cublas.c: handle, workspace, algorithm cache */
+    fab__mm_tuner *tuner;  /* matmul_cuda.cu: AUTO's measured choices (host memory only) */
+} fab__mm_state;
+/* The context's state, created on first use; NULL (message recorded) when out of
+ * host memory. */
+fab__mm_state *fab__matmul_state(fab_context *ctx);
+/* Releases st->lt (builds with cuBLASLt). */
+void fab__matmul_cublaslt_release(fab_context *ctx, fab__mm_state *st);
 /* The dbias of a call (from C or from A) by fabriek's deterministic CUDA
  * reduction, on the context's stream after the GEMM. */
 fab_status fab__matmul_dbias_cuda(fab_context *ctx, const fab__mm_args *a);

@@ -21,7 +21,7 @@
  * fabriek's deterministic kernel.
  *
  * Handle, workspace (ctx->workspace_bytes) and an algorithm cache per context,
- * created on first use, in ctx->matmul (see fab__mm_lt_state).
+ * created on first use, in ctx->matmul's `lt` (see fab__mm_lt_state).
  * Deterministic contexts restrict cuBLASLt to algorithms without split-k
  * reductions (CUBLASLT_REDUCTION_SCHEME_NONE), so repeats are bitwise equal.
  */
@@ -57,8 +57,8 @@ static bool flat_stride(const fab__mm_args *a, const int64_t *bstride, int64_t *
 }
 
 /* Per-context cuBLASLt state: the handle, the workspace, and the algorithm the
- * heuristic chose for each recent call shape. It lives in ctx->matmul, created on
- * first use and released with the context (fab__matmul_context_release). */
+ * heuristic chose for each recent call shape. It lives in ctx->matmul (its `lt`),
+ * created on first use and released with the context (fab__matmul_context_release). */
 #define LT_CACHE 32
 typedef struct lt_key {
     int64_t v[24];
@@ -206,10 +206,13 @@ static void release_state(fab__mm_lt_state *st)
     free(st);
 }
 
-/* The context's state, created on first use. */
+/* The context's cuBLASLt state, created on first use. */
 static fab_status get_state(fab_context *ctx, fab__mm_lt_state **out)
 {
-    fab__mm_lt_state *st = (fab__mm_lt_state *)ctx->matmul;
+    fab__mm_state *ms = fab__matmul_state(ctx);
+    if (!ms)
+        return FAB_ERR_OUT_OF_MEMORY;
+    fab__mm_lt_state *st = (fab__mm_lt_state *)ms->lt;
     if (!st) {
         st = calloc(1, sizeof *st);
         if (!st)
@@ -228,19 +231,19 @@ static fab_status get_state(fab_context *ctx, fab__mm_lt_state **out)
                 st->workspace_bytes = ctx->workspace_bytes;
             }
         }
-        ctx->matmul = st;
+        ms->lt = st;
     }
     *out = st;
     return FAB_OK;
 }
 
-void fab__matmul_cublaslt_release(fab_context *ctx)
+void fab__matmul_cublaslt_release(fab_context *ctx, fab__mm_state *ms)
 {
-    if (ctx->backend == FAB_BACKEND_CUDA && ctx->matmul) {
+    if (ctx->backend == FAB_BACKEND_CUDA && ms->lt) {
         cudaSetDevice(ctx->device);
-        release_state((fab__mm_lt_state *)ctx->matmul);
+        release_state((fab__mm_lt_state *)ms->lt);
     }
-    ctx->matmul = NULL;
+    ms->lt = NULL;
 }
 
 fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a)

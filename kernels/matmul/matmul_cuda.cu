@@ -9,14 +9,42 @@
  *                     strides (8 or 4 elements; fab__matmul_sm80_supports), else
  *                     simt_gemm below (exact f32 FMA for f32, TF32 or not)
  *   ALGO_REFERENCE -> ref_gemm below (one thread per element, plain k loop)
- *   ALGO_AUTO      -> cuBLASLt whenever it supports the call (a real GPU build),
- *                     else as NATIVE. Until the tensor-core kernel has been
- *                     measured on a GPU against cuBLASLt, no shape is known where
- *                     it wins, so the heuristic is "cuBLASLt if it can". The
- *                     choice depends only on the call's arguments and the build,
- *                     so it is fixed per shape, also in deterministic mode.
+ *   ALGO_AUTO      -> a candidate from {cuBLASLt, tensor-core kernel} (auto_choice):
+ *     - Only one can run the call (cuBLASLt cannot express it, or the emulated
+ *       build, which has none; or the tensor-core kernel does not apply): that one,
+ *       else simt_gemm.
+ *     - Both can: measured on the first call of the call's key, then cached in the
+ *       context (ctx->matmul's tuner). The key: m, n, k, batch count, dtypes of
+ *       A/B, C, bias and dbias, transposes, TF32, beta != 0, the epilogue
+ *       (activation, forward or backward, bias / pre_act / dbias present, dbias
+ *       from C or A), each operand's alignment class (the largest power of two up
+ *       to 16 bytes dividing its address and its row and batch strides), which of
+ *       A and B broadcast over the batch, and which candidates can run it. A miss
+ *       runs each candidate once to warm up and 3 times timed (cudaEvents on the
+ *       context's stream, interleaved), in stream-ordered scratch
+ *       (cudaMallocAsync) standing in for C, a forward's pre_act and dbias, so the
+ *       caller's outputs are written once, by the real run; with beta != 0 the
+ *       scratch C is a fresh copy of C before each run. The least median wins
+ *       (ties: cuBLASLt). The miss waits for its timings (one stream sync); a hit
+ *       costs a lookup. The 256 first keys are cached, never evicted; later new
+ *       keys run the heuristic.
+ *     - The fixed heuristic, "cuBLASLt if it can run the call" (falling back to
+ *       fabriek's kernel if cuBLASLt then finds no algorithm), and nothing cached:
+ *       in a deterministic context (a timing-based choice could differ from one
+ *       run or process to the next and change the result's bits), on a miss while
+ *       the stream is being captured (no synchronising in a capture; a hit still
+ *       uses its winner), with FAB_MATMUL_AUTOTUNE=0, when the cache is full, and
+ *       when the scratch cannot be allocated.
+ *     The environment is read when a context first needs its tuner.
+ *     FAB_MATMUL_AUTOTUNE_LOG=1 writes one line per AUTO call that had two
+ *     candidates to stderr (the choice, why, and the measured times): a
+ *     diagnostic, and how tests/test_matmul.c sees the cache work.
+ *     FAB_MATMUL_AUTOTUNE_SIMT=1 (emulated builds only, for the tests) adds
+ *     simt_gemm as a candidate, so the emulator, which has no cuBLASLt, has two.
  */
 #include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define FAB__HD __host__ __device__
@@ -345,6 +373,349 @@ extern "C" fab_status fab__matmul_dbias_cuda(fab_context *ctx, const fab__mm_arg
     return rowsum_any(ctx, a->a, a->ab_dtype, a->m, a->k, a->lda, g, a->dbias, a->dbias_dtype);
 }
 
+/* ------------------------------------------------------------ AUTO's choice */
+
+/* The candidates AUTO chooses between, in the fixed heuristic's order of
+ * preference: the first one that can run the call wins when nothing is measured. */
+enum { CAND_CUBLASLT, CAND_SM80, CAND_SIMT, NCAND };
+static const char *const cand_name[NCAND] = {"cuBLASLt", "tensor-core", "SIMT"};
+
+#define TUNE_MAX 256 /* shapes measured per context; past that, the heuristic */
+#define TUNE_REPS 3  /* timed runs per candidate, after one warm-up; the median counts */
+
+/* What decides a call's timing and which candidates can run it (see make_key). */
+struct tune_key {
+    int64_t v[9];
+};
+
+struct fab__mm_tuner {
+    int enabled; /* FAB_MATMUL_AUTOTUNE is not "0" */
+    int log;     /* FAB_MATMUL_AUTOTUNE_LOG: one stderr line per AUTO choice */
+    int simt;    /* emulated builds only, FAB_MATMUL_AUTOTUNE_SIMT: the SIMT kernel is a candidate */
+    int n;       /* entries used; never evicted */
+    uint64_t hash[TUNE_MAX];
+    tune_key key[TUNE_MAX];
+    unsigned char winner[TUNE_MAX];
+};
+
+static int env_flag(const char *name, int dflt)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return dflt;
+    return strcmp(v, "0") != 0;
+}
+
+/* The context's tuner, created (and the environment read) on first use; NULL when
+ * out of host memory (the heuristic then decides). */
+static fab__mm_tuner *get_tuner(fab_context *ctx)
+{
+    fab__mm_state *st = fab__matmul_state(ctx);
+    if (!st)
+        return NULL;
+    if (!st->tuner) {
+        fab__mm_tuner *t = (fab__mm_tuner *)calloc(1, sizeof *t);
+        if (!t)
+            return NULL;
+        t->enabled = env_flag("FAB_MATMUL_AUTOTUNE", 1);
+        t->log = env_flag("FAB_MATMUL_AUTOTUNE_LOG", 0);
+#ifdef FAB_EMULATE_CUDA
+        t->simt = env_flag("FAB_MATMUL_AUTOTUNE_SIMT", 0);
+#endif
+        st->tuner = t;
+    }
+    return st->tuner;
+}
+
+/* Which candidates can run the call (a bit per candidate). The SIMT kernel runs
+ * everything, but on a GPU it is never faster than the other two where they
+ * apply, so it is a candidate only for the emulated build's tests. */
+static unsigned candidates(fab_context *ctx, const fab__mm_args *a, const fab__mm_tuner *t)
+{
+    unsigned mask = 0;
+    if (fab__matmul_cublaslt_supports(ctx, a) == FAB_OK)
+        mask |= 1u << CAND_CUBLASLT;
+    if (a->k > 0 && fab__matmul_sm80_supports(ctx, a))
+        mask |= 1u << CAND_SM80;
+    if (t && t->simt)
+        mask |= 1u << CAND_SIMT;
+    return mask;
+}
+
+static int heuristic(unsigned mask)
+{
+    for (int c = 0; c < NCAND; c++)
+        if (mask >> c & 1)
+            return c;
+    return CAND_SIMT;
+}
+
+/* log2 (at most 4) of the largest power of two dividing an operand's byte address
+ * and its row and batch strides in bytes (of dims with more than one element):
+ * what decides vectorised access, and so which kernels apply and how fast. */
+static int64_t align_class(const fab__mm_args *a, const void *p, int64_t ld, int64_t rows, const int64_t *bstride,
+                           fab_dtype dt)
+{
+    uint64_t es = fab_dtype_size(dt), x = (uint64_t)(uintptr_t)p | 16;
+    if (rows > 1)
+        x |= (uint64_t)ld * es;
+    for (int j = 0; j < a->nb; j++)
+        if (a->batch_shape[j] > 1)
+            x |= (uint64_t)bstride[j] * es;
+    int l = 0;
+    while (!(x >> l & 1))
+        l++;
+    return l;
+}
+
+static bool broadcast(const fab__mm_args *a, const int64_t *bstride)
+{
+    for (int j = 0; j < a->nb; j++)
+        if (a->batch_shape[j] > 1 && bstride[j] == 0)
+            return true;
+    return false;
+}
+
+/* The cache key: sizes, dtypes, transposes, the epilogue, TF32, alignment
+ * classes, broadcast batch operands, and the candidates that can run the call. */
+static tune_key make_key(const fab__mm_args *a, unsigned mask)
+{
+    tune_key k;
+    memset(&k, 0, sizeof k);
+    int64_t *v = k.v;
+    v[0] = a->m, v[1] = a->n, v[2] = a->k, v[3] = a->batch;
+    v[4] = (int64_t)a->ab_dtype | (int64_t)a->c_dtype << 8 | (int64_t)(a->bias ? a->bias_dtype + 1 : 0) << 16 |
+           (int64_t)(a->dbias ? a->dbias_dtype + 1 : 0) << 24;
+    v[5] = (int64_t)a->trans_a | (int64_t)a->trans_b << 1 | (int64_t)a->tf32 << 2 | (int64_t)(a->beta != 0.0f) << 3 |
+           (int64_t)a->act_backward << 4 | (int64_t)(a->pre_act != NULL) << 5 | (int64_t)a->dbias_from << 6 |
+           (int64_t)a->act << 8;
+    v[6] = mask;
+    v[7] = align_class(a, a->a, a->lda, a->trans_a ? a->k : a->m, a->a_bstride, a->ab_dtype) |
+           align_class(a, a->b, a->ldb, a->trans_b ? a->n : a->k, a->b_bstride, a->ab_dtype) << 4 |
+           align_class(a, a->c, a->ldc, a->m, a->c_bstride, a->c_dtype) << 8 |
+           (a->pre_act ? align_class(a, a->pre_act, a->ldp, a->m, a->p_bstride, a->c_dtype) : 0) << 12;
+    v[8] = (int64_t)broadcast(a, a->a_bstride) | (int64_t)broadcast(a, a->b_bstride) << 1;
+    return k;
+}
+
+static uint64_t key_hash(const tune_key &k)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over the words */
+    for (int i = 0; i < 9; i++) {
+        h ^= (uint64_t)k.v[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+/* One candidate on the call as given, dbias included. */
+static fab_status run_candidate(fab_context *ctx, const fab__mm_args *a, int c)
+{
+    if (c == CAND_CUBLASLT)
+        return fab__matmul_cublaslt(ctx, a); /* reduces an unfused dbias itself */
+    if (c == CAND_SM80)
+        FAB__TRY(fab__matmul_sm80(ctx, a));
+    else
+        FAB__TRY(gemm_any(ctx, a, false));
+    return a->dbias ? fab__matmul_dbias_cuda(ctx, a) : FAB_OK;
+}
+
+/* Elements from an output's first to its last element. */
+static int64_t out_span(const fab__mm_args *a, int64_t ld, const int64_t *bstride)
+{
+    int64_t s = (a->m - 1) * ld + a->n;
+    for (int j = 0; j < a->nb; j++)
+        s += (a->batch_shape[j] - 1) * bstride[j];
+    return s;
+}
+
+static size_t round256(size_t x)
+{
+    return (x + 255) / 256 * 256;
+}
+
+#define TUNE_CUDA(call)                                                                                       \
+    do {                                                                                                      \
+        cudaError_t e_ = (call);                                                                              \
+        if (e_ != cudaSuccess) {                                                                              \
+            status = fab__fail(FAB_ERR_BACKEND, "fab_matmul (AUTO's measurement): %s failed: %s", #call,     \
+                               cudaGetErrorString(e_));                                                       \
+            goto done;                                                                                        \
+        }                                                                                                     \
+    } while (0)
+
+/* Times each candidate in *mask on the call: one warm-up and TUNE_REPS timed runs
+ * each (interleaved), with cudaEvents on the context's stream, then waits for
+ * them. Every run writes into stream-ordered scratch copies of the outputs (C,
+ * pre_act in a forward, dbias; each at the caller's address modulo 256, so the
+ * same alignment), never into the caller's; with beta != 0 the scratch C is a
+ * fresh copy of C before every run. The inputs (A, B, bias, pre_act in a
+ * backward) are only read. A candidate that turns the call down (cuBLASLt
+ * finding no algorithm) leaves *mask. *winner: the least median time, ties to
+ * the heuristic's order. *no_memory: the scratch could not be allocated (then
+ * FAB_OK and nothing measured). */
+static fab_status measure(fab_context *ctx, const fab__mm_args *a, unsigned *mask, int *winner, float *med,
+                          bool *no_memory)
+{
+    fab_status status = FAB_OK;
+    cudaStream_t stream = (cudaStream_t)ctx->stream;
+    cudaEvent_t ev[NCAND][TUNE_REPS][2];
+    memset(ev, 0, sizeof ev);
+    char *base = NULL;
+    *no_memory = false;
+
+    fab__mm_args t = *a;
+    size_t cb = (size_t)out_span(a, a->ldc, a->c_bstride) * fab_dtype_size(a->c_dtype);
+    bool pre_out = a->pre_act && !a->act_backward;
+    size_t pb = pre_out ? (size_t)out_span(a, a->ldp, a->p_bstride) * fab_dtype_size(a->c_dtype) : 0;
+    size_t db = a->dbias ? (size_t)(a->dbias_from == FAB_MATMUL_DBIAS_FROM_A ? a->m : a->n) * fab_dtype_size(a->dbias_dtype)
+                         : 0;
+    size_t off_c = (uintptr_t)a->c % 256;
+    size_t off_p = round256(off_c + cb) + (pre_out ? (uintptr_t)a->pre_act % 256 : 0);
+    size_t off_d = round256(off_p + pb) + (a->dbias ? (uintptr_t)a->dbias % 256 : 0);
+    size_t total = round256(off_d + db);
+    if (cudaMallocAsync((void **)&base, total, stream) != cudaSuccess) {
+        (void)cudaGetLastError();
+        *no_memory = true;
+        return FAB_OK;
+    }
+    t.c = base + off_c;
+    if (pre_out)
+        t.pre_act = base + off_p;
+    if (a->dbias)
+        t.dbias = base + off_d;
+
+    for (int c = 0; c < NCAND; c++)
+        if (*mask >> c & 1)
+            for (int r = 0; r < TUNE_REPS; r++)
+                for (int e = 0; e < 2; e++)
+                    TUNE_CUDA(cudaEventCreate(&ev[c][r][e]));
+    for (int r = -1; r < TUNE_REPS; r++) /* r = -1: the warm-up */
+        for (int c = 0; c < NCAND; c++) {
+            if (!(*mask >> c & 1))
+                continue;
+            if (a->beta != 0.0f)
+                TUNE_CUDA(cudaMemcpyAsync(t.c, a->c, cb, cudaMemcpyDeviceToDevice, stream));
+            if (r >= 0)
+                TUNE_CUDA(cudaEventRecord(ev[c][r][0], stream));
+            fab_status s = run_candidate(ctx, &t, c);
+            if (s == FAB_ERR_UNSUPPORTED && c == CAND_CUBLASLT && r < 0) {
+                *mask &= ~(1u << c); /* no cuBLASLt algorithm for the call */
+                continue;
+            }
+            if (s != FAB_OK) {
+                status = s;
+                goto done;
+            }
+            if (r >= 0)
+                TUNE_CUDA(cudaEventRecord(ev[c][r][1], stream));
+        }
+    *winner = -1;
+    for (int c = 0; c < NCAND; c++) {
+        med[c] = -1.0f;
+        if (!(*mask >> c & 1))
+            continue;
+        float ms[TUNE_REPS];
+        for (int r = 0; r < TUNE_REPS; r++) {
+            TUNE_CUDA(cudaEventSynchronize(ev[c][r][1]));
+            TUNE_CUDA(cudaEventElapsedTime(&ms[r], ev[c][r][0], ev[c][r][1]));
+        }
+        for (int i = 1; i < TUNE_REPS; i++) /* insertion sort: the median */
+            for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
+                float x = ms[j];
+                ms[j] = ms[j - 1];
+                ms[j - 1] = x;
+            }
+        med[c] = ms[TUNE_REPS / 2];
+        if (*winner < 0 || med[c] < med[*winner])
+            *winner = c;
+    }
+    if (*winner < 0)
+        status = fab__fail(FAB_ERR_INTERNAL, "fab_matmul (AUTO's measurement): no candidate ran");
+done:
+    if (base && cudaFreeAsync(base, stream) != cudaSuccess && status == FAB_OK)
+        status = fab__fail(FAB_ERR_BACKEND, "fab_matmul (AUTO's measurement): cudaFreeAsync failed: %s",
+                           cudaGetErrorString(cudaGetLastError()));
+    for (int c = 0; c < NCAND; c++)
+        for (int r = 0; r < TUNE_REPS; r++)
+            for (int e = 0; e < 2; e++)
+                if (ev[c][r][e])
+                    cudaEventDestroy(ev[c][r][e]);
+    return status;
+}
+
+static void log_choice(const fab__mm_tuner *t, const fab__mm_args *a, const char *how, int c, const float *med)
+{
+    if (!t || !t->log)
+        return;
+    char times[160] = "";
+    if (med) {
+        size_t len = 0;
+        for (int i = 0; i < NCAND && len < sizeof times; i++)
+            if (med[i] >= 0.0f)
+                len += (size_t)snprintf(times + len, sizeof times - len, "%s%s %.4f ms", len ? ", " : " (", cand_name[i],
+                                        (double)med[i]);
+        if (len > 0 && len < sizeof times - 1)
+            strcat(times, ")");
+    }
+    fprintf(stderr, "fabriek: fab_matmul AUTO m=%lld n=%lld k=%lld batch=%lld %s->%s act=%d%s: %s -> %s%s\n",
+            (long long)a->m, (long long)a->n, (long long)a->k, (long long)a->batch, fab_dtype_name(a->ab_dtype),
+            fab_dtype_name(a->c_dtype), (int)a->act, a->act_backward ? " backward" : "", how, cand_name[c], times);
+}
+
+/* AUTO's candidate for a call with work to do (m, n, batch > 0): measured on the
+ * first call of its key and cached, or the heuristic (see the head comment). */
+static fab_status auto_choice(fab_context *ctx, const fab__mm_args *a, int *choice)
+{
+    fab__mm_tuner *t = get_tuner(ctx);
+    unsigned mask = candidates(ctx, a, t);
+    *choice = heuristic(mask);
+    if (!t || (mask & (mask - 1)) == 0) /* one candidate (or none: SIMT): nothing to choose */
+        return FAB_OK;
+    const char *why;
+    if (ctx->deterministic) {
+        why = "heuristic (deterministic context)";
+    } else if (!t->enabled) {
+        why = "heuristic (FAB_MATMUL_AUTOTUNE=0)";
+    } else {
+        tune_key key = make_key(a, mask);
+        uint64_t h = key_hash(key);
+        for (int i = 0; i < t->n; i++)
+            if (t->hash[i] == h && memcmp(&t->key[i], &key, sizeof key) == 0) {
+                *choice = t->winner[i];
+                log_choice(t, a, "cached", *choice, NULL);
+                return FAB_OK;
+            }
+        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        cudaError_t err = cudaStreamIsCapturing((cudaStream_t)ctx->stream, &cs);
+        if (err != cudaSuccess)
+            (void)cudaGetLastError(); /* e.g. the legacy stream while another captures: treat as capturing */
+        if (err != cudaSuccess || cs != cudaStreamCaptureStatusNone) {
+            why = "heuristic (stream capture)";
+        } else if (t->n >= TUNE_MAX) {
+            why = "heuristic (cache full)";
+        } else {
+            unsigned live = mask;
+            int win = -1;
+            float med[NCAND];
+            bool no_memory = false;
+            FAB__TRY(measure(ctx, a, &live, &win, med, &no_memory));
+            if (!no_memory) {
+                t->hash[t->n] = h;
+                t->key[t->n] = key;
+                t->winner[t->n] = (unsigned char)win;
+                t->n++;
+                *choice = win;
+                log_choice(t, a, "tuned", win, med);
+                return FAB_OK;
+            }
+            why = "heuristic (no memory to measure)";
+        }
+    }
+    log_choice(t, a, why, *choice, NULL);
+    return FAB_OK;
+}
+
 extern "C" fab_status fab__matmul_cuda(fab_context *ctx, const fab__mm_args *a)
 {
     cudaError_t err = cudaSetDevice(ctx->device);
@@ -352,17 +723,27 @@ extern "C" fab_status fab__matmul_cuda(fab_context *ctx, const fab__mm_args *a)
         return fab__fail(FAB_ERR_BACKEND, "fab_matmul: cudaSetDevice failed: %s", cudaGetErrorString(err));
     if (a->algo == FAB_MATMUL_ALGO_CUBLASLT)
         return fab__matmul_cublaslt(ctx, a);
-    if (a->algo == FAB_MATMUL_ALGO_AUTO && fab__matmul_cublaslt_supports(ctx, a) == FAB_OK) {
-        /* cuBLASLt may still find no algorithm (alignment, epilogue): then ours */
-        fab_status s = fab__matmul_cublaslt(ctx, a);
-        if (s != FAB_ERR_UNSUPPORTED)
-            return s;
+    bool work = a->m > 0 && a->n > 0 && a->batch > 0;
+    int c = work && a->k > 0 && fab__matmul_sm80_supports(ctx, a) ? CAND_SM80 : CAND_SIMT;
+    if (a->algo == FAB_MATMUL_ALGO_AUTO && work) {
+        int pick;
+        FAB__TRY(auto_choice(ctx, a, &pick));
+        if (pick == CAND_CUBLASLT) {
+            /* cuBLASLt may still find no algorithm (alignment, epilogue): then ours */
+            fab_status s = fab__matmul_cublaslt(ctx, a);
+            if (s != FAB_ERR_UNSUPPORTED)
+                return s;
+        } else {
+            c = pick;
+        }
     }
-    if (a->m > 0 && a->n > 0 && a->batch > 0) {
-        if (a->algo != FAB_MATMUL_ALGO_REFERENCE && a->k > 0 && fab__matmul_sm80_supports(ctx, a))
+    if (work) {
+        if (a->algo == FAB_MATMUL_ALGO_REFERENCE)
+            FAB__TRY(gemm_any(ctx, a, true));
+        else if (c == CAND_SM80)
             FAB__TRY(fab__matmul_sm80(ctx, a));
         else
-            FAB__TRY(gemm_any(ctx, a, a->algo == FAB_MATMUL_ALGO_REFERENCE));
+            FAB__TRY(gemm_any(ctx, a, false));
     }
     if (a->dbias)
         return fab__matmul_dbias_cuda(ctx, a);
