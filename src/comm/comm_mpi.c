@@ -83,6 +83,7 @@ typedef struct mpi_state {
     size_t ring_min;      /* collectives of at least this many bytes take the ring */
     size_t ring_chunk;    /* the ring's message size */
     unsigned ring_seq;    /* rings started: their message tags */
+    int ring_tags;        /* tags 1 .. ring_tags (MPI_TAG_UB): rings in flight at most */
 } mpi_state;
 
 /* ---------------------------------------------------------------- errors */
@@ -205,10 +206,16 @@ static fab_status post_one(fab_comm *c, const fab__coll *k, int side)
     pending *p = push(c, side);
     if (!p)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
+    if (ring && m->npend[0] + m->npend[1] > m->ring_tags) {
+        m->npend[side]--;
+        return fab__fail(FAB_ERR_UNSUPPORTED,
+                         "%s: more than %d collectives in flight on one communicator (MPI_TAG_UB); wait for some first",
+                         c->op, m->ring_tags);
+    }
     if (ring) {
         /* Every rank decides alike (same sizes, same settings) and starts its rings
          * in the same order, so the tags match. */
-        int tag = 1 + (int)(m->ring_seq++ % 32000u); /* MPI_TAG_UB is at least 32767 */
+        int tag = 1 + (int)(m->ring_seq++ % (unsigned)m->ring_tags);
         fab_status s = fab__ring_start(m->comm, tag, m->ring_chunk, k, &p->ring);
         if (s != FAB_OK) {
             char why[128];
@@ -337,7 +344,8 @@ static void unlock_side(mpi_state *m, int side)
         pthread_mutex_unlock(&m->lock);
 }
 
-static fab_status mpi_test(fab_comm *c, int side, int *done)
+/* Moves `side` on in the calling thread (and reports the progress thread's error). */
+static fab_status poll_side(fab_comm *c, int side, int *done)
 {
     mpi_state *m = c->impl;
     const char *call = "MPI_Test";
@@ -353,6 +361,22 @@ static fab_status mpi_test(fab_comm *c, int side, int *done)
     return err == MPI_SUCCESS ? FAB_OK : mpi_error(c, call, err);
 }
 
+/* fab__transport.test (fab_grad_sync_ready between layers of backward): with the
+ * progress thread running, only looks, so that the caller's thread never spends
+ * its time moving a bucket; else it moves what it can. */
+static fab_status mpi_test(fab_comm *c, int side, int *done)
+{
+    mpi_state *m = c->impl;
+    if (!side || !m->thread_on)
+        return poll_side(c, side, done);
+    pthread_mutex_lock(&m->lock);
+    int err = m->thread_err;
+    const char *call = m->thread_call;
+    *done = m->npend[1] == 0;
+    pthread_mutex_unlock(&m->lock);
+    return err == MPI_SUCCESS ? FAB_OK : mpi_error(c, call, err);
+}
+
 static fab_status mpi_complete(fab_comm *c, int side, int host)
 {
     (void)host;
@@ -360,7 +384,7 @@ static fab_status mpi_complete(fab_comm *c, int side, int host)
     int spins = 0;
     for (;;) {
         int done = 0;
-        FAB__TRY(mpi_test(c, side, &done));
+        FAB__TRY(poll_side(c, side, &done)); /* waiting anyway: help the thread */
         if (done)
             return FAB_OK;
         if (fab__comm_now() > c->deadline) {
@@ -455,7 +479,9 @@ static fab_status mpi_fork(fab_comm *c)
     return FAB_OK;
 }
 
-static fab_status mpi_allgather_host(fab_comm *c, const void *mine, void *all, size_t bytes)
+/* Host bytes from every rank (see fab__transport.allgather_host); `what` names
+ * the exchange in a timeout's message. */
+static fab_status gather_host(fab_comm *c, const void *mine, void *all, size_t bytes, const char *what)
 {
     mpi_state *m = c->impl;
     if (m->host_req != MPI_REQUEST_NULL) /* a timed-out check; the communicator is aborted then */
@@ -475,7 +501,7 @@ static fab_status mpi_allgather_host(fab_comm *c, const void *mine, void *all, s
         return mpi_error(c, "MPI_Iallgather", err);
     }
     m->host_buf = buf;
-    fab_status s = wait_one(c, &m->host_req, "the debug-mode check (MPI_Iallgather)");
+    fab_status s = wait_one(c, &m->host_req, what);
     if (s != FAB_OK)
         return s; /* buf stays with the live request (and m): see the top of this file */
     memcpy(all, buf + bytes, bytes * (size_t)c->nranks);
@@ -490,7 +516,7 @@ static size_t env_bytes(const char *name, size_t fallback)
 {
     const char *v = getenv(name);
     char *end = NULL;
-    if (!v || !*v)
+    if (!v || *v < '0' || *v > '9') /* unset, empty, or not a plain number ("-1" too) */
         return fallback;
     unsigned long long x = strtoull(v, &end, 10);
     return end && *end == '\0' ? (size_t)x : fallback;
@@ -513,6 +539,12 @@ static fab_status new_state(fab_comm *c, MPI_Comm dup)
     m->ring_chunk = env_bytes("FAB_COMM_RING_CHUNK_BYTES", RING_CHUNK_DEFAULT);
     if (m->ring_chunk == 0)
         m->ring_chunk = RING_CHUNK_DEFAULT;
+    if (m->ring_chunk > ((size_t)1 << 30)) /* a message's byte count is an int */
+        m->ring_chunk = (size_t)1 << 30;
+    void *ub = NULL;
+    int have_ub = 0;
+    MPI_Comm_get_attr(dup, MPI_TAG_UB, &ub, &have_ub);
+    m->ring_tags = have_ub && ub && *(int *)ub > 32767 ? *(int *)ub : 32767; /* the standard's minimum */
     MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
     fab_status s = make_ops(m);
     if (s != FAB_OK) {
@@ -527,6 +559,11 @@ static fab_status new_state(fab_comm *c, MPI_Comm dup)
     return FAB_OK;
 }
 
+static fab_status mpi_allgather_host(fab_comm *c, const void *mine, void *all, size_t bytes)
+{
+    return gather_host(c, mine, all, bytes, "an all-gather of host data (MPI_Iallgather)");
+}
+
 /* Orders the ranks of one color by (key, rank), as MPI_Comm_split does. */
 static int cmp_member(const void *x, const void *y)
 {
@@ -535,10 +572,11 @@ static int cmp_member(const void *x, const void *y)
 }
 
 /* MPI_Comm_split would wait without a deadline for a rank that never calls it.
- * Instead every rank's (color, key) travels by the polled all-gather (deadline:
- * a missing rank gives FAB_ERR_TIMEOUT), then each color makes its communicator
- * with MPI_Comm_create_group, collective over that color's ranks only: they have
- * all just answered, so that blocking call does not wait on a lost rank. */
+ * Instead every rank's (color, key) travels by the polled all-gather, then a
+ * polled barrier makes sure every rank is still there (deadline: a missing or
+ * late rank gives FAB_ERR_TIMEOUT), and only then does each color make its
+ * communicator with the blocking MPI_Comm_create_group, collective over that
+ * color's ranks, all of which have just passed the barrier. */
 static fab_status mpi_split(fab_comm *c, int color, int key, fab_comm *out)
 {
     mpi_state *m = c->impl;
@@ -550,7 +588,18 @@ static fab_status mpi_split(fab_comm *c, int color, int key, fab_comm *out)
         free(members);
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
     }
-    fab_status s = mpi_allgather_host(c, mine, all, sizeof mine);
+    fab_status s = gather_host(c, mine, all, sizeof mine, "the all-gather of colors and keys (MPI_Iallgather)");
+    if (s == FAB_OK) {
+        /* Agreement: a rank that arrives after the others timed out still completes
+         * the all-gather (their requests stay live), but not this barrier, which
+         * they never post: it times out here instead of hanging in
+         * MPI_Comm_create_group below. (Left: a rank whose deadline passes between
+         * the barrier completing and its noticing gives up while the others go on.) */
+        MPI_Request req = MPI_REQUEST_NULL;
+        int err = MPI_Ibarrier(m->comm, &req);
+        s = err == MPI_SUCCESS ? wait_one(c, &req, "the agreement after the all-gather (MPI_Ibarrier)")
+                               : mpi_error(c, "MPI_Ibarrier", err);
+    }
     int n = 0;
     for (int r = 0; s == FAB_OK && r < c->nranks; r++)
         if (color != FAB_COMM_NO_COLOR && all[2 * r] == color) {
