@@ -538,6 +538,27 @@ static void test_tensor_core_shapes(void **state)
     fab_context_destroy(ctx);
 }
 
+/* Batch layout variant v (0..3) of the batched tests: C [2, 3, m, n]; A [3, m, k]
+ * broadcast over C's first dim; B [2, 1, k, n], or for v = 3 [2, 3, k, n] with a
+ * stride-0 second dim; and an epilogue per variant. */
+static void batched_variant(mm_case *c, int v)
+{
+    c->nb = 2;
+    c->bshape[0] = 2;
+    c->bshape[1] = 3;
+    c->a_nb = 1;
+    c->a_bshape[0] = 3;
+    c->b_nb = 2;
+    c->b_bshape[0] = 2;
+    c->b_bshape[1] = v == 3 ? 3 : 1;
+    c->b_zero = v == 3 ? 2u : 0u; /* B's second dim: size 3, stride 0 */
+    c->beta = v == 2 ? 1.0f : 0.0f;
+    c->act = v == 1 ? FAB_MATMUL_ACT_GELU_TANH : 0;
+    c->pre = v == 1;
+    c->bias = v == 1 ? 2 : 0;
+    c->dbias = v == 2 ? 1 : v == 3 ? 2 : 0;
+}
+
 /* TF32 on f32 inputs: CUDA may round inputs, the CPU computes exactly. With rows
  * padded to 4 elements (16 bytes) CUDA runs the tensor-core kernel (m16n8k8.tf32):
  * both transposes of each operand (ldmatrix for a k-contiguous operand, 32-bit
@@ -598,20 +619,7 @@ static void test_tf32(void **state)
         c.tf32 = 1;
         c.align4 = 1;
         c.algo = FAB_MATMUL_ALGO_NATIVE;
-        c.nb = 2;
-        c.bshape[0] = 2;
-        c.bshape[1] = 3;
-        c.a_nb = 1;
-        c.a_bshape[0] = 3;
-        c.b_nb = 2;
-        c.b_bshape[0] = 2;
-        c.b_bshape[1] = v == 3 ? 3 : 1;
-        c.b_zero = v == 3 ? 2u : 0u;
-        c.beta = v == 2 ? 1.0f : 0.0f;
-        c.act = v == 1 ? FAB_MATMUL_ACT_GELU_TANH : 0;
-        c.pre = v == 1;
-        c.bias = v == 1 ? 2 : 0;
-        c.dbias = v == 2 ? 1 : v == 3 ? 2 : 0;
+        batched_variant(&c, v);
         run_case(ctx, &c);
     }
     fab_context_destroy(ctx);
@@ -761,21 +769,8 @@ static void test_batched_strided(void **state)
     fab_context *ctx = fab_test_context();
     for (int v = 0; v < 4; v++) {
         mm_case c = plain(v & 1 ? FAB_DTYPE_BF16 : FAB_DTYPE_F32, FAB_DTYPE_F32, 29 + v, 37, 45 + 40 * v, v & 1, v >> 1);
-        c.nb = 2;
-        c.bshape[0] = 2;
-        c.bshape[1] = 3;
         c.pad = 3 + v;
-        c.a_nb = 1;
-        c.a_bshape[0] = 3;
-        c.b_nb = 2;
-        c.b_bshape[0] = 2;
-        c.b_bshape[1] = v == 3 ? 3 : 1;
-        c.b_zero = v == 3 ? 2u : 0u; /* B's second dim: size 3, stride 0 */
-        c.beta = v == 2 ? 1.0f : 0.0f;
-        c.act = v == 1 ? FAB_MATMUL_ACT_GELU_TANH : 0;
-        c.pre = v == 1;
-        c.bias = v == 1 ? 2 : 0;
-        c.dbias = v == 2 ? 1 : v == 3 ? 2 : 0;
+        batched_variant(&c, v);
         run_case(ctx, &c);
     }
     fab_context_destroy(ctx);
