@@ -2,9 +2,10 @@
 # The one script to run on a lent GPU machine (H100/H200, or any sm_80+ card):
 #   1. describe the card, driver and toolkit
 #   2. build for that card only (sm_90a on Hopper) with the gpu tests
-#   3. run the gpu-label tests, then compute-sanitizer (memcheck, racecheck) over them
+#   3. run the gpu-label tests
 #   4. run the quick benchmark (fab-bench --quick) with its JSON report
-#   5. write a summary, report.md, next to the logs
+#   5. compute-sanitizer (memcheck, racecheck) over the test binaries, each bounded
+#   6. write a summary, report.md, next to the logs
 # Everything lands in $OUT (the device tool's folder) or build/gpu-check; copy it to
 # bench/results/<date>-<card>/ on the development machine and commit it.
 # Needs: tools/gpu-prepare.sh run first on the development machine, and
@@ -40,21 +41,25 @@ export FAB_TEST_REQUIRE_GPU=1 # a test that cannot reach the GPU fails here inst
 run ctest --test-dir build/gpu -L gpu --output-on-failure --timeout 300
 run ctest --test-dir build/gpu -L cpu --output-on-failure --timeout 300
 
+# The benchmark before the sanitizers: on a lent machine with minutes to spend,
+# the figures matter most, and the sanitizers are slow.
+step "benchmark"
+run build/gpu/bench/fab-bench --quick --json "$out/fab-bench.json"
+
 step "compute-sanitizer"
 if command -v compute-sanitizer >/dev/null; then
     for t in build/gpu/tests/test_*; do
         [ -x "$t" ] || continue
         for tool in memcheck racecheck; do
             echo "--- $tool $(basename "$t")"
-            run compute-sanitizer --tool "$tool" --error-exitcode 9 "$t" --backend cuda
+            # bounded, so a slow one cannot eat the machine's time (124: timed out, a failure)
+            run timeout "${FAB_SANITIZER_TIMEOUT:-120}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$t" \
+                --backend cuda
         done
     done
 else
     echo "compute-sanitizer not found: skipped (not a pass)"
 fi
-
-step "benchmark"
-run build/gpu/bench/fab-bench --quick --json "$out/fab-bench.json"
 
 step "report"
 {
