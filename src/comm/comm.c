@@ -302,7 +302,7 @@ fab_status fab__comm_dup(fab_comm *comm, const char *op, fab_comm **out)
 {
     *out = NULL;
     fab_comm_config own = {comm->timeout_s, comm->debug};
-    fab_comm *c;
+    fab_comm *c = NULL;
     FAB__TRY(fab__comm_new(comm->ctx, &own, &c));
     c->debug = comm->debug;
     c->tp = comm->tp;
@@ -368,7 +368,7 @@ fab_status fab_comm_create(fab_context *ctx, int nranks, int rank, const fab_com
         }
         if (!id)
             return fab__fail(INVALID, "%s: id is NULL (rank 0 makes it with fab_comm_get_unique_id)", op);
-        fab_comm *c;
+        fab_comm *c = NULL;
         FAB__TRY(fab__comm_new(ctx, cfg, &c));
         fab_status s = fab__nccl_create(c, nranks, rank, id);
         if (s != FAB_OK) {
@@ -408,7 +408,7 @@ fab_status fab_comm_split(fab_comm *comm, int color, int key, const fab_comm_con
     if (comm->group_depth)
         return fab__fail(INVALID, "%s: not inside fab_comm_group_start/end", op);
     fab_comm_config own = {comm->timeout_s, comm->debug};
-    fab_comm *c;
+    fab_comm *c = NULL;
     FAB__TRY(fab__comm_new(comm->ctx, cfg ? cfg : &own, &c));
     c->tp = comm->tp;
     fab__comm_arm(comm, op);

@@ -813,7 +813,7 @@ fab_status fab_comm_create_mpi(fab_context *ctx, MPI_Comm comm, const fab_comm_c
     MPI_Comm_test_inter(comm, &inter);
     if (inter)
         return fab__fail(INVALID, "%s: comm is an intercommunicator; an intracommunicator is needed", op);
-    fab_comm *c;
+    fab_comm *c = NULL;
     FAB__TRY(fab__comm_new(ctx, cfg, &c));
     fab__comm_arm(c, op);
     fab_status s = FAB_OK;
