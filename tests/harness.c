@@ -247,11 +247,17 @@ fab_tolerance fab_test_tolerance(fab_dtype dtype)
 
 void fab_test_check_close(const char *what, const double *out, const double *ref, int64_t n, fab_tolerance tol)
 {
+    fab_test_check_close_mag(what, out, ref, ref, n, tol);
+}
+
+void fab_test_check_close_mag(const char *what, const double *out, const double *ref, const double *mag, int64_t n,
+                              fab_tolerance tol)
+{
     double err2 = 0, ref2 = 0;
     int64_t bad = -1, nbad = 0;
     for (int64_t i = 0; i < n; i++) {
         double d = out[i] - ref[i];
-        bool ok = isnan(ref[i]) ? isnan(out[i]) : (!isnan(out[i]) && fabs(d) <= tol.atol + tol.rtol * fabs(ref[i]));
+        bool ok = isnan(ref[i]) ? isnan(out[i]) : (!isnan(out[i]) && fabs(d) <= tol.atol + tol.rtol * fabs(mag[i]));
         if (!ok) {
             nbad++;
             if (bad < 0)
@@ -259,7 +265,7 @@ void fab_test_check_close(const char *what, const double *out, const double *ref
         }
         if (!isnan(d)) {
             err2 += d * d;
-            ref2 += ref[i] * ref[i];
+            ref2 += mag[i] * mag[i];
         }
     }
     /* the norm of ref, floored at atol per element, so an all-tiny ref does not

@@ -63,6 +63,12 @@ fab_tolerance fab_test_tolerance(fab_dtype dtype);
  * ref does not. */
 void fab_test_check_close(const char *what, const double *out, const double *ref, int64_t n,
                           fab_tolerance tol);
+/* The same, with each element's error measured against mag[i] >= |ref[i]|, the
+ * size of the terms that were summed into it (as Σ|a·b| for a product): where
+ * terms cancel, rounding error follows their size, not the small result's. The
+ * norm check is then relative to ||mag||. mag = ref gives fab_test_check_close. */
+void fab_test_check_close_mag(const char *what, const double *out, const double *ref, const double *mag, int64_t n,
+                              fab_tolerance tol);
 
 /* ---- gradient check ---- */
 /* Checks analytic derivatives d[i] = d f_i / d x_i of an elementwise function

@@ -127,8 +127,12 @@ static void ref_forward(const ref_problem *p, const double *q, const double *k, 
 }
 
 /* Gradients; D_i = dout_i . out_i with the `out` given (as the kernels do). */
-static void ref_backward(const ref_problem *p, const double *q, const double *k, const double *v, const double *out,
-                         const double *dout, double *dq, double *dk, double *dv)
+/* The float64 backward. With mdq, mdk, mdv (optional, all or none): the size of
+ * the terms each gradient element sums, for fab_test_check_close_mag: dS = P (dP - D)
+ * cancels (to exactly 0 when a row has one key), and rounding follows |dP| + |D|. */
+static void ref_backward_mag(const ref_problem *p, const double *q, const double *k, const double *v,
+                             const double *out, const double *dout, double *dq, double *dk, double *dv, double *mdq,
+                             double *mdk, double *mdv)
 {
     int64_t msk = max_sk(p);
     double *s = malloc(sizeof(double) * (size_t)msk), *dsx = malloc(sizeof(double) * (size_t)msk);
@@ -137,6 +141,11 @@ static void ref_backward(const ref_problem *p, const double *q, const double *k,
     memset(dq, 0, sizeof(double) * (size_t)(total_q * p->hq * p->d));
     memset(dk, 0, sizeof(double) * (size_t)(total_k * p->hkv * p->d));
     memset(dv, 0, sizeof(double) * (size_t)(total_k * p->hkv * p->d));
+    if (mdq) {
+        memset(mdq, 0, sizeof(double) * (size_t)(total_q * p->hq * p->d));
+        memset(mdk, 0, sizeof(double) * (size_t)(total_k * p->hkv * p->d));
+        memset(mdv, 0, sizeof(double) * (size_t)(total_k * p->hkv * p->d));
+    }
     for (int b = 0; b < p->nseq; b++) {
         int64_t sq = p->cu_q[b + 1] - p->cu_q[b], sk = p->cu_k[b + 1] - p->cu_k[b];
         for (int64_t h = 0; h < p->hq; h++) {
@@ -164,12 +173,27 @@ static void ref_backward(const ref_problem *p, const double *q, const double *k,
                         dk[kr + c] += ds * qi[c];
                         dqi[c] += ds * k[kr + c];
                     }
+                    if (mdq) {
+                        double mds = s[j] * (fabs(dp) + fabs(D)) * fabs(dsx[j]);
+                        double *mdqi = mdq + (row * p->hq + h) * p->d;
+                        for (int64_t c = 0; c < p->d; c++) {
+                            mdv[kr + c] += s[j] * fabs(doi[c]);
+                            mdk[kr + c] += mds * fabs(qi[c]);
+                            mdqi[c] += mds * fabs(k[kr + c]);
+                        }
+                    }
                 }
             }
         }
     }
     free(s);
     free(dsx);
+}
+
+static void ref_backward(const ref_problem *p, const double *q, const double *k, const double *v, const double *out,
+                         const double *dout, double *dq, double *dk, double *dv)
+{
+    ref_backward_mag(p, q, k, v, out, dout, dq, dk, dv, NULL, NULL, NULL);
 }
 
 /* The reference backward against central differences of L = sum(out * W), on a
@@ -450,7 +474,10 @@ static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_con
     fab_test_check_close(what, gl, rl2, c->hq * tq, lse_tol());
 
     /* backward from the kernel's own out and lse */
-    ref_backward(&p, hq_, hk, hv, go, hdo, rdq, rdk, rdv);
+    double *mdq = malloc(sizeof(double) * (size_t)(nq + 1)), *mdk = malloc(sizeof(double) * (size_t)(nk + 1));
+    double *mdv = malloc(sizeof(double) * (size_t)(nk + 1));
+    assert_true(mdq && mdk && mdv);
+    ref_backward_mag(&p, hq_, hk, hv, go, hdo, rdq, rdk, rdv, mdq, mdk, mdv);
 
     fab_attention_backward_params bp;
     memset(&bp, 0, sizeof bp);
@@ -468,7 +495,7 @@ static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_con
                  fab_last_error());
     const char *gn[3] = {"dq", "dk", "dv"};
     tbuf *gb[3] = {&dq, &dk, &dv};
-    double *gg[3] = {gdq, gdk, gdv}, *rg[3] = {rdq, rdk, rdv};
+    double *gg[3] = {gdq, gdk, gdv}, *rg[3] = {rdq, rdk, rdv}, *mg[3] = {mdq, mdk, mdv};
     int64_t gnum[3] = {nq, nk, nk};
     for (int t = 0; t < (fwd_only ? 0 : 3); t++) {
         snprintf(what, sizeof what, "attention_backward %s %s %s", c->name, fab_dtype_name(dt), gn[t]);
@@ -482,7 +509,7 @@ static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_con
                 mx = fmax(mx, fabs(rg[t][i]));
             gtol.atol = fmax(gtol.atol, mx / 256);
         }
-        fab_test_check_close(what, gg[t], rg[t], gnum[t], gtol);
+        fab_test_check_close_mag(what, gg[t], rg[t], mg[t], gnum[t], gtol);
     }
     int64_t ndiff = 0;
     if (ctx2 && !fwd_only) {
@@ -510,7 +537,7 @@ static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_con
                     mx = fmax(mx, fabs(rg[t][i]));
                 gtol.atol = fmax(gtol.atol, mx / 256);
             }
-            fab_test_check_close(what, g2, rg[t], gnum[t], gtol);
+            fab_test_check_close_mag(what, g2, rg[t], mg[t], gnum[t], gtol);
             if (t == 0)
                 for (int64_t i = 0; i < nq; i++)
                     ndiff += memcmp(&g2[i], &gdq[i], sizeof(double)) != 0;
@@ -523,8 +550,8 @@ static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_con
     tbuf *all[9] = {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv};
     for (int i = 0; i < 9; i++)
         tb_free(ctx, all[i]);
-    double *hs[15] = {hq_, hk, hv, hdo, ro, rl, go, gl, rdq, rdk, rdv, gdq, gdk, gdv, rl2};
-    for (int i = 0; i < 15; i++)
+    double *hs[18] = {hq_, hk, hv, hdo, ro, rl, go, gl, rdq, rdk, rdv, gdq, gdk, gdv, rl2, mdq, mdk, mdv};
+    for (int i = 0; i < 18; i++)
         free(hs[i]);
     return ndiff;
 }
