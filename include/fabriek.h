@@ -256,10 +256,11 @@ FAB_API fab_status fab_gelu_backward(fab_context *ctx, const fab_gelu_backward_p
  *          run time, portable C otherwise), OpenMP over the context's threads;
  *          FAB_MATMUL_ALGO_REFERENCE runs a plain triple loop (tests' oracle).
  *          Always deterministic: the k-sum order depends only on the shape.
- *   CUDA : cuBLASLt (GPU builds) or fabriek's own kernel; AUTO picks per shape (see
- *          docs/API.md); an emulated build (no cuBLASLt) always runs fabriek's kernel.
- *          In a deterministic context the choice is fixed per shape and no split-k
- *          with atomics is used, so repeats are bitwise equal.
+ *   CUDA : cuBLASLt (GPU builds) or fabriek's own kernel; AUTO times both on the
+ *          first call of a shape and keeps the faster (see docs/API.md); an emulated
+ *          build (no cuBLASLt) always runs fabriek's kernel. In a deterministic
+ *          context the choice is a fixed rule per shape and no split-k with atomics
+ *          is used, so repeats are bitwise equal.
  * Empty products: m or n = 0 does nothing; k = 0 gives C = act(beta·C + bias).
  * Asynchronous on the context's stream for CUDA. */
 typedef enum fab_matmul_op {
@@ -419,9 +420,11 @@ FAB_API fab_status fab_attention_forward(fab_context *ctx, const fab_attention_p
  * dout has q's shape and dtype (strides free but the last, as q). The gradients
  * are computed from D = rowsum(dout * out) and a recomputation of the
  * probabilities from lse, in f32; each is rounded once.
- * Determinism: always bitwise repeatable on both backends (dk/dv are reduced per
- * key tile, dq per query tile, in a fixed order, with no atomics; this recomputes
- * P and dS once more than FlashAttention-2's atomic dq). */
+ * Determinism: the CPU backward is always bitwise repeatable. On CUDA, a
+ * non-deterministic context (the default) adds dq with f32 atomics as
+ * FlashAttention-2 does, so dq's last bits may vary run to run; a deterministic
+ * context reduces dk/dv per key tile and dq per query tile in a fixed order, with
+ * no atomics, recomputing P and dS once more. */
 typedef struct fab_attention_backward_params {
     fab_tensor q, k, v;
     fab_tensor out;  /* the forward's output */
