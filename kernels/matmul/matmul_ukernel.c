@@ -18,9 +18,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+/* Tests only (tests/CMakeLists.txt): FAB_MM_FORCE_UKERNEL names the kernel every
+ * GEMM of this copy of the library runs (k_avx512, k_avx2 or k_generic), so the
+ * kernels this CPU would not pick are tested too. With FAB_MM_SIMDE the x86
+ * intrinsics come from SIMDe's portable implementations: the AVX-512 kernel then
+ * runs, exactly and slowly, on a CPU without AVX-512. */
+#if defined(FAB_MM_SIMDE)
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#include <simde/x86/fma.h>
+#define FAB_MM_X86 1
+#define FAB_MM_AVX2
+#define FAB_MM_AVX512
+#elif defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define FAB_MM_X86 1
+#define FAB_MM_AVX2 __attribute__((target("avx2,fma")))
+#define FAB_MM_AVX512 __attribute__((target("avx512f")))
 #endif
 
 void *fab__mm_aligned_alloc(size_t bytes)
@@ -52,8 +66,6 @@ static void ukr_generic_6x16(int64_t kc, const float *a, const float *b, float *
 #ifdef FAB_MM_X86
 
 /* ------------------------------------------------------------------- AVX2 */
-
-#define FAB_MM_AVX2 __attribute__((target("avx2,fma")))
 
 FAB_MM_AVX2 static inline void store_row_avx2(float *c, __m256 x0, __m256 x1, __m256 va, __m256 vb, int rd)
 {
@@ -128,8 +140,6 @@ FAB_MM_AVX2 static void ukr_avx2_6x16(int64_t kc, const float *a, const float *b
 
 /* ---------------------------------------------------------------- AVX-512 */
 
-#define FAB_MM_AVX512 __attribute__((target("avx512f")))
-
 /* 12 x 32: the accumulators are an array indexed by constants only, in fully
  * unrolled loops, so they live in registers. */
 FAB_MM_AVX512 static void ukr_avx512_12x32(int64_t kc, const float *a, const float *b, float *c, int64_t ldc,
@@ -199,6 +209,9 @@ const fab__mm_ukernel *const *fab__mm_ukernels(int *count)
 
 const fab__mm_ukernel *fab__mm_pick_ukernel(void)
 {
+#ifdef FAB_MM_FORCE_UKERNEL
+    return &FAB_MM_FORCE_UKERNEL;
+#endif
     int n;
     return fab__mm_ukernels(&n)[0];
 }
