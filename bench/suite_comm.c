@@ -14,8 +14,9 @@
  * busbw is comparable with the hardware's link bandwidth whatever n is.
  * Each time is the median over repetitions of the slowest rank's time.
  * Baseline: the same call made directly on the transport (MPI_Allreduce,
- * ncclAllReduce, ...) on the same communicator, in the same run; the ratio is the
- * overhead of fabriek's wrapper.
+ * ncclAllReduce, ...) on the same communicator, in the same run, alternating
+ * with fabriek's call repetition by repetition; the ratio is the overhead of
+ * fabriek's wrapper.
  *
  * grad_sync: a synthetic backward pass of L layers, each "computing" (a device
  * copy of C bytes) and then marking its gradient ready. Exposed communication is
@@ -147,31 +148,46 @@ static fab_status run_one(comm_bench *cb, int k, size_t bytes, int raw)
     return fab_copy(cb->ctx, cb->b, cb->a, (size_t)per * 4);
 }
 
-/* Median over reps of the slowest rank's time of one call, in ms; < 0 on failure. */
-static double time_coll(comm_bench *cb, bench *b, int k, size_t bytes, int raw)
+/* The slowest rank's time of one call, in ms; < 0 on failure. */
+static double time_once(comm_bench *cb, int k, size_t bytes, int raw)
+{
+    if (fab_barrier(cb->comm) != FAB_OK)
+        return -1;
+    double t0 = bench_now_ms();
+    if (run_one(cb, k, bytes, raw) != FAB_OK || fab_comm_synchronize(cb->comm) != FAB_OK)
+        return -1;
+    return slowest(cb, bench_now_ms() - t0);
+}
+
+/* Medians over reps of fabriek's call (*ms) and the raw call (*raw_ms). The two
+ * alternate within each repetition, so a drift of the machine (another job, a
+ * frequency change) weighs on both alike and the ratio stays honest. 0, or -1
+ * on failure. */
+static int time_coll(comm_bench *cb, bench *b, int k, size_t bytes, double *ms, double *raw_ms)
 {
     int reps = b->opt.reps, total = b->opt.warmup + reps;
-    double *t = calloc((size_t)reps, sizeof(double));
+    double *t = calloc(2 * (size_t)reps, sizeof(double)), *traw = t + reps;
     if (!t)
         return -1;
     for (int r = 0; r < total; r++) {
-        if (fab_barrier(cb->comm) != FAB_OK)
-            goto fail;
-        double t0 = bench_now_ms();
-        if (run_one(cb, k, bytes, raw) != FAB_OK || fab_comm_synchronize(cb->comm) != FAB_OK)
-            goto fail;
-        double dt = slowest(cb, bench_now_ms() - t0);
-        if (r >= b->opt.warmup)
-            t[r - b->opt.warmup] = dt;
+        for (int raw = 0; raw < 2; raw++) {
+            double dt = time_once(cb, k, bytes, raw);
+            if (dt < 0) {
+                fprintf(stderr, "fab-bench comm: %s %zu B%s: %s\n", cnames[k], bytes, raw ? " (raw)" : "",
+                        fab_last_error());
+                free(t);
+                return -1;
+            }
+            if (r >= b->opt.warmup)
+                (raw ? traw : t)[r - b->opt.warmup] = dt;
+        }
     }
     qsort(t, (size_t)reps, sizeof(double), cmp_double);
-    double m = t[reps / 2];
+    qsort(traw, (size_t)reps, sizeof(double), cmp_double);
+    *ms = t[reps / 2];
+    *raw_ms = traw[reps / 2];
     free(t);
-    return m;
-fail:
-    fprintf(stderr, "fab-bench comm: %s %zu B%s: %s\n", cnames[k], bytes, raw ? " (raw)" : "", fab_last_error());
-    free(t);
-    return -1;
+    return 0;
 }
 
 static double bus_factor(int k, int n)
@@ -394,8 +410,8 @@ int bench_suite_comm(bench *b)
             size_t eff = (k == C_REDUCE_SCATTER || k == C_ALLGATHER) ? bytes / 4 / (size_t)cb.nranks *
                                                                             (size_t)cb.nranks * 4
                                                                       : bytes;
-            double ms = time_coll(&cb, b, k, eff, 0), raw = time_coll(&cb, b, k, eff, 1);
-            if (ms < 0 || raw < 0) {
+            double ms, raw;
+            if (time_coll(&cb, b, k, eff, &ms, &raw) != 0) {
                 failed = 1;
                 continue;
             }
