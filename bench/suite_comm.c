@@ -127,7 +127,11 @@ static fab_status run_one(comm_bench *cb, int k, size_t bytes, int raw)
 #endif
 #ifdef FAB_BENCH_NCCL
     if (!strcmp(cb->transport, "nccl")) {
-        ncclComm_t c = (ncclComm_t)cb->native;
+        void *h = NULL; /* asked each time: NULL once the communicator was aborted (NCCL freed it) */
+        fab_comm_native(cb->comm, NULL, &h);
+        ncclComm_t c = (ncclComm_t)h;
+        if (!c)
+            return FAB_ERR_BACKEND;
         ncclResult_t r = ncclSuccess;
         switch (k) {
         case C_ALLREDUCE: r = ncclAllReduce(cb->a, cb->a, (size_t)n, ncclFloat32, ncclSum, c, cb->raw_stream); break;
@@ -137,8 +141,18 @@ static fab_status run_one(comm_bench *cb, int k, size_t bytes, int raw)
         case C_ALLGATHER: r = ncclAllGather(cb->b, cb->a, (size_t)per, ncclFloat32, c, cb->raw_stream); break;
         default: r = ncclBroadcast(cb->a, cb->a, (size_t)n, ncclFloat32, 0, c, cb->raw_stream); break;
         }
-        if (r != ncclSuccess && r != ncclInProgress)
+        /* fabriek's NCCL communicators are non-blocking: the call may return
+         * ncclInProgress and enqueue its kernel later, from NCCL's thread. Until
+         * the communicator says ncclSuccess the kernel may not be on the stream
+         * yet (a sync would time nothing) and any next call on it is refused. */
+        double t0 = bench_now_ms();
+        while (r == ncclInProgress && bench_now_ms() - t0 < 60e3)
+            if (ncclCommGetAsyncError(c, &r) != ncclSuccess)
+                break;
+        if (r != ncclSuccess) {
+            fprintf(stderr, "fab-bench comm: raw NCCL %s: %s\n", cnames[k], ncclGetErrorString(r));
             return FAB_ERR_BACKEND;
+        }
         return cudaStreamSynchronize(cb->raw_stream) == cudaSuccess ? FAB_OK : FAB_ERR_BACKEND;
     }
 #endif

@@ -580,15 +580,21 @@ FAB_API fab_status fab_comm_group_end(fab_comm *comm);
  * starts (CUDA: on the communicator's own stream, after the context stream's work so
  * far, overlapping the rest of backward; MPI: a non-blocking all-reduce, moved on
  * by a progress thread when MPI was initialised with MPI_THREAD_MULTIPLE, else only
- * inside fab_grad_sync_* calls). wait() waits for all buckets (bounded by the timeout),
- * unpacks them into the gradients (divided by nranks unless cfg.sum) and orders the
- * context stream after them. Gradients are f32, f16 or bf16, contiguous, in the
+ * inside fab_grad_sync_* calls). wait() finishes every bucket, unpacks them into the
+ * gradients (divided by nranks unless cfg.sum) and orders the context stream after
+ * them: MPI waits on the host, bounded by the timeout; CUDA only orders the streams
+ * (no host wait), and a bucket stuck past the timeout is caught by the
+ * communicator's watchdog and reported by the next fab_grad_sync_* or comm call. Gradients are f32, f16 or bf16, contiguous, in the
  * context's memory, and must not change between ready() and wait().
  * fab_grad_sync_create is collective over `comm` (every rank calls it, outside a
  * group): the buckets' all-reduces run on a duplicate of `comm` made there
  * (MPI_Comm_idup; ncclCommSplit, one more NCCL communicator's memory), so
- * collectives issued on `comm` itself during backward, e.g. a fab_allreduce between
- * ready() calls at different points on different ranks, never pair with a bucket.
+ * collectives issued on `comm` itself during backward never pair with a bucket. On
+ * MPI they may even come between ready() calls at different points on different
+ * ranks. On NCCL they must not: issue them at the same point of the bucket sequence
+ * on every rank (NCCL connects a communicator's peers inside its first collectives
+ * and does not promise that two communicators' kernels issued in different orders
+ * on different ranks both make progress).
  * A fault on `comm` (timeout, fab_comm_abort) reaches the gradient exchange at its
  * next call; fab_grad_sync_destroy frees the duplicate (destroy the gradient
  * exchange before or after `comm`, but use it only while `comm` exists). */

@@ -278,7 +278,7 @@ static void *self_native(fab_comm *c)
 
 const fab__transport fab__self_transport = {
     "self", self_post, self_test, self_complete, self_fork, fab__self_host_copy, fab__self_host_cast,
-    self_allgather_host, self_split, self_dup, self_poll, self_abort, self_destroy, self_native,
+    self_allgather_host, self_split, self_dup, self_poll, self_abort, self_destroy, self_native, 0,
 };
 
 /* ------------------------------------------------------------ communicators */
@@ -334,7 +334,7 @@ fab_status fab_comm_get_unique_id(fab_context *ctx, fab_comm_unique_id *id)
         return fab__fail(INVALID, "%s: id is NULL", op);
 #ifdef FAB_HAVE_NCCL
     if (ctx->backend == FAB_BACKEND_CUDA)
-        return fab__nccl_unique_id(id);
+        return fab__nccl_unique_id(ctx, id);
 #endif
     /* CPU communicators meet through MPI, which needs no id; still make one that
      * is unlikely to collide, so a caller may use it as a job tag. */
@@ -363,7 +363,7 @@ fab_status fab_comm_create(fab_context *ctx, int nranks, int rank, const fab_com
     if (ctx->backend == FAB_BACKEND_CUDA) {
         fab_comm_unique_id own;
         if (!id && nranks == 1) {
-            FAB__TRY(fab__nccl_unique_id(&own));
+            FAB__TRY(fab__nccl_unique_id(ctx, &own));
             id = &own;
         }
         if (!id)

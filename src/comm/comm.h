@@ -68,6 +68,11 @@ typedef struct fab__transport {
     fab_status (*destroy)(fab_comm *c);
     /* The transport's own handle (fab_comm_native). */
     void *(*native)(fab_comm *c);
+    /* After a fault, may memory given to a collective still be written? MPI: yes
+     * (a posted request cannot be cancelled, the peer may still deliver); NCCL: no
+     * (ncclCommAbort ends its kernels). Decides whether grad_sync frees its
+     * buckets after a fault or leaks them. */
+    int buffers_busy_after_fault;
 } fab__transport;
 
 struct fab_comm {
@@ -125,7 +130,8 @@ fab_status fab__mpi_create_world(fab_context *ctx, int nranks, int rank, const f
 /* comm_cast.cu: dst = (dst_dtype) src on a CUDA stream (f32, bf16, f16). */
 fab_status fab__comm_cast_cuda(void *dst, fab_dtype dst_dtype, const void *src, fab_dtype src_dtype, int64_t n,
                                void *stream);
-fab_status fab__nccl_unique_id(fab_comm_unique_id *id);
+/* ncclGetUniqueId, on the context's device */
+fab_status fab__nccl_unique_id(fab_context *ctx, fab_comm_unique_id *id);
 fab_status fab__nccl_create(fab_comm *c, int nranks, int rank, const fab_comm_unique_id *id);
 #endif
 

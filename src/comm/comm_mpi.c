@@ -725,7 +725,7 @@ static fab_status mpi_dup(fab_comm *c, fab_comm *out);
 
 static const fab__transport mpi_transport = {
     "mpi", mpi_post, mpi_test, mpi_complete, mpi_fork, fab__self_host_copy, fab__self_host_cast,
-    mpi_allgather_host, mpi_split, mpi_dup, mpi_poll, mpi_abort, mpi_destroy, mpi_native,
+    mpi_allgather_host, mpi_split, mpi_dup, mpi_poll, mpi_abort, mpi_destroy, mpi_native, 1,
 };
 
 /* ----------------------------------------------------------------- creation */
@@ -830,7 +830,7 @@ fab_status fab_comm_create_mpi(fab_context *ctx, MPI_Comm comm, const fab_comm_c
             return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
         }
         if (rank == 0)
-            s = fab__nccl_unique_id(id);
+            s = fab__nccl_unique_id(ctx, id);
         /* The id travels even when rank 0 failed (zeros), so no rank is left waiting;
          * a zero id then fails ncclCommInitRank on the others, bounded by the timeout. */
         MPI_Request req;

@@ -40,7 +40,8 @@ typedef struct nccl_state {
     int device;
     cudaStream_t side;       /* gradient exchange; created with the communicator */
     cudaEvent_t fork_ev, join_ev;
-    void *scratch;           /* debug-mode check and barrier: 64 bytes per rank */
+    void *scratch;           /* debug-mode check and barrier: 64 bytes per rank, and a slot */
+    void *host_bounce;       /* pinned, as large as scratch: host all-gathers copy through it */
     /* watchdog */
     pthread_t thread;
     int have_thread;
@@ -335,14 +336,22 @@ static fab_status nccl_cast(fab_comm *c, int side, void *dst, fab_dtype dd, cons
     return fab__comm_cast_cuda(dst, dd, src, sd, n, stream_of(c, side));
 }
 
+/* Gathers `bytes` (<= 64) of host data from every rank (the debug-mode check).
+ * Both copies go through a pinned buffer, so they are truly asynchronous on the
+ * context's stream and the one wait below, nccl_complete, keeps the deadline (a
+ * copy to pageable memory would block the host, with no deadline, until the
+ * all-gather ended). */
 static fab_status nccl_allgather_host(fab_comm *c, const void *mine, void *all, size_t bytes)
 {
     nccl_state *m = c->impl;
     if (bytes > 64)
         return fab__fail(FAB_ERR_INTERNAL, "%s: debug check of %zu bytes", c->op, bytes);
+    FAB__TRY(enter(c));
     cudaStream_t s = (cudaStream_t)c->ctx->stream;
-    char *slot = (char *)m->scratch + 64 * (size_t)c->nranks; /* after the gathered area */
-    cudaError_t e = cudaMemcpyAsync(slot, mine, bytes, cudaMemcpyHostToDevice, s);
+    const size_t slot_off = 64 * (size_t)c->nranks; /* after the gathered area */
+    char *slot = (char *)m->scratch + slot_off, *bounce = m->host_bounce;
+    memcpy(bounce + slot_off, mine, bytes);
+    cudaError_t e = cudaMemcpyAsync(slot, bounce + slot_off, bytes, cudaMemcpyHostToDevice, s);
     if (e != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "%s: cudaMemcpyAsync: %s", c->op, cudaGetErrorString(e));
     if (!lock_live(m))
@@ -352,10 +361,13 @@ static fab_status nccl_allgather_host(fab_comm *c, const void *mine, void *all, 
     if (r != ncclSuccess && r != ncclInProgress)
         return fab__comm_fault(c, status_of(r), "%s: ncclAllGather (debug check): %s", c->op, ncclGetErrorString(r));
     FAB__TRY(settle(c, m->comm, "the debug-mode check"));
+    e = cudaMemcpyAsync(bounce, m->scratch, bytes * (size_t)c->nranks, cudaMemcpyDeviceToHost, s);
+    if (e != cudaSuccess)
+        return fab__fail(FAB_ERR_BACKEND, "%s: cudaMemcpyAsync: %s", c->op, cudaGetErrorString(e));
     arm(c, 0);
     FAB__TRY(nccl_complete(c, 0, 1));
-    e = cudaMemcpy(all, m->scratch, bytes * (size_t)c->nranks, cudaMemcpyDeviceToHost);
-    return e == cudaSuccess ? FAB_OK : fab__fail(FAB_ERR_BACKEND, "%s: cudaMemcpy: %s", c->op, cudaGetErrorString(e));
+    memcpy(all, bounce, bytes * (size_t)c->nranks);
+    return FAB_OK;
 }
 
 static fab_status nccl_poll(fab_comm *c)
@@ -401,6 +413,8 @@ static void free_state(nccl_state *m)
     }
     if (m->scratch)
         cudaFree(m->scratch);
+    if (m->host_bounce)
+        cudaFreeHost(m->host_bounce);
     for (int s = 0; s < 2; s++)
         if (m->last[s])
             cudaEventDestroy(m->last[s]);
@@ -467,7 +481,7 @@ static void *nccl_native(fab_comm *c)
 
 static const fab__transport nccl_transport = {
     "nccl", nccl_post, nccl_test, nccl_complete, nccl_fork, nccl_copy, nccl_cast,
-    nccl_allgather_host, nccl_split, nccl_dup, nccl_poll, nccl_abort, nccl_destroy, nccl_native,
+    nccl_allgather_host, nccl_split, nccl_dup, nccl_poll, nccl_abort, nccl_destroy, nccl_native, 0,
 };
 
 /* Wraps a created ncclComm_t: streams, events, scratch, watchdog. */
@@ -495,12 +509,16 @@ static fab_status adopt(fab_comm *c, ncclComm_t comm)
         e = cudaEventCreateWithFlags(&m->last[s], cudaEventDisableTiming);
     if (e == cudaSuccess)
         e = cudaMalloc(&m->scratch, 64 * ((size_t)size + 1));
+    if (e == cudaSuccess)
+        e = cudaMallocHost(&m->host_bounce, 64 * ((size_t)size + 1));
+    /* on the context's stream: the legacy default stream is not ordered with it */
+    if (e == cudaSuccess)
+        e = cudaMemsetAsync(m->scratch, 0, 64 * ((size_t)size + 1), (cudaStream_t)c->ctx->stream);
     if (e != cudaSuccess) {
         ncclCommAbort(comm);
         free_state(m);
         return fab__fail(FAB_ERR_BACKEND, "%s: setting up the communicator's stream: %s", c->op, cudaGetErrorString(e));
     }
-    cudaMemset(m->scratch, 0, 64 * ((size_t)size + 1));
     c->impl = m;
     c->tp = &nccl_transport;
     c->rank = rank;
@@ -523,8 +541,13 @@ static ncclConfig_t make_config(void)
     return cfg;
 }
 
-fab_status fab__nccl_unique_id(fab_comm_unique_id *id)
+/* On the context's device: NCCL's first call may create a CUDA context, and on a
+ * node whose every GPU is visible it would otherwise land on GPU 0. */
+fab_status fab__nccl_unique_id(fab_context *ctx, fab_comm_unique_id *id)
 {
+    cudaError_t e = cudaSetDevice(ctx->device);
+    if (e != cudaSuccess)
+        return fab__fail(FAB_ERR_BACKEND, "fab_comm_get_unique_id: cudaSetDevice: %s", cudaGetErrorString(e));
     ncclUniqueId u;
     _Static_assert(sizeof u <= sizeof id->bytes, "ncclUniqueId fits fab_comm_unique_id");
     ncclResult_t r = ncclGetUniqueId(&u);

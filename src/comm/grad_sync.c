@@ -353,10 +353,14 @@ void fab_grad_sync_destroy(fab_grad_sync *gs)
         fab__comm_arm(c, "fab_grad_sync_destroy");
         (void)c->tp->complete(c, 1, 1); /* never free a buffer a request still uses */
     }
+    /* After a fault an MPI request may still write a bucket: leak it then (the
+     * transport's destroy frees only what it no longer uses). NCCL's abort ended
+     * its kernels; fab_free waits for the streams. */
+    int keep = c->fault != FAB_OK && gs->communicate && c->tp->buffers_busy_after_fault;
     for (int k = 0; k < gs->nbuckets; k++)
-        if (c->fault == FAB_OK || !gs->communicate)
+        if (!keep)
             fab_free(c->ctx, gs->buckets[k].buf);
-    (void)fab_comm_destroy(c); /* after a fault: frees only what the transport no longer uses */
+    (void)fab_comm_destroy(c);
     free(gs->buckets);
     free(gs->grads);
     free(gs);
