@@ -68,6 +68,13 @@ step "report"
     echo "- commit: $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
     echo "- card: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1), built for sm_$arch"
     echo "- failed steps: ${failed[*]:-none}"
+    echo "- $(grep -m1 'fabriek: comm:' "$out/configure.log" 2>/dev/null | sed 's/^-- //')"
+    echo
+    echo "cuDNN baseline (attention suite: plan, engine, and its outputs against fabriek's):"
+    echo
+    echo '```'
+    grep -E 'cuDNN|MISMATCH' "$out/gpu-check.log" | head -60
+    echo '```'
     echo
     echo '```'
     grep -E 'tests passed|tests failed|SKIPPED|FAILED' "$out/gpu-check.log" | head -40
