@@ -498,8 +498,14 @@ static fab_status adopt(fab_comm *c, ncclComm_t comm)
     m->device = c->ctx->device;
     m->timeout_s = c->timeout_s;
     int rank = 0, size = 1;
-    ncclCommUserRank(comm, &rank);
-    ncclCommCount(comm, &size);
+    ncclResult_t r = ncclCommUserRank(comm, &rank);
+    if (r == ncclSuccess)
+        r = ncclCommCount(comm, &size);
+    if (r != ncclSuccess) {
+        ncclCommAbort(comm);
+        free_state(m);
+        return nccl_fail(status_of(r), c->op, "ncclCommUserRank/ncclCommCount", r);
+    }
     cudaError_t e = cudaStreamCreateWithFlags(&m->side, cudaStreamNonBlocking);
     if (e == cudaSuccess)
         e = cudaEventCreateWithFlags(&m->fork_ev, cudaEventDisableTiming);
