@@ -285,6 +285,17 @@ static void test_collectives(void **state)
             }
         }
     }
+    /* Past the MPI transport's ring threshold (64 KiB) at its default message
+     * sizes: all-gather's whole-segment messages, all-reduce's chunks. */
+    static const fab_dtype big_dtypes[2] = {FAB_DTYPE_F32, FAB_DTYPE_BF16};
+    for (int di = 0; di < 2; di++)
+        for (int ip = 0; ip < 2; ip++) {
+            const int64_t n = 40001;
+            run_collective(ctx, comm, K_ALLREDUCE, big_dtypes[di], FAB_REDUCE_SUM, n, ip, salt++);
+            run_collective(ctx, comm, K_REDUCE_SCATTER, big_dtypes[di], FAB_REDUCE_SUM, n, ip, salt++);
+            run_collective(ctx, comm, K_ALLGATHER, big_dtypes[di], 0, n, ip, salt++);
+            run_collective(ctx, comm, K_BROADCAST, big_dtypes[di], 0, n, ip, salt++);
+        }
     expect_ok(fab_barrier(comm), "fab_barrier");
     expect_ok(fab_comm_synchronize(comm), "fab_comm_synchronize");
     expect_ok(fab_comm_destroy(comm), "fab_comm_destroy");

@@ -46,8 +46,9 @@
 
 #define INVALID FAB_ERR_INVALID_ARGUMENT
 
-/* All-reduce and reduce-scatter of at least RING_MIN_DEFAULT bytes
- * run on fabriek's ring (comm_mpi_ring.c), in RING_CHUNK_DEFAULT messages;
+/* All-reduce, reduce-scatter and all-gather of at least RING_MIN_DEFAULT bytes
+ * run on fabriek's ring (comm_mpi_ring.c), in RING_CHUNK_DEFAULT messages
+ * (all-gather: whole segments);
  * smaller ones on MPI's own non-blocking collectives. Both can be overridden
  * (FAB_COMM_RING_MIN_BYTES, FAB_COMM_RING_CHUNK_BYTES; the same on every rank). */
 #define RING_MIN_DEFAULT ((size_t)64 << 10)
@@ -82,6 +83,7 @@ typedef struct mpi_state {
     const char *thread_call;
     size_t ring_min;      /* collectives of at least this many bytes take the ring */
     size_t ring_chunk;    /* the ring's message size */
+    size_t gather_chunk;  /* all-gather's: whole segments (1 GiB cap) unless FAB_COMM_RING_CHUNK_BYTES is set */
     unsigned ring_seq;    /* rings started: their message tags */
     int ring_tags;        /* tags 1 .. ring_tags (MPI_TAG_UB): rings in flight at most */
 } mpi_state;
@@ -196,7 +198,8 @@ static fab_status post_one(fab_comm *c, const fab__coll *k, int side)
     size_t es = fab_dtype_size(k->dtype);
     int64_t total = k->kind == FAB__COLL_ALLGATHER || k->kind == FAB__COLL_REDUCE_SCATTER ? k->count * c->nranks
                                                                                           : k->count;
-    int ring = (k->kind == FAB__COLL_ALLREDUCE || k->kind == FAB__COLL_REDUCE_SCATTER) &&
+    int ring = (k->kind == FAB__COLL_ALLREDUCE || k->kind == FAB__COLL_REDUCE_SCATTER ||
+                k->kind == FAB__COLL_ALLGATHER) &&
                (size_t)total * es >= m->ring_min; /* the ring's messages are chunks: any count fits */
     if (total > INT_MAX && !ring)
         return fab__fail(FAB_ERR_UNSUPPORTED, "%s: %lld elements is more than MPI's int count allows", c->op,
@@ -216,7 +219,8 @@ static fab_status post_one(fab_comm *c, const fab__coll *k, int side)
         /* Every rank decides alike (same sizes, same settings) and starts its rings
          * in the same order, so the tags match. */
         int tag = 1 + (int)(m->ring_seq++ % (unsigned)m->ring_tags);
-        fab_status s = fab__ring_start(m->comm, tag, m->ring_chunk, k, &p->ring);
+        fab_status s = fab__ring_start(m->comm, tag, k->kind == FAB__COLL_ALLGATHER ? m->gather_chunk : m->ring_chunk,
+                                       k, &p->ring);
         if (s != FAB_OK) {
             char why[128];
             snprintf(why, sizeof why, "%s", fab_last_error());
@@ -541,6 +545,7 @@ static fab_status new_state(fab_comm *c, MPI_Comm dup)
         m->ring_chunk = RING_CHUNK_DEFAULT;
     if (m->ring_chunk > ((size_t)1 << 30)) /* a message's byte count is an int */
         m->ring_chunk = (size_t)1 << 30;
+    m->gather_chunk = getenv("FAB_COMM_RING_CHUNK_BYTES") ? m->ring_chunk : (size_t)1 << 30;
     void *ub = NULL;
     int have_ub = 0;
     MPI_Comm_get_attr(dup, MPI_TAG_UB, &ub, &have_ub);

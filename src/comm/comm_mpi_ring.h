@@ -1,5 +1,5 @@
 /*
- * comm_mpi_ring.h: fabriek's own ring all-reduce and reduce-scatter on MPI
+ * comm_mpi_ring.h: fabriek's own ring all-reduce, reduce-scatter and all-gather on MPI
  * point-to-point messages, progressed by polling (comm_mpi_ring.c).
  * Internal to the MPI transport.
  */
@@ -12,7 +12,7 @@
 
 typedef struct fab__ring fab__ring;
 
-/* Starts collective `k` (allreduce or reduce_scatter, counted as in
+/* Starts collective `k` (allreduce, reduce_scatter or allgather, counted as in
  * fab__coll) on `comm` with message tag `tag`: every rank must start its
  * collectives in the same order with the same tags. AVG is left to the caller
  * (the ring sums). Messages are at most `chunk_bytes` each. */
