@@ -14,7 +14,7 @@
  *   GPU: cuDNN's fused flash attention (cudnn_attention.c: the cuDNN 9 graph API,
  *        loaded with dlopen), forward and backward, on the same inputs, for
  *        FlashAttention's benchmark shapes: 16k tokens per batch, model dim 2048,
- *        head dims 64 and 128 (the forward also at 256), sequence 512..16k (quick:
+ *        head dims 64, 128 and 256, sequence 512..16k (quick:
  *        512, 2048, 8192), causal and not; bf16, and f16 too without --quick.
  *        Before timing, each case runs cuDNN and fabriek once and compares the
  *        outputs (out; dq, dk, dv), max |cudnn - fabriek| / max |fabriek| <= 2e-2:
@@ -299,9 +299,9 @@ static int cudnn_baseline(bench *b, attn_case *c, void *const cbuf[5], fab_dtype
              c->cudnn_case, (long long)bench_cudnn_attn_engine(c->cudnn_fwd),
              bench_cudnn_attn_workspace(c->cudnn_fwd), dout, dlse);
 
-    /* backward (fabriek has no CUDA backward at head dim 256): cuDNN's from its own
-     * out and stats, fabriek's from its own, the same dout */
-    if (c->d <= 128) {
+    /* backward: cuDNN's from its own out and stats, fabriek's from its own, the
+     * same dout */
+    {
         if (bench_cudnn_attn_create(&c->cudnn_bwd, &dsc, 1, err, sizeof err) != 0 ||
             cudnn_exec(c->cudnn_bwd, err, sizeof err) != 0) {
             fprintf(stderr, "attention: cuDNN baseline unavailable for %s (backward): %s\n", c->cudnn_case, err);
@@ -353,7 +353,7 @@ int bench_suite_attention(bench *b)
      * benchmark shapes, 16k tokens per batch (b = 16384 / s), model dim 2048. */
     const int64_t cpu_seqs[2] = {1024, 2048}, gpu_seqs[6] = {512, 1024, 2048, 4096, 8192, 16384};
     const int64_t gpu_quick[3] = {512, 2048, 8192}, dims[3] = {64, 128, 256};
-    const int ndims = gpu ? 3 : 2; /* 256: GPU forward only (the CPU has it, but slowly) */
+    const int ndims = gpu ? 3 : 2; /* 256: GPU only (the CPU has it, but slowly) */
     const int64_t *seqs = gpu ? (b->opt.quick ? gpu_quick : gpu_seqs) : cpu_seqs;
     const int nseq = gpu ? (b->opt.quick ? 3 : 6) : (b->opt.quick ? 1 : 2);
     const char *unit = gpu ? "TFLOP/s" : "GFLOP/s";
@@ -486,8 +486,6 @@ int bench_suite_attention(bench *b)
                 }
                 add_row(b, "attn_forward", &c, fab_dtype_name(dtype), fms, fwd_flops, unit, unit_scale, fwd_base,
                         base_rate);
-                if (d > 128) /* no CUDA backward at head dim 256 */
-                    continue;
                 double bms = bench_time_ms(b, run_bwd, &c);
                 if (bms < 0) {
                     failed = 1;

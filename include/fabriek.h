@@ -375,8 +375,7 @@ FAB_API fab_status fab_matmul_bias_grad(fab_context *ctx, const fab_matmul_bias_
  * rounded to nearest even once. (The CUDA kernels, like FlashAttention, round the
  * probabilities P and dS to bf16/f16 for the products that consume them.)
  * Head dim d = q.shape[-1] = k.shape[-1] = v.shape[-1]: the CPU takes 1..256,
- * CUDA 32, 64, 96, 128 (and 256 in the forward only); others give
- * FAB_ERR_UNSUPPORTED.
+ * CUDA 32, 64, 96, 128 and 256; others give FAB_ERR_UNSUPPORTED.
  *
  * Backends. CPU: tiled online-softmax forward and a recompute backward (OpenMP
  * over batch x heads x tiles). CUDA (sm_80 and later; Hopper runs the same

@@ -7,7 +7,7 @@
  * reference backward; bitwise repeatability across runs and thread counts; and
  * every kind of bad argument (status, message, nothing written).
  * With --backend cuda (GPU, or the emulator) the same cases run on the sm80
- * kernels where they apply (bf16/f16, head dims 32..128, and 256 for the forward),
+ * kernels where they apply (bf16/f16, head dims 32, 64, 96, 128, 256),
  * every backward on both CUDA paths (fast: dq by f32 atomics; deterministic), with
  * test_fast_path showing the fast one really runs; test_backend_coverage checks
  * that the rest is refused as unsupported.
@@ -487,17 +487,14 @@ static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_con
     bp.window_left = f.window_left, bp.window_right = f.window_right;
     bp.cu_seqlens_q = cu_q, bp.cu_seqlens_k = cu_k;
     s = fab_attention_backward(ctx, &bp);
-    int fwd_only = fab_context_backend(ctx) == FAB_BACKEND_CUDA && c->d == 256;
-    if (fwd_only) /* the CUDA forward takes head_dim 256, the backward does not */
-        fab_test_expect_error(s, FAB_ERR_UNSUPPORTED, "head_dim=256 is not supported by the CUDA backward");
-    else if (s != FAB_OK)
+    if (s != FAB_OK)
         fail_msg("%s %s: fab_attention_backward: %s: %s", c->name, fab_dtype_name(dt), fab_status_name(s),
                  fab_last_error());
     const char *gn[3] = {"dq", "dk", "dv"};
     tbuf *gb[3] = {&dq, &dk, &dv};
     double *gg[3] = {gdq, gdk, gdv}, *rg[3] = {rdq, rdk, rdv}, *mg[3] = {mdq, mdk, mdv};
     int64_t gnum[3] = {nq, nk, nk};
-    for (int t = 0; t < (fwd_only ? 0 : 3); t++) {
+    for (int t = 0; t < 3; t++) {
         snprintf(what, sizeof what, "attention_backward %s %s %s", c->name, fab_dtype_name(dt), gn[t]);
         tb_download(ctx, gb[t], gg[t], what);
         fab_tolerance gtol = grad_tol(dt);
@@ -512,7 +509,7 @@ static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_con
         fab_test_check_close_mag(what, gg[t], rg[t], mg[t], gnum[t], gtol);
     }
     int64_t ndiff = 0;
-    if (ctx2 && !fwd_only) {
+    if (ctx2) {
         double *g2 = malloc(sizeof(double) * (size_t)(nq > nk ? nq + 1 : nk + 1));
         assert_non_null(g2);
         for (int t = 0; t < 3; t++) { /* fresh poisoned outputs: nothing of the first run survives */
@@ -579,6 +576,7 @@ static const acase cases[] = {
     {"head_dim 128", 1, 65, 70, 2, 2, 128, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
     {"head_dim 256", 1, 65, 70, 2, 1, 256, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
     {"head_dim 256 varlen causal window softcap", 2, 0, 0, 2, 1, 256, 1, {70, 33}, {100, 33}, 1, 1, 40, -1, 0, 3.0f, 0, 0},
+    {"head_dim 256 sq>sk window", 1, 97, 40, 2, 2, 256, 0, {0}, {0}, 0, 1, 20, 60, 0, 0, 0, 0},
     {"head_dim 17", 1, 33, 20, 3, 1, 17, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
     {"seqlen 1", 3, 1, 1, 2, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
     {"decode 1x1000", 1, 1, 1000, 4, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
@@ -590,8 +588,8 @@ static const acase long_case = {"long 1000 causal GQA", 1, 1000, 1000, 4, 2, 64,
 static const acase emu_long_case = {"longer 384 causal GQA varlen", 2, 0, 0, 4, 2, 128, 1, {384, 200}, {384, 260}, 1, 1, 150, -1, 0, 0, 0, 0};
 static const acase long_window = {"long 1000 window", 1, 1000, 1000, 2, 2, 128, 0, {0}, {0}, 0, 1, 100, 100, 0, 0, 0, 0};
 
-/* What the CUDA kernels take (test_backend_coverage checks the rest is refused);
- * at head_dim 256 the forward only (run_case checks the backward's refusal). */
+/* What the CUDA kernels take, forward and backward (test_backend_coverage checks
+ * the rest is refused). */
 static int cuda_runs(const acase *c, fab_dtype dt)
 {
     return dt != FAB_DTYPE_F32 && (c->d == 32 || c->d == 64 || c->d == 96 || c->d == 128 || c->d == 256);
@@ -652,11 +650,12 @@ static void test_long(void **state)
 
 /* ------------------------------------------------------------ determinism */
 
-/* Runs forward + backward of a GQA causal problem (f32, so any change in a
- * summation order shows) and returns the bytes of out, lse, dq, dk, dv. */
-static void det_run(fab_context *ctx, fab_dtype dt, unsigned char *bytes, size_t *nbytes)
+/* Runs forward + backward of a GQA causal problem of s rows and head dim d (f32
+ * on the CPU, so any change in a summation order shows) and returns the bytes of
+ * out, lse, dq, dk, dv. */
+static void det_run(fab_context *ctx, fab_dtype dt, int64_t s, int64_t d, unsigned char *bytes, size_t *nbytes)
 {
-    const int64_t b = 2, s = 150, hq = 4, hkv = 2, d = 64;
+    const int64_t b = 2, hq = 4, hkv = 2;
     int64_t qs[4] = {b, s, hq, d}, ks[4] = {b, s, hkv, d}, ls[3] = {b, hq, s};
     int64_t nq = b * s * hq * d, nk = b * s * hkv * d;
     double *x = malloc(sizeof(double) * (size_t)(nq + 32));
@@ -708,27 +707,32 @@ static void test_deterministic(void **state)
     fab_context_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.deterministic = 1;
-    cfg.num_threads = 2;
-    fab_context *ctx = fab_test_context_with(&cfg);
-    const fab_dtype dt = fab_context_backend(ctx) == FAB_BACKEND_CUDA ? FAB_DTYPE_BF16 : FAB_DTYPE_F32;
-    const size_t es = fab_dtype_size(dt);
-    size_t cap = (size_t)(2 * 150 * 4 * 64 * 2 + 2 * 150 * 2 * 64 * 2) * es + 2 * 4 * 150 * 4, n1, n2, n3;
-    unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap);
-    assert_true(r1 && r2 && r3);
-    det_run(ctx, dt, r1, &n1);
-    det_run(ctx, dt, r2, &n2);
-    fab_context_destroy(ctx);
-    cfg.num_threads = 1;
-    ctx = fab_test_context_with(&cfg);
-    det_run(ctx, dt, r3, &n3);
-    fab_context_destroy(ctx);
-    assert_int_equal(n1, cap);
-    assert_true(n1 == n2 && n1 == n3);
-    if (memcmp(r1, r2, n1) != 0)
-        fail_msg("attention: two deterministic runs differ");
-    if (memcmp(r1, r3, n1) != 0)
-        fail_msg("attention: 1 and 2 threads give different bits");
-    free(r1), free(r2), free(r3);
+    /* head dim 64, and 256 (on CUDA its own tile shapes and split of D) */
+    const int64_t shapes[2][2] = {{150, 64}, {99, 256}};
+    for (int i = 0; i < 2; i++) {
+        const int64_t sl = shapes[i][0], d = shapes[i][1];
+        cfg.num_threads = 2;
+        fab_context *ctx = fab_test_context_with(&cfg);
+        const fab_dtype dt = fab_context_backend(ctx) == FAB_BACKEND_CUDA ? FAB_DTYPE_BF16 : FAB_DTYPE_F32;
+        const size_t es = fab_dtype_size(dt);
+        size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * es + 2 * 4 * (size_t)sl * 4, n1, n2, n3;
+        unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap);
+        assert_true(r1 && r2 && r3);
+        det_run(ctx, dt, sl, d, r1, &n1);
+        det_run(ctx, dt, sl, d, r2, &n2);
+        fab_context_destroy(ctx);
+        cfg.num_threads = 1;
+        ctx = fab_test_context_with(&cfg);
+        det_run(ctx, dt, sl, d, r3, &n3);
+        fab_context_destroy(ctx);
+        assert_int_equal(n1, cap);
+        assert_true(n1 == n2 && n1 == n3);
+        if (memcmp(r1, r2, n1) != 0)
+            fail_msg("attention: two deterministic runs differ (head_dim %lld)", (long long)d);
+        if (memcmp(r1, r3, n1) != 0)
+            fail_msg("attention: 1 and 2 threads give different bits (head_dim %lld)", (long long)d);
+        free(r1), free(r2), free(r3);
+    }
 }
 
 /* The CUDA backward's two paths on a problem built so that they must differ: with
@@ -1040,8 +1044,8 @@ static void test_bad_arguments(void **state)
 }
 
 /* What each backend refuses as unsupported, writing nothing: the CPU head dims
- * past 256; on CUDA f32, head dims other than 32/64/96/128 (and 256 in the
- * forward), and rows that are not 16-byte aligned. */
+ * past 256; on CUDA f32, head dims other than 32/64/96/128/256 (forward and
+ * backward), and rows that are not 16-byte aligned. */
 static void test_backend_coverage(void **state)
 {
     (void)state;
@@ -1057,19 +1061,19 @@ static void test_backend_coverage(void **state)
         fab_tensor_make(s.out, FAB_DTYPE_BF16, 4, s160, &p.out);
         memset(&p.lse, 0, sizeof p.lse);
         fab_test_expect_error(fab_attention_forward(ctx, &p), FAB_ERR_UNSUPPORTED, "head_dim=160 is not supported on CUDA");
-        fab_attention_backward_params bq = s.b;
-        int64_t s256[4] = {1, 1, 1, 256}, l1[3] = {1, 1, 1};
-        fab_tensor_make(s.q, FAB_DTYPE_BF16, 4, s256, &bq.q);
-        fab_tensor_make(s.k, FAB_DTYPE_BF16, 4, s256, &bq.k);
-        fab_tensor_make(s.v, FAB_DTYPE_BF16, 4, s256, &bq.v);
-        fab_tensor_make(s.out, FAB_DTYPE_BF16, 4, s256, &bq.out);
-        fab_tensor_make(s.dout, FAB_DTYPE_BF16, 4, s256, &bq.dout);
-        fab_tensor_make(s.dq, FAB_DTYPE_BF16, 4, s256, &bq.dq);
-        fab_tensor_make(s.dk, FAB_DTYPE_BF16, 4, s256, &bq.dk);
-        fab_tensor_make(s.dv, FAB_DTYPE_BF16, 4, s256, &bq.dv);
+        fab_attention_backward_params bq = s.b; /* the backward refuses the same head dims */
+        int64_t l1[3] = {1, 1, 1};
+        fab_tensor_make(s.q, FAB_DTYPE_BF16, 4, s160, &bq.q);
+        fab_tensor_make(s.k, FAB_DTYPE_BF16, 4, s160, &bq.k);
+        fab_tensor_make(s.v, FAB_DTYPE_BF16, 4, s160, &bq.v);
+        fab_tensor_make(s.out, FAB_DTYPE_BF16, 4, s160, &bq.out);
+        fab_tensor_make(s.dout, FAB_DTYPE_BF16, 4, s160, &bq.dout);
+        fab_tensor_make(s.dq, FAB_DTYPE_BF16, 4, s160, &bq.dq);
+        fab_tensor_make(s.dk, FAB_DTYPE_BF16, 4, s160, &bq.dk);
+        fab_tensor_make(s.dv, FAB_DTYPE_BF16, 4, s160, &bq.dv);
         fab_tensor_make(s.lse, FAB_DTYPE_F32, 3, l1, &bq.lse);
         fab_test_expect_error(fab_attention_backward(ctx, &bq), FAB_ERR_UNSUPPORTED,
-                              "head_dim=256 is not supported by the CUDA backward");
+                              "head_dim=160 is not supported on CUDA");
         int64_t s64[4] = {1, 1, 1, 64}; /* small, so the f32 views stay inside their buffers */
         fab_tensor_make(s.q, FAB_DTYPE_F32, 4, s64, &p.q);
         fab_tensor_make(s.k, FAB_DTYPE_F32, 4, s64, &p.k);

@@ -173,14 +173,9 @@ static fab_status cuda_supports(fab_context *ctx, const common *c, int64_t d, in
                          op, ctx->sm_version);
     if (c->q->dtype == FAB_DTYPE_F32)
         return fab__fail(FAB_ERR_UNSUPPORTED, "%s: q.dtype=f32 is not supported on CUDA (bf16, f16)", op);
-    if (d == 256 && c->backward)
-        return fab__fail(FAB_ERR_UNSUPPORTED,
-                         "%s: head_dim=256 is not supported by the CUDA backward (32, 64, 96, 128; the forward "
-                         "also takes 256)", op);
     if (d != 32 && d != 64 && d != 96 && d != 128 && d != 256)
         return fab__fail(FAB_ERR_UNSUPPORTED,
-                         "%s: head_dim=%" PRId64 " is not supported on CUDA (32, 64, 96, 128; 256 forward only)", op,
-                         d);
+                         "%s: head_dim=%" PRId64 " is not supported on CUDA (32, 64, 96, 128, 256)", op, d);
     if (batch > 65535 || hq > 65535) /* grid y and z */
         return fab__fail(FAB_ERR_UNSUPPORTED, "%s: batch=%" PRId64 " and heads_q=%" PRId64
                                               " must be <= 65535 on CUDA", op, batch, hq);

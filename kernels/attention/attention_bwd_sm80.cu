@@ -33,6 +33,22 @@
  *                  from the resident K tile), in column chunks added with
  *                  atomicAdd (red.global.add.f32) to the accumulator.
  *  4. convert kernel (fast path): dq = accumulator rounded to the input type.
+ * Head dim 256 (bwd_cfg): the same kernels with other tile shapes, since a
+ * warp's 16 keys of dK and dV over 256 columns would take 256 f32 registers per
+ * thread. The dkdv grid gets a column dimension: blocks (key tile, half) with
+ * half = 0, 1 each accumulate dK, dV (and on the fast path dQ partials) for
+ * their 128 columns of D only (128 registers, as at 128), but form S^T and dP^T
+ * over all 256 columns, so both halves compute them: per (query, key) pair the
+ * dkdv kernel does 6 D-length products instead of 4 (S^T and dP^T twice, dV and
+ * dK once), 7 instead of 5 with the fast path's dQ. End to end the fast path
+ * does 7 products instead of 5 (+40 %), the deterministic one 9 instead of 7
+ * (+29 %), and Q, dO stream past each key tile twice (from L2). Its query steps
+ * are 32 rows (two stages of 32 x 256 Q and dO plus 64 x 256 K and V: 132.5 KiB,
+ * 137.5 KiB with the fast path's dS^T, within an A100's 163 KiB). The dq kernel
+ * takes 32-key tiles and reads its Q fragments from shared memory per tile, like
+ * the forward at 256 (its dQ accumulators alone take 128 registers): 132 KiB.
+ * ptxas (CUDA 13, sm_80 and sm_90a): no spills at any head dim; at 256 the dq
+ * kernel takes 246 registers, the dkdv kernel 242-245.
  * GQA: a query head's dq only gets contributions from its own kv head's keys on
  * both paths (the dkdv block of kv head g walks exactly the query heads of g).
  * Numerics: f32 scores and accumulators; P and dS (scale and softcap derivative
@@ -55,6 +71,22 @@ const int THREADS = 128;
 const int DQ_CHUNK = 32; /* fast path: dQ columns per atomic pass (bounds the live registers) */
 const float L2E = 1.4426950408889634f;
 
+/* Tile shape per head dim (see the file comment). Up to 128: the dkdv block owns
+ * all D columns of its 64 keys' dK and dV and takes 64-query steps; the dq kernel
+ * takes 64-key tiles with Q fragments held in registers. 256: dK and dV of 16 keys
+ * would be 256 f32 registers per thread, so the dkdv grid splits D into NDC = 2
+ * column halves of DC = 128 (each block recomputes S^T and dP^T over all 256
+ * columns) and steps over 32 queries at a time (two stages of Q and dO stay within
+ * an A100's 163 KB of shared memory); the dq kernel takes 32-key tiles and reads Q
+ * fragments from shared memory per tile, like the forward. */
+template <int D> struct bwd_cfg {
+    static const int DC = D > 128 ? 128 : D;    /* dK, dV columns per dkdv block */
+    static const int NDC = D / DC;              /* column blocks per key tile */
+    static const int QT = D > 128 ? 32 : 64;    /* queries per dkdv step */
+    static const int BN_DQ = D > 128 ? 32 : 64; /* keys per dq-kernel tile */
+    static const bool Q_REGS = D <= 128;        /* dq kernel: Q fragments in registers */
+};
+
 /* One sequence of the batch: first rows and lengths. */
 struct seq_info {
     int64_t q0, k0;
@@ -72,10 +104,11 @@ static __device__ __forceinline__ seq_info seq_of(const fab__attn_args &a, int b
     return s;
 }
 
-/* BM floats [row0, row0 + n) of a row vector into smem (4-byte cp.async; zeros past n) */
+/* N floats [row0, row0 + n) of a row vector into smem (4-byte cp.async; zeros past n) */
+template <int N>
 static __device__ __forceinline__ void load_vec(float *smem, const float *base, int row0, int n)
 {
-    for (int i = threadIdx.x; i < BM; i += THREADS) {
+    for (int i = threadIdx.x; i < N; i += THREADS) {
         if (i < n)
             fab__cp_async_4(smem + i, base + row0 + i);
         else
@@ -120,10 +153,18 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dot_kernel(const fab__a
 
 /* ----------------------------------------------------------------- 2. dq */
 
+/* Idea: the query tile stays resident, BN_DQ-key tiles of K and V stream past
+ * (see the file comment); deterministic path only. Thread mapping: warp w owns
+ * query rows 16w..16w+15 of the tile; lane (g, t) holds rows g, g+8 and columns
+ * 2t, 2t+1 of each 8-wide n-tile of S, dP and dQ. Q fragments stay in registers up
+ * to D = 128; at 256 they are read from shared memory per key tile. Numerics: f32
+ * S, dP, dQ; dS rounded to T for dS K; dQ summed over key tiles in order. */
 template <typename T, int D>
 __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__attn_args a, const float *Dbuf)
 {
     typedef mma_of<T> M;
+    const int BN = bwd_cfg<D>::BN_DQ;
+    const bool QREG = bwd_cfg<D>::Q_REGS;
     FAB_DYNAMIC_SMEM(T, smem);
     T *sQ = smem, *sdO = sQ + BM * (D + 8), *sK = sdO + BM * (D + 8), *sV = sK + 2 * BN * (D + 8);
     const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
@@ -160,7 +201,7 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
         lse2[hr] = row < s.sq ? a.lse[idx] * L2E : 0.0f;
         Dr[hr] = row < s.sq ? Dbuf[idx] : 0.0f;
     }
-    uint32_t qf[D / 16][4];
+    uint32_t qf[QREG ? D / 16 : 1][4];
     float dq[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; i++)
@@ -171,8 +212,10 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
         const int64_t kt = klo + (int64_t)it * BN;
         attn_kv_next<T, D, BN, THREADS>(sK, sV, K, a.k.ss, V, a.v.ss, buf, kt, khi, it + 1 < ntiles);
         __syncthreads();
-        if (it == 0)
-            attn_load_q_frags<D>(qf, sQ, warp, lane);
+        if constexpr (QREG) {
+            if (it == 0)
+                attn_load_q_frags<D>(qf, sQ, warp, lane);
+        }
         const T *cK = sK + buf * BN * (D + 8), *cV = sV + buf * BN * (D + 8);
 
         float sc[BN / 8][4], dp[BN / 8][4];
@@ -181,15 +224,18 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
             sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t dof[4];
+            uint32_t dof[4], qs[4];
             fab__ldmatrix_x4(dof, attn_frag_a_ptr<D>(sdO, warp * 16, kk * 16, lane));
+            if (!QREG)
+                fab__ldmatrix_x4(qs, attn_frag_a_ptr<D>(sQ, warp * 16, kk * 16, lane));
+            const uint32_t(&qa)[4] = QREG ? qf[QREG ? kk : 0] : qs; /* Q: registers (<= 128) or smem */
 #pragma unroll
             for (int j = 0; j < BN / 8; j += 2) {
                 uint32_t r[4];
                 fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cK, j * 8, kk * 16, lane));
                 uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                M::run(sc[j], qf[kk], b0);
-                M::run(sc[j + 1], qf[kk], b1);
+                M::run(sc[j], qa, b0);
+                M::run(sc[j + 1], qa, b1);
                 fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cV, j * 8, kk * 16, lane));
                 uint32_t c0[2] = {r[0], r[1]}, c1[2] = {r[2], r[3]};
                 M::run(dp[j], dof, c0);
@@ -229,37 +275,45 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
 /* --------------------------------------------------------------- 3. dk, dv */
 
 /* Idea: keys stay resident, query tiles stream past (see the file comment).
- * DQ_ATOMIC (fast path): per query tile, also dQ[64 x D] += dS K over this block's
- * 64 keys, added to dqacc (f32, [lse row index][D]) with atomics. Thread mapping of
- * that part: warp w takes query rows 16w..16w+15 of the tile, DQ_CHUNK columns at
- * a time; lane (g, t) adds rows g, g+8 x columns 2t, 2t+1 of each 8-column
- * n-tile. Numerics: the same dS (rounded to T) as the dK product, f32 partials. */
+ * Block (key tile, column block dh, kv head, sequence): K and V of its 64 keys in
+ * all D columns (the products S^T = K Q^T and dP^T = V dO^T reduce over all of D),
+ * dK and dV accumulated for columns [dh DC, dh DC + DC) only; QT queries per step,
+ * in halves of 32 (fewer live registers). At D <= 128, DC = D and one block per
+ * key tile; at D = 256 two blocks per key tile each recompute S^T and dP^T.
+ * DQ_ATOMIC (fast path): per query step, also dQ[QT x DC] += dS K over this block's
+ * 64 keys and columns, added to dqacc (f32, [lse row index][D]) with atomics.
+ * Thread mapping of that part: QT/16 row groups of 16 query rows; the 4 warps
+ * split into those row groups and, where warps are left (QT = 32), into column
+ * halves of DC; a warp goes through its columns DQ_CHUNK at a time; lane (g, t)
+ * adds rows g, g+8 x columns 2t, 2t+1 of each 8-column n-tile. Numerics: the
+ * same dS (rounded to T) as the dK product, f32 partials. */
 template <typename T, int D, bool DQ_ATOMIC>
 __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__attn_args a, const float *Dbuf,
                                                                      float *dqacc)
 {
     typedef mma_of<T> M;
+    const int QT = bwd_cfg<D>::QT, DC = bwd_cfg<D>::DC, NDC = bwd_cfg<D>::NDC;
     FAB_DYNAMIC_SMEM(T, smem);
-    T *sK = smem, *sV = sK + BN * (D + 8), *sQ = sV + BN * (D + 8), *sdO = sQ + 2 * BM * (D + 8);
-    float *sL = reinterpret_cast<float *>(sdO + 2 * BM * (D + 8)), *sD = sL + 2 * BM;
-    T *sdS = reinterpret_cast<T *>(sD + 2 * BM); /* fast path: dS^T [BN keys x (BM+8)] */
-    const int b = blockIdx.z, kvh = blockIdx.y, j0 = blockIdx.x * BN;
+    T *sK = smem, *sV = sK + BN * (D + 8), *sQ = sV + BN * (D + 8), *sdO = sQ + 2 * QT * (D + 8);
+    float *sL = reinterpret_cast<float *>(sdO + 2 * QT * (D + 8)), *sD = sL + 2 * QT;
+    T *sdS = reinterpret_cast<T *>(sD + 2 * QT); /* fast path: dS^T [BN keys x (QT+8)] */
+    const int b = blockIdx.z, kvh = blockIdx.y, j0 = (blockIdx.x / NDC) * BN, dc0 = (blockIdx.x % NDC) * DC;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     seq_info s = seq_of(a, b);
     if (j0 >= s.sk)
         return;
     const int nk = s.sk - j0 < BN ? s.sk - j0 : BN;
     const int64_t off = s.sk - s.sq;
-    /* query rows that can see keys j0 .. j0+nk-1, in whole tiles */
+    /* query rows that can see keys j0 .. j0+nk-1, in whole steps */
     int64_t ilo = 0, ihi = s.sq;
     if (a.right >= 0 && j0 - off - a.right > ilo)
         ilo = j0 - off - a.right;
     if (a.left >= 0 && j0 + nk - 1 - off + a.left + 1 < ihi)
         ihi = j0 + nk - 1 - off + a.left + 1;
-    ilo = ilo / BM * BM;
-    const int nqt = ihi > ilo ? (int)((ihi - ilo + BM - 1) / BM) : 0;
+    ilo = ilo / QT * QT;
+    const int nqt = ihi > ilo ? (int)((ihi - ilo + QT - 1) / QT) : 0;
     const int group = (int)(a.hq / a.hkv);
-    const int nit = nqt * group; /* (query head, query tile) pairs, head-major */
+    const int nit = nqt * group; /* (query head, query step) pairs, head-major */
 
     const T *K = (const T *)a.k.data + b * a.k.sb + s.k0 * a.k.ss + kvh * a.k.sh;
     const T *V = (const T *)a.v.data + b * a.v.sb + s.k0 * a.v.ss + kvh * a.v.sh;
@@ -270,30 +324,31 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
 #define FAB__LOAD_PAIR(it, buf)                                                                                     \
     do {                                                                                                            \
         int h_ = kvh * group + (it) / nqt;                                                                          \
-        int i0_ = (int)(ilo + (int64_t)((it) % nqt) * BM), n_ = s.sq - i0_ < BM ? s.sq - i0_ : BM;                  \
-        attn_load_rows<T, D, THREADS>(sQ + (buf) * BM * (D + 8), (const T *)a.q.data + b * a.q.sb + s.q0 * a.q.ss + h_ * a.q.sh, \
-                        a.q.ss, i0_, n_, BM);                                                                       \
-        attn_load_rows<T, D, THREADS>(sdO + (buf) * BM * (D + 8),                                                                 \
-                        (const T *)a.dout.data + b * a.dout.sb + s.q0 * a.dout.ss + h_ * a.dout.sh, a.dout.ss, i0_, \
-                        n_, BM);                                                                                    \
+        int i0_ = (int)(ilo + (int64_t)((it) % nqt) * QT), n_ = s.sq - i0_ < QT ? s.sq - i0_ : QT;                  \
+        attn_load_rows<T, D, THREADS>(sQ + (buf) * QT * (D + 8),                                                    \
+                                      (const T *)a.q.data + b * a.q.sb + s.q0 * a.q.ss + h_ * a.q.sh, a.q.ss, i0_,  \
+                                      n_, QT);                                                                      \
+        attn_load_rows<T, D, THREADS>(sdO + (buf) * QT * (D + 8),                                                   \
+                                      (const T *)a.dout.data + b * a.dout.sb + s.q0 * a.dout.ss + h_ * a.dout.sh,   \
+                                      a.dout.ss, i0_, n_, QT);                                                      \
         const int64_t lb_ = b * a.lse_sb + h_ * a.lse_sh + s.q0;                                                    \
-        load_vec(sL + (buf) * BM, a.lse + lb_, i0_, n_);                                                            \
-        load_vec(sD + (buf) * BM, Dbuf + lb_, i0_, n_);                                                             \
+        load_vec<QT>(sL + (buf) * QT, a.lse + lb_, i0_, n_);                                                        \
+        load_vec<QT>(sD + (buf) * QT, Dbuf + lb_, i0_, n_);                                                         \
     } while (0)
 
     if (nit > 0)
         FAB__LOAD_PAIR(0, 0);
     fab__cp_async_commit();
 
-    float dk[D / 8][4], dv[D / 8][4];
+    float dk[DC / 8][4], dv[DC / 8][4];
 #pragma unroll
-    for (int i = 0; i < D / 8; i++)
+    for (int i = 0; i < DC / 8; i++)
         dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0;
     const int k_lo = j0 + warp * 16 + g; /* keys of this lane: k_lo, k_lo + 8 */
 
     for (int it = 0; it < nit; it++) {
         const int buf = it & 1;
-        const int i0 = (int)(ilo + (int64_t)(it % nqt) * BM);
+        const int i0 = (int)(ilo + (int64_t)(it % nqt) * QT);
         if (it + 1 < nit) {
             FAB__LOAD_PAIR(it + 1, buf ^ 1);
             fab__cp_async_commit();
@@ -302,18 +357,18 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
             fab__cp_async_wait<0>();
         }
         __syncthreads();
-        const T *cQ = sQ + buf * BM * (D + 8), *cdO = sdO + buf * BM * (D + 8);
-        const float *cL = sL + buf * BM, *cD = sD + buf * BM;
+        const T *cQ = sQ + buf * QT * (D + 8), *cdO = sdO + buf * QT * (D + 8);
+        const float *cL = sL + buf * QT, *cD = sD + buf * QT;
 
-        /* two halves of 32 queries (fewer live registers): S^T = K Q^T and
-         * dP^T = V dO^T (16 keys x 32 queries per warp), then P^T, dS^T, and
-         * dV += P^T dO, dK += dS^T Q (dO, Q by ldmatrix.trans) */
+        /* halves of 32 queries: S^T = K Q^T and dP^T = V dO^T over all D columns
+         * (16 keys x 32 queries per warp), then P^T, dS^T, and dV += P^T dO,
+         * dK += dS^T Q over this block's DC columns (dO, Q by ldmatrix.trans) */
 #pragma unroll 1
-        for (int half = 0; half < 2; half++) {
-            const int qh = half * (BM / 2);
-            float st[BM / 16][4], dpt[BM / 16][4];
+        for (int half = 0; half < QT / 32; half++) {
+            const int qh = half * 32;
+            float st[4][4], dpt[4][4];
 #pragma unroll
-            for (int j = 0; j < BM / 16; j++)
+            for (int j = 0; j < 4; j++)
                 st[j][0] = st[j][1] = st[j][2] = st[j][3] = dpt[j][0] = dpt[j][1] = dpt[j][2] = dpt[j][3] = 0;
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
@@ -322,7 +377,7 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
                 fab__ldmatrix_x4(kf, sK + (warp * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + kk * 16 + 8 * (m >> 1));
                 fab__ldmatrix_x4(vf, sV + (warp * 16 + lane % 8 + 8 * (m & 1)) * (D + 8) + kk * 16 + 8 * (m >> 1));
 #pragma unroll
-                for (int j = 0; j < BM / 16; j += 2) {
+                for (int j = 0; j < 4; j += 2) {
                     uint32_t r[4];
                     fab__ldmatrix_x4(r, cQ + (qh + j * 8 + 8 * (m >> 1) + lane % 8) * (D + 8) + kk * 16 + 8 * (m & 1));
                     uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
@@ -336,7 +391,7 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
             }
             /* P^T into st, dS^T into dpt */
 #pragma unroll
-            for (int j = 0; j < BM / 16; j++) {
+            for (int j = 0; j < 4; j++) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int qi = qh + j * 8 + 2 * t + (e & 1);
@@ -349,20 +404,20 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
                 }
             }
 #pragma unroll
-            for (int kk = 0; kk < BM / 32; kk++) {
+            for (int kk = 0; kk < 2; kk++) {
                 uint32_t pa[4], sa[4];
                 attn_pack_a<T>(pa, st[2 * kk], st[2 * kk + 1]);
                 attn_pack_a<T>(sa, dpt[2 * kk], dpt[2 * kk + 1]);
 #pragma unroll
-                for (int dn = 0; dn < D / 8; dn += 2) {
+                for (int dn = 0; dn < DC / 8; dn += 2) {
                     uint32_t r[4];
                     int m = lane / 8;
                     const int qrow = qh + kk * 16 + lane % 8 + 8 * (m & 1);
-                    fab__ldmatrix_x4_trans(r, cdO + qrow * (D + 8) + dn * 8 + 8 * (m >> 1));
+                    fab__ldmatrix_x4_trans(r, cdO + qrow * (D + 8) + dc0 + dn * 8 + 8 * (m >> 1));
                     uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
                     M::run(dv[dn], pa, b0);
                     M::run(dv[dn + 1], pa, b1);
-                    fab__ldmatrix_x4_trans(r, cQ + qrow * (D + 8) + dn * 8 + 8 * (m >> 1));
+                    fab__ldmatrix_x4_trans(r, cQ + qrow * (D + 8) + dc0 + dn * 8 + 8 * (m >> 1));
                     uint32_t c0[2] = {r[0], r[1]}, c1[2] = {r[2], r[3]};
                     M::run(dk[dn], sa, c0);
                     M::run(dk[dn + 1], sa, c1);
@@ -370,18 +425,20 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
                 if (DQ_ATOMIC) { /* dS^T rows k_lo, k_lo + 8, queries 2t, 2t+1 of each n-tile */
 #pragma unroll
                     for (int r = 0; r < 4; r++)
-                        *reinterpret_cast<uint32_t *>(sdS + (warp * 16 + g + 8 * (r & 1)) * (BM + 8) + qh + kk * 16 +
+                        *reinterpret_cast<uint32_t *>(sdS + (warp * 16 + g + 8 * (r & 1)) * (QT + 8) + qh + kk * 16 +
                                                       8 * (r >> 1) + 2 * t) = sa[r];
                 }
             }
         }
         if (DQ_ATOMIC) {
             __syncthreads(); /* every warp's dS^T in sdS */
+            const int RG = QT / 16, CW = DC / (4 / RG); /* row groups; columns per warp */
             const int h = kvh * group + it / nqt;
             float *acc_base = dqacc + (b * a.lse_sb + h * a.lse_sh + s.q0 + i0) * (int64_t)D;
-            const int qrow = warp * 16 + g; /* tile rows qrow, qrow + 8 */
+            const int q16 = (warp % RG) * 16, qrow = q16 + g; /* step rows qrow, qrow + 8 */
+            const int cw0 = dc0 + (warp / RG) * CW;
 #pragma unroll 1
-            for (int c0 = 0; c0 < D; c0 += DQ_CHUNK) {
+            for (int c0 = cw0; c0 < cw0 + CW; c0 += DQ_CHUNK) {
                 float acc[DQ_CHUNK / 8][4];
 #pragma unroll
                 for (int i = 0; i < DQ_CHUNK / 8; i++)
@@ -389,7 +446,7 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
 #pragma unroll
                 for (int kk = 0; kk < BN / 16; kk++) {
                     uint32_t da[4];
-                    fab__ldmatrix_x4_trans(da, attn_frag_b_ptr<BM>(sdS, kk * 16, warp * 16, lane));
+                    fab__ldmatrix_x4_trans(da, attn_frag_b_ptr<QT>(sdS, kk * 16, q16, lane));
 #pragma unroll
                     for (int dn = 0; dn < DQ_CHUNK / 8; dn += 2) {
                         uint32_t r[4];
@@ -418,8 +475,8 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
     if (nit == 0)
         fab__cp_async_wait<0>();
 
-    T *dK = (T *)a.dk.data + b * a.dk.sb + s.k0 * a.dk.ss + kvh * a.dk.sh;
-    T *dV = (T *)a.dv.data + b * a.dv.sb + s.k0 * a.dv.ss + kvh * a.dv.sh;
+    T *dK = (T *)a.dk.data + b * a.dk.sb + s.k0 * a.dk.ss + kvh * a.dk.sh + dc0;
+    T *dV = (T *)a.dv.data + b * a.dv.sb + s.k0 * a.dv.ss + kvh * a.dv.sh + dc0;
 #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
         int key = k_lo + 8 * hr;
@@ -427,7 +484,7 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
             continue;
         T *dkr = dK + (int64_t)key * a.dk.ss, *dvr = dV + (int64_t)key * a.dv.ss;
 #pragma unroll
-        for (int i = 0; i < D / 8; i++) {
+        for (int i = 0; i < DC / 8; i++) {
             *reinterpret_cast<uint32_t *>(dkr + i * 8 + 2 * t) = M::pack(dk[i][2 * hr], dk[i][2 * hr + 1]);
             *reinterpret_cast<uint32_t *>(dvr + i * 8 + 2 * t) = M::pack(dv[i][2 * hr], dv[i][2 * hr + 1]);
         }
@@ -478,9 +535,10 @@ static cudaError_t launch_one(fab_context *ctx, K kernel, dim3 grid, size_t smem
 template <typename T, int D>
 static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, float *dqacc)
 {
-    const size_t dq_smem = (size_t)(2 * BM + 4 * BN) * (D + 8) * sizeof(T);
-    const size_t dkdv_smem = (size_t)(2 * BN + 4 * BM) * (D + 8) * sizeof(T) + 4 * BM * sizeof(float);
-    const dim3 kgrid((unsigned)((a->sk + BN - 1) / BN), (unsigned)a->hkv, (unsigned)a->batch);
+    typedef bwd_cfg<D> C;
+    const size_t dq_smem = (size_t)(2 * BM + 4 * C::BN_DQ) * (D + 8) * sizeof(T);
+    const size_t dkdv_smem = (size_t)(2 * BN + 4 * C::QT) * (D + 8) * sizeof(T) + 4 * C::QT * sizeof(float);
+    const dim3 kgrid((unsigned)((a->sk + BN - 1) / BN * C::NDC), (unsigned)a->hkv, (unsigned)a->batch);
     cudaError_t err = cudaSuccess;
     if (!dqacc) {
         if (a->sq > 0) /* a grid of 0 blocks is an invalid launch */
@@ -492,7 +550,7 @@ static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const
         return err;
     }
     err = launch_one(ctx, attention_bwd_dkdv_kernel<T, D, true>, kgrid,
-                     dkdv_smem + (size_t)BN * (BM + 8) * sizeof(T), *a, Dbuf, dqacc);
+                     dkdv_smem + (size_t)BN * (C::QT + 8) * sizeof(T), *a, Dbuf, dqacc);
     if (err == cudaSuccess && a->sq > 0)
         err = launch_one(ctx, attention_bwd_dq_convert_kernel<T, D>,
                          dim3((unsigned)((a->sq * (D / 8) + THREADS - 1) / THREADS), (unsigned)a->hq,
@@ -515,7 +573,8 @@ static cudaError_t launch_all(fab_context *ctx, const fab__attn_args *a, float *
     case 32: return launch_grads<T, 32>(ctx, a, Dbuf, dqacc);
     case 64: return launch_grads<T, 64>(ctx, a, Dbuf, dqacc);
     case 96: return launch_grads<T, 96>(ctx, a, Dbuf, dqacc);
-    default: return launch_grads<T, 128>(ctx, a, Dbuf, dqacc);
+    case 128: return launch_grads<T, 128>(ctx, a, Dbuf, dqacc);
+    default: return launch_grads<T, 256>(ctx, a, Dbuf, dqacc);
     }
 }
 
@@ -527,7 +586,7 @@ extern "C" fab_status fab__attention_backward_sm80(fab_context *ctx, const fab__
     cudaError_t err = cudaSetDevice(ctx->device);
     if (err != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "%s: cudaSetDevice failed: %s", op, cudaGetErrorString(err));
-    if (a->d != 32 && a->d != 64 && a->d != 96 && a->d != 128)
+    if (a->d != 32 && a->d != 64 && a->d != 96 && a->d != 128 && a->d != 256)
         return fab__fail(FAB_ERR_INTERNAL, "%s: head_dim %lld reached the sm80 kernel", op, (long long)a->d);
     /* one scratch block: D (nrows floats), then on the fast path the dq
      * accumulator (nrows x d floats, 16-byte aligned, zeroed) */
