@@ -247,8 +247,10 @@ static void check(fuzz *z, const char *op, fab_status s, int iter)
     }
 }
 
-static void setup(fuzz *z, fab_context *ctx)
+/* A context for the test's backend (skips without one) and the arenas on it. */
+static fab_context *setup(fuzz *z)
 {
+    fab_context *ctx = fab_test_context();
     memset(z, 0, sizeof *z);
     z->ctx = ctx;
     for (int i = 0; i < MAX_FIELDS; i++) {
@@ -258,6 +260,14 @@ static void setup(fuzz *z, fab_context *ctx)
     }
     z->after = malloc(ARENA);
     assert_non_null(z->after);
+    return ctx;
+}
+
+/* Iteration `it` of an op: its own random stream (replayable alone), no fields yet. */
+static void begin(fuzz *z, uint64_t salt, int it)
+{
+    fab_test_reseed(salt + (uint64_t)it);
+    z->nf = 0;
 }
 
 /* Prints what happened and fails when the calls were nearly all accepted or all
@@ -295,18 +305,16 @@ static int iters_for(fab_context *ctx, int cpu_iters)
 static void fuzz_gelu(void **state)
 {
     (void)state;
-    fab_context *ctx = fab_test_context();
     fuzz z;
-    setup(&z, ctx);
+    fab_context *ctx = setup(&z);
     int n = iters_for(ctx, 2000);
     for (int it = 0; it < n; it++) {
-        fab_test_reseed(0x6e1000 + (uint64_t)it);
+        begin(&z, 0x6e1000, it);
         int backward = chance(50);
         fab_gelu_params f;
         fab_gelu_backward_params b;
         memset(&f, 0, sizeof f);
         memset(&b, 0, sizeof b);
-        z.nf = 0;
         if (backward) {
             add_field(&z, "x", &b.x, 0);
             add_field(&z, "dy", &b.dy, 0);
@@ -340,15 +348,13 @@ static void fuzz_gelu(void **state)
 static void fuzz_matmul(void **state)
 {
     (void)state;
-    fab_context *ctx = fab_test_context();
     fuzz z;
-    setup(&z, ctx);
+    fab_context *ctx = setup(&z);
     int n = iters_for(ctx, 2000);
     for (int it = 0; it < n; it++) {
-        fab_test_reseed(0x3a7000 + (uint64_t)it);
+        begin(&z, 0x3a7000, it);
         fab_matmul_params p;
         memset(&p, 0, sizeof p);
-        z.nf = 0;
         add_field(&z, "a", &p.a, 0);
         add_field(&z, "b", &p.b, 0);
         add_field(&z, "c", &p.c, 1);
@@ -397,15 +403,13 @@ static void fuzz_matmul(void **state)
 static void fuzz_bias_grad(void **state)
 {
     (void)state;
-    fab_context *ctx = fab_test_context();
     fuzz z;
-    setup(&z, ctx);
+    fab_context *ctx = setup(&z);
     int n = iters_for(ctx, 1000);
     for (int it = 0; it < n; it++) {
-        fab_test_reseed(0xb1a5000 + (uint64_t)it);
+        begin(&z, 0xb1a5000, it);
         fab_matmul_bias_grad_params p;
         memset(&p, 0, sizeof p);
-        z.nf = 0;
         add_field(&z, "dy", &p.dy, 0);
         add_field(&z, "dbias", &p.dbias, 1);
         int64_t shape[3] = {rnd(1, 3), rnd(1, 7), rnd(1, 9)};
@@ -429,16 +433,14 @@ typedef struct attn_call {
 static void fuzz_attention(void **state)
 {
     (void)state;
-    fab_context *ctx = fab_test_context();
     fuzz z;
-    setup(&z, ctx);
+    fab_context *ctx = setup(&z);
     int n = iters_for(ctx, 1500);
     for (int it = 0; it < n; it++) {
-        fab_test_reseed(0xa77000 + (uint64_t)it);
+        begin(&z, 0xa77000, it);
         int backward = chance(40), varlen = chance(30);
         attn_call c;
         memset(&c, 0, sizeof c);
-        z.nf = 0;
         add_field(&z, "q", &c.q, 0);
         add_field(&z, "k", &c.k, 0);
         add_field(&z, "v", &c.v, 0);
