@@ -280,6 +280,14 @@ static fab_status attention(fab_context *ctx, const common *c)
         FAB__TRY(fab__check_same_shape(op, "dk", c->dk, "k", c->k));
         FAB__TRY(fab__check_same_shape(op, "dv", c->dv, "k", c->k));
     }
+    /* cu_seqlens tensors (before their shapes count the batch) */
+    if (varlen) {
+        FAB__TRY(check_cu_tensor(op, "cu_seqlens_q", c->cu_q));
+        FAB__TRY(check_cu_tensor(op, "cu_seqlens_k", c->cu_k));
+        if (c->cu_k->shape[0] != c->cu_q->shape[0])
+            return fab__fail(INVALID, "%s: cu_seqlens_k.shape[0]=%" PRId64 " must equal cu_seqlens_q.shape[0]=%" PRId64,
+                             op, c->cu_k->shape[0], c->cu_q->shape[0]);
+    }
     const int64_t batch = varlen ? c->cu_q->shape[0] - 1 : c->q->shape[0];
     const int64_t rows_q = varlen ? c->q->shape[0] : c->q->shape[1]; /* total_q or sq */
     const int64_t rows_k = varlen ? c->k->shape[0] : c->k->shape[1];
@@ -293,15 +301,6 @@ static fab_status attention(fab_context *ctx, const common *c)
         return fab__fail(INVALID, "%s: lse is absent; the backward pass needs the forward's lse", op);
     if (have_lse)
         FAB__TRY(check_lse(c, varlen, batch, hq, rows_q));
-
-    /* cu_seqlens tensors */
-    if (varlen) {
-        FAB__TRY(check_cu_tensor(op, "cu_seqlens_q", c->cu_q));
-        FAB__TRY(check_cu_tensor(op, "cu_seqlens_k", c->cu_k));
-        if (c->cu_k->shape[0] != c->cu_q->shape[0])
-            return fab__fail(INVALID, "%s: cu_seqlens_k.shape[0]=%" PRId64 " must equal cu_seqlens_q.shape[0]=%" PRId64,
-                             op, c->cu_k->shape[0], c->cu_q->shape[0]);
-    }
 
     /* no output overlaps an input or another output */
     const fab_tensor *ins[8] = {c->q, c->k, c->v, c->out, c->dout, c->lse, c->cu_q, c->cu_k};
