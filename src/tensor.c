@@ -71,7 +71,8 @@ fab_status fab__check_tensor(const char *op, const char *name, const fab_tensor 
         return fab__fail(INVALID, "%s: %s.dtype=%d is not a known fab_dtype", op, name, (int)t->dtype);
     if (t->ndim < 0 || t->ndim > FAB_MAX_DIMS)
         return fab__fail(INVALID, "%s: %s.ndim=%d must be in [0, %d]", op, name, t->ndim, FAB_MAX_DIMS);
-    /* the largest element offset must fit, in bytes, in int64 */
+    /* the elements, and the span up to the end of the last one, must fit in int64
+     * bytes */
     int64_t numel = 1, max_offset = 0;
     for (int i = 0; i < t->ndim; i++) {
         if (t->shape[i] < 0)
@@ -80,15 +81,15 @@ fab_status fab__check_tensor(const char *op, const char *name, const fab_tensor 
         if (t->stride[i] < 0)
             return fab__fail(INVALID, "%s: %s.stride[%d]=%" PRId64 " must be >= 0", op, name, i,
                              t->stride[i]);
-        if (t->shape[i] > 0 && numel > INT64_MAX / t->shape[i])
-            return fab__fail(INVALID, "%s: %s has more than 2^63 elements", op, name);
+        if (t->shape[i] > 0 && numel > INT64_MAX / (int64_t)esize / t->shape[i])
+            return fab__fail(INVALID, "%s: %s has more than 2^63 bytes of elements", op, name);
         numel *= t->shape[i];
     }
     if (numel == 0)
         return FAB_OK;
     for (int i = 0; i < t->ndim; i++) {
         int64_t extent = t->shape[i] - 1;
-        if (t->stride[i] > 0 && extent > (INT64_MAX / (int64_t)esize - max_offset) / t->stride[i])
+        if (t->stride[i] > 0 && extent > (INT64_MAX / (int64_t)esize - 1 - max_offset) / t->stride[i])
             return fab__fail(INVALID, "%s: %s spans more than 2^63 bytes (shape[%d]*stride[%d])", op,
                              name, i, i);
         max_offset += extent * t->stride[i];

@@ -378,7 +378,6 @@ static void fuzz_matmul(void **state)
                 e[3] = 1;
                 make(&z, 4, cd, 2 + nb, sc + 1 - nb);
             } else if (chance(50)) {
-                z.f[4].output = 1;
                 make(&z, 4, cd, 2 + nb, sc + 1 - nb);
             }
         }
@@ -390,6 +389,7 @@ static void fuzz_matmul(void **state)
         e[5] = chance(20) ? 3 : 0;
         for (int mu = (int)rnd(0, 3); mu > 0; mu--)
             mutate(&z, e, fl, 6, 2);
+        z.f[4].output = !e[3]; /* pre_act: the forward writes it, the activation's backward reads it */
         p.trans_a = (fab_matmul_op)e[0], p.trans_b = (fab_matmul_op)e[1];
         p.activation = (fab_matmul_activation)e[2], p.activation_backward = e[3];
         p.precision = (fab_matmul_precision)e[4], p.algo = (fab_matmul_algo)e[5];

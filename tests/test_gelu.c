@@ -242,6 +242,9 @@ static void test_bad_arguments(void **state)
     EXPECT(p.y.ndim = -2, INVALID, "y.ndim=-2");
     EXPECT(p.x.shape[0] = -5, INVALID, "x.shape[0]=-5");
     EXPECT((p.x.ndim = 2, p.x.shape[0] = INT64_MAX / 4, p.x.shape[1] = 8, p.x.stride[0] = 8), INVALID, "x has more than 2^63");
+    /* exactly 2^63 bytes (2^61 f32): one byte too many (test_fuzz found the edge) */
+    EXPECT((p.x.ndim = 2, p.x.shape[0] = (int64_t)1 << 61, p.x.shape[1] = 1, p.x.stride[0] = 1, p.x.stride[1] = 1),
+           INVALID, "x has more than 2^63");
     EXPECT(p.y.shape[0] = 63, INVALID, "y.shape[0]=63 must equal x.shape[0]=64");
     EXPECT((p.y.ndim = 2, p.y.shape[0] = 8, p.y.shape[1] = 8, p.y.stride[0] = 8, p.y.stride[1] = 1), INVALID, "y.ndim=2 must equal x.ndim=1");
     EXPECT(p.y.dtype = FAB_DTYPE_BF16, INVALID, "y.dtype=bf16 must equal x.dtype=f32");
