@@ -21,8 +21,9 @@
 /* Tests only (tests/CMakeLists.txt): FAB_MM_FORCE_UKERNEL names the kernel every
  * GEMM of this copy of the library runs (k_avx512, k_avx2 or k_generic), so the
  * kernels this CPU would not pick are tested too. With FAB_MM_SIMDE the x86
- * intrinsics come from SIMDe's portable implementations: the AVX-512 kernel then
- * runs, exactly and slowly, on a CPU without AVX-512. */
+ * intrinsics come from SIMDe's portable implementations: the AVX-512 kernel's
+ * indexing and data flow then run, slowly, on a CPU without AVX-512 (its FMA may
+ * round twice there, within the tests' tolerance). */
 #if defined(FAB_MM_SIMDE)
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>

@@ -4,9 +4,9 @@
  *
  * Every collective is posted non-blocking and completed by polling against the
  * call's deadline, so a rank that never joins turns into FAB_ERR_TIMEOUT instead
- * of a hang: MPI's own (MPI_Iallreduce, ...), or for large all-reduce and
- * reduce-scatter fabriek's ring on MPI_Isend/MPI_Irecv (comm_mpi_ring.c; libnbc's
- * are ~2x slower than the blocking calls there). With MPI_THREAD_MULTIPLE a
+ * of a hang: MPI's own (MPI_Iallreduce, ...), or for large all-reduce,
+ * reduce-scatter and all-gather fabriek's ring on MPI_Isend/MPI_Irecv
+ * (comm_mpi_ring.c; libnbc's are up to ~2x slower than the blocking calls there). With MPI_THREAD_MULTIPLE a
  * progress thread polls the side queue (gradient buckets) while the caller
  * computes; everything else is polled by the calling thread. MPI cannot cancel a posted
  * collective: after a timeout the communicator is only marked unusable, its MPI
