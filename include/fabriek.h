@@ -145,7 +145,8 @@ typedef struct fab_context_config {
     fab_backend backend;    /* default AUTO */
     int device;             /* CUDA device ordinal; default 0 */
     void *stream;           /* cudaStream_t to run on; NULL: the context creates its own */
-    size_t workspace_bytes; /* scratch the context may keep; 0: library default */
+    size_t workspace_bytes; /* scratch the context may keep (cuBLASLt's workspace; the CPU
+                             * matmul's packing buffers); 0: library default, 32 MiB */
     int deterministic;      /* non-zero: bitwise-identical results run to run */
     int num_threads;        /* CPU threads; 0: OpenMP's default */
 } fab_context_config;

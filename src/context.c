@@ -96,7 +96,38 @@ void fab_context_destroy(fab_context *ctx)
     if (ctx->backend == FAB_BACKEND_CUDA)
         fab__cuda_context_release(ctx);
     fab__matmul_context_release(ctx);
+    free(ctx->host_scratch);
     free(ctx);
+}
+
+static void *aligned_host_alloc(size_t bytes)
+{
+    size_t rounded = (bytes + 63) / 64 * 64;
+    return rounded >= bytes ? aligned_alloc(64, rounded ? rounded : 64) : NULL;
+}
+
+void *fab__host_scratch_get(fab_context *ctx, size_t bytes)
+{
+    if (ctx->host_scratch_busy || bytes > ctx->workspace_bytes)
+        return aligned_host_alloc(bytes);
+    if (bytes > ctx->host_scratch_bytes) {
+        free(ctx->host_scratch);
+        ctx->host_scratch_bytes = 0;
+        ctx->host_scratch = aligned_host_alloc(bytes);
+        if (!ctx->host_scratch)
+            return NULL;
+        ctx->host_scratch_bytes = bytes;
+    }
+    ctx->host_scratch_busy = true;
+    return ctx->host_scratch;
+}
+
+void fab__host_scratch_put(fab_context *ctx, void *buf)
+{
+    if (buf && buf == ctx->host_scratch)
+        ctx->host_scratch_busy = false;
+    else
+        free(buf);
 }
 
 fab_backend fab_context_backend(const fab_context *ctx)

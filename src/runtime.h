@@ -54,7 +54,20 @@ struct fab_context {
 
     /* Per-op state an op creates lazily and releases with the context. */
     void *matmul; /* kernels/matmul (fab__mm_state): cuBLASLt state and AUTO's tuning cache */
+
+    /* CPU: host scratch kept from call to call (fab__host_scratch_get) */
+    void *host_scratch;
+    size_t host_scratch_bytes;
+    bool host_scratch_busy;
 };
+
+/* A 64-byte aligned host buffer of `bytes` for the duration of one op. Up to
+ * ctx->workspace_bytes it is the context's own scratch, kept and grown across
+ * calls, so large ops do not fault fresh pages in every time; beyond that, or
+ * while the scratch is lent out, it is a fresh allocation. Give it back with
+ * fab__host_scratch_put. NULL when there is no memory. */
+void *fab__host_scratch_get(fab_context *ctx, size_t bytes);
+void fab__host_scratch_put(fab_context *ctx, void *buf);
 
 /* Releases ctx->matmul (kernels/matmul/matmul.c); safe in every build. */
 void fab__matmul_context_release(fab_context *ctx);

@@ -9,7 +9,8 @@
  * so the micro-kernel is f32 only.
  *
  * Threads: one OpenMP region per call; the packed B block is shared, the work
- * on it is handed out dynamically in tasks (see gemm_packed).
+ * on it is handed out dynamically in tasks (see gemm_packed). The packing
+ * buffers are the context's host scratch, so repeated calls reuse warm pages.
  *
  * Numerics: f32 FMA, the k-sum in KC-sized slices in order, so results depend
  * only on the shape, never on the thread count: deterministic. The f32 sum of
@@ -89,85 +90,155 @@ static bool epilogue_needed(const fab__mm_args *a, bool w_is_c)
 
 /* ------------------------------------------------------------------ packing */
 
-/* op(A)[i0 .. i0+mc) x [p0 .. p0+kc) into MR-row panels: panel q holds rows
- * i0+q*MR.., as kc columns of MR values; rows past mc are zero. */
-static void pack_a(const fab__mm_args *a, const void *A, int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr,
-                   float *dst)
+/* A panel is kc rows of w values (w = MR for A, NR for B); panels of one block
+ * lie one after the other, w*kc floats apart. The packing routines read the
+ * stored matrices in memory order, a stored row (or a run of one) at a time, so
+ * the hardware prefetchers can stream them; they never walk down a column, which
+ * would cost a cache miss per element. f16/bf16 runs are widened first into a
+ * per-thread f32 staging buffer, then packed like f32. */
+
+/* src[off .. off+n) as f32: the source itself when it is f32, else widened into
+ * stage. */
+static inline const float *run_f32(const void *src, fab_dtype dt, int64_t off, int64_t n, float *stage)
 {
-    const fab_dtype dt = a->ab_dtype;
-    for (int64_t q = 0; q < mc; q += mr) {
-        float *d = dst + q * kc;
-        int64_t rows = mc - q < mr ? mc - q : mr;
-        if (!a->trans_a) { /* A stored [m, k]: row r of the panel is contiguous in k */
-            for (int64_t r = 0; r < rows; r++) {
-                int64_t base = (i0 + q + r) * a->lda + p0;
-                if (dt == FAB_DTYPE_F32) {
-                    const float *s = (const float *)A + base;
-                    for (int64_t p = 0; p < kc; p++)
-                        d[p * mr + r] = s[p];
-                } else {
-                    const uint16_t *s = (const uint16_t *)A + base;
-                    if (dt == FAB_DTYPE_BF16)
-                        for (int64_t p = 0; p < kc; p++)
-                            d[p * mr + r] = fab__bf16_load(s[p]);
-                    else
-                        for (int64_t p = 0; p < kc; p++)
-                            d[p * mr + r] = fab__f16_load(s[p]);
-                }
-            }
-        } else { /* A stored [k, m]: for each p, the panel's MR values are contiguous */
-            for (int64_t p = 0; p < kc; p++) {
-                int64_t base = (p0 + p) * a->lda + i0 + q;
-                for (int64_t r = 0; r < rows; r++)
-                    d[p * mr + r] = fab__load_f(A, dt, base + r);
-            }
+    if (dt == FAB_DTYPE_F32)
+        return (const float *)src + off;
+    const uint16_t *s = (const uint16_t *)src + off;
+    if (dt == FAB_DTYPE_BF16)
+        for (int64_t i = 0; i < n; i++)
+            stage[i] = fab__bf16_load(s[i]);
+    else
+        for (int64_t i = 0; i < n; i++)
+            stage[i] = fab__f16_load(s[i]);
+    return stage;
+}
+
+/* Both shapes of packing are small transposes. They go SCATTER_ROWS rows (or 8
+ * columns) at a time, so that each destination line is written whole before the
+ * next, and each source line is read whole: panels lie w*kc floats apart (16 KiB
+ * for B), so walking one row across all panels would touch one cache set per
+ * panel and run out of L1 ways. */
+#define SCATTER_ROWS 8
+#define FAB_MM_MAX_W 32 /* the widest register tile side (MR or NR) */
+
+/* One panel from `nruns` contiguous runs of kc values: run r becomes column r of
+ * the panel, d[p*w + r]; columns past nruns are zero. Inlined with a constant w,
+ * the inner loops unroll. */
+static inline __attribute__((always_inline)) void interleave_w(const float *const *run, int nruns, int64_t kc, int w,
+                                                               float *d)
+{
+    int64_t p0 = 0;
+    if (nruns == w) { /* whole 8-deep blocks: w runs x 8 values through a small buffer */
+        float blk[FAB_MM_MAX_W][8];
+        for (; p0 + 8 <= kc; p0 += 8) {
+            for (int r = 0; r < w; r++)
+                for (int t = 0; t < 8; t++)
+                    blk[r][t] = run[r][p0 + t];
+            for (int t = 0; t < 8; t++)
+                for (int r = 0; r < w; r++)
+                    d[(p0 + t) * w + r] = blk[r][t];
         }
-        if (rows < mr)
-            for (int64_t p = 0; p < kc; p++)
-                for (int64_t r = rows; r < mr; r++)
-                    d[p * mr + r] = 0.0f;
+    }
+    for (int64_t p = p0; p < kc; p++) /* the rest, and panels with missing runs */
+        for (int r = 0; r < w; r++)
+            d[p * w + r] = r < nruns ? run[r][p] : 0.0f;
+}
+
+static void interleave(const float *const *run, int nruns, int64_t kc, int w, float *d)
+{
+    switch (w) {
+    case 6: interleave_w(run, nruns, kc, 6, d); break;
+    case 12: interleave_w(run, nruns, kc, 12, d); break;
+    case 16: interleave_w(run, nruns, kc, 16, d); break;
+    case 32: interleave_w(run, nruns, kc, 32, d); break;
+    default: interleave_w(run, nruns, kc, w, d); break;
     }
 }
 
-/* op(B)[p0 .. p0+kc) x [j0+q*NR ..) as one NR-column panel: kc rows of NR values,
- * columns past n are zero. */
-static void pack_b_panel(const fab__mm_args *a, const void *B, int64_t p0, int64_t kc, int64_t j0, int64_t cols,
-                         int nr, float *d)
+/* Rows p0 .. p0+nrows of consecutive panels from nrows runs of n values: values
+ * [q*w, q*w + w) of run r go to d + q*w*kc + (p0+r)*w; the last panel's columns
+ * past n are zero. */
+static inline __attribute__((always_inline)) void scatter_w(const float *const *run, int nrows, int64_t n, int64_t p0,
+                                                            int64_t kc, int w, float *d)
+{
+    int64_t q = 0;
+    for (; q * w + w <= n; q++) {
+        float *dq = d + q * w * kc + p0 * w;
+        for (int r = 0; r < nrows; r++)
+            for (int c = 0; c < w; c++)
+                dq[r * w + c] = run[r][q * w + c];
+    }
+    if (q * w < n) {
+        float *dq = d + q * w * kc + p0 * w;
+        for (int r = 0; r < nrows; r++)
+            for (int c = 0; c < w; c++)
+                dq[r * w + c] = q * w + c < n ? run[r][q * w + c] : 0.0f;
+    }
+}
+
+static void scatter(const float *const *run, int nrows, int64_t n, int64_t p0, int64_t kc, int w, float *d)
+{
+    switch (w) {
+    case 6: scatter_w(run, nrows, n, p0, kc, 6, d); break;
+    case 12: scatter_w(run, nrows, n, p0, kc, 12, d); break;
+    case 16: scatter_w(run, nrows, n, p0, kc, 16, d); break;
+    case 32: scatter_w(run, nrows, n, p0, kc, 32, d); break;
+    default: scatter_w(run, nrows, n, p0, kc, w, d); break;
+    }
+}
+
+/* Rows p .. p+nrows of panels from stored rows: stored row (p_src + r) holds n
+ * values starting at column j of src (row stride ld). */
+static void scatter_stored_rows(const void *src, fab_dtype dt, int64_t ld, int64_t p_src, int64_t j, int64_t n,
+                                int64_t p, int nrows, int64_t kc, int w, float *d, float *stage)
+{
+    const float *run[SCATTER_ROWS];
+    for (int r = 0; r < nrows; r++)
+        run[r] = run_f32(src, dt, (p_src + r) * ld + j, n, stage + r * n);
+    scatter(run, nrows, n, p, kc, w, d);
+}
+
+/* op(A)[i0 .. i0+mc) x [p0 .. p0+kc) into MR-row panels (rows past mc zero).
+ * stage: max(MR*kc, SCATTER_ROWS*mc) floats. */
+static void pack_a(const fab__mm_args *a, const void *A, int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr,
+                   float *dst, float *stage)
 {
     const fab_dtype dt = a->ab_dtype;
-    if (!a->trans_b) { /* B stored [k, n]: each row of the panel is contiguous */
-        for (int64_t p = 0; p < kc; p++) {
-            int64_t base = (p0 + p) * a->ldb + j0;
-            float *dp = d + p * nr;
-            if (dt == FAB_DTYPE_F32) {
-                memcpy(dp, (const float *)B + base, (size_t)cols * sizeof(float));
-            } else {
-                const uint16_t *s = (const uint16_t *)B + base;
-                if (dt == FAB_DTYPE_BF16)
-                    for (int64_t c = 0; c < cols; c++)
-                        dp[c] = fab__bf16_load(s[c]);
-                else
-                    for (int64_t c = 0; c < cols; c++)
-                        dp[c] = fab__f16_load(s[c]);
-            }
-            for (int64_t c = cols; c < nr; c++)
-                dp[c] = 0.0f;
+    if (!a->trans_a) { /* A stored [m, k]: each panel row is a run along k */
+        const float *run[FAB_MM_MAX_W];
+        for (int64_t q = 0; q < mc; q += mr) {
+            int rows = (int)(mc - q < mr ? mc - q : mr);
+            for (int r = 0; r < rows; r++)
+                run[r] = run_f32(A, dt, (i0 + q + r) * a->lda + p0, kc, stage + r * kc);
+            interleave(run, rows, kc, mr, dst + q * kc);
         }
-    } else { /* B stored [n, k]: column c of the panel is contiguous in k */
-        for (int64_t c = 0; c < cols; c++) {
-            int64_t base = (j0 + c) * a->ldb + p0;
-            if (dt == FAB_DTYPE_F32) {
-                const float *s = (const float *)B + base;
-                for (int64_t p = 0; p < kc; p++)
-                    d[p * nr + c] = s[p];
-            } else {
-                for (int64_t p = 0; p < kc; p++)
-                    d[p * nr + c] = fab__load_f(B, dt, base + p);
-            }
+    } else { /* A stored [k, m]: stored row p0+p holds column p of every panel */
+        for (int64_t p = 0; p < kc; p += SCATTER_ROWS) {
+            int rows = (int)(kc - p < SCATTER_ROWS ? kc - p : SCATTER_ROWS);
+            scatter_stored_rows(A, dt, a->lda, p0 + p, i0, mc, p, rows, kc, mr, dst, stage);
         }
-        for (int64_t p = 0; p < kc; p++)
-            for (int64_t c = cols; c < nr; c++)
-                d[p * nr + c] = 0.0f;
+    }
+}
+
+/* op(B)[p0 .. p0+kc) x [j0 .. j0+cols) into NR-column panels (columns past cols
+ * zero). stage: max(NR*kc, SCATTER_ROWS*cols) floats. */
+static void pack_b(const fab__mm_args *a, const void *B, int64_t p0, int64_t kc, int64_t j0, int64_t cols, int nr,
+                   float *dst, float *stage)
+{
+    const fab_dtype dt = a->ab_dtype;
+    if (!a->trans_b) { /* B stored [k, n]: stored row p0+p holds row p of every panel */
+        for (int64_t p = 0; p < kc; p += SCATTER_ROWS) {
+            int rows = (int)(kc - p < SCATTER_ROWS ? kc - p : SCATTER_ROWS);
+            scatter_stored_rows(B, dt, a->ldb, p0 + p, j0, cols, p, rows, kc, nr, dst, stage);
+        }
+    } else { /* B stored [n, k]: each panel column is a run along k */
+        const float *run[FAB_MM_MAX_W];
+        for (int64_t q = 0; q < cols; q += nr) {
+            int n = (int)(cols - q < nr ? cols - q : nr);
+            for (int c = 0; c < n; c++)
+                run[c] = run_f32(B, dt, (j0 + q + c) * a->ldb + p0, kc, stage + c * kc);
+            interleave(run, n, kc, nr, dst + q * kc);
+        }
     }
 }
 
@@ -234,6 +305,10 @@ static void do_tile(const fab__mm_args *a, const gemm_plan *g, int64_t bt_c, int
  * other work takes away for a while delays only its own tasks; one barrier per
  * column block (after packing B), not one per k slice. A task packs its MC x KC
  * A block per slice (L2) and runs it against each B panel of its group (L1). */
+/* B is packed in units of this many panels (256 columns of NR = 16): a stored row
+ * is read 1 KiB at a time, and there are units enough to share. */
+#define B_UNIT_PANELS 16
+
 static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
 {
     gemm_plan g;
@@ -248,8 +323,17 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
     if (nslices > 1)
         g.kc = ((a->k + nslices - 1) / nslices + 7) / 8 * 8;
     nslices = (a->k + g.kc - 1) / g.kc;
-    /* row blocks of equal height (a multiple of MR), so no block is thin */
+    double flops = 2.0 * (double)a->m * (double)a->n * (double)a->k * (double)a->batch;
+    int threads = flops < 2e6 ? 1 : ctx->num_threads;
+    /* row blocks of equal height (a multiple of MR), so no block is thin, and as
+     * many as a multiple of the thread count where m allows, so that one row of
+     * tasks keeps every thread busy to the end (15 blocks on 2 threads idle one
+     * thread for a 16th of the time) */
     int64_t nblocks = (a->m + g.mc - 1) / g.mc;
+    int64_t max_blocks = (a->m + MR - 1) / MR;
+    nblocks = (nblocks + threads - 1) / threads * threads;
+    if (nblocks > max_blocks)
+        nblocks = max_blocks;
     g.mc = ((a->m + nblocks - 1) / nblocks + MR - 1) / MR * MR;
     int64_t n_round = (a->n + NR - 1) / NR * NR;
     if (nc_max > n_round)
@@ -258,15 +342,20 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
     if (!g.w_is_c && nslices > 1)
         g.ldw = nc_max;
 
-    double flops = 2.0 * (double)a->m * (double)a->n * (double)a->k * (double)a->batch;
-    int threads = flops < 2e6 ? 1 : ctx->num_threads;
-
     size_t b_floats = (size_t)g.kc * (size_t)nslices * (size_t)nc_max;
     size_t a_floats = (size_t)g.kc * (size_t)g.mc;
     size_t t_floats = (size_t)(2 * MR * NR);
+    /* staging for f16/bf16 runs: MR or NR runs of kc, a row of an A block, or a
+     * row of a B packing unit */
+    size_t st_floats = (size_t)(MR > NR ? MR : NR) * (size_t)g.kc;
+    if (st_floats < (size_t)(SCATTER_ROWS * g.mc))
+        st_floats = (size_t)(SCATTER_ROWS * g.mc);
+    if (st_floats < (size_t)(SCATTER_ROWS * B_UNIT_PANELS * NR))
+        st_floats = (size_t)(SCATTER_ROWS * B_UNIT_PANELS * NR);
     size_t s_floats = g.ldw ? (size_t)a->m * (size_t)g.ldw : 0;
-    size_t total = b_floats + s_floats + (a_floats + t_floats) * (size_t)threads;
-    float *buf = fab__mm_aligned_alloc(total * sizeof(float));
+    size_t per_thread_floats = a_floats + t_floats + st_floats;
+    size_t total = b_floats + s_floats + per_thread_floats * (size_t)threads;
+    float *buf = fab__host_scratch_get(ctx, total * sizeof(float));
     if (!buf)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_matmul: no host memory for the packing buffers (%zu bytes)",
                          total * sizeof(float));
@@ -279,8 +368,8 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
         tid = omp_get_thread_num();
         nt = omp_get_num_threads();
 #endif
-        float *my_a = per_thread + (a_floats + t_floats) * (size_t)tid;
-        float *my_tile = my_a + a_floats;
+        float *my_a = per_thread + per_thread_floats * (size_t)tid;
+        float *my_tile = my_a + a_floats, *my_stage = my_tile + t_floats;
         for (int64_t bt = 0; bt < a->batch; bt++) {
             const void *A = bptr(a->a, a->ab_dtype, fab__mm_batch_offset(a, a->a_bstride, bt));
             const void *B = bptr(a->b, a->ab_dtype, fab__mm_batch_offset(a, a->b_bstride, bt));
@@ -289,14 +378,16 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
             for (int64_t jc = 0; jc < a->n; jc += nc_max) {
                 int64_t nc = a->n - jc < nc_max ? a->n - jc : nc_max;
                 int64_t npanels = (nc + NR - 1) / NR;
-                /* all k slices of this column block, packed by all threads: slice s
-                 * of panel q at bbuf + s*KC*nc_round + q*NR*kc */
-#pragma omp for schedule(dynamic, 4)
-                for (int64_t u = 0; u < npanels * nslices; u++) {
-                    int64_t s = u / npanels, q = u % npanels;
+                /* all k slices of this column block, packed by all threads in units
+                 * of B_UNIT_PANELS panels: slice s of panel q at
+                 * bbuf + s*KC*nc_max + q*NR*kc */
+                int64_t units = (npanels + B_UNIT_PANELS - 1) / B_UNIT_PANELS;
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t u = 0; u < units * nslices; u++) {
+                    int64_t s = u / units, q = u % units * B_UNIT_PANELS;
                     int64_t p0 = s * g.kc, kc = a->k - p0 < g.kc ? a->k - p0 : g.kc;
-                    int64_t cols = nc - q * NR < NR ? nc - q * NR : NR;
-                    pack_b_panel(a, B, p0, kc, jc + q * NR, cols, NR, bbuf + s * g.kc * nc_max + q * NR * kc);
+                    int64_t cols = nc - q * NR < B_UNIT_PANELS * NR ? nc - q * NR : B_UNIT_PANELS * NR;
+                    pack_b(a, B, p0, kc, jc + q * NR, cols, NR, bbuf + s * g.kc * nc_max + q * NR * kc, my_stage);
                 }
                 /* tasks: row blocks x panel groups; a group is wide (>= 512 columns
                  * where n allows), since its task repacks its A block per k slice */
@@ -316,12 +407,20 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
                     for (int64_t s = 0; s < nslices; s++) {
                         int64_t p0 = s * g.kc, kc = a->k - p0 < g.kc ? a->k - p0 : g.kc;
                         const float *bs = bbuf + s * g.kc * nc_max;
-                        pack_a(a, A, ic, mc, p0, kc, MR, my_a);
+                        pack_a(a, A, ic, mc, p0, kc, MR, my_a, my_stage);
                         for (int64_t q = q0; q < q1; q++) {
                             int64_t j = jc + q * NR;
                             int nr_eff = (int)(nc - q * NR < NR ? nc - q * NR : NR);
-                            for (int64_t ir = 0; ir < mc; ir += MR) {
+                            /* the next B panel comes from L3 (or memory): its lines are
+                             * prefetched a share per micro-kernel call, so its first
+                             * call does not wait for them one by one */
+                            const char *next_b = (const char *)(bs + (q + 1) * NR * kc);
+                            int64_t next_lines = q + 1 < q1 ? NR * kc / 16 : 0;
+                            int64_t per_call = (next_lines * MR + mc - 1) / mc;
+                            for (int64_t ir = 0, l = 0; ir < mc; ir += MR) {
                                 int mr_eff = (int)(mc - ir < MR ? mc - ir : MR);
+                                for (int64_t e = l + per_call < next_lines ? l + per_call : next_lines; l < e; l++)
+                                    __builtin_prefetch(next_b + 64 * l);
                                 float *sc = g.ldw ? scratch + (ic + ir) * g.ldw + (j - jc) : NULL;
                                 do_tile(a, &g, off_c, off_p, ic + ir, j, sc, mr_eff, nr_eff, kc, my_a + ir * kc,
                                         bs + q * NR * kc, (int)s, (int)nslices, my_tile);
@@ -332,7 +431,7 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
             }
         }
     }
-    free(buf);
+    fab__host_scratch_put(ctx, buf);
     return FAB_OK;
 }
 

@@ -25,7 +25,5 @@ typedef struct fab__mm_ukernel {
 const fab__mm_ukernel *fab__mm_pick_ukernel(void);
 /* Every micro-kernel this CPU can run, best first; *count gets how many (tests). */
 const fab__mm_ukernel *const *fab__mm_ukernels(int *count);
-/* 64-byte aligned malloc (free with free); NULL for 0 bytes or no memory. */
-void *fab__mm_aligned_alloc(size_t bytes);
 
 #endif

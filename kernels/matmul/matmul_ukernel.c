@@ -38,13 +38,6 @@
 #define FAB_MM_AVX512 __attribute__((target("avx512f")))
 #endif
 
-void *fab__mm_aligned_alloc(size_t bytes)
-{
-    if (bytes == 0)
-        return NULL;
-    return aligned_alloc(64, (bytes + 63) / 64 * 64);
-}
-
 /* ---------------------------------------------------------------- portable */
 
 static void ukr_generic_6x16(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, float alpha,
