@@ -27,11 +27,6 @@
 
 #include "../common/cpu_dtype.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FAB__VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define FAB__VECTOR_CLONES
-#endif
 
 /* The math helpers must inline into the block loops, or those loops call them per
  * element and do not vectorise; GCC's size heuristics stop inlining them otherwise. */

@@ -11,6 +11,14 @@
 #include <stdint.h>
 #include <string.h>
 
+/* On a function: GCC builds it twice, for x86-64-v3 (AVX2, FMA, F16C) and the
+ * baseline, and picks one when the library loads. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FAB__VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FAB__VECTOR_CLONES
+#endif
+
 /* Type punning through a union (defined in C, and vectorises; memcpy may not). */
 typedef union fab__f32_bits {
     float f;
