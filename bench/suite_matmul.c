@@ -2,7 +2,9 @@
  * suite_matmul.c: fab_matmul throughput (2·m·n·k flops per call) against the
  * library baseline measured in the same run:
  *   CPU: OpenBLAS cblas_sgemm (same thread count) for m = n = k in {512, 1024,
- *        2048} (--quick: 512, 1024); f32, and bf16 inputs (against the same sgemm).
+ *        2048} (--quick: 512, 1024); f32, and bf16 inputs (against the same sgemm);
+ *        and GPT-2 124M's fc layer over 1024 tokens, forward and both backward
+ *        products (f32, the same transposes for sgemm; not with --quick).
  *   GPU: cuBLASLt, through fab_matmul with algo = FAB_MATMUL_ALGO_CUBLASLT, for
  *        bf16 squares 1024..8192 and the linear layers of GPT-2 124M and LLaMA-7B
  *        training: forward y = x·Wᵀ, backward dx = dy·W and dW = dyᵀ·x.
@@ -22,7 +24,7 @@ typedef struct mm_bench {
     fab_context *ctx;
     fab_matmul_params p;
 #ifdef FAB_BENCH_HAVE_OPENBLAS
-    int m, n, k;
+    int m, n, k, ta, tb;
     const float *a, *b;
     float *c;
 #endif
@@ -38,8 +40,8 @@ static fab_status run_fab(void *arg)
 static fab_status run_openblas(void *arg)
 {
     mm_bench *c = arg;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->m, c->n, c->k, 1.0f, c->a, c->k, c->b, c->n, 0.0f,
-                c->c, c->n);
+    cblas_sgemm(CblasRowMajor, c->ta ? CblasTrans : CblasNoTrans, c->tb ? CblasTrans : CblasNoTrans, c->m, c->n,
+                c->k, 1.0f, c->a, c->ta ? c->m : c->k, c->b, c->tb ? c->k : c->n, 0.0f, c->c, c->n);
     return FAB_OK;
 }
 #endif
@@ -89,6 +91,90 @@ static void set_row(bench_row *row, const char *name, int64_t m, int64_t n, int6
 
 #define ROUNDS 3
 
+/* One CPU GEMM, op(A)[m,k]·op(B)[k,n] into f32 C, with f32 inputs and, when
+ * `with_bf16`, a second row with bf16 inputs; both against f32 sgemm. */
+static int cpu_one(bench *b, const char *name, int64_t m, int64_t n, int64_t k, int ta, int tb, bool with_bf16)
+{
+    int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+    void *a32 = NULL, *b32 = NULL, *c32 = NULL, *a16 = NULL, *b16 = NULL;
+    int failed = 0;
+    if (fab_alloc(b->ctx, (size_t)(ar * ac) * 4, &a32) != FAB_OK ||
+        fab_alloc(b->ctx, (size_t)(br * bc) * 4, &b32) != FAB_OK ||
+        fab_alloc(b->ctx, (size_t)(m * n) * 4, &c32) != FAB_OK ||
+        (with_bf16 && (fab_alloc(b->ctx, (size_t)(ar * ac) * 2, &a16) != FAB_OK ||
+                       fab_alloc(b->ctx, (size_t)(br * bc) * 2, &b16) != FAB_OK ||
+                       fill(b->ctx, a16, FAB_DTYPE_BF16, ar * ac, 1) != FAB_OK ||
+                       fill(b->ctx, b16, FAB_DTYPE_BF16, br * bc, 2) != FAB_OK)) ||
+        fill(b->ctx, a32, FAB_DTYPE_F32, ar * ac, 1) != FAB_OK || fill(b->ctx, b32, FAB_DTYPE_F32, br * bc, 2) != FAB_OK) {
+        fprintf(stderr, "fab-bench matmul: %s\n", fab_last_error());
+        failed = 1;
+        goto done;
+    }
+    mm_bench c;
+    memset(&c, 0, sizeof c);
+    c.ctx = b->ctx;
+    int64_t sa[2] = {ar, ac}, sb[2] = {br, bc}, sc[2] = {m, n};
+    fab_tensor_make(a32, FAB_DTYPE_F32, 2, sa, &c.p.a);
+    fab_tensor_make(b32, FAB_DTYPE_F32, 2, sb, &c.p.b);
+    fab_tensor_make(c32, FAB_DTYPE_F32, 2, sc, &c.p.c);
+    c.p.trans_a = ta ? FAB_OP_T : FAB_OP_N;
+    c.p.trans_b = tb ? FAB_OP_T : FAB_OP_N;
+    double base_ms = -1;
+#ifdef FAB_BENCH_HAVE_OPENBLAS
+    c.m = (int)m, c.n = (int)n, c.k = (int)k, c.ta = ta, c.tb = tb;
+    c.a = a32;
+    c.b = b32;
+    c.c = c32;
+#endif
+    for (int d = 0; d < (with_bf16 ? 2 : 1); d++) {
+        if (d == 1) {
+            c.p.a.data = a16;
+            c.p.a.dtype = FAB_DTYPE_BF16;
+            c.p.b.data = b16;
+            c.p.b.dtype = FAB_DTYPE_BF16;
+        }
+        /* fabriek and the baseline alternate for a few rounds and each keeps its
+         * best median, so a burst of other load on a shared machine does not
+         * decide the ratio; the baseline (f32 sgemm) runs again between the bf16
+         * rounds, so both rows compare against it timed alongside them */
+        double ms = -1;
+        for (int round = 0; round < ROUNDS; round++) {
+#ifdef FAB_BENCH_HAVE_OPENBLAS
+            double t_base = bench_time_ms(b, run_openblas, &c);
+            base_ms = base_ms < 0 || (t_base > 0 && t_base < base_ms) ? t_base : base_ms;
+#endif
+            double t = bench_time_ms(b, run_fab, &c);
+            if (t < 0) {
+                ms = -1;
+                break;
+            }
+            ms = ms < 0 || t < ms ? t : ms;
+        }
+        bench_row *row = bench_add_row(b);
+        if (!row || ms < 0) {
+            failed = 1;
+            continue;
+        }
+        char row_name[64];
+        snprintf(row_name, sizeof row_name, "%s%s", name, d ? " bf16->f32" : "");
+        set_row(row, row_name, m, n, k, d ? FAB_DTYPE_BF16 : FAB_DTYPE_F32, ms, false);
+        if (base_ms > 0) {
+            snprintf(row->baseline, sizeof row->baseline, "openblas sgemm");
+            row->baseline_rate = row->work / (base_ms * 1e-3) / 1e9;
+            row->ratio = row->rate / row->baseline_rate;
+        } else {
+            snprintf(row->baseline, sizeof row->baseline, "none (no OpenBLAS)");
+        }
+    }
+done:
+    fab_free(b->ctx, a32);
+    fab_free(b->ctx, b32);
+    fab_free(b->ctx, c32);
+    fab_free(b->ctx, a16);
+    fab_free(b->ctx, b16);
+    return failed;
+}
+
 static int cpu_suite(bench *b)
 {
     const int64_t sizes[] = {512, 1024, 2048};
@@ -100,77 +186,15 @@ static int cpu_suite(bench *b)
 #else
     printf("matmul: OpenBLAS was not found when fab-bench was configured: CPU rows have no baseline\n");
 #endif
-    for (int si = 0; si < nsizes; si++) {
-        int64_t s = sizes[si];
-        void *a32 = NULL, *b32 = NULL, *c32 = NULL, *a16 = NULL, *b16 = NULL;
-        size_t bytes = (size_t)(s * s) * 4;
-        if (fab_alloc(b->ctx, bytes, &a32) != FAB_OK || fab_alloc(b->ctx, bytes, &b32) != FAB_OK ||
-            fab_alloc(b->ctx, bytes, &c32) != FAB_OK || fab_alloc(b->ctx, bytes / 2, &a16) != FAB_OK ||
-            fab_alloc(b->ctx, bytes / 2, &b16) != FAB_OK || fill(b->ctx, a32, FAB_DTYPE_F32, s * s, 1) != FAB_OK ||
-            fill(b->ctx, b32, FAB_DTYPE_F32, s * s, 2) != FAB_OK || fill(b->ctx, a16, FAB_DTYPE_BF16, s * s, 1) != FAB_OK ||
-            fill(b->ctx, b16, FAB_DTYPE_BF16, s * s, 2) != FAB_OK) {
-            fprintf(stderr, "fab-bench matmul: %s\n", fab_last_error());
-            failed = 1;
-        } else {
-            mm_bench c;
-            memset(&c, 0, sizeof c);
-            c.ctx = b->ctx;
-            int64_t sh[2] = {s, s};
-            fab_tensor_make(a32, FAB_DTYPE_F32, 2, sh, &c.p.a);
-            fab_tensor_make(b32, FAB_DTYPE_F32, 2, sh, &c.p.b);
-            fab_tensor_make(c32, FAB_DTYPE_F32, 2, sh, &c.p.c);
-            double base_ms = -1;
-#ifdef FAB_BENCH_HAVE_OPENBLAS
-            c.m = c.n = c.k = (int)s;
-            c.a = a32;
-            c.b = b32;
-            c.c = c32;
-#endif
-            for (int d = 0; d < 2; d++) {
-                if (d == 1) {
-                    c.p.a.data = a16;
-                    c.p.a.dtype = FAB_DTYPE_BF16;
-                    c.p.b.data = b16;
-                    c.p.b.dtype = FAB_DTYPE_BF16;
-                }
-                /* fabriek and the baseline alternate for a few rounds and each keeps
-                 * its best median, so a burst of other load on a shared machine
-                 * does not decide the ratio; the baseline (f32 sgemm) runs again
-                 * between the bf16 rounds, so both rows compare against it timed
-                 * alongside them */
-                double ms = -1;
-                for (int round = 0; round < ROUNDS; round++) {
-#ifdef FAB_BENCH_HAVE_OPENBLAS
-                    double t_base = bench_time_ms(b, run_openblas, &c);
-                    base_ms = base_ms < 0 || (t_base > 0 && t_base < base_ms) ? t_base : base_ms;
-#endif
-                    double t = bench_time_ms(b, run_fab, &c);
-                    if (t < 0) {
-                        ms = -1;
-                        break;
-                    }
-                    ms = ms < 0 || t < ms ? t : ms;
-                }
-                bench_row *row = bench_add_row(b);
-                if (!row || ms < 0) {
-                    failed = 1;
-                    continue;
-                }
-                set_row(row, d ? "matmul bf16->f32" : "matmul", s, s, s, d ? FAB_DTYPE_BF16 : FAB_DTYPE_F32, ms, false);
-                if (base_ms > 0) {
-                    snprintf(row->baseline, sizeof row->baseline, "openblas sgemm");
-                    row->baseline_rate = row->work / (base_ms * 1e-3) / 1e9;
-                    row->ratio = row->rate / row->baseline_rate;
-                } else {
-                    snprintf(row->baseline, sizeof row->baseline, "none (no OpenBLAS)");
-                }
-            }
-        }
-        fab_free(b->ctx, a32);
-        fab_free(b->ctx, b32);
-        fab_free(b->ctx, c32);
-        fab_free(b->ctx, a16);
-        fab_free(b->ctx, b16);
+    for (int si = 0; si < nsizes; si++)
+        failed |= cpu_one(b, "matmul", sizes[si], sizes[si], sizes[si], 0, 0, true);
+    if (!b->opt.quick) {
+        /* a training step's three products of one linear layer (tokens T, in ->
+         * out): y = x·Wᵀ, dx = dy·W, dW = dyᵀ·x; GPT-2 124M's fc, T = 1024 */
+        const int64_t T = 1024, in = 768, out = 3072;
+        failed |= cpu_one(b, "gpt2 fc fwd", T, out, in, 0, 1, false);
+        failed |= cpu_one(b, "gpt2 fc dx", T, in, out, 0, 0, false);
+        failed |= cpu_one(b, "gpt2 fc dW", out, in, T, 1, 0, false);
     }
     return failed;
 }
