@@ -586,6 +586,13 @@ FAB_API fab_status fab_comm_group_end(fab_comm *comm);
  * (no host wait), and a bucket stuck past the timeout is caught by the
  * communicator's watchdog and reported by the next fab_grad_sync_* or comm call. Gradients are f32, f16 or bf16, contiguous, in the
  * context's memory, and must not change between ready() and wait().
+ * Packing and unpacking copy every gradient twice. A bucket whose gradients lie
+ * back to back in memory in registration order (and travel in their own dtype)
+ * skips both and is all-reduced where it lies: allocate the gradients as slices of
+ * one buffer, in the order they are registered (backward order), as PyTorch's
+ * gradient_as_bucket_view does. Results are the same either way, and ranks may
+ * differ in layout. Such gradients, like a collective's tensors, may still be
+ * written by MPI after a timeout.
  * fab_grad_sync_create is collective over `comm` (every rank calls it, outside a
  * group): the buckets' all-reduces run on a duplicate of `comm` made there
  * (MPI_Comm_idup; ncclCommSplit, one more NCCL communicator's memory), so

@@ -466,8 +466,10 @@ static void fill_dev(fab_context *ctx, fab_dtype d, void *dev, const double *v, 
 
 /* Registers a random layout, runs passes (an accumulation step first) with a random
  * ready order per rank, and checks each gradient is the average (or sum) over ranks
- * of what each rank held; after the accumulation step, that nothing moved. */
-static void run_grad_sync(fab_context *ctx, fab_comm *comm, int trial, int sum, int bf16)
+ * of what each rank held; after the accumulation step, that nothing moved.
+ * flat: the gradients are slices of one buffer in registration order, so buckets
+ * are all-reduced in place (padding only where a dtype's alignment needs it). */
+static void run_grad_sync(fab_context *ctx, fab_comm *comm, int trial, int sum, int bf16, int flat)
 {
     lrng = seed ^ mix((uint64_t)(trial * 31 + sum * 7 + bf16)); /* same layout on every rank */
     layout L;
@@ -487,9 +489,17 @@ static void run_grad_sync(fab_context *ctx, fab_comm *comm, int trial, int sum, 
         cfg.first_bucket_bytes = cfg.bucket_cap_bytes = 0;
     fab_grad_sync *gs = NULL;
     expect_ok(fab_grad_sync_create(comm, &cfg, &gs), "fab_grad_sync_create");
-    void *dev[16];
+    void *dev[16], *flat_buf = NULL;
+    size_t off[16], end = 0;
     for (int g = 0; g < L.ngrads; g++) {
-        dev[g] = fab_test_alloc_poisoned(ctx, L.d[g], L.n[g]);
+        size_t es = fab_dtype_size(L.d[g]);
+        off[g] = (end + es - 1) / es * es;
+        end = off[g] + (size_t)L.n[g] * es;
+    }
+    if (flat)
+        flat_buf = fab_test_alloc_poisoned(ctx, FAB_DTYPE_I32, (int64_t)(end + 3) / 4); /* all bits set: NaN */
+    for (int g = 0; g < L.ngrads; g++) {
+        dev[g] = flat ? (char *)flat_buf + off[g] : fab_test_alloc_poisoned(ctx, L.d[g], L.n[g]);
         fab_tensor t = tensor1(dev[g], L.d[g], L.n[g]);
         int idx = -1;
         expect_ok(fab_grad_sync_register(gs, &t, &idx), "fab_grad_sync_register");
@@ -549,8 +559,9 @@ static void run_grad_sync(fab_context *ctx, fab_comm *comm, int trial, int sum, 
         }
     }
     fab_grad_sync_destroy(gs);
-    for (int g = 0; g < L.ngrads; g++)
+    for (int g = 0; g < L.ngrads && !flat; g++)
         fab_test_free(ctx, dev[g]);
+    fab_test_free(ctx, flat_buf);
 }
 
 static void test_grad_sync(void **state)
@@ -558,8 +569,11 @@ static void test_grad_sync(void **state)
     (void)state;
     fab_context *ctx = comm_ctx();
     fab_comm *comm = make_comm(ctx, 30, 0);
-    for (int trial = 0; trial < 12; trial++)
-        run_grad_sync(ctx, comm, trial, trial % 3 == 1, fab_test_backend() == FAB_BACKEND_CPU && trial % 4 == 3);
+    /* gradients in separate buffers, in one flat buffer on every rank, or flat on
+     * the even ranks only (in-place and packed buckets pairing up) */
+    for (int trial = 0; trial < 18; trial++)
+        run_grad_sync(ctx, comm, trial, trial % 3 == 1, fab_test_backend() == FAB_BACKEND_CPU && trial % 4 == 3,
+                      trial % 6 >= 4 ? my_rank % 2 == 0 : trial % 6 >= 2);
     expect_ok(fab_comm_destroy(comm), "fab_comm_destroy");
     fab_context_destroy(ctx);
 }

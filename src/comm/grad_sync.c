@@ -11,6 +11,12 @@
  * its gradients became ready in. wait() finishes the side channel, orders the
  * context stream after it and unpacks the buffers into the gradients.
  *
+ * A bucket whose gradients already lie back to back in memory, in registration
+ * order and in the dtype that travels, is its own flat buffer (PyTorch's
+ * gradient_as_bucket_view, found rather than imposed): it is all-reduced where it
+ * lies, with no packing before and no unpacking after. Element for element it is
+ * the packed buffer, so ranks that pack and ranks that do not still pair up.
+ *
  * The bucket all-reduces run on a communicator of their own, a duplicate of the
  * user's made by fab_grad_sync_create (MPI_Comm_idup; ncclCommSplit with one color),
  * so they never pair with the user's collectives on `comm`: ranks may issue a
@@ -40,7 +46,8 @@ typedef struct gs_bucket {
     int64_t numel;
     fab_dtype dtype, wire; /* the gradients' dtype; what travels */
     void *buf;
-    int waiting; /* gradients not ready yet in this pass */
+    int in_place; /* buf is the gradients' own memory (see the top of the file) */
+    int waiting;  /* gradients not ready yet in this pass */
 } gs_bucket;
 
 struct fab_grad_sync {
@@ -137,7 +144,25 @@ static fab_dtype wire_dtype(const fab_grad_sync *gs, fab_dtype d)
     return gs->cfg.reduce_bf16 && d == FAB_DTYPE_F32 && gs->comm->nranks > 1 ? FAB_DTYPE_BF16 : d;
 }
 
-/* Lays the gradients out in buckets and allocates their buffers. */
+/* Whether bucket b's gradients lie back to back from the first one's address, in
+ * registration order, in the dtype that travels. */
+static int lies_flat(const fab_grad_sync *gs, const gs_bucket *b)
+{
+    if (b->wire != b->dtype)
+        return 0;
+    size_t es = fab_dtype_size(b->dtype);
+    const char *next = gs->grads[b->first].t.data;
+    for (int i = b->first; i < b->first + b->count; i++) {
+        const gs_grad *g = &gs->grads[i];
+        if (g->n > 0 && (const char *)g->t.data != next)
+            return 0;
+        next += (size_t)g->n * es;
+    }
+    return 1;
+}
+
+/* Lays the gradients out in buckets and allocates the buffers of those that do
+ * not lie flat. */
 static fab_status build(fab_grad_sync *gs, const char *op)
 {
     if (gs->built)
@@ -167,11 +192,15 @@ static fab_status build(fab_grad_sync *gs, const char *op)
     for (int k = 0; k < gs->nbuckets; k++) {
         gs_bucket *bk = &gs->buckets[k];
         size_t bytes = (size_t)bk->numel * fab_dtype_size(bk->wire);
-        if (bytes > 0 && gs->comm->nranks > 1) {
+        if (bytes > 0 && gs->comm->nranks > 1 && lies_flat(gs, bk)) {
+            bk->in_place = 1;
+            bk->buf = gs->grads[bk->first].t.data;
+        } else if (bytes > 0 && gs->comm->nranks > 1) {
             fab_status s = fab_alloc(gs->comm->ctx, bytes, &bk->buf);
             if (s != FAB_OK) {
                 for (int j = 0; j < k; j++)
-                    fab_free(gs->comm->ctx, gs->buckets[j].buf);
+                    if (!gs->buckets[j].in_place)
+                        fab_free(gs->comm->ctx, gs->buckets[j].buf);
                 free(gs->buckets);
                 gs->buckets = NULL;
                 gs->nbuckets = 0;
@@ -254,14 +283,15 @@ fab_status fab_grad_sync_begin(fab_grad_sync *gs, int communicate)
     return FAB_OK;
 }
 
-/* Packs bucket k and starts its all-reduce on the side channel. */
+/* Packs bucket k (unless it lies flat) and starts its all-reduce on the side
+ * channel. */
 static fab_status start_bucket(fab_grad_sync *gs, int k)
 {
     fab_comm *c = gs->comm;
     gs_bucket *b = &gs->buckets[k];
     FAB__TRY(c->tp->fork(c)); /* after the backward kernels that wrote the gradients */
     size_t es = fab_dtype_size(b->wire);
-    for (int i = b->first; i < b->first + b->count; i++) {
+    for (int i = b->first; i < b->first + b->count && !b->in_place; i++) {
         gs_grad *g = &gs->grads[i];
         void *dst = (char *)b->buf + (size_t)g->offset * es;
         if (b->wire == g->t.dtype)
@@ -332,7 +362,7 @@ fab_status fab_grad_sync_wait(fab_grad_sync *gs)
     for (int k = 0; k < gs->nbuckets; k++) {
         gs_bucket *b = &gs->buckets[k];
         size_t es = fab_dtype_size(b->wire);
-        for (int i = b->first; i < b->first + b->count; i++) {
+        for (int i = b->first; i < b->first + b->count && !b->in_place; i++) {
             gs_grad *g = &gs->grads[i];
             const void *src = (char *)b->buf + (size_t)g->offset * es;
             if (b->wire == g->t.dtype)
@@ -358,7 +388,7 @@ void fab_grad_sync_destroy(fab_grad_sync *gs)
      * its kernels; fab_free waits for the streams. */
     int keep = c->fault != FAB_OK && gs->communicate && c->tp->buffers_busy_after_fault;
     for (int k = 0; k < gs->nbuckets; k++)
-        if (!keep)
+        if (!keep && !gs->buckets[k].in_place)
             fab_free(c->ctx, gs->buckets[k].buf);
     (void)fab_comm_destroy(c);
     free(gs->buckets);
