@@ -367,13 +367,19 @@ static fab_status poll_side(fab_comm *c, int side, int *done)
 
 /* fab__transport.test (fab_grad_sync_ready between layers of backward): with the
  * progress thread running, only looks, so that the caller's thread never spends
- * its time moving a bucket; else it moves what it can. */
+ * its time moving a bucket; else it moves what it can. It does not even wait for
+ * the lock: the thread holds it while it reduces a ring's chunks, and a ready()
+ * that waited for it each time would hold backward up for as long (an error the
+ * thread met is reported by a later call). */
 static fab_status mpi_test(fab_comm *c, int side, int *done)
 {
     mpi_state *m = c->impl;
     if (!side || !m->thread_on)
         return poll_side(c, side, done);
-    pthread_mutex_lock(&m->lock);
+    if (pthread_mutex_trylock(&m->lock) != 0) {
+        *done = 0;
+        return FAB_OK;
+    }
     int err = m->thread_err;
     const char *call = m->thread_call;
     *done = m->npend[1] == 0;
