@@ -143,12 +143,20 @@ simt_gemm(const TI *A, const TI *B, TC *C, const void *bias, TC *pre, mm_geom g,
         }
         __syncthreads();
     }
-    for (int r = 0; r < 4; r++)
-        for (int c = 0; c < 4; c++) {
-            int64_t i = i0 + ty + 16 * r, j = j0 + tx + 16 * c;
-            if (i < g.m && j < g.n)
-                finish<TC>(g, acc[r][c], i, j, C, bias, pre);
-        }
+    /* One epilogue in a loop, not 16 unrolled copies (ptxas spills around those
+     * for sm_80/90); each value is picked out of acc with constant indices, so acc
+     * stays in registers (indexed by the loop variable it would go to the stack:
+     * spills for sm_100a). */
+#pragma unroll 1
+    for (int e = 0; e < 16; e++) {
+        float v = 0.0f;
+#pragma unroll
+        for (int q = 0; q < 16; q++)
+            v = q == e ? acc[q / 4][q % 4] : v;
+        int64_t i = i0 + ty + 16 * (e / 4), j = j0 + tx + 16 * (e % 4);
+        if (i < g.m && j < g.n)
+            finish<TC>(g, v, i, j, C, bias, pre);
+    }
 }
 
 /* ref_gemm: the plain loop, one thread per element of C, f32 FMA in k order. */
