@@ -119,7 +119,6 @@ static int cpu_one(bench *b, const char *name, int64_t m, int64_t n, int64_t k, 
     fab_tensor_make(c32, FAB_DTYPE_F32, 2, sc, &c.p.c);
     c.p.trans_a = ta ? FAB_OP_T : FAB_OP_N;
     c.p.trans_b = tb ? FAB_OP_T : FAB_OP_N;
-    double base_ms = -1;
 #ifdef FAB_BENCH_HAVE_OPENBLAS
     c.m = (int)m, c.n = (int)n, c.k = (int)k, c.ta = ta, c.tb = tb;
     c.a = a32;
@@ -137,7 +136,7 @@ static int cpu_one(bench *b, const char *name, int64_t m, int64_t n, int64_t k, 
          * best median, so a burst of other load on a shared machine does not
          * decide the ratio; the baseline (f32 sgemm) runs again between the bf16
          * rounds, so both rows compare against it timed alongside them */
-        double ms = -1;
+        double ms = -1, base_ms = -1;
         for (int round = 0; round < ROUNDS; round++) {
 #ifdef FAB_BENCH_HAVE_OPENBLAS
             double t_base = bench_time_ms(b, run_openblas, &c);

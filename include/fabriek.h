@@ -146,7 +146,8 @@ typedef struct fab_context_config {
     int device;             /* CUDA device ordinal; default 0 */
     void *stream;           /* cudaStream_t to run on; NULL: the context creates its own */
     size_t workspace_bytes; /* scratch the context may keep (cuBLASLt's workspace; the CPU
-                             * matmul's packing buffers); 0: library default, 32 MiB */
+                             * matmul's packing buffers, when they fit); 0: library
+                             * default, 32 MiB */
     int deterministic;      /* non-zero: bitwise-identical results run to run */
     int num_threads;        /* CPU threads; 0: OpenMP's default */
 } fab_context_config;
@@ -585,14 +586,18 @@ FAB_API fab_status fab_comm_group_end(fab_comm *comm);
  * them: MPI waits on the host, bounded by the timeout; CUDA only orders the streams
  * (no host wait), and a bucket stuck past the timeout is caught by the
  * communicator's watchdog and reported by the next fab_grad_sync_* or comm call. Gradients are f32, f16 or bf16, contiguous, in the
- * context's memory, and must not change between ready() and wait().
+ * context's memory. From ready() until wait() returns a gradient belongs to the
+ * exchange: neither write nor read it (it may hold a partial sum). When wait()
+ * fails, the gradients' contents are unspecified (buckets already reduced may have
+ * been written back, others not).
  * Packing and unpacking copy every gradient twice. A bucket whose gradients lie
  * back to back in memory in registration order (and travel in their own dtype)
- * skips both and is all-reduced where it lies: allocate the gradients as slices of
- * one buffer, in the order they are registered (backward order), as PyTorch's
- * gradient_as_bucket_view does. Results are the same either way, and ranks may
- * differ in layout. Such gradients, like a collective's tensors, may still be
- * written by MPI after a timeout.
+ * skips both and is all-reduced where it lies (so is a gradient alone in its
+ * bucket): allocate the gradients as slices of one buffer, in the order they are
+ * registered (backward order), as PyTorch's gradient_as_bucket_view does. Results
+ * after a successful wait() are the same either way, and ranks may differ in
+ * layout. Such gradients, like a collective's tensors, may still be written by MPI
+ * after a timeout.
  * fab_grad_sync_create is collective over `comm` (every rank calls it, outside a
  * group): the buckets' all-reduces run on a duplicate of `comm` made there
  * (MPI_Comm_idup; ncclCommSplit, one more NCCL communicator's memory), so

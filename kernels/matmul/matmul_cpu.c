@@ -124,8 +124,7 @@ static void widen(const uint16_t *restrict s, fab_dtype dt, int64_t n, float *re
         return;
     }
 #ifdef FAB_MM_F16C
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
+    if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) { /* libgcc's constructor ran cpu_init */
         widen_f16_f16c(s, n, d);
         return;
     }
@@ -346,6 +345,9 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
     memset(&g, 0, sizeof g);
     g.uk = fab__mm_pick_ukernel();
     const int MR = g.uk->mr, NR = g.uk->nr;
+    if (MR > FAB_MM_MAX_W || NR > FAB_MM_MAX_W) /* the packing's run tables and buffers */
+        return fab__fail(FAB_ERR_INTERNAL, "fab_matmul: micro-kernel %s is %dx%d, wider than FAB_MM_MAX_W=%d",
+                         g.uk->name, MR, NR, FAB_MM_MAX_W);
     g.kc = g.uk->kc;
     g.mc = g.uk->mc;
     int64_t nc_max = g.uk->nc;

@@ -151,12 +151,14 @@ static int lies_flat(const fab_grad_sync *gs, const gs_bucket *b)
     if (b->wire != b->dtype)
         return 0;
     size_t es = fab_dtype_size(b->dtype);
-    const char *next = gs->grads[b->first].t.data;
+    const char *next = NULL; /* where the next non-empty gradient must start */
     for (int i = b->first; i < b->first + b->count; i++) {
         const gs_grad *g = &gs->grads[i];
-        if (g->n > 0 && (const char *)g->t.data != next)
+        if (g->n == 0)
+            continue;
+        if (next && (const char *)g->t.data != next)
             return 0;
-        next += (size_t)g->n * es;
+        next = (const char *)g->t.data + (size_t)g->n * es;
     }
     return 1;
 }
@@ -194,7 +196,9 @@ static fab_status build(fab_grad_sync *gs, const char *op)
         size_t bytes = (size_t)bk->numel * fab_dtype_size(bk->wire);
         if (bytes > 0 && gs->comm->nranks > 1 && lies_flat(gs, bk)) {
             bk->in_place = 1;
-            bk->buf = gs->grads[bk->first].t.data;
+            for (int i = bk->first; !bk->buf; i++) /* the first non-empty gradient (bytes > 0: there is one) */
+                if (gs->grads[i].n > 0)
+                    bk->buf = gs->grads[i].t.data;
         } else if (bytes > 0 && gs->comm->nranks > 1) {
             fab_status s = fab_alloc(gs->comm->ctx, bytes, &bk->buf);
             if (s != FAB_OK) {
