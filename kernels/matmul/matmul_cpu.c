@@ -228,48 +228,43 @@ static void scatter_stored_rows(const void *src, fab_dtype dt, int64_t ld, int64
     scatter(run, nrows, n, p, kc, w, d);
 }
 
-/* op(A)[i0 .. i0+mc) x [p0 .. p0+kc) into MR-row panels (rows past mc zero).
- * stage: max(MR*kc, SCATTER_ROWS*mc) floats. */
-static void pack_a(const fab__mm_args *a, const void *A, int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr,
-                   float *dst, float *stage)
+/* Packs a block of op(X) into w-wide panels: panel side i in [i0, i0+len) (rows of
+ * op(A), columns of op(B); past len zero), depth p in [p0, p0+kc). along_k: X
+ * stores each panel-side line as a run along k, element (i, p) at
+ * src[i*ld + p] (A as stored, B transposed); else stored row p holds depth p of
+ * every panel, element (i, p) at src[p*ld + i]. stage: max(w*kc,
+ * SCATTER_ROWS*len) floats. */
+static void pack_panels(const void *src, fab_dtype dt, int64_t ld, bool along_k, int64_t i0, int64_t len, int64_t p0,
+                        int64_t kc, int w, float *dst, float *stage)
 {
-    const fab_dtype dt = a->ab_dtype;
-    if (!a->trans_a) { /* A stored [m, k]: each panel row is a run along k */
+    if (along_k) {
         const float *run[FAB_MM_MAX_W];
-        for (int64_t q = 0; q < mc; q += mr) {
-            int rows = (int)(mc - q < mr ? mc - q : mr);
-            for (int r = 0; r < rows; r++)
-                run[r] = run_f32(A, dt, (i0 + q + r) * a->lda + p0, kc, stage + r * kc);
-            interleave(run, rows, kc, mr, dst + q * kc);
+        for (int64_t q = 0; q < len; q += w) {
+            int n = (int)(len - q < w ? len - q : w);
+            for (int r = 0; r < n; r++)
+                run[r] = run_f32(src, dt, (i0 + q + r) * ld + p0, kc, stage + r * kc);
+            interleave(run, n, kc, w, dst + q * kc);
         }
-    } else { /* A stored [k, m]: stored row p0+p holds column p of every panel */
+    } else {
         for (int64_t p = 0; p < kc; p += SCATTER_ROWS) {
             int rows = (int)(kc - p < SCATTER_ROWS ? kc - p : SCATTER_ROWS);
-            scatter_stored_rows(A, dt, a->lda, p0 + p, i0, mc, p, rows, kc, mr, dst, stage);
+            scatter_stored_rows(src, dt, ld, p0 + p, i0, len, p, rows, kc, w, dst, stage);
         }
     }
 }
 
-/* op(B)[p0 .. p0+kc) x [j0 .. j0+cols) into NR-column panels (columns past cols
- * zero). stage: max(NR*kc, SCATTER_ROWS*cols) floats. */
+/* op(A)[i0 .. i0+mc) x [p0 .. p0+kc) into MR-row panels. */
+static void pack_a(const fab__mm_args *a, const void *A, int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr,
+                   float *dst, float *stage)
+{
+    pack_panels(A, a->ab_dtype, a->lda, !a->trans_a, i0, mc, p0, kc, mr, dst, stage);
+}
+
+/* op(B)[p0 .. p0+kc) x [j0 .. j0+cols) into NR-column panels. */
 static void pack_b(const fab__mm_args *a, const void *B, int64_t p0, int64_t kc, int64_t j0, int64_t cols, int nr,
                    float *dst, float *stage)
 {
-    const fab_dtype dt = a->ab_dtype;
-    if (!a->trans_b) { /* B stored [k, n]: stored row p0+p holds row p of every panel */
-        for (int64_t p = 0; p < kc; p += SCATTER_ROWS) {
-            int rows = (int)(kc - p < SCATTER_ROWS ? kc - p : SCATTER_ROWS);
-            scatter_stored_rows(B, dt, a->ldb, p0 + p, j0, cols, p, rows, kc, nr, dst, stage);
-        }
-    } else { /* B stored [n, k]: each panel column is a run along k */
-        const float *run[FAB_MM_MAX_W];
-        for (int64_t q = 0; q < cols; q += nr) {
-            int n = (int)(cols - q < nr ? cols - q : nr);
-            for (int c = 0; c < n; c++)
-                run[c] = run_f32(B, dt, (j0 + q + c) * a->ldb + p0, kc, stage + c * kc);
-            interleave(run, n, kc, nr, dst + q * kc);
-        }
-    }
+    pack_panels(B, a->ab_dtype, a->ldb, a->trans_b, j0, cols, p0, kc, nr, dst, stage);
 }
 
 /* ------------------------------------------------------------ packed GEMM */
