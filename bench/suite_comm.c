@@ -18,11 +18,9 @@
  * with fabriek's call repetition by repetition; the ratio is the overhead of
  * fabriek's wrapper.
  *
- * grad_sync: a synthetic backward pass of 48 layers (8 MiB of gradients each,
- * 32 MiB on a GPU; --quick: 1 MiB in 3 MiB buckets on the CPU, 8 MiB on a GPU),
- * each "computing" (device
- * copies, as many as make the pass take about twice the exchange alone) and then
- * marking its gradient ready. Exposed communication is the part of the exchange
+ * grad_sync: a synthetic backward pass of 48 layers (sizes in bench_grad_sync),
+ * each "computing" (device copies, as many as make the pass take about twice the
+ * exchange alone) and then marking its gradient ready. Exposed communication is the part of the exchange
  * backward could not hide:
  *     exposed = T(backward + exchange + wait) - T(backward without exchange)
  *     fraction = exposed / T(exchange alone)
@@ -308,7 +306,7 @@ static int bench_grad_sync(comm_bench *cb, bench *b, bool gpu)
     if (!gpu && b->opt.quick)
         gcfg.bucket_cap_bytes = (size_t)3 << 20;
     bw.work_bytes = gpu ? (size_t)256 << 20 : (size_t)8 << 20;
-    void *grads[LAYERS] = {0}, *flat = NULL;
+    void *flat = NULL;
     int failed = 0;
     if (fab_alloc(cb->ctx, bw.work_bytes, &bw.work_a) != FAB_OK ||
         fab_alloc(cb->ctx, bw.work_bytes, &bw.work_b) != FAB_OK ||
@@ -327,8 +325,7 @@ static int bench_grad_sync(comm_bench *cb, bench *b, bool gpu)
     }
     for (int l = 0; l < bw.layers; l++) {
         fab_tensor t;
-        grads[l] = (char *)flat + (size_t)grad_n * 4 * (size_t)l;
-        if (fab_tensor_make(grads[l], FAB_DTYPE_F32, 1, &grad_n, &t) != FAB_OK ||
+        if (fab_tensor_make((char *)flat + (size_t)grad_n * 4 * (size_t)l, FAB_DTYPE_F32, 1, &grad_n, &t) != FAB_OK ||
             fab_grad_sync_register(bw.gs, &t, NULL) != FAB_OK) {
             fprintf(stderr, "fab-bench comm: grad_sync setup: %s\n", fab_last_error());
             failed = 1;

@@ -144,7 +144,7 @@ static fab_dtype wire_dtype(const fab_grad_sync *gs, fab_dtype d)
     return gs->cfg.reduce_bf16 && d == FAB_DTYPE_F32 && gs->comm->nranks > 1 ? FAB_DTYPE_BF16 : d;
 }
 
-/* Whether bucket b's gradients lie back to back from the first one's address, in
+/* Whether bucket b's non-empty gradients lie back to back in memory, in
  * registration order, in the dtype that travels. */
 static int lies_flat(const fab_grad_sync *gs, const gs_bucket *b)
 {
