@@ -380,7 +380,8 @@ FAB_API fab_status fab_matmul_bias_grad(fab_context *ctx, const fab_matmul_bias_
  * CUDA 32, 64, 96, 128 and 256; others give FAB_ERR_UNSUPPORTED.
  *
  * Backends. CPU: tiled online-softmax forward and a recompute backward (OpenMP
- * over batch x heads x tiles). CUDA (sm_80 and later; Hopper runs the same
+ * over batch x heads x tiles; the backward in one pass, FlashAttention-2's 5
+ * products, when batch x heads_kv is enough tasks for the threads). CUDA (sm_80 and later; Hopper runs the same
  * kernels): FlashAttention-2-style mma.sync/ldmatrix/cp.async kernels; they need
  * every data pointer 16-byte aligned and every stride but the last a multiple of
  * 8 elements (else FAB_ERR_UNSUPPORTED), and the backward takes a stream-ordered

@@ -715,9 +715,9 @@ static void test_deterministic(void **state)
         fab_context *ctx = fab_test_context_with(&cfg);
         const fab_dtype dt = fab_context_backend(ctx) == FAB_BACKEND_CUDA ? FAB_DTYPE_BF16 : FAB_DTYPE_F32;
         const size_t es = fab_dtype_size(dt);
-        size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * es + 2 * 4 * (size_t)sl * 4, n1, n2, n3;
-        unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap);
-        assert_true(r1 && r2 && r3);
+        size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * es + 2 * 4 * (size_t)sl * 4, n1, n2, n3, n4;
+        unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap), *r4 = malloc(cap);
+        assert_true(r1 && r2 && r3 && r4);
         det_run(ctx, dt, sl, d, r1, &n1);
         det_run(ctx, dt, sl, d, r2, &n2);
         fab_context_destroy(ctx);
@@ -725,13 +725,21 @@ static void test_deterministic(void **state)
         ctx = fab_test_context_with(&cfg);
         det_run(ctx, dt, sl, d, r3, &n3);
         fab_context_destroy(ctx);
+        /* 5 threads for 4 (batch, kv head) tasks: the CPU backward takes its two-pass
+         * schedule, where 1 and 2 threads take the single pass */
+        cfg.num_threads = 5;
+        ctx = fab_test_context_with(&cfg);
+        det_run(ctx, dt, sl, d, r4, &n4);
+        fab_context_destroy(ctx);
         assert_int_equal(n1, cap);
-        assert_true(n1 == n2 && n1 == n3);
+        assert_true(n1 == n2 && n1 == n3 && n1 == n4);
         if (memcmp(r1, r2, n1) != 0)
             fail_msg("attention: two deterministic runs differ (head_dim %lld)", (long long)d);
         if (memcmp(r1, r3, n1) != 0)
             fail_msg("attention: 1 and 2 threads give different bits (head_dim %lld)", (long long)d);
-        free(r1), free(r2), free(r3);
+        if (memcmp(r1, r4, n1) != 0)
+            fail_msg("attention: 2 and 5 threads give different bits (head_dim %lld)", (long long)d);
+        free(r1), free(r2), free(r3), free(r4);
     }
 }
 

@@ -8,15 +8,19 @@
  * Only tiles of 128x64 scores ever exist (128 rows halve the key/value loads
  * per flop against 64; the f32 tiles of one task stay in L2).
  *
- * Backward by recomputation: D = rowsum(dO * O) first; then two passes, so that
- * every gradient element is reduced by one task in a fixed order and the result
- * is bitwise the same for any thread count:
- *   dk/dv pass: one task per (batch, kv head, 64-key tile), summing over the
- *               query heads of its group and the query tiles that see it:
- *               dV += P^T dO, dK += dS^T Q, with P = exp(s - lse), dS = P (dP - D)
- *   dq pass:    one task per (batch, query head, 128-row tile): dQ += dS K.
- * The pair (P, dS) is computed twice (7 tile products instead of 5): the price of
- * needing neither atomics nor per-thread partial sums.
+ * Backward by recomputation: D = rowsum(dO * O) first, then P = exp(s - lse),
+ * dS = P (dP - D) per (query tile, key tile) pair and dV += P^T dO, dK += dS^T Q,
+ * dQ += dS K. Every gradient element is summed by one task in a fixed order, so
+ * the result is bitwise the same for any thread count. Two schedules:
+ *   one pass:   one task per (batch, kv head): key tiles in order, and for each
+ *               the query tiles of every head of the group that see it; the task
+ *               owns its group's dq rows (f32, in its scratch). 5 tile products.
+ *   two passes: dk/dv pass, one task per (batch, kv head, 64-key tile), summing
+ *               over the query heads of its group and the query tiles that see it;
+ *               dq pass, one task per (batch, query head, 128-row tile). (P, dS)
+ *               is computed twice: 7 tile products, but many more tasks.
+ * Both visit the same pairs and add them in the same order, so they agree bit
+ * for bit; single_pass() picks one.
  *
  * Numerics: inputs are widened to f32, all products and sums are f32, the
  * exponentials are exp2 of log2-unit scores (a polynomial good to ~1 ulp), each
@@ -45,6 +49,22 @@ typedef struct fab__attn_seq {
 static inline int64_t elem(const fab__attn_view *v, int64_t b, int64_t row, int64_t h)
 {
     return b * v->sb + row * v->ss + h * v->sh;
+}
+
+/* The query tiles [*lo, *hi) (lo a multiple of BQ) holding a row that may see
+ * one of the keys j0 .. j0+nk-1: exactly the pairs the dq pass visits, since both
+ * come from the same band of allowed keys. */
+static void query_tiles_of_keys(const fab__attn_args *a, const fab__attn_seq *sq, int64_t j0, int nk, int64_t *lo,
+                                int64_t *hi)
+{
+    const int64_t off = sq->sk - sq->sq;
+    int64_t ilo = 0, ihi = sq->sq;
+    if (a->right >= 0 && j0 - off - a->right > ilo)
+        ilo = j0 - off - a->right;
+    if (a->left >= 0 && j0 + nk - 1 - off + a->left + 1 < ihi)
+        ihi = j0 + nk - 1 - off + a->left + 1;
+    *lo = ilo / FAB__BQ * FAB__BQ;
+    *hi = ihi;
 }
 
 /* The tile code, twice: baseline ISA, and AVX2+FMA where the compiler can target it. */
@@ -82,6 +102,7 @@ typedef void (*kv_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_
 typedef void (*rowdot_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, float *, float *);
 typedef void (*q_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, const float *,
                           float *);
+typedef void (*group_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, const float *, float *);
 
 #ifdef FAB__ATTN_AVX2
 static int use_avx2(void)
@@ -146,20 +167,41 @@ fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
     return FAB_OK;
 }
 
+/* Single pass or two passes? The single pass (bwd_group: 5 tile products per
+ * pair against 7) has only batch x kv-head tasks, each a whole head group. It is
+ * taken when whole rounds of those tasks keep the threads about as busy as the
+ * two passes would (ceil(units / threads) * 5 <= units / threads * 7) and a task's
+ * f32 copy of its group's Q, dO and dQ stays under 32 MiB. Both give the same bits,
+ * so the choice (which depends on the thread count) never shows in the results. */
+static int single_pass(const fab__attn_args *a, int threads, size_t group_floats)
+{
+    const int64_t units = a->batch * a->hkv;
+    if (units < threads || group_floats > ((size_t)32 << 20) / sizeof(float))
+        return 0;
+    const int64_t rounds = (units + threads - 1) / threads;
+    return rounds * 5 * threads <= units * 7;
+}
+
 fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a)
 {
     const char *op = "fab_attention_backward";
     const int dp = (int)((a->d + 15) & ~(int64_t)15);
     const int64_t qtiles = (a->sq + FAB__BQ - 1) / FAB__BQ, ktiles = (a->sk + FAB__BK - 1) / FAB__BK;
     const int64_t nq_tasks = a->batch * a->hq * qtiles, nk_tasks = a->batch * a->hkv * ktiles;
+    /* bwd_group's scratch: its tiles, then Q, dO, dQ, lse, D of every row of the group */
+    const size_t group_rows = (size_t)(a->hq / a->hkv) * (size_t)(qtiles * FAB__BQ);
+    const size_t group_floats = (size_t)(5 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK) + group_rows * (size_t)(3 * dp + 2);
     int threads = ctx->num_threads;
+    const int single = single_pass(a, threads, group_floats);
     int64_t most = nq_tasks > nk_tasks ? nq_tasks : nk_tasks;
+    if (single)
+        most = a->batch * a->hkv;
     if (threads > most)
         threads = (int)(most > 0 ? most : 1);
     /* the larger of the two tile layouts (see bwd_kv_tile and bwd_q_tile) */
-    size_t kv_floats = (size_t)(5 * FAB__BK * dp + 2 * FAB__BQ * dp + 4 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
+    size_t kv_floats = (size_t)(5 * FAB__BK * dp + 2 * FAB__BQ * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
     size_t q_floats = (size_t)(3 * FAB__BQ * dp + 4 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
-    size_t per = kv_floats > q_floats ? kv_floats : q_floats;
+    size_t per = single ? group_floats : kv_floats > q_floats ? kv_floats : q_floats;
     size_t stride;
     float *scratch = alloc_scratch(threads, per, &stride);
     /* D = rowsum(dO * O), laid out as lse */
@@ -173,10 +215,11 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
     }
     kv_tile_fn kv_tile = bwd_kv_tile_base;
     q_tile_fn q_tile = bwd_q_tile_base;
+    group_fn group = bwd_group_base;
     rowdot_fn rowdot = bwd_rowdot_base;
 #ifdef FAB__ATTN_AVX2
     if (use_avx2())
-        kv_tile = bwd_kv_tile_avx2, q_tile = bwd_q_tile_avx2, rowdot = bwd_rowdot_avx2;
+        kv_tile = bwd_kv_tile_avx2, q_tile = bwd_q_tile_avx2, group = bwd_group_avx2, rowdot = bwd_rowdot_avx2;
 #endif
 #pragma omp parallel num_threads(threads)
     {
@@ -188,21 +231,29 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
             rowdot(a, &s, t % a->hq, Dbuf, ws);
         }
         /* implicit barrier: D is complete */
+        if (single) {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < nk_tasks; t++) {
-            int64_t b = t / (a->hkv * ktiles), g = t / ktiles % a->hkv, j0 = t % ktiles * FAB__BK;
-            fab__attn_seq s = seq_of(a, b);
-            if (j0 >= s.sk)
-                continue;
-            kv_tile(a, &s, g, j0, (int)(s.sk - j0 < FAB__BK ? s.sk - j0 : FAB__BK), Dbuf, ws);
-        }
+            for (int64_t t = 0; t < a->batch * a->hkv; t++) {
+                fab__attn_seq s = seq_of(a, t / a->hkv);
+                group(a, &s, t % a->hkv, Dbuf, ws);
+            }
+        } else {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < nq_tasks; t++) {
-            int64_t b = t / (a->hq * qtiles), h = t / qtiles % a->hq, i0 = t % qtiles * FAB__BQ;
-            fab__attn_seq s = seq_of(a, b);
-            if (i0 >= s.sq)
-                continue;
-            q_tile(a, &s, h, i0, (int)(s.sq - i0 < FAB__BQ ? s.sq - i0 : FAB__BQ), Dbuf, ws);
+            for (int64_t t = 0; t < nk_tasks; t++) {
+                int64_t b = t / (a->hkv * ktiles), g = t / ktiles % a->hkv, j0 = t % ktiles * FAB__BK;
+                fab__attn_seq s = seq_of(a, b);
+                if (j0 >= s.sk)
+                    continue;
+                kv_tile(a, &s, g, j0, (int)(s.sk - j0 < FAB__BK ? s.sk - j0 : FAB__BK), Dbuf, ws);
+            }
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t t = 0; t < nq_tasks; t++) {
+                int64_t b = t / (a->hq * qtiles), h = t / qtiles % a->hq, i0 = t % qtiles * FAB__BQ;
+                fab__attn_seq s = seq_of(a, b);
+                if (i0 >= s.sq)
+                    continue;
+                q_tile(a, &s, h, i0, (int)(s.sq - i0 < FAB__BQ ? s.sq - i0 : FAB__BQ), Dbuf, ws);
+            }
         }
     }
     free(scratch);

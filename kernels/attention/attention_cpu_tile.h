@@ -20,11 +20,13 @@ static inline FAB__T(vf) FAB__T(vload)(const float *p)
 
 static inline void FAB__T(vstore)(float *p, FAB__T(vf) v) { memcpy(p, &v, sizeof v); }
 
-/* C[m x n] (+)= A[m x kk] * B[kk x n], all row-major f32 with leading dims;
+/* C[m x n] (+)= A[m x kk] * B[kk x n], f32; B and C row-major with leading
+ * dims, element (i, c) of A at A[i*a_rs + c*a_cs] (a_cs = 1: A row-major;
+ * a_rs = 1: A stored transposed, so P^T dO needs no transpose of P).
  * m % 4 == 0, n % (2 VL) == 0. Register block: 4 rows x 2 vectors, the 8
  * accumulators stay in registers over the whole kk loop (A broadcast, B streamed). */
-static void FAB__T(mm)(int m, int n, int kk, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
-                       int accumulate)
+static void FAB__T(mm)(int m, int n, int kk, const float *A, int a_rs, int a_cs, const float *B, int ldb, float *C,
+                       int ldc, int accumulate)
 {
     typedef FAB__T(vf) vf;
     for (int i = 0; i < m; i += 4) {
@@ -38,11 +40,12 @@ static void FAB__T(mm)(int m, int n, int kk, const float *A, int lda, const floa
             } else {
                 c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = (vf){0};
             }
-            const float *a0 = A + (i + 0) * lda, *a1 = A + (i + 1) * lda;
-            const float *a2 = A + (i + 2) * lda, *a3 = A + (i + 3) * lda;
+            const float *a0 = A + (size_t)(i + 0) * a_rs, *a1 = A + (size_t)(i + 1) * a_rs;
+            const float *a2 = A + (size_t)(i + 2) * a_rs, *a3 = A + (size_t)(i + 3) * a_rs;
             for (int c = 0; c < kk; c++) {
                 vf b0 = FAB__T(vload)(B + c * ldb + j), b1 = FAB__T(vload)(B + c * ldb + j + FAB__VL);
-                const float x0 = a0[c], x1 = a1[c], x2 = a2[c], x3 = a3[c]; /* broadcast by the vector ops */
+                const size_t e = (size_t)c * a_cs;
+                const float x0 = a0[e], x1 = a1[e], x2 = a2[e], x3 = a3[e]; /* broadcast by the vector ops */
                 c00 += b0 * x0, c01 += b1 * x0;
                 c10 += b0 * x1, c11 += b1 * x1;
                 c20 += b0 * x2, c21 += b1 * x2;
@@ -85,15 +88,20 @@ static void FAB__T(load)(const fab__attn_view *v, fab_dtype dt, int64_t b, int64
         memset(dst + (size_t)n * dp, 0, sizeof(float) * (size_t)(npad - n) * (size_t)dp);
 }
 
+static void FAB__T(transpose)(const float *src, int rows, int cols, float *dst) /* dst[c][r] = src[r][c] */
+{
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            dst[c * rows + r] = src[r * cols + c];
+}
+
 /* The same rows transposed into dst[dp x BK] (column r = row r; padding zeroed),
  * through tmp [BK x dp]. */
 static void FAB__T(load_t)(const fab__attn_view *v, fab_dtype dt, int64_t b, int64_t row0, int n, int64_t h,
                            int64_t d, int dp, float *tmp, float *dst)
 {
     FAB__T(load)(v, dt, b, row0, n, FAB__BK, h, d, dp, tmp);
-    for (int c = 0; c < dp; c++)
-        for (int r = 0; r < FAB__BK; r++)
-            dst[c * FAB__BK + r] = tmp[r * dp + c];
+    FAB__T(transpose)(tmp, FAB__BK, dp, dst);
 }
 
 /* Rows of src[n x dp] rounded into the output rows row0.. of head h. */
@@ -202,7 +210,7 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
         int nk = (int)(khi - j0 < FAB__BK ? khi - j0 : FAB__BK);
         FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, KT);
         FAB__T(load)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, V);
-        FAB__T(mm)(nqp, FAB__BK, dp, Q, dp, KT, FAB__BK, S, FAB__BK, 0);
+        FAB__T(mm)(nqp, FAB__BK, dp, Q, dp, 1, KT, FAB__BK, S, FAB__BK, 0);
         FAB__T(logits)(a, S, NULL, nq, nqp, nk, i0, j0, sq->sk - sq->sq);
         memset(S + nq * FAB__BK, 0, sizeof(float) * (size_t)((nqp - nq) * FAB__BK)); /* padding rows */
         for (int i = 0; i < nq; i++) {
@@ -230,7 +238,7 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
                     o[c] *= alpha;
             }
         }
-        FAB__T(mm)(nqp, dp, nk, S, FAB__BK, V, dp, O, dp, 1);
+        FAB__T(mm)(nqp, dp, nk, S, FAB__BK, 1, V, dp, O, dp, 1);
     }
     /* every row has a key (the entry checks it), so l > 0 */
     for (int i = 0; i < nq; i++) {
@@ -253,8 +261,8 @@ static void FAB__T(bwd_pair)(const fab__attn_args *a, const fab__attn_seq *sq, i
                              const float *lse2, const float *D, float *P, float *dS, float *T)
 {
     const int dp = sq->dp;
-    FAB__T(mm)(nqp, FAB__BK, dp, Q, dp, KT, FAB__BK, P, FAB__BK, 0);
-    FAB__T(mm)(nqp, FAB__BK, dp, dO, dp, VT, FAB__BK, dS, FAB__BK, 0);
+    FAB__T(mm)(nqp, FAB__BK, dp, Q, dp, 1, KT, FAB__BK, P, FAB__BK, 0);
+    FAB__T(mm)(nqp, FAB__BK, dp, dO, dp, 1, VT, FAB__BK, dS, FAB__BK, 0);
     FAB__T(logits)(a, P, T, nq, nqp, nk, i0, j0, sq->sk - sq->sq);
     const float scale = a->scale, cap = a->softcap;
     for (int i = 0; i < nqp; i++) {
@@ -272,13 +280,6 @@ static void FAB__T(bwd_pair)(const fab__attn_args *a, const fab__attn_seq *sq, i
                 ds[j] *= 1.0f - t[j] * t[j];
         }
     }
-}
-
-static void FAB__T(transpose)(const float *src, int rows, int cols, float *dst) /* dst[c][r] = src[r][c] */
-{
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            dst[c * rows + r] = src[r * cols + c];
 }
 
 /* D = rowsum(dO * O) for every row of sequence `sq`, head h, into Dbuf (laid out
@@ -322,30 +323,22 @@ static void FAB__T(bwd_kv_tile)(const fab__attn_args *a, const fab__attn_seq *sq
     const int dp = sq->dp;
     float *KT = ws, *VT = KT + dp * FAB__BK, *dK = VT + dp * FAB__BK, *dV = dK + FAB__BK * dp;
     float *Q = dV + FAB__BK * dp, *dO = Q + FAB__BQ * dp, *P = dO + FAB__BQ * dp, *dS = P + FAB__BQ * FAB__BK;
-    float *PT = dS + FAB__BQ * FAB__BK, *T = PT + FAB__BQ * FAB__BK, *lse2 = T + FAB__BQ * FAB__BK, *D = lse2 + FAB__BQ;
+    float *T = dS + FAB__BQ * FAB__BK, *lse2 = T + FAB__BQ * FAB__BK, *D = lse2 + FAB__BQ;
     float *tmp = D + FAB__BQ;
     FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, KT);
     FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
     memset(dK, 0, sizeof(float) * (size_t)(FAB__BK * dp));
     memset(dV, 0, sizeof(float) * (size_t)(FAB__BK * dp));
-    /* query rows that can see keys j0 .. j0+nk-1 */
-    const int64_t off = sq->sk - sq->sq;
-    int64_t ilo = 0, ihi = sq->sq;
-    if (a->right >= 0 && j0 - off - a->right > ilo)
-        ilo = j0 - off - a->right;
-    if (a->left >= 0 && j0 + nk - 1 - off + a->left + 1 < ihi)
-        ihi = j0 + nk - 1 - off + a->left + 1;
-    ilo = ilo / FAB__BQ * FAB__BQ; /* the same query tiles as the dq pass */
+    int64_t ilo, ihi;
+    query_tiles_of_keys(a, sq, j0, nk, &ilo, &ihi);
     const int64_t r = a->hq / a->hkv;
     for (int64_t h = g * r; h < (g + 1) * r; h++) {
         for (int64_t i0 = ilo; i0 < ihi; i0 += FAB__BQ) {
             int nq = (int)(sq->sq - i0 < FAB__BQ ? sq->sq - i0 : FAB__BQ), nqp = (nq + 3) & ~3;
             FAB__T(bwd_load_q)(a, sq, h, i0, nq, nqp, Dbuf, Q, dO, lse2, D);
             FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2, D, P, dS, T);
-            FAB__T(transpose)(P, nqp, FAB__BK, PT);
-            FAB__T(mm)(FAB__BK, dp, nqp, PT, nqp, dO, dp, dV, dp, 1);
-            FAB__T(transpose)(dS, nqp, FAB__BK, PT);
-            FAB__T(mm)(FAB__BK, dp, nqp, PT, nqp, Q, dp, dK, dp, 1);
+            FAB__T(mm)(FAB__BK, dp, nqp, P, 1, FAB__BK, dO, dp, dV, dp, 1);
+            FAB__T(mm)(FAB__BK, dp, nqp, dS, 1, FAB__BK, Q, dp, dK, dp, 1);
         }
     }
     FAB__T(store)(&a->dk, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK);
@@ -369,12 +362,65 @@ static void FAB__T(bwd_q_tile)(const fab__attn_args *a, const fab__attn_seq *sq,
     for (int64_t j0 = klo; j0 < khi; j0 += FAB__BK) {
         int nk = (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK);
         FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
-        for (int c = 0; c < dp; c++) /* K^T from K */
-            for (int r = 0; r < FAB__BK; r++)
-                KT[c * FAB__BK + r] = K[r * dp + c];
+        FAB__T(transpose)(K, FAB__BK, dp, KT);
         FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
         FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2, D, P, dS, T);
-        FAB__T(mm)(nqp, dp, FAB__BK, dS, FAB__BK, K, dp, dQ, dp, 1);
+        FAB__T(mm)(nqp, dp, FAB__BK, dS, FAB__BK, 1, K, dp, dQ, dp, 1);
     }
     FAB__T(store)(&a->dq, a->dtype, sq->b, sq->q0 + i0, nq, h, a->d, dp, dQ);
+}
+
+/* The single-pass backward of one (sequence, kv head) unit, FlashAttention-2's
+ * loop order: for each key tile, in order, for each query head of the group and
+ * each query tile that sees it: P, dS, then dV += P^T dO, dK += dS^T Q and
+ * dQ += dS K (5 tile products per pair, against 7 for the two passes). The unit
+ * owns every dq row of its group, so dq needs no atomics: its f32 accumulators,
+ * and Q, dO, lse, D widened once, live in the task's scratch (rows = sq rounded
+ * up to BQ, per query head). Every element sees the same operations in the same
+ * order as in bwd_kv_tile and bwd_q_tile, so the two schemes agree bit for bit. */
+static void FAB__T(bwd_group)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t g, const float *Dbuf,
+                              float *ws)
+{
+    const int dp = sq->dp;
+    const int64_t r = a->hq / a->hkv, rows = (sq->sq + FAB__BQ - 1) / FAB__BQ * FAB__BQ;
+    float *KT = ws, *VT = KT + dp * FAB__BK, *K = VT + dp * FAB__BK, *dK = K + FAB__BK * dp, *dV = dK + FAB__BK * dp;
+    float *P = dV + FAB__BK * dp, *dS = P + FAB__BQ * FAB__BK, *T = dS + FAB__BQ * FAB__BK;
+    float *Qg = T + FAB__BQ * FAB__BK, *dOg = Qg + r * rows * dp, *dQg = dOg + r * rows * dp;
+    float *lse2g = dQg + r * rows * dp, *Dg = lse2g + r * rows;
+    for (int64_t hh = 0; hh < r; hh++)
+        for (int64_t i0 = 0; i0 < sq->sq; i0 += FAB__BQ) {
+            int nq = (int)(sq->sq - i0 < FAB__BQ ? sq->sq - i0 : FAB__BQ), nqp = (nq + 3) & ~3;
+            int64_t row = hh * rows + i0;
+            FAB__T(bwd_load_q)(a, sq, g * r + hh, i0, nq, nqp, Dbuf, Qg + row * dp, dOg + row * dp, lse2g + row,
+                               Dg + row);
+        }
+    memset(dQg, 0, sizeof(float) * (size_t)(r * rows * dp));
+    for (int64_t j0 = 0; j0 < sq->sk; j0 += FAB__BK) {
+        int nk = (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK);
+        FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
+        FAB__T(transpose)(K, FAB__BK, dp, KT);
+        FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK /* as tmp */, VT);
+        memset(dK, 0, sizeof(float) * (size_t)(FAB__BK * dp));
+        memset(dV, 0, sizeof(float) * (size_t)(FAB__BK * dp));
+        int64_t ilo, ihi;
+        query_tiles_of_keys(a, sq, j0, nk, &ilo, &ihi);
+        for (int64_t hh = 0; hh < r; hh++) {
+            for (int64_t i0 = ilo; i0 < ihi; i0 += FAB__BQ) {
+                int nq = (int)(sq->sq - i0 < FAB__BQ ? sq->sq - i0 : FAB__BQ), nqp = (nq + 3) & ~3;
+                int64_t row = hh * rows + i0;
+                const float *Q = Qg + row * dp, *dO = dOg + row * dp;
+                FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2g + row, Dg + row, P, dS, T);
+                FAB__T(mm)(FAB__BK, dp, nqp, P, 1, FAB__BK, dO, dp, dV, dp, 1);
+                FAB__T(mm)(FAB__BK, dp, nqp, dS, 1, FAB__BK, Q, dp, dK, dp, 1);
+                FAB__T(mm)(nqp, dp, FAB__BK, dS, FAB__BK, 1, K, dp, dQg + row * dp, dp, 1);
+            }
+        }
+        FAB__T(store)(&a->dk, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK);
+        FAB__T(store)(&a->dv, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dV);
+    }
+    for (int64_t hh = 0; hh < r; hh++)
+        for (int64_t i0 = 0; i0 < sq->sq; i0 += FAB__BQ) {
+            int nq = (int)(sq->sq - i0 < FAB__BQ ? sq->sq - i0 : FAB__BQ);
+            FAB__T(store)(&a->dq, a->dtype, sq->b, sq->q0 + i0, nq, g * r + hh, a->d, dp, dQg + (hh * rows + i0) * dp);
+        }
 }
