@@ -107,6 +107,9 @@ typedef void (*group_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t,
 #ifdef FAB__ATTN_AVX2
 static int use_avx2(void)
 {
+#ifdef FAB_ATTN_FORCE_BASE /* a test build of the portable code (tests/CMakeLists.txt) */
+    return 0;
+#endif
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }

@@ -20,42 +20,94 @@ static inline FAB__T(vf) FAB__T(vload)(const float *p)
 
 static inline void FAB__T(vstore)(float *p, FAB__T(vf) v) { memcpy(p, &v, sizeof v); }
 
+static inline FAB__T(vf) FAB__T(splat)(float x)
+{
+    FAB__T(vf) v;
+    for (int i = 0; i < FAB__VL; i++)
+        v[i] = x;
+    return v;
+}
+
+/* One register block of mm: C[4 x NV vectors] (+)= A[4 x kk] * B[kk x NV vectors],
+ * for NV = 3, 2, 1: 4 x NV accumulators, NV vectors of B and one broadcast stay in
+ * registers (NV = 3: all 16 AVX2 registers). FAB__MM_V(X) applies X to each
+ * vector index below NV; the code is spelled out per NV because GCC keeps arrays
+ * of vectors in memory. */
+#define FAB__MM_BLOCK(NV, FAB__MM_V)                                                                          \
+    static void FAB__T(mm_block##NV)(int kk, const float *A, int a_rs, int a_cs, const float *B, int ldb, float *C, \
+                                     int ldc, int accumulate)                                                   \
+    {                                                                                                           \
+        typedef FAB__T(vf) vf;                                                                                  \
+        vf c0_0, c0_1, c0_2, c1_0, c1_1, c1_2, c2_0, c2_1, c2_2, c3_0, c3_1, c3_2;                              \
+        (void)c0_1, (void)c0_2, (void)c1_1, (void)c1_2, (void)c2_1, (void)c2_2, (void)c3_1, (void)c3_2;         \
+        FAB__MM_V(FAB__MM_INIT)                                                                                 \
+        const float *a0 = A, *a1 = A + a_rs, *a2 = A + 2 * (size_t)a_rs, *a3 = A + 3 * (size_t)a_rs;          \
+        for (int c = 0; c < kk; c++) {                                                                          \
+            const float *b = B + c * ldb;                                                                       \
+            const size_t e = (size_t)c * a_cs;                                                                  \
+            FAB__MM_V(FAB__MM_LOAD_B)                                                                           \
+            vf x = FAB__T(splat)(a0[e]); /* one broadcast at a time: 12 + 3 + 1 registers */                          \
+            FAB__MM_V(FAB__MM_FMA0)                                                                             \
+            x = FAB__T(splat)(a1[e]);                                                                                \
+            FAB__MM_V(FAB__MM_FMA1)                                                                             \
+            x = FAB__T(splat)(a2[e]);                                                                                \
+            FAB__MM_V(FAB__MM_FMA2)                                                                             \
+            x = FAB__T(splat)(a3[e]);                                                                                \
+            FAB__MM_V(FAB__MM_FMA3)                                                                             \
+        }                                                                                                       \
+        FAB__MM_V(FAB__MM_STORE)                                                                                \
+    }
+#define FAB__MM_INIT(v)                                                                                         \
+    c0_##v = accumulate ? FAB__T(vload)(C + 0 * ldc + v * FAB__VL) : (vf){0};                                   \
+    c1_##v = accumulate ? FAB__T(vload)(C + 1 * ldc + v * FAB__VL) : (vf){0};                                   \
+    c2_##v = accumulate ? FAB__T(vload)(C + 2 * ldc + v * FAB__VL) : (vf){0};                                   \
+    c3_##v = accumulate ? FAB__T(vload)(C + 3 * ldc + v * FAB__VL) : (vf){0};
+#define FAB__MM_LOAD_B(v) const vf b##v = FAB__T(vload)(b + v * FAB__VL);
+#define FAB__MM_FMA0(v) c0_##v += b##v * x;
+#define FAB__MM_FMA1(v) c1_##v += b##v * x;
+#define FAB__MM_FMA2(v) c2_##v += b##v * x;
+#define FAB__MM_FMA3(v) c3_##v += b##v * x;
+#define FAB__MM_STORE(v)                                                                                        \
+    FAB__T(vstore)(C + 0 * ldc + v * FAB__VL, c0_##v), FAB__T(vstore)(C + 1 * ldc + v * FAB__VL, c1_##v);       \
+    FAB__T(vstore)(C + 2 * ldc + v * FAB__VL, c2_##v), FAB__T(vstore)(C + 3 * ldc + v * FAB__VL, c3_##v);
+#define FAB__MM_V3(X) X(0) X(1) X(2)
+#define FAB__MM_V2(X) X(0) X(1)
+#define FAB__MM_V1(X) X(0)
+FAB__MM_BLOCK(3, FAB__MM_V3)
+FAB__MM_BLOCK(2, FAB__MM_V2)
+FAB__MM_BLOCK(1, FAB__MM_V1)
+#undef FAB__MM_BLOCK
+#undef FAB__MM_INIT
+#undef FAB__MM_LOAD_B
+#undef FAB__MM_FMA0
+#undef FAB__MM_FMA1
+#undef FAB__MM_FMA2
+#undef FAB__MM_FMA3
+#undef FAB__MM_STORE
+#undef FAB__MM_V3
+#undef FAB__MM_V2
+#undef FAB__MM_V1
+
 /* C[m x n] (+)= A[m x kk] * B[kk x n], f32; B and C row-major with leading
  * dims, element (i, c) of A at A[i*a_rs + c*a_cs] (a_cs = 1: A row-major;
  * a_rs = 1: A stored transposed, so P^T dO needs no transpose of P).
- * m % 4 == 0, n % (2 VL) == 0. Register block: 4 rows x 2 vectors, the 8
- * accumulators stay in registers over the whole kk loop (A broadcast, B streamed). */
+ * m % 4 == 0, n % (2 VL) == 0. Register blocks of 4 rows x 3 vectors (the last
+ * of a row 2 or 1 vectors): the accumulators stay in registers over the whole kk
+ * loop, A broadcast, B streamed. Each element of C is one chain of FMAs in the
+ * order of kk, whatever the block it falls in. */
 static void FAB__T(mm)(int m, int n, int kk, const float *A, int a_rs, int a_cs, const float *B, int ldb, float *C,
                        int ldc, int accumulate)
 {
-    typedef FAB__T(vf) vf;
     for (int i = 0; i < m; i += 4) {
-        for (int j = 0; j < n; j += 2 * FAB__VL) {
-            vf c00, c01, c10, c11, c20, c21, c30, c31;
-            if (accumulate) {
-                c00 = FAB__T(vload)(C + (i + 0) * ldc + j), c01 = FAB__T(vload)(C + (i + 0) * ldc + j + FAB__VL);
-                c10 = FAB__T(vload)(C + (i + 1) * ldc + j), c11 = FAB__T(vload)(C + (i + 1) * ldc + j + FAB__VL);
-                c20 = FAB__T(vload)(C + (i + 2) * ldc + j), c21 = FAB__T(vload)(C + (i + 2) * ldc + j + FAB__VL);
-                c30 = FAB__T(vload)(C + (i + 3) * ldc + j), c31 = FAB__T(vload)(C + (i + 3) * ldc + j + FAB__VL);
-            } else {
-                c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = (vf){0};
-            }
-            const float *a0 = A + (size_t)(i + 0) * a_rs, *a1 = A + (size_t)(i + 1) * a_rs;
-            const float *a2 = A + (size_t)(i + 2) * a_rs, *a3 = A + (size_t)(i + 3) * a_rs;
-            for (int c = 0; c < kk; c++) {
-                vf b0 = FAB__T(vload)(B + c * ldb + j), b1 = FAB__T(vload)(B + c * ldb + j + FAB__VL);
-                const size_t e = (size_t)c * a_cs;
-                const float x0 = a0[e], x1 = a1[e], x2 = a2[e], x3 = a3[e]; /* broadcast by the vector ops */
-                c00 += b0 * x0, c01 += b1 * x0;
-                c10 += b0 * x1, c11 += b1 * x1;
-                c20 += b0 * x2, c21 += b1 * x2;
-                c30 += b0 * x3, c31 += b1 * x3;
-            }
-            FAB__T(vstore)(C + (i + 0) * ldc + j, c00), FAB__T(vstore)(C + (i + 0) * ldc + j + FAB__VL, c01);
-            FAB__T(vstore)(C + (i + 1) * ldc + j, c10), FAB__T(vstore)(C + (i + 1) * ldc + j + FAB__VL, c11);
-            FAB__T(vstore)(C + (i + 2) * ldc + j, c20), FAB__T(vstore)(C + (i + 2) * ldc + j + FAB__VL, c21);
-            FAB__T(vstore)(C + (i + 3) * ldc + j, c30), FAB__T(vstore)(C + (i + 3) * ldc + j + FAB__VL, c31);
-        }
+        const float *Ai = A + (size_t)i * a_rs;
+        float *Ci = C + (size_t)i * ldc;
+        int j = 0;
+        for (; j + 3 * FAB__VL <= n; j += 3 * FAB__VL)
+            FAB__T(mm_block3)(kk, Ai, a_rs, a_cs, B + j, ldb, Ci + j, ldc, accumulate);
+        if (n - j == 2 * FAB__VL)
+            FAB__T(mm_block2)(kk, Ai, a_rs, a_cs, B + j, ldb, Ci + j, ldc, accumulate);
+        else if (n - j == FAB__VL)
+            FAB__T(mm_block1)(kk, Ai, a_rs, a_cs, B + j, ldb, Ci + j, ldc, accumulate);
     }
 }
 
@@ -88,11 +140,54 @@ static void FAB__T(load)(const fab__attn_view *v, fab_dtype dt, int64_t b, int64
         memset(dst + (size_t)n * dp, 0, sizeof(float) * (size_t)(npad - n) * (size_t)dp);
 }
 
-static void FAB__T(transpose)(const float *src, int rows, int cols, float *dst) /* dst[c][r] = src[r][c] */
+/* dst[c][r] = src[r][c] for src [rows x cols], both multiples of VL: VL x VL
+ * blocks transposed in registers (the unpack / shuffle / lane-swap sequence), a
+ * scalar loop being one store per element. */
+static void FAB__T(transpose)(const float *src, int rows, int cols, float *dst)
 {
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            dst[c * rows + r] = src[r * cols + c];
+    typedef FAB__T(vf) vf;
+    for (int r = 0; r < rows; r += FAB__VL)
+        for (int c = 0; c < cols; c += FAB__VL) {
+            const float *s = src + (size_t)r * cols + c;
+            float *o = dst + (size_t)c * rows + r;
+#if FAB__VL == 8
+            vf r0 = FAB__T(vload)(s), r1 = FAB__T(vload)(s + cols), r2 = FAB__T(vload)(s + 2 * cols);
+            vf r3 = FAB__T(vload)(s + 3 * cols), r4 = FAB__T(vload)(s + 4 * cols), r5 = FAB__T(vload)(s + 5 * cols);
+            vf r6 = FAB__T(vload)(s + 6 * cols), r7 = FAB__T(vload)(s + 7 * cols);
+            /* interleave row pairs: t0 = a00 a10 a01 a11 | a04 a14 a05 a15 */
+#define FAB__LO(x, y) __builtin_shufflevector(x, y, 0, 8, 1, 9, 4, 12, 5, 13)
+#define FAB__HI(x, y) __builtin_shufflevector(x, y, 2, 10, 3, 11, 6, 14, 7, 15)
+            vf t0 = FAB__LO(r0, r1), t1 = FAB__HI(r0, r1), t2 = FAB__LO(r2, r3), t3 = FAB__HI(r2, r3);
+            vf t4 = FAB__LO(r4, r5), t5 = FAB__HI(r4, r5), t6 = FAB__LO(r6, r7), t7 = FAB__HI(r6, r7);
+#undef FAB__LO
+#undef FAB__HI
+            /* pairs of pairs: u0 = column 0 of rows 0-3 | column 4 of rows 0-3 */
+#define FAB__LO(x, y) __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13)
+#define FAB__HI(x, y) __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15)
+            vf u0 = FAB__LO(t0, t2), u1 = FAB__HI(t0, t2), u2 = FAB__LO(t1, t3), u3 = FAB__HI(t1, t3);
+            vf u4 = FAB__LO(t4, t6), u5 = FAB__HI(t4, t6), u6 = FAB__LO(t5, t7), u7 = FAB__HI(t5, t7);
+#undef FAB__LO
+#undef FAB__HI
+            /* 128-bit halves: rows 0-3 and 4-7 of one column */
+#define FAB__LO(x, y) __builtin_shufflevector(x, y, 0, 1, 2, 3, 8, 9, 10, 11)
+#define FAB__HI(x, y) __builtin_shufflevector(x, y, 4, 5, 6, 7, 12, 13, 14, 15)
+            FAB__T(vstore)(o, FAB__LO(u0, u4)), FAB__T(vstore)(o + rows, FAB__LO(u1, u5));
+            FAB__T(vstore)(o + 2 * rows, FAB__LO(u2, u6)), FAB__T(vstore)(o + 3 * rows, FAB__LO(u3, u7));
+            FAB__T(vstore)(o + 4 * rows, FAB__HI(u0, u4)), FAB__T(vstore)(o + 5 * rows, FAB__HI(u1, u5));
+            FAB__T(vstore)(o + 6 * rows, FAB__HI(u2, u6)), FAB__T(vstore)(o + 7 * rows, FAB__HI(u3, u7));
+#undef FAB__LO
+#undef FAB__HI
+#else /* VL == 4 */
+            vf r0 = FAB__T(vload)(s), r1 = FAB__T(vload)(s + cols);
+            vf r2 = FAB__T(vload)(s + 2 * cols), r3 = FAB__T(vload)(s + 3 * cols);
+            vf t0 = __builtin_shufflevector(r0, r1, 0, 4, 1, 5), t1 = __builtin_shufflevector(r0, r1, 2, 6, 3, 7);
+            vf t2 = __builtin_shufflevector(r2, r3, 0, 4, 1, 5), t3 = __builtin_shufflevector(r2, r3, 2, 6, 3, 7);
+            FAB__T(vstore)(o, __builtin_shufflevector(t0, t2, 0, 1, 4, 5));
+            FAB__T(vstore)(o + rows, __builtin_shufflevector(t0, t2, 2, 3, 6, 7));
+            FAB__T(vstore)(o + 2 * rows, __builtin_shufflevector(t1, t3, 0, 1, 4, 5));
+            FAB__T(vstore)(o + 3 * rows, __builtin_shufflevector(t1, t3, 2, 3, 6, 7));
+#endif
+        }
 }
 
 /* The same rows transposed into dst[dp x BK] (column r = row r; padding zeroed),
@@ -124,6 +219,20 @@ static void FAB__T(store)(const fab__attn_view *v, fab_dtype dt, int64_t b, int6
                 for (int64_t c = 0; c < d; c++)
                     o[c] = fab__f16_store(s[c]);
         }
+    }
+}
+
+/* Asks for rows row0 .. row0+n-1 of head h (d elements of es bytes each) to be
+ * brought into the cache: the next key tile's K or V, while this tile computes
+ * (their rows are strided by the other heads, which the hardware prefetchers
+ * follow poorly). */
+static inline __attribute__((always_inline)) void FAB__T(prefetch_rows)(const fab__attn_view *v, size_t es, int64_t b, int64_t row0, int n, int64_t h,
+                                  int64_t d)
+{
+    for (int r = 0; r < n; r++) {
+        const char *p = (const char *)v->data + (size_t)elem(v, b, row0 + r, h) * es;
+        for (size_t o = 0; o < (size_t)d * es; o += 64)
+            __builtin_prefetch(p + o);
     }
 }
 
@@ -190,6 +299,24 @@ static void FAB__T(logits)(const fab__attn_args *a, float *S, float *T, int nq, 
     }
 }
 
+/* max(m, s[0], ..., s[BK-1]), NaNs ignored: lane-wise maxima, then across the lanes
+ * (a max is exact, so the order does not matter). */
+static inline float FAB__T(row_max)(const float *s, float m)
+{
+    typedef FAB__T(vf) vf;
+    typedef int32_t vi __attribute__((vector_size(FAB__VL * 4)));
+    vf mv = FAB__T(splat)(m);
+    for (int j = 0; j < FAB__BK; j += FAB__VL) {
+        vf x = FAB__T(vload)(s + j);
+        vi gt = x > mv;
+        mv = (vf)(((vi)x & gt) | ((vi)mv & ~gt));
+    }
+    float mx = m;
+    for (int l = 0; l < FAB__VL; l++)
+        mx = mv[l] > mx ? mv[l] : mx;
+    return mx;
+}
+
 /* Forward of one query tile (rows i0 .. i0+nq-1 of one sequence and head):
  * online softmax over the key tiles the mask lets it see. Q, O: [BQ x dp];
  * KT: [dp x BK] (keys transposed); V, S: [BK x dp], [BQ x BK]. */
@@ -200,6 +327,7 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
     float *Q = ws, *O = Q + FAB__BQ * dp, *KT = O + FAB__BQ * dp, *V = KT + dp * FAB__BK;
     float *S = V + FAB__BK * dp, *m = S + FAB__BQ * FAB__BK, *l = m + FAB__BQ, *tmp = l + FAB__BQ;
     const int64_t g = h / (a->hq / a->hkv);
+    const size_t es = a->dtype == FAB_DTYPE_F32 ? 4 : 2;
     FAB__T(load)(&a->q, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, dp, Q);
     memset(O, 0, sizeof(float) * (size_t)(nqp * dp));
     for (int i = 0; i < FAB__BQ; i++)
@@ -210,14 +338,16 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
         int nk = (int)(khi - j0 < FAB__BK ? khi - j0 : FAB__BK);
         FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, KT);
         FAB__T(load)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, V);
+        const int64_t j1 = j0 + FAB__BK;
+        const int nk1 = (int)(khi - j1 < FAB__BK ? khi - j1 : FAB__BK);
+        if (nk1 > 0)
+            FAB__T(prefetch_rows)(&a->k, es, sq->b, sq->k0 + j1, nk1, g, a->d);
         FAB__T(mm)(nqp, FAB__BK, dp, Q, dp, 1, KT, FAB__BK, S, FAB__BK, 0);
         FAB__T(logits)(a, S, NULL, nq, nqp, nk, i0, j0, sq->sk - sq->sq);
         memset(S + nq * FAB__BK, 0, sizeof(float) * (size_t)((nqp - nq) * FAB__BK)); /* padding rows */
         for (int i = 0; i < nq; i++) {
             float *s = S + i * FAB__BK;
-            float mx = m[i];
-            for (int j = 0; j < FAB__BK; j++)
-                mx = s[j] > mx ? s[j] : mx;
+            float mx = FAB__T(row_max)(s, m[i]);
             if (mx == -INFINITY) { /* no key of this row in the tile, nor before */
                 memset(s, 0, sizeof(float) * FAB__BK);
                 continue;
@@ -238,6 +368,8 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
                     o[c] *= alpha;
             }
         }
+        if (nk1 > 0)
+            FAB__T(prefetch_rows)(&a->v, es, sq->b, sq->k0 + j1, nk1, g, a->d);
         FAB__T(mm)(nqp, dp, nk, S, FAB__BK, 1, V, dp, O, dp, 1);
     }
     /* every row has a key (the entry checks it), so l > 0 */
