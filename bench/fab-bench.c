@@ -15,9 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef FAB_GIT_COMMIT
-#define FAB_GIT_COMMIT "unknown"
-#endif
+#include "fab_git_commit.h" /* FAB_GIT_COMMIT, written at build time (cmake/git_commit.cmake) */
 
 typedef struct suite {
     const char *name;

@@ -18,6 +18,12 @@ cd "$(dirname "$0")/.."
 start=$SECONDS
 budget=${FAB_GPU_CHECK_BUDGET:-540}
 left() { echo $(( budget - (SECONDS - start) )); }
+# the commit under test: git's, or the one tools/gpu-prepare.sh wrote (the device's
+# copy of the tree has no .git); fab-bench's report takes it from the environment
+if [ -z "${FAB_GIT_COMMIT:-}" ]; then
+    FAB_GIT_COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || cat .gpu-deps/commit 2>/dev/null || echo unknown)
+fi
+export FAB_GIT_COMMIT
 out=${OUT:-$PWD/build/gpu-check}
 mkdir -p "$out"
 exec > >(tee "$out/gpu-check.log") 2>&1
@@ -30,7 +36,7 @@ write_report() {
     {
         echo "# gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
         echo
-        echo "- commit: $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+        echo "- commit: $FAB_GIT_COMMIT"
         echo "- card: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1), built for sm_$arch"
         echo "- failed steps: ${failed[*]:-none}"
         echo "- sanitizer runs skipped for lack of time (not passes): ${skipped[*]:-none}"
