@@ -2,9 +2,9 @@
  * suite_attention.c: attention forward/backward throughput.
  *
  * Work is counted by FlashAttention's convention: forward 4*b*hq*sq*sk*d flops
- * (two GEMMs), halved for causal; backward 2.5x the forward (five GEMMs; the CPU
- * backward really does seven, see attention_cpu.c, so its rate here is the
- * useful-work rate).
+ * (two GEMMs), halved for causal; backward 2.5x the forward (five GEMMs; where
+ * the CPU backward takes its two-pass schedule it does seven, see attention_cpu.c,
+ * so the rate here is always the useful-work rate).
  *
  * Baseline, measured in the same run:
  *   CPU: fab_matmul's rate on a 1024^3 GEMM in the same dtype: how close the

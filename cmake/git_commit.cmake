@@ -19,6 +19,7 @@ elseif(GIT_EXECUTABLE)
     endif()
   endif()
 endif()
+string(REGEX REPLACE "[^A-Za-z0-9._+-]" "_" commit "${commit}") # a plain C string, whatever the environment held
 set(text "#define FAB_GIT_COMMIT \"${commit}\"\n")
 set(old "")
 if(EXISTS ${OUT})

@@ -381,7 +381,9 @@ FAB_API fab_status fab_matmul_bias_grad(fab_context *ctx, const fab_matmul_bias_
  *
  * Backends. CPU: tiled online-softmax forward and a recompute backward (OpenMP
  * over batch x heads x tiles; the backward in one pass, FlashAttention-2's 5
- * products, when batch x heads_kv is enough tasks for the threads). CUDA (sm_80 and later; Hopper runs the same
+ * products, when batch x heads_kv is enough tasks for the threads and the
+ * per-thread scratch, 12 bytes per head_dim per query row of a head group, stays
+ * under 32 MiB). CUDA (sm_80 and later; Hopper runs the same
  * kernels): FlashAttention-2-style mma.sync/ldmatrix/cp.async kernels; they need
  * every data pointer 16-byte aligned and every stride but the last a multiple of
  * 8 elements (else FAB_ERR_UNSUPPORTED), and the backward takes a stream-ordered

@@ -377,11 +377,13 @@ static fab_tolerance grad_tol(fab_dtype dt)
 }
 
 /* Runs case c on ctx and checks out, lse, dq, dk, dv against the reference. With
- * ctx2 (a CUDA context on the same device with deterministic = det2, the other
- * setting than ctx's), the backward runs again there into fresh outputs, checked
- * against the same reference; returns the number of dq elements whose bits differ
- * between the two runs (else 0). */
-static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_context *ctx2, int det2)
+ * ctx2 (another context on the same device that takes the other backward path:
+ * CUDA deterministic vs fast, or the CPU's other schedule; `path2` names it), the
+ * backward runs again there into fresh outputs, checked against the same
+ * reference; ndiff[0..2] get the number of dq, dk, dv elements whose bits differ
+ * between the two runs (else they are left alone). */
+static void run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_context *ctx2, const char *path2,
+                      int64_t *ndiff)
 {
     char what[160];
     ref_problem p;
@@ -508,7 +510,6 @@ static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_con
         }
         fab_test_check_close_mag(what, gg[t], rg[t], mg[t], gnum[t], gtol);
     }
-    int64_t ndiff = 0;
     if (ctx2) {
         double *g2 = malloc(sizeof(double) * (size_t)(nq > nk ? nq + 1 : nk + 1));
         assert_non_null(g2);
@@ -520,12 +521,12 @@ static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_con
         assert_int_equal(fab_synchronize(ctx), FAB_OK);
         s = fab_attention_backward(ctx2, &bp);
         if (s != FAB_OK)
-            fail_msg("%s %s: fab_attention_backward (deterministic=%d): %s: %s", c->name, fab_dtype_name(dt), det2,
+            fail_msg("%s %s: fab_attention_backward (%s): %s: %s", c->name, fab_dtype_name(dt), path2,
                      fab_status_name(s), fab_last_error());
         assert_int_equal(fab_synchronize(ctx2), FAB_OK);
         for (int t = 0; t < 3; t++) {
-            snprintf(what, sizeof what, "attention_backward %s %s %s (deterministic=%d)", c->name, fab_dtype_name(dt),
-                     gn[t], det2);
+            snprintf(what, sizeof what, "attention_backward %s %s %s (%s)", c->name, fab_dtype_name(dt), gn[t],
+                     path2);
             tb_download(ctx, gb[t], g2, what);
             fab_tolerance gtol = grad_tol(dt);
             if (dt == FAB_DTYPE_BF16) { /* as above */
@@ -535,9 +536,8 @@ static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_con
                 gtol.atol = fmax(gtol.atol, mx / 256);
             }
             fab_test_check_close_mag(what, g2, rg[t], mg[t], gnum[t], gtol);
-            if (t == 0)
-                for (int64_t i = 0; i < nq; i++)
-                    ndiff += memcmp(&g2[i], &gdq[i], sizeof(double)) != 0;
+            for (int64_t i = 0; i < gnum[t]; i++)
+                ndiff[t] += memcmp(&g2[i], &gg[t][i], sizeof(double)) != 0;
         }
         free(g2);
     }
@@ -550,10 +550,9 @@ static int64_t run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_con
     double *hs[18] = {hq_, hk, hv, hdo, ro, rl, go, gl, rdq, rdk, rdv, gdq, gdk, gdv, rl2, mdq, mdk, mdv};
     for (int i = 0; i < 18; i++)
         free(hs[i]);
-    return ndiff;
 }
 
-static void run_case(fab_context *ctx, const acase *c, fab_dtype dt) { (void)run_case2(ctx, c, dt, NULL, 0); }
+static void run_case(fab_context *ctx, const acase *c, fab_dtype dt) { run_case2(ctx, c, dt, NULL, NULL, NULL); }
 
 /* name, batch, sq, sk, hq, hkv, d, varlen, lq, lk, causal, window, wl, wr, scale, softcap, padded, qrange */
 static const acase cases[] = {
@@ -604,30 +603,43 @@ static void skip_on_cuda(fab_context *ctx, const char *why)
     }
 }
 
+/* Every case, and every backward twice, on the two paths of the backend:
+ * CUDA: the fast path (the default context, deterministic = 0: dq by atomics)
+ *       and the deterministic one (a second context);
+ * CPU:  the single-pass schedule (1 thread) and the two-pass one (64 threads,
+ *       more than any case's batch x kv heads), which must agree bit for bit. */
 static void test_cases_dtype(fab_dtype dt)
 {
     fab_context *ctx = fab_test_context();
     int cuda = fab_context_backend(ctx) == FAB_BACKEND_CUDA;
     if (cuda && dt == FAB_DTYPE_F32)
         skip_on_cuda(ctx, "the CUDA attention kernel takes bf16 and f16 only (test_backend_coverage checks f32 is refused)");
-    /* CUDA: each backward runs on both paths, the fast one (this default context,
-     * deterministic = 0: dq by atomics) and the deterministic one (a second context) */
-    fab_context *det = NULL;
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    const char *path2;
     if (cuda) {
-        fab_context_config cfg;
-        memset(&cfg, 0, sizeof cfg);
         cfg.deterministic = 1;
-        det = fab_test_context_with(&cfg);
+        path2 = "deterministic path";
+    } else {
+        fab_context_destroy(ctx);
+        cfg.num_threads = 1;
+        ctx = fab_test_context_with(&cfg);
+        cfg.num_threads = 64;
+        path2 = "CPU two-pass schedule";
     }
-    int64_t ndiff = 0;
+    fab_context *ctx2 = fab_test_context_with(&cfg);
+    int64_t ndiff[3] = {0, 0, 0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         if (!cuda || cuda_runs(&cases[i], dt))
-            ndiff += run_case2(ctx, &cases[i], dt, det, 1);
-    if (det) {
+            run_case2(ctx, &cases[i], dt, ctx2, path2, ndiff);
+    if (cuda)
         print_message("attention %s: dq differs in %lld elements between the fast and the deterministic path\n",
-                      fab_dtype_name(dt), (long long)ndiff);
-        fab_context_destroy(det);
-    }
+                      fab_dtype_name(dt), (long long)ndiff[0]);
+    else if (ndiff[0] + ndiff[1] + ndiff[2] != 0)
+        fail_msg("attention %s: the CPU's single-pass and two-pass backward differ in %lld dq, %lld dk, %lld dv "
+                 "elements (they must be bitwise equal)",
+                 fab_dtype_name(dt), (long long)ndiff[0], (long long)ndiff[1], (long long)ndiff[2]);
+    fab_context_destroy(ctx2);
     fab_context_destroy(ctx);
 }
 

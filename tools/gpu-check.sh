@@ -21,7 +21,11 @@ left() { echo $(( budget - (SECONDS - start) )); }
 # the commit under test: git's, or the one tools/gpu-prepare.sh wrote (the device's
 # copy of the tree has no .git); fab-bench's report takes it from the environment
 if [ -z "${FAB_GIT_COMMIT:-}" ]; then
-    FAB_GIT_COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || cat .gpu-deps/commit 2>/dev/null || echo unknown)
+    if FAB_GIT_COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null); then
+        git diff --quiet HEAD -- 2>/dev/null || FAB_GIT_COMMIT="$FAB_GIT_COMMIT-dirty"
+    else
+        FAB_GIT_COMMIT=$(cat .gpu-deps/commit 2>/dev/null || echo unknown)
+    fi
 fi
 export FAB_GIT_COMMIT
 out=${OUT:-$PWD/build/gpu-check}

@@ -12,6 +12,7 @@ mkdir -p "$dest/include" "$dest/lib"
 cp /usr/include/cmocka.h "$dest/include/"
 cp -P /usr/lib/x86_64-linux-gnu/libcmocka.so* "$dest/lib/"
 # the device gets a copy of the tree without .git: it reads the commit from here
+# (so run this script again after committing, just before the device call)
 git rev-parse --short=12 HEAD > .gpu-deps/commit
 git diff --quiet HEAD -- || sed -i 's/$/-dirty/' .gpu-deps/commit
 grep -qx '/.gpu-deps/' .git/info/exclude 2>/dev/null || echo '/.gpu-deps/' >> .git/info/exclude

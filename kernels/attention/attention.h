@@ -55,7 +55,7 @@ static inline void fab__attn_key_range(const fab__attn_args *a, int64_t sq, int6
 
 fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a);
 fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a);
-/* CUDA, sm_80+: bf16/f16, head_dim 32, 64, 96, 128 (the forward also 256), rows
+/* CUDA, sm_80+: bf16/f16, head_dim 32, 64, 96, 128, 256, rows
  * 16-byte aligned. The backward uses dq atomics unless a->deterministic. */
 fab_status fab__attention_forward_sm80(fab_context *ctx, const fab__attn_args *a);
 fab_status fab__attention_backward_sm80(fab_context *ctx, const fab__attn_args *a);

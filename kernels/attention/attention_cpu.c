@@ -194,19 +194,23 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
     /* bwd_group's scratch: its tiles, then Q, dO, dQ, lse, D of every row of the group */
     const size_t group_rows = (size_t)(a->hq / a->hkv) * (size_t)(qtiles * FAB__BQ);
     const size_t group_floats = (size_t)(5 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK) + group_rows * (size_t)(3 * dp + 2);
-    int threads = ctx->num_threads;
-    const int single = single_pass(a, threads, group_floats);
-    int64_t most = nq_tasks > nk_tasks ? nq_tasks : nk_tasks;
-    if (single)
-        most = a->batch * a->hkv;
-    if (threads > most)
-        threads = (int)(most > 0 ? most : 1);
-    /* the larger of the two tile layouts (see bwd_kv_tile and bwd_q_tile) */
-    size_t kv_floats = (size_t)(5 * FAB__BK * dp + 2 * FAB__BQ * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
-    size_t q_floats = (size_t)(3 * FAB__BQ * dp + 4 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
-    size_t per = single ? group_floats : kv_floats > q_floats ? kv_floats : q_floats;
-    size_t stride;
-    float *scratch = alloc_scratch(threads, per, &stride);
+    /* the two passes' scratch: the larger of their tile layouts (see bwd_kv_tile and bwd_q_tile) */
+    const size_t kv_floats = (size_t)(5 * FAB__BK * dp + 2 * FAB__BQ * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
+    const size_t q_floats = (size_t)(3 * FAB__BQ * dp + 4 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
+    const int64_t units = a->batch * a->hkv, most = nq_tasks > nk_tasks ? nq_tasks : nk_tasks;
+    int single = single_pass(a, ctx->num_threads, group_floats), threads = 1;
+    size_t stride = 0;
+    float *scratch = NULL;
+    for (int attempt = 0; attempt < 2 && !scratch; attempt++) {
+        if (attempt == 1) { /* no memory for the single pass's scratch: the two passes need far less */
+            if (!single)
+                break;
+            single = 0;
+        }
+        const int64_t tasks = single ? units : most;
+        threads = ctx->num_threads < tasks ? ctx->num_threads : (int)(tasks > 0 ? tasks : 1);
+        scratch = alloc_scratch(threads, single ? group_floats : kv_floats > q_floats ? kv_floats : q_floats, &stride);
+    }
     /* D = rowsum(dO * O), laid out as lse */
     const int64_t nrows = a->lse_sb ? a->batch * a->lse_sb : a->hq * a->lse_sh;
     float *Dbuf = malloc(sizeof(float) * (size_t)(nrows > 0 ? nrows : 1));

@@ -38,8 +38,8 @@ static inline FAB__T(vf) FAB__T(splat)(float x)
                                      int ldc, int accumulate)                                                   \
     {                                                                                                           \
         typedef FAB__T(vf) vf;                                                                                  \
-        vf c0_0, c0_1, c0_2, c1_0, c1_1, c1_2, c2_0, c2_1, c2_2, c3_0, c3_1, c3_2;                              \
-        (void)c0_1, (void)c0_2, (void)c1_1, (void)c1_2, (void)c2_1, (void)c2_2, (void)c3_1, (void)c3_2;         \
+        vf c0_0, c1_0, c2_0, c3_0;                                                                              \
+        __attribute__((unused)) vf c0_1, c0_2, c1_1, c1_2, c2_1, c2_2, c3_1, c3_2; /* used when NV > 1 */       \
         FAB__MM_V(FAB__MM_INIT)                                                                                 \
         const float *a0 = A, *a1 = A + a_rs, *a2 = A + 2 * (size_t)a_rs, *a3 = A + 3 * (size_t)a_rs;          \
         for (int c = 0; c < kk; c++) {                                                                          \
@@ -233,6 +233,7 @@ static inline __attribute__((always_inline)) void FAB__T(prefetch_rows)(const fa
         const char *p = (const char *)v->data + (size_t)elem(v, b, row0 + r, h) * es;
         for (size_t o = 0; o < (size_t)d * es; o += 64)
             __builtin_prefetch(p + o);
+        __builtin_prefetch(p + (size_t)d * es - 1); /* the last line, when the row does not start one */
     }
 }
 
