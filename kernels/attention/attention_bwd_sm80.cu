@@ -134,6 +134,56 @@ static __device__ __forceinline__ bool allowed(const fab__attn_args &a, int64_t 
     return (a.right < 0 || key <= pos + a.right) && (a.left < 0 || key >= pos - a.left);
 }
 
+/* The dq kernel's dS = P (dP - D) ds/dx of one warp's 16 rows x BN keys, in place
+ * of the scores sc. MASK: P = 0 where the mask forbids the key, past khi, or on
+ * padding rows; without it (all allowed) the index arithmetic is skipped. */
+template <int BN, bool MASK>
+static __device__ __forceinline__ void dq_ds(const fab__attn_args &a, float (&sc)[BN / 8][4],
+                                             const float (&dp)[BN / 8][4], int64_t kt, int64_t khi, int r_lo,
+                                             int64_t sq, int64_t off, int t, const float (&lse2)[2],
+                                             const float (&Dr)[2])
+{
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float dsx, l2 = logit2(a, sc[j][e], &dsx);
+            float p = fab__ex2_approx(l2 - lse2[e >> 1]);
+            if (MASK) {
+                int64_t key = kt + j * 8 + 2 * t + (e & 1), row = r_lo + 8 * (e >> 1);
+                p = key < khi && row < sq && allowed(a, row, key, off) ? p : 0.0f;
+            }
+            sc[j][e] = p * (dp[j][e] - Dr[e >> 1]) * dsx;
+        }
+    }
+}
+
+/* The dk/dv kernel's P^T (into st) and dS^T (into dpt) of one warp's 16 keys x 32
+ * queries (rows i0 + qh ..); cL, cD: lse and D of the step's rows. P = 0 where
+ * the mask forbids the key or on padding rows and keys, tested only when `inside`
+ * (warp-uniform) is false. (One copy with a uniform branch: two, as dq_ds, make
+ * ptxas spill at head_dim 32.) */
+static __device__ __forceinline__ void dkdv_p_ds(const fab__attn_args &a, bool inside, float (&st)[4][4],
+                                                 float (&dpt)[4][4], int i0, int qh, int k_lo, int64_t sq,
+                                                 int64_t sk, int64_t off, int t, const float *cL, const float *cD)
+{
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int qi = qh + j * 8 + 2 * t + (e & 1);
+            float dsx, l2 = logit2(a, st[j][e], &dsx);
+            float p = fab__ex2_approx(l2 - cL[qi] * L2E);
+            if (!inside) {
+                int64_t row = i0 + qi, key = k_lo + 8 * (e >> 1);
+                p = row < sq && key < sk && allowed(a, row, key, off) ? p : 0.0f;
+            }
+            st[j][e] = p;
+            dpt[j][e] = p * (dpt[j][e] - cD[qi]) * dsx;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ 1. D */
 
 template <typename T>
@@ -242,18 +292,13 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
                 M::run(dp[j + 1], dof, c1);
             }
         }
-        /* dS = P (dP - D) ds/dx, in sc */
-#pragma unroll
-        for (int j = 0; j < BN / 8; j++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int64_t key = kt + j * 8 + 2 * t + (e & 1), row = r_lo + 8 * (e >> 1);
-                float dsx, l2 = logit2(a, sc[j][e], &dsx);
-                bool ok = key < khi && row < s.sq && allowed(a, row, key, off);
-                float p = ok ? fab__ex2_approx(l2 - lse2[e >> 1]) : 0.0f;
-                sc[j][e] = p * (dp[j][e] - Dr[e >> 1]) * dsx;
-            }
-        }
+        /* dS = P (dP - D) ds/dx, in sc; the mask only where the warp's 16 rows and
+         * this tile are not all real and allowed (warp-uniform) */
+        const int64_t w_first = m0 + warp * 16, w_last = w_first + 15;
+        if (w_last < s.sq && kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off))
+            dq_ds<BN, false>(a, sc, dp, kt, khi, r_lo, s.sq, off, t, lse2, Dr);
+        else
+            dq_ds<BN, true>(a, sc, dp, kt, khi, r_lo, s.sq, off, t, lse2, Dr);
         /* dQ += dS K */
         attn_mma_px<T, D, BN>(dq, sc, cK, lane);
         __syncthreads();
@@ -389,20 +434,14 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
                     M::run(dpt[j + 1], vf, c1);
                 }
             }
-            /* P^T into st, dS^T into dpt */
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int qi = qh + j * 8 + 2 * t + (e & 1);
-                    int64_t row = i0 + qi, key = k_lo + 8 * (e >> 1);
-                    float dsx, l2 = logit2(a, st[j][e], &dsx);
-                    bool ok = row < s.sq && key < s.sk && allowed(a, row, key, off);
-                    float p = ok ? fab__ex2_approx(l2 - cL[qi] * L2E) : 0.0f;
-                    st[j][e] = p;
-                    dpt[j][e] = p * (dpt[j][e] - cD[qi]) * dsx;
-                }
-            }
+            /* P^T into st, dS^T into dpt; the mask only where this warp's 16 keys and
+             * the 32 rows are not all real and allowed (warp-uniform) */
+            const int64_t w_k0 = j0 + warp * 16, r0 = i0 + qh;
+            /* (not at head_dim 32: there ptxas holds the fast path at 128 registers and
+             * the extra branch makes it spill) */
+            const bool inside = D > 32 && r0 + 31 < s.sq && w_k0 + 15 < s.sk &&
+                                attn_all_allowed(a, r0, r0 + 31, w_k0, w_k0 + 15, off);
+            dkdv_p_ds(a, inside, st, dpt, i0, qh, k_lo, s.sq, s.sk, off, t, cL, cD);
 #pragma unroll
             for (int kk = 0; kk < 2; kk++) {
                 uint32_t pa[4], sa[4];

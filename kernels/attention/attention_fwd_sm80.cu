@@ -7,7 +7,8 @@
  * 64-key (head_dim 256: 32-key) tiles its rows may see through shared memory with
  * cp.async, two stages deep (the next K/V tile loads while this one is used).
  * Per tile a warp computes S = Q K^T with mma.m16n8k16 (K fragments by
- * ldmatrix), applies scale, softcap and the mask in registers, updates the online
+ * ldmatrix), applies scale, softcap and (on the tiles that straddle the edge of
+ * the allowed band, per warp) the mask in registers, updates the online
  * softmax (running max m and sum l per row, exp2 of log2-unit scores), turns P
  * into A fragments without touching shared memory, and accumulates O += P V (V
  * fragments by ldmatrix.trans).
@@ -40,6 +41,34 @@ template <int D> struct fwd_bn {
     static const int value = D > 128 ? 32 : 64;
     static const bool q_in_regs = D <= 128;
 };
+
+/* The raw products s of one warp's 16 rows x BN keys into log2-unit logits
+ * (scale or softcap), and the row maxima into mx. MASK: keys the mask forbids (or
+ * past khi) become -inf; without it (a tile inside the allowed band) the per-
+ * element index arithmetic is skipped. */
+template <int BN, bool MASK>
+static __device__ __forceinline__ void fwd_logits(const fab__attn_args &a, float (&s)[BN / 8][4], float (&mx)[2],
+                                                  int64_t kt, int64_t khi, int r_lo, int64_t off, int t)
+{
+    const float L2E = 1.4426950408889634f;
+    const float k_scale = a.scale * L2E;
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float x = s[j][e];
+            x = a.softcap > 0 ? a.softcap * tanhf(x * a.scale / a.softcap) * L2E : x * k_scale;
+            if (MASK) {
+                int64_t key = kt + j * 8 + 2 * t + (e & 1);
+                int64_t pos = r_lo + 8 * (e >> 1) + off;
+                bool ok = key < khi && (a.right < 0 || key <= pos + a.right) && (a.left < 0 || key >= pos - a.left);
+                x = ok ? x : -INFINITY;
+            }
+            s[j][e] = x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
+    }
+}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(THREADS)
@@ -80,8 +109,6 @@ attention_fwd_kernel(const fab__attn_args a)
         attn_kv_tile<T, D, BN, THREADS>(sK, sV, K, a.k.ss, V, a.v.ss, klo, khi);
     fab__cp_async_commit();
 
-    const float L2E = 1.4426950408889634f;
-    const float k_scale = a.scale * L2E;
     const bool QREG = fwd_bn<D>::q_in_regs;
     uint32_t qf[QREG ? D / 16 : 1][4];
     float o[D / 8][4];
@@ -124,22 +151,15 @@ attention_fwd_kernel(const fab__attn_args a)
             }
         }
 
-        /* logits in log2 units, masked; row max */
+        /* logits in log2 units, masked unless every (row, key) of this warp's 16
+         * rows and the tile is allowed (warp-uniform); row max */
         float mx[2] = {mrow[0], mrow[1]};
-#pragma unroll
-        for (int j = 0; j < BN / 8; j++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int64_t key = kt + j * 8 + 2 * t + (e & 1);
-                int64_t row = r_lo + 8 * (e >> 1);
-                int64_t pos = row + off;
-                float x = s[j][e];
-                x = a.softcap > 0 ? a.softcap * tanhf(x * a.scale / a.softcap) * L2E : x * k_scale;
-                bool ok = key < khi && (a.right < 0 || key <= pos + a.right) && (a.left < 0 || key >= pos - a.left);
-                s[j][e] = ok ? x : -INFINITY;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
-            }
-        }
+        const int64_t w_first = m0 + warp * 16, w_last = w_first + 15 < m0 + nq - 1 ? w_first + 15 : m0 + nq - 1;
+        const bool inside = kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off);
+        if (inside)
+            fwd_logits<BN, false>(a, s, mx, kt, khi, r_lo, off, t);
+        else
+            fwd_logits<BN, true>(a, s, mx, kt, khi, r_lo, off, t);
         float alpha[2], muse[2];
 #pragma unroll
         for (int hr = 0; hr < 2; hr++) {

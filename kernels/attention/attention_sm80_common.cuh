@@ -32,6 +32,15 @@ template <> struct mma_of<__half> {
  * [rows x (D+8)] with 16-byte cp.async, rows past n zero-filled. Thread mapping:
  * the block's THREADS threads take the D/8 chunks of each row in turn (coalesced).
  * The caller commits and waits. */
+/* Whether the mask allows every (row, key) of rows [r0, r1] x keys [k0, k1]: the
+ * allowed band is convex, so its corners decide. Kernels skip the per-element
+ * mask on such tiles (most of them, away from the diagonal and the edges). */
+static __device__ __forceinline__ bool attn_all_allowed(const fab__attn_args &a, int64_t r0, int64_t r1, int64_t k0,
+                                                        int64_t k1, int64_t off)
+{
+    return (a.right < 0 || k1 <= r0 + off + a.right) && (a.left < 0 || k0 >= r1 + off - a.left);
+}
+
 template <typename T, int D, int THREADS>
 static __device__ __forceinline__ void attn_load_rows(T *smem, const T *base, int64_t ss, int row0, int n, int rows)
 {
