@@ -583,12 +583,14 @@ static const acase cases[] = {
     {"strided varlen", 2, 0, 0, 2, 2, 64, 1, {30, 50}, {45, 50}, 1, 0, 0, 0, 0, 0, 1, 0},
     {"empty queries (sq=0)", 2, 0, 40, 2, 2, 64, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
     /* the edges of the CUDA kernels' unmasked (interior) tiles, one key off each:
-     * keys end one short of a 64- (and 32-) key tile; causal with the diagonal of
-     * the 4th warp's first row one key short of a tile's end (offset 14); a left
-     * window whose first allowed key for row 15 is one past a tile's start */
+     * keys end one short of a 64- (and 32-) key tile (the forward's softmax would
+     * take a zero-filled key); causal with the diagonal of the 4th warp's first
+     * row one key short of a tile's end (offset 14, all 64 rows real, so the dq
+     * kernel's last warp tests it too); a left window whose first allowed key for
+     * row 15 is one past a tile's start */
     {"sk 127: one short of a tile", 1, 33, 127, 2, 2, 64, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
     {"head_dim 256 sk 127", 1, 33, 127, 2, 1, 256, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
-    {"causal offset 14", 1, 50, 64, 2, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
+    {"causal offset 14", 1, 64, 78, 2, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
     {"window left 14", 1, 64, 64, 2, 2, 64, 0, {0}, {0}, 0, 1, 14, -1, 0, 0, 0, 0},
 };
 static const acase long_case = {"long 1000 causal GQA", 1, 1000, 1000, 4, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0};

@@ -28,10 +28,6 @@ template <> struct mma_of<__half> {
     static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return fab__pack_f16x2(lo, hi); }
 };
 
-/* Copies rows [row0, row0 + n) (n <= rows) of one head (row stride ss) into smem
- * [rows x (D+8)] with 16-byte cp.async, rows past n zero-filled. Thread mapping:
- * the block's THREADS threads take the D/8 chunks of each row in turn (coalesced).
- * The caller commits and waits. */
 /* Whether the mask allows every (row, key) of rows [r0, r1] x keys [k0, k1]: the
  * allowed band is convex, so its corners decide. Kernels skip the per-element
  * mask on such tiles (most of them, away from the diagonal and the edges). */
@@ -41,6 +37,10 @@ static __device__ __forceinline__ bool attn_all_allowed(const fab__attn_args &a,
     return (a.right < 0 || k1 <= r0 + off + a.right) && (a.left < 0 || k0 >= r1 + off - a.left);
 }
 
+/* Copies rows [row0, row0 + n) (n <= rows) of one head (row stride ss) into smem
+ * [rows x (D+8)] with 16-byte cp.async, rows past n zero-filled. Thread mapping:
+ * the block's THREADS threads take the D/8 chunks of each row in turn (coalesced).
+ * The caller commits and waits. */
 template <typename T, int D, int THREADS>
 static __device__ __forceinline__ void attn_load_rows(T *smem, const T *base, int64_t ss, int row0, int n, int rows)
 {
