@@ -36,10 +36,10 @@ typedef struct ref_problem {
 
 static int allowed(const ref_problem *p, int64_t sq, int64_t sk, int64_t i, int64_t j)
 {
-    int64_t pos = i + sk - sq;
-    if (p->right >= 0 && j > pos + p->right)
+    int64_t past = j - (i + sk - sq); /* how far key j lies right of row i's diagonal */
+    if (p->right >= 0 && past > p->right)
         return 0;
-    if (p->left >= 0 && j < pos - p->left)
+    if (p->left >= 0 && -past > p->left)
         return 0;
     return 1;
 }
@@ -592,6 +592,8 @@ static const acase cases[] = {
     {"head_dim 256 sk 127", 1, 33, 127, 2, 1, 256, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
     {"causal offset 14", 1, 64, 78, 2, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
     {"window left 14", 1, 64, 64, 2, 2, 64, 0, {0}, {0}, 0, 1, 14, -1, 0, 0, 0, 0},
+    /* window sides far past every sequence (row + offset + side would overflow) */
+    {"window sides INT64_MAX", 1, 40, 50, 2, 2, 64, 0, {0}, {0}, 0, 1, INT64_MAX, INT64_MAX, 0, 0, 0, 0},
 };
 static const acase long_case = {"long 1000 causal GQA", 1, 1000, 1000, 4, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0};
 static const acase emu_long_case = {"longer 384 causal GQA varlen", 2, 0, 0, 4, 2, 128, 1, {384, 200}, {384, 260}, 1, 1, 150, -1, 0, 0, 0, 0};

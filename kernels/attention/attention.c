@@ -340,6 +340,12 @@ static fab_status attention(fab_context *ctx, const common *c)
     int64_t right = c->window ? c->window_right : -1;
     if (c->causal)
         right = 0; /* min(right, 0), where -1 (unbounded) counts as +inf */
+    /* A side wider than all the rows is unbounded: as -1 it keeps every index sum
+     * (row + offset + side) far from int64 overflow, here and in the kernels. */
+    if (left > rows_q + rows_k)
+        left = -1;
+    if (right > rows_q + rows_k)
+        right = -1;
 
     /* varlen offsets, on the host; every row must keep a key */
     int32_t *cu_host = NULL;
