@@ -618,7 +618,7 @@ static void skip_on_cuda(fab_context *ctx, const char *why)
 /* Every case, and every backward twice, on the two paths of the backend:
  * CUDA: the fast path (the default context, deterministic = 0: dq by atomics)
  *       and the deterministic one (a second context);
- * CPU:  the single-pass schedule (1 thread) and the two-pass one (64 threads,
+ * CPU:  the single-pass schedule (1 thread) and the two-pass one (16 threads,
  *       more than any case's batch x kv heads), which must agree bit for bit. */
 static void test_cases_dtype(fab_dtype dt)
 {
@@ -636,7 +636,7 @@ static void test_cases_dtype(fab_dtype dt)
         fab_context_destroy(ctx);
         cfg.num_threads = 1;
         ctx = fab_test_context_with(&cfg);
-        cfg.num_threads = 64;
+        cfg.num_threads = 16;
         path2 = "CPU two-pass schedule";
     }
     fab_context *ctx2 = fab_test_context_with(&cfg);

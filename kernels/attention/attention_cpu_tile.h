@@ -20,13 +20,9 @@ static inline FAB__T(vf) FAB__T(vload)(const float *p)
 
 static inline void FAB__T(vstore)(float *p, FAB__T(vf) v) { memcpy(p, &v, sizeof v); }
 
-static inline FAB__T(vf) FAB__T(splat)(float x)
-{
-    FAB__T(vf) v;
-    for (int i = 0; i < FAB__VL; i++)
-        v[i] = x;
-    return v;
-}
+/* x in every lane (scalar - vector broadcasts x; subtracting +0 is exact for every
+ * x, -0 and NaN included, so the compiler drops it and one broadcast is left) */
+static inline FAB__T(vf) FAB__T(splat)(float x) { return x - (FAB__T(vf)){0}; }
 
 /* One register block of mm: C[4 x NV vectors] (+)= A[4 x kk] * B[kk x NV vectors],
  * for NV = 3, 2, 1: 4 x NV accumulators, NV vectors of B and one broadcast stay in
