@@ -201,15 +201,14 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
     int single = single_pass(a, ctx->num_threads, group_floats), threads = 1;
     size_t stride = 0;
     float *scratch = NULL;
-    for (int attempt = 0; attempt < 2 && !scratch; attempt++) {
-        if (attempt == 1) { /* no memory for the single pass's scratch: the two passes need far less */
-            if (!single)
-                break;
-            single = 0;
-        }
-        const int64_t tasks = single ? units : most;
-        threads = ctx->num_threads < tasks ? ctx->num_threads : (int)(tasks > 0 ? tasks : 1);
-        scratch = alloc_scratch(threads, single ? group_floats : kv_floats > q_floats ? kv_floats : q_floats, &stride);
+    if (single) {
+        threads = ctx->num_threads < units ? ctx->num_threads : (int)units;
+        scratch = alloc_scratch(threads, group_floats, &stride);
+        single = scratch != NULL; /* no memory for it: the two passes need far less */
+    }
+    if (!scratch) {
+        threads = ctx->num_threads < most ? ctx->num_threads : (int)(most > 0 ? most : 1);
+        scratch = alloc_scratch(threads, kv_floats > q_floats ? kv_floats : q_floats, &stride);
     }
     /* D = rowsum(dO * O), laid out as lse */
     const int64_t nrows = a->lse_sb ? a->batch * a->lse_sb : a->hq * a->lse_sh;
