@@ -27,7 +27,7 @@ static const suite suites[] = {
     {"gelu", "GELU forward/backward bandwidth vs a device copy", bench_suite_gelu},
     {"matmul", "GEMM throughput vs OpenBLAS sgemm (CPU) or cuBLASLt (GPU)", bench_suite_matmul},
     /* (suite: matmul) */
-    {"attention", "attention forward/backward FLOP rate (CPU: vs fab_matmul; GPU: no cuDNN baseline yet)", bench_suite_attention},
+    {"attention", "attention forward/backward FLOP rate (CPU: vs fab_matmul; GPU: vs cuDNN)", bench_suite_attention},
     /* (suite: attention) */
     /* (suite: comm) */
     {"comm", "collective busbw vs the raw NCCL/MPI call; grad_sync overlap (run under mpirun/srun)", bench_suite_comm},

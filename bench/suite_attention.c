@@ -27,7 +27,12 @@
  *        One more row per case, "attn_backward determ.", times the deterministic
  *        backward (a context with deterministic = 1: separate dq kernel, 7 tile
  *        products) against the default fast one (dq atomics) of the same run:
- *        its ratio is what determinism costs.
+ *        its ratio is what determinism costs. And at head dims up to 128 one
+ *        row "attn_forward 16 rows/warp" times the forward's other variant (one
+ *        m-tile per warp, 64-row blocks; FAB_ATTN_FWD_WARP_ROWS=16) against the
+ *        default of the same run (two m-tiles, 128-row blocks, on these grids):
+ *        a ratio above 1 says the default picks wrong. Not when the caller set
+ *        FAB_ATTN_FWD_WARP_ROWS.
  */
 #include "bench.h"
 #ifdef FAB_BENCH_CUDNN
@@ -367,6 +372,10 @@ int bench_suite_attention(bench *b)
 #ifdef FAB_BENCH_CUDNN
     int cudnn_announced = 0;
 #endif
+    /* GPU, head dim <= 128: the forward also with 16 query rows per warp (these
+     * grids fill the GPU, so left to itself it takes 32), unless the caller chose
+     * a variant through FAB_ATTN_FWD_WARP_ROWS */
+    const int fwd_ab_allowed = gpu && !getenv("FAB_ATTN_FWD_WARP_ROWS");
     if (gpu) {
 #ifndef FAB_BENCH_CUDNN
         printf("attention: this fab-bench was built without the cuDNN headers: no GPU baseline (ratio 0)\n");
@@ -454,6 +463,7 @@ int bench_suite_attention(bench *b)
                 fab_tensor_make(buf[6], dtype, 4, shape, &c.bwd.dk);
                 fab_tensor_make(buf[7], dtype, 4, shape, &c.bwd.dv);
                 c.bwd.causal = causal;
+                const int fwd_ab = fwd_ab_allowed && d <= 128;
                 const double fwd_flops = 4.0 * bsz * h * s * s * d * (causal ? 0.5 : 1.0);
                 double base_rate = base, bwd_base_rate = base;
                 const char *fwd_base = base_name, *bwd_base = base_name;
@@ -486,6 +496,17 @@ int bench_suite_attention(bench *b)
                 }
                 add_row(b, "attn_forward", &c, fab_dtype_name(dtype), fms, fwd_flops, unit, unit_scale, fwd_base,
                         base_rate);
+                if (fwd_ab) { /* the forward's other variant, against the default of this run */
+                    setenv("FAB_ATTN_FWD_WARP_ROWS", "16", 1);
+                    double ms16 = bench_time_ms(b, run_fwd, &c);
+                    unsetenv("FAB_ATTN_FWD_WARP_ROWS");
+                    if (ms16 < 0 || fab_attention_forward(c.ctx, &c.fwd) != FAB_OK) { /* out, lse of the default */
+                        failed = 1;
+                        continue;
+                    }
+                    add_row(b, "attn_forward 16 rows/warp", &c, fab_dtype_name(dtype), ms16, fwd_flops, unit,
+                            unit_scale, "default fwd", fwd_flops / (fms * 1e-3) / unit_scale);
+                }
                 double bms = bench_time_ms(b, run_bwd, &c);
                 if (bms < 0) {
                     failed = 1;

@@ -10,8 +10,10 @@
  * kernels where they apply (bf16/f16, head dims 32, 64, 96, 128, 256),
  * every backward on both CUDA paths (fast: dq by f32 atomics; deterministic), with
  * test_fast_path showing the fast one really runs; test_backend_coverage checks
- * that the rest is refused as unsupported.
+ * that the rest is refused as unsupported. The CUDA forward runs every case twice,
+ * with 16 and with 32 query rows per warp (FAB_ATTN_FWD_WARP_ROWS).
  */
+#define _POSIX_C_SOURCE 200809L /* setenv: the CUDA forward's variant */
 #include "harness.h"
 
 #include <math.h>
@@ -465,13 +467,17 @@ static void run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_contex
     if (s != FAB_OK)
         fail_msg("%s %s: fab_attention_forward: %s: %s", c->name, fab_dtype_name(dt), fab_status_name(s),
                  fab_last_error());
-    snprintf(what, sizeof what, "attention_forward %s %s out", c->name, fab_dtype_name(dt));
+    const char *rows = getenv("FAB_ATTN_FWD_WARP_ROWS"); /* the CUDA forward's variant, where forced */
+    char variant[48] = "";
+    if (rows && fab_context_backend(ctx) == FAB_BACKEND_CUDA)
+        snprintf(variant, sizeof variant, " (%s rows per warp)", rows);
+    snprintf(what, sizeof what, "attention_forward %s %s out%s", c->name, fab_dtype_name(dt), variant);
     tb_download(ctx, &out, go, what);
     fab_tolerance otol = fab_test_tolerance(dt);
     if (fab_context_backend(ctx) == FAB_BACKEND_CUDA && dt == FAB_DTYPE_BF16)
         otol.atol = 2.5e-3; /* the GPU rounds P to bf16 for P.V (as FlashAttention): |err| <= 2^-9 max|v| more */
     fab_test_check_close(what, go, ro, nq, otol);
-    snprintf(what, sizeof what, "attention_forward %s %s lse", c->name, fab_dtype_name(dt));
+    snprintf(what, sizeof what, "attention_forward %s %s lse%s", c->name, fab_dtype_name(dt), variant);
     tb_download(ctx, &lse, gl, what);
     fab_test_check_close(what, gl, rl2, c->hq * tq, lse_tol());
 
@@ -592,6 +598,13 @@ static const acase cases[] = {
     {"head_dim 256 sk 127", 1, 33, 127, 2, 1, 256, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
     {"causal offset 14", 1, 64, 78, 2, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
     {"window left 14", 1, 64, 64, 2, 2, 64, 0, {0}, {0}, 0, 1, 14, -1, 0, 0, 0, 0},
+    /* the same edges for the forward's 128-row blocks (32 rows per warp, 64- or
+     * 32-key tiles): causal with the 4th warp's first row (96) one key short of a
+     * tile's end (offset 30, at head_dim 64 and 128); a left window whose first
+     * allowed key for the block's last row (127) is one past a tile's start */
+    {"causal offset 30", 1, 128, 158, 2, 2, 64, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
+    {"head_dim 128 causal offset 30", 1, 128, 158, 2, 1, 128, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
+    {"window left 62", 1, 128, 128, 2, 2, 64, 0, {0}, {0}, 0, 1, 62, -1, 0, 0, 0, 0},
     /* window sides far past every sequence (row + offset + side would overflow) */
     {"window sides INT64_MAX", 1, 40, 50, 2, 2, 64, 0, {0}, {0}, 0, 1, INT64_MAX, INT64_MAX, 0, 0, 0, 0},
 };
@@ -641,9 +654,17 @@ static void test_cases_dtype(fab_dtype dt)
     }
     fab_context *ctx2 = fab_test_context_with(&cfg);
     int64_t ndiff[3] = {0, 0, 0};
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        if (!cuda || cuda_runs(&cases[i], dt))
-            run_case2(ctx, &cases[i], dt, ctx2, path2, ndiff);
+    /* CUDA: every case with each forward variant, 16 and 32 query rows per warp
+     * (left to itself the forward picks by grid size, and these grids are small) */
+    const char *warp_rows[2] = {"16", "32"};
+    for (int pass = 0; pass < (cuda ? 2 : 1); pass++) {
+        if (cuda)
+            setenv("FAB_ATTN_FWD_WARP_ROWS", warp_rows[pass], 1);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            if (!cuda || cuda_runs(&cases[i], dt))
+                run_case2(ctx, &cases[i], dt, ctx2, path2, ndiff);
+    }
+    unsetenv("FAB_ATTN_FWD_WARP_ROWS");
     if (cuda)
         print_message("attention %s: dq differs in %lld elements between the fast and the deterministic path\n",
                       fab_dtype_name(dt), (long long)ndiff[0]);

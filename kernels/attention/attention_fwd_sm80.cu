@@ -1,26 +1,32 @@
 /*
  * attention_fwd_sm80.cu: FlashAttention-2-style forward for sm_80 and later.
  *
- * Idea: one block of 4 warps per (64-query tile, query head, sequence); each warp
- * owns 16 query rows, kept in registers as mma A fragments (at head_dim 256 read
- * from shared memory per key tile instead: see fwd_bn). The block streams the
- * 64-key (head_dim 256: 32-key) tiles its rows may see through shared memory with
+ * Idea: one block of 4 warps per (query tile, query head, sequence); each warp
+ * owns MT m-tiles of 16 query rows: MT = 2 (32 rows per warp, 128 per block, the
+ * tile FlashAttention-2 uses on A100/H100) by default, MT = 1 at head_dim 256 and
+ * for grids too small to fill the GPU (fwd_rows_per_warp). The block streams the
+ * 64- or 32-key tiles (fwd_tile) its rows may see through shared memory with
  * cp.async, two stages deep (the next K/V tile loads while this one is used).
- * Per tile a warp computes S = Q K^T with mma.m16n8k16 (K fragments by
- * ldmatrix), applies scale, softcap and (on the tiles that straddle the edge of
- * the allowed band, per warp) the mask in registers, updates the online
- * softmax (running max m and sum l per row, exp2 of log2-unit scores), turns P
- * into A fragments without touching shared memory, and accumulates O += P V (V
- * fragments by ldmatrix.trans).
- * Thread mapping: lane = 4g + t holds rows g and g+8 of its warp's 16, columns
- * 2t, 2t+1 of every 8-wide n-tile; row max and sum are reduced over the 4 lanes
- * of a quad with shuffles.
+ * Per tile a warp computes S = Q K^T with mma.m16n8k16, each K fragment
+ * (ldmatrix) feeding all MT m-tiles; applies scale, softcap and (on the tiles that
+ * straddle the edge of the allowed band, per warp) the mask in registers; updates
+ * the online softmax (running max m and sum l per row, exp2 of log2-unit scores);
+ * turns P into A fragments without touching shared memory; and accumulates
+ * O += P V, each V fragment (ldmatrix.trans) again feeding all MT m-tiles. With
+ * two m-tiles a warp reads half as many shared-memory bytes per mma. Q fragments
+ * stay in registers where they fit (fwd_tile), else come from shared memory per
+ * key tile, each feeding a whole row of n-tiles.
+ * Thread mapping: lane = 4g + t holds rows g and g+8 of each of its m-tiles,
+ * columns 2t, 2t+1 of every 8-wide n-tile; row max and sum are reduced over the
+ * 4 lanes of a quad with shuffles.
  * Numerics: f32 scores and accumulators; P is rounded to the input type for the
  * P V product (as FlashAttention); out rounded once; lse = (m + log2 l) ln 2.
  * Shared rows are padded by 16 bytes, so ldmatrix's 8 row reads hit 8 distinct
  * bank groups.
  */
 #include <cuda_runtime.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "../common/cuda_dtype.cuh"
 #include "../common/ptx.cuh"
@@ -29,23 +35,27 @@
 
 namespace {
 
-const int BM = 64;      /* query rows per block (16 per warp) */
-const int THREADS = 128;
+const int THREADS = 128; /* 4 warps */
 
-/* Tile shape per head dim. Up to 128: 64-key tiles, Q fragments held in registers
- * for the whole key loop. 256: the O accumulators alone take 128 registers per
- * thread, so Q fragments are read from shared memory for each tile (ldmatrix), and
- * keys come in 32-key tiles (two stages of 64-key K and V tiles would not fit in
- * an A100's 163 KB of shared memory; 32 also halves the score registers). */
-template <int D> struct fwd_bn {
-    static const int value = D > 128 ? 32 : 64;
-    static const bool q_in_regs = D <= 128;
+/* Tile shape per head dim and m-tiles per warp. BM query rows per block. Keys per
+ * tile BN: 64 while D x MT <= 128; 32 beyond. Past that the S and O accumulators
+ * of one thread, (BN/8 + D/8) x 4 x MT floats, leave too few of the 255 registers
+ * for the K fragments and softmax state (64 keys at (128, 2) spill 80 bytes), and
+ * at D = 256 two stages of 64-key K and V tiles would not fit in an A100's 163 KB
+ * of shared memory either. Q fragments (D/16 x MT x 4 registers) are held for the
+ * whole key loop only where they fit beside those: D <= 128 with one m-tile, 32
+ * with two; elsewhere each k-step reloads them from shared memory, once for all
+ * the key n-tiles it feeds. Shared memory per block: (BM + 4 BN) (D + 8) x 2 B. */
+template <int D, int MT> struct fwd_tile {
+    static const int BM = 64 * MT;
+    static const int BN = D * MT > 128 ? 32 : 64;
+    static const bool q_in_regs = MT == 1 ? D <= 128 : D <= 32;
 };
 
-/* The raw products s of one warp's 16 rows x BN keys into log2-unit logits
- * (scale or softcap), and the row maxima into mx. MASK: keys the mask forbids (or
- * past khi) become -inf; without it (a tile inside the allowed band) the per-
- * element index arithmetic is skipped. */
+/* The raw products s of one m-tile (16 rows from r_lo - g) x BN keys into log2-unit
+ * logits (scale or softcap), and the row maxima into mx. MASK: keys the mask
+ * forbids (or past khi) become -inf; without it (a tile inside the allowed band)
+ * the per-element index arithmetic is skipped. */
 template <int BN, bool MASK>
 static __device__ __forceinline__ void fwd_logits(const fab__attn_args &a, float (&s)[BN / 8][4], float (&mx)[2],
                                                   int64_t kt, int64_t khi, int r_lo, int64_t off, int t)
@@ -70,12 +80,14 @@ static __device__ __forceinline__ void fwd_logits(const fab__attn_args &a, float
     }
 }
 
-template <typename T, int D>
+template <typename T, int D, int MT>
 __global__ void __launch_bounds__(THREADS)
 attention_fwd_kernel(const fab__attn_args a)
 {
     typedef mma_of<T> M;
-    const int BN = fwd_bn<D>::value;
+    typedef fwd_tile<D, MT> TILE;
+    const int BM = TILE::BM, BN = TILE::BN, WR = 16 * MT; /* WR: rows per warp */
+    const bool QREG = TILE::q_in_regs;
     FAB_DYNAMIC_SMEM(T, smem);
     T *sQ = smem, *sK = sQ + BM * (D + 8), *sV = sK + 2 * BN * (D + 8);
     const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
@@ -109,14 +121,20 @@ attention_fwd_kernel(const fab__attn_args a)
         attn_kv_tile<T, D, BN, THREADS>(sK, sV, K, a.k.ss, V, a.v.ss, klo, khi);
     fab__cp_async_commit();
 
-    const bool QREG = fwd_bn<D>::q_in_regs;
-    uint32_t qf[QREG ? D / 16 : 1][4];
-    float o[D / 8][4];
-    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0, 0};
+    uint32_t qf[QREG ? MT : 1][QREG ? D / 16 : 1][4];
+    float o[MT][D / 8][4];
+    float mrow[MT][2], lrow[MT][2];
 #pragma unroll
-    for (int i = 0; i < D / 8; i++)
-        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0;
-    const int r_lo = m0 + warp * 16 + g; /* rows of this lane: r_lo, r_lo + 8 */
+    for (int mt = 0; mt < MT; mt++) {
+        mrow[mt][0] = mrow[mt][1] = -INFINITY;
+        lrow[mt][0] = lrow[mt][1] = 0;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++)
+            o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0;
+    }
+    const int w0 = warp * WR;    /* the warp's first row in the block */
+    const int r_lo = m0 + w0 + g; /* rows of this lane: r_lo + 16 mt, + 8 */
+    const int64_t w_first = m0 + w0, w_last = w_first + WR - 1 < m0 + nq - 1 ? w_first + WR - 1 : m0 + nq - 1;
 
     for (int it = 0; it < ntiles; it++) {
         const int buf = it & 1;
@@ -125,124 +143,163 @@ attention_fwd_kernel(const fab__attn_args a)
         __syncthreads();
         if (QREG && it == 0) {
 #pragma unroll
-            for (int kk = 0; kk < (QREG ? D / 16 : 1); kk++)
-                fab__ldmatrix_x4(qf[kk], attn_frag_a_ptr<D>(sQ, warp * 16, kk * 16, lane));
+            for (int mt = 0; mt < (QREG ? MT : 1); mt++)
+#pragma unroll
+                for (int kk = 0; kk < (QREG ? D / 16 : 1); kk++)
+                    fab__ldmatrix_x4(qf[mt][kk], attn_frag_a_ptr<D>(sQ, w0 + 16 * mt, kk * 16, lane));
         }
         const T *cK = sK + buf * BN * (D + 8), *cV = sV + buf * BN * (D + 8);
 
-        /* S = Q K^T: 16 x 64 per warp */
-        float s[BN / 8][4];
+        /* S = Q K^T: WR x BN per warp */
+        float s[MT][BN / 8][4];
 #pragma unroll
-        for (int j = 0; j < BN / 8; j++)
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0;
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++)
+                s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t qs[4];
-            if (!QREG)
-                fab__ldmatrix_x4(qs, attn_frag_a_ptr<D>(sQ, warp * 16, kk * 16, lane));
-            const uint32_t(&qa)[4] = QREG ? qf[QREG ? kk : 0] : qs;
+            uint32_t qs[QREG ? 1 : MT][4];
+            if (!QREG) {
+#pragma unroll
+                for (int mt = 0; mt < (QREG ? 1 : MT); mt++)
+                    fab__ldmatrix_x4(qs[mt], attn_frag_a_ptr<D>(sQ, w0 + 16 * mt, kk * 16, lane));
+            }
 #pragma unroll
             for (int j = 0; j < BN / 8; j += 2) {
                 uint32_t r[4];
                 fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cK, j * 8, kk * 16, lane));
                 uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                M::run(s[j], qa, b0);
-                M::run(s[j + 1], qa, b1);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    const uint32_t(&qa)[4] = QREG ? qf[QREG ? mt : 0][QREG ? kk : 0] : qs[QREG ? 0 : mt];
+                    M::run(s[mt][j], qa, b0);
+                    M::run(s[mt][j + 1], qa, b1);
+                }
             }
         }
 
-        /* logits in log2 units, masked unless every (row, key) of this warp's 16
-         * rows and the tile is allowed (warp-uniform); row max */
-        float mx[2] = {mrow[0], mrow[1]};
-        const int64_t w_first = m0 + warp * 16, w_last = w_first + 15 < m0 + nq - 1 ? w_first + 15 : m0 + nq - 1;
+        /* logits in log2 units, masked unless every (row, key) of this warp's rows
+         * and the tile is allowed (warp-uniform); row max; rescale of l and O */
         const bool inside = kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off);
-        if (inside)
-            fwd_logits<BN, false>(a, s, mx, kt, khi, r_lo, off, t);
-        else
-            fwd_logits<BN, true>(a, s, mx, kt, khi, r_lo, off, t);
-        float alpha[2], muse[2];
+        float muse[MT][2];
 #pragma unroll
-        for (int hr = 0; hr < 2; hr++) {
-            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
-            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
-            muse[hr] = mx[hr] == -INFINITY ? 0.0f : mx[hr];
-            alpha[hr] = fab__ex2_approx(mrow[hr] - muse[hr]); /* 0 while mrow is -inf */
-            mrow[hr] = mx[hr];
-            lrow[hr] *= alpha[hr];
-        }
+        for (int mt = 0; mt < MT; mt++) {
+            float mx[2] = {mrow[mt][0], mrow[mt][1]};
+            if (inside)
+                fwd_logits<BN, false>(a, s[mt], mx, kt, khi, r_lo + 16 * mt, off, t);
+            else
+                fwd_logits<BN, true>(a, s[mt], mx, kt, khi, r_lo + 16 * mt, off, t);
+            float alpha[2];
 #pragma unroll
-        for (int j = 0; j < BN / 8; j++) {
+            for (int hr = 0; hr < 2; hr++) {
+                mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
+                mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
+                muse[mt][hr] = mx[hr] == -INFINITY ? 0.0f : mx[hr];
+                alpha[hr] = fab__ex2_approx(mrow[mt][hr] - muse[mt][hr]); /* 0 while mrow is -inf */
+                mrow[mt][hr] = mx[hr];
+                lrow[mt][hr] *= alpha[hr];
+            }
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float p = fab__ex2_approx(s[j][e] - muse[e >> 1]);
-                s[j][e] = p;
-                lrow[e >> 1] += p;
+            for (int i = 0; i < D / 8; i++) {
+                o[mt][i][0] *= alpha[0], o[mt][i][1] *= alpha[0];
+                o[mt][i][2] *= alpha[1], o[mt][i][3] *= alpha[1];
             }
         }
 #pragma unroll
-        for (int i = 0; i < D / 8; i++) {
-            o[i][0] *= alpha[0], o[i][1] *= alpha[0];
-            o[i][2] *= alpha[1], o[i][3] *= alpha[1];
-        }
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float p = fab__ex2_approx(s[mt][j][e] - muse[mt][e >> 1]);
+                    s[mt][j][e] = p;
+                    lrow[mt][e >> 1] += p;
+                }
 
         /* O += P V: P from the S registers, V by ldmatrix.trans */
-        attn_mma_px<T, D, BN>(o, s, cV, lane);
+        attn_mma_px<T, D, BN, MT>(o, s, cV, lane);
         __syncthreads(); /* this buffer is refilled two tiles on */
     }
 
     /* out = O / l, lse */
-#pragma unroll
-    for (int hr = 0; hr < 2; hr++) {
-        lrow[hr] += __shfl_xor_sync(0xffffffffu, lrow[hr], 1);
-        lrow[hr] += __shfl_xor_sync(0xffffffffu, lrow[hr], 2);
-    }
     T *O = (T *)a.out.data + b * a.out.sb + q0 * a.out.ss + h * a.out.sh;
 #pragma unroll
-    for (int hr = 0; hr < 2; hr++) {
-        int row = r_lo + 8 * hr;
-        if (row >= sq)
-            continue;
-        float inv = lrow[hr] > 0 ? 1.0f / lrow[hr] : 0.0f;
-        T *orow = O + (int64_t)row * a.out.ss;
+    for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-        for (int i = 0; i < D / 8; i++) {
-            uint32_t v = M::pack(o[i][2 * hr] * inv, o[i][2 * hr + 1] * inv);
-            *reinterpret_cast<uint32_t *>(orow + i * 8 + 2 * t) = v;
+        for (int hr = 0; hr < 2; hr++) {
+            float l = lrow[mt][hr];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            int row = r_lo + 16 * mt + 8 * hr;
+            if (row >= sq)
+                continue;
+            float inv = l > 0 ? 1.0f / l : 0.0f;
+            T *orow = O + (int64_t)row * a.out.ss;
+#pragma unroll
+            for (int i = 0; i < D / 8; i++) {
+                uint32_t v = M::pack(o[mt][i][2 * hr] * inv, o[mt][i][2 * hr + 1] * inv);
+                *reinterpret_cast<uint32_t *>(orow + i * 8 + 2 * t) = v;
+            }
+            if (a.lse && t == 0)
+                a.lse[b * a.lse_sb + h * a.lse_sh + q0 + row] = (mrow[mt][hr] + log2f(l)) * 0.69314718055994531f;
         }
-        if (a.lse && t == 0)
-            a.lse[b * a.lse_sb + h * a.lse_sh + q0 + row] = (mrow[hr] + log2f(lrow[hr])) * 0.69314718055994531f;
     }
 }
 
-template <typename T, int D>
+template <typename T, int D, int MT>
 static fab_status launch(fab_context *ctx, const fab__attn_args *a)
 {
-    const size_t smem = (size_t)(BM + 4 * fwd_bn<D>::value) * (D + 8) * sizeof(T);
+    typedef fwd_tile<D, MT> TILE;
+    const size_t smem = (size_t)(TILE::BM + 4 * TILE::BN) * (D + 8) * sizeof(T);
     cudaError_t err = cudaSuccess;
     if (smem > 48 * 1024)
-        err = cudaFuncSetAttribute(attention_fwd_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        err = cudaFuncSetAttribute(attention_fwd_kernel<T, D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   (int)smem);
     if (err == cudaSuccess) {
         cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch);
+        cfg.gridDim = dim3((unsigned)((a->sq + TILE::BM - 1) / TILE::BM), (unsigned)a->hq, (unsigned)a->batch);
         cfg.blockDim = dim3(THREADS);
         cfg.dynamicSmemBytes = smem;
         cfg.stream = (cudaStream_t)ctx->stream;
-        err = cudaLaunchKernelEx(&cfg, attention_fwd_kernel<T, D>, *a);
+        err = cudaLaunchKernelEx(&cfg, attention_fwd_kernel<T, D, MT>, *a);
     }
     if (err != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "fab_attention_forward: kernel launch failed: %s", cudaGetErrorString(err));
     return fab__cuda_check_launch("fab_attention_forward");
 }
 
+/* Query rows per warp, 16 or 32. 32 (two m-tiles, 128-row blocks) reads half the
+ * shared memory per mma, so it is the choice wherever its grid still gives every
+ * SM a block; 16 at head_dim 256 (registers) and for smaller grids, where twice
+ * the blocks keep more SMs busy. FAB_ATTN_FWD_WARP_ROWS=16 or 32 forces one (the
+ * benchmark's A/B; head_dim 256 stays at 16). */
+static int fwd_rows_per_warp(const fab_context *ctx, const fab__attn_args *a)
+{
+    if (a->d > 128)
+        return 16;
+    const char *env = getenv("FAB_ATTN_FWD_WARP_ROWS");
+    if (env && (!strcmp(env, "16") || !strcmp(env, "32")))
+        return atoi(env);
+    int64_t blocks = a->batch * a->hq * ((a->sq + 127) / 128);
+    return blocks >= ctx->sm_count ? 32 : 16;
+}
+
+template <typename T, int D>
+static fab_status launch_rows(fab_context *ctx, const fab__attn_args *a)
+{
+    return fwd_rows_per_warp(ctx, a) == 32 ? launch<T, D, 2>(ctx, a) : launch<T, D, 1>(ctx, a);
+}
+
 template <typename T>
 static fab_status dispatch_d(fab_context *ctx, const fab__attn_args *a)
 {
     switch (a->d) {
-    case 32: return launch<T, 32>(ctx, a);
-    case 64: return launch<T, 64>(ctx, a);
-    case 96: return launch<T, 96>(ctx, a);
-    case 128: return launch<T, 128>(ctx, a);
-    case 256: return launch<T, 256>(ctx, a);
+    case 32: return launch_rows<T, 32>(ctx, a);
+    case 64: return launch_rows<T, 64>(ctx, a);
+    case 96: return launch_rows<T, 96>(ctx, a);
+    case 128: return launch_rows<T, 128>(ctx, a);
+    case 256: return launch<T, 256, 1>(ctx, a);
     default: return fab__fail(FAB_ERR_INTERNAL, "fab_attention_forward: head_dim %lld reached the sm80 kernel", (long long)a->d);
     }
 }

@@ -126,28 +126,43 @@ static __device__ __forceinline__ void attn_pack_a(uint32_t (&pa)[4], const floa
     pa[3] = mma_of<T>::pack(hi[2], hi[3]);
 }
 
-/* acc[16 x D] += P[16 x BN] X[BN x D] for one warp: P is the warp's f32
- * accumulators of a 16 x BN product (p[BN/8][4], mma C layout), turned into A
- * fragments by attn_pack_a (one rounding to T each); X is a padded [BN x (D+8)]
- * shared tile, read as B fragments by ldmatrix.trans. f32 accumulation, k in
- * order of 16-key slices. */
-template <typename T, int D, int BN>
-static __device__ __forceinline__ void attn_mma_px(float (&acc)[D / 8][4], float (&p)[BN / 8][4], const T *sx,
-                                                   int lane)
+/* acc[16MT x D] += P[16MT x BN] X[BN x D] for one warp and its MT m-tiles of 16
+ * rows: P is the warp's f32 accumulators of a 16MT x BN product (p[MT][BN/8][4],
+ * mma C layout), turned into A fragments by attn_pack_a (one rounding to T each);
+ * X is a padded [BN x (D+8)] shared tile, read as B fragments by ldmatrix.trans,
+ * each fragment used by all MT m-tiles. f32 accumulation, k in order of 16-key
+ * slices. */
+template <typename T, int D, int BN, int MT>
+static __device__ __forceinline__ void attn_mma_px(float (&acc)[MT][D / 8][4], float (&p)[MT][BN / 8][4],
+                                                   const T *sx, int lane)
 {
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
-        uint32_t pa[4];
-        attn_pack_a<T>(pa, p[2 * kk], p[2 * kk + 1]);
+        uint32_t pa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+            attn_pack_a<T>(pa[mt], p[mt][2 * kk], p[mt][2 * kk + 1]);
 #pragma unroll
         for (int dn = 0; dn < D / 8; dn += 2) {
             uint32_t r[4];
             fab__ldmatrix_x4_trans(r, attn_frag_a_ptr<D>(sx, kk * 16, dn * 8, lane));
             uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-            mma_of<T>::run(acc[dn], pa, b0);
-            mma_of<T>::run(acc[dn + 1], pa, b1);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                mma_of<T>::run(acc[mt][dn], pa[mt], b0);
+                mma_of<T>::run(acc[mt][dn + 1], pa[mt], b1);
+            }
         }
     }
+}
+
+/* The same for one m-tile (16 rows). */
+template <typename T, int D, int BN>
+static __device__ __forceinline__ void attn_mma_px(float (&acc)[D / 8][4], float (&p)[BN / 8][4], const T *sx,
+                                                   int lane)
+{
+    attn_mma_px<T, D, BN, 1>(reinterpret_cast<float(&)[1][D / 8][4]>(acc),
+                             reinterpret_cast<float(&)[1][BN / 8][4]>(p), sx, lane);
 }
 
 } // namespace
