@@ -1152,6 +1152,98 @@ static void test_backend_coverage(void **state)
     fab_context_destroy(ctx);
 }
 
+/* ------------------------------------------------ forward variants (emulator) */
+
+#ifdef FAB_TEST_EMULATED
+#include "fab_emu.h"
+
+/* One bf16 forward (b = 1, not causal) with FAB_ATTN_FWD_WARP_ROWS = rows (NULL:
+ * the forward's own choice); returns what the emulator counted for it. */
+static struct fab_emu_stats fwd_counts(fab_context *ctx, const char *rows, int64_t hq, int64_t sq, int64_t sk,
+                                       int64_t d)
+{
+    const fab_dtype dt = FAB_DTYPE_BF16;
+    int64_t qs[4] = {1, sq, hq, d}, ks[4] = {1, sk, 1, d};
+    const int64_t nq = sq * hq * d, nk = sk * d;
+    double *x = malloc(sizeof(double) * (size_t)(nq + 2 * nk));
+    assert_non_null(x);
+    fab_test_fill_uniform(x, nq + 2 * nk, -1, 1);
+    void *q = fab_test_upload(ctx, dt, x, nq, NULL), *k = fab_test_upload(ctx, dt, x + nq, nk, NULL);
+    void *v = fab_test_upload(ctx, dt, x + nq + nk, nk, NULL), *out = fab_test_alloc_poisoned(ctx, dt, nq);
+    fab_attention_params f;
+    memset(&f, 0, sizeof f);
+    fab_tensor_make(q, dt, 4, qs, &f.q);
+    fab_tensor_make(k, dt, 4, ks, &f.k);
+    fab_tensor_make(v, dt, 4, ks, &f.v);
+    fab_tensor_make(out, dt, 4, qs, &f.out);
+    if (rows)
+        setenv("FAB_ATTN_FWD_WARP_ROWS", rows, 1);
+    else
+        unsetenv("FAB_ATTN_FWD_WARP_ROWS");
+    struct fab_emu_stats before, after;
+    assert_int_equal(fab_synchronize(ctx), FAB_OK);
+    fab_emu_get_stats(&before);
+    assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
+    assert_int_equal(fab_synchronize(ctx), FAB_OK);
+    fab_emu_get_stats(&after);
+    unsetenv("FAB_ATTN_FWD_WARP_ROWS");
+    fab_test_free(ctx, q), fab_test_free(ctx, k), fab_test_free(ctx, v), fab_test_free(ctx, out);
+    free(x);
+    after.launches -= before.launches, after.blocks -= before.blocks, after.mma -= before.mma;
+    after.ldmatrix -= before.ldmatrix;
+    return after;
+}
+#endif
+
+/* The CUDA forward's two variants really run, as the emulator counts them: at
+ * 128 x 128, 16 rows per warp takes two 64-row blocks and 32 rows one 128-row
+ * block, the same mma count (the work: 16 d) and fewer ldmatrix (the point of
+ * the 32-row variant); and left to itself the forward takes 32 rows exactly when
+ * that grid still has a block per SM (the device's SM count, from its name). */
+static void test_forward_variants(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+#ifdef FAB_TEST_EMULATED
+    if (fab_context_backend(ctx) == FAB_BACKEND_CUDA) {
+        const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
+        for (int64_t d = 64; d <= 128; d += 64) {
+            struct fab_emu_stats c16 = fwd_counts(ctx, "16", 1, 128, 128, d);
+            struct fab_emu_stats c32 = fwd_counts(ctx, "32", 1, 128, 128, d);
+            print_message("attention forward d%lld 128x128: 16 rows/warp %llu blocks, %llu mma, %llu ldmatrix "
+                          "(%.2f mma each); 32 rows/warp %llu blocks, %llu mma, %llu ldmatrix (%.2f mma each)\n",
+                          (long long)d, c16.blocks, c16.mma, c16.ldmatrix, (double)c16.mma / (double)c16.ldmatrix,
+                          c32.blocks, c32.mma, c32.ldmatrix, (double)c32.mma / (double)c32.ldmatrix);
+            assert_int_equal(c16.launches, 1);
+            assert_int_equal(c32.launches, 1);
+            assert_int_equal(c16.blocks, 2);
+            assert_int_equal(c32.blocks, 1);
+            assert_int_equal(c16.mma, 16 * d);
+            assert_int_equal(c32.mma, 16 * d);
+            assert_true(c32.ldmatrix * 5 <= c16.ldmatrix * 4); /* at least a fifth fewer */
+        }
+        const char *name = fab_context_device_name(ctx), *p = strstr(name, " SMs");
+        while (p && p > name && p[-1] >= '0' && p[-1] <= '9')
+            p--;
+        const int64_t sms = p ? atoll(p) : 0;
+        assert_true(sms > 1);
+        /* 65 rows per head: one 128-row block or two 64-row blocks */
+        struct fab_emu_stats full = fwd_counts(ctx, NULL, sms, 65, 8, 32);
+        struct fab_emu_stats under = fwd_counts(ctx, NULL, sms - 1, 65, 8, 32);
+        print_message("attention forward on %lld SMs: %lld heads of 65 rows took %llu blocks, %lld heads %llu\n",
+                      (long long)sms, (long long)sms, full.blocks, (long long)(sms - 1), under.blocks);
+        assert_int_equal(full.blocks, sms);
+        assert_int_equal(under.blocks, 2 * (sms - 1));
+        fab_emu_set_racecheck(racecheck);
+        fab_context_destroy(ctx);
+        return;
+    }
+#endif
+    fab_context_destroy(ctx);
+    print_message("SKIP: counts the CUDA forward's instructions, which only the emulator does\n");
+    skip();
+}
+
 int main(int argc, char **argv)
 {
     fab_test_init(argc, argv);
@@ -1163,6 +1255,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_long),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_fast_path),
+        cmocka_unit_test(test_forward_variants),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_backend_coverage),
     };

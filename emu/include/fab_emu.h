@@ -19,39 +19,44 @@
 
 #include "cuda_runtime_api.h"
 
+/* The control API stays visible from a shared library built with hidden symbols
+ * (libfabriek.so in an emulated build), so that its tests can reach the one
+ * emulator that runs its kernels. */
+#define FAB_EMU_API __attribute__((visibility("default")))
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /* Replace the virtual device's properties (device 0).  Returns cudaErrorInvalidValue
  * for impossible values (warpSize != 32, zero SMs, ...). */
-cudaError_t fab_emu_set_device_props(const struct cudaDeviceProp *prop);
+FAB_EMU_API cudaError_t fab_emu_set_device_props(const struct cudaDeviceProp *prop);
 /* Load a preset: "h100" (sm_90, 132 SMs, 227 KB opt-in smem) or "a100" (sm_80, 108 SMs, 163 KB). */
-cudaError_t fab_emu_set_device_preset(const char *name);
+FAB_EMU_API cudaError_t fab_emu_set_device_preset(const char *name);
 
 /* Race check: 1 = every launch runs twice (forward and reverse thread/block order, cp.async
  * copies immediate vs deferred to the wait) from the same snapshot of device memory, and
  * the two results are compared byte for byte.  0 = off.  Returns the previous setting. */
-int fab_emu_set_racecheck(int on);
+FAB_EMU_API int fab_emu_set_racecheck(int on);
 /* Number of launches the race check has reported since the process started (both the
  * schedule comparison and the shared-memory race detector count). */
-unsigned long fab_emu_race_reports(void);
+FAB_EMU_API unsigned long fab_emu_race_reports(void);
 /* Shared-memory race detector: 1 = check every shared-memory access made through the
  * PTX wrappers (cp.async, ldmatrix, stmatrix) for a conflicting access by another thread
  * not ordered by a barrier / __syncwarp / cp.async.wait_group (default: on; also
  * FAB_EMU_SMEMCHECK=0/1), in every run of the race check too.  Returns the previous
  * setting. */
-int fab_emu_set_smemcheck(int on);
+FAB_EMU_API int fab_emu_set_smemcheck(int on);
 
 /* Error mode: 0 = abort the process with a message on stderr (default, good under gdb);
  * 1 = stop the launch, print the message, and return cudaErrorLaunchFailure from the
  * launch (and cudaGetLastError).  Returns the previous mode. */
-int fab_emu_set_error_mode(int return_errors);
+FAB_EMU_API int fab_emu_set_error_mode(int return_errors);
 /* The last emulator error or race report message of this process ("" if none). */
 const char *fab_emu_last_message(void);
 
 /* Number of OS worker threads used to run blocks (>= 1).  Returns the previous value. */
-int fab_emu_set_threads(int n);
+FAB_EMU_API int fab_emu_set_threads(int n);
 
 /* Counters of emulated work since the process started (for rate measurements). */
 struct fab_emu_stats {
@@ -64,7 +69,7 @@ struct fab_emu_stats {
     unsigned long long collectives;  /* warp collectives (shfl, vote, syncwarp, mma, ...) */
     unsigned long long barriers;     /* completed block barriers */
 };
-void fab_emu_get_stats(struct fab_emu_stats *out);
+FAB_EMU_API void fab_emu_get_stats(struct fab_emu_stats *out);
 
 #ifdef __cplusplus
 }
