@@ -180,8 +180,17 @@ attention_fwd_kernel(const fab__attn_args a)
         }
 
         /* logits in log2 units, masked unless every (row, key) of this warp's rows
-         * and the tile is allowed (warp-uniform); row max; rescale of l and O */
+         * and the tile is allowed (warp-uniform); row max; rescale of l and O.
+         * Where SKIP_RESCALE, a row whose max did not move has alpha = 1 exactly,
+         * and an m-tile's O is rescaled only when one of its rows in the warp
+         * moved (warp-uniform): past the first tiles most maxima stay, and the
+         * D/2 multiplies per thread and m-tile are a large share of a tile's
+         * non-mma instructions. Not in the 16-row variants below head dim 128,
+         * which run only on grids too small to fill the GPU, and where ptxas
+         * answers the branch with a few bytes of spill (96 on sm_80, 32 on
+         * sm_90a). */
         const bool inside = kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off);
+        const bool SKIP_RESCALE = MT == 2 || D >= 128;
         float muse[MT][2];
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
@@ -191,19 +200,25 @@ attention_fwd_kernel(const fab__attn_args a)
             else
                 fwd_logits<BN, true>(a, s[mt], mx, kt, khi, r_lo + 16 * mt, off, t);
             float alpha[2];
+            bool moved = false;
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) {
                 mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
                 mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
                 muse[mt][hr] = mx[hr] == -INFINITY ? 0.0f : mx[hr];
-                alpha[hr] = fab__ex2_approx(mrow[mt][hr] - muse[mt][hr]); /* 0 while mrow is -inf */
+                const bool same = SKIP_RESCALE && mx[hr] == mrow[mt][hr];
+                moved |= !same;
+                /* 0 while mrow is -inf (and mx is not) */
+                alpha[hr] = same ? 1.0f : fab__ex2_approx(mrow[mt][hr] - muse[mt][hr]);
                 mrow[mt][hr] = mx[hr];
                 lrow[mt][hr] *= alpha[hr];
             }
+            if (!SKIP_RESCALE || __any_sync(0xffffffffu, moved)) {
 #pragma unroll
-            for (int i = 0; i < D / 8; i++) {
-                o[mt][i][0] *= alpha[0], o[mt][i][1] *= alpha[0];
-                o[mt][i][2] *= alpha[1], o[mt][i][3] *= alpha[1];
+                for (int i = 0; i < D / 8; i++) {
+                    o[mt][i][0] *= alpha[0], o[mt][i][1] *= alpha[0];
+                    o[mt][i][2] *= alpha[1], o[mt][i][3] *= alpha[1];
+                }
             }
         }
 #pragma unroll
