@@ -59,7 +59,7 @@ write_report() {
         echo '```'
         echo
         echo '```'
-        sed -n '/^suite /,$p' "$out/gpu-check.log" | head -80
+        sed -n '/^suite /,$p' "$out/gpu-check.log" | head -200
         echo '```'
     } > "$out/report.md"
 }
