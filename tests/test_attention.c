@@ -1199,7 +1199,7 @@ static struct fab_emu_stats fwd_counts(fab_context *ctx, const char *rows, int64
  * 128 x 128, 16 rows per warp takes two 64-row blocks and 32 rows one 128-row
  * block, the same mma count (the work: 16 d) and fewer ldmatrix (the point of
  * the 32-row variant); and left to itself the forward takes 32 rows exactly when
- * that grid still has a block per SM (the device's SM count, from its name). */
+ * that grid still has two blocks per SM (the device's SM count, from its name). */
 static void test_forward_variants(void **state)
 {
     (void)state;
@@ -1228,12 +1228,12 @@ static void test_forward_variants(void **state)
         const int64_t sms = p ? atoll(p) : 0;
         assert_true(sms > 1);
         /* 65 rows per head: one 128-row block or two 64-row blocks */
-        struct fab_emu_stats full = fwd_counts(ctx, NULL, sms, 65, 8, 32);
-        struct fab_emu_stats under = fwd_counts(ctx, NULL, sms - 1, 65, 8, 32);
+        struct fab_emu_stats full = fwd_counts(ctx, NULL, 2 * sms, 65, 8, 32);
+        struct fab_emu_stats under = fwd_counts(ctx, NULL, 2 * sms - 1, 65, 8, 32);
         print_message("attention forward on %lld SMs: %lld heads of 65 rows took %llu blocks, %lld heads %llu\n",
-                      (long long)sms, (long long)sms, full.blocks, (long long)(sms - 1), under.blocks);
-        assert_int_equal(full.blocks, sms);
-        assert_int_equal(under.blocks, 2 * (sms - 1));
+                      (long long)sms, (long long)(2 * sms), full.blocks, (long long)(2 * sms - 1), under.blocks);
+        assert_int_equal(full.blocks, 2 * sms);
+        assert_int_equal(under.blocks, 2 * (2 * sms - 1));
         fab_emu_set_racecheck(racecheck);
         fab_context_destroy(ctx);
         return;

@@ -286,9 +286,11 @@ static fab_status launch(fab_context *ctx, const fab__attn_args *a)
 
 /* Query rows per warp, 16 or 32. 32 (two m-tiles, 128-row blocks) reads half the
  * shared memory per mma, so it is the choice wherever its grid still gives every
- * SM a block; 16 at head_dim 256 (registers) and for smaller grids, where twice
- * the blocks keep more SMs busy. FAB_ATTN_FWD_WARP_ROWS=16 or 32 forces one (the
- * benchmark's A/B; head_dim 256 stays at 16). */
+ * SM two blocks (8 warps: what ~250 registers per thread allow, and the least that
+ * hides mma.sync's latency); 16 at head_dim 256 (registers) and for smaller
+ * grids, where twice the blocks keep more SMs, and more warps per SM, busy.
+ * FAB_ATTN_FWD_WARP_ROWS=16 or 32 forces one (the benchmark's A/B; head_dim 256
+ * stays at 16). */
 static int fwd_rows_per_warp(const fab_context *ctx, const fab__attn_args *a)
 {
     if (a->d > 128)
@@ -297,7 +299,7 @@ static int fwd_rows_per_warp(const fab_context *ctx, const fab__attn_args *a)
     if (env && (!strcmp(env, "16") || !strcmp(env, "32")))
         return atoi(env);
     int64_t blocks = a->batch * a->hq * ((a->sq + 127) / 128);
-    return blocks >= ctx->sm_count ? 32 : 16;
+    return blocks >= 2 * (int64_t)ctx->sm_count ? 32 : 16;
 }
 
 template <typename T, int D>
