@@ -1157,10 +1157,10 @@ static void test_backend_coverage(void **state)
 #ifdef FAB_TEST_EMULATED
 #include "fab_emu.h"
 
-/* One bf16 forward (b = 1, not causal) with FAB_ATTN_FWD_WARP_ROWS = rows (NULL:
+/* One bf16 forward (b = 1, one kv head) with FAB_ATTN_FWD_WARP_ROWS = rows (NULL:
  * the forward's own choice); returns what the emulator counted for it. */
 static struct fab_emu_stats fwd_counts(fab_context *ctx, const char *rows, int64_t hq, int64_t sq, int64_t sk,
-                                       int64_t d)
+                                       int64_t d, int causal)
 {
     const fab_dtype dt = FAB_DTYPE_BF16;
     int64_t qs[4] = {1, sq, hq, d}, ks[4] = {1, sk, 1, d};
@@ -1176,6 +1176,7 @@ static struct fab_emu_stats fwd_counts(fab_context *ctx, const char *rows, int64
     fab_tensor_make(k, dt, 4, ks, &f.k);
     fab_tensor_make(v, dt, 4, ks, &f.v);
     fab_tensor_make(out, dt, 4, qs, &f.out);
+    f.causal = causal;
     if (rows)
         setenv("FAB_ATTN_FWD_WARP_ROWS", rows, 1);
     else
@@ -1198,7 +1199,8 @@ static struct fab_emu_stats fwd_counts(fab_context *ctx, const char *rows, int64
 /* The CUDA forward's two variants really run, as the emulator counts them: at
  * 128 x 128, 16 rows per warp takes two 64-row blocks and 32 rows one 128-row
  * block, the same mma count (the work: 16 d) and fewer ldmatrix (the point of
- * the 32-row variant); and left to itself the forward takes 32 rows exactly when
+ * the 32-row variant); causal, the warps skip the tiles above their diagonal;
+ * and left to itself the forward takes 32 rows exactly when
  * that grid still has two blocks per SM (the device's SM count, from its name). */
 static void test_forward_variants(void **state)
 {
@@ -1208,8 +1210,8 @@ static void test_forward_variants(void **state)
     if (fab_context_backend(ctx) == FAB_BACKEND_CUDA) {
         const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
         for (int64_t d = 64; d <= 128; d += 64) {
-            struct fab_emu_stats c16 = fwd_counts(ctx, "16", 1, 128, 128, d);
-            struct fab_emu_stats c32 = fwd_counts(ctx, "32", 1, 128, 128, d);
+            struct fab_emu_stats c16 = fwd_counts(ctx, "16", 1, 128, 128, d, 0);
+            struct fab_emu_stats c32 = fwd_counts(ctx, "32", 1, 128, 128, d, 0);
             print_message("attention forward d%lld 128x128: 16 rows/warp %llu blocks, %llu mma, %llu ldmatrix "
                           "(%.2f mma each); 32 rows/warp %llu blocks, %llu mma, %llu ldmatrix (%.2f mma each)\n",
                           (long long)d, c16.blocks, c16.mma, c16.ldmatrix, (double)c16.mma / (double)c16.ldmatrix,
@@ -1221,6 +1223,16 @@ static void test_forward_variants(void **state)
             assert_int_equal(c16.mma, 16 * d);
             assert_int_equal(c32.mma, 16 * d);
             assert_true(c32.ldmatrix * 5 <= c16.ldmatrix * 4); /* at least a fifth fewer */
+            /* causal: a warp skips the key tiles above its rows' diagonal. 16 rows
+             * (64-key tiles): 4 + 8 warp-tiles of d mma. 32 rows (d 64: 64-key
+             * tiles, warps 0-1 see one and 2-3 two: 6 warp-tiles of 2d mma; d 128:
+             * 32-key tiles, warp w sees w + 1: 10 warp-tiles of d) */
+            struct fab_emu_stats k16 = fwd_counts(ctx, "16", 1, 128, 128, d, 1);
+            struct fab_emu_stats k32 = fwd_counts(ctx, "32", 1, 128, 128, d, 1);
+            print_message("  causal: 16 rows/warp %llu mma, 32 rows/warp %llu mma (not causal: %lld)\n", k16.mma,
+                          k32.mma, (long long)(16 * d));
+            assert_int_equal(k16.mma, 12 * d);
+            assert_int_equal(k32.mma, d == 64 ? 6 * 2 * d : 10 * d);
         }
         const char *name = fab_context_device_name(ctx), *p = strstr(name, " SMs");
         while (p && p > name && p[-1] >= '0' && p[-1] <= '9')
@@ -1228,8 +1240,8 @@ static void test_forward_variants(void **state)
         const int64_t sms = p ? atoll(p) : 0;
         assert_true(sms > 1);
         /* 65 rows per head: one 128-row block or two 64-row blocks */
-        struct fab_emu_stats full = fwd_counts(ctx, NULL, 2 * sms, 65, 8, 32);
-        struct fab_emu_stats under = fwd_counts(ctx, NULL, 2 * sms - 1, 65, 8, 32);
+        struct fab_emu_stats full = fwd_counts(ctx, NULL, 2 * sms, 65, 8, 32, 0);
+        struct fab_emu_stats under = fwd_counts(ctx, NULL, 2 * sms - 1, 65, 8, 32, 0);
         print_message("attention forward on %lld SMs: %lld heads of 65 rows took %llu blocks, %lld heads %llu\n",
                       (long long)sms, (long long)(2 * sms), full.blocks, (long long)(2 * sms - 1), under.blocks);
         assert_int_equal(full.blocks, 2 * sms);

@@ -7,7 +7,9 @@
  * for grids too small to fill the GPU (fwd_rows_per_warp). The block streams the
  * 64- or 32-key tiles (fwd_tile) its rows may see through shared memory with
  * cp.async, two stages deep (the next K/V tile loads while this one is used).
- * Per tile a warp computes S = Q K^T with mma.m16n8k16, each K fragment
+ * A warp skips the tiles none of its rows may see (on the causal diagonal, the
+ * upper warps of a 128-row block would otherwise compute up to half a block of
+ * masked scores). Per tile a warp computes S = Q K^T with mma.m16n8k16, each K fragment
  * (ldmatrix) feeding all MT m-tiles; applies scale, softcap and (on the tiles that
  * straddle the edge of the allowed band, per warp) the mask in registers; updates
  * the online softmax (running max m and sum l per row, exp2 of log2-unit scores);
@@ -148,6 +150,13 @@ attention_fwd_kernel(const fab__attn_args a)
                 for (int kk = 0; kk < (QREG ? D / 16 : 1); kk++)
                     fab__ldmatrix_x4(qf[mt][kk], attn_frag_a_ptr<D>(sQ, w0 + 16 * mt, kk * 16, lane));
         }
+        /* A warp with no row that sees a key of this tile (above the causal
+         * diagonal, past a window's edge, or with no rows at all) skips it: its
+         * m, l and O would not change. Its barrier below is the loop's last. */
+        if (w_first > w_last || !attn_any_allowed(a, w_first, w_last, kt, kt + BN - 1, off)) {
+            __syncthreads();
+            continue;
+        }
         const T *cK = sK + buf * BN * (D + 8), *cV = sV + buf * BN * (D + 8);
 
         /* S = Q K^T: WR x BN per warp */
@@ -234,7 +243,7 @@ attention_fwd_kernel(const fab__attn_args a)
 
         /* O += P V: P from the S registers, V by ldmatrix.trans */
         attn_mma_px<T, D, BN, MT>(o, s, cV, lane);
-        __syncthreads(); /* this buffer is refilled two tiles on */
+        __syncthreads(); /* this buffer is refilled two tiles on (the skip above has the same) */
     }
 
     /* out = O / l, lse */

@@ -37,6 +37,16 @@ static __device__ __forceinline__ bool attn_all_allowed(const fab__attn_args &a,
     return (a.right < 0 || k1 <= r0 + off + a.right) && (a.left < 0 || k0 >= r1 + off - a.left);
 }
 
+/* Whether the mask allows any (row, key) of rows [r0, r1] x keys [k0, k1]: the
+ * keys rows r0..r1 may see together are [r0 + off - left, r1 + off + right] (each
+ * row's band is non-empty and shifts by one per row). Kernels skip a warp's work
+ * on tiles it sees none of (near the causal diagonal, past a window's edge). */
+static __device__ __forceinline__ bool attn_any_allowed(const fab__attn_args &a, int64_t r0, int64_t r1, int64_t k0,
+                                                        int64_t k1, int64_t off)
+{
+    return (a.right < 0 || k0 <= r1 + off + a.right) && (a.left < 0 || k1 >= r0 + off - a.left);
+}
+
 /* Copies rows [row0, row0 + n) (n <= rows) of one head (row stride ss) into smem
  * [rows x (D+8)] with 16-byte cp.async, rows past n zero-filled. Thread mapping:
  * the block's THREADS threads take the D/8 chunks of each row in turn (coalesced).
