@@ -6,7 +6,10 @@
  * (64 keys each), keeps a running max m and sum l per row, rescales its f32
  * output accumulator when m grows, and divides by l at the end; lse = m + log l.
  * Only tiles of 128x64 scores ever exist (128 rows halve the key/value loads
- * per flop against 64; the f32 tiles of one task stay in L2).
+ * per flop against 64; the f32 tiles of one task stay in L2). Forward and
+ * backward products take only the rows of a tile that see one of its keys
+ * (rows_seeing_keys): on the causal diagonal a 64-key tile is seen by half of a
+ * 128-row tile.
  *
  * Backward by recomputation: D = rowsum(dO * O) first, then P = exp(s - lse),
  * dS = P (dP - D) per (query tile, key tile) pair and dV += P^T dO, dK += dS^T Q,
@@ -65,6 +68,23 @@ static void query_tiles_of_keys(const fab__attn_args *a, const fab__attn_seq *sq
         ihi = j0 + nk - 1 - off + a->left + 1;
     *lo = ilo / FAB__BQ * FAB__BQ;
     *hi = ihi;
+}
+
+/* The rows [*r0, *r1) of the query tile i0 .. i0+nq-1, widened to whole register
+ * blocks of 4, that may see one of the keys j0 .. j0+nk-1: the tile products
+ * skip the others (above the causal diagonal, past a window's edge), whose
+ * scores are all masked. Skipping them leaves every result as it was: their P
+ * and dS are exact zeros, and their m, l and O do not change. */
+static void rows_seeing_keys(const fab__attn_args *a, int64_t off, int64_t i0, int nq, int64_t j0, int nk, int *r0,
+                             int *r1)
+{
+    int64_t lo = 0, hi = nq;
+    if (a->right >= 0 && j0 - (i0 + off) - a->right > lo) /* row i sees key j0 from i = j0 - i0 - off - right */
+        lo = j0 - (i0 + off) - a->right < nq ? j0 - (i0 + off) - a->right : nq;
+    if (a->left >= 0 && j0 + nk + a->left - (i0 + off) < hi) /* and the last key up to i < j0 + nk + left - .. */
+        hi = j0 + nk + a->left - (i0 + off) > lo ? j0 + nk + a->left - (i0 + off) : lo;
+    *r0 = (int)(lo & ~(int64_t)3);
+    *r1 = (int)((hi + 3) & ~(int64_t)3);
 }
 
 /* The tile code, twice: baseline ISA, and AVX2+FMA where the compiler can target it. */

@@ -339,8 +339,14 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
         const int nk1 = (int)(khi - j1 < FAB__BK ? khi - j1 : FAB__BK);
         if (nk1 > 0)
             FAB__T(prefetch_rows)(&a->k, es, sq->b, sq->k0 + j1, nk1, g, a->d);
-        FAB__T(mm)(nqp, FAB__BK, dp, Q, dp, 1, KT, FAB__BK, S, FAB__BK, 0);
-        FAB__T(logits)(a, S, NULL, nq, nqp, nk, i0, j0, sq->sk - sq->sq);
+        /* rows [r0, r1) only (rows_seeing_keys); the others' stale S rows
+         * logits turns to -inf, so they keep m, l and O as they are */
+        const int64_t off = sq->sk - sq->sq;
+        int r0, r1;
+        rows_seeing_keys(a, off, i0, nq, j0, nk, &r0, &r1);
+        const int nr = r1 - r0;
+        FAB__T(mm)(nr, FAB__BK, dp, Q + r0 * dp, dp, 1, KT, FAB__BK, S + r0 * FAB__BK, FAB__BK, 0);
+        FAB__T(logits)(a, S, NULL, nq, nqp, nk, i0, j0, off);
         memset(S + nq * FAB__BK, 0, sizeof(float) * (size_t)((nqp - nq) * FAB__BK)); /* padding rows */
         for (int i = 0; i < nq; i++) {
             float *s = S + i * FAB__BK;
@@ -367,7 +373,7 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
         }
         if (nk1 > 0)
             FAB__T(prefetch_rows)(&a->v, es, sq->b, sq->k0 + j1, nk1, g, a->d);
-        FAB__T(mm)(nqp, dp, nk, S, FAB__BK, 1, V, dp, O, dp, 1);
+        FAB__T(mm)(nr, dp, nk, S + r0 * FAB__BK, FAB__BK, 1, V, dp, O + r0 * dp, dp, 1);
     }
     /* every row has a key (the entry checks it), so l > 0 */
     for (int i = 0; i < nq; i++) {
@@ -384,17 +390,22 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
 /* Backward of one (query tile, key tile) pair, shared by both passes: from Q, dO
  * [BQ x dp], KT, VT [dp x BK], lse2 (lse in log2 units) and D per row, computes
  * P = exp2(s - lse2) and dS = P (dP - D) * d s / d x into P, dS [BQ x BK]
- * (the derivative with respect to the raw product q.k, scale included). */
+ * (the derivative with respect to the raw product q.k, scale included), for the
+ * rows [*r0, *r1) that see a key of the tile (rows_seeing_keys): the caller's
+ * products take those rows only, the others' P and dS being zeros. */
 static void FAB__T(bwd_pair)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t i0, int nq, int nqp,
                              int64_t j0, int nk, const float *Q, const float *dO, const float *KT, const float *VT,
-                             const float *lse2, const float *D, float *P, float *dS, float *T)
+                             const float *lse2, const float *D, float *P, float *dS, float *T, int *r0, int *r1)
 {
     const int dp = sq->dp;
-    FAB__T(mm)(nqp, FAB__BK, dp, Q, dp, 1, KT, FAB__BK, P, FAB__BK, 0);
-    FAB__T(mm)(nqp, FAB__BK, dp, dO, dp, 1, VT, FAB__BK, dS, FAB__BK, 0);
-    FAB__T(logits)(a, P, T, nq, nqp, nk, i0, j0, sq->sk - sq->sq);
+    const int64_t off = sq->sk - sq->sq;
+    rows_seeing_keys(a, off, i0, nq, j0, nk, r0, r1);
+    const int lo = *r0, nr = *r1 - *r0;
+    FAB__T(mm)(nr, FAB__BK, dp, Q + lo * dp, dp, 1, KT, FAB__BK, P + lo * FAB__BK, FAB__BK, 0);
+    FAB__T(mm)(nr, FAB__BK, dp, dO + lo * dp, dp, 1, VT, FAB__BK, dS + lo * FAB__BK, FAB__BK, 0);
+    FAB__T(logits)(a, P, T, nq, nqp, nk, i0, j0, off);
     const float scale = a->scale, cap = a->softcap;
-    for (int i = 0; i < nqp; i++) {
+    for (int i = lo; i < *r1; i++) {
         float *p = P + i * FAB__BK, *ds = dS + i * FAB__BK;
         const float L = lse2[i], Di = D[i];
 #pragma omp simd
@@ -465,9 +476,10 @@ static void FAB__T(bwd_kv_tile)(const fab__attn_args *a, const fab__attn_seq *sq
         for (int64_t i0 = ilo; i0 < ihi; i0 += FAB__BQ) {
             int nq = (int)(sq->sq - i0 < FAB__BQ ? sq->sq - i0 : FAB__BQ), nqp = (nq + 3) & ~3;
             FAB__T(bwd_load_q)(a, sq, h, i0, nq, nqp, Dbuf, Q, dO, lse2, D);
-            FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2, D, P, dS, T);
-            FAB__T(mm)(FAB__BK, dp, nqp, P, 1, FAB__BK, dO, dp, dV, dp, 1);
-            FAB__T(mm)(FAB__BK, dp, nqp, dS, 1, FAB__BK, Q, dp, dK, dp, 1);
+            int r0, r1;
+            FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2, D, P, dS, T, &r0, &r1);
+            FAB__T(mm)(FAB__BK, dp, r1 - r0, P + r0 * FAB__BK, 1, FAB__BK, dO + r0 * dp, dp, dV, dp, 1);
+            FAB__T(mm)(FAB__BK, dp, r1 - r0, dS + r0 * FAB__BK, 1, FAB__BK, Q + r0 * dp, dp, dK, dp, 1);
         }
     }
     FAB__T(store)(&a->dk, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK);
@@ -493,8 +505,9 @@ static void FAB__T(bwd_q_tile)(const fab__attn_args *a, const fab__attn_seq *sq,
         FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
         FAB__T(transpose)(K, FAB__BK, dp, KT);
         FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
-        FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2, D, P, dS, T);
-        FAB__T(mm)(nqp, dp, FAB__BK, dS, FAB__BK, 1, K, dp, dQ, dp, 1);
+        int r0, r1;
+        FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2, D, P, dS, T, &r0, &r1);
+        FAB__T(mm)(r1 - r0, dp, FAB__BK, dS + r0 * FAB__BK, FAB__BK, 1, K, dp, dQ + r0 * dp, dp, 1);
     }
     FAB__T(store)(&a->dq, a->dtype, sq->b, sq->q0 + i0, nq, h, a->d, dp, dQ);
 }
@@ -538,10 +551,12 @@ static void FAB__T(bwd_group)(const fab__attn_args *a, const fab__attn_seq *sq, 
                 int nq = (int)(sq->sq - i0 < FAB__BQ ? sq->sq - i0 : FAB__BQ), nqp = (nq + 3) & ~3;
                 int64_t row = hh * rows + i0;
                 const float *Q = Qg + row * dp, *dO = dOg + row * dp;
-                FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2g + row, Dg + row, P, dS, T);
-                FAB__T(mm)(FAB__BK, dp, nqp, P, 1, FAB__BK, dO, dp, dV, dp, 1);
-                FAB__T(mm)(FAB__BK, dp, nqp, dS, 1, FAB__BK, Q, dp, dK, dp, 1);
-                FAB__T(mm)(nqp, dp, FAB__BK, dS, FAB__BK, 1, K, dp, dQg + row * dp, dp, 1);
+                int r0, r1;
+                FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2g + row, Dg + row, P, dS, T, &r0,
+                                 &r1);
+                FAB__T(mm)(FAB__BK, dp, r1 - r0, P + r0 * FAB__BK, 1, FAB__BK, dO + r0 * dp, dp, dV, dp, 1);
+                FAB__T(mm)(FAB__BK, dp, r1 - r0, dS + r0 * FAB__BK, 1, FAB__BK, Q + r0 * dp, dp, dK, dp, 1);
+                FAB__T(mm)(r1 - r0, dp, FAB__BK, dS + r0 * FAB__BK, FAB__BK, 1, K, dp, dQg + (row + r0) * dp, dp, 1);
             }
         }
         FAB__T(store)(&a->dk, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK);
