@@ -695,6 +695,20 @@ static void test_long(void **state)
 
 /* ------------------------------------------------------------ determinism */
 
+/* Forward parameters over dense [b, s, h, d] tensors: q and out shaped qs, k and
+ * v shaped ks; everything else zero (no mask, default scale, no lse). */
+static fab_attention_params dense_forward(fab_dtype dt, const int64_t *qs, const int64_t *ks, void *q, void *k,
+                                          void *v, void *out)
+{
+    fab_attention_params f;
+    memset(&f, 0, sizeof f);
+    fab_tensor_make(q, dt, 4, qs, &f.q);
+    fab_tensor_make(k, dt, 4, ks, &f.k);
+    fab_tensor_make(v, dt, 4, ks, &f.v);
+    fab_tensor_make(out, dt, 4, qs, &f.out);
+    return f;
+}
+
 /* Runs forward + backward of a GQA causal problem of s rows and head dim d (f32
  * on the CPU, so any change in a summation order shows) and returns the bytes of
  * out, lse, dq, dk, dv. */
@@ -714,12 +728,7 @@ static void det_run(fab_context *ctx, fab_dtype dt, int64_t s, int64_t d, unsign
     void *out = fab_test_alloc_poisoned(ctx, dt, nq), *lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, b * hq * s);
     void *dq = fab_test_alloc_poisoned(ctx, dt, nq), *dk = fab_test_alloc_poisoned(ctx, dt, nk);
     void *dv = fab_test_alloc_poisoned(ctx, dt, nk);
-    fab_attention_params f;
-    memset(&f, 0, sizeof f);
-    fab_tensor_make(q, dt, 4, qs, &f.q);
-    fab_tensor_make(k, dt, 4, ks, &f.k);
-    fab_tensor_make(v, dt, 4, ks, &f.v);
-    fab_tensor_make(out, dt, 4, qs, &f.out);
+    fab_attention_params f = dense_forward(dt, qs, ks, q, k, v, out);
     fab_tensor_make(lse, FAB_DTYPE_F32, 3, ls, &f.lse);
     f.causal = 1;
     f.softcap = 3;
@@ -837,12 +846,7 @@ static void test_fast_path(void **state)
         void *out = fab_test_alloc_poisoned(ctx, dt, nq), *lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, HQ2 * SQ);
         void *dq = fab_test_alloc_poisoned(ctx, dt, nq), *dk = fab_test_alloc_poisoned(ctx, dt, nk);
         void *dv = fab_test_alloc_poisoned(ctx, dt, nk);
-        fab_attention_params f;
-        memset(&f, 0, sizeof f);
-        fab_tensor_make(q, dt, 4, qs, &f.q);
-        fab_tensor_make(k, dt, 4, ks, &f.k);
-        fab_tensor_make(v, dt, 4, ks, &f.v);
-        fab_tensor_make(out, dt, 4, qs, &f.out);
+        fab_attention_params f = dense_forward(dt, qs, ks, q, k, v, out);
         fab_tensor_make(lse, FAB_DTYPE_F32, 3, ls, &f.lse);
         f.scale = 1;
         assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
@@ -1170,12 +1174,7 @@ static struct fab_emu_stats fwd_counts(fab_context *ctx, const char *rows, int64
     fab_test_fill_uniform(x, nq + 2 * nk, -1, 1);
     void *q = fab_test_upload(ctx, dt, x, nq, NULL), *k = fab_test_upload(ctx, dt, x + nq, nk, NULL);
     void *v = fab_test_upload(ctx, dt, x + nq + nk, nk, NULL), *out = fab_test_alloc_poisoned(ctx, dt, nq);
-    fab_attention_params f;
-    memset(&f, 0, sizeof f);
-    fab_tensor_make(q, dt, 4, qs, &f.q);
-    fab_tensor_make(k, dt, 4, ks, &f.k);
-    fab_tensor_make(v, dt, 4, ks, &f.v);
-    fab_tensor_make(out, dt, 4, qs, &f.out);
+    fab_attention_params f = dense_forward(dt, qs, ks, q, k, v, out);
     f.causal = causal;
     if (rows)
         setenv("FAB_ATTN_FWD_WARP_ROWS", rows, 1);
