@@ -53,7 +53,7 @@ FAB_EMU_API int fab_emu_set_smemcheck(int on);
  * launch (and cudaGetLastError).  Returns the previous mode. */
 FAB_EMU_API int fab_emu_set_error_mode(int return_errors);
 /* The last emulator error or race report message of this process ("" if none). */
-const char *fab_emu_last_message(void);
+FAB_EMU_API const char *fab_emu_last_message(void);
 
 /* Number of OS worker threads used to run blocks (>= 1).  Returns the previous value. */
 FAB_EMU_API int fab_emu_set_threads(int n);

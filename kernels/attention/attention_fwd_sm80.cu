@@ -152,98 +152,97 @@ attention_fwd_kernel(const fab__attn_args a)
         }
         /* A warp with no row that sees a key of this tile (above the causal
          * diagonal, past a window's edge, or with no rows at all) skips it: its
-         * m, l and O would not change. Its barrier below is the loop's last. */
-        if (w_first > w_last || !attn_any_allowed(a, w_first, w_last, kt, kt + BN - 1, off)) {
-            __syncthreads();
-            continue;
-        }
-        const T *cK = sK + buf * BN * (D + 8), *cV = sV + buf * BN * (D + 8);
+         * m, l and O would not change. Every warp still meets the one barrier
+         * below (bar.sync must be the same instruction for the whole block). */
+        if (w_first <= w_last && attn_any_allowed(a, w_first, w_last, kt, kt + BN - 1, off)) {
+            const T *cK = sK + buf * BN * (D + 8), *cV = sV + buf * BN * (D + 8);
 
-        /* S = Q K^T: WR x BN per warp */
-        float s[MT][BN / 8][4];
+            /* S = Q K^T: WR x BN per warp */
+            float s[MT][BN / 8][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
+            for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-            for (int j = 0; j < BN / 8; j++)
-                s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0;
+                for (int j = 0; j < BN / 8; j++)
+                    s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0;
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t qs[QREG ? 1 : MT][4];
-            if (!QREG) {
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t qs[QREG ? 1 : MT][4];
+                if (!QREG) {
 #pragma unroll
-                for (int mt = 0; mt < (QREG ? 1 : MT); mt++)
-                    fab__ldmatrix_x4(qs[mt], attn_frag_a_ptr<D>(sQ, w0 + 16 * mt, kk * 16, lane));
-            }
+                    for (int mt = 0; mt < (QREG ? 1 : MT); mt++)
+                        fab__ldmatrix_x4(qs[mt], attn_frag_a_ptr<D>(sQ, w0 + 16 * mt, kk * 16, lane));
+                }
 #pragma unroll
-            for (int j = 0; j < BN / 8; j += 2) {
-                uint32_t r[4];
-                fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cK, j * 8, kk * 16, lane));
-                uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                for (int j = 0; j < BN / 8; j += 2) {
+                    uint32_t r[4];
+                    fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cK, j * 8, kk * 16, lane));
+                    uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
 #pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    const uint32_t(&qa)[4] = QREG ? qf[QREG ? mt : 0][QREG ? kk : 0] : qs[QREG ? 0 : mt];
-                    M::run(s[mt][j], qa, b0);
-                    M::run(s[mt][j + 1], qa, b1);
+                    for (int mt = 0; mt < MT; mt++) {
+                        const uint32_t(&qa)[4] = QREG ? qf[QREG ? mt : 0][QREG ? kk : 0] : qs[QREG ? 0 : mt];
+                        M::run(s[mt][j], qa, b0);
+                        M::run(s[mt][j + 1], qa, b1);
+                    }
                 }
             }
-        }
 
-        /* logits in log2 units, masked unless every (row, key) of this warp's rows
-         * and the tile is allowed (warp-uniform); row max; rescale of l and O.
-         * Where SKIP_RESCALE, a row whose max did not move has alpha = 1 exactly,
-         * and an m-tile's O is rescaled only when one of its rows in the warp
-         * moved (warp-uniform): past the first tiles most maxima stay, and the
-         * D/2 multiplies per thread and m-tile are a large share of a tile's
-         * non-mma instructions. Not in the 16-row variants below head dim 128,
-         * which run only on grids too small to fill the GPU, and where ptxas
-         * answers the branch with a few bytes of spill (96 on sm_80, 32 on
-         * sm_90a). */
-        const bool inside = kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off);
-        const bool SKIP_RESCALE = MT == 2 || D >= 128;
-        float muse[MT][2];
+            /* logits in log2 units, masked unless every (row, key) of this warp's rows
+             * and the tile is allowed (warp-uniform); row max; rescale of l and O.
+             * Where SKIP_RESCALE, a row whose max did not move has alpha = 1 exactly,
+             * and an m-tile's O is rescaled only when one of its rows in the warp
+             * moved (warp-uniform): past the first tiles most maxima stay, and the
+             * D/2 multiplies per thread and m-tile are a large share of a tile's
+             * non-mma instructions. Not in the 16-row variants below head dim 128,
+             * which run only on grids too small to fill the GPU, and where ptxas
+             * answers the branch with a few bytes of spill (96 on sm_80, 32 on
+             * sm_90a). */
+            const bool inside = kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off);
+            const bool SKIP_RESCALE = MT == 2 || D >= 128;
+            float muse[MT][2];
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-            float mx[2] = {mrow[mt][0], mrow[mt][1]};
-            if (inside)
-                fwd_logits<BN, false>(a, s[mt], mx, kt, khi, r_lo + 16 * mt, off, t);
-            else
-                fwd_logits<BN, true>(a, s[mt], mx, kt, khi, r_lo + 16 * mt, off, t);
-            float alpha[2];
-            bool moved = false;
+            for (int mt = 0; mt < MT; mt++) {
+                float mx[2] = {mrow[mt][0], mrow[mt][1]};
+                if (inside)
+                    fwd_logits<BN, false>(a, s[mt], mx, kt, khi, r_lo + 16 * mt, off, t);
+                else
+                    fwd_logits<BN, true>(a, s[mt], mx, kt, khi, r_lo + 16 * mt, off, t);
+                float alpha[2];
+                bool moved = false;
 #pragma unroll
-            for (int hr = 0; hr < 2; hr++) {
-                mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
-                mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
-                muse[mt][hr] = mx[hr] == -INFINITY ? 0.0f : mx[hr];
-                const bool same = SKIP_RESCALE && mx[hr] == mrow[mt][hr];
-                moved |= !same;
-                /* 0 while mrow is -inf (and mx is not) */
-                alpha[hr] = same ? 1.0f : fab__ex2_approx(mrow[mt][hr] - muse[mt][hr]);
-                mrow[mt][hr] = mx[hr];
-                lrow[mt][hr] *= alpha[hr];
-            }
-            if (!SKIP_RESCALE || __any_sync(0xffffffffu, moved)) {
+                for (int hr = 0; hr < 2; hr++) {
+                    mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
+                    mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
+                    muse[mt][hr] = mx[hr] == -INFINITY ? 0.0f : mx[hr];
+                    const bool same = SKIP_RESCALE && mx[hr] == mrow[mt][hr];
+                    moved |= !same;
+                    /* 0 while mrow is -inf (and mx is not) */
+                    alpha[hr] = same ? 1.0f : fab__ex2_approx(mrow[mt][hr] - muse[mt][hr]);
+                    mrow[mt][hr] = mx[hr];
+                    lrow[mt][hr] *= alpha[hr];
+                }
+                if (!SKIP_RESCALE || __any_sync(0xffffffffu, moved)) {
 #pragma unroll
-                for (int i = 0; i < D / 8; i++) {
-                    o[mt][i][0] *= alpha[0], o[mt][i][1] *= alpha[0];
-                    o[mt][i][2] *= alpha[1], o[mt][i][3] *= alpha[1];
+                    for (int i = 0; i < D / 8; i++) {
+                        o[mt][i][0] *= alpha[0], o[mt][i][1] *= alpha[0];
+                        o[mt][i][2] *= alpha[1], o[mt][i][3] *= alpha[1];
+                    }
                 }
             }
-        }
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
+            for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-            for (int j = 0; j < BN / 8; j++)
+                for (int j = 0; j < BN / 8; j++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float p = fab__ex2_approx(s[mt][j][e] - muse[mt][e >> 1]);
-                    s[mt][j][e] = p;
-                    lrow[mt][e >> 1] += p;
-                }
+                    for (int e = 0; e < 4; e++) {
+                        float p = fab__ex2_approx(s[mt][j][e] - muse[mt][e >> 1]);
+                        s[mt][j][e] = p;
+                        lrow[mt][e >> 1] += p;
+                    }
 
-        /* O += P V: P from the S registers, V by ldmatrix.trans */
-        attn_mma_px<T, D, BN, MT>(o, s, cV, lane);
-        __syncthreads(); /* this buffer is refilled two tiles on (the skip above has the same) */
+            /* O += P V: P from the S registers, V by ldmatrix.trans */
+            attn_mma_px<T, D, BN, MT>(o, s, cV, lane);
+        }
+        __syncthreads(); /* this buffer is refilled two tiles on */
     }
 
     /* out = O / l, lse */
