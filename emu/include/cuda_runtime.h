@@ -127,10 +127,25 @@ static inline cudaError_t cudaMemcpyFromSymbol(void *dst, const T &symbol, size_
 }
 
 /* ---- block barriers ---- */
-static inline void __syncthreads() { fab_emu::barrier(0, 0, fab_emu::BAR_NONE, 0, true); }
-static inline int __syncthreads_count(int pred) { return fab_emu::barrier(0, 0, fab_emu::BAR_POPC, pred != 0, true); }
-static inline int __syncthreads_and(int pred) { return fab_emu::barrier(0, 0, fab_emu::BAR_AND, pred != 0, true); }
-static inline int __syncthreads_or(int pred) { return fab_emu::barrier(0, 0, fab_emu::BAR_OR, pred != 0, true); }
+/* The default arguments name the caller's source line: the emulator checks that a
+ * block meets at one __syncthreads (bar.sync is .aligned), whatever copies of it
+ * the host compiler makes. */
+static inline void __syncthreads(const char *file = __builtin_FILE(), int line = __builtin_LINE())
+{
+    fab_emu::barrier(0, 0, fab_emu::BAR_NONE, 0, true, file, line);
+}
+static inline int __syncthreads_count(int pred, const char *file = __builtin_FILE(), int line = __builtin_LINE())
+{
+    return fab_emu::barrier(0, 0, fab_emu::BAR_POPC, pred != 0, true, file, line);
+}
+static inline int __syncthreads_and(int pred, const char *file = __builtin_FILE(), int line = __builtin_LINE())
+{
+    return fab_emu::barrier(0, 0, fab_emu::BAR_AND, pred != 0, true, file, line);
+}
+static inline int __syncthreads_or(int pred, const char *file = __builtin_FILE(), int line = __builtin_LINE())
+{
+    return fab_emu::barrier(0, 0, fab_emu::BAR_OR, pred != 0, true, file, line);
+}
 
 /* ---- warp collectives (PTX shfl.sync / vote.sync / match.sync / redux.sync / bar.warp.sync) ---- */
 static inline void __syncwarp(unsigned mask = 0xffffffffu) { fab_emu::warp_op(fab_emu::WOP_SYNC, mask, 0, 0, 0, nullptr); }

@@ -67,6 +67,8 @@ struct Barrier {
     int popc = 0;
     bool all = true, any = false;
     uint32_t join[32] = {}; /* race detector: join of the arrivals' warp clocks */
+    const char *site_file = nullptr; /* __syncthreads: where the phase's first thread called it */
+    int site_line = 0;
 };
 
 struct Launch;

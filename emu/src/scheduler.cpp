@@ -263,7 +263,7 @@ static thread_local BarrierReduce tl_bar_red[16];
 
 static void check_activemask(Block &b, unsigned w);
 
-int barrier(int id, int count, BarrierReduce red, int pred, bool wait)
+int barrier(int id, int count, BarrierReduce red, int pred, bool wait, const char *file, int line)
 {
     Thread *t = tl_thread;
     Block *bp = tl_block;
@@ -287,6 +287,21 @@ int barrier(int id, int count, BarrierReduce red, int pred, bool wait)
                      B.count, (count == 0 || B.count == 0) ? " (0 = __syncthreads, all threads)" : "");
     }
     if (red != BAR_NONE) tl_bar_red[id] = red;
+    /* bar.sync is barrier.sync.aligned: for a barrier of all threads the PTX ISA
+     * wants every thread of the block at the same instruction, and the CUDA guide
+     * allows __syncthreads in a branch only where the whole block takes the same
+     * way. Two call sites meeting in one phase match in count, so the hardware
+     * may let them pass, but nothing promises it: report it. (Named barriers with
+     * a thread count are left alone: producers arrive where consumers sync.) */
+    if (count == 0 && wait && file) {
+        if (!B.site_file)
+            B.site_file = file, B.site_line = line;
+        else if (B.site_line != line || strcmp(B.site_file, file) != 0)
+            kernel_error("__syncthreads: threads of the block reached two different ones in the same phase (%s:%d "
+                         "and %s:%d); bar.sync is .aligned, so the whole block must execute the same barrier (a "
+                         "__syncthreads inside a branch that differs between warps is undefined on the GPU)",
+                         B.site_file, B.site_line, file, line);
+    }
     uint32_t bit = 1u << t->id.lane;
     unsigned w = t->id.warp;
     if (B.arrived[w] & bit)

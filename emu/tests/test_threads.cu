@@ -243,6 +243,8 @@ static void test_reported_errors()
     unsigned *u = device_alloc<unsigned>(64);
     expect_kernel_error(launch(k_bad_mask, dim3(1), dim3(32), 0, d), "lane outside mask", "not in its membermask");
     expect_kernel_error(launch(k_deadlock, dim3(1), dim3(64), 0, d), "deadlock", "deadlock");
+    expect_kernel_error(launch(k_split_barrier, dim3(1), dim3(64), 0, d), "__syncthreads at two places",
+                        "two different ones");
     expect_kernel_error(launch(k_mixed_collectives, dim3(1), dim3(32), 0, u), "mixed collectives",
                         "different warp operations");
     /* the emulator recovers: a good launch afterwards works */

@@ -47,8 +47,10 @@ inline const fab_emu_thread &current()
 /* ---- block barriers (bar.sync / bar.arrive / bar.red) ---- */
 enum BarrierReduce { BAR_NONE = 0, BAR_POPC = 1, BAR_AND = 2, BAR_OR = 3 };
 /* id 0..15; count 0 = all threads of the block, else a multiple of 32.
- * wait=false is bar.arrive.  Returns the reduction (or 0). */
-int barrier(int id, int count, BarrierReduce red, int pred, bool wait);
+ * wait=false is bar.arrive.  Returns the reduction (or 0).  file/line: where in the
+ * kernel's source a __syncthreads* stands (its default arguments fill them in at the
+ * call), to check that the whole block meets at the same one. */
+int barrier(int id, int count, BarrierReduce red, int pred, bool wait, const char *file = nullptr, int line = 0);
 
 /* ---- warp collectives ---- */
 /* A rendezvous of the lanes named in a mask.  Every lane hands in a pointer to its input

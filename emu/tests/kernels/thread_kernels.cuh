@@ -169,6 +169,21 @@ __global__ void k_deadlock(int *out)
     out[threadIdx.x] = 1;
 }
 
+/* __syncthreads at two places: warp 0 in one branch, warp 1 in the other. The
+ * arrival counts match, but bar.sync is .aligned: undefined on the GPU. */
+__global__ void k_split_barrier(int *out)
+{
+    if (threadIdx.x < 32) {
+        out[threadIdx.x] = 1;
+        __syncthreads();
+        out[threadIdx.x] += 10;
+    } else {
+        out[threadIdx.x] = 2;
+        __syncthreads();
+        out[threadIdx.x] += 20;
+    }
+}
+
 /* Different collectives with the same mask. */
 __global__ void k_mixed_collectives(unsigned *out)
 {
