@@ -63,27 +63,77 @@ static inline float act_grad(fab_matmul_activation act, float x)
     }
 }
 
+/* n values (n <= EPI_CHUNK) of one row between f32 and a dtype, with the dtype
+ * switch outside the loop, so that the loops vectorise. */
+#define EPI_CHUNK 64
+static inline void row_load(float *d, const void *src, fab_dtype dt, int64_t n)
+{
+    switch (dt) {
+    case FAB_DTYPE_BF16:
+        for (int64_t j = 0; j < n; j++)
+            d[j] = fab__bf16_load(((const uint16_t *)src)[j]);
+        break;
+    case FAB_DTYPE_F16:
+        for (int64_t j = 0; j < n; j++)
+            d[j] = fab__f16_load(((const uint16_t *)src)[j]);
+        break;
+    default: memcpy(d, src, sizeof(float) * (size_t)n); break;
+    }
+}
+static inline void row_store(void *dst, fab_dtype dt, const float *v, int64_t n)
+{
+    switch (dt) {
+    case FAB_DTYPE_BF16:
+        for (int64_t j = 0; j < n; j++)
+            ((uint16_t *)dst)[j] = fab__bf16_store(v[j]);
+        break;
+    case FAB_DTYPE_F16:
+        for (int64_t j = 0; j < n; j++)
+            ((uint16_t *)dst)[j] = fab__f16_store(v[j]);
+        break;
+    default: memcpy(dst, v, sizeof(float) * (size_t)n); break;
+    }
+}
+
 /* Finishes n values of row i (columns j0..) of one batch: w holds alpha·AB (plus
  * beta·C when `beta_done`); writes C (and pre_act in the forward pass). c_row and
- * p_row point at column j0 of the row in C / pre_act. */
+ * p_row point at column j0 of the row in C / pre_act. Per element, in this
+ * order: + beta·C, then (backward) · act'(pre_act), or (forward) + bias, store
+ * pre_act, act; rounded once to C's dtype. A chunk at a time, each step one
+ * loop (the conversions were a per-element switch: 15% of a bf16-output GEMM). */
+FAB__VECTOR_CLONES
 static void epilogue_row(const fab__mm_args *a, const float *w, int64_t j0, int64_t n, bool beta_done,
                          void *c_row, void *p_row)
 {
     const bool add_beta = !beta_done && a->beta != 0.0f;
-    for (int64_t j = 0; j < n; j++) {
-        float v = w[j];
-        if (add_beta)
-            v += a->beta * fab__load_f(c_row, a->c_dtype, j);
-        if (a->act_backward) {
-            v *= act_grad(a->act, fab__load_f(p_row, a->c_dtype, j));
-        } else {
-            if (a->bias)
-                v += fab__load_f(a->bias, a->bias_dtype, j0 + j);
-            if (p_row)
-                fab__store_f(p_row, a->c_dtype, j, v);
-            v = act_fwd(a->act, v);
+    const size_t ce = fab_dtype_size(a->c_dtype), be = a->bias ? fab_dtype_size(a->bias_dtype) : 0;
+    float v[EPI_CHUNK], t[EPI_CHUNK];
+    for (int64_t c0 = 0; c0 < n; c0 += EPI_CHUNK) {
+        const int64_t m = n - c0 < EPI_CHUNK ? n - c0 : EPI_CHUNK;
+        char *c_at = (char *)c_row + c0 * (int64_t)ce, *p_at = p_row ? (char *)p_row + c0 * (int64_t)ce : NULL;
+        memcpy(v, w + c0, sizeof(float) * (size_t)m);
+        if (add_beta) {
+            row_load(t, c_at, a->c_dtype, m);
+            for (int64_t j = 0; j < m; j++)
+                v[j] += a->beta * t[j];
         }
-        fab__store_f(c_row, a->c_dtype, j, v);
+        if (a->act_backward) {
+            row_load(t, p_at, a->c_dtype, m);
+            for (int64_t j = 0; j < m; j++)
+                v[j] *= act_grad(a->act, t[j]);
+        } else {
+            if (a->bias) {
+                row_load(t, (const char *)a->bias + (j0 + c0) * (int64_t)be, a->bias_dtype, m);
+                for (int64_t j = 0; j < m; j++)
+                    v[j] += t[j];
+            }
+            if (p_at)
+                row_store(p_at, a->c_dtype, v, m);
+            if (a->act != FAB_MATMUL_ACT_NONE)
+                for (int64_t j = 0; j < m; j++)
+                    v[j] = act_fwd(a->act, v[j]);
+        }
+        row_store(c_at, a->c_dtype, v, m);
     }
 }
 
