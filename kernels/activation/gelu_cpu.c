@@ -115,37 +115,13 @@ static inline FAB__INLINE float gelu_grad_f32(float x, int approximate)
 FAB__VECTOR_CLONES
 static void load_block(const void *p, fab_dtype dtype, int64_t off, int m, float *restrict out)
 {
-    if (dtype == FAB_DTYPE_F32) {
-        memcpy(out, (const float *)p + off, (size_t)m * 4);
-    } else if (dtype == FAB_DTYPE_BF16) {
-        const uint16_t *s = (const uint16_t *)p + off;
-#pragma omp simd
-        for (int i = 0; i < m; i++)
-            out[i] = fab__bf16_load(s[i]);
-    } else {
-        const uint16_t *s = (const uint16_t *)p + off;
-#pragma omp simd
-        for (int i = 0; i < m; i++)
-            out[i] = fab__f16_load(s[i]);
-    }
+    fab__load_row_f32((const char *)p + off * (int64_t)fab_dtype_size(dtype), dtype, m, out);
 }
 
 FAB__VECTOR_CLONES
 static void store_block(void *p, fab_dtype dtype, int64_t off, int m, const float *restrict in)
 {
-    if (dtype == FAB_DTYPE_F32) {
-        memcpy((float *)p + off, in, (size_t)m * 4);
-    } else if (dtype == FAB_DTYPE_BF16) {
-        uint16_t *d = (uint16_t *)p + off;
-#pragma omp simd
-        for (int i = 0; i < m; i++)
-            d[i] = fab__bf16_store(in[i]);
-    } else {
-        uint16_t *d = (uint16_t *)p + off;
-#pragma omp simd
-        for (int i = 0; i < m; i++)
-            d[i] = fab__f16_store(in[i]);
-    }
+    fab__store_row_f32((char *)p + off * (int64_t)fab_dtype_size(dtype), dtype, m, in);
 }
 
 /* out[i] = gelu(x[i]), or dy[i] * gelu'(x[i]) when dy is given */

@@ -63,37 +63,7 @@ static inline float act_grad(fab_matmul_activation act, float x)
     }
 }
 
-/* n values (n <= EPI_CHUNK) of one row between f32 and a dtype, with the dtype
- * switch outside the loop, so that the loops vectorise. */
-#define EPI_CHUNK 64
-static inline void row_load(float *d, const void *src, fab_dtype dt, int64_t n)
-{
-    switch (dt) {
-    case FAB_DTYPE_BF16:
-        for (int64_t j = 0; j < n; j++)
-            d[j] = fab__bf16_load(((const uint16_t *)src)[j]);
-        break;
-    case FAB_DTYPE_F16:
-        for (int64_t j = 0; j < n; j++)
-            d[j] = fab__f16_load(((const uint16_t *)src)[j]);
-        break;
-    default: memcpy(d, src, sizeof(float) * (size_t)n); break;
-    }
-}
-static inline void row_store(void *dst, fab_dtype dt, const float *v, int64_t n)
-{
-    switch (dt) {
-    case FAB_DTYPE_BF16:
-        for (int64_t j = 0; j < n; j++)
-            ((uint16_t *)dst)[j] = fab__bf16_store(v[j]);
-        break;
-    case FAB_DTYPE_F16:
-        for (int64_t j = 0; j < n; j++)
-            ((uint16_t *)dst)[j] = fab__f16_store(v[j]);
-        break;
-    default: memcpy(dst, v, sizeof(float) * (size_t)n); break;
-    }
-}
+#define EPI_CHUNK 64 /* values per step of epilogue_row */
 
 /* Finishes n values of row i (columns j0..) of one batch: w holds alpha·AB (plus
  * beta·C when `beta_done`); writes C (and pre_act in the forward pass). c_row and
@@ -109,31 +79,31 @@ static void epilogue_row(const fab__mm_args *a, const float *w, int64_t j0, int6
     const size_t ce = fab_dtype_size(a->c_dtype), be = a->bias ? fab_dtype_size(a->bias_dtype) : 0;
     float v[EPI_CHUNK], t[EPI_CHUNK];
     for (int64_t c0 = 0; c0 < n; c0 += EPI_CHUNK) {
-        const int64_t m = n - c0 < EPI_CHUNK ? n - c0 : EPI_CHUNK;
+        const int m = (int)(n - c0 < EPI_CHUNK ? n - c0 : EPI_CHUNK);
         char *c_at = (char *)c_row + c0 * (int64_t)ce, *p_at = p_row ? (char *)p_row + c0 * (int64_t)ce : NULL;
         memcpy(v, w + c0, sizeof(float) * (size_t)m);
         if (add_beta) {
-            row_load(t, c_at, a->c_dtype, m);
-            for (int64_t j = 0; j < m; j++)
+            fab__load_row_f32(c_at, a->c_dtype, m, t);
+            for (int j = 0; j < m; j++)
                 v[j] += a->beta * t[j];
         }
         if (a->act_backward) {
-            row_load(t, p_at, a->c_dtype, m);
-            for (int64_t j = 0; j < m; j++)
+            fab__load_row_f32(p_at, a->c_dtype, m, t);
+            for (int j = 0; j < m; j++)
                 v[j] *= act_grad(a->act, t[j]);
         } else {
             if (a->bias) {
-                row_load(t, (const char *)a->bias + (j0 + c0) * (int64_t)be, a->bias_dtype, m);
-                for (int64_t j = 0; j < m; j++)
+                fab__load_row_f32((const char *)a->bias + (j0 + c0) * (int64_t)be, a->bias_dtype, m, t);
+                for (int j = 0; j < m; j++)
                     v[j] += t[j];
             }
             if (p_at)
-                row_store(p_at, a->c_dtype, v, m);
+                fab__store_row_f32(p_at, a->c_dtype, m, v);
             if (a->act != FAB_MATMUL_ACT_NONE)
-                for (int64_t j = 0; j < m; j++)
+                for (int j = 0; j < m; j++)
                     v[j] = act_fwd(a->act, v[j]);
         }
-        row_store(c_at, a->c_dtype, v, m);
+        fab__store_row_f32(c_at, a->c_dtype, m, v);
     }
 }
 
@@ -168,19 +138,14 @@ __attribute__((target("avx,f16c"))) static void widen_f16_f16c(const uint16_t *s
 FAB__VECTOR_CLONES
 static void widen(const uint16_t *restrict s, fab_dtype dt, int64_t n, float *restrict d)
 {
-    if (dt == FAB_DTYPE_BF16) {
-        for (int64_t i = 0; i < n; i++)
-            d[i] = fab__bf16_load(s[i]);
-        return;
-    }
 #ifdef FAB_MM_X86_INTRIN
-    if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) { /* libgcc's constructor ran cpu_init */
+    /* libgcc's constructor ran cpu_init */
+    if (dt == FAB_DTYPE_F16 && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
         widen_f16_f16c(s, n, d);
         return;
     }
 #endif
-    for (int64_t i = 0; i < n; i++)
-        d[i] = fab__f16_load(s[i]);
+    fab__load_row_f32(s, dt, (int)n, d); /* n: a packing block's run, at most max(KC, NC) */
 }
 
 /* src[off .. off+n) as f32: the source itself when it is f32, else widened into
