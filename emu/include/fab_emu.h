@@ -68,6 +68,7 @@ struct fab_emu_stats {
     unsigned long long cp_async;     /* per-thread cp.async copies */
     unsigned long long collectives;  /* warp collectives (shfl, vote, syncwarp, mma, ...) */
     unsigned long long barriers;     /* completed block barriers */
+    unsigned long long float_atomics; /* per-thread float atomic adds (atomicAdd, red.add.v2/v4.f32: one each) */
 };
 FAB_EMU_API void fab_emu_get_stats(struct fab_emu_stats *out);
 

@@ -125,7 +125,8 @@ void set_last_message(const std::string &m);
 /* ---- settings (scheduler.cpp) ---- */
 bool error_mode_return();
 void count_stat(int which, unsigned long long n); /* index into fab_emu_stats fields */
-enum { STAT_LAUNCHES, STAT_BLOCKS, STAT_THREADS, STAT_MMA, STAT_LDMATRIX, STAT_CP_ASYNC, STAT_COLLECTIVES, STAT_BARRIERS };
+enum { STAT_LAUNCHES, STAT_BLOCKS, STAT_THREADS, STAT_MMA, STAT_LDMATRIX, STAT_CP_ASYNC, STAT_COLLECTIVES, STAT_BARRIERS,
+       STAT_FLOAT_ATOMICS, STAT_COUNT };
 
 /* Describe the running thread: "block (1,0,0) thread (5,0,0)". */
 std::string where();

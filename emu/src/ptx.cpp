@@ -242,6 +242,31 @@ uint32_t movmatrix_trans(uint32_t a)
  * keeps the detector cheap). */
 bool collective_orders_memory(CollFn fn) { return fn != mma_fn && fn != movmatrix_fn; }
 
+/* ------------------------------------------------------------------ red.global.add.vN.f32 */
+
+void red_add_f32(float *addr, const float *v, int n)
+{
+    if (n != 2 && n != 4) kernel_error("red.global.add.v%d.f32: the vector has 2 or 4 elements", n);
+    if ((uintptr_t)addr % (4u * (unsigned)n))
+        kernel_error("red.global.add.v%d.f32: address %p is not aligned to %d bytes", n, (void *)addr, 4 * n);
+    if (!is_device_memory(addr, 4 * (size_t)n))
+        kernel_error("red.global.add.v%d.f32: [%p, +%d) is not inside a live cudaMalloc allocation", n, (void *)addr,
+                     4 * n);
+    note_float_atomic(addr, 4 * (size_t)n);
+    for (int i = 0; i < n; i++) { /* each element atomically, round to nearest even (no FTZ) */
+        uint32_t old_bits = __atomic_load_n(reinterpret_cast<uint32_t *>(addr + i), __ATOMIC_RELAXED), new_bits;
+        for (;;) {
+            float old_v, new_v;
+            memcpy(&old_v, &old_bits, 4);
+            new_v = old_v + v[i];
+            memcpy(&new_bits, &new_v, 4);
+            if (__atomic_compare_exchange_n(reinterpret_cast<uint32_t *>(addr + i), &old_bits, new_bits, false,
+                                            __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+                break;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ cp.async */
 
 static void cp_do(const CpOp &op)

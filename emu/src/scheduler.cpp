@@ -57,7 +57,7 @@ static std::atomic<int> g_error_return{-1}; /* -1: read FAB_EMU_ERRORS */
 static std::atomic<int> g_threads{0};       /* 0: read FAB_EMU_THREADS */
 static std::atomic<int> g_smemcheck{-1};    /* -1: read FAB_EMU_SMEMCHECK (default on) */
 static std::atomic<unsigned long> g_race_reports{0};
-static std::atomic<unsigned long long> g_stats[8];
+static std::atomic<unsigned long long> g_stats[STAT_COUNT];
 
 static bool racecheck_on()
 {
@@ -594,6 +594,7 @@ void *dynamic_smem()
 
 void note_float_atomic(const void *addr, size_t bytes)
 {
+    count_stat(STAT_FLOAT_ATOMICS, 1);
     Block *b = tl_block;
     if (!b || !b->launch->note_atomics) return;
     Launch &L = *b->launch;
@@ -1044,6 +1045,7 @@ void fab_emu_get_stats(struct fab_emu_stats *out)
     out->cp_async = g_stats[STAT_CP_ASYNC].load();
     out->collectives = g_stats[STAT_COLLECTIVES].load();
     out->barriers = g_stats[STAT_BARRIERS].load();
+    out->float_atomics = g_stats[STAT_FLOAT_ATOMICS].load();
 }
 
 } // extern "C"

@@ -218,6 +218,33 @@ static void test_cp_async()
     cudaFree(dpend);
 }
 
+/* 24 threads add 2^-k (1, 2, 4, 8) to one float4: every partial sum is exact, so
+ * the result is (1, 2, 4, 8)(2 - 2^-23) whatever the order; each red counts once. */
+static void test_red_v4()
+{
+    float *sum = device_alloc<float>(4), *out = device_alloc<float>(4 * 24);
+    cudaMemset(sum, 0, 16);
+    cudaMemset(out, 0, 4 * 4 * 24);
+    fab_emu_stats before, after;
+    fab_emu_get_stats(&before);
+    CHECK_CUDA(launch(k_red_v4, dim3(1), dim3(24), 0, sum, out));
+    fab_emu_get_stats(&after);
+    float h[4], o[4 * 24];
+    cudaMemcpy(h, sum, 16, cudaMemcpyDeviceToHost);
+    cudaMemcpy(o, out, sizeof o, cudaMemcpyDeviceToHost);
+    const float want = 2.0f - ldexpf(1.0f, -23);
+    for (int i = 0; i < 4; i++)
+        CHECK(h[i] == (float)(1 << i) * want, "red.v4.f32: element %d = %.9g, want %.9g", i, h[i], (1 << i) * want);
+    int bad = 0;
+    for (int k = 0; k < 24; k++)
+        bad += o[4 * k] != (float)k || o[4 * k + 1] != 0 || o[4 * k + 2] != 0 || o[4 * k + 3] != -(float)k;
+    CHECK(bad == 0, "red.v4.f32: %d of 24 lanes' own vectors wrong", bad);
+    CHECK(after.float_atomics - before.float_atomics == 48, "red.v4.f32: counted %llu float atomics, want 48",
+          after.float_atomics - before.float_atomics);
+    cudaFree(sum);
+    cudaFree(out);
+}
+
 static void expect_error(cudaError_t e, const char *what, const char *needle)
 {
     cudaGetLastError();
@@ -236,6 +263,9 @@ static void test_misuse()
     expect_error(launch(k_ldmatrix_global, dim3(1), dim3(32), 0, (const uint16_t *)g), "ldmatrix from global",
                  "global memory");
     expect_error(launch(k_mma_half_warp, dim3(1), dim3(16), 0, d), "mma with half a warp", "all 32 lanes");
+    expect_error(launch(k_red_v4_at, dim3(1), dim3(1), 0, d + 2), "misaligned red.v4", "not aligned to 16");
+    alignas(16) static float host[4];
+    expect_error(launch(k_red_v4_at, dim3(1), dim3(1), 0, host), "red.v4 on host memory", "cudaMalloc");
     fab_emu_set_error_mode(old);
     cudaFree(src);
     cudaFree(g);
@@ -253,6 +283,7 @@ int main()
     test_mma(TF32_K8, "mma.m16n8k8.tf32", seed + 3);
     test_ldmatrix();
     test_cp_async();
+    test_red_v4();
     test_misuse();
     return emu_test_finish();
 }

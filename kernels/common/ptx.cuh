@@ -352,6 +352,34 @@ static __device__ __forceinline__ uint32_t fab__movmatrix_trans(uint32_t a)
 #endif
 }
 
+/* ------------------------------------------------------------------ vector float reduction */
+
+/*
+ * red.global.add.v4.f32 [p], {x, y, z, w} (sm_90): adds four floats to p[0..3] (16-byte
+ * aligned global memory) as one request; each element is an atomic add (round to
+ * nearest even, no FTZ), the four in no particular order with respect to other
+ * threads.  FAB_HAVE_RED_V4 says whether this compilation has the instruction
+ * (sm_90 and later, and the emulator); without it the wrapper is four atomicAdd.
+ */
+#if defined(FAB_EMULATE_CUDA) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+#define FAB_HAVE_RED_V4 1
+#else
+#define FAB_HAVE_RED_V4 0
+#endif
+static __device__ __forceinline__ void fab__red_add_v4_f32(float *p, float x, float y, float z, float w)
+{
+#ifdef FAB_EMULATE_CUDA
+    const float v[4] = {x, y, z, w};
+    ::fab_emu::red_add_f32(p, v, 4);
+#elif FAB_HAVE_RED_V4
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(__cvta_generic_to_global(p)), "f"(x), "f"(y),
+                 "f"(z), "f"(w)
+                 : "memory");
+#else
+    atomicAdd(p, x), atomicAdd(p + 1, y), atomicAdd(p + 2, z), atomicAdd(p + 3, w);
+#endif
+}
+
 /* ------------------------------------------------------------------ cp.async */
 
 /*

@@ -106,6 +106,9 @@ void mma(MmaKind kind, float d[4], const uint32_t *a, const uint32_t *b, const f
 void ldmatrix(uint32_t *regs, int nmat, bool trans, const void *row_addr);
 void stmatrix(void *row_addr, const uint32_t *regs, int nmat, bool trans);
 uint32_t movmatrix_trans(uint32_t a);
+/* red.global.add.vN.f32 (sm_90): adds v[0..n) to addr[0..n), n = 2 or 4, addr
+ * aligned to 4n bytes in a live cudaMalloc block; each element an atomic add. */
+void red_add_f32(float *addr, const float *v, int n);
 /* cp.async: cp_size 4, 8 or 16; src_size <= cp_size (rest zero-filled); cg = .cg */
 void cp_async(void *dst, const void *src, int cp_size, int src_size, bool cg);
 void cp_async_commit();

@@ -114,6 +114,15 @@ __global__ void k_cp_async(const unsigned char *src, unsigned char *out, int *pe
     for (int i = l; i < 1024; i += 32) out[i] = buf[i];
 }
 
+/* red.global.add.v4.f32: every thread of the grid adds (1, 2, 4, 8) * 2^-k, k =
+ * its thread index, to the same 4 floats, then (k, 0, 0, -k) to its own 4 of out. */
+__global__ void k_red_v4(float *sum, float *out)
+{
+    const float u = ldexpf(1.0f, -(int)threadIdx.x);
+    fab__red_add_v4_f32(sum, u, 2 * u, 4 * u, 8 * u);
+    fab__red_add_v4_f32(out + 4 * threadIdx.x, (float)threadIdx.x, 0, 0, -(float)threadIdx.x);
+}
+
 /* ---- misuse the emulator must report ---- */
 
 /* cp.async with a destination that is not 16-byte aligned. */
@@ -130,6 +139,9 @@ __global__ void k_ldmatrix_global(const uint16_t *g)
     uint32_t r[1];
     fab__ldmatrix_x1(r, g + 8 * (threadIdx.x % 8));
 }
+
+/* red.v4 on an address that is not 16-byte aligned (g + 2), or not device memory. */
+__global__ void k_red_v4_at(float *g) { fab__red_add_v4_f32(g, 1, 1, 1, 1); }
 
 /* mma in a 16-thread block: half the warp is missing. */
 __global__ void k_mma_half_warp(float *d)
