@@ -32,7 +32,10 @@
  *        m-tile per warp, 64-row blocks; FAB_ATTN_FWD_WARP_ROWS=16) against the
  *        default of the same run (two m-tiles, 128-row blocks, on these grids):
  *        a ratio above 1 says the default picks wrong. Not when the caller set
- *        FAB_ATTN_FWD_WARP_ROWS.
+ *        FAB_ATTN_FWD_WARP_ROWS. Likewise "attn_backward 64 keys/block" times
+ *        the backward's dk/dv kernel with 64-key, 4-warp blocks
+ *        (FAB_ATTN_BWD_KEYS=64) against the default of the run (128 keys, 8
+ *        warps, on these grids); not when the caller set FAB_ATTN_BWD_KEYS.
  */
 #include "bench.h"
 #ifdef FAB_BENCH_CUDNN
@@ -376,6 +379,7 @@ int bench_suite_attention(bench *b)
      * grids fill the GPU, so left to itself it takes 32), unless the caller chose
      * a variant through FAB_ATTN_FWD_WARP_ROWS */
     const int fwd_ab_allowed = gpu && !getenv("FAB_ATTN_FWD_WARP_ROWS");
+    const int bwd_ab_allowed = gpu && !getenv("FAB_ATTN_BWD_KEYS"); /* the same for the dk/dv kernel's keys */
     if (gpu) {
 #ifndef FAB_BENCH_CUDNN
         printf("attention: this fab-bench was built without the cuDNN headers: no GPU baseline (ratio 0)\n");
@@ -463,7 +467,7 @@ int bench_suite_attention(bench *b)
                 fab_tensor_make(buf[6], dtype, 4, shape, &c.bwd.dk);
                 fab_tensor_make(buf[7], dtype, 4, shape, &c.bwd.dv);
                 c.bwd.causal = causal;
-                const int fwd_ab = fwd_ab_allowed && d <= 128;
+                const int fwd_ab = fwd_ab_allowed && d <= 128, bwd_ab = bwd_ab_allowed && d <= 128;
                 const double fwd_flops = 4.0 * bsz * h * s * s * d * (causal ? 0.5 : 1.0);
                 double base_rate = base, bwd_base_rate = base;
                 const char *fwd_base = base_name, *bwd_base = base_name;
@@ -514,6 +518,17 @@ int bench_suite_attention(bench *b)
                 }
                 add_row(b, "attn_backward", &c, fab_dtype_name(dtype), bms, 2.5 * fwd_flops, unit, unit_scale,
                         bwd_base, bwd_base_rate);
+                if (bwd_ab) { /* the dk/dv kernel's other variant, against the default of this run */
+                    setenv("FAB_ATTN_BWD_KEYS", "64", 1);
+                    double ms64 = bench_time_ms(b, run_bwd, &c);
+                    unsetenv("FAB_ATTN_BWD_KEYS");
+                    if (ms64 < 0) {
+                        failed = 1;
+                        continue;
+                    }
+                    add_row(b, "attn_backward 64 keys/block", &c, fab_dtype_name(dtype), ms64, 2.5 * fwd_flops, unit,
+                            unit_scale, "default bwd", 2.5 * fwd_flops / (bms * 1e-3) / unit_scale);
+                }
                 if (det_ctx) {
                     double dms = bench_time_ms(b, run_bwd_det, &c);
                     if (dms < 0) {

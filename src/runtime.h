@@ -51,6 +51,7 @@ struct fab_context {
     bool owns_stream; /* created by us, destroyed with the context */
     int sm_version;   /* 80, 90, 100, ... */
     int sm_count;
+    int smem_optin;   /* bytes of shared memory a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin) */
 
     /* Per-op state an op creates lazily and releases with the context. */
     void *matmul; /* kernels/matmul (fab__mm_state): cuBLASLt state and AUTO's tuning cache */

@@ -467,10 +467,13 @@ static void run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_contex
     if (s != FAB_OK)
         fail_msg("%s %s: fab_attention_forward: %s: %s", c->name, fab_dtype_name(dt), fab_status_name(s),
                  fab_last_error());
-    const char *rows = getenv("FAB_ATTN_FWD_WARP_ROWS"); /* the CUDA forward's variant, where forced */
-    char variant[48] = "";
+    /* the CUDA kernels' variants, where forced */
+    const char *rows = getenv("FAB_ATTN_FWD_WARP_ROWS"), *keys = getenv("FAB_ATTN_BWD_KEYS");
+    char variant[48] = "", bvariant[48] = "";
     if (rows && fab_context_backend(ctx) == FAB_BACKEND_CUDA)
         snprintf(variant, sizeof variant, " (%s rows per warp)", rows);
+    if (keys && fab_context_backend(ctx) == FAB_BACKEND_CUDA)
+        snprintf(bvariant, sizeof bvariant, " (%s keys per dkdv block)", keys);
     snprintf(what, sizeof what, "attention_forward %s %s out%s", c->name, fab_dtype_name(dt), variant);
     tb_download(ctx, &out, go, what);
     fab_tolerance otol = fab_test_tolerance(dt);
@@ -503,7 +506,7 @@ static void run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_contex
     double *gg[3] = {gdq, gdk, gdv}, *rg[3] = {rdq, rdk, rdv}, *mg[3] = {mdq, mdk, mdv};
     int64_t gnum[3] = {nq, nk, nk};
     for (int t = 0; t < 3; t++) {
-        snprintf(what, sizeof what, "attention_backward %s %s %s", c->name, fab_dtype_name(dt), gn[t]);
+        snprintf(what, sizeof what, "attention_backward %s %s %s%s", c->name, fab_dtype_name(dt), gn[t], bvariant);
         tb_download(ctx, gb[t], gg[t], what);
         fab_tolerance gtol = grad_tol(dt);
         if (fab_context_backend(ctx) == FAB_BACKEND_CUDA && dt == FAB_DTYPE_BF16) {
@@ -531,8 +534,8 @@ static void run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_contex
                      fab_status_name(s), fab_last_error());
         assert_int_equal(fab_synchronize(ctx2), FAB_OK);
         for (int t = 0; t < 3; t++) {
-            snprintf(what, sizeof what, "attention_backward %s %s %s (%s)", c->name, fab_dtype_name(dt), gn[t],
-                     path2);
+            snprintf(what, sizeof what, "attention_backward %s %s %s (%s)%s", c->name, fab_dtype_name(dt), gn[t],
+                     path2, bvariant);
             tb_download(ctx, gb[t], g2, what);
             fab_tolerance gtol = grad_tol(dt);
             if (dt == FAB_DTYPE_BF16) { /* as above */
@@ -630,7 +633,8 @@ static void skip_on_cuda(fab_context *ctx, const char *why)
 
 /* Every case, and every backward twice, on the two paths of the backend:
  * CUDA: the fast path (the default context, deterministic = 0: dq by atomics)
- *       and the deterministic one (a second context);
+ *       and the deterministic one (a second context), whose dk and dv must be
+ *       bitwise equal;
  * CPU:  the single-pass schedule (1 thread) and the two-pass one (16 threads,
  *       more than any case's batch x kv heads), which must agree bit for bit. */
 static void test_cases_dtype(fab_dtype dt)
@@ -654,17 +658,25 @@ static void test_cases_dtype(fab_dtype dt)
     }
     fab_context *ctx2 = fab_test_context_with(&cfg);
     int64_t ndiff[3] = {0, 0, 0};
-    /* CUDA: every case with each forward variant, 16 and 32 query rows per warp
-     * (left to itself the forward picks by grid size, and these grids are small) */
-    const char *warp_rows[2] = {"16", "32"};
+    /* CUDA: every case with each variant of the forward (16 and 32 query rows per
+     * warp) and of the backward's dkdv kernel (64 and 128 keys per block): left to
+     * themselves they pick by grid size, and these grids are small */
+    const char *warp_rows[2] = {"16", "32"}, *dkdv_keys[2] = {"64", "128"};
     for (int pass = 0; pass < (cuda ? 2 : 1); pass++) {
-        if (cuda)
+        if (cuda) {
             setenv("FAB_ATTN_FWD_WARP_ROWS", warp_rows[pass], 1);
+            setenv("FAB_ATTN_BWD_KEYS", dkdv_keys[pass], 1);
+        }
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
             if (!cuda || cuda_runs(&cases[i], dt))
                 run_case2(ctx, &cases[i], dt, ctx2, path2, ndiff);
     }
     unsetenv("FAB_ATTN_FWD_WARP_ROWS");
+    unsetenv("FAB_ATTN_BWD_KEYS");
+    if (cuda && ndiff[1] + ndiff[2] != 0) /* the same dkdv arithmetic on both paths */
+        fail_msg("attention %s: dk differs in %lld elements, dv in %lld, between the fast and the deterministic "
+                 "path (they must be bitwise equal)",
+                 fab_dtype_name(dt), (long long)ndiff[1], (long long)ndiff[2]);
     if (cuda)
         print_message("attention %s: dq differs in %lld elements between the fast and the deterministic path\n",
                       fab_dtype_name(dt), (long long)ndiff[0]);
@@ -797,20 +809,22 @@ static void test_deterministic(void **state)
     }
 }
 
-/* The CUDA backward's two paths on a problem built so that they must differ: with
- * q = 0 every probability is 1/192 and, with dout = e0 and v = +-e0 half and
- * half, D = 0 and dS = +-s exactly. Keys 0-63 (all dS = +s) and 128-191 (all -s)
- * have k = G = 2^14 in every column: the partial dq sums of the first and third
- * key tiles are X and -X exactly. The second tile holds one key with k = 2^-5 (and
- * dS = +s) per 16-key slice: y = s 2^-5 per slice, below half an f32 ulp of X, but
- * 4y is above it. The deterministic path sums every key tile into one f32
- * accumulator per element, slice after slice: X + y rounds back to X four times,
- * then the third tile cancels X: dq = 0. The fast path sums each key tile apart
- * (4y exactly) and adds the three partials with atomics: whatever their order the
- * result is 4y, or it rounded to one or two ulps of X, never 0. So every dq element
- * of the fast run is non-zero, and the bits differ from the deterministic run:
- * the fast path really ran, with per-tile partials. (The exact dq, 4y, is far below
- * the size of the terms; neither path is checked against it here.) */
+/* The CUDA backward's two paths on a problem built so that they must differ, for
+ * each size T of the dkdv kernel's key blocks (64, 128) and 3T keys: with q = 0
+ * every probability is 1/3T and, with dout = e0 and v = +-e0 half and half, D = 0
+ * and dS = +-s exactly. Keys [0, T) (all dS = +s) and [2T, 3T) (all -s) have
+ * k = G = 2^14 in every column: the partial dq sums of the first and third key
+ * blocks are X and -X exactly. The second block holds one key with k = 2^-5 (and
+ * dS = +s) per 16-key slice: y = s 2^-5 per slice, below half an f32 ulp of X,
+ * but T/16 y is above it. The deterministic path sums every key tile into one
+ * f32 accumulator per element, slice after slice: X + y rounds back to X each
+ * time, then the third block cancels X: dq = 0. The fast path sums each key block
+ * apart (T/16 y exactly) and adds the three partials with atomics: whatever their
+ * order the result is T/16 y, or it rounded to an ulp or more of X, never 0. So
+ * every dq element of the fast run is non-zero, and the bits differ from the
+ * deterministic run: the fast path really ran, with per-block partials. (The exact
+ * dq, T/16 y, is far below the size of the terms; neither path is checked against
+ * it here.) */
 static void test_fast_path(void **state)
 {
     (void)state;
@@ -824,7 +838,12 @@ static void test_fast_path(void **state)
     memset(&cfg, 0, sizeof cfg);
     cfg.deterministic = 1;
     fab_context *det = fab_test_context_with(&cfg);
-    enum { SQ = 16, SK = 192, HQ2 = 2, HKV2 = 1, D2 = 64 };
+    enum { SQ = 16, HQ2 = 2, HKV2 = 1, D2 = 64 };
+    for (int T = 64; T <= 128; T *= 2) { /* keys per dkdv block */
+    const int SK = 3 * T;
+    char keys[8];
+    snprintf(keys, sizeof keys, "%d", T);
+    setenv("FAB_ATTN_BWD_KEYS", keys, 1);
     const int64_t nq = SQ * HQ2 * D2, nk = SK * HKV2 * D2;
     double *x = calloc((size_t)(nq + 3 * nk), sizeof(double)), *r1 = malloc(sizeof(double) * nq),
            *r2 = malloc(sizeof(double) * nq);
@@ -833,10 +852,10 @@ static void test_fast_path(void **state)
     for (int64_t i = 0; i < SQ * HQ2; i++)
         hdo[i * D2] = 1;
     for (int j = 0; j < SK; j++) {
-        int plus = j < 64 || (j < 128 && j % 16 < 8); /* dS = +s: tile 0, first half of each slice of tile 1 */
+        int plus = j < T || (j < 2 * T && j % 16 < 8); /* dS = +s: tile 0, first half of each slice of tile 1 */
         hv[j * D2] = plus ? 1 : -1;
         for (int c = 0; c < D2; c++)
-            hk[j * D2 + c] = j < 64 || j >= 128 ? 16384.0 : (j % 16 == 0 ? 1.0 / 32 : 0);
+            hk[j * D2 + c] = j < T || j >= 2 * T ? 16384.0 : (j % 16 == 0 ? 1.0 / 32 : 0);
     }
     for (int t = 0; t < 2; t++) {
         fab_dtype dt = t ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
@@ -866,17 +885,21 @@ static void test_fast_path(void **state)
         int64_t ndiff = 0;
         for (int64_t i = 0; i < nq; i++) {
             if (!(r1[i] != 0 && isfinite(r1[i])))
-                fail_msg("attention fast path %s: dq[%lld] = %g (deterministic path: %g): is dq still summed in one "
-                         "accumulator per element?", fab_dtype_name(dt), (long long)i, r1[i], r2[i]);
+                fail_msg("attention fast path %s, %d keys per dkdv block: dq[%lld] = %g (deterministic path: %g): is "
+                         "dq still summed in one accumulator per element?",
+                         fab_dtype_name(dt), T, (long long)i, r1[i], r2[i]);
             ndiff += r1[i] != r2[i];
         }
         if (ndiff == 0)
-            fail_msg("attention %s: dq of the fast and the deterministic path are identical", fab_dtype_name(dt));
+            fail_msg("attention %s, %d keys per dkdv block: dq of the fast and the deterministic path are identical",
+                     fab_dtype_name(dt), T);
         void *bufs[9] = {q, k, v, dout, out, lse, dq, dk, dv};
         for (int i = 0; i < 9; i++)
             fab_test_free(ctx, bufs[i]);
     }
     free(x), free(r1), free(r2);
+    }
+    unsetenv("FAB_ATTN_BWD_KEYS");
     fab_context_destroy(det);
     fab_context_destroy(ctx);
 }
@@ -1193,6 +1216,62 @@ static struct fab_emu_stats fwd_counts(fab_context *ctx, const char *rows, int64
     after.ldmatrix -= before.ldmatrix;
     return after;
 }
+
+static struct fab_emu_stats stats_since(struct fab_emu_stats before)
+{
+    struct fab_emu_stats after;
+    fab_emu_get_stats(&after);
+    after.launches -= before.launches, after.blocks -= before.blocks, after.mma -= before.mma;
+    after.ldmatrix -= before.ldmatrix, after.cp_async -= before.cp_async;
+    after.float_atomics -= before.float_atomics;
+    return after;
+}
+
+/* One bf16 backward, fast path (b = 1, one kv head per query head) with
+ * FAB_ATTN_BWD_KEYS = keys (NULL: the kernel's own choice), after its forward;
+ * returns what the emulator counted for the backward. */
+static struct fab_emu_stats bwd_counts(fab_context *ctx, const char *keys, int64_t h, int64_t sq, int64_t sk,
+                                       int64_t d, int causal)
+{
+    const fab_dtype dt = FAB_DTYPE_BF16;
+    int64_t qs[4] = {1, sq, h, d}, ks[4] = {1, sk, h, d}, ls[3] = {1, h, sq};
+    const int64_t nq = sq * h * d, nk = sk * h * d;
+    double *x = malloc(sizeof(double) * (size_t)(2 * nq + 2 * nk));
+    assert_non_null(x);
+    fab_test_fill_uniform(x, 2 * nq + 2 * nk, -1, 1);
+    void *q = fab_test_upload(ctx, dt, x, nq, NULL), *k = fab_test_upload(ctx, dt, x + nq, nk, NULL);
+    void *v = fab_test_upload(ctx, dt, x + nq + nk, nk, NULL), *dout = fab_test_upload(ctx, dt, x + nq + 2 * nk, nq, NULL);
+    void *out = fab_test_alloc_poisoned(ctx, dt, nq), *lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, h * sq);
+    void *dq = fab_test_alloc_poisoned(ctx, dt, nq), *dk = fab_test_alloc_poisoned(ctx, dt, nk);
+    void *dv = fab_test_alloc_poisoned(ctx, dt, nk);
+    fab_attention_params f = dense_forward(dt, qs, ks, q, k, v, out);
+    fab_tensor_make(lse, FAB_DTYPE_F32, 3, ls, &f.lse);
+    f.causal = causal;
+    assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
+    fab_attention_backward_params p;
+    memset(&p, 0, sizeof p);
+    p.q = f.q, p.k = f.k, p.v = f.v, p.out = f.out, p.lse = f.lse, p.causal = causal;
+    fab_tensor_make(dout, dt, 4, qs, &p.dout);
+    fab_tensor_make(dq, dt, 4, qs, &p.dq);
+    fab_tensor_make(dk, dt, 4, ks, &p.dk);
+    fab_tensor_make(dv, dt, 4, ks, &p.dv);
+    if (keys)
+        setenv("FAB_ATTN_BWD_KEYS", keys, 1);
+    else
+        unsetenv("FAB_ATTN_BWD_KEYS");
+    struct fab_emu_stats before;
+    assert_int_equal(fab_synchronize(ctx), FAB_OK);
+    fab_emu_get_stats(&before);
+    assert_int_equal(fab_attention_backward(ctx, &p), FAB_OK);
+    assert_int_equal(fab_synchronize(ctx), FAB_OK);
+    struct fab_emu_stats c = stats_since(before);
+    unsetenv("FAB_ATTN_BWD_KEYS");
+    void *bufs[9] = {q, k, v, dout, out, lse, dq, dk, dv};
+    for (int i = 0; i < 9; i++)
+        fab_test_free(ctx, bufs[i]);
+    free(x);
+    return c;
+}
 #endif
 
 /* The CUDA forward's two variants really run, as the emulator counts them: at
@@ -1255,6 +1334,91 @@ static void test_forward_variants(void **state)
     skip();
 }
 
+/* The CUDA backward's two dkdv variants, 64 and 128 keys per block:
+ * - on any CUDA device, deterministic, they give the same bits (each key's dK, dV
+ *   sums the same query steps in the same order; a 128-key block only adds steps
+ *   of exact zeros in front, for keys the step's rows cannot see);
+ * - under the emulator, at 256 x 256, one head, fast path: the same mma and
+ *   ldmatrix counts (the same products, read the same way), half the blocks, half
+ *   the float atomics: each dQ element gets a quarter of a 16-byte red per key
+ *   block, so 256 d (4 key blocks) and 128 d (2); causal, the warps skip the
+ *   query rows that see none of their keys; and left to itself the kernel takes
+ *   128 keys exactly when the grid still has a block per SM. */
+static void test_backward_variants(void **state)
+{
+    (void)state;
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.deterministic = 1;
+    fab_context *ctx = fab_test_context_with(&cfg);
+    if (fab_context_backend(ctx) != FAB_BACKEND_CUDA) {
+        fab_context_destroy(ctx);
+        print_message("SKIP: the variants are the CUDA dkdv kernel's\n");
+        skip();
+    }
+    const int64_t sl = 150, d = 64;
+    size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * 2 + 2 * 4 * (size_t)sl * 4, n1, n2;
+    unsigned char *r1 = malloc(cap), *r2 = malloc(cap);
+    assert_true(r1 && r2);
+    setenv("FAB_ATTN_BWD_KEYS", "64", 1);
+    det_run(ctx, FAB_DTYPE_BF16, sl, d, r1, &n1);
+    setenv("FAB_ATTN_BWD_KEYS", "128", 1);
+    det_run(ctx, FAB_DTYPE_BF16, sl, d, r2, &n2);
+    unsetenv("FAB_ATTN_BWD_KEYS");
+    assert_int_equal(n1, cap);
+    assert_int_equal(n2, cap);
+    if (memcmp(r1, r2, n1) != 0)
+        fail_msg("attention backward: 64 and 128 keys per dkdv block give different bits (deterministic)");
+    free(r1), free(r2);
+    fab_context_destroy(ctx);
+#ifdef FAB_TEST_EMULATED
+    ctx = fab_test_context(); /* the fast path */
+    const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
+    for (int64_t dd = 64; dd <= 128; dd += 64) {
+        struct fab_emu_stats c64 = bwd_counts(ctx, "64", 1, 256, 256, dd, 0);
+        struct fab_emu_stats c128 = bwd_counts(ctx, "128", 1, 256, 256, dd, 0);
+        print_message("attention backward d%lld 256x256: 64 keys/block %llu blocks, %llu mma, %llu ldmatrix, %llu "
+                      "cp.async, %llu float atomics; 128 keys/block %llu blocks, %llu mma, %llu ldmatrix, %llu "
+                      "cp.async, %llu float atomics\n",
+                      (long long)dd, c64.blocks, c64.mma, c64.ldmatrix, c64.cp_async, c64.float_atomics, c128.blocks,
+                      c128.mma, c128.ldmatrix, c128.cp_async, c128.float_atomics);
+        assert_int_equal(c64.launches, 3); /* D, dkdv, convert */
+        assert_int_equal(c128.launches, 3);
+        assert_int_equal(c64.blocks - c128.blocks, 2); /* 4 dkdv blocks against 2 */
+        assert_int_equal(c64.mma, c128.mma);
+        assert_int_equal(c64.ldmatrix, c128.ldmatrix);
+        assert_int_equal(c64.float_atomics, 256 * dd);
+        assert_int_equal(c128.float_atomics, 128 * dd);
+        assert_true(c128.cp_async < c64.cp_async);
+        struct fab_emu_stats k64 = bwd_counts(ctx, "64", 1, 256, 256, dd, 1);
+        struct fab_emu_stats k128 = bwd_counts(ctx, "128", 1, 256, 256, dd, 1);
+        print_message("  causal: 64 keys/block %llu mma, %llu float atomics; 128 keys/block %llu mma, %llu float "
+                      "atomics\n",
+                      k64.mma, k64.float_atomics, k128.mma, k128.float_atomics);
+        /* a warp skips the 32-row halves that see none of its keys: causal keeps
+         * about half the mma, and 128-key blocks stay within 5 % of 64-key ones */
+        assert_true(k64.mma * 10 < c64.mma * 6);
+        assert_true(k128.mma * 100 <= k64.mma * 105);
+        assert_true(k128.float_atomics < k64.float_atomics);
+    }
+    const char *name = fab_context_device_name(ctx), *p = strstr(name, " SMs");
+    while (p && p > name && p[-1] >= '0' && p[-1] <= '9')
+        p--;
+    const int64_t sms = p ? atoll(p) : 0;
+    assert_true(sms > 1);
+    /* 65 keys per head: one 128-key block or two 64-key blocks, plus the D
+     * kernel's one block and the convert kernel's three per head */
+    struct fab_emu_stats full = bwd_counts(ctx, NULL, sms, 65, 65, 32, 0);
+    struct fab_emu_stats under = bwd_counts(ctx, NULL, sms - 1, 65, 65, 32, 0);
+    print_message("attention backward on %lld SMs: %lld heads of 65 keys took %llu blocks, %lld heads %llu\n",
+                  (long long)sms, (long long)sms, full.blocks, (long long)(sms - 1), under.blocks);
+    assert_int_equal(full.blocks, 5 * sms);
+    assert_int_equal(under.blocks, 6 * (sms - 1));
+    fab_emu_set_racecheck(racecheck);
+    fab_context_destroy(ctx);
+#endif
+}
+
 int main(int argc, char **argv)
 {
     fab_test_init(argc, argv);
@@ -1267,6 +1431,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_fast_path),
         cmocka_unit_test(test_forward_variants),
+        cmocka_unit_test(test_backward_variants),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_backend_coverage),
     };

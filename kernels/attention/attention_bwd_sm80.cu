@@ -20,8 +20,11 @@
  *                  64-key tile S = Q K^T and dP = dO V^T by mma.m16n8k16 (K, V
  *                  fragments by ldmatrix), P = exp2(s - lse), dS = P (dP - D)
  *                  ds/dx in registers, dQ += dS K (K by ldmatrix.trans), K/V tiles
- *                  double-buffered with cp.async.
- *  3. dkdv kernel: one block of 4 warps per (64-key tile, kv head, sequence);
+ *                  double-buffered with cp.async. A warp skips the key tiles its
+ *                  rows cannot see.
+ *  3. dkdv kernel: one block of NW warps per (16 NW-key tile, kv head,
+ *                  sequence), NW = 4 or 8 (dkdv_keys: 128-key blocks read each
+ *                  query tile once for twice the keys and halve the dQ atomics);
  *                  each warp owns 16 keys and holds their dK, dV rows in f32
  *                  registers; it walks the query tiles of every query head of its
  *                  group (Q, dO, lse, D double-buffered with cp.async) computing
@@ -29,9 +32,11 @@
  *                  already A fragments), dV += P^T dO and dK += dS^T Q (dO, Q by
  *                  ldmatrix.trans). Fast path: dS^T also goes to shared memory,
  *                  and after a barrier each warp forms dQ for 16 query rows of the
- *                  tile, dS K over the block's 64 keys (dS by ldmatrix.trans, K
- *                  from the resident K tile), in column chunks added with
- *                  atomicAdd (red.global.add.f32) to the accumulator.
+ *                  tile, dS K over the block's keys (dS by ldmatrix.trans, K
+ *                  from the resident K tile), in column chunks added to the
+ *                  accumulator with atomics (16-byte red.global.add.v4.f32 on
+ *                  sm_90 and later, after a lane-pair shuffle; 4-byte before).
+ *                  A warp skips the 32 query rows that see none of its keys.
  *  4. convert kernel (fast path): dq = accumulator rounded to the input type.
  * Head dim 256 (bwd_cfg): the same kernels with other tile shapes, since a
  * warp's 16 keys of dK and dV over 256 columns would take 256 f32 registers per
@@ -57,6 +62,8 @@
  * per-key-tile partials (in a varying order) instead of one f32 chain.
  */
 #include <cuda_runtime.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "../common/cuda_dtype.cuh"
 #include "../common/ptx.cuh"
@@ -66,7 +73,6 @@
 namespace {
 
 const int BM = 64;  /* query rows per tile */
-const int BN = 64;  /* keys per tile */
 const int THREADS = 128;
 const int DQ_CHUNK = 32; /* fast path: dQ columns per atomic pass (bounds the live registers) */
 const float L2E = 1.4426950408889634f;
@@ -104,11 +110,12 @@ static __device__ __forceinline__ seq_info seq_of(const fab__attn_args &a, int b
     return s;
 }
 
-/* N floats [row0, row0 + n) of a row vector into smem (4-byte cp.async; zeros past n) */
-template <int N>
+/* N floats [row0, row0 + n) of a row vector into smem (4-byte cp.async; zeros past
+ * n), by a block of NT threads */
+template <int N, int NT>
 static __device__ __forceinline__ void load_vec(float *smem, const float *base, int row0, int n)
 {
-    for (int i = threadIdx.x; i < N; i += THREADS) {
+    for (int i = threadIdx.x; i < N; i += NT) {
         if (i < n)
             fab__cp_async_4(smem + i, base + row0 + i);
         else
@@ -267,40 +274,43 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
                 attn_load_q_frags<D>(qf, sQ, warp, lane);
         }
         const T *cK = sK + buf * BN * (D + 8), *cV = sV + buf * BN * (D + 8);
-
-        float sc[BN / 8][4], dp[BN / 8][4];
-#pragma unroll
-        for (int j = 0; j < BN / 8; j++)
-            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t dof[4], qs[4];
-            fab__ldmatrix_x4(dof, attn_frag_a_ptr<D>(sdO, warp * 16, kk * 16, lane));
-            if (!QREG)
-                fab__ldmatrix_x4(qs, attn_frag_a_ptr<D>(sQ, warp * 16, kk * 16, lane));
-            const uint32_t(&qa)[4] = QREG ? qf[QREG ? kk : 0] : qs; /* Q: registers (<= 128) or smem */
-#pragma unroll
-            for (int j = 0; j < BN / 8; j += 2) {
-                uint32_t r[4];
-                fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cK, j * 8, kk * 16, lane));
-                uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                M::run(sc[j], qa, b0);
-                M::run(sc[j + 1], qa, b1);
-                fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cV, j * 8, kk * 16, lane));
-                uint32_t c0[2] = {r[0], r[1]}, c1[2] = {r[2], r[3]};
-                M::run(dp[j], dof, c0);
-                M::run(dp[j + 1], dof, c1);
-            }
-        }
-        /* dS = P (dP - D) ds/dx, in sc; the mask only where the warp's 16 rows and
-         * this tile are not all real and allowed (warp-uniform) */
+        /* a warp whose 16 rows see none of the tile's keys (causal diagonal, window
+         * edges) has P = dS = 0 there: it skips the tile (no barrier inside) */
         const int64_t w_first = m0 + warp * 16, w_last = w_first + 15;
-        if (w_last < s.sq && kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off))
-            dq_ds<BN, false>(a, sc, dp, kt, khi, r_lo, s.sq, off, t, lse2, Dr);
-        else
-            dq_ds<BN, true>(a, sc, dp, kt, khi, r_lo, s.sq, off, t, lse2, Dr);
-        /* dQ += dS K */
-        attn_mma_px<T, D, BN>(dq, sc, cK, lane);
+        if (attn_any_allowed(a, w_first, w_last, kt, kt + BN - 1, off)) {
+            float sc[BN / 8][4], dp[BN / 8][4];
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++)
+                sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t dof[4], qs[4];
+                fab__ldmatrix_x4(dof, attn_frag_a_ptr<D>(sdO, warp * 16, kk * 16, lane));
+                if (!QREG)
+                    fab__ldmatrix_x4(qs, attn_frag_a_ptr<D>(sQ, warp * 16, kk * 16, lane));
+                const uint32_t(&qa)[4] = QREG ? qf[QREG ? kk : 0] : qs; /* Q: registers (<= 128) or smem */
+#pragma unroll
+                for (int j = 0; j < BN / 8; j += 2) {
+                    uint32_t r[4];
+                    fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cK, j * 8, kk * 16, lane));
+                    uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                    M::run(sc[j], qa, b0);
+                    M::run(sc[j + 1], qa, b1);
+                    fab__ldmatrix_x4(r, attn_frag_b_ptr<D>(cV, j * 8, kk * 16, lane));
+                    uint32_t c0[2] = {r[0], r[1]}, c1[2] = {r[2], r[3]};
+                    M::run(dp[j], dof, c0);
+                    M::run(dp[j + 1], dof, c1);
+                }
+            }
+            /* dS = P (dP - D) ds/dx, in sc; the mask only where the warp's 16 rows and
+             * this tile are not all real and allowed (warp-uniform) */
+            if (w_last < s.sq && kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off))
+                dq_ds<BN, false>(a, sc, dp, kt, khi, r_lo, s.sq, off, t, lse2, Dr);
+            else
+                dq_ds<BN, true>(a, sc, dp, kt, khi, r_lo, s.sq, off, t, lse2, Dr);
+            /* dQ += dS K */
+            attn_mma_px<T, D, BN>(dq, sc, cK, lane);
+        }
         __syncthreads();
     }
 
@@ -320,24 +330,28 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
 /* --------------------------------------------------------------- 3. dk, dv */
 
 /* Idea: keys stay resident, query tiles stream past (see the file comment).
- * Block (key tile, column block dh, kv head, sequence): K and V of its 64 keys in
- * all D columns (the products S^T = K Q^T and dP^T = V dO^T reduce over all of D),
- * dK and dV accumulated for columns [dh DC, dh DC + DC) only; QT queries per step,
- * in halves of 32 (fewer live registers). At D <= 128, DC = D and one block per
- * key tile; at D = 256 two blocks per key tile each recompute S^T and dP^T.
+ * Block of NW warps (key tile, column block dh, kv head, sequence): K and V of its
+ * BN = 16 NW keys in all D columns (the products S^T = K Q^T and dP^T = V dO^T
+ * reduce over all of D), dK and dV accumulated for columns [dh DC, dh DC + DC)
+ * only; QT queries per step, in halves of 32 (fewer live registers). At D <= 128,
+ * DC = D and one block per key tile; at D = 256 (NW = 4 only) two blocks per key
+ * tile each recompute S^T and dP^T. Warp w owns keys 16w..16w+15; lane (g, t)
+ * holds keys g, g+8 x columns 2t, 2t+1 of each 8-column n-tile of dK, dV.
  * DQ_ATOMIC (fast path): per query step, also dQ[QT x DC] += dS K over this block's
- * 64 keys and columns, added to dqacc (f32, [lse row index][D]) with atomics.
- * Thread mapping of that part: QT/16 row groups of 16 query rows; the 4 warps
- * split into those row groups and, where warps are left (QT = 32), into column
- * halves of DC; a warp goes through its columns DQ_CHUNK at a time; lane (g, t)
- * adds rows g, g+8 x columns 2t, 2t+1 of each 8-column n-tile. Numerics: the
- * same dS (rounded to T) as the dK product, f32 partials. */
-template <typename T, int D, bool DQ_ATOMIC>
-__global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__attn_args a, const float *Dbuf,
+ * BN keys and DC columns, added to dqacc (f32, [lse row index][D]) with atomics.
+ * Thread mapping of that part: QT/16 row groups of 16 query rows; the NW warps
+ * split into those row groups and then into NW/(QT/16) column slices of DC; a
+ * warp goes through its slice DQ_CHUNK (or 16) columns at a time; lane (g, t)
+ * holds rows g, g+8 x columns 2t, 2t+1 of each n-tile and, with red.v4, swaps
+ * half with lane t^1 so that each lane adds 4 adjacent columns of one row.
+ * Numerics: the same dS (rounded to T) as the dK product, f32 partials. */
+template <typename T, int D, bool DQ_ATOMIC, int NW>
+__global__ void __launch_bounds__(32 * NW) attention_bwd_dkdv_kernel(const fab__attn_args a, const float *Dbuf,
                                                                      float *dqacc)
 {
     typedef mma_of<T> M;
     const int QT = bwd_cfg<D>::QT, DC = bwd_cfg<D>::DC, NDC = bwd_cfg<D>::NDC;
+    const int BN = 16 * NW, NT = 32 * NW; /* keys per block (16 per warp), threads */
     FAB_DYNAMIC_SMEM(T, smem);
     T *sK = smem, *sV = sK + BN * (D + 8), *sQ = sV + BN * (D + 8), *sdO = sQ + 2 * QT * (D + 8);
     float *sL = reinterpret_cast<float *>(sdO + 2 * QT * (D + 8)), *sD = sL + 2 * QT;
@@ -362,23 +376,23 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
 
     const T *K = (const T *)a.k.data + b * a.k.sb + s.k0 * a.k.ss + kvh * a.k.sh;
     const T *V = (const T *)a.v.data + b * a.v.sb + s.k0 * a.v.ss + kvh * a.v.sh;
-    attn_load_rows<T, D, THREADS>(sK, K, a.k.ss, j0, nk, BN);
-    attn_load_rows<T, D, THREADS>(sV, V, a.v.ss, j0, nk, BN);
+    attn_load_rows<T, D, NT>(sK, K, a.k.ss, j0, nk, BN);
+    attn_load_rows<T, D, NT>(sV, V, a.v.ss, j0, nk, BN);
 
     /* issues the loads of pair `it` into buffer `buf` */
 #define FAB__LOAD_PAIR(it, buf)                                                                                     \
     do {                                                                                                            \
         int h_ = kvh * group + (it) / nqt;                                                                          \
         int i0_ = (int)(ilo + (int64_t)((it) % nqt) * QT), n_ = s.sq - i0_ < QT ? s.sq - i0_ : QT;                  \
-        attn_load_rows<T, D, THREADS>(sQ + (buf) * QT * (D + 8),                                                    \
+        attn_load_rows<T, D, NT>(sQ + (buf) * QT * (D + 8),                                                         \
                                       (const T *)a.q.data + b * a.q.sb + s.q0 * a.q.ss + h_ * a.q.sh, a.q.ss, i0_,  \
                                       n_, QT);                                                                      \
-        attn_load_rows<T, D, THREADS>(sdO + (buf) * QT * (D + 8),                                                   \
+        attn_load_rows<T, D, NT>(sdO + (buf) * QT * (D + 8),                                                        \
                                       (const T *)a.dout.data + b * a.dout.sb + s.q0 * a.dout.ss + h_ * a.dout.sh,   \
                                       a.dout.ss, i0_, n_, QT);                                                      \
         const int64_t lb_ = b * a.lse_sb + h_ * a.lse_sh + s.q0;                                                    \
-        load_vec<QT>(sL + (buf) * QT, a.lse + lb_, i0_, n_);                                                        \
-        load_vec<QT>(sD + (buf) * QT, Dbuf + lb_, i0_, n_);                                                         \
+        load_vec<QT, NT>(sL + (buf) * QT, a.lse + lb_, i0_, n_);                                                    \
+        load_vec<QT, NT>(sD + (buf) * QT, Dbuf + lb_, i0_, n_);                                                     \
     } while (0)
 
     if (nit > 0)
@@ -411,6 +425,16 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
 #pragma unroll 1
         for (int half = 0; half < QT / 32; half++) {
             const int qh = half * 32;
+            const int64_t w_k0 = j0 + warp * 16, r0 = i0 + qh;
+            if (!attn_any_allowed(a, r0, r0 + 31, w_k0, w_k0 + 15, off)) {
+                /* none of the 32 rows sees the warp's 16 keys (causal diagonal, window
+                 * edges): P = dS = 0 adds nothing to dK, dV; dQ's dS^T block is 0 */
+                if (DQ_ATOMIC) {
+                    for (int i = lane; i < 16 * 16; i += 32)
+                        *reinterpret_cast<uint32_t *>(sdS + (warp * 16 + i / 16) * (QT + 8) + qh + (i % 16) * 2) = 0;
+                }
+                continue;
+            }
             float st[4][4], dpt[4][4];
 #pragma unroll
             for (int j = 0; j < 4; j++)
@@ -436,7 +460,6 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
             }
             /* P^T into st, dS^T into dpt; the mask only where this warp's 16 keys and
              * the 32 rows are not all real and allowed (warp-uniform) */
-            const int64_t w_k0 = j0 + warp * 16, r0 = i0 + qh;
             /* (not at head_dim 32: there ptxas holds the fast path at 128 registers and
              * the extra branch makes it spill) */
             const bool inside = D > 32 && r0 + 31 < s.sq && w_k0 + 15 < s.sk &&
@@ -471,23 +494,26 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
         }
         if (DQ_ATOMIC) {
             __syncthreads(); /* every warp's dS^T in sdS */
-            const int RG = QT / 16, CW = DC / (4 / RG); /* row groups; columns per warp */
+            /* row groups of 16 query rows; warps per row group; columns per warp and per pass */
+            const int RG = QT / 16, WR = NW / RG, CW = DC / WR, CH = CW % DQ_CHUNK == 0 ? DQ_CHUNK : 16;
             const int h = kvh * group + it / nqt;
             float *acc_base = dqacc + (b * a.lse_sb + h * a.lse_sh + s.q0 + i0) * (int64_t)D;
             const int q16 = (warp % RG) * 16, qrow = q16 + g; /* step rows qrow, qrow + 8 */
             const int cw0 = dc0 + (warp / RG) * CW;
+            /* rows that see none of the block's keys get dQ partials of 0: no adds */
+            const bool sees = attn_any_allowed(a, i0 + q16, i0 + q16 + 15, j0, j0 + BN - 1, off);
 #pragma unroll 1
-            for (int c0 = cw0; c0 < cw0 + CW; c0 += DQ_CHUNK) {
-                float acc[DQ_CHUNK / 8][4];
+            for (int c0 = cw0; sees && c0 < cw0 + CW; c0 += CH) {
+                float acc[CH / 8][4];
 #pragma unroll
-                for (int i = 0; i < DQ_CHUNK / 8; i++)
+                for (int i = 0; i < CH / 8; i++)
                     acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
 #pragma unroll
                 for (int kk = 0; kk < BN / 16; kk++) {
                     uint32_t da[4];
                     fab__ldmatrix_x4_trans(da, attn_frag_b_ptr<QT>(sdS, kk * 16, q16, lane));
 #pragma unroll
-                    for (int dn = 0; dn < DQ_CHUNK / 8; dn += 2) {
+                    for (int dn = 0; dn < CH / 8; dn += 2) {
                         uint32_t r[4];
                         fab__ldmatrix_x4_trans(r, attn_frag_a_ptr<D>(sK, kk * 16, c0 + dn * 8, lane));
                         uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
@@ -495,17 +521,36 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv_kernel(const fab__
                         M::run(acc[dn + 1], da, b1);
                     }
                 }
+#if FAB_HAVE_RED_V4
+                /* lanes t, t^1 swap halves: even t then holds row qrow, columns
+                 * 2t..2t+3 of each n-tile, odd t row qrow + 8, columns 2t-2..2t+1:
+                 * one 16-byte red per n-tile instead of four 4-byte atomics */
+                const int odd = t & 1, row = qrow + 8 * odd;
+                float *dst = acc_base + (int64_t)row * D + c0 + 2 * (t - odd);
+#pragma unroll
+                for (int i = 0; i < CH / 8; i++) {
+                    float x0 = __shfl_xor_sync(0xffffffffu, odd ? acc[i][0] : acc[i][2], 1);
+                    float x1 = __shfl_xor_sync(0xffffffffu, odd ? acc[i][1] : acc[i][3], 1);
+                    if (i0 + row < s.sq) {
+                        if (odd)
+                            fab__red_add_v4_f32(dst + i * 8, x0, x1, acc[i][2], acc[i][3]);
+                        else
+                            fab__red_add_v4_f32(dst + i * 8, acc[i][0], acc[i][1], x0, x1);
+                    }
+                }
+#else
 #pragma unroll
                 for (int hr = 0; hr < 2; hr++) {
                     if (i0 + qrow + 8 * hr >= s.sq)
                         continue;
                     float *dst = acc_base + (int64_t)(qrow + 8 * hr) * D + c0 + 2 * t;
 #pragma unroll
-                    for (int i = 0; i < DQ_CHUNK / 8; i++) {
+                    for (int i = 0; i < CH / 8; i++) {
                         atomicAdd(dst + i * 8, acc[i][2 * hr]);
                         atomicAdd(dst + i * 8 + 1, acc[i][2 * hr + 1]);
                     }
                 }
+#endif
             }
         }
         __syncthreads();
@@ -554,7 +599,7 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_convert_kernel(const
 }
 
 template <typename K, typename... Args>
-static cudaError_t launch_one(fab_context *ctx, K kernel, dim3 grid, size_t smem, const Args &...args)
+static cudaError_t launch_one(fab_context *ctx, K kernel, dim3 grid, int threads, size_t smem, const Args &...args)
 {
     cudaError_t err = cudaSuccess;
     if (smem > 48 * 1024)
@@ -563,10 +608,52 @@ static cudaError_t launch_one(fab_context *ctx, K kernel, dim3 grid, size_t smem
         return err;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
-    cfg.blockDim = dim3(THREADS);
+    cfg.blockDim = dim3(threads);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = (cudaStream_t)ctx->stream;
     return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+/* Shared memory of the dkdv kernel with NW warps (16 NW keys) */
+template <typename T, int D>
+static size_t dkdv_smem(int nw, bool dq_atomic)
+{
+    typedef bwd_cfg<D> C;
+    const size_t bn = 16 * (size_t)nw;
+    return (2 * bn + 4 * C::QT) * (D + 8) * sizeof(T) + 4 * C::QT * sizeof(float) +
+           (dq_atomic ? bn * (C::QT + 8) * sizeof(T) : 0);
+}
+
+/* Keys per dkdv block, 64 (4 warps) or 128 (8 warps). 128 reads each query
+ * tile's Q, dO, lse and D once for twice the keys, and on the fast path adds each
+ * dQ element of a query step with half the atomics; at ~240 registers per thread
+ * either way one 8-warp block or two 4-warp blocks fill an SM. So 128 wherever it
+ * fits shared memory (head_dim <= 128; 155 KiB at 128) and the grid still has a
+ * block per SM; 64 for smaller grids and at 256. FAB_ATTN_BWD_KEYS=64 or 128
+ * forces one where it fits (the benchmark's A/B). */
+template <typename T, int D>
+static int dkdv_keys(const fab_context *ctx, const fab__attn_args *a)
+{
+    if (D > 128 || dkdv_smem<T, D>(8, !a->deterministic) > (size_t)ctx->smem_optin)
+        return 64;
+    const char *env = getenv("FAB_ATTN_BWD_KEYS");
+    if (env && (!strcmp(env, "64") || !strcmp(env, "128")))
+        return atoi(env);
+    int64_t blocks = a->batch * a->hkv * ((a->sk + 127) / 128);
+    return blocks >= (int64_t)ctx->sm_count ? 128 : 64;
+}
+
+/* The dkdv kernel, fast path (dqacc set) or deterministic, with NW warps */
+template <typename T, int D, int NW>
+static cudaError_t launch_dkdv(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, float *dqacc)
+{
+    const int bn = 16 * NW;
+    const dim3 grid((unsigned)((a->sk + bn - 1) / bn * bwd_cfg<D>::NDC), (unsigned)a->hkv, (unsigned)a->batch);
+    if (dqacc)
+        return launch_one(ctx, attention_bwd_dkdv_kernel<T, D, true, NW>, grid, 32 * NW,
+                          dkdv_smem<T, D>(NW, true), *a, Dbuf, dqacc);
+    return launch_one(ctx, attention_bwd_dkdv_kernel<T, D, false, NW>, grid, 32 * NW, dkdv_smem<T, D>(NW, false),
+                      *a, Dbuf, dqacc);
 }
 
 /* Deterministic: dq kernel, then dkdv. Fast (dqacc set, zeroed): dkdv with dQ
@@ -576,25 +663,23 @@ static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const
 {
     typedef bwd_cfg<D> C;
     const size_t dq_smem = (size_t)(2 * BM + 4 * C::BN_DQ) * (D + 8) * sizeof(T);
-    const size_t dkdv_smem = (size_t)(2 * BN + 4 * C::QT) * (D + 8) * sizeof(T) + 4 * C::QT * sizeof(float);
-    const dim3 kgrid((unsigned)((a->sk + BN - 1) / BN * C::NDC), (unsigned)a->hkv, (unsigned)a->batch);
     cudaError_t err = cudaSuccess;
-    if (!dqacc) {
-        if (a->sq > 0) /* a grid of 0 blocks is an invalid launch */
-            err = launch_one(ctx, attention_bwd_dq_kernel<T, D>,
-                             dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch), dq_smem,
-                             *a, Dbuf);
-        if (err == cudaSuccess)
-            err = launch_one(ctx, attention_bwd_dkdv_kernel<T, D, false>, kgrid, dkdv_smem, *a, Dbuf, dqacc);
-        return err;
+    if (!dqacc && a->sq > 0) /* a grid of 0 blocks is an invalid launch */
+        err = launch_one(ctx, attention_bwd_dq_kernel<T, D>,
+                         dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch), THREADS,
+                         dq_smem, *a, Dbuf);
+    if (err == cudaSuccess) {
+        if constexpr (D <= 128)
+            err = dkdv_keys<T, D>(ctx, a) == 128 ? launch_dkdv<T, D, 8>(ctx, a, Dbuf, dqacc)
+                                                 : launch_dkdv<T, D, 4>(ctx, a, Dbuf, dqacc);
+        else
+            err = launch_dkdv<T, D, 4>(ctx, a, Dbuf, dqacc);
     }
-    err = launch_one(ctx, attention_bwd_dkdv_kernel<T, D, true>, kgrid,
-                     dkdv_smem + (size_t)BN * (C::QT + 8) * sizeof(T), *a, Dbuf, dqacc);
-    if (err == cudaSuccess && a->sq > 0)
+    if (err == cudaSuccess && dqacc && a->sq > 0)
         err = launch_one(ctx, attention_bwd_dq_convert_kernel<T, D>,
                          dim3((unsigned)((a->sq * (D / 8) + THREADS - 1) / THREADS), (unsigned)a->hq,
                               (unsigned)a->batch),
-                         0, *a, (const float *)dqacc);
+                         THREADS, 0, *a, (const float *)dqacc);
     return err;
 }
 

@@ -68,6 +68,7 @@ fab_status fab__cuda_context_init(fab_context *ctx, void *user_stream)
         return cuda_fail(FAB_ERR_BACKEND, op, "cudaGetDeviceProperties", err);
     ctx->sm_version = prop.major * 10 + prop.minor;
     ctx->sm_count = prop.multiProcessorCount;
+    ctx->smem_optin = (int)prop.sharedMemPerBlockOptin;
     int driver = 0, runtime = 0;
     cudaDriverGetVersion(&driver);
     cudaRuntimeGetVersion(&runtime);
