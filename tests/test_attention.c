@@ -840,64 +840,64 @@ static void test_fast_path(void **state)
     fab_context *det = fab_test_context_with(&cfg);
     enum { SQ = 16, HQ2 = 2, HKV2 = 1, D2 = 64 };
     for (int T = 64; T <= 128; T *= 2) { /* keys per dkdv block */
-    const int SK = 3 * T;
-    char keys[8];
-    snprintf(keys, sizeof keys, "%d", T);
-    setenv("FAB_ATTN_BWD_KEYS", keys, 1);
-    const int64_t nq = SQ * HQ2 * D2, nk = SK * HKV2 * D2;
-    double *x = calloc((size_t)(nq + 3 * nk), sizeof(double)), *r1 = malloc(sizeof(double) * nq),
-           *r2 = malloc(sizeof(double) * nq);
-    assert_true(x && r1 && r2);
-    double *hq_ = x, *hk = x + nq, *hv = hk + nk, *hdo = hv + nk; /* q stays 0 */
-    for (int64_t i = 0; i < SQ * HQ2; i++)
-        hdo[i * D2] = 1;
-    for (int j = 0; j < SK; j++) {
-        int plus = j < T || (j < 2 * T && j % 16 < 8); /* dS = +s: tile 0, first half of each slice of tile 1 */
-        hv[j * D2] = plus ? 1 : -1;
-        for (int c = 0; c < D2; c++)
-            hk[j * D2 + c] = j < T || j >= 2 * T ? 16384.0 : (j % 16 == 0 ? 1.0 / 32 : 0);
-    }
-    for (int t = 0; t < 2; t++) {
-        fab_dtype dt = t ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
-        int64_t qs[4] = {1, SQ, HQ2, D2}, ks[4] = {1, SK, HKV2, D2}, ls[3] = {1, HQ2, SQ};
-        void *q = fab_test_upload(ctx, dt, hq_, nq, NULL), *k = fab_test_upload(ctx, dt, hk, nk, NULL);
-        void *v = fab_test_upload(ctx, dt, hv, nk, NULL), *dout = fab_test_upload(ctx, dt, hdo, nq, NULL);
-        void *out = fab_test_alloc_poisoned(ctx, dt, nq), *lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, HQ2 * SQ);
-        void *dq = fab_test_alloc_poisoned(ctx, dt, nq), *dk = fab_test_alloc_poisoned(ctx, dt, nk);
-        void *dv = fab_test_alloc_poisoned(ctx, dt, nk);
-        fab_attention_params f = dense_forward(dt, qs, ks, q, k, v, out);
-        fab_tensor_make(lse, FAB_DTYPE_F32, 3, ls, &f.lse);
-        f.scale = 1;
-        assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
-        fab_attention_backward_params p;
-        memset(&p, 0, sizeof p);
-        p.q = f.q, p.k = f.k, p.v = f.v, p.out = f.out, p.lse = f.lse, p.scale = 1;
-        fab_tensor_make(dout, dt, 4, qs, &p.dout);
-        fab_tensor_make(dq, dt, 4, qs, &p.dq);
-        fab_tensor_make(dk, dt, 4, ks, &p.dk);
-        fab_tensor_make(dv, dt, 4, ks, &p.dv);
-        assert_int_equal(fab_attention_backward(ctx, &p), FAB_OK);
-        fab_test_download(ctx, dt, dq, nq, r1);
-        assert_int_equal(fab_synchronize(ctx), FAB_OK);
-        assert_int_equal(fab_attention_backward(det, &p), FAB_OK);
-        assert_int_equal(fab_synchronize(det), FAB_OK);
-        fab_test_download(ctx, dt, dq, nq, r2);
-        int64_t ndiff = 0;
-        for (int64_t i = 0; i < nq; i++) {
-            if (!(r1[i] != 0 && isfinite(r1[i])))
-                fail_msg("attention fast path %s, %d keys per dkdv block: dq[%lld] = %g (deterministic path: %g): is "
-                         "dq still summed in one accumulator per element?",
-                         fab_dtype_name(dt), T, (long long)i, r1[i], r2[i]);
-            ndiff += r1[i] != r2[i];
+        const int SK = 3 * T;
+        char keys[16];
+        snprintf(keys, sizeof keys, "%d", T);
+        setenv("FAB_ATTN_BWD_KEYS", keys, 1);
+        const int64_t nq = SQ * HQ2 * D2, nk = SK * HKV2 * D2;
+        double *x = calloc((size_t)(nq + 3 * nk), sizeof(double)), *r1 = malloc(sizeof(double) * nq),
+               *r2 = malloc(sizeof(double) * nq);
+        assert_true(x && r1 && r2);
+        double *hq_ = x, *hk = x + nq, *hv = hk + nk, *hdo = hv + nk; /* q stays 0 */
+        for (int64_t i = 0; i < SQ * HQ2; i++)
+            hdo[i * D2] = 1;
+        for (int j = 0; j < SK; j++) {
+            int plus = j < T || (j < 2 * T && j % 16 < 8); /* dS = +s: tile 0, first half of each slice of tile 1 */
+            hv[j * D2] = plus ? 1 : -1;
+            for (int c = 0; c < D2; c++)
+                hk[j * D2 + c] = j < T || j >= 2 * T ? 16384.0 : (j % 16 == 0 ? 1.0 / 32 : 0);
         }
-        if (ndiff == 0)
-            fail_msg("attention %s, %d keys per dkdv block: dq of the fast and the deterministic path are identical",
-                     fab_dtype_name(dt), T);
-        void *bufs[9] = {q, k, v, dout, out, lse, dq, dk, dv};
-        for (int i = 0; i < 9; i++)
-            fab_test_free(ctx, bufs[i]);
-    }
-    free(x), free(r1), free(r2);
+        for (int t = 0; t < 2; t++) {
+            fab_dtype dt = t ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
+            int64_t qs[4] = {1, SQ, HQ2, D2}, ks[4] = {1, SK, HKV2, D2}, ls[3] = {1, HQ2, SQ};
+            void *q = fab_test_upload(ctx, dt, hq_, nq, NULL), *k = fab_test_upload(ctx, dt, hk, nk, NULL);
+            void *v = fab_test_upload(ctx, dt, hv, nk, NULL), *dout = fab_test_upload(ctx, dt, hdo, nq, NULL);
+            void *out = fab_test_alloc_poisoned(ctx, dt, nq), *lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, HQ2 * SQ);
+            void *dq = fab_test_alloc_poisoned(ctx, dt, nq), *dk = fab_test_alloc_poisoned(ctx, dt, nk);
+            void *dv = fab_test_alloc_poisoned(ctx, dt, nk);
+            fab_attention_params f = dense_forward(dt, qs, ks, q, k, v, out);
+            fab_tensor_make(lse, FAB_DTYPE_F32, 3, ls, &f.lse);
+            f.scale = 1;
+            assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
+            fab_attention_backward_params p;
+            memset(&p, 0, sizeof p);
+            p.q = f.q, p.k = f.k, p.v = f.v, p.out = f.out, p.lse = f.lse, p.scale = 1;
+            fab_tensor_make(dout, dt, 4, qs, &p.dout);
+            fab_tensor_make(dq, dt, 4, qs, &p.dq);
+            fab_tensor_make(dk, dt, 4, ks, &p.dk);
+            fab_tensor_make(dv, dt, 4, ks, &p.dv);
+            assert_int_equal(fab_attention_backward(ctx, &p), FAB_OK);
+            fab_test_download(ctx, dt, dq, nq, r1);
+            assert_int_equal(fab_synchronize(ctx), FAB_OK);
+            assert_int_equal(fab_attention_backward(det, &p), FAB_OK);
+            assert_int_equal(fab_synchronize(det), FAB_OK);
+            fab_test_download(ctx, dt, dq, nq, r2);
+            int64_t ndiff = 0;
+            for (int64_t i = 0; i < nq; i++) {
+                if (!(r1[i] != 0 && isfinite(r1[i])))
+                    fail_msg("attention fast path %s, %d keys per dkdv block: dq[%lld] = %g (deterministic path: %g): is "
+                             "dq still summed in one accumulator per element?",
+                             fab_dtype_name(dt), T, (long long)i, r1[i], r2[i]);
+                ndiff += r1[i] != r2[i];
+            }
+            if (ndiff == 0)
+                fail_msg("attention %s, %d keys per dkdv block: dq of the fast and the deterministic path are identical",
+                         fab_dtype_name(dt), T);
+            void *bufs[9] = {q, k, v, dout, out, lse, dq, dk, dv};
+            for (int i = 0; i < 9; i++)
+                fab_test_free(ctx, bufs[i]);
+        }
+        free(x), free(r1), free(r2);
     }
     unsetenv("FAB_ATTN_BWD_KEYS");
     fab_context_destroy(det);
