@@ -1184,6 +1184,17 @@ static void test_backend_coverage(void **state)
 #ifdef FAB_TEST_EMULATED
 #include "fab_emu.h"
 
+/* What the emulator counted since `before` */
+static struct fab_emu_stats stats_since(struct fab_emu_stats before)
+{
+    struct fab_emu_stats after;
+    fab_emu_get_stats(&after);
+    after.launches -= before.launches, after.blocks -= before.blocks, after.mma -= before.mma;
+    after.ldmatrix -= before.ldmatrix, after.cp_async -= before.cp_async;
+    after.float_atomics -= before.float_atomics;
+    return after;
+}
+
 /* One bf16 forward (b = 1, one kv head) with FAB_ATTN_FWD_WARP_ROWS = rows (NULL:
  * the forward's own choice); returns what the emulator counted for it. */
 static struct fab_emu_stats fwd_counts(fab_context *ctx, const char *rows, int64_t hq, int64_t sq, int64_t sk,
@@ -1203,28 +1214,16 @@ static struct fab_emu_stats fwd_counts(fab_context *ctx, const char *rows, int64
         setenv("FAB_ATTN_FWD_WARP_ROWS", rows, 1);
     else
         unsetenv("FAB_ATTN_FWD_WARP_ROWS");
-    struct fab_emu_stats before, after;
+    struct fab_emu_stats before;
     assert_int_equal(fab_synchronize(ctx), FAB_OK);
     fab_emu_get_stats(&before);
     assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
     assert_int_equal(fab_synchronize(ctx), FAB_OK);
-    fab_emu_get_stats(&after);
+    struct fab_emu_stats c = stats_since(before);
     unsetenv("FAB_ATTN_FWD_WARP_ROWS");
     fab_test_free(ctx, q), fab_test_free(ctx, k), fab_test_free(ctx, v), fab_test_free(ctx, out);
     free(x);
-    after.launches -= before.launches, after.blocks -= before.blocks, after.mma -= before.mma;
-    after.ldmatrix -= before.ldmatrix;
-    return after;
-}
-
-static struct fab_emu_stats stats_since(struct fab_emu_stats before)
-{
-    struct fab_emu_stats after;
-    fab_emu_get_stats(&after);
-    after.launches -= before.launches, after.blocks -= before.blocks, after.mma -= before.mma;
-    after.ldmatrix -= before.ldmatrix, after.cp_async -= before.cp_async;
-    after.float_atomics -= before.float_atomics;
-    return after;
+    return c;
 }
 
 /* One bf16 backward, fast path (b = 1, one kv head per query head) with
