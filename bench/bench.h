@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef struct bench_options {
     bool quick;   /* smaller sizes and fewer repetitions */
@@ -29,6 +30,7 @@ typedef struct bench_row {
     char baseline[32];  /* what it is compared with, measured in the same run */
     double baseline_rate;
     double ratio;       /* rate / baseline_rate */
+    int check;          /* --check: 1 met every rule that matched it, -1 failed one, 0 none matched */
 } bench_row;
 
 typedef struct bench {
@@ -38,6 +40,7 @@ typedef struct bench {
     size_t scrub_bytes;
     bench_row *rows;
     int nrows, cap;
+    int rank;                /* under mpirun/srun (set by the comm suite): only rank 0 writes the reports */
 } bench;
 
 /* Runs fn(arg) warmup + reps times with the caches scrubbed before each timed run;
@@ -48,6 +51,35 @@ double bench_time_ms(bench *b, bench_fn fn, void *arg);
 
 bench_row *bench_add_row(bench *b);
 double bench_now_ms(void);
+
+/* Acceptance thresholds (bench_check.c; the file format is described there). */
+typedef struct bench_rule {
+    int line;                            /* in the file */
+    char suite[64], name[64], shape[64], dtype[64]; /* fnmatch globs on the row's columns */
+    int metric;                          /* 0 ratio, 1 rate, 2 base_rate, 3 ms */
+    int at_most;                         /* 1: value <= limit; 0: value >= limit */
+    double limit;
+    int matched, failed;                 /* rows it matched, and of those the rows that missed it */
+} bench_rule;
+
+typedef struct bench_check {
+    const char *path;
+    bench_rule *rules;
+    int nrules, cap;
+    int failed_rules;                    /* rules that matched no row or that a row missed */
+} bench_check;
+
+/* Reads a thresholds file; nonzero (after a message naming the file and line) when
+ * it cannot be read or a line is malformed. */
+int bench_check_load(bench_check *c, const char *path);
+/* Marks each row's check; returns the number of failed rules. */
+int bench_check_apply(bench_check *c, bench *b);
+void bench_check_print(const bench_check *c, const bench *b, FILE *f);
+void bench_check_json(const bench_check *c, FILE *f);
+void bench_check_free(bench_check *c);
+
+/* The rows as a bar chart of their ratios (bench_plot.c); nonzero on failure. */
+int bench_write_svg(const char *path, const bench *b, const char *title);
 
 /* Suites. Each adds rows; returns 0 on success. */
 int bench_suite_gelu(bench *b);

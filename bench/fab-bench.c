@@ -2,10 +2,15 @@
  * fab-bench: fabriek's benchmark, for developers and for acceptance testing of a
  * machine. Each suite measures fabriek's ops and, in the same run, the baseline
  * they are judged against, and reports the ratio. Prints a table; --json FILE
- * writes a machine-readable report with the device, versions and commit.
+ * writes a machine-readable report with the device, versions and commit; --svg
+ * FILE the ratios as a bar chart; --check FILE judges the rows against a
+ * thresholds file (bench_check.c) and prints PASS/FAIL.
  *
  *   fab-bench [--suite NAME]... [--quick] [--backend auto|cpu|cuda] [--reps N]
- *             [--json FILE] [--list]
+ *             [--json FILE] [--svg FILE] [--check FILE] [--list]
+ *
+ * Exit status: 0 all ran (and every rule of --check was met), 1 a suite or a
+ * report failed, 2 bad usage or thresholds file, 3 all ran but a rule was not met.
  */
 #include "bench.h"
 
@@ -37,8 +42,10 @@ static const suite suites[] = {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: fab-bench [--suite NAME]... [--quick] [--backend auto|cpu|cuda] [--reps N]\n"
-               "                 [--json FILE] [--list]\n"
-               "Runs the benchmark suites (all by default) on the GPU when there is one, else the CPU.\n");
+               "                 [--json FILE] [--svg FILE] [--check FILE] [--list]\n"
+               "Runs the benchmark suites (all by default) on the GPU when there is one, else the CPU.\n"
+               "--check FILE judges the rows against thresholds (docs/ACCEPTANCE.md); exit status 3\n"
+               "when one is not met.\n");
 }
 
 static void json_string(FILE *f, const char *s)
@@ -55,7 +62,7 @@ static void json_string(FILE *f, const char *s)
     fputc('"', f);
 }
 
-static int write_json(const char *path, bench *b, const char *date)
+static int write_json(const char *path, bench *b, const char *date, const bench_check *check)
 {
     FILE *f = fopen(path, "w");
     if (!f) {
@@ -77,7 +84,10 @@ static int write_json(const char *path, bench *b, const char *date)
     fprintf(f, ",\n  \"backend\": \"%s\",\n  \"device\": ",
             fab_context_backend(b->ctx) == FAB_BACKEND_CUDA ? "cuda" : "cpu");
     json_string(f, fab_context_device_name(b->ctx));
-    fprintf(f, ",\n  \"quick\": %s,\n  \"reps\": %d,\n  \"results\": [\n", b->opt.quick ? "true" : "false", b->opt.reps);
+    fprintf(f, ",\n  \"quick\": %s,\n  \"reps\": %d,\n", b->opt.quick ? "true" : "false", b->opt.reps);
+    if (check)
+        bench_check_json(check, f);
+    fprintf(f, "  \"results\": [\n");
     for (int i = 0; i < b->nrows; i++) {
         bench_row *r = &b->rows[i];
         fprintf(f, "    {\"suite\": ");
@@ -92,8 +102,10 @@ static int write_json(const char *path, bench *b, const char *date)
         json_string(f, r->unit);
         fprintf(f, ", \"rate\": %.6g, \"baseline\": ", r->rate);
         json_string(f, r->baseline);
-        fprintf(f, ", \"baseline_rate\": %.6g, \"ratio\": %.4f}%s\n", r->baseline_rate, r->ratio,
-                i + 1 < b->nrows ? "," : "");
+        fprintf(f, ", \"baseline_rate\": %.6g, \"ratio\": %.4f", r->baseline_rate, r->ratio);
+        if (check)
+            fprintf(f, ", \"check\": %s", r->check > 0 ? "\"pass\"" : r->check < 0 ? "\"fail\"" : "null");
+        fprintf(f, "}%s\n", i + 1 < b->nrows ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
     return fclose(f) != 0;
@@ -105,7 +117,7 @@ int main(int argc, char **argv)
     memset(&b, 0, sizeof b);
     b.opt.reps = 0;
     b.opt.warmup = 2;
-    const char *json = NULL;
+    const char *json = NULL, *svg = NULL, *check_path = NULL;
     const char *wanted[16];
     int nwanted = 0;
     fab_context_config cfg;
@@ -118,6 +130,10 @@ int main(int argc, char **argv)
             wanted[nwanted++] = argv[++i];
         } else if (!strcmp(a, "--json") && i + 1 < argc) {
             json = argv[++i];
+        } else if (!strcmp(a, "--svg") && i + 1 < argc) {
+            svg = argv[++i];
+        } else if (!strcmp(a, "--check") && i + 1 < argc) {
+            check_path = argv[++i];
         } else if (!strcmp(a, "--reps") && i + 1 < argc) {
             b.opt.reps = atoi(argv[++i]);
         } else if (!strcmp(a, "--backend") && i + 1 < argc) {
@@ -146,6 +162,10 @@ int main(int argc, char **argv)
     }
     if (b.opt.reps <= 0)
         b.opt.reps = b.opt.quick ? 5 : 11;
+    /* the thresholds are read before anything runs: a typo costs no machine time */
+    bench_check check;
+    if (check_path && bench_check_load(&check, check_path) != 0)
+        return 2;
 
     if (fab_context_create(&cfg, &b.ctx) != FAB_OK) {
         fprintf(stderr, "fab-bench: %s\n", fab_last_error());
@@ -177,20 +197,39 @@ int main(int argc, char **argv)
         }
     }
 
-    printf("\n%-6s %-24s %-18s %-5s %10s %12s %-8s %12s %7s\n", "suite", "op", "shape", "dtype", "ms", "rate",
-           "baseline", "base rate", "ratio");
+    int unmet = check_path ? bench_check_apply(&check, &b) : 0;
+    printf("\n%-6s %-24s %-18s %-5s %10s %12s %-8s %12s %7s%s\n", "suite", "op", "shape", "dtype", "ms", "rate",
+           "baseline", "base rate", "ratio", check_path ? "  check" : "");
     for (int i = 0; i < b.nrows; i++) {
         bench_row *r = &b.rows[i];
-        printf("%-6s %-24s %-18s %-5s %10.3f %7.1f %-4s %-8s %7.1f %-4s %6.2fx\n", r->suite, r->name, r->shape,
-               r->dtype, r->ms, r->rate, r->unit, r->baseline, r->baseline_rate, r->unit, r->ratio);
+        printf("%-6s %-24s %-18s %-5s %10.3f %7.1f %-4s %-8s %7.1f %-4s %6.2fx%s\n", r->suite, r->name, r->shape,
+               r->dtype, r->ms, r->rate, r->unit, r->baseline, r->baseline_rate, r->unit, r->ratio,
+               !check_path ? "" : r->check > 0 ? "  PASS" : r->check < 0 ? "  FAIL" : "  -");
     }
-    if (json && write_json(json, &b, date) != 0)
-        failed = 1;
-    else if (json)
-        printf("\nreport: %s\n", json);
+    if (check_path) {
+        bench_check_print(&check, &b, stdout);
+        if (b.rank != 0 && unmet) /* under MPI only rank 0's stdout is kept: say it where it is seen */
+            fprintf(stderr, "fab-bench rank %d: %d acceptance rule%s not met on this rank\n", b.rank, unmet,
+                    unmet == 1 ? "" : "s");
+    }
+    if (b.rank == 0) { /* one report per job, not one per rank */
+        if (json && write_json(json, &b, date, check_path ? &check : NULL) != 0)
+            failed = 1;
+        else if (json)
+            printf("\nreport: %s\n", json);
+        char title[256];
+        snprintf(title, sizeof title, "fab-bench %s (commit %s) %s, %s%s", fab_version(), FAB_GIT_COMMIT, date,
+                 fab_context_device_name(b.ctx), b.opt.quick ? ", --quick" : "");
+        if (svg && bench_write_svg(svg, &b, title) != 0)
+            failed = 1;
+        else if (svg)
+            printf("plot: %s\n", svg);
+    }
+    if (check_path)
+        bench_check_free(&check);
     fab_free(b.ctx, b.scrub_a);
     fab_free(b.ctx, b.scrub_b);
     fab_context_destroy(b.ctx);
     free(b.rows);
-    return failed;
+    return failed ? 1 : unmet ? 3 : 0;
 }

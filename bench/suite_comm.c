@@ -419,6 +419,7 @@ static fab_status make_comm(comm_bench *cb, bench *b)
     }
     MPI_Comm_rank(MPI_COMM_WORLD, &cb->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &cb->nranks);
+    b->rank = cb->rank; /* the driver writes its reports from rank 0 only */
     cb->mpi = cb->nranks > 1;
     if (cb->mpi) {
         int local = 0;
