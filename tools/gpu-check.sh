@@ -89,7 +89,7 @@ run ctest --test-dir build/gpu -L cpu --output-on-failure --timeout 300
 # The benchmark before the sanitizers: on a lent machine with minutes to spend,
 # the figures matter most, and the sanitizers are slow.
 step "benchmark"
-run build/gpu/bench/fab-bench --quick --json "$out/fab-bench.json"
+run build/gpu/bench/fab-bench --quick --json "$out/fab-bench.json" --svg "$out/fab-bench.svg"
 write_report # in case the time runs out during the sanitizers
 
 step "compute-sanitizer"
