@@ -175,6 +175,12 @@ static int load(void)
         put(api.why, sizeof api.why, "cuDNN %s: built for major version %d", api.name, CUDNN_MAJOR);
         return -1;
     }
+    /* cudnn-frontend refuses 16-bit SDPA on these two releases for known bugs */
+    if (api.version == 91000 || api.version == 91001) {
+        put(api.why, sizeof api.why, "cuDNN %s: 9.10.0 and 9.10.1 have known SDPA bugs (cudnn-frontend refuses "
+                                     "them); use another release", api.name);
+        return -1;
+    }
     cudnnStatus_t st = api.cudnnCreate(&api.handle);
     if (st != CUDNN_STATUS_SUCCESS) {
         char text[448];

@@ -94,8 +94,14 @@ static fab_status plan(const fab__mm_args *a, lt_plan *p)
         return fab__fail(UNSUPPORTED, "%s: empty product", lt_op);
     if (a->k == 0)
         return fab__fail(UNSUPPORTED, "%s: k = 0", lt_op);
-    if (a->m > INT32_MAX || a->batch > INT32_MAX)
-        return fab__fail(UNSUPPORTED, "%s: m or the batch count past 2^31", lt_op);
+    if (a->m > INT32_MAX || a->n > INT32_MAX || a->k > INT32_MAX || a->batch > INT32_MAX)
+        return fab__fail(UNSUPPORTED, "%s: m, n, k or the batch count past 2^31", lt_op);
+    /* cuBLASLt's alignment preferences describe A, B, C and D only: a kernel the
+     * heuristic picks may assume a 16-byte aligned bias vector (PyTorch and llm.c
+     * refuse or describe it likewise); a bias view at another offset goes to our
+     * kernel instead */
+    if ((a->bias && (uintptr_t)a->bias % 16) || (a->dbias && (uintptr_t)a->dbias % 16))
+        return fab__fail(UNSUPPORTED, "%s: bias and dbias must be 16-byte aligned", lt_op);
     if (!flat_stride(a, a->a_bstride, &p->sa) || !flat_stride(a, a->b_bstride, &p->sb) ||
         !flat_stride(a, a->c_bstride, &p->sc) || (a->pre_act && !flat_stride(a, a->p_bstride, &p->sp)))
         return fab__fail(UNSUPPORTED, "%s: the batch dims of a, b, c or pre_act are not one stride apart", lt_op);
@@ -311,8 +317,11 @@ fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a)
         LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b), "ALIGN_B");
         LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c), "ALIGN_C");
         LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c), "ALIGN_D");
-        if (ctx->deterministic) {
-            uint32_t mask = CUBLASLT_REDUCTION_SCHEME_NONE;
+        /* deterministic: no split-k at all; 16-bit C: split-k partial sums only in
+         * f32 (the INPLACE and OUTPUT_TYPE schemes sum in C's type, which would
+         * round more than once, against fab_matmul's contract) */
+        if (ctx->deterministic || a->c_dtype != FAB_DTYPE_F32) {
+            uint32_t mask = ctx->deterministic ? CUBLASLT_REDUCTION_SCHEME_NONE : CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
             LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &mask, sizeof mask),
                    "REDUCTION_SCHEME_MASK");
         }
@@ -321,7 +330,7 @@ fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a)
         memset(&res, 0, sizeof res);
         LT_TRY(cublasLtMatmulAlgoGetHeuristic(h, desc, la, lb, lc, lc, pref, 1, &res, &found),
                "cublasLtMatmulAlgoGetHeuristic");
-        if (found == 0) {
+        if (found == 0 || res.state != CUBLAS_STATUS_SUCCESS) {
             status = fab__fail(UNSUPPORTED, "%s: no cuBLASLt algorithm for this call (epilogue %d)", lt_op, (int)pl.epi);
             goto done;
         }
