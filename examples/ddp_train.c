@@ -47,7 +47,7 @@ int main(int argc, char **argv)
     cfg.backend = FAB_BACKEND_CPU;
     if (argc > 1 && strcmp(argv[1], "cuda") == 0) {
         cfg.backend = FAB_BACKEND_CUDA;
-        CHECK(fab_mpi_local_rank(MPI_COMM_WORLD, &cfg.device)); /* 0 when each rank sees one GPU */
+        CHECK(fab_mpi_local_rank(MPI_COMM_WORLD, &cfg.device)); /* all GPUs visible: the node-local rank */
     }
     int steps = argc > 2 ? atoi(argv[2]) : 200;
     const float lr = 0.1f;
@@ -57,8 +57,13 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return 2;
     }
-    fab_context *ctx;
-    CHECK(fab_context_create(&cfg, &ctx));
+    fab_context *ctx = NULL;
+    fab_status cs = fab_context_create(&cfg, &ctx);
+    if (cs != FAB_OK && cfg.device > 0) {
+        cfg.device = 0; /* the rank sees only its own GPU (srun --gpus-per-task=1): device 0 */
+        cs = fab_context_create(&cfg, &ctx);
+    }
+    CHECK(cs);
     fab_comm *comm;
     CHECK(fab_comm_create_mpi(ctx, MPI_COMM_WORLD, NULL, &comm));
     if (rank == 0)

@@ -11,7 +11,8 @@
  *   int provided;      (MPI_THREAD_MULTIPLE: CPU gradient exchange overlaps backward)
  *   MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
  *   int local; fab_mpi_local_rank(MPI_COMM_WORLD, &local);
- *   fab_context_config cc = {0}; cc.backend = FAB_BACKEND_CUDA; cc.device = local;
+ *   fab_context_config cc = {0}; cc.backend = FAB_BACKEND_CUDA; cc.device = local; (0 where
+ *   each rank sees only its own GPU, as under srun --gpus-per-task=1)
  *   fab_context *ctx; fab_context_create(&cc, &ctx);
  *   fab_comm *comm;   fab_comm_create_mpi(ctx, MPI_COMM_WORLD, NULL, &comm);
  *   ... fab_comm_destroy(comm); fab_context_destroy(ctx); MPI_Finalize();

@@ -27,6 +27,11 @@
 #include "comm.h"
 
 #include <cuda_runtime_api.h>
+/* NCCL up to 2.23 declares ncclBfloat16 only where cuda_bf16.h defined this macro,
+ * which it does for C++ alone; this file is C */
+#ifndef __CUDA_BF16_TYPES_EXIST__
+#define __CUDA_BF16_TYPES_EXIST__
+#endif
 #include <nccl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -569,6 +574,13 @@ fab_status fab__nccl_create(fab_comm *c, int nranks, int rank, const fab_comm_un
     if (!c->op)
         fab__comm_arm(c, "fab_comm_create");
     fab__comm_arm(c, c->op);
+    /* NCCL lets this variable override config.blocking; a blocking communicator
+     * could hang in a call the timeout cannot abort */
+    const char *blocking = getenv("NCCL_COMM_BLOCKING");
+    if (blocking && atoi(blocking) == 1)
+        return fab__fail(FAB_ERR_UNSUPPORTED,
+                         "%s: NCCL_COMM_BLOCKING=1 makes NCCL communicators blocking, and fab_comm needs "
+                         "non-blocking ones to enforce its timeout; unset it", c->op);
     FAB__TRY(enter(c));
     ncclUniqueId u;
     memcpy(&u, id->bytes, sizeof u);
