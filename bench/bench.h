@@ -75,7 +75,6 @@ int bench_check_load(bench_check *c, const char *path);
 /* Marks each row's check; returns the number of failed rules. */
 int bench_check_apply(bench_check *c, bench *b);
 void bench_check_print(const bench_check *c, const bench *b, FILE *f);
-void bench_check_json(const bench_check *c, FILE *f);
 void bench_check_free(bench_check *c);
 
 /* The rows as a bar chart of their ratios (bench_plot.c); nonzero on failure. */

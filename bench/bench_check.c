@@ -60,7 +60,8 @@ static const char *parse_rule(char *line, bench_rule *r)
     }
     char metric[16], op[4];
     int used = 0;
-    if (sscanf(trim(field[4]), "%15s %3s %n", metric, op, &used) != 2)
+    const char *check = trim(field[4]);
+    if (sscanf(check, "%15s %3s %n", metric, op, &used) != 2)
         return "the check must read \"METRIC >= VALUE\" or \"METRIC <= VALUE\"";
     r->metric = -1;
     for (int i = 0; i < (int)(sizeof metric_names / sizeof metric_names[0]); i++)
@@ -71,7 +72,7 @@ static const char *parse_rule(char *line, bench_rule *r)
     if (strcmp(op, ">=") && strcmp(op, "<="))
         return "the comparison must be >= or <=";
     r->at_most = op[0] == '<';
-    const char *num = trim(field[4]) + used;
+    const char *num = check + used;
     char *end;
     errno = 0;
     r->limit = strtod(num, &end);
@@ -216,16 +217,4 @@ void bench_check_print(const bench_check *c, const bench *b, FILE *f)
                         row->name, row->shape, row->dtype, metric_names[r->metric], v, cmp, r->limit);
         }
     }
-}
-
-void bench_check_json(const bench_check *c, FILE *f)
-{
-    fprintf(f, "  \"check\": {\"file\": \"");
-    for (const char *s = c->path; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            fputc('\\', f);
-        fputc((unsigned char)*s < 0x20 ? '?' : *s, f);
-    }
-    fprintf(f, "\", \"rules\": %d, \"failed_rules\": %d, \"pass\": %s},\n", c->nrules, c->failed_rules,
-            c->failed_rules ? "false" : "true");
 }

@@ -85,8 +85,12 @@ static int write_json(const char *path, bench *b, const char *date, const bench_
             fab_context_backend(b->ctx) == FAB_BACKEND_CUDA ? "cuda" : "cpu");
     json_string(f, fab_context_device_name(b->ctx));
     fprintf(f, ",\n  \"quick\": %s,\n  \"reps\": %d,\n", b->opt.quick ? "true" : "false", b->opt.reps);
-    if (check)
-        bench_check_json(check, f);
+    if (check) {
+        fprintf(f, "  \"check\": {\"file\": ");
+        json_string(f, check->path);
+        fprintf(f, ", \"rules\": %d, \"failed_rules\": %d, \"pass\": %s},\n", check->nrules, check->failed_rules,
+                check->failed_rules ? "false" : "true");
+    }
     fprintf(f, "  \"results\": [\n");
     for (int i = 0; i < b->nrows; i++) {
         bench_row *r = &b->rows[i];
