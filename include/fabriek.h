@@ -532,7 +532,10 @@ FAB_API fab_status fab_comm_synchronize(fab_comm *comm);
 /* The transport under `comm`: *transport = "self", "mpi" or "nccl"; *handle = NULL,
  * a pointer to its MPI_Comm, or its ncclComm_t (NULL once aborted: NCCL freed it).
  * For interop and baselines: work issued directly on the handle bypasses fabriek's
- * deadlines. Either may be NULL. */
+ * deadlines. Either may be NULL. NCCL forbids concurrent calls on a communicator:
+ * once the ncclComm_t has been asked for, fabriek's watchdog thread stops polling
+ * its asynchronous errors (fabriek's own calls still do, on the calling thread);
+ * call NCCL on it from the thread that calls fabriek on `comm`. */
 FAB_API fab_status fab_comm_native(const fab_comm *comm, const char **transport, void **handle);
 
 typedef enum fab_reduce_op {
@@ -548,6 +551,9 @@ typedef enum fab_reduce_op {
  * synchronous for CPU (MPI). Shapes: only element counts matter.
  * f16/bf16 on MPI: reduced pairwise by a user MPI_Op that widens to f32, combines and
  * rounds back (RNE), as NCCL reduces in the storage type; AVG divides in f32.
+ * AVG on NCCL: ncclAvg (premultiplies by 1/nranks in the dtype), except bf16 with a
+ * rank count that is not a power of two: summed, then divided in f32, since 1/nranks
+ * in bf16 would scale every element by up to 0.4% too much or too little.
  * In place: allreduce and broadcast with recv == send; reduce_scatter with recv the
  * rank's slice of send (send.data + rank*count); allgather with send the rank's
  * slice of recv (recv.data + rank*count). Other overlaps are rejected. In-place

@@ -437,6 +437,8 @@ fab_status fab_comm_abort(fab_comm *comm)
 {
     if (!comm)
         return fab__fail(INVALID, "fab_comm_abort: comm is NULL");
+    if (comm->fault == FAB_OK)
+        (void)comm->tp->poll(comm); /* a fault already found (NCCL's watchdog) stays the one reported */
     if (comm->fault == FAB_OK) {
         comm->fault = FAB_ERR_BACKEND;
         snprintf(comm->fault_msg, sizeof comm->fault_msg, "fab_comm_abort was called");

@@ -9,10 +9,27 @@
  *
  * A collective that never completes would block the stream forever, and with it
  * fab_synchronize. A watchdog thread per communicator (as PyTorch's ProcessGroupNCCL)
- * watches an event recorded after the last collective on each stream and NCCL's
- * asynchronous error; past the timeout, or on an error, it records the fault that
+ * watches, per stream, a ring of events recorded after the collectives still in
+ * flight, each with the time it was issued, and NCCL's asynchronous error; when the
+ * oldest is older than the timeout, or on an error, it records the fault that
  * the next fabriek call on the communicator reports (FAB_ERR_TIMEOUT,
  * FAB_ERR_PEER) and calls ncclCommAbort, which makes the stuck kernels return.
+ * A full ring re-records its newest slot (with the new time): that slot then
+ * stands for a later collective, which completes after the one it replaces, so a
+ * timeout is never reported early; the older slots keep their times, so issuing
+ * more collectives never postpones the detection of a stuck one for long.
+ *
+ * NCCL forbids concurrent calls on one communicator. Once the caller has taken the
+ * ncclComm_t (fab_comm_native) and may call NCCL on it from its own thread, the
+ * watchdog stops polling ncclCommGetAsyncError (fabriek's own calls still do, on
+ * the calling thread) and keeps only the timeout and ncclCommAbort, which NCCL
+ * allows from another thread.
+ *
+ * AVG: NCCL premultiplies by 1/nranks rounded to the data type. For bf16 and a
+ * rank count that is not a power of two that factor is off by up to 0.4% (1/3 is
+ * 0.3340 in bf16), the same for every element: a bias. There fabriek posts SUM
+ * and divides afterwards in f32 (comm_cast.cu). f16 keeps ncclAvg: its 1/nranks
+ * is off by at most 0.05%, and premultiplying keeps the sum inside f16's range.
  *
  * ncclCommAbort frees the NCCL communicator, and the watchdog and the calling
  * thread both may call it. So every use of the adopted communicator (m->comm) on
@@ -40,6 +57,8 @@
 #include <string.h>
 #include <time.h>
 
+enum { WATCH_SLOTS = 8 };
+
 typedef struct nccl_state {
     ncclComm_t comm;
     int device;
@@ -51,12 +70,15 @@ typedef struct nccl_state {
     pthread_t thread;
     int have_thread;
     pthread_mutex_t comm_lock; /* around every call on `comm` after adopt(); see the top */
-    pthread_mutex_t lock;    /* guards the events below */
-    cudaEvent_t last[2];     /* after the last collective on [main, side] */
-    double posted[2];        /* when it was issued */
-    int armed[2];
+    pthread_mutex_t lock;    /* guards the rings below */
+    struct {
+        cudaEvent_t ev[WATCH_SLOTS]; /* recorded after a collective on this stream */
+        double posted[WATCH_SLOTS];  /* when it was issued */
+        int head, count;             /* the slots in flight, oldest first */
+    } watch[2];                      /* [context stream, gradient-exchange stream] */
     double timeout_s;
     atomic_int stop;
+    atomic_int native_taken; /* fab_comm_native gave out m->comm: no async-error polling from the watchdog */
     atomic_int aborted;      /* set (under comm_lock) by whoever calls ncclCommAbort */
     atomic_int wd_fault;     /* a fab_status the watchdog found; stored before it aborts */
     char wd_msg[200];        /* written before wd_fault, read after it */
@@ -147,6 +169,22 @@ static fab_status settle(fab_comm *c, ncclComm_t comm, const char *call)
 
 /* ----------------------------------------------------------------- watchdog */
 
+/* Under m->lock: retires the completed slots of stream s; returns how long the
+ * oldest one still in flight has been (0 when none is). */
+static double watch_oldest_age(nccl_state *m, int s)
+{
+    while (m->watch[s].count > 0) {
+        int h = m->watch[s].head;
+        cudaError_t q = cudaEventQuery(m->watch[s].ev[h]);
+        if (q == cudaErrorNotReady)
+            return fab__comm_now() - m->watch[s].posted[h];
+        /* done, or an error the next CUDA call reports: not the watchdog's to judge */
+        m->watch[s].head = (h + 1) % WATCH_SLOTS;
+        m->watch[s].count--;
+    }
+    return 0;
+}
+
 static void *watchdog(void *arg)
 {
     nccl_state *m = arg;
@@ -158,23 +196,20 @@ static void *watchdog(void *arg)
         char msg[sizeof m->wd_msg] = "";
         pthread_mutex_lock(&m->lock);
         for (int s = 0; s < 2 && found == FAB_OK; s++) {
-            if (!m->armed[s])
-                continue;
-            cudaError_t q = cudaEventQuery(m->last[s]);
-            if (q == cudaSuccess)
-                m->armed[s] = 0;
-            else if (q == cudaErrorNotReady && fab__comm_now() - m->posted[s] > m->timeout_s) {
+            double age = watch_oldest_age(m, s);
+            if (age > m->timeout_s) {
                 found = FAB_ERR_TIMEOUT;
-                snprintf(msg, sizeof msg, "a collective on the %s stream did not complete within %.3g s (watchdog)",
-                         s ? "gradient-exchange" : "context", m->timeout_s);
+                snprintf(msg, sizeof msg,
+                         "a collective on the %s stream did not complete within %.3g s (watchdog; issued %.3g s ago)",
+                         s ? "gradient-exchange" : "context", m->timeout_s, age);
             }
         }
         pthread_mutex_unlock(&m->lock);
         if (atomic_load(&m->stop) || !lock_live(m))
             break; /* being destroyed, or aborted by the calling thread */
         ncclResult_t st = ncclSuccess;
-        if (found == FAB_OK && ncclCommGetAsyncError(m->comm, &st) == ncclSuccess && st != ncclSuccess &&
-            st != ncclInProgress) {
+        if (found == FAB_OK && !atomic_load(&m->native_taken) && ncclCommGetAsyncError(m->comm, &st) == ncclSuccess &&
+            st != ncclSuccess && st != ncclInProgress) {
             found = status_of(st);
             snprintf(msg, sizeof msg, "NCCL reported an asynchronous error: %s", ncclGetErrorString(st));
         }
@@ -190,14 +225,18 @@ static void *watchdog(void *arg)
     return NULL;
 }
 
-/* Records "a collective was issued on this stream" for the watchdog. */
+/* Records "a collective was issued on this stream" for the watchdog: an event in
+ * the next free slot, or in the newest one when all are in flight (see the top). */
 static void arm(fab_comm *c, int side)
 {
     nccl_state *m = c->impl;
     pthread_mutex_lock(&m->lock);
-    if (cudaEventRecord(m->last[side], stream_of(c, side)) == cudaSuccess) {
-        m->posted[side] = fab__comm_now();
-        m->armed[side] = 1;
+    (void)watch_oldest_age(m, side); /* frees the completed slots */
+    int full = m->watch[side].count == WATCH_SLOTS;
+    int slot = (m->watch[side].head + m->watch[side].count - full) % WATCH_SLOTS;
+    if (cudaEventRecord(m->watch[side].ev[slot], stream_of(c, side)) == cudaSuccess) {
+        m->watch[side].posted[slot] = fab__comm_now();
+        m->watch[side].count += !full;
     }
     pthread_mutex_unlock(&m->lock);
 }
@@ -226,6 +265,13 @@ static ncclRedOp_t nccl_op(fab_reduce_op op)
     }
 }
 
+/* AVG posted as SUM and divided afterwards (see the top). */
+static int avg_by_division(const fab_comm *c, const fab__coll *k)
+{
+    return k->op == FAB_REDUCE_AVG && k->dtype == FAB_DTYPE_BF16 && (c->nranks & (c->nranks - 1)) != 0 &&
+           (k->kind == FAB__COLL_ALLREDUCE || k->kind == FAB__COLL_REDUCE_SCATTER);
+}
+
 static fab_status enter(fab_comm *c)
 {
     cudaError_t e = cudaSetDevice(c->ctx->device);
@@ -245,12 +291,13 @@ static fab_status nccl_post(fab_comm *c, const fab__coll *colls, int n, int side
         const fab__coll *k = &colls[i];
         size_t cnt = (size_t)k->count;
         ncclDataType_t t = nccl_type(k->dtype);
+        ncclRedOp_t op = avg_by_division(c, k) ? ncclSum : nccl_op(k->op);
         switch (k->kind) {
         case FAB__COLL_ALLREDUCE:
-            r = ncclAllReduce(k->send, k->recv, cnt, t, nccl_op(k->op), m->comm, s);
+            r = ncclAllReduce(k->send, k->recv, cnt, t, op, m->comm, s);
             break;
         case FAB__COLL_REDUCE_SCATTER:
-            r = ncclReduceScatter(k->send, k->recv, cnt, t, nccl_op(k->op), m->comm, s);
+            r = ncclReduceScatter(k->send, k->recv, cnt, t, op, m->comm, s);
             break;
         case FAB__COLL_ALLGATHER:
             r = ncclAllGather(k->send, k->recv, cnt, t, m->comm, s);
@@ -270,6 +317,10 @@ static fab_status nccl_post(fab_comm *c, const fab__coll *colls, int n, int side
     if (r != ncclSuccess && r != ncclInProgress)
         return fab__comm_fault(c, status_of(r), "%s: NCCL refused the collective: %s", c->op, ncclGetErrorString(r));
     FAB__TRY(settle(c, m->comm, "enqueueing the collective"));
+    for (int i = 0; i < n; i++) /* recv holds count elements for both kinds */
+        if (avg_by_division(c, &colls[i]))
+            FAB__TRY(fab__comm_cast_cuda(colls[i].recv, colls[i].dtype, colls[i].recv, colls[i].dtype,
+                                         colls[i].count, 1.0f / (float)c->nranks, s));
     arm(c, side);
     if (n == 1 && colls[0].kind == FAB__COLL_BARRIER)
         return c->tp->complete(c, side, 1);
@@ -338,7 +389,7 @@ static fab_status nccl_cast(fab_comm *c, int side, void *dst, fab_dtype dd, cons
 {
     if (dd == sd)
         return nccl_copy(c, side, dst, src, (size_t)n * fab_dtype_size(dd));
-    return fab__comm_cast_cuda(dst, dd, src, sd, n, stream_of(c, side));
+    return fab__comm_cast_cuda(dst, dd, src, sd, n, 1.0f, stream_of(c, side));
 }
 
 /* Gathers `bytes` (<= 64) of host data from every rank (the debug-mode check).
@@ -421,8 +472,9 @@ static void free_state(nccl_state *m)
     if (m->host_bounce)
         cudaFreeHost(m->host_bounce);
     for (int s = 0; s < 2; s++)
-        if (m->last[s])
-            cudaEventDestroy(m->last[s]);
+        for (int i = 0; i < WATCH_SLOTS; i++)
+            if (m->watch[s].ev[i])
+                cudaEventDestroy(m->watch[s].ev[i]);
     if (m->fork_ev)
         cudaEventDestroy(m->fork_ev);
     if (m->join_ev)
@@ -439,9 +491,8 @@ static fab_status nccl_destroy(fab_comm *c)
     nccl_state *m = c->impl;
     if (!m)
         return FAB_OK;
-    fab_status s = FAB_OK;
-    int entered = enter(c) == FAB_OK;
-    if (entered && c->fault == FAB_OK && !atomic_load(&m->aborted)) {
+    fab_status s = enter(c); /* on failure: no wait, no finalize; the communicator is aborted below */
+    if (s == FAB_OK && c->fault == FAB_OK && !atomic_load(&m->aborted)) {
         /* the watchdog still watches these waits */
         s = nccl_complete(c, 1, 1);
         if (s == FAB_OK)
@@ -455,7 +506,7 @@ static fab_status nccl_destroy(fab_comm *c)
         m->have_thread = 0;
     }
     (void)nccl_poll(c); /* a fault the watchdog found meanwhile */
-    if (entered && s == FAB_OK && c->fault == FAB_OK && !atomic_load(&m->aborted)) {
+    if (s == FAB_OK && c->fault == FAB_OK && !atomic_load(&m->aborted)) {
         ncclResult_t r = ncclCommFinalize(m->comm);
         if (r != ncclSuccess && r != ncclInProgress)
             s = fab__comm_fault(c, status_of(r), "fab_comm_destroy: ncclCommFinalize: %s", ncclGetErrorString(r));
@@ -481,6 +532,7 @@ static fab_status nccl_dup(fab_comm *c, fab_comm *out)
 static void *nccl_native(fab_comm *c)
 {
     nccl_state *m = c->impl;
+    atomic_store(&m->native_taken, 1); /* before the caller can use it: see the top */
     return atomic_load(&m->aborted) ? NULL : m->comm; /* NULL once aborted (freed by NCCL) */
 }
 
@@ -516,8 +568,9 @@ static fab_status adopt(fab_comm *c, ncclComm_t comm)
         e = cudaEventCreateWithFlags(&m->fork_ev, cudaEventDisableTiming);
     if (e == cudaSuccess)
         e = cudaEventCreateWithFlags(&m->join_ev, cudaEventDisableTiming);
-    for (int s = 0; s < 2 && e == cudaSuccess; s++)
-        e = cudaEventCreateWithFlags(&m->last[s], cudaEventDisableTiming);
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < WATCH_SLOTS && e == cudaSuccess; i++)
+            e = cudaEventCreateWithFlags(&m->watch[s].ev[i], cudaEventDisableTiming);
     if (e == cudaSuccess)
         e = cudaMalloc(&m->scratch, 64 * ((size_t)size + 1));
     if (e == cudaSuccess)

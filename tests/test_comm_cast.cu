@@ -1,0 +1,179 @@
+/*
+ * test_comm_cast.cu (emulated CUDA builds): the NCCL transport's conversion kernel,
+ * src/comm/comm_cast.cu, under the emulator. The NCCL transport itself needs a GPU;
+ * its two uses of this kernel do not: f32 <-> bf16 for gradient exchange in 16 bits,
+ * and AVG on bf16 as SUM then a multiply by 1/nranks in place.
+ *
+ * Every (src, dst) pair of f32, bf16 and f16, scales 1 and 1/3, out of place and in
+ * place, against the host doing the same: widen, one f32 multiply, round to nearest
+ * even (bf16 by its bit pattern here, f16 through the emulator's conversion, which
+ * emu_test_numerics checks). Lengths 1, 255, 257 and 4096*256 + 3: past the capped
+ * grid, so the grid-stride loop takes a second lap. Inputs include ties, NaN, ±0,
+ * subnormals and values that overflow f16.
+ */
+#include <math.h>
+#include <stdarg.h>
+
+#include <vector>
+
+#include "../emu/tests/emu_test.h"
+#include "../src/comm/comm_cast.cu"
+
+/* what runtime.h promises, for this stand-alone build of comm_cast.cu */
+extern "C" fab_status fab__fail(fab_status status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return status;
+}
+
+extern "C" fab_status fab__cuda_check_launch(const char *op)
+{
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? FAB_OK : fab__fail(FAB_ERR_BACKEND, "%s: %s", op, cudaGetErrorString(e));
+}
+
+static const fab_dtype kDtypes[] = {FAB_DTYPE_F32, FAB_DTYPE_BF16, FAB_DTYPE_F16};
+
+static size_t dsize(fab_dtype d) { return d == FAB_DTYPE_F32 ? 4 : 2; }
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* f32 -> bf16, round to nearest even, NaN kept a (quiet) NaN */
+static uint16_t host_bf16(float f)
+{
+    uint32_t u = f32_bits(f);
+    if (isnan(f))
+        return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+static float host_load(const std::vector<uint8_t> &buf, size_t i, fab_dtype d)
+{
+    if (d == FAB_DTYPE_F32) {
+        float f;
+        memcpy(&f, &buf[4 * i], 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, &buf[2 * i], 2);
+    if (d == FAB_DTYPE_BF16)
+        return bits_f32((uint32_t)h << 16);
+    __half x;
+    memcpy(&x, &h, 2);
+    return __half2float(x);
+}
+
+/* the expected bits of one converted element */
+static uint32_t host_expect(float v, fab_dtype d)
+{
+    if (d == FAB_DTYPE_F32)
+        return f32_bits(v);
+    if (d == FAB_DTYPE_BF16)
+        return host_bf16(v);
+    __half x = __float2half_rn(v);
+    uint16_t h;
+    memcpy(&h, &x, 2);
+    return h;
+}
+
+static uint32_t bits_at(const std::vector<uint8_t> &buf, size_t i, fab_dtype d)
+{
+    if (d == FAB_DTYPE_F32)
+        return f32_bits(host_load(buf, i, d));
+    uint16_t h;
+    memcpy(&h, &buf[2 * i], 2);
+    return h;
+}
+
+static int is_nan_bits(uint32_t b, fab_dtype d)
+{
+    if (d == FAB_DTYPE_F32)
+        return isnan(bits_f32(b));
+    if (d == FAB_DTYPE_BF16)
+        return (b & 0x7f80) == 0x7f80 && (b & 0x7f);
+    return (b & 0x7c00) == 0x7c00 && (b & 0x3ff);
+}
+
+/* n values in dtype d: random magnitudes over a wide range, then the special ones */
+static std::vector<uint8_t> make_input(size_t n, fab_dtype d, EmuRng &rng)
+{
+    static const float special[] = {0.0f, -0.0f, NAN, INFINITY, -INFINITY, 1e-40f, -3e-39f, 70000.0f, -65520.0f,
+                                    65519.0f, 1.00390625f /* a bf16 tie */, 1.0f + 0x1p-11f /* an f16 tie */,
+                                    3.0f, -1.0f / 3.0f};
+    std::vector<uint8_t> buf(n * dsize(d));
+    for (size_t i = 0; i < n; i++) {
+        float v = i < sizeof special / sizeof *special ? special[i]
+                                                       : (float)(rng.uniform(-1, 1) * pow(2.0, rng.uniform(-30, 20)));
+        if (d == FAB_DTYPE_F32)
+            memcpy(&buf[4 * i], &v, 4);
+        else {
+            uint16_t h = (uint16_t)host_expect(v, d);
+            memcpy(&buf[2 * i], &h, 2);
+        }
+    }
+    return buf;
+}
+
+static void check_case(size_t n, fab_dtype sd, fab_dtype dd, float scale, bool in_place, EmuRng &rng)
+{
+    if (in_place && dsize(sd) != dsize(dd))
+        return; /* in place only where the sizes agree (AVG: bf16 onto itself) */
+    std::vector<uint8_t> src = make_input(n, sd, rng);
+    void *dsrc = device_alloc<uint8_t>(src.size());
+    void *ddst = in_place ? dsrc : device_alloc<uint8_t>(n * dsize(dd)); /* NaN-poisoned */
+    CHECK_CUDA(cudaMemcpy(dsrc, src.data(), src.size(), cudaMemcpyHostToDevice));
+    cudaStream_t stream;
+    CHECK_CUDA(cudaStreamCreate(&stream));
+    CHECK(fab__comm_cast_cuda(ddst, dd, dsrc, sd, (int64_t)n, scale, stream) == FAB_OK, "launch");
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    std::vector<uint8_t> out(n * dsize(dd));
+    CHECK_CUDA(cudaMemcpy(out.data(), ddst, out.size(), cudaMemcpyDeviceToHost));
+    size_t bad = 0, first = n;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t want = host_expect(host_load(src, i, sd) * scale, dd), got = bits_at(out, i, dd);
+        if (got != want && !(is_nan_bits(got, dd) && is_nan_bits(want, dd)))
+            if (bad++ == 0)
+                first = i;
+    }
+    CHECK(bad == 0, "n=%zu %d->%d scale=%g%s: %zu of %zu wrong, first at %zu", n, (int)sd, (int)dd, scale,
+          in_place ? " in place" : "", bad, n, first);
+    CHECK_CUDA(cudaStreamDestroy(stream));
+    cudaFree(dsrc);
+    if (!in_place)
+        cudaFree(ddst);
+}
+
+int main()
+{
+    EmuRng rng(20261206);
+    const size_t small[] = {1, 255, 257};
+    for (size_t n : small)
+        for (fab_dtype sd : kDtypes)
+            for (fab_dtype dd : kDtypes)
+                for (float scale : {1.0f, 1.0f / 3.0f})
+                    for (bool in_place : {false, true})
+                        check_case(n, sd, dd, scale, in_place, rng);
+    /* past 4096 blocks of 256: the uses that run on large buffers */
+    const size_t big = 4096 * 256 + 3;
+    check_case(big, FAB_DTYPE_BF16, FAB_DTYPE_BF16, 1.0f / 3.0f, true, rng);
+    check_case(big, FAB_DTYPE_F32, FAB_DTYPE_BF16, 1.0f, false, rng);
+    CHECK(fab__comm_cast_cuda(nullptr, FAB_DTYPE_F32, nullptr, FAB_DTYPE_F32, 0, 1.0f, nullptr) == FAB_OK,
+          "n = 0 launches nothing");
+    return emu_test_finish();
+}
