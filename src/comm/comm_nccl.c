@@ -14,10 +14,8 @@
  * oldest is older than the timeout, or on an error, it records the fault that
  * the next fabriek call on the communicator reports (FAB_ERR_TIMEOUT,
  * FAB_ERR_PEER) and calls ncclCommAbort, which makes the stuck kernels return.
- * A full ring re-records its newest slot (with the new time): that slot then
- * stands for a later collective, which completes after the one it replaces, so a
- * timeout is never reported early; the older slots keep their times, so issuing
- * more collectives never postpones the detection of a stuck one for long.
+ * A full ring re-records its newest slot (with the new time): never early, and
+ * more posts cannot postpone the detection for long (comm_watch.h).
  *
  * NCCL forbids concurrent calls on one communicator. Once the caller has taken the
  * ncclComm_t (fab_comm_native) and may call NCCL on it from its own thread, the
@@ -42,6 +40,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "comm.h"
+#include "comm_watch.h"
 
 #include <cuda_runtime_api.h>
 /* NCCL up to 2.23 declares ncclBfloat16 only where cuda_bf16.h defined this macro,
@@ -57,8 +56,6 @@
 #include <string.h>
 #include <time.h>
 
-enum { WATCH_SLOTS = 8 };
-
 typedef struct nccl_state {
     ncclComm_t comm;
     int device;
@@ -71,11 +68,8 @@ typedef struct nccl_state {
     int have_thread;
     pthread_mutex_t comm_lock; /* around every call on `comm` after adopt(); see the top */
     pthread_mutex_t lock;    /* guards the rings below */
-    struct {
-        cudaEvent_t ev[WATCH_SLOTS]; /* recorded after a collective on this stream */
-        double posted[WATCH_SLOTS];  /* when it was issued */
-        int head, count;             /* the slots in flight, oldest first */
-    } watch[2];                      /* [context stream, gradient-exchange stream] */
+    fab__watch watch[2];                    /* [context stream, gradient-exchange stream] */
+    cudaEvent_t marker[2][FAB__WATCH_SLOTS]; /* the watch slots' events */
     double timeout_s;
     atomic_int stop;
     atomic_int native_taken; /* fab_comm_native gave out m->comm: no async-error polling from the watchdog */
@@ -169,20 +163,15 @@ static fab_status settle(fab_comm *c, ncclComm_t comm, const char *call)
 
 /* ----------------------------------------------------------------- watchdog */
 
-/* Under m->lock: retires the completed slots of stream s; returns how long the
- * oldest one still in flight has been (0 when none is). */
+static int marker_pending(void *events, int slot)
+{
+    return cudaEventQuery(((cudaEvent_t *)events)[slot]) == cudaErrorNotReady;
+}
+
+/* Under m->lock: retires the done slots of stream s; the age of the oldest pending. */
 static double watch_oldest_age(nccl_state *m, int s)
 {
-    while (m->watch[s].count > 0) {
-        int h = m->watch[s].head;
-        cudaError_t q = cudaEventQuery(m->watch[s].ev[h]);
-        if (q == cudaErrorNotReady)
-            return fab__comm_now() - m->watch[s].posted[h];
-        /* done, or an error the next CUDA call reports: not the watchdog's to judge */
-        m->watch[s].head = (h + 1) % WATCH_SLOTS;
-        m->watch[s].count--;
-    }
-    return 0;
+    return fab__watch_oldest_age(&m->watch[s], marker_pending, m->marker[s], fab__comm_now());
 }
 
 static void *watchdog(void *arg)
@@ -231,13 +220,10 @@ static void arm(fab_comm *c, int side)
 {
     nccl_state *m = c->impl;
     pthread_mutex_lock(&m->lock);
-    (void)watch_oldest_age(m, side); /* frees the completed slots */
-    int full = m->watch[side].count == WATCH_SLOTS;
-    int slot = (m->watch[side].head + m->watch[side].count - full) % WATCH_SLOTS;
-    if (cudaEventRecord(m->watch[side].ev[slot], stream_of(c, side)) == cudaSuccess) {
-        m->watch[side].posted[slot] = fab__comm_now();
-        m->watch[side].count += !full;
-    }
+    (void)watch_oldest_age(m, side); /* frees the done slots */
+    int slot = fab__watch_next_slot(&m->watch[side]);
+    if (cudaEventRecord(m->marker[side][slot], stream_of(c, side)) == cudaSuccess)
+        fab__watch_commit(&m->watch[side], slot, fab__comm_now());
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -472,9 +458,9 @@ static void free_state(nccl_state *m)
     if (m->host_bounce)
         cudaFreeHost(m->host_bounce);
     for (int s = 0; s < 2; s++)
-        for (int i = 0; i < WATCH_SLOTS; i++)
-            if (m->watch[s].ev[i])
-                cudaEventDestroy(m->watch[s].ev[i]);
+        for (int i = 0; i < FAB__WATCH_SLOTS; i++)
+            if (m->marker[s][i])
+                cudaEventDestroy(m->marker[s][i]);
     if (m->fork_ev)
         cudaEventDestroy(m->fork_ev);
     if (m->join_ev)
@@ -569,8 +555,8 @@ static fab_status adopt(fab_comm *c, ncclComm_t comm)
     if (e == cudaSuccess)
         e = cudaEventCreateWithFlags(&m->join_ev, cudaEventDisableTiming);
     for (int s = 0; s < 2; s++)
-        for (int i = 0; i < WATCH_SLOTS && e == cudaSuccess; i++)
-            e = cudaEventCreateWithFlags(&m->watch[s].ev[i], cudaEventDisableTiming);
+        for (int i = 0; i < FAB__WATCH_SLOTS && e == cudaSuccess; i++)
+            e = cudaEventCreateWithFlags(&m->marker[s][i], cudaEventDisableTiming);
     if (e == cudaSuccess)
         e = cudaMalloc(&m->scratch, 64 * ((size_t)size + 1));
     if (e == cudaSuccess)
