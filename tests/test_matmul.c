@@ -1184,6 +1184,166 @@ static void test_autotune(void **state)
     unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
 }
 
+/* Reads the autotune file's lines into lines[] (at most max); returns the count. */
+static int read_lines(const char *path, char lines[][512], int max)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int n = 0;
+    while (n < max && fgets(lines[n], 512, f))
+        n++;
+    fclose(f);
+    return n;
+}
+
+/* The line with its winner (the last field) swapped for the key's other candidate
+ * (field 9, the candidate mask: bit 0 cuBLASLt, 1 tensor-core, 2 SIMT). */
+static void flip_winner(const char *line, char *out, size_t size, char *flipped, size_t fsize)
+{
+    static const char *const names[3] = {"cuBLASLt", "tensor-core", "SIMT"};
+    char copy[512], *field[16];
+    int nf = 0;
+    size_t l = strlen(line);
+    assert_true(l < sizeof copy);
+    memcpy(copy, line, l + 1);
+    for (char *tok = strtok(copy, " \n"); tok && nf < 16; tok = strtok(NULL, " \n"))
+        field[nf++] = tok;
+    assert_int_equal(nf, 12);
+    unsigned mask = (unsigned)atoi(field[8]);
+    int other = -1;
+    for (int c = 0; c < 3; c++)
+        if (mask >> c & 1 && strcmp(names[c], field[11]) != 0)
+            other = c;
+    assert_true(other >= 0);
+    size_t len = 0;
+    for (int i = 0; i < 11; i++)
+        len += (size_t)snprintf(out + len, size - len, "%s ", field[i]);
+    snprintf(out + len, size - len, "%s\n", names[other]);
+    snprintf(flipped, fsize, "%s", names[other]);
+}
+
+/* FAB_MATMUL_AUTOTUNE_FILE: a context appends each measurement to the file, a new
+ * context (a new process, in real use) takes its choices from it without
+ * measuring. The file decides: with every winner in it swapped for the other
+ * candidate, the swapped one runs (and the results stay right). Lines of another
+ * signature, or that do not parse, are skipped; a deterministic context ignores
+ * the file; a file that cannot be created only means no file. */
+static void test_autotune_file(void **state)
+{
+    (void)state;
+    if (!on_cuda())
+        return;
+    char path[] = "/tmp/fab-autotune-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(path); /* the first measurement creates it */
+    setenv("FAB_MATMUL_AUTOTUNE_LOG", "1", 1);
+    setenv("FAB_MATMUL_AUTOTUNE_SIMT", "1", 1);
+    setenv("FAB_MATMUL_AUTOTUNE_FILE", path, 1);
+    unsetenv("FAB_MATMUL_AUTOTUNE");
+    fab_context *ctx = fab_test_context();
+    if (!has_sm80(ctx)) {
+        fab_context_destroy(ctx);
+        unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
+        unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
+        unsetenv("FAB_MATMUL_AUTOTUNE_FILE");
+        return;
+    }
+    mm_case cases[8];
+    int nc = autotune_cases(cases);
+    char tuned[8][32], lines[16][512];
+    g_capture = true;
+    for (int i = 0; i < nc; i++) {
+        run_case(ctx, &cases[i]);
+        if (log_lines() != 1 || log_count(": tuned -> ") != 1)
+            fail_msg("case %d: want one \"tuned\" line, got:\n%s", i, g_log);
+        log_winner(tuned[i], sizeof tuned[i]);
+    }
+    fab_context_destroy(ctx);
+    int nl = read_lines(path, lines, 16);
+    if (nl != nc)
+        fail_msg("%s holds %d lines after %d measurements", path, nl, nc);
+    for (int i = 0; i < nl; i++) {
+        size_t len = strlen(lines[i]), wl = strlen(tuned[i]);
+        if (strncmp(lines[i], "fabriek-matmul-autotune-1 ", 26) != 0 || len < wl + 2 ||
+            strncmp(lines[i] + len - wl - 1, tuned[i], wl) != 0 || lines[i][len - wl - 2] != ' ')
+            fail_msg("line %d of %s does not end in its winner %s: %s", i, path, tuned[i], lines[i]);
+    }
+
+    /* a new context: every choice from the file, none measured */
+    ctx = fab_test_context();
+    for (int i = 0; i < nc; i++) {
+        run_case(ctx, &cases[i]);
+        char w[32];
+        if (log_lines() != 1 || log_count(": cached from file -> ") != 1)
+            fail_msg("case %d: want one \"cached from file\" line, got:\n%s", i, g_log);
+        log_winner(w, sizeof w);
+        if (strcmp(w, tuned[i]) != 0)
+            fail_msg("case %d: the file says %s, the call ran %s", i, tuned[i], w);
+    }
+    fab_context_destroy(ctx);
+
+    /* the file decides: winners swapped; ahead of them the original lines under
+     * another signature, junk, and a line cut short, which must all be skipped */
+    char flipped[8][32];
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("not an autotune line\n\n", f);
+    for (int i = 0; i < nl; i++) {
+        const char *sig = strchr(lines[i], ' ') + 1;
+        fprintf(f, "fabriek-matmul-autotune-1 other-device|cudart1%s", strchr(sig, ' '));
+    }
+    char cut[512];
+    memcpy(cut, lines[0], sizeof cut);
+    size_t half = strlen(cut) / 2;
+    cut[half] = '\n';
+    cut[half + 1] = 0;
+    fputs(cut, f);
+    for (int i = 0; i < nl; i++) {
+        char out[512];
+        flip_winner(lines[i], out, sizeof out, flipped[i], sizeof flipped[i]);
+        fputs(out, f);
+    }
+    fclose(f);
+    ctx = fab_test_context();
+    for (int i = 0; i < nc; i++) {
+        run_case(ctx, &cases[i]); /* checks the results as always */
+        char w[32];
+        if (log_lines() != 1 || log_count(": cached from file -> ") != 1)
+            fail_msg("swapped file, case %d: want one \"cached from file\" line, got:\n%s", i, g_log);
+        log_winner(w, sizeof w);
+        if (strcmp(w, flipped[i]) != 0)
+            fail_msg("swapped file, case %d: the file says %s, the call ran %s", i, flipped[i], w);
+    }
+    fab_context_destroy(ctx);
+
+    /* a deterministic context does not read it */
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.deterministic = 1;
+    ctx = fab_test_context_with(&cfg);
+    run_case(ctx, &cases[0]);
+    if (log_lines() != 1 || log_count(": heuristic (deterministic context) -> ") != 1)
+        fail_msg("deterministic context with a file: want one heuristic line, got:\n%s", g_log);
+    fab_context_destroy(ctx);
+    unlink(path);
+
+    /* a file that cannot be created: measured as without one, and said so */
+    setenv("FAB_MATMUL_AUTOTUNE_FILE", "/nonexistent-fab-dir/autotune.txt", 1);
+    ctx = fab_test_context();
+    run_case(ctx, &cases[0]);
+    if (log_count(": tuned -> ") != 1 || log_count("cannot open FAB_MATMUL_AUTOTUNE_FILE") != 1)
+        fail_msg("unwritable file: want a \"tuned\" line and a note, got:\n%s", g_log);
+    fab_context_destroy(ctx);
+
+    g_capture = false;
+    unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
+    unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
+    unsetenv("FAB_MATMUL_AUTOTUNE_FILE");
+}
+
 /* The cache holds 256 keys per context: the 257th new shape runs the heuristic
  * unmeasured, keys already in the cache keep their winner. */
 static void test_autotune_cache_full(void **state)
@@ -1457,6 +1617,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_autotune),
         cmocka_unit_test(test_autotune_cache_full),
+        cmocka_unit_test(test_autotune_file),
         cmocka_unit_test(test_empty),
         cmocka_unit_test(test_bad_arguments),
     };

@@ -157,6 +157,11 @@ fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a)
 {
     return fab__matmul_cublaslt_supports(ctx, a);
 }
+
+size_t fab__matmul_cublaslt_version(void)
+{
+    return 0;
+}
 #endif
 
 static const fab_dtype in_dtypes[] = {FAB_DTYPE_F32, FAB_DTYPE_F16, FAB_DTYPE_BF16};

@@ -76,6 +76,8 @@ fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a);
 /* Whether cuBLASLt can run this call (dtypes, epilogue, strides); FAB_OK or a
  * FAB_ERR_UNSUPPORTED message saying why not. */
 fab_status fab__matmul_cublaslt_supports(const fab_context *ctx, const fab__mm_args *a);
+/* cublasLtGetVersion(), or 0 in a build without cuBLASLt (AUTO's file signature). */
+size_t fab__matmul_cublaslt_version(void);
 
 /* What fab_matmul keeps in a CUDA context (ctx->matmul): created on the first
  * call that needs it (fab__matmul_state), released with the context by

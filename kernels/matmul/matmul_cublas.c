@@ -363,3 +363,8 @@ done:
         cublasLtMatmulDescDestroy(desc);
     return status;
 }
+
+size_t fab__matmul_cublaslt_version(void)
+{
+    return cublasLtGetVersion();
+}

@@ -36,6 +36,14 @@
  *       uses its winner), with FAB_MATMUL_AUTOTUNE=0, when the cache is full, and
  *       when the scratch cannot be allocated.
  *     The environment is read when a context first needs its tuner.
+ *     FAB_MATMUL_AUTOTUNE_FILE=path keeps the measurements across processes: a
+ *     context's tuner first loads the file's entries for its own device and
+ *     software (signature: device name and sm, CUDA runtime, cuBLASLt and fabriek
+ *     versions), and appends each new measurement as one line (one write() with
+ *     O_APPEND, so ranks sharing a node-local file do not interleave lines). Lines
+ *     of other signatures, or that do not parse, are skipped; a file that cannot
+ *     be read or written only means measuring as without it. Entries from the
+ *     file count against the 256 keys.
  *     FAB_MATMUL_AUTOTUNE_LOG=1 writes one line per AUTO call that had two
  *     candidates to stderr (the choice, why, and the measured times): a
  *     diagnostic, and how tests/test_matmul.c sees the cache work.
@@ -43,9 +51,12 @@
  *     simt_gemm as a candidate, so the emulator, which has no cuBLASLt, has two.
  */
 #include <cuda_runtime.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define FAB__HD __host__ __device__
 #include "../activation/gelu_math.h"
@@ -395,16 +406,120 @@ static const char *const cand_name[NCAND] = {"cuBLASLt", "tensor-core", "SIMT"};
 struct tune_key {
     int64_t v[9];
 };
+static uint64_t key_hash(const tune_key &k);
 
 struct fab__mm_tuner {
     int enabled; /* FAB_MATMUL_AUTOTUNE is not "0" */
+    char file[512]; /* FAB_MATMUL_AUTOTUNE_FILE, or "" */
+    char sig[400];  /* the device and software the file's lines must name */
     int log;     /* FAB_MATMUL_AUTOTUNE_LOG: one stderr line per AUTO choice */
     int simt;    /* emulated builds only, FAB_MATMUL_AUTOTUNE_SIMT: the SIMT kernel is a candidate */
     int n;       /* entries used; never evicted */
     uint64_t hash[TUNE_MAX];
     tune_key key[TUNE_MAX];
     unsigned char winner[TUNE_MAX];
+    unsigned char from_file[TUNE_MAX];
 };
+
+/* ------------------------------------------------- the file behind the cache */
+
+#define TUNE_FILE_TAG "fabriek-matmul-autotune-1"
+
+/* Who measured: the signature a file line must carry to be used. No spaces. */
+static void tune_signature(fab_context *ctx, char *sig, size_t len)
+{
+    int rt = 0;
+    if (cudaRuntimeGetVersion(&rt) != cudaSuccess)
+        (void)cudaGetLastError();
+    snprintf(sig, len, "%s|cudart%d|cublasLt%zu|fabriek%s", ctx->device_name, rt, fab__matmul_cublaslt_version(),
+             fab_version());
+    for (char *c = sig; *c; c++)
+        if (*c == ' ' || *c == '\t' || *c == '\n')
+            *c = '_';
+}
+
+static int cand_of_name(const char *name)
+{
+    for (int c = 0; c < NCAND; c++)
+        if (strcmp(name, cand_name[c]) == 0)
+            return c;
+    return -1;
+}
+
+static int tune_find(const fab__mm_tuner *t, uint64_t h, const tune_key &key)
+{
+    for (int i = 0; i < t->n; i++)
+        if (t->hash[i] == h && memcmp(&t->key[i], &key, sizeof key) == 0)
+            return i;
+    return -1;
+}
+
+static void tune_insert(fab__mm_tuner *t, uint64_t h, const tune_key &key, int winner, bool from_file)
+{
+    t->hash[t->n] = h;
+    t->key[t->n] = key;
+    t->winner[t->n] = (unsigned char)winner;
+    t->from_file[t->n] = from_file;
+    t->n++;
+}
+
+/* Loads the file's lines of this signature (the first line of a key wins). */
+static void tune_file_load(fab__mm_tuner *t)
+{
+    FILE *f = fopen(t->file, "r");
+    if (!f)
+        return; /* not there yet: the first measurement creates it */
+    char line[1024];
+    while (t->n < TUNE_MAX && fgets(line, sizeof line, f)) {
+        size_t len = strlen(line);
+        if (len == 0 || line[len - 1] != '\n') { /* longer than any line we write, or cut short */
+            int ch;
+            while (len == sizeof line - 1 && (ch = fgetc(f)) != EOF && ch != '\n')
+                ;
+            continue;
+        }
+        char tag[32], sig[sizeof t->sig], win[32];
+        long long v[9];
+        int used = 0;
+        if (sscanf(line, "%31s %399s %lld %lld %lld %lld %lld %lld %lld %lld %lld %31s %n", tag, sig, &v[0], &v[1],
+                   &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], win, &used) != 12 ||
+            line[used] != 0 || strcmp(tag, TUNE_FILE_TAG) != 0 || strcmp(sig, t->sig) != 0)
+            continue;
+        int c = cand_of_name(win);
+        if (c < 0 || !((unsigned long long)v[6] >> c & 1)) /* the winner must have been a candidate */
+            continue;
+        tune_key key;
+        for (int i = 0; i < 9; i++)
+            key.v[i] = v[i];
+        uint64_t h = key_hash(key);
+        if (tune_find(t, h, key) < 0)
+            tune_insert(t, h, key, c, true);
+    }
+    fclose(f);
+}
+
+/* Appends one measured entry, as a single write. */
+static void tune_file_append(const fab__mm_tuner *t, const tune_key &key, int winner)
+{
+    char line[1024];
+    int len = snprintf(line, sizeof line, "%s %s", TUNE_FILE_TAG, t->sig);
+    for (int i = 0; i < 9 && len > 0 && len < (int)sizeof line; i++)
+        len += snprintf(line + len, sizeof line - (size_t)len, " %lld", (long long)key.v[i]);
+    if (len > 0 && len < (int)sizeof line)
+        len += snprintf(line + len, sizeof line - (size_t)len, " %s\n", cand_name[winner]);
+    if (len <= 0 || len >= (int)sizeof line)
+        return;
+    int fd = open(t->file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        if (t->log)
+            fprintf(stderr, "fabriek: fab_matmul AUTO: cannot open FAB_MATMUL_AUTOTUNE_FILE=%s: %s\n", t->file,
+                    strerror(errno));
+        return;
+    }
+    if (write(fd, line, (size_t)len) != len && t->log)
+        fprintf(stderr, "fabriek: fab_matmul AUTO: writing FAB_MATMUL_AUTOTUNE_FILE=%s failed\n", t->file);
+    close(fd);
+}
 
 static int env_flag(const char *name, int dflt)
 {
@@ -430,6 +545,12 @@ static fab__mm_tuner *get_tuner(fab_context *ctx)
 #ifdef FAB_EMULATE_CUDA
         t->simt = env_flag("FAB_MATMUL_AUTOTUNE_SIMT", 0);
 #endif
+        const char *file = getenv("FAB_MATMUL_AUTOTUNE_FILE");
+        if (t->enabled && !ctx->deterministic && file && *file && strlen(file) < sizeof t->file) {
+            strcpy(t->file, file);
+            tune_signature(ctx, t->sig, sizeof t->sig);
+            tune_file_load(t);
+        }
         st->tuner = t;
     }
     return st->tuner;
@@ -688,12 +809,12 @@ static fab_status auto_choice(fab_context *ctx, const fab__mm_args *a, int *choi
     } else {
         tune_key key = make_key(a, mask);
         uint64_t h = key_hash(key);
-        for (int i = 0; i < t->n; i++)
-            if (t->hash[i] == h && memcmp(&t->key[i], &key, sizeof key) == 0) {
-                *choice = t->winner[i];
-                log_choice(t, a, "cached", *choice, NULL);
-                return FAB_OK;
-            }
+        int hit = tune_find(t, h, key);
+        if (hit >= 0) {
+            *choice = t->winner[hit];
+            log_choice(t, a, t->from_file[hit] ? "cached from file" : "cached", *choice, NULL);
+            return FAB_OK;
+        }
         cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
         cudaError_t err = cudaStreamIsCapturing((cudaStream_t)ctx->stream, &cs);
         if (err != cudaSuccess)
@@ -709,10 +830,9 @@ static fab_status auto_choice(fab_context *ctx, const fab__mm_args *a, int *choi
             bool no_memory = false;
             FAB__TRY(measure(ctx, a, &live, &win, med, &no_memory));
             if (!no_memory) {
-                t->hash[t->n] = h;
-                t->key[t->n] = key;
-                t->winner[t->n] = (unsigned char)win;
-                t->n++;
+                tune_insert(t, h, key, win, false);
+                if (t->file[0])
+                    tune_file_append(t, key, win);
                 *choice = win;
                 log_choice(t, a, "tuned", win, med);
                 return FAB_OK;
