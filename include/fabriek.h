@@ -535,7 +535,9 @@ FAB_API fab_status fab_comm_synchronize(fab_comm *comm);
  * deadlines. Either may be NULL. NCCL forbids concurrent calls on a communicator:
  * once the ncclComm_t has been asked for, fabriek's watchdog thread stops polling
  * its asynchronous errors (fabriek's own calls still do, on the calling thread);
- * call NCCL on it from the thread that calls fabriek on `comm`. */
+ * call NCCL on it from the thread that calls fabriek on `comm`. A timeout aborts
+ * the communicator from fabriek's watchdog thread at any time, and that frees the
+ * handle: after an error from fabriek on `comm` (fab_comm_status), stop using it. */
 FAB_API fab_status fab_comm_native(const fab_comm *comm, const char **transport, void **handle);
 
 typedef enum fab_reduce_op {

@@ -2,10 +2,10 @@
  * test_comm_cast.cu (emulated CUDA builds): the NCCL transport's conversion kernel,
  * src/comm/comm_cast.cu, under the emulator. The NCCL transport itself needs a GPU;
  * its two uses of this kernel do not: f32 <-> bf16 for gradient exchange in 16 bits,
- * and AVG on bf16 as SUM then a multiply by 1/nranks in place.
+ * and AVG on bf16 as SUM then a division by nranks in place.
  *
- * Every (src, dst) pair of f32, bf16 and f16, scales 1 and 1/3, out of place and in
- * place, against the host doing the same: widen, one f32 multiply, round to nearest
+ * Every (src, dst) pair of f32, bf16 and f16, divisors 1 and 3, out of place and in
+ * place, against the host doing the same: widen, one f32 division, round to nearest
  * even (bf16 by its bit pattern here, f16 through the emulator's conversion, which
  * emu_test_numerics checks). Lengths 1, 255, 257 and 4096*256 + 3: past the capped
  * grid, so the grid-stride loop takes a second lap. Inputs include ties, NaN, ±0,
@@ -130,7 +130,7 @@ static std::vector<uint8_t> make_input(size_t n, fab_dtype d, EmuRng &rng)
     return buf;
 }
 
-static void check_case(size_t n, fab_dtype sd, fab_dtype dd, float scale, bool in_place, EmuRng &rng)
+static void check_case(size_t n, fab_dtype sd, fab_dtype dd, float divisor, bool in_place, EmuRng &rng)
 {
     if (in_place && dsize(sd) != dsize(dd))
         return; /* in place only where the sizes agree (AVG: bf16 onto itself) */
@@ -140,18 +140,18 @@ static void check_case(size_t n, fab_dtype sd, fab_dtype dd, float scale, bool i
     CHECK_CUDA(cudaMemcpy(dsrc, src.data(), src.size(), cudaMemcpyHostToDevice));
     cudaStream_t stream;
     CHECK_CUDA(cudaStreamCreate(&stream));
-    CHECK(fab__comm_cast_cuda(ddst, dd, dsrc, sd, (int64_t)n, scale, stream) == FAB_OK, "launch");
+    CHECK(fab__comm_cast_cuda(ddst, dd, dsrc, sd, (int64_t)n, divisor, stream) == FAB_OK, "launch");
     CHECK_CUDA(cudaStreamSynchronize(stream));
     std::vector<uint8_t> out(n * dsize(dd));
     CHECK_CUDA(cudaMemcpy(out.data(), ddst, out.size(), cudaMemcpyDeviceToHost));
     size_t bad = 0, first = n;
     for (size_t i = 0; i < n; i++) {
-        uint32_t want = host_expect(host_load(src, i, sd) * scale, dd), got = bits_at(out, i, dd);
+        uint32_t want = host_expect(host_load(src, i, sd) / divisor, dd), got = bits_at(out, i, dd);
         if (got != want && !(is_nan_bits(got, dd) && is_nan_bits(want, dd)))
             if (bad++ == 0)
                 first = i;
     }
-    CHECK(bad == 0, "n=%zu %d->%d scale=%g%s: %zu of %zu wrong, first at %zu", n, (int)sd, (int)dd, scale,
+    CHECK(bad == 0, "n=%zu %d->%d divisor=%g%s: %zu of %zu wrong, first at %zu", n, (int)sd, (int)dd, divisor,
           in_place ? " in place" : "", bad, n, first);
     CHECK_CUDA(cudaStreamDestroy(stream));
     cudaFree(dsrc);
@@ -166,12 +166,12 @@ int main()
     for (size_t n : small)
         for (fab_dtype sd : kDtypes)
             for (fab_dtype dd : kDtypes)
-                for (float scale : {1.0f, 1.0f / 3.0f})
+                for (float divisor : {1.0f, 3.0f})
                     for (bool in_place : {false, true})
-                        check_case(n, sd, dd, scale, in_place, rng);
+                        check_case(n, sd, dd, divisor, in_place, rng);
     /* past 4096 blocks of 256: the uses that run on large buffers */
     const size_t big = 4096 * 256 + 3;
-    check_case(big, FAB_DTYPE_BF16, FAB_DTYPE_BF16, 1.0f / 3.0f, true, rng);
+    check_case(big, FAB_DTYPE_BF16, FAB_DTYPE_BF16, 3.0f, true, rng);
     check_case(big, FAB_DTYPE_F32, FAB_DTYPE_BF16, 1.0f, false, rng);
     CHECK(fab__comm_cast_cuda(nullptr, FAB_DTYPE_F32, nullptr, FAB_DTYPE_F32, 0, 1.0f, nullptr) == FAB_OK,
           "n = 0 launches nothing");

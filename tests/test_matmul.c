@@ -1286,11 +1286,19 @@ static void test_autotune_file(void **state)
     fab_context_destroy(ctx);
 
     /* the file decides: winners swapped; ahead of them the original lines under
-     * another signature, junk, and a line cut short, which must all be skipped */
+     * another signature, junk, an overlong line that ends in an original line, and
+     * a line cut short, which must all be skipped; after them a repeat of an
+     * original line (the first line of a key wins) and a last line without its
+     * newline */
     char flipped[8][32];
     FILE *f = fopen(path, "w");
     assert_non_null(f);
     fputs("not an autotune line\n\n", f);
+    /* a line longer than any the library writes, whose tail from byte 1024 on (where
+     * a 1 KiB line buffer would cut it) is a valid line: it must not be read as one */
+    for (int i = 0; i < 1023; i++)
+        fputc('x', f);
+    fputs(lines[0], f);
     for (int i = 0; i < nl; i++) {
         const char *sig = strchr(lines[i], ' ') + 1;
         fprintf(f, "fabriek-matmul-autotune-1 other-device|cudart1%s", strchr(sig, ' '));
@@ -1306,6 +1314,8 @@ static void test_autotune_file(void **state)
         flip_winner(lines[i], out, sizeof out, flipped[i], sizeof flipped[i]);
         fputs(out, f);
     }
+    fputs(lines[0], f); /* unswapped again, but after: the first line of a key wins */
+    fputs("fabriek-matmul-autotune-1 no newline at the end", f);
     fclose(f);
     ctx = fab_test_context();
     for (int i = 0; i < nc; i++) {
@@ -1319,7 +1329,7 @@ static void test_autotune_file(void **state)
     }
     fab_context_destroy(ctx);
 
-    /* a deterministic context does not read it */
+    /* a deterministic context keeps the fixed rule with a file too */
     fab_context_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.deterministic = 1;

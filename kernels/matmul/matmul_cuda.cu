@@ -38,8 +38,9 @@
  *     The environment is read when a context first needs its tuner.
  *     FAB_MATMUL_AUTOTUNE_FILE=path keeps the measurements across processes: a
  *     context's tuner first loads the file's entries for its own device and
- *     software (signature: device name and sm, CUDA runtime, cuBLASLt and fabriek
- *     versions), and appends each new measurement as one line (one write() with
+ *     software (signature: ctx->device_name, which holds the device's name, sm,
+ *     SM count and driver and runtime versions, then the CUDA runtime, cuBLASLt and
+ *     fabriek versions), and appends each new measurement as one line (one write() with
  *     O_APPEND, so ranks sharing a node-local file do not interleave lines). Lines
  *     of other signatures, or that do not parse, are skipped; a file that cannot
  *     be read or written only means measuring as without it. Entries from the
@@ -467,8 +468,12 @@ static void tune_insert(fab__mm_tuner *t, uint64_t h, const tune_key &key, int w
 static void tune_file_load(fab__mm_tuner *t)
 {
     FILE *f = fopen(t->file, "r");
-    if (!f)
-        return; /* not there yet: the first measurement creates it */
+    if (!f) {
+        if (errno != ENOENT && t->log) /* ENOENT: not there yet; the first measurement creates it */
+            fprintf(stderr, "fabriek: fab_matmul AUTO: cannot read FAB_MATMUL_AUTOTUNE_FILE=%s: %s\n", t->file,
+                    strerror(errno));
+        return;
+    }
     char line[1024];
     while (t->n < TUNE_MAX && fgets(line, sizeof line, f)) {
         size_t len = strlen(line);
@@ -546,10 +551,15 @@ static fab__mm_tuner *get_tuner(fab_context *ctx)
         t->simt = env_flag("FAB_MATMUL_AUTOTUNE_SIMT", 0);
 #endif
         const char *file = getenv("FAB_MATMUL_AUTOTUNE_FILE");
-        if (t->enabled && !ctx->deterministic && file && *file && strlen(file) < sizeof t->file) {
-            strcpy(t->file, file);
-            tune_signature(ctx, t->sig, sizeof t->sig);
-            tune_file_load(t);
+        if (t->enabled && !ctx->deterministic && file && *file) {
+            if (strlen(file) < sizeof t->file) {
+                strcpy(t->file, file);
+                tune_signature(ctx, t->sig, sizeof t->sig);
+                tune_file_load(t);
+            } else if (t->log) {
+                fprintf(stderr, "fabriek: fab_matmul AUTO: FAB_MATMUL_AUTOTUNE_FILE is longer than %zu bytes: not used\n",
+                        sizeof t->file - 1);
+            }
         }
         st->tuner = t;
     }

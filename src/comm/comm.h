@@ -127,10 +127,10 @@ fab_status fab__self_host_cast(fab_comm *c, int side, void *dst, fab_dtype dst_d
 fab_status fab__mpi_create_world(fab_context *ctx, int nranks, int rank, const fab_comm_config *cfg, fab_comm **out);
 #endif
 #ifdef FAB_HAVE_NCCL
-/* comm_cast.cu: dst = (dst_dtype)(scale * src) on a CUDA stream (f32, bf16, f16);
- * dst == src allowed. */
+/* comm_cast.cu: dst = (dst_dtype)(src / divisor), in f32, on a CUDA stream (f32,
+ * bf16, f16); dst == src allowed. */
 fab_status fab__comm_cast_cuda(void *dst, fab_dtype dst_dtype, const void *src, fab_dtype src_dtype, int64_t n,
-                               float scale, void *stream);
+                               float divisor, void *stream);
 /* ncclGetUniqueId, on the context's device */
 fab_status fab__nccl_unique_id(fab_context *ctx, fab_comm_unique_id *id);
 fab_status fab__nccl_create(fab_comm *c, int nranks, int rank, const fab_comm_unique_id *id);

@@ -20,13 +20,14 @@
  * NCCL forbids concurrent calls on one communicator. Once the caller has taken the
  * ncclComm_t (fab_comm_native) and may call NCCL on it from its own thread, the
  * watchdog stops polling ncclCommGetAsyncError (fabriek's own calls still do, on
- * the calling thread) and keeps only the timeout and ncclCommAbort, which NCCL
- * allows from another thread.
+ * the calling thread) and keeps only the timeout and its way out, ncclCommAbort
+ * from its own thread, as PyTorch's ProcessGroupNCCL does (NCCL documents no
+ * exception to its rule for it; a stuck collective leaves no other).
  *
  * AVG: NCCL premultiplies by 1/nranks rounded to the data type. For bf16 and a
  * rank count that is not a power of two that factor is off by up to 0.4% (1/3 is
  * 0.3340 in bf16), the same for every element: a bias. There fabriek posts SUM
- * and divides afterwards in f32 (comm_cast.cu). f16 keeps ncclAvg: its 1/nranks
+ * and divides afterwards in f32 (comm_cast.cu), as the MPI transport does. f16 keeps ncclAvg: its 1/nranks
  * is off by at most 0.05%, and premultiplying keeps the sum inside f16's range.
  *
  * ncclCommAbort frees the NCCL communicator, and the watchdog and the calling
@@ -303,11 +304,15 @@ static fab_status nccl_post(fab_comm *c, const fab__coll *colls, int n, int side
     if (r != ncclSuccess && r != ncclInProgress)
         return fab__comm_fault(c, status_of(r), "%s: NCCL refused the collective: %s", c->op, ncclGetErrorString(r));
     FAB__TRY(settle(c, m->comm, "enqueueing the collective"));
-    for (int i = 0; i < n; i++) /* recv holds count elements for both kinds */
+    fab_status divided = FAB_OK;
+    for (int i = 0; i < n && divided == FAB_OK; i++) /* recv holds count elements for both kinds */
         if (avg_by_division(c, &colls[i]))
-            FAB__TRY(fab__comm_cast_cuda(colls[i].recv, colls[i].dtype, colls[i].recv, colls[i].dtype,
-                                         colls[i].count, 1.0f / (float)c->nranks, s));
-    arm(c, side);
+            divided = fab__comm_cast_cuda(colls[i].recv, colls[i].dtype, colls[i].recv, colls[i].dtype,
+                                          colls[i].count, (float)c->nranks, s);
+    arm(c, side); /* the collective is on the stream either way: watch it */
+    if (divided != FAB_OK) /* recv would hold the sum: the result is lost */
+        return fab__comm_fault(c, divided, "%s: AVG's division after the sum could not be launched (%s)", c->op,
+                               fab_last_error());
     if (n == 1 && colls[0].kind == FAB__COLL_BARRIER)
         return c->tp->complete(c, side, 1);
     return FAB_OK;
@@ -518,8 +523,12 @@ static fab_status nccl_dup(fab_comm *c, fab_comm *out)
 static void *nccl_native(fab_comm *c)
 {
     nccl_state *m = c->impl;
-    atomic_store(&m->native_taken, 1); /* before the caller can use it: see the top */
-    return atomic_load(&m->aborted) ? NULL : m->comm; /* NULL once aborted (freed by NCCL) */
+    /* under comm_lock: a watchdog poll under way ends before the caller has the handle */
+    pthread_mutex_lock(&m->comm_lock);
+    atomic_store(&m->native_taken, 1);
+    void *h = atomic_load(&m->aborted) ? NULL : m->comm; /* NULL once aborted (freed by NCCL) */
+    pthread_mutex_unlock(&m->comm_lock);
+    return h;
 }
 
 static const fab__transport nccl_transport = {
