@@ -1119,6 +1119,49 @@ static bool has_sm80(fab_context *ctx)
     return q && atoi(q + 4) >= 80;
 }
 
+/* The autotune tests' setup: AUTO's log on, the SIMT kernel a candidate (emulated
+ * builds only; a GPU build ignores it), measuring allowed, and a context of the
+ * test's backend; NULL (everything undone) when it has no tensor-core kernel. */
+static void autotune_env_clear(void)
+{
+    g_capture = false;
+    unsetenv("FAB_MATMUL_AUTOTUNE");
+    unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
+    unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
+    unsetenv("FAB_MATMUL_AUTOTUNE_FILE");
+}
+
+static fab_context *autotune_begin(void)
+{
+    setenv("FAB_MATMUL_AUTOTUNE_LOG", "1", 1);
+    setenv("FAB_MATMUL_AUTOTUNE_SIMT", "1", 1);
+    unsetenv("FAB_MATMUL_AUTOTUNE");
+    fab_context *ctx = fab_test_context();
+    if (!has_sm80(ctx)) {
+        fab_context_destroy(ctx);
+        autotune_env_clear();
+        return NULL;
+    }
+    return ctx;
+}
+
+/* A deterministic context runs the fixed heuristic on every call, `rounds` times
+ * over the cases (g_capture set). */
+static void expect_deterministic_heuristic(const mm_case *cases, int nc, int rounds, const char *what)
+{
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.deterministic = 1;
+    fab_context *ctx = fab_test_context_with(&cfg);
+    for (int round = 0; round < rounds; round++)
+        for (int i = 0; i < nc; i++) {
+            run_case(ctx, &cases[i]);
+            if (log_lines() != 1 || log_count(": heuristic (deterministic context) -> ") != 1)
+                fail_msg("%s, case %d, call %d: want one heuristic line, got:\n%s", what, i, round + 1, g_log);
+        }
+    fab_context_destroy(ctx);
+}
+
 /* AUTO measures a call's candidates the first time it sees its key and uses the
  * cached winner afterwards (FAB_MATMUL_AUTOTUNE_LOG says which happened, one line
  * per call); the results are right both times. A deterministic context and
@@ -1130,16 +1173,9 @@ static void test_autotune(void **state)
         return;
     mm_case cases[8];
     int nc = autotune_cases(cases);
-    setenv("FAB_MATMUL_AUTOTUNE_LOG", "1", 1);
-    setenv("FAB_MATMUL_AUTOTUNE_SIMT", "1", 1); /* emulated builds only; a GPU build ignores it */
-    unsetenv("FAB_MATMUL_AUTOTUNE");
-    fab_context *ctx = fab_test_context();
-    if (!has_sm80(ctx)) {
-        fab_context_destroy(ctx);
-        unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
-        unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
+    fab_context *ctx = autotune_begin();
+    if (!ctx)
         return;
-    }
     g_capture = true;
     char first[8][32];
     for (int round = 0; round < 2; round++)
@@ -1157,18 +1193,7 @@ static void test_autotune(void **state)
         }
     fab_context_destroy(ctx);
 
-    /* a deterministic context: the heuristic, every time */
-    fab_context_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.deterministic = 1;
-    ctx = fab_test_context_with(&cfg);
-    for (int round = 0; round < 2; round++)
-        for (int i = 0; i < nc; i++) {
-            run_case(ctx, &cases[i]);
-            if (log_lines() != 1 || log_count(": heuristic (deterministic context) -> ") != 1)
-                fail_msg("deterministic, case %d, call %d: want one heuristic line, got:\n%s", i, round + 1, g_log);
-        }
-    fab_context_destroy(ctx);
+    expect_deterministic_heuristic(cases, nc, 2, "deterministic");
 
     /* FAB_MATMUL_AUTOTUNE=0 */
     setenv("FAB_MATMUL_AUTOTUNE", "0", 1);
@@ -1177,11 +1202,7 @@ static void test_autotune(void **state)
     if (log_lines() != 1 || log_count(": heuristic (FAB_MATMUL_AUTOTUNE=0) -> ") != 1)
         fail_msg("FAB_MATMUL_AUTOTUNE=0: want one heuristic line, got:\n%s", g_log);
     fab_context_destroy(ctx);
-
-    g_capture = false;
-    unsetenv("FAB_MATMUL_AUTOTUNE");
-    unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
-    unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
+    autotune_env_clear();
 }
 
 /* Reads the autotune file's lines into lines[] (at most max); returns the count. */
@@ -1223,6 +1244,23 @@ static void flip_winner(const char *line, char *out, size_t size, char *flipped,
     snprintf(flipped, fsize, "%s", names[other]);
 }
 
+/* In a new context every case takes its choice from the autotune file, the one
+ * `want` names, without measuring (run_case checks the results as always). */
+static void expect_from_file(const mm_case *cases, int nc, char want[][32], const char *what)
+{
+    fab_context *ctx = fab_test_context();
+    for (int i = 0; i < nc; i++) {
+        run_case(ctx, &cases[i]);
+        char w[32];
+        if (log_lines() != 1 || log_count(": cached from file -> ") != 1)
+            fail_msg("%s, case %d: want one \"cached from file\" line, got:\n%s", what, i, g_log);
+        log_winner(w, sizeof w);
+        if (strcmp(w, want[i]) != 0)
+            fail_msg("%s, case %d: the file says %s, the call ran %s", what, i, want[i], w);
+    }
+    fab_context_destroy(ctx);
+}
+
 /* FAB_MATMUL_AUTOTUNE_FILE: a context appends each measurement to the file, a new
  * context (a new process, in real use) takes its choices from it without
  * measuring. The file decides: with every winner in it swapped for the other
@@ -1239,18 +1277,10 @@ static void test_autotune_file(void **state)
     assert_true(fd >= 0);
     close(fd);
     unlink(path); /* the first measurement creates it */
-    setenv("FAB_MATMUL_AUTOTUNE_LOG", "1", 1);
-    setenv("FAB_MATMUL_AUTOTUNE_SIMT", "1", 1);
     setenv("FAB_MATMUL_AUTOTUNE_FILE", path, 1);
-    unsetenv("FAB_MATMUL_AUTOTUNE");
-    fab_context *ctx = fab_test_context();
-    if (!has_sm80(ctx)) {
-        fab_context_destroy(ctx);
-        unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
-        unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
-        unsetenv("FAB_MATMUL_AUTOTUNE_FILE");
+    fab_context *ctx = autotune_begin();
+    if (!ctx)
         return;
-    }
     mm_case cases[8];
     int nc = autotune_cases(cases);
     char tuned[8][32], lines[16][512];
@@ -1273,17 +1303,7 @@ static void test_autotune_file(void **state)
     }
 
     /* a new context: every choice from the file, none measured */
-    ctx = fab_test_context();
-    for (int i = 0; i < nc; i++) {
-        run_case(ctx, &cases[i]);
-        char w[32];
-        if (log_lines() != 1 || log_count(": cached from file -> ") != 1)
-            fail_msg("case %d: want one \"cached from file\" line, got:\n%s", i, g_log);
-        log_winner(w, sizeof w);
-        if (strcmp(w, tuned[i]) != 0)
-            fail_msg("case %d: the file says %s, the call ran %s", i, tuned[i], w);
-    }
-    fab_context_destroy(ctx);
+    expect_from_file(cases, nc, tuned, "file as written");
 
     /* the file decides: winners swapped; ahead of them the original lines under
      * another signature, junk, an overlong line that ends in an original line, and
@@ -1317,27 +1337,9 @@ static void test_autotune_file(void **state)
     fputs(lines[0], f); /* unswapped again, but after: the first line of a key wins */
     fputs("fabriek-matmul-autotune-1 no newline at the end", f);
     fclose(f);
-    ctx = fab_test_context();
-    for (int i = 0; i < nc; i++) {
-        run_case(ctx, &cases[i]); /* checks the results as always */
-        char w[32];
-        if (log_lines() != 1 || log_count(": cached from file -> ") != 1)
-            fail_msg("swapped file, case %d: want one \"cached from file\" line, got:\n%s", i, g_log);
-        log_winner(w, sizeof w);
-        if (strcmp(w, flipped[i]) != 0)
-            fail_msg("swapped file, case %d: the file says %s, the call ran %s", i, flipped[i], w);
-    }
-    fab_context_destroy(ctx);
+    expect_from_file(cases, nc, flipped, "swapped file");
 
-    /* a deterministic context keeps the fixed rule with a file too */
-    fab_context_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.deterministic = 1;
-    ctx = fab_test_context_with(&cfg);
-    run_case(ctx, &cases[0]);
-    if (log_lines() != 1 || log_count(": heuristic (deterministic context) -> ") != 1)
-        fail_msg("deterministic context with a file: want one heuristic line, got:\n%s", g_log);
-    fab_context_destroy(ctx);
+    expect_deterministic_heuristic(cases, 1, 1, "deterministic, with a file");
     unlink(path);
 
     /* a file that cannot be created: measured as without one, and said so */
@@ -1347,11 +1349,7 @@ static void test_autotune_file(void **state)
     if (log_count(": tuned -> ") != 1 || log_count("cannot open FAB_MATMUL_AUTOTUNE_FILE") != 1)
         fail_msg("unwritable file: want a \"tuned\" line and a note, got:\n%s", g_log);
     fab_context_destroy(ctx);
-
-    g_capture = false;
-    unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
-    unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
-    unsetenv("FAB_MATMUL_AUTOTUNE_FILE");
+    autotune_env_clear();
 }
 
 /* The cache holds 256 keys per context: the 257th new shape runs the heuristic
@@ -1361,16 +1359,9 @@ static void test_autotune_cache_full(void **state)
     (void)state;
     if (!on_cuda())
         return;
-    setenv("FAB_MATMUL_AUTOTUNE_LOG", "1", 1);
-    setenv("FAB_MATMUL_AUTOTUNE_SIMT", "1", 1);
-    unsetenv("FAB_MATMUL_AUTOTUNE");
-    fab_context *ctx = fab_test_context();
-    if (!has_sm80(ctx)) {
-        fab_context_destroy(ctx);
-        unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
-        unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
+    fab_context *ctx = autotune_begin();
+    if (!ctx)
         return;
-    }
     const int64_t mmax = 257, n = 8, k = 8;
     double *v = malloc(sizeof(double) * (size_t)(mmax * k));
     assert_non_null(v);
@@ -1415,8 +1406,7 @@ static void test_autotune_cache_full(void **state)
     fab_test_free(ctx, db);
     fab_test_free(ctx, dc);
     fab_context_destroy(ctx);
-    unsetenv("FAB_MATMUL_AUTOTUNE_LOG");
-    unsetenv("FAB_MATMUL_AUTOTUNE_SIMT");
+    autotune_env_clear();
 }
 
 /* Empty products: m = 0 or n = 0 or an empty batch write nothing; dbias over no
