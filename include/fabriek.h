@@ -626,7 +626,7 @@ typedef struct fab_grad_sync_config {
     size_t bucket_cap_bytes;   /* 0: 25 MiB */
     size_t first_bucket_bytes; /* 0: 1 MiB */
     int sum;                   /* non-zero: sum the gradients; default: average */
-    int reduce_bf16;           /* non-zero: f32 gradients travel and reduce as bf16 */
+    int reduce_bf16;           /* non-zero: f32 gradients travel and are summed as bf16 (averaged in f32) */
 } fab_grad_sync_config;
 FAB_API fab_status fab_grad_sync_create(fab_comm *comm, const fab_grad_sync_config *cfg, fab_grad_sync **out);
 /* Registers one gradient; *index (may be NULL) receives its index (0, 1, ...). Not

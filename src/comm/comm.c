@@ -166,15 +166,16 @@ void fab__host_divide(void *x, int64_t n, fab_dtype dtype, int divisor)
         store_f(x, i, dtype, load_f(x, i, dtype) / div);
 }
 
-void fab__host_cast(void *dst, fab_dtype dst_dtype, const void *src, fab_dtype src_dtype, int64_t n)
+void fab__host_cast(void *dst, fab_dtype dst_dtype, const void *src, fab_dtype src_dtype, int64_t n, int divisor)
 {
-    if (dst_dtype == src_dtype) {
+    if (dst_dtype == src_dtype && divisor == 1) {
         if (dst != src)
             memcpy(dst, src, (size_t)n * fab_dtype_size(dst_dtype));
         return;
     }
+    float div = (float)divisor; /* divided, not multiplied by 1/p: as fab__host_divide */
     for (int64_t i = 0; i < n; i++)
-        store_f(dst, i, dst_dtype, load_f(src, i, src_dtype));
+        store_f(dst, i, dst_dtype, load_f(src, i, src_dtype) / div);
 }
 
 /* ---------------------------------------------------- single-rank transport */
@@ -221,14 +222,14 @@ fab_status fab__self_host_copy(fab_comm *c, int side, void *dst, const void *src
 }
 
 fab_status fab__self_host_cast(fab_comm *c, int side, void *dst, fab_dtype dst_dtype, const void *src,
-                               fab_dtype src_dtype, int64_t n)
+                               fab_dtype src_dtype, int64_t n, int divisor)
 {
     (void)side;
-    if (c->ctx->backend == FAB_BACKEND_CUDA && dst_dtype != src_dtype)
+    if (c->ctx->backend == FAB_BACKEND_CUDA && (dst_dtype != src_dtype || divisor != 1))
         return fab__fail(FAB_ERR_UNSUPPORTED, "fab_grad_sync: dtype conversion needs the NCCL transport");
     if (c->ctx->backend == FAB_BACKEND_CUDA)
         return fab__self_host_copy(c, side, dst, src, (size_t)n * fab_dtype_size(dst_dtype));
-    fab__host_cast(dst, dst_dtype, src, src_dtype, n);
+    fab__host_cast(dst, dst_dtype, src, src_dtype, n, divisor);
     return FAB_OK;
 }
 

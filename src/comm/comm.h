@@ -47,10 +47,11 @@ typedef struct fab__transport {
     fab_status (*complete)(fab_comm *c, int side, int host);
     /* The side stream waits for the context stream's work so far (CUDA). */
     fab_status (*fork)(fab_comm *c);
-    /* Copies / converts on `side` (CUDA) or at once (CPU). */
+    /* Copies / converts on `side` (CUDA) or at once (CPU); cast writes
+     * dst = (dst_dtype)(src / divisor), the division in f32. */
     fab_status (*copy)(fab_comm *c, int side, void *dst, const void *src, size_t bytes);
     fab_status (*cast)(fab_comm *c, int side, void *dst, fab_dtype dst_dtype, const void *src,
-                       fab_dtype src_dtype, int64_t n);
+                       fab_dtype src_dtype, int64_t n, int divisor);
     /* Host bytes from every rank, in rank order (debug mode's check); waits. The
      * transport reads `mine` and writes `all` only during the call (it copies them
      * through buffers of its own), so the caller may free both whatever it returns. */
@@ -114,14 +115,15 @@ const char *fab__reduce_op_name(fab_reduce_op op);
 void fab__host_reduce(void *inout, const void *in, int64_t n, fab_dtype dtype, fab_reduce_op op);
 /* x /= divisor in place (float dtypes; f16/bf16 in f32): AVG = SUM / nranks. */
 void fab__host_divide(void *x, int64_t n, fab_dtype dtype, int divisor);
-/* Converts between f32 and bf16/f16 (or copies when the dtypes match). */
-void fab__host_cast(void *dst, fab_dtype dst_dtype, const void *src, fab_dtype src_dtype, int64_t n);
+/* dst = (dst_dtype)(src / divisor) between f32, bf16 and f16, the division in f32
+ * (a copy when the dtypes match and divisor is 1). */
+void fab__host_cast(void *dst, fab_dtype dst_dtype, const void *src, fab_dtype src_dtype, int64_t n, int divisor);
 
 /* Transports. */
 extern const fab__transport fab__self_transport;
 fab_status fab__self_host_copy(fab_comm *c, int side, void *dst, const void *src, size_t bytes);
 fab_status fab__self_host_cast(fab_comm *c, int side, void *dst, fab_dtype dst_dtype, const void *src,
-                               fab_dtype src_dtype, int64_t n);
+                               fab_dtype src_dtype, int64_t n, int divisor);
 #ifdef FAB_HAVE_MPI
 /* Joins MPI_COMM_WORLD (fab_comm_create on a CPU context with nranks > 1). */
 fab_status fab__mpi_create_world(fab_context *ctx, int nranks, int rank, const fab_comm_config *cfg, fab_comm **out);

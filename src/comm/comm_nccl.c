@@ -376,11 +376,12 @@ static fab_status nccl_copy(fab_comm *c, int side, void *dst, const void *src, s
     return e == cudaSuccess ? FAB_OK : fab__fail(FAB_ERR_BACKEND, "%s: cudaMemcpyAsync: %s", c->op, cudaGetErrorString(e));
 }
 
-static fab_status nccl_cast(fab_comm *c, int side, void *dst, fab_dtype dd, const void *src, fab_dtype sd, int64_t n)
+static fab_status nccl_cast(fab_comm *c, int side, void *dst, fab_dtype dd, const void *src, fab_dtype sd, int64_t n,
+                            int divisor)
 {
-    if (dd == sd)
+    if (dd == sd && divisor == 1)
         return nccl_copy(c, side, dst, src, (size_t)n * fab_dtype_size(dd));
-    return fab__comm_cast_cuda(dst, dd, src, sd, n, 1.0f, stream_of(c, side));
+    return fab__comm_cast_cuda(dst, dd, src, sd, n, (float)divisor, stream_of(c, side));
 }
 
 /* Gathers `bytes` (<= 64) of host data from every rank (the debug-mode check).

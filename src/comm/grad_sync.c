@@ -301,10 +301,12 @@ static fab_status start_bucket(fab_grad_sync *gs, int k)
         if (b->wire == g->t.dtype)
             FAB__TRY(c->tp->copy(c, 1, dst, g->t.data, (size_t)g->n * es));
         else
-            FAB__TRY(c->tp->cast(c, 1, dst, b->wire, g->t.data, g->t.dtype, g->n));
+            FAB__TRY(c->tp->cast(c, 1, dst, b->wire, g->t.data, g->t.dtype, g->n, 1));
     }
-    fab__coll coll = {FAB__COLL_ALLREDUCE, gs->cfg.sum ? FAB_REDUCE_SUM : FAB_REDUCE_AVG, b->wire, b->numel,
-                      b->buf, b->buf, 0};
+    /* A bucket that travels in bf16 is summed there and averaged on the way back
+     * to f32 (wait), so the average is rounded once, in f32. */
+    fab__coll coll = {FAB__COLL_ALLREDUCE, gs->cfg.sum || b->wire != b->dtype ? FAB_REDUCE_SUM : FAB_REDUCE_AVG,
+                      b->wire, b->numel, b->buf, b->buf, 0};
     if (c->debug) /* the bucket all-reduce is one more collective in the log */
         fprintf(stderr, "fab_comm[rank %d/%d] #%" PRIu64 " grad_sync bucket %d allreduce %s count=%" PRId64 "\n",
                 c->rank, c->nranks, c->seq, k, fab_dtype_name(b->wire), b->numel);
@@ -372,7 +374,7 @@ fab_status fab_grad_sync_wait(fab_grad_sync *gs)
             if (b->wire == g->t.dtype)
                 FAB__TRY(c->tp->copy(c, 0, g->t.data, src, (size_t)g->n * es));
             else
-                FAB__TRY(c->tp->cast(c, 0, g->t.data, g->t.dtype, src, b->wire, g->n));
+                FAB__TRY(c->tp->cast(c, 0, g->t.data, g->t.dtype, src, b->wire, g->n, gs->cfg.sum ? 1 : c->nranks));
         }
     }
     return FAB_OK;
