@@ -220,6 +220,15 @@ static void *watchdog(void *arg)
 static void arm(fab_comm *c, int side)
 {
     nccl_state *m = c->impl;
+    /* A collective captured into a CUDA graph runs when the graph is launched, not
+     * now; an event recorded in the capture is not one the watchdog can query. */
+    enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone; /* C: the enum keyword */
+    if (cudaStreamIsCapturing(stream_of(c, side), &cs) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return;
+    }
+    if (cs != cudaStreamCaptureStatusNone)
+        return;
     pthread_mutex_lock(&m->lock);
     (void)watch_oldest_age(m, side); /* frees the done slots */
     int slot = fab__watch_next_slot(&m->watch[side]);
