@@ -136,44 +136,58 @@ static void FAB__T(load)(const fab__attn_view *v, fab_dtype dt, int64_t b, int64
         memset(dst + (size_t)n * dp, 0, sizeof(float) * (size_t)(npad - n) * (size_t)dp);
 }
 
-/* dst[c][r] = src[r][c] for src [rows x cols], both multiples of VL: VL x VL
- * blocks transposed in registers (the unpack / shuffle / lane-swap sequence), a
- * scalar loop being one store per element. */
+#if FAB__VL >= 8
+/* o[c][r] = s[r][c] for one 8 x 8 block (row strides cols and rows): the unpack /
+ * shuffle / lane-swap sequence in 8-wide registers. */
+static inline void FAB__T(transpose8)(const float *s, int cols, float *o, int rows)
+{
+    typedef float v8 __attribute__((vector_size(32)));
+    v8 r0, r1, r2, r3, r4, r5, r6, r7;
+    memcpy(&r0, s, 32), memcpy(&r1, s + cols, 32), memcpy(&r2, s + 2 * cols, 32), memcpy(&r3, s + 3 * cols, 32);
+    memcpy(&r4, s + 4 * cols, 32), memcpy(&r5, s + 5 * cols, 32), memcpy(&r6, s + 6 * cols, 32);
+    memcpy(&r7, s + 7 * cols, 32);
+    /* interleave row pairs: t0 = a00 a10 a01 a11 | a04 a14 a05 a15 */
+#define FAB__LO(x, y) __builtin_shufflevector(x, y, 0, 8, 1, 9, 4, 12, 5, 13)
+#define FAB__HI(x, y) __builtin_shufflevector(x, y, 2, 10, 3, 11, 6, 14, 7, 15)
+    v8 t0 = FAB__LO(r0, r1), t1 = FAB__HI(r0, r1), t2 = FAB__LO(r2, r3), t3 = FAB__HI(r2, r3);
+    v8 t4 = FAB__LO(r4, r5), t5 = FAB__HI(r4, r5), t6 = FAB__LO(r6, r7), t7 = FAB__HI(r6, r7);
+#undef FAB__LO
+#undef FAB__HI
+    /* pairs of pairs: u0 = column 0 of rows 0-3 | column 4 of rows 0-3 */
+#define FAB__LO(x, y) __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13)
+#define FAB__HI(x, y) __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15)
+    v8 u0 = FAB__LO(t0, t2), u1 = FAB__HI(t0, t2), u2 = FAB__LO(t1, t3), u3 = FAB__HI(t1, t3);
+    v8 u4 = FAB__LO(t4, t6), u5 = FAB__HI(t4, t6), u6 = FAB__LO(t5, t7), u7 = FAB__HI(t5, t7);
+#undef FAB__LO
+#undef FAB__HI
+    /* 128-bit halves: rows 0-3 and 4-7 of one column */
+#define FAB__LO(x, y) __builtin_shufflevector(x, y, 0, 1, 2, 3, 8, 9, 10, 11)
+#define FAB__HI(x, y) __builtin_shufflevector(x, y, 4, 5, 6, 7, 12, 13, 14, 15)
+    v8 w[8] = {FAB__LO(u0, u4), FAB__LO(u1, u5), FAB__LO(u2, u6), FAB__LO(u3, u7),
+               FAB__HI(u0, u4), FAB__HI(u1, u5), FAB__HI(u2, u6), FAB__HI(u3, u7)};
+#undef FAB__LO
+#undef FAB__HI
+    for (int k = 0; k < 8; k++)
+        memcpy(o + (size_t)k * rows, &w[k], 32);
+}
+#endif
+
+/* dst[c][r] = src[r][c] for src [rows x cols], both multiples of VL (and of 8):
+ * 8 x 8 blocks transposed in registers where the ISA has 8-wide vectors (the
+ * AVX-512 copy too: its 16-wide shuffles would buy little here), 4 x 4 blocks
+ * otherwise; a scalar loop would be one store per element. */
 static void FAB__T(transpose)(const float *src, int rows, int cols, float *dst)
 {
+#if FAB__VL >= 8
+    for (int r = 0; r < rows; r += 8)
+        for (int c = 0; c < cols; c += 8)
+            FAB__T(transpose8)(src + (size_t)r * cols + c, cols, dst + (size_t)c * rows + r, rows);
+#else /* VL == 4 */
     typedef FAB__T(vf) vf;
     for (int r = 0; r < rows; r += FAB__VL)
         for (int c = 0; c < cols; c += FAB__VL) {
             const float *s = src + (size_t)r * cols + c;
             float *o = dst + (size_t)c * rows + r;
-#if FAB__VL == 8
-            vf r0 = FAB__T(vload)(s), r1 = FAB__T(vload)(s + cols), r2 = FAB__T(vload)(s + 2 * cols);
-            vf r3 = FAB__T(vload)(s + 3 * cols), r4 = FAB__T(vload)(s + 4 * cols), r5 = FAB__T(vload)(s + 5 * cols);
-            vf r6 = FAB__T(vload)(s + 6 * cols), r7 = FAB__T(vload)(s + 7 * cols);
-            /* interleave row pairs: t0 = a00 a10 a01 a11 | a04 a14 a05 a15 */
-#define FAB__LO(x, y) __builtin_shufflevector(x, y, 0, 8, 1, 9, 4, 12, 5, 13)
-#define FAB__HI(x, y) __builtin_shufflevector(x, y, 2, 10, 3, 11, 6, 14, 7, 15)
-            vf t0 = FAB__LO(r0, r1), t1 = FAB__HI(r0, r1), t2 = FAB__LO(r2, r3), t3 = FAB__HI(r2, r3);
-            vf t4 = FAB__LO(r4, r5), t5 = FAB__HI(r4, r5), t6 = FAB__LO(r6, r7), t7 = FAB__HI(r6, r7);
-#undef FAB__LO
-#undef FAB__HI
-            /* pairs of pairs: u0 = column 0 of rows 0-3 | column 4 of rows 0-3 */
-#define FAB__LO(x, y) __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13)
-#define FAB__HI(x, y) __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15)
-            vf u0 = FAB__LO(t0, t2), u1 = FAB__HI(t0, t2), u2 = FAB__LO(t1, t3), u3 = FAB__HI(t1, t3);
-            vf u4 = FAB__LO(t4, t6), u5 = FAB__HI(t4, t6), u6 = FAB__LO(t5, t7), u7 = FAB__HI(t5, t7);
-#undef FAB__LO
-#undef FAB__HI
-            /* 128-bit halves: rows 0-3 and 4-7 of one column */
-#define FAB__LO(x, y) __builtin_shufflevector(x, y, 0, 1, 2, 3, 8, 9, 10, 11)
-#define FAB__HI(x, y) __builtin_shufflevector(x, y, 4, 5, 6, 7, 12, 13, 14, 15)
-            FAB__T(vstore)(o, FAB__LO(u0, u4)), FAB__T(vstore)(o + rows, FAB__LO(u1, u5));
-            FAB__T(vstore)(o + 2 * rows, FAB__LO(u2, u6)), FAB__T(vstore)(o + 3 * rows, FAB__LO(u3, u7));
-            FAB__T(vstore)(o + 4 * rows, FAB__HI(u0, u4)), FAB__T(vstore)(o + 5 * rows, FAB__HI(u1, u5));
-            FAB__T(vstore)(o + 6 * rows, FAB__HI(u2, u6)), FAB__T(vstore)(o + 7 * rows, FAB__HI(u3, u7));
-#undef FAB__LO
-#undef FAB__HI
-#else /* VL == 4 */
             vf r0 = FAB__T(vload)(s), r1 = FAB__T(vload)(s + cols);
             vf r2 = FAB__T(vload)(s + 2 * cols), r3 = FAB__T(vload)(s + 3 * cols);
             vf t0 = __builtin_shufflevector(r0, r1, 0, 4, 1, 5), t1 = __builtin_shufflevector(r0, r1, 2, 6, 3, 7);
@@ -182,8 +196,8 @@ static void FAB__T(transpose)(const float *src, int rows, int cols, float *dst)
             FAB__T(vstore)(o + rows, __builtin_shufflevector(t0, t2, 2, 3, 6, 7));
             FAB__T(vstore)(o + 2 * rows, __builtin_shufflevector(t1, t3, 0, 1, 4, 5));
             FAB__T(vstore)(o + 3 * rows, __builtin_shufflevector(t1, t3, 2, 3, 6, 7));
-#endif
         }
+#endif
 }
 
 /* The same rows transposed into dst[dp x BK] (column r = row r; padding zeroed),
