@@ -1,6 +1,6 @@
 /*
- * attention_cpu_tile.h: the hot part of the CPU attention, included twice by
- * attention_cpu.c: once for the baseline ISA and once compiled for AVX2+FMA
+ * attention_cpu_tile.h: the hot part of the CPU attention, included three times by
+ * attention_cpu.c: for the baseline ISA (4 wide), AVX2+FMA (8) and AVX-512 (16)
  * (FAB__T(name) gives each copy its own names; FAB__VL is the vector length).
  *
  * Everything here works on f32 tiles in per-thread scratch: BQ query rows by
@@ -87,7 +87,7 @@ FAB__MM_BLOCK(1, FAB__MM_V1)
 /* C[m x n] (+)= A[m x kk] * B[kk x n], f32; B and C row-major with leading
  * dims, element (i, c) of A at A[i*a_rs + c*a_cs] (a_cs = 1: A row-major;
  * a_rs = 1: A stored transposed, so P^T dO needs no transpose of P).
- * m % 4 == 0, n % (2 VL) == 0. Register blocks of 4 rows x 3 vectors (the last
+ * m % 4 == 0, n % VL == 0 (n is BK or dp, multiples of 16). Register blocks of 4 rows x 3 vectors (the last
  * of a row 2 or 1 vectors): the accumulators stay in registers over the whole kk
  * loop, A broadcast, B streamed. Each element of C is one chain of FMAs in the
  * order of kk, whatever the block it falls in. */

@@ -179,6 +179,10 @@ static void *watchdog(void *arg)
 {
     nccl_state *m = arg;
     cudaSetDevice(m->device);
+    /* Relaxed: this thread's event queries must not invalidate a CUDA graph
+     * capture that another thread runs meanwhile (global mode would). */
+    enum cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    cudaThreadExchangeStreamCaptureMode(&mode);
     while (!atomic_load(&m->stop) && !atomic_load(&m->aborted)) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
@@ -215,6 +219,18 @@ static void *watchdog(void *arg)
     return NULL;
 }
 
+/* 1: the stream is being captured into a CUDA graph; -1: cannot tell (the legacy
+ * stream while another stream captures); 0: not. Leaves no error behind. */
+static int capturing(cudaStream_t s)
+{
+    enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone; /* C: the enum keyword */
+    if (cudaStreamIsCapturing(s, &cs) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return -1;
+    }
+    return cs != cudaStreamCaptureStatusNone;
+}
+
 /* Records "a collective was issued on this stream" for the watchdog: an event in
  * the next free slot, or in the newest one when all are in flight (see the top). */
 static void arm(fab_comm *c, int side)
@@ -222,12 +238,7 @@ static void arm(fab_comm *c, int side)
     nccl_state *m = c->impl;
     /* A collective captured into a CUDA graph runs when the graph is launched, not
      * now; an event recorded in the capture is not one the watchdog can query. */
-    enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone; /* C: the enum keyword */
-    if (cudaStreamIsCapturing(stream_of(c, side), &cs) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return;
-    }
-    if (cs != cudaStreamCaptureStatusNone)
+    if (capturing(stream_of(c, side)) > 0)
         return;
     pthread_mutex_lock(&m->lock);
     (void)watch_oldest_age(m, side); /* frees the done slots */
@@ -329,6 +340,10 @@ static fab_status nccl_post(fab_comm *c, const fab__coll *colls, int n, int side
 
 static fab_status nccl_test(fab_comm *c, int side, int *done)
 {
+    if (capturing(stream_of(c, side))) { /* querying a capturing stream would end the capture */
+        *done = 0;
+        return fab__comm_usable(c, c->op ? c->op : "fab_comm");
+    }
     cudaError_t e = cudaStreamQuery(stream_of(c, side));
     *done = e == cudaSuccess;
     if (e != cudaSuccess && e != cudaErrorNotReady)
@@ -350,6 +365,10 @@ static fab_status nccl_complete(fab_comm *c, int side, int host)
         return e == cudaSuccess ? FAB_OK
                                 : fab__fail(FAB_ERR_BACKEND, "%s: joining the streams: %s", c->op, cudaGetErrorString(e));
     }
+    if (capturing(stream_of(c, side)))
+        return fab__fail(FAB_ERR_UNSUPPORTED, "%s: waits on the host, which cannot be part of a CUDA graph capture "
+                                              "(the stream, or the legacy stream's neighbour, is being captured)",
+                         c->op);
     int spins = 0;
     for (;;) {
         int done = 0;

@@ -308,8 +308,8 @@ static fab_status start_bucket(fab_grad_sync *gs, int k)
     fab__coll coll = {FAB__COLL_ALLREDUCE, gs->cfg.sum || b->wire != b->dtype ? FAB_REDUCE_SUM : FAB_REDUCE_AVG,
                       b->wire, b->numel, b->buf, b->buf, 0};
     if (c->debug) /* the bucket all-reduce is one more collective in the log */
-        fprintf(stderr, "fab_comm[rank %d/%d] #%" PRIu64 " grad_sync bucket %d allreduce %s count=%" PRId64 "\n",
-                c->rank, c->nranks, c->seq, k, fab_dtype_name(b->wire), b->numel);
+        fprintf(stderr, "fab_comm[rank %d/%d] #%" PRIu64 " grad_sync bucket %d allreduce %s %s count=%" PRId64 "\n",
+                c->rank, c->nranks, c->seq, k, fab__reduce_op_name(coll.op), fab_dtype_name(b->wire), b->numel);
     c->seq++;
     return c->tp->post(c, &coll, 1, 1);
 }
