@@ -27,8 +27,10 @@
  * AVG: NCCL premultiplies by 1/nranks rounded to the data type. For bf16 and a
  * rank count that is not a power of two that factor is off by up to 0.4% (1/3 is
  * 0.3340 in bf16), the same for every element: a bias. There fabriek posts SUM
- * and divides afterwards in f32 (comm_cast.cu), as the MPI transport does. f16 keeps ncclAvg: its 1/nranks
- * is off by at most 0.05%, and premultiplying keeps the sum inside f16's range.
+ * and divides afterwards in f32 (comm_cast.cu), as the MPI transport does. f16
+ * keeps ncclAvg: its 1/nranks is off by at most 0.05%, and premultiplying keeps
+ * the sum inside f16's range. (fab_grad_sync's bf16 buckets are summed and
+ * divided while unpacked, grad_sync.c.)
  *
  * ncclCommAbort frees the NCCL communicator, and the watchdog and the calling
  * thread both may call it. So every use of the adopted communicator (m->comm) on
