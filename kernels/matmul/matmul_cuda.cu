@@ -39,8 +39,8 @@
  *     FAB_MATMUL_AUTOTUNE_FILE=path keeps the measurements across processes: a
  *     context's tuner first loads the file's entries for its own device and
  *     software (signature: ctx->device_name, which holds the device's name, sm,
- *     SM count and driver and runtime versions, then the CUDA runtime, cuBLASLt and
- *     fabriek versions), and appends each new measurement as one line (one write() with
+ *     SM count and driver and runtime versions, then the cuBLASLt and fabriek
+ *     versions), and appends each new measurement as one line (one write() with
  *     O_APPEND, so ranks sharing a node-local file do not interleave lines). Lines
  *     of other signatures, or that do not parse, are skipped; a file that cannot
  *     be read or written only means measuring as without it. Entries from the
@@ -407,7 +407,16 @@ static const char *const cand_name[NCAND] = {"cuBLASLt", "tensor-core", "SIMT"};
 struct tune_key {
     int64_t v[9];
 };
-static uint64_t key_hash(const tune_key &k);
+
+static uint64_t key_hash(const tune_key &k)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over the words */
+    for (int i = 0; i < 9; i++) {
+        h ^= (uint64_t)k.v[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
 
 struct fab__mm_tuner {
     int enabled; /* FAB_MATMUL_AUTOTUNE is not "0" */
@@ -426,14 +435,11 @@ struct fab__mm_tuner {
 
 #define TUNE_FILE_TAG "fabriek-matmul-autotune-1"
 
-/* Who measured: the signature a file line must carry to be used. No spaces. */
+/* Who measured: the signature a file line must carry to be used. No spaces.
+ * ctx->device_name already names the device, sm, SM count, driver and runtime. */
 static void tune_signature(fab_context *ctx, char *sig, size_t len)
 {
-    int rt = 0;
-    if (cudaRuntimeGetVersion(&rt) != cudaSuccess)
-        (void)cudaGetLastError();
-    snprintf(sig, len, "%s|cudart%d|cublasLt%zu|fabriek%s", ctx->device_name, rt, fab__matmul_cublaslt_version(),
-             fab_version());
+    snprintf(sig, len, "%s|cublasLt%zu|fabriek%s", ctx->device_name, fab__matmul_cublaslt_version(), fab_version());
     for (char *c = sig; *c; c++)
         if (*c == ' ' || *c == '\t' || *c == '\n')
             *c = '_';
@@ -635,16 +641,6 @@ static tune_key make_key(const fab__mm_args *a, unsigned mask)
            (a->pre_act ? align_class(a, a->pre_act, a->ldp, a->m, a->p_bstride, a->c_dtype) : 0) << 12;
     v[8] = (int64_t)broadcast(a, a->a_bstride) | (int64_t)broadcast(a, a->b_bstride) << 1;
     return k;
-}
-
-static uint64_t key_hash(const tune_key &k)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a over the words */
-    for (int i = 0; i < 9; i++) {
-        h ^= (uint64_t)k.v[i];
-        h *= 1099511628211ull;
-    }
-    return h;
 }
 
 /* One candidate on the call as given, dbias included. */
