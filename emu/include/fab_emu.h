@@ -69,8 +69,19 @@ struct fab_emu_stats {
     unsigned long long collectives;  /* warp collectives (shfl, vote, syncwarp, mma, ...) */
     unsigned long long barriers;     /* completed block barriers */
     unsigned long long float_atomics; /* per-thread float atomic adds (atomicAdd, red.add.v2/v4.f32: one each) */
+    /* Shared-memory banks (docs/EMULATOR.md, "Bank conflicts"): warp-wide ldmatrix,
+     * stmatrix and cp.async instructions modelled, the wavefronts they take, and the
+     * wavefronts beyond the conflict-free ideal.  Plain shared loads and stores are not
+     * seen. */
+    unsigned long long smem_requests;
+    unsigned long long smem_wavefronts;
+    unsigned long long smem_bank_conflicts;
 };
 FAB_EMU_API void fab_emu_get_stats(struct fab_emu_stats *out);
+/* The last bank conflict counted, described: instruction, kernel, block, warp, the
+ * rows or lanes involved ("" if none since the process started).  The string stays
+ * valid until this thread calls it again. */
+FAB_EMU_API const char *fab_emu_bank_conflict_example(void);
 
 #ifdef __cplusplus
 }

@@ -31,6 +31,12 @@ struct CpOp {
     bool landed; /* data already copied (race check's first run); the window still ends at the wait */
 };
 
+/* A shared-memory access logged for the bank model (banks.cpp). */
+struct SmemAccess {
+    uintptr_t addr; /* bank-relative address */
+    unsigned bytes;
+};
+
 struct Thread {
     fab_emu_thread id;
     Fiber fiber;
@@ -55,6 +61,8 @@ struct Thread {
     uint32_t *vc = nullptr;
     uint32_t *lv = nullptr;
     bool yielded = false; /* suspended by yield() (spin loop), not by a synchronisation */
+    /* cp.async destinations since the warp last met (banks.cpp) */
+    std::vector<SmemAccess> bank_cp;
 };
 
 /* One of the 16 named barriers of a block, for the current phase. */
@@ -126,7 +134,7 @@ void set_last_message(const std::string &m);
 bool error_mode_return();
 void count_stat(int which, unsigned long long n); /* index into fab_emu_stats fields */
 enum { STAT_LAUNCHES, STAT_BLOCKS, STAT_THREADS, STAT_MMA, STAT_LDMATRIX, STAT_CP_ASYNC, STAT_COLLECTIVES, STAT_BARRIERS,
-       STAT_FLOAT_ATOMICS, STAT_COUNT };
+       STAT_FLOAT_ATOMICS, STAT_SMEM_REQUESTS, STAT_SMEM_WAVEFRONTS, STAT_SMEM_CONFLICTS, STAT_COUNT };
 
 /* Describe the running thread: "block (1,0,0) thread (5,0,0)". */
 std::string where();
@@ -153,6 +161,13 @@ enum ShadowOp { SH_LDMATRIX, SH_STMATRIX, SH_CP_ASYNC };
 void shadow_read(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp op);
 void shadow_write(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp op, bool async);
 void shadow_async_done(Block &b, Thread &t, const void *p, unsigned bytes); /* the wait that completes it */
+
+/* ---- banks.cpp: the shared-memory bank model ----
+ * ldmatrix/stmatrix are modelled as they execute; cp.async destinations are logged
+ * per lane and modelled when the warp next meets (bank_flush_warp). */
+void bank_matrix(const Block &b, unsigned warp, const void *const row_addr[32], int nmat, bool store);
+void bank_note_cp_async(Thread &t, const void *dst, unsigned bytes);
+void bank_flush_warp(const Block &b, unsigned w);
 
 /* cp.async (ptx.cpp): perform the thread's pending copies of groups < limit. */
 void cp_async_complete(Thread &t, unsigned long long limit);

@@ -192,6 +192,10 @@ static void mat_fn(const CollGroup &g)
                 memcpy(in.addr, M[m][r], 16);
             }
     }
+    const void *rows[32];
+    for (int lane = 0; lane < 32; ++lane)
+        rows[lane] = lane < 8 * nmat ? static_cast<const MatIn *>(g.in[lane])->addr : nullptr;
+    bank_matrix(*b, tl_thread->id.warp, rows, nmat, store);
     count_instruction(1);
 }
 
@@ -319,6 +323,7 @@ void cp_async(void *dst, const void *src, int cp_size, int src_size, bool cg)
     if (b->shadow) shadow_write(*b, *t, dst, (unsigned)cp_size, SH_CP_ASYNC, true);
     if (op.landed) cp_do(op);
     t->cp_pending.push_back(op);
+    bank_note_cp_async(*t, dst, (unsigned)cp_size);
 }
 
 void cp_async_commit()

@@ -247,6 +247,8 @@ static void release_barrier(Block &b, int id, BarrierReduce red)
     if (red == BAR_AND) result = B.all ? 1 : 0;
     if (red == BAR_OR) result = B.any ? 1 : 0;
     if (b.shadow) shadow_barrier_release(b, B, id);
+    for (unsigned w = 0; w < b.nwarps; ++w)
+        if (B.arrived[w]) bank_flush_warp(b, w); /* the warp met here: its copies are instructions */
     for (unsigned i = 0; i < b.nthreads; ++i) {
         Thread &t = *b.threads[i];
         if (t.state == TState::AtBarrier && t.bar_id == id) {
@@ -404,6 +406,7 @@ static void try_complete_warp(Block &b, unsigned w)
         if (track) shadow_warp_sync_begin(b, w, need);
         t.coll_fn(g);
         if (track) shadow_warp_sync_end(b, w, need);
+        if (need == ~b.exited[w]) bank_flush_warp(b, w); /* every live lane met here */
         for (uint32_t m = need; m; m &= m - 1) thread_at(b, w, (unsigned)__builtin_ctz(m)).state = TState::Runnable;
         b.waiting[w] &= ~need;
         pending &= ~need;
@@ -739,6 +742,7 @@ static void run_block(Launch &L, unsigned long long linear)
         t.cp_open_group = 0;
         t.vc = t.lv = nullptr;
         t.yielded = false;
+        t.bank_cp.clear();
         if (b.shadow) shadow_thread_init(b, t);
         fiber_prepare(t.fiber, thread_main, &t);
     }
@@ -793,6 +797,7 @@ static void run_block(Launch &L, unsigned long long linear)
             failed = true;
         }
     }
+    for (unsigned w = 0; w < b.nwarps && !failed; ++w) bank_flush_warp(b, w);
     tl_block = nullptr;
     free(smem);
     b.smem = nullptr;
@@ -1046,6 +1051,9 @@ void fab_emu_get_stats(struct fab_emu_stats *out)
     out->collectives = g_stats[STAT_COLLECTIVES].load();
     out->barriers = g_stats[STAT_BARRIERS].load();
     out->float_atomics = g_stats[STAT_FLOAT_ATOMICS].load();
+    out->smem_requests = g_stats[STAT_SMEM_REQUESTS].load();
+    out->smem_wavefronts = g_stats[STAT_SMEM_WAVEFRONTS].load();
+    out->smem_bank_conflicts = g_stats[STAT_SMEM_CONFLICTS].load();
 }
 
 } // extern "C"

@@ -1,0 +1,112 @@
+/*
+ * test_banks.cu -- the emulator's shared-memory bank model (banks.cpp) against
+ * access patterns whose wavefronts are known by hand: 32 banks of 4 bytes; an
+ * ldmatrix matrix is one phase of 8 rows x 16 bytes; a cp.async instruction is
+ * phases of 128 bytes (8 lanes of 16 bytes, 16 of 8, 32 of 4).
+ */
+#include "emu_test.h"
+#include "kernels/bank_kernels.cuh"
+
+struct Counts {
+    unsigned long long requests, wavefronts, conflicts;
+};
+
+static fab_emu_stats g_before;
+static void begin() { fab_emu_get_stats(&g_before); }
+static Counts since()
+{
+    cudaDeviceSynchronize();
+    fab_emu_stats s;
+    fab_emu_get_stats(&s);
+    return Counts{s.smem_requests - g_before.smem_requests, s.smem_wavefronts - g_before.smem_wavefronts,
+                  s.smem_bank_conflicts - g_before.smem_bank_conflicts};
+}
+
+static void expect(const char *what, Counts c, unsigned long long requests, unsigned long long wavefronts,
+                   unsigned long long conflicts)
+{
+    CHECK(c.requests == requests && c.wavefronts == wavefronts && c.conflicts == conflicts,
+          "%s: %llu requests, %llu wavefronts, %llu conflicts; expected %llu, %llu, %llu", what, c.requests,
+          c.wavefronts, c.conflicts, requests, wavefronts, conflicts);
+}
+
+static void test_ldmatrix(uint32_t *out)
+{
+    const size_t smem = 32 * 144;
+    for (int trans = 0; trans < 2; ++trans) {
+        begin(); /* 144-byte rows (16 bytes of padding): 8 rows in 8 bank groups */
+        CHECK_CUDA(launch(k_bank_ldmatrix, 1, 32, smem, 144, 0, trans, out));
+        expect("ldmatrix.x4, padded 144-byte rows", since(), 1, 4, 0);
+        begin(); /* 128-byte rows: all 8 rows of a matrix in one bank group */
+        CHECK_CUDA(launch(k_bank_ldmatrix, 1, 32, smem, 128, 0, trans, out));
+        expect("ldmatrix.x4, 128-byte rows", since(), 1, 32, 28);
+        begin(); /* 64-byte rows: two groups, four rows each */
+        CHECK_CUDA(launch(k_bank_ldmatrix, 1, 32, smem, 64, 0, trans, out));
+        expect("ldmatrix.x4, 64-byte rows", since(), 1, 16, 12);
+        begin(); /* 64-byte rows with matmul_sm80's swizzle */
+        CHECK_CUDA(launch(k_bank_ldmatrix, 1, 32, smem, 64, 1, trans, out));
+        expect("ldmatrix.x4, swizzled 64-byte rows", since(), 1, 4, 0);
+        begin(); /* every lane the same row: one wavefront per matrix */
+        CHECK_CUDA(launch(k_bank_ldmatrix, 1, 32, smem, 0, 0, trans, out));
+        expect("ldmatrix.x4, one row for all", since(), 1, 4, 0);
+    }
+    const char *ex = fab_emu_bank_conflict_example();
+    CHECK(strstr(ex, "ldmatrix.x4 by warp 0") && strstr(ex, "matrix 0") && strstr(ex, "16 wavefronts where 4"),
+          "the example names the instruction, warp, matrix and wavefronts: \"%s\"", ex);
+}
+
+static void test_cp_async(const unsigned char *src)
+{
+    const size_t smem = 4096;
+    begin();
+    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 16, 16, 0, src));
+    expect("cp.async 16, contiguous", since(), 1, 4, 0);
+    begin();
+    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 16, 128, 0, src));
+    expect("cp.async 16, 128-byte stride", since(), 1, 32, 28);
+    begin();
+    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 16, 32, 0, src));
+    expect("cp.async 16, 32-byte stride", since(), 1, 8, 4);
+    begin();
+    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 8, 8, 0, src));
+    expect("cp.async 8, contiguous", since(), 1, 2, 0);
+    begin();
+    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 4, 4, 0, src));
+    expect("cp.async 4, contiguous", since(), 1, 1, 0);
+    begin();
+    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 4, 8, 0, src));
+    expect("cp.async 4, 8-byte stride", since(), 1, 2, 1);
+    const char *ex = fab_emu_bank_conflict_example();
+    CHECK(strstr(ex, "cp.async (4 bytes") && strstr(ex, "2 wavefronts where 1"), "example: \"%s\"", ex);
+    begin(); /* every lane the same word: a write-write race, so the race detector is off */
+    int smemcheck = fab_emu_set_smemcheck(0);
+    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 4, 0, 0, src));
+    fab_emu_set_smemcheck(smemcheck);
+    expect("cp.async 4, one word for all", since(), 1, 1, 0);
+
+    /* the copies on either side of a barrier are two instructions; the second has
+     * lanes 0-15 only (2 phases); two warps, each its own instructions */
+    begin();
+    CHECK_CUDA(launch(k_bank_cp_async, 1, 64, smem, 16, 16, 1, src));
+    expect("cp.async across a barrier, two warps", since(), 4, 12, 0);
+    /* a loop of 48 chunks: iteration 0 all lanes (4 phases), iteration 1 lanes 0-15 (2) */
+    begin();
+    CHECK_CUDA(launch(k_bank_cp_loop, 1, 32, smem, 48, src));
+    expect("cp.async loop of 48 chunks", since(), 2, 6, 0);
+}
+
+int main()
+{
+    fab_emu_set_racecheck(0); /* one run per launch: the counts as they are */
+    uint32_t *out = nullptr;
+    unsigned char *src = nullptr;
+    CHECK_CUDA(cudaMalloc((void **)&out, 32 * sizeof(uint32_t)));
+    CHECK_CUDA(cudaMalloc((void **)&src, 16));
+    CHECK_CUDA(cudaMemset(src, 0, 16));
+    CHECK(fab_emu_bank_conflict_example()[0] == '\0', "no conflict yet: \"%s\"", fab_emu_bank_conflict_example());
+    test_ldmatrix(out);
+    test_cp_async(src);
+    cudaFree(out);
+    cudaFree(src);
+    return emu_test_finish();
+}
