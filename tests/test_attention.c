@@ -1192,6 +1192,8 @@ static struct fab_emu_stats stats_since(struct fab_emu_stats before)
     after.launches -= before.launches, after.blocks -= before.blocks, after.mma -= before.mma;
     after.ldmatrix -= before.ldmatrix, after.cp_async -= before.cp_async;
     after.float_atomics -= before.float_atomics;
+    after.smem_requests -= before.smem_requests, after.smem_wavefronts -= before.smem_wavefronts;
+    after.smem_bank_conflicts -= before.smem_bank_conflicts;
     return after;
 }
 
@@ -1418,6 +1420,56 @@ static void test_backward_variants(void **state)
 #endif
 }
 
+/* The CUDA kernels' shared-memory accesses (cp.async, ldmatrix, stmatrix) take no
+ * more wavefronts than a conflict-free layout would, as the emulator's bank model
+ * counts them (docs/EMULATOR.md), for every head dim, both forward variants, both
+ * dkdv variants, and the deterministic dq kernel; 65 rows, so the edge copies run. */
+static void test_bank_conflicts(void **state)
+{
+    (void)state;
+#ifdef FAB_TEST_EMULATED
+    fab_context *fast = fab_test_context();
+    if (fab_context_backend(fast) == FAB_BACKEND_CUDA) {
+        fab_context_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.deterministic = 1;
+        fab_context *det = fab_test_context_with(&cfg);
+        const int racecheck = fab_emu_set_racecheck(0); /* one run per launch */
+        static const int64_t dims[] = {32, 64, 96, 128, 256};
+        unsigned long long conflicts = 0;
+        for (int i = 0; i < 5; i++) {
+            const int64_t d = dims[i];
+            struct fab_emu_stats c[6];
+            c[0] = fwd_counts(fast, "16", 2, 65, 65, d, 0);
+            c[1] = fwd_counts(fast, "32", 2, 65, 65, d, 1);
+            c[2] = bwd_counts(fast, "64", 2, 65, 65, d, 0);
+            c[3] = bwd_counts(fast, "128", 2, 65, 65, d, 1);
+            c[4] = bwd_counts(det, "64", 2, 65, 65, d, 0);
+            c[5] = bwd_counts(det, "128", 2, 65, 65, d, 1);
+            static const char *what[6] = {"fwd 16 rows", "fwd 32 rows causal", "bwd 64 keys", "bwd 128 keys causal",
+                                          "bwd deterministic 64 keys", "bwd deterministic 128 keys causal"};
+            for (int j = 0; j < 6; j++) {
+                print_message("attention d%lld %s: %llu shared instructions, %llu wavefronts, %llu conflicts\n",
+                              (long long)d, what[j], c[j].smem_requests, c[j].smem_wavefronts,
+                              c[j].smem_bank_conflicts);
+                assert_true(c[j].smem_requests > 0);
+                conflicts += c[j].smem_bank_conflicts;
+            }
+        }
+        if (conflicts)
+            fail_msg("attention: %llu bank-conflict wavefronts; the last: %s", conflicts,
+                     fab_emu_bank_conflict_example());
+        fab_emu_set_racecheck(racecheck);
+        fab_context_destroy(det);
+        fab_context_destroy(fast);
+        return;
+    }
+    fab_context_destroy(fast);
+#endif
+    print_message("SKIP: the bank model is the emulator's\n");
+    skip();
+}
+
 int main(int argc, char **argv)
 {
     fab_test_init(argc, argv);
@@ -1431,6 +1483,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_fast_path),
         cmocka_unit_test(test_forward_variants),
         cmocka_unit_test(test_backward_variants),
+        cmocka_unit_test(test_bank_conflicts),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_backend_coverage),
     };

@@ -21,6 +21,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifdef FAB_TEST_EMULATED
+#include "fab_emu.h"
+#endif
+
 #define INVALID FAB_ERR_INVALID_ARGUMENT
 #define UNSUPPORTED FAB_ERR_UNSUPPORTED
 #define FAB_PI 3.14159265358979323846
@@ -492,6 +496,41 @@ static void test_values(void **state)
     }
 }
 
+/* Shared-memory bank conflicts of the tensor-core kernel, as the emulator's bank
+ * model counts its cp.async, ldmatrix and stmatrix (docs/EMULATOR.md): a test
+ * takes the count before its cases and requires that they added none (and that
+ * the model saw the kernel's accesses at all). Elsewhere a no-op. */
+typedef struct bank_mark {
+    unsigned long long requests, conflicts;
+} bank_mark;
+
+static bank_mark banks_begin(void)
+{
+    bank_mark m = {0, 0};
+#ifdef FAB_TEST_EMULATED
+    struct fab_emu_stats s;
+    fab_emu_get_stats(&s);
+    m.requests = s.smem_requests, m.conflicts = s.smem_bank_conflicts;
+#endif
+    return m;
+}
+
+static void banks_expect_none(bank_mark m, const char *what)
+{
+#ifdef FAB_TEST_EMULATED
+    struct fab_emu_stats s;
+    fab_emu_get_stats(&s);
+    print_message("%s: %llu shared-memory instructions, %llu bank-conflict wavefronts\n", what,
+                  s.smem_requests - m.requests, s.smem_bank_conflicts - m.conflicts);
+    assert_true(s.smem_requests > m.requests);
+    if (s.smem_bank_conflicts != m.conflicts)
+        fail_msg("%s: %llu bank-conflict wavefronts; the last: %s", what, s.smem_bank_conflicts - m.conflicts,
+                 fab_emu_bank_conflict_example());
+#else
+    (void)m, (void)what;
+#endif
+}
+
 /* bf16/f16 with every row stride a multiple of 8 elements: on CUDA this is the
  * tensor-core kernel (cp.async needs whole 16-byte chunks), so its predicated
  * edges in m, n and k, both transposes, both tile configurations (a 128x128 grid
@@ -500,6 +539,7 @@ static void test_tensor_core_shapes(void **state)
 {
     (void)state;
     fab_context *ctx = fab_test_context();
+    const bank_mark banks = banks_begin();
     static const int64_t sizes[][3] = {{1, 1, 1},     {7, 7, 7},      {16, 8, 32},   {127, 129, 7},
                                        {129, 127, 65}, {33, 1000, 40}, {1000, 17, 24}, {64, 72, 1000},
                                        {256, 256, 96}};
@@ -548,6 +588,8 @@ static void test_tensor_core_shapes(void **state)
     bt.a_nb = 1;
     bt.a_bshape[0] = 3;
     run_case(ctx, &bt);
+    if (on_cuda())
+        banks_expect_none(banks, "tensor-core shapes");
     fab_context_destroy(ctx);
 }
 
@@ -583,6 +625,7 @@ static void test_tf32(void **state)
 {
     (void)state;
     fab_context *ctx = fab_test_context();
+    const bank_mark banks = banks_begin();
     mm_case c = plain(FAB_DTYPE_F32, FAB_DTYPE_F32, 67, 45, 129, 0, 1);
     c.tf32 = 1;
     run_case(ctx, &c);
@@ -635,6 +678,8 @@ static void test_tf32(void **state)
         batched_variant(&c, v);
         run_case(ctx, &c);
     }
+    if (on_cuda())
+        banks_expect_none(banks, "tf32");
     fab_context_destroy(ctx);
 }
 

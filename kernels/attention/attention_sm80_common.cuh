@@ -47,16 +47,34 @@ static __device__ __forceinline__ bool attn_any_allowed(const fab__attn_args &a,
     return (a.right < 0 || k0 <= r1 + off + a.right) && (a.left < 0 || k1 >= r0 + off - a.left);
 }
 
-/* Copies rows [row0, row0 + n) (n <= rows) of one head (row stride ss) into smem
- * [rows x (D+8)] with 16-byte cp.async, rows past n zero-filled. Thread mapping:
- * the block's THREADS threads take the D/8 chunks of each row in turn (coalesced).
- * The caller commits and waits. */
+/* Copies rows [row0, row0 + n) (n <= rows, rows a multiple of 8) of one head (row
+ * stride ss) into smem [rows x (D+8)] with 16-byte cp.async, rows past n
+ * zero-filled. The caller commits and waits.
+ * Thread mapping: the block's THREADS threads take the D/8 chunks of the rows in
+ * turn, so 8 lanes (one 128-byte phase of the shared write) read 128 contiguous
+ * bytes of a row. A padded row is D/8 + 1 chunks (odd), so 8 chunks of one row
+ * fall in 8 bank groups. Where D/8 is 4 more than a multiple of 8 (D = 32, 96), the
+ * last 4 chunks of a row cannot fill a phase: those of rows r and r + 4 of each
+ * group of 8 rows share one instead, 4 (D+8)-rows apart = 4 bank groups apart. */
 template <typename T, int D, int THREADS>
 static __device__ __forceinline__ void attn_load_rows(T *smem, const T *base, int64_t ss, int row0, int n, int rows)
 {
-    const int chunks = D / 8;
+    constexpr int chunks = D / 8, whole = chunks / 8 * 8; /* per row; the first `whole` in phases of 8 */
+    static_assert(chunks - whole == 0 || chunks - whole == 4, "rows of 8k or 8k + 4 chunks");
     for (int c = threadIdx.x; c < rows * chunks; c += THREADS) {
-        int r = c / chunks, col = (c % chunks) * 8;
+        int r, ch;
+        if constexpr (whole == chunks) {
+            r = c / chunks, ch = c % chunks;
+        } else if constexpr (whole == 0) { /* D = 32: phase c / 8 takes rows c / 8 and c / 8 + 4 of its 8 */
+            r = (c >> 5 << 3) + ((c >> 3) & 3) + (c & 4), ch = c & 3;
+        } else { /* per group of 8 rows: 8 x `whole` chunks in row order, then 8 x 4 in pairs of rows */
+            const int g = c / (8 * chunks), i = c % (8 * chunks), j = i - 8 * whole;
+            if (j < 0)
+                r = 8 * g + i / whole, ch = i % whole;
+            else /* phase j / 8: rows j / 8 and j / 8 + 4 */
+                r = 8 * g + (j >> 3) + (j & 4), ch = whole + (j & 3);
+        }
+        const int col = ch * 8;
         T *dst = smem + r * (D + 8) + col;
         if (r < n)
             fab__cp_async_16(dst, base + (int64_t)(row0 + r) * ss + col);
