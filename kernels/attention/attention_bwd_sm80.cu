@@ -379,15 +379,17 @@ __global__ void __launch_bounds__(32 * NW) attention_bwd_dkdv_kernel(const fab__
     attn_load_rows<T, D, NT>(sK, K, a.k.ss, j0, nk, BN);
     attn_load_rows<T, D, NT>(sV, V, a.v.ss, j0, nk, BN);
 
-    /* issues the loads of pair `it` into buffer `buf` */
+    /* issues the loads of pair `it` into buffer `buf` (at D = 32 in plain order:
+     * see attn_load_rows) */
+    constexpr bool PAIR = D != 32;
 #define FAB__LOAD_PAIR(it, buf)                                                                                     \
     do {                                                                                                            \
         int h_ = kvh * group + (it) / nqt;                                                                          \
         int i0_ = (int)(ilo + (int64_t)((it) % nqt) * QT), n_ = s.sq - i0_ < QT ? s.sq - i0_ : QT;                  \
-        attn_load_rows<T, D, NT>(sQ + (buf) * QT * (D + 8),                                                         \
+        attn_load_rows<T, D, NT, PAIR>(sQ + (buf) * QT * (D + 8),                                                   \
                                       (const T *)a.q.data + b * a.q.sb + s.q0 * a.q.ss + h_ * a.q.sh, a.q.ss, i0_,  \
                                       n_, QT);                                                                      \
-        attn_load_rows<T, D, NT>(sdO + (buf) * QT * (D + 8),                                                        \
+        attn_load_rows<T, D, NT, PAIR>(sdO + (buf) * QT * (D + 8),                                                  \
                                       (const T *)a.dout.data + b * a.dout.sb + s.q0 * a.dout.ss + h_ * a.dout.sh,   \
                                       a.dout.ss, i0_, n_, QT);                                                      \
         const int64_t lb_ = b * a.lse_sb + h_ * a.lse_sh + s.q0;                                                    \

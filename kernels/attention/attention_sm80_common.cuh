@@ -53,17 +53,20 @@ static __device__ __forceinline__ bool attn_any_allowed(const fab__attn_args &a,
  * Thread mapping: the block's THREADS threads take the D/8 chunks of the rows in
  * turn, so 8 lanes (one 128-byte phase of the shared write) read 128 contiguous
  * bytes of a row. A padded row is D/8 + 1 chunks (odd), so 8 chunks of one row
- * fall in 8 bank groups. Where D/8 is 4 more than a multiple of 8 (D = 32, 96), the
- * last 4 chunks of a row cannot fill a phase: those of rows r and r + 4 of each
- * group of 8 rows share one instead, 4 (D+8)-rows apart = 4 bank groups apart. */
-template <typename T, int D, int THREADS>
+ * fall in 8 bank groups. At D = 32 and 96 the last 4 chunks of a row cannot fill a
+ * phase: those of rows r and r + 4 of each group of 8 rows share one instead, 4
+ * (D+8)-rows apart = 4 bank groups apart. PAIR = false keeps the plain order there
+ * (a phase then takes rows r, r + 1 and one bank group twice: 2 wavefronts where 1
+ * would do): the dkdv kernel at D = 32, where ptxas holds the kernel at 128
+ * registers and the pairing's index math makes it spill (sm_100a). */
+template <typename T, int D, int THREADS, bool PAIR = true>
 static __device__ __forceinline__ void attn_load_rows(T *smem, const T *base, int64_t ss, int row0, int n, int rows)
 {
     constexpr int chunks = D / 8, whole = chunks / 8 * 8; /* per row; the first `whole` in phases of 8 */
     static_assert(chunks - whole == 0 || chunks - whole == 4, "rows of 8k or 8k + 4 chunks");
     for (int c = threadIdx.x; c < rows * chunks; c += THREADS) {
         int r, ch;
-        if constexpr (whole == chunks) {
+        if constexpr (whole == chunks || !PAIR) {
             r = c / chunks, ch = c % chunks;
         } else if constexpr (whole == 0) { /* D = 32: phase c / 8 takes rows c / 8 and c / 8 + 4 of its 8 */
             r = (c >> 5 << 3) + ((c >> 3) & 3) + (c & 4), ch = c & 3;
