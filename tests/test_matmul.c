@@ -533,8 +533,9 @@ static void banks_expect_none(bank_mark m, const char *what)
 
 /* bf16/f16 with every row stride a multiple of 8 elements: on CUDA this is the
  * tensor-core kernel (cp.async needs whole 16-byte chunks), so its predicated
- * edges in m, n and k, both transposes, both tile configurations (a 128x128 grid
- * on an emulated GPU of few SMs), batches and epilogues are covered. */
+ * edges in m, n and k, both transposes, the tile configurations the rule picks
+ * (64x64, and 128x128 for the 33-batch grid on an emulated H100), batches and
+ * epilogues are covered. */
 static void test_tensor_core_shapes(void **state)
 {
     (void)state;
@@ -590,6 +591,73 @@ static void test_tensor_core_shapes(void **state)
     run_case(ctx, &bt);
     if (on_cuda())
         banks_expect_none(banks, "tensor-core shapes");
+    fab_context_destroy(ctx);
+}
+
+/* Each tile configuration of the tensor-core kernel, forced with
+ * FAB_MATMUL_SM80_TILE: both transposes of each operand, bf16 and f16, C in the
+ * input type or f32, edges in m, n and k, an epilogue, and TF32. Under the
+ * emulator, the rule as well: the grid sizes (blocks and threads) it launches for
+ * 33 and 66 batches of 129 x 131, against the 132 SMs of an emulated H100. */
+static void test_tensor_core_tiles(void **state)
+{
+    (void)state;
+    if (!on_cuda()) {
+        print_message("SKIP: the tile configurations are the CUDA tensor-core kernel's\n");
+        skip();
+    }
+    fab_context *ctx = fab_test_context();
+    const bank_mark banks = banks_begin();
+    static const char *const tiles[] = {"128x256", "128x128", "128x128w8", "64x64"};
+    for (int ti = 0; ti < 4; ti++) {
+        setenv("FAB_MATMUL_SM80_TILE", tiles[ti], 1);
+        for (int t = 0; t < 4; t++) {
+            fab_dtype in = (ti + t) & 1 ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
+            mm_case c = plain(in, t & 2 ? FAB_DTYPE_F32 : in, 130 + t, 260 - 3 * t, 40 + 9 * t, t & 1, t >> 1);
+            c.align8 = 1;
+            c.algo = FAB_MATMUL_ALGO_NATIVE;
+            if (t == ti) {
+                c.act = FAB_MATMUL_ACT_GELU_TANH;
+                c.bias = 1;
+                c.pre = 1;
+                c.beta = 0.5f;
+            }
+            run_case(ctx, &c);
+        }
+        mm_case f = plain(FAB_DTYPE_F32, FAB_DTYPE_F32, 70, 140, 36, ti & 1, ti >> 1);
+        f.tf32 = 1;
+        f.align4 = 1;
+        f.algo = FAB_MATMUL_ALGO_NATIVE;
+        run_case(ctx, &f);
+    }
+    unsetenv("FAB_MATMUL_SM80_TILE");
+    banks_expect_none(banks, "tile configurations");
+#ifdef FAB_TEST_EMULATED
+    static const struct { int64_t batch, blocks, threads; } rule[] = {
+        {66, 2 * 1 * 66, 256}, /* 132 blocks of 128x256 fill the SMs: 8 warps */
+        {33, 2 * 2 * 33, 128}, /* 128x256 would leave SMs idle; 128x128, 4 warps */
+        {32, 3 * 3 * 32, 128}, /* 128 blocks of 128x128 would too: 64x64 */
+    };
+    const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
+    for (int i = 0; i < 3; i++) {
+        mm_case c = plain(FAB_DTYPE_BF16, FAB_DTYPE_BF16, 129, 131, 40, 0, 0);
+        c.align8 = 1;
+        c.algo = FAB_MATMUL_ALGO_NATIVE;
+        c.nb = 1;
+        c.bshape[0] = rule[i].batch;
+        c.a_nb = c.b_nb = 1;
+        c.a_bshape[0] = c.b_bshape[0] = rule[i].batch;
+        struct fab_emu_stats before, after;
+        fab_emu_get_stats(&before);
+        run_case(ctx, &c);
+        fab_emu_get_stats(&after);
+        print_message("%lld batches of 129x131: %llu blocks, %llu threads\n", (long long)rule[i].batch,
+                      after.blocks - before.blocks, after.threads - before.threads);
+        assert_int_equal(after.blocks - before.blocks, rule[i].blocks);
+        assert_int_equal(after.threads - before.threads, rule[i].blocks * rule[i].threads);
+    }
+    fab_emu_set_racecheck(racecheck);
+#endif
     fab_context_destroy(ctx);
 }
 
@@ -1655,6 +1723,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_tf32),
         cmocka_unit_test(test_tf32_rounding),
         cmocka_unit_test(test_tensor_core_shapes),
+        cmocka_unit_test(test_tensor_core_tiles),
         cmocka_unit_test(test_epilogues),
         cmocka_unit_test(test_batched_strided),
         cmocka_unit_test(test_gradcheck),

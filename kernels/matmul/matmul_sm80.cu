@@ -26,7 +26,8 @@
  *   chunks in 8 different bank groups (32 banks, no conflict). Every value is
  *   rounded to tf32 with cvt.rna after the load.
  * The epilogue (alpha, beta·C, bias, pre_act, activation or its derivative,
- * rounding) runs on the accumulator registers and stores directly.
+ * rounding) goes through shared memory, 16 rows of a warp's tile at a time, so
+ * that its global loads and stores run along rows (see the kernel).
  *
  * Thread mapping: warp w owns rows wm*WTM.. and columns wn*WTN.. of the block
  * tile (wm = w / WARPS_N, wn = w % WARPS_N); in an mma tile lane l holds rows
@@ -44,6 +45,7 @@
  * kernel runs (for f32: exact f32 FMA, no rounding to tf32).
  */
 #include <cuda_runtime.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define FAB__HD __host__ __device__
@@ -261,46 +263,108 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom 
         }
     }
     fab__cp_async_wait_all();
+    __syncthreads(); /* every warp is done with the stages: they hold the epilogue's staging now */
 
-    /* epilogue on the registers: c[r] is C[g + 8(r/2)][2t + r%2] of each mma tile */
+    /* Epilogue, one 16-row m-tile of the warp tile at a time: the warp stores its
+     * accumulators to its own part of shared memory (f32, rows of WTN + 8 floats,
+     * so a half-warp's float2 stores, rows g..g+3 x columns 2t, 2t+1, cover 32
+     * banks), then its lanes take consecutive elements of those 16 rows: alpha,
+     * beta C, bias, pre_act, activation or its derivative, one rounding, and stores
+     * that are coalesced along the row. One copy of mm_epilogue in the code
+     * instead of one per accumulator register. */
+    constexpr int SROW = WTN + 8;
+    static_assert(WARPS_M * WARPS_N * 16 * SROW * 4 <= SM80_STAGES * (A_ELEMS + B_ELEMS) * (int)sizeof(T),
+                  "the epilogue's staging fits in the stages");
+    float *stage = reinterpret_cast<float *>(smem) + warp * 16 * SROW;
     const int gq = lane / 4, tq = lane % 4;
 #pragma unroll
-    for (int i = 0; i < MT; i++)
+    for (int i = 0; i < MT; i++) {
 #pragma unroll
         for (int j = 0; j < NT; j++)
 #pragma unroll
-            for (int r = 0; r < 4; r++) {
-                int64_t row = m0 + wm * WTM + i * 16 + gq + 8 * (r >> 1);
-                int64_t col = n0 + wn * WTN + j * 8 + 2 * tq + (r & 1);
-                if (row >= g.m || col >= g.n)
-                    continue;
-                mm_epilogue<T>(g, acc[i][j][r], row, col, C, bias, pre, g.c_f32);
-            }
+            for (int h = 0; h < 2; h++)
+                *reinterpret_cast<float2 *>(stage + (gq + 8 * h) * SROW + j * 8 + 2 * tq) =
+                    make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+        __syncwarp();
+        const int64_t row0 = m0 + wm * WTM + i * 16, col0 = n0 + wn * WTN;
+#pragma unroll 1
+        for (int e = lane; e < 16 * WTN; e += 32) {
+            const int r = e / WTN, c = e % WTN;
+            if (row0 + r < g.m && col0 + c < g.n)
+                mm_epilogue<T>(g, stage[r * SROW + c], row0 + r, col0 + c, C, bias, pre, g.c_f32);
+        }
+        __syncwarp(); /* read before the next m-tile overwrites */
+    }
 }
 
 template <typename T, int BM, int BN, int WM, int WN, bool TA, bool TB>
 static cudaError_t launch_cfg(fab_context *ctx, const fab__mm_args *a, const mm_geom &g, const mm_batch &bt)
 {
-    /* 3 * 256 rows * 64 bytes = 48 KiB at most: no opt-in to more shared memory */
+    /* 3 stages of (BM + BN) rows of 64 bytes: 24 KiB (64x64) to 72 KiB (128x256),
+     * past 48 KiB only with the opt-in */
     const int smem = SM80_STAGES * (BM + BN) * sm80_dims<T>::BK * (int)sizeof(T);
+    auto kernel = sm80_gemm<T, BM, BN, WM, WN, TA, TB>;
+    if (smem > 48 * 1024) {
+        cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        if (err != cudaSuccess)
+            return err;
+    }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)((a->n + BN - 1) / BN), (unsigned)((a->m + BM - 1) / BM), (unsigned)a->batch);
     cfg.blockDim = dim3(WM * WN * 32);
     cfg.dynamicSmemBytes = (size_t)smem;
     cfg.stream = (cudaStream_t)ctx->stream;
-    return cudaLaunchKernelEx(&cfg, sm80_gemm<T, BM, BN, WM, WN, TA, TB>, (const T *)a->a, (const T *)a->b,
-                              a->c, a->bias, a->pre_act, g, bt);
+    return cudaLaunchKernelEx(&cfg, kernel, (const T *)a->a, (const T *)a->b, a->c, a->bias, a->pre_act, g, bt);
 }
 
-/* Tile configurations: 128x128 (8 warps, 64x32 each) when the grid fills the
- * GPU, else 64x64 (4 warps, 32x32 each) for more blocks on small problems. */
+/* Tile configurations (block tile, warps, warp tile):
+ *   TILE_128x256: 128x256, 8 warps of 64x64 (72 KiB of shared memory)
+ *   TILE_128x128: 128x128, 4 warps of 64x64
+ *   TILE_128x128_W8: 128x128, 8 warps of 64x32
+ *   TILE_64x64: 64x64, 4 warps of 32x32
+ * The rule: the largest of 128x256, 128x128 (4 warps) and 64x64 whose grid still
+ * gives every SM a block. Why 64x64 warp tiles: per k step of 16 a warp reads
+ * WTM/16 + WTN/16 ldmatrix.x4 (512 bytes each) for (WTM/16)(WTN/8) mma, and at
+ * 128 bytes per clock of shared-memory bandwidth a 64x32 warp tile needs 1.5
+ * clocks of reads per mma (plus 0.5 for the cp.async writes of a 128x128 block),
+ * a 64x64 one 1.0 (plus 0.375 at 128x256): at the mma.sync rate of an H100 SM,
+ * about one m16n8k16 every 1.6 clocks, only the 64x64 warp tiles leave shared
+ * memory out of the way. The 8-warp 128x128 tile stays for the A/B comparison.
+ * FAB_MATMUL_SM80_TILE=128x256|128x128|128x128w8|64x64 forces one (tests,
+ * benchmark); AUTO's cached choice between this kernel and cuBLASLt does not
+ * know the variable, so set it for the whole process. */
+enum sm80_tile { TILE_64x64, TILE_128x128, TILE_128x128_W8, TILE_128x256 };
+
+static sm80_tile pick_tile(const fab_context *ctx, const fab__mm_args *a)
+{
+    const char *env = getenv("FAB_MATMUL_SM80_TILE");
+    if (env) {
+        if (!strcmp(env, "128x256"))
+            return TILE_128x256;
+        if (!strcmp(env, "128x128"))
+            return TILE_128x128;
+        if (!strcmp(env, "128x128w8"))
+            return TILE_128x128_W8;
+        if (!strcmp(env, "64x64"))
+            return TILE_64x64;
+    }
+    const int64_t mb = (a->m + 127) / 128;
+    if (mb * ((a->n + 255) / 256) * a->batch >= (int64_t)ctx->sm_count)
+        return TILE_128x256;
+    if (mb * ((a->n + 127) / 128) * a->batch >= (int64_t)ctx->sm_count)
+        return TILE_128x128;
+    return TILE_64x64;
+}
+
 template <typename T, bool TA, bool TB>
 static cudaError_t launch_tiles(fab_context *ctx, const fab__mm_args *a, const mm_geom &g, const mm_batch &bt)
 {
-    int64_t big_blocks = ((a->m + 127) / 128) * ((a->n + 127) / 128) * a->batch;
-    if (big_blocks >= (int64_t)ctx->sm_count)
-        return launch_cfg<T, 128, 128, 2, 4, TA, TB>(ctx, a, g, bt);
-    return launch_cfg<T, 64, 64, 2, 2, TA, TB>(ctx, a, g, bt);
+    switch (pick_tile(ctx, a)) {
+    case TILE_128x256: return launch_cfg<T, 128, 256, 2, 4, TA, TB>(ctx, a, g, bt);
+    case TILE_128x128: return launch_cfg<T, 128, 128, 2, 2, TA, TB>(ctx, a, g, bt);
+    case TILE_128x128_W8: return launch_cfg<T, 128, 128, 2, 4, TA, TB>(ctx, a, g, bt);
+    default: return launch_cfg<T, 64, 64, 2, 2, TA, TB>(ctx, a, g, bt);
+    }
 }
 
 template <typename T>
