@@ -596,7 +596,8 @@ static void test_tensor_core_shapes(void **state)
 
 /* Each tile configuration of the tensor-core kernel, forced with
  * FAB_MATMUL_SM80_TILE: both transposes of each operand, bf16 and f16, C in the
- * input type or f32, edges in m, n and k, an epilogue, and TF32. Under the
+ * input type or f32, edges in m, n and k, an epilogue, more m-tiles than one group
+ * of the block order holds, and TF32. Under the
  * emulator, the rule as well: the grid sizes (blocks and threads) it launches for
  * 33 and 66 batches of 129 x 131, against the 132 SMs of an emulated H100. */
 static void test_tensor_core_tiles(void **state)
@@ -624,6 +625,11 @@ static void test_tensor_core_tiles(void **state)
             }
             run_case(ctx, &c);
         }
+        /* 9 or 18 m-tiles: the block order's groups of 8 m-tiles, the last one short */
+        mm_case tall = plain(FAB_DTYPE_BF16, FAB_DTYPE_F32, 1100, 300, 24, ti >> 1, ti & 1);
+        tall.align8 = 1;
+        tall.algo = FAB_MATMUL_ALGO_NATIVE;
+        run_case(ctx, &tall);
         mm_case f = plain(FAB_DTYPE_F32, FAB_DTYPE_F32, 70, 140, 36, ti & 1, ti >> 1);
         f.tf32 = 1;
         f.align4 = 1;
