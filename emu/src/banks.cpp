@@ -7,21 +7,25 @@
  *   - ldmatrix / stmatrix: each 8x8 matrix is one phase of 8 rows x 16 bytes;
  *     ideal 1 wavefront per matrix, conflict-free when its 8 rows fall in 8
  *     different groups of 4 banks.
- *   - cp.async, per destination write: the lanes of a warp are split into
- *     phases of 128 bytes (8 lanes for 16-byte copies, 16 for 8-byte, all 32
+ *   - cp.async's destination writes, and the plain loads and stores kernels make
+ *     through fab__ld_shared / fab__st_shared: the lanes of a warp are split into
+ *     phases of 128 bytes (8 lanes for 16-byte accesses, 16 for 8-byte, all 32
  *     for 4-byte); ideal 1 wavefront per phase that has a lane.
  * Wavefronts of a phase = the largest number of distinct words any one bank
  * holds among the phase's accesses; conflicts = wavefronts - ideal.
  *
  * ldmatrix and stmatrix are warp collectives, so their 32 row addresses come
- * together. cp.async is issued per lane: each lane logs its destinations, and
- * when the whole warp next meets (a collective of all its live lanes, a block
+ * together. cp.async and plain accesses are issued per lane: each lane logs its
+ * addresses, and when the whole warp next meets (a collective of all its live lanes, a block
  * barrier, the block's end) the k-th copies of its lanes are taken as one
  * instruction. That is the SIMT view of converged code, and of a loop whose
- * lanes run different trip counts (iteration k of the lanes that reach it).
+ * lanes run different trip counts (iteration k of the lanes that reach it). An
+ * access that some lanes skip under a condition of their own inside such a stretch
+ * shifts the count of those lanes: kernels make their shared accesses
+ * unconditionally (or under warp-uniform conditions) and predicate what follows.
  *
- * Plain loads and stores of shared memory are C++ accesses the emulator never
- * sees; they are not modelled. Addresses are taken relative to the block's
+ * Bare C++ loads and stores of shared memory are never seen; they are not
+ * modelled. Addresses are taken relative to the block's
  * dynamic shared memory (128-byte aligned, as on the GPU).
  */
 #include <stdio.h>
@@ -104,10 +108,15 @@ void bank_matrix(const Block &b, unsigned warp, const void *const row_addr[32], 
         count_stat(STAT_SMEM_WAVEFRONTS, total);
 }
 
-void bank_note_cp_async(Thread &t, const void *dst, unsigned bytes)
+void bank_note(Thread &t, const void *p, unsigned bytes, SmemKind kind)
 {
     const Block &b = *tl_block;
-    t.bank_cp.push_back(SmemAccess{bank_addr(b, dst), bytes});
+    t.bank_cp.push_back(SmemAccess{bank_addr(b, p), bytes, kind});
+}
+
+static const char *kind_name(SmemKind k)
+{
+    return k == SMEM_CP_ASYNC ? "cp.async" : k == SMEM_STORE ? "st.shared" : "ld.shared";
 }
 
 void bank_flush_warp(const Block &b, unsigned w)
@@ -119,8 +128,12 @@ void bank_flush_warp(const Block &b, unsigned w)
     for (size_t k = 0; k < most; ++k) {
         /* instruction k of the warp: phases of 128 bytes by lane index */
         unsigned size = 4;
+        SmemKind kind = SMEM_CP_ASYNC;
         for (unsigned l = 0; l < 32 && w * 32 + l < b.nthreads; ++l)
-            if (k < lanes[l]->bank_cp.size() && lanes[l]->bank_cp[k].bytes > size) size = lanes[l]->bank_cp[k].bytes;
+            if (k < lanes[l]->bank_cp.size()) {
+                if (lanes[l]->bank_cp[k].bytes > size) size = lanes[l]->bank_cp[k].bytes;
+                kind = lanes[l]->bank_cp[k].kind;
+            }
         const unsigned per_phase = 128 / size;
         unsigned wavefronts = 0, ideal = 0;
         int worst_phase = -1;
@@ -143,8 +156,8 @@ void bank_flush_warp(const Block &b, unsigned w)
         count_stat(STAT_SMEM_REQUESTS, 1);
         if (wavefronts > ideal) {
             char buf[200];
-            snprintf(buf, sizeof buf, "cp.async (%u bytes, the warp's copy #%zu since it last met) by warp %u; lanes %d-%u",
-                     size, k, w, worst_phase, worst_phase + per_phase - 1);
+            snprintf(buf, sizeof buf, "%s (%u bytes, the warp's access #%zu since it last met) by warp %u; lanes %d-%u",
+                     kind_name(kind), size, k, w, worst_phase, worst_phase + per_phase - 1);
             record(b, wavefronts, ideal, buf);
         } else {
             count_stat(STAT_SMEM_WAVEFRONTS, wavefronts);

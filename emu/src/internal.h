@@ -32,9 +32,11 @@ struct CpOp {
 };
 
 /* A shared-memory access logged for the bank model (banks.cpp). */
+enum SmemKind : unsigned char { SMEM_CP_ASYNC, SMEM_STORE, SMEM_LOAD };
 struct SmemAccess {
     uintptr_t addr; /* bank-relative address */
     unsigned bytes;
+    SmemKind kind;
 };
 
 struct Thread {
@@ -61,7 +63,7 @@ struct Thread {
     uint32_t *vc = nullptr;
     uint32_t *lv = nullptr;
     bool yielded = false; /* suspended by yield() (spin loop), not by a synchronisation */
-    /* cp.async destinations since the warp last met (banks.cpp) */
+    /* cp.async destinations and plain shared accesses since the warp last met (banks.cpp) */
     std::vector<SmemAccess> bank_cp;
 };
 
@@ -146,7 +148,8 @@ void race_failure(Launch *L, const std::string &msg);
 bool smemcheck_on();
 
 /* ---- shadow.cpp: the shared-memory race detector ----
- * Every shared-memory access made by emulator code (cp.async, ldmatrix, stmatrix) is
+ * Every shared-memory access made by emulator code (cp.async, ldmatrix, stmatrix,
+ * fab__ld_shared / fab__st_shared) is
  * checked against the last write and the reads since it, by happens-before: barriers
  * order the warps that take part, warp collectives the lanes that take part.  */
 struct Shadow;
@@ -157,16 +160,17 @@ void shadow_barrier_release(Block &b, Barrier &B, int id);
 void shadow_warp_sync_begin(Block &b, unsigned w, uint32_t lanes); /* before a collective's work */
 void shadow_warp_sync_end(Block &b, unsigned w, uint32_t lanes);   /* after it */
 bool collective_orders_memory(CollFn fn); /* ptx.cpp: false for mma, movmatrix */
-enum ShadowOp { SH_LDMATRIX, SH_STMATRIX, SH_CP_ASYNC };
+enum ShadowOp { SH_LDMATRIX, SH_STMATRIX, SH_CP_ASYNC, SH_LOAD, SH_STORE };
 void shadow_read(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp op);
 void shadow_write(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp op, bool async);
 void shadow_async_done(Block &b, Thread &t, const void *p, unsigned bytes); /* the wait that completes it */
 
 /* ---- banks.cpp: the shared-memory bank model ----
- * ldmatrix/stmatrix are modelled as they execute; cp.async destinations are logged
- * per lane and modelled when the warp next meets (bank_flush_warp). */
+ * ldmatrix/stmatrix are modelled as they execute; cp.async destinations and plain
+ * accesses (shared_access) are logged per lane and modelled when the warp next meets
+ * (bank_flush_warp). */
 void bank_matrix(const Block &b, unsigned warp, const void *const row_addr[32], int nmat, bool store);
-void bank_note_cp_async(Thread &t, const void *dst, unsigned bytes);
+void bank_note(Thread &t, const void *p, unsigned bytes, SmemKind kind);
 void bank_flush_warp(const Block &b, unsigned w);
 
 /* cp.async (ptx.cpp): perform the thread's pending copies of groups < limit. */

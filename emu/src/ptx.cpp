@@ -323,7 +323,29 @@ void cp_async(void *dst, const void *src, int cp_size, int src_size, bool cg)
     if (b->shadow) shadow_write(*b, *t, dst, (unsigned)cp_size, SH_CP_ASYNC, true);
     if (op.landed) cp_do(op);
     t->cp_pending.push_back(op);
-    bank_note_cp_async(*t, dst, (unsigned)cp_size);
+    bank_note(*t, dst, (unsigned)cp_size, SMEM_CP_ASYNC);
+}
+
+/* ------------------------------------------------------------------ plain shared accesses */
+
+void shared_access(const void *p, unsigned bytes, bool write)
+{
+    Thread *t = tl_thread;
+    if (!t) {
+        fprintf(stderr, "fab_emu: a shared-memory access outside a kernel\n");
+        abort();
+    }
+    const char *what = write ? "st.shared" : "ld.shared";
+    if ((uintptr_t)p % bytes) kernel_error("%s: address %p is not aligned to its %u bytes", what, p, bytes);
+    if (is_device_memory(p, 1)) kernel_error("%s: address %p is global memory, not shared memory", what, p);
+    Block *b = tl_block;
+    if (b->shadow) {
+        if (write)
+            shadow_write(*b, *t, p, bytes, SH_STORE, false);
+        else
+            shadow_read(*b, *t, p, bytes, SH_LOAD);
+    }
+    bank_note(*t, p, bytes, write ? SMEM_STORE : SMEM_LOAD);
 }
 
 void cp_async_commit()

@@ -2,7 +2,8 @@
  * shadow.cpp -- the shared-memory race detector.
  *
  * Every shared-memory access that goes through emulator code -- cp.async (a write),
- * ldmatrix (a read), stmatrix (a write) -- is checked against a shadow record of its
+ * ldmatrix (a read), stmatrix (a write), fab__ld_shared / fab__st_shared (a plain
+ * read or write) -- is checked against a shadow record of its
  * 4-byte words: the last write (thread, clocks, whether it is a cp.async still in
  * flight) and, per warp, the last read since that write.  Two accesses by different
  * threads to the same word, at least one a write, must be ordered by happens-before;
@@ -43,7 +44,7 @@ namespace fab_emu {
 namespace {
 
 const uint16_t kNone = 0xffff;
-enum : uint8_t { F_PENDING = 1, F_WRITER_STMATRIX = 2 };
+enum : uint8_t { F_PENDING = 1, F_WRITER_STMATRIX = 2, F_WRITER_STORE = 4 };
 
 struct Cell {
     uint64_t gen;   /* block generation this record belongs to */
@@ -192,6 +193,8 @@ static const char *op_name(ShadowOp op)
     switch (op) {
     case SH_LDMATRIX: return "ldmatrix (read)";
     case SH_STMATRIX: return "stmatrix (write)";
+    case SH_LOAD: return "ld.shared (read)";
+    case SH_STORE: return "st.shared (write)";
     default: return "cp.async (write)";
     }
 }
@@ -265,7 +268,9 @@ static inline __attribute__((always_inline)) Cell &cell_of(Shadow &s, uintptr_t 
 
 static const char *writer_op(const Cell &c)
 {
-    return (c.flags & F_WRITER_STMATRIX) ? "stmatrix (write)" : "cp.async (write)";
+    return (c.flags & F_WRITER_STMATRIX) ? "stmatrix (write)"
+           : (c.flags & F_WRITER_STORE)  ? "st.shared (write)"
+                                         : "cp.async (write)";
 }
 
 static const char *const kNoSync =
@@ -322,13 +327,14 @@ void shadow_write(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp o
             unsigned lane = (unsigned)(r & 31u), rtid = k * 32 + lane;
             if (rtid == t.id.linear) continue;
             if (!ordered_before(t, (uint16_t)rtid, (uint32_t)(r >> 32), (uint32_t)(r >> 5) & 0x7ffffffu)) {
-                report(b, t, a, "write after read", op, rtid, "ldmatrix (read)", kNoSync);
+                report(b, t, a, "write after read", op, rtid, "ldmatrix or ld.shared (read)", kNoSync);
                 return;
             }
         }
         memset(rd, 0, s.nwarps * sizeof(uint64_t));
         c.wtid = (uint16_t)t.id.linear;
-        c.flags = (uint8_t)((async ? F_PENDING : 0) | (op == SH_STMATRIX ? F_WRITER_STMATRIX : 0));
+        c.flags = (uint8_t)((async ? F_PENDING : 0) | (op == SH_STMATRIX ? F_WRITER_STMATRIX : 0) |
+                            (op == SH_STORE ? F_WRITER_STORE : 0));
         c.wwep = wep;
         c.wlep = lep & 0x7ffffffu;
     }

@@ -22,5 +22,6 @@ void *fab_emu_nvcc_check_kernels[] = {
     (void *)k_indices, (void *)k_block_sum, (void *)k_sync_reduce, (void *)k_early_exit, (void *)k_named_barrier,
     (void *)k_dynamic_smem, (void *)k_shuffles, (void *)k_warp_sum_double, (void *)k_votes, (void *)k_atomics,
     (void *)k_shfl_from_exited, (void *)k_bad_mask, (void *)k_deadlock, (void *)k_mixed_collectives,
-    (void *)k_bank_ldmatrix, (void *)k_bank_cp_async, (void *)k_bank_cp_loop,
+    (void *)k_bank_ldmatrix, (void *)k_bank_cp_async, (void *)k_bank_cp_loop, (void *)k_bank_plain,
+    (void *)k_warp_exchange_plain<true>, (void *)k_warp_exchange_plain<false>,
 };

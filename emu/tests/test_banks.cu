@@ -2,7 +2,8 @@
  * test_banks.cu -- the emulator's shared-memory bank model (banks.cpp) against
  * access patterns whose wavefronts are known by hand: 32 banks of 4 bytes; an
  * ldmatrix matrix is one phase of 8 rows x 16 bytes; a cp.async instruction is
- * phases of 128 bytes (8 lanes of 16 bytes, 16 of 8, 32 of 4).
+ * phases of 128 bytes (8 lanes of 16 bytes, 16 of 8, 32 of 4), and so are the
+ * plain loads and stores of fab__ld_shared / fab__st_shared.
  */
 #include "emu_test.h"
 #include "kernels/bank_kernels.cuh"
@@ -95,6 +96,30 @@ static void test_cp_async(const unsigned char *src)
     expect("cp.async loop of 48 chunks", since(), 2, 6, 0);
 }
 
+static void test_plain(float *out)
+{
+    const size_t smem = 32 * 33 * 8;
+    static const struct {
+        const char *what;
+        int stride, wide, write;
+        unsigned long long wavefronts, conflicts;
+    } cases[] = {
+        {"st.shared float, contiguous", 1, 0, 1, 1, 0},
+        {"st.shared float, 2-word stride", 2, 0, 1, 2, 1},
+        {"ld.shared float, 33-word stride (a padded column)", 33, 0, 0, 1, 0},
+        {"ld.shared float, one word for all", 0, 0, 0, 1, 0},
+        {"st.shared float2, contiguous (2 half-warp phases)", 2, 1, 1, 2, 0},
+        {"ld.shared float2, 4-word stride", 4, 1, 0, 4, 2},
+    };
+    for (const auto &c : cases) {
+        begin();
+        CHECK_CUDA(launch(k_bank_plain, 1, 32, smem, c.stride, c.wide, c.write, out));
+        expect(c.what, since(), 1, c.wavefronts, c.conflicts);
+    }
+    const char *ex = fab_emu_bank_conflict_example();
+    CHECK(strstr(ex, "ld.shared (8 bytes") && strstr(ex, "4 wavefronts where 2"), "example: \"%s\"", ex);
+}
+
 int main()
 {
     fab_emu_set_racecheck(0); /* one run per launch: the counts as they are */
@@ -106,6 +131,7 @@ int main()
     CHECK(fab_emu_bank_conflict_example()[0] == '\0', "no conflict yet: \"%s\"", fab_emu_bank_conflict_example());
     test_ldmatrix(out);
     test_cp_async(src);
+    test_plain(reinterpret_cast<float *>(out));
     cudaFree(out);
     cudaFree(src);
     return emu_test_finish();

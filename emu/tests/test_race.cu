@@ -51,6 +51,17 @@ int main()
     CHECK(!r && e == cudaSuccess, "correct warp exchange flagged: %s", fab_emu_last_message());
     r = flags_race([&] { return launch(k_warp_exchange<false>, dim3(1), dim3(64), 0, ii, io); }, &e);
     CHECK(r, "missing __syncwarp not caught");
+    /* the same through fab__st_shared / fab__ld_shared: the detector sees it without
+     * the schedule comparison, and names both accesses */
+    fab_emu_set_racecheck(0);
+    r = flags_race([&] { return launch(k_warp_exchange_plain<true>, dim3(1), dim3(64), 64 * 4, ii, io); }, &e);
+    CHECK(!r && e == cudaSuccess, "correct plain warp exchange flagged: %s", fab_emu_last_message());
+    r = flags_race([&] { return launch(k_warp_exchange_plain<false>, dim3(1), dim3(64), 64 * 4, ii, io); }, &e);
+    CHECK(r && strstr(fab_emu_last_message(), "shared-memory race (") != nullptr &&
+              strstr(fab_emu_last_message(), "ld.shared (read)") != nullptr &&
+              strstr(fab_emu_last_message(), "st.shared (write)") != nullptr,
+          "missing __syncwarp between st.shared and ld.shared: %s", fab_emu_last_message());
+    fab_emu_set_racecheck(1);
 
     const int n = 64;
     float4 *fi = device_alloc<float4>(2 * n), *fo = device_alloc<float4>(2 * n);

@@ -180,13 +180,13 @@ static __device__ __forceinline__ void dkdv_p_ds(const fab__attn_args &a, bool i
         for (int e = 0; e < 4; e++) {
             int qi = qh + j * 8 + 2 * t + (e & 1);
             float dsx, l2 = logit2(a, st[j][e], &dsx);
-            float p = fab__ex2_approx(l2 - cL[qi] * L2E);
+            float p = fab__ex2_approx(l2 - fab__ld_shared(cL + qi) * L2E);
             if (!inside) {
                 int64_t row = i0 + qi, key = k_lo + 8 * (e >> 1);
                 p = row < sq && key < sk && allowed(a, row, key, off) ? p : 0.0f;
             }
             st[j][e] = p;
-            dpt[j][e] = p * (dpt[j][e] - cD[qi]) * dsx;
+            dpt[j][e] = p * (dpt[j][e] - fab__ld_shared(cD + qi)) * dsx;
         }
     }
 }
@@ -431,9 +431,13 @@ __global__ void __launch_bounds__(32 * NW) attention_bwd_dkdv_kernel(const fab__
             if (!attn_any_allowed(a, r0, r0 + 31, w_k0, w_k0 + 15, off)) {
                 /* none of the 32 rows sees the warp's 16 keys (causal diagonal, window
                  * edges): P = dS = 0 adds nothing to dK, dV; dQ's dS^T block is 0 */
-                if (DQ_ATOMIC) {
-                    for (int i = lane; i < 16 * 16; i += 32)
-                        *reinterpret_cast<uint32_t *>(sdS + (warp * 16 + i / 16) * (QT + 8) + qh + (i % 16) * 2) = 0;
+                if (DQ_ATOMIC) { /* half-warps on rows r and r + 4: (QT + 8)-rows of 36 or 20 words
+                                  * put those 4 x 36 or 4 x 20 = 16 banks apart, so 32 banks per store */
+                    for (int i = 0; i < 8; i++)
+                        fab__st_shared(reinterpret_cast<uint32_t *>(sdS + (warp * 16 + (i & 3) + 8 * (i >> 2) +
+                                                                           4 * (lane >> 4)) * (QT + 8) +
+                                                                    qh + 2 * (lane & 15)),
+                                       0u);
                 }
                 continue;
             }
@@ -489,8 +493,9 @@ __global__ void __launch_bounds__(32 * NW) attention_bwd_dkdv_kernel(const fab__
                 if (DQ_ATOMIC) { /* dS^T rows k_lo, k_lo + 8, queries 2t, 2t+1 of each n-tile */
 #pragma unroll
                     for (int r = 0; r < 4; r++)
-                        *reinterpret_cast<uint32_t *>(sdS + (warp * 16 + g + 8 * (r & 1)) * (QT + 8) + qh + kk * 16 +
-                                                      8 * (r >> 1) + 2 * t) = sa[r];
+                        fab__st_shared(reinterpret_cast<uint32_t *>(sdS + (warp * 16 + g + 8 * (r & 1)) * (QT + 8) +
+                                                                    qh + kk * 16 + 8 * (r >> 1) + 2 * t),
+                                       sa[r]);
                 }
             }
         }

@@ -51,6 +51,34 @@
     type *name = reinterpret_cast<type *>(fab__dynamic_smem)
 #endif
 
+/* ------------------------------------------------------------------ plain shared loads and stores */
+
+/*
+ * fab__st_shared(p, v) / fab__ld_shared(p): an ordinary store or load of a value in
+ * shared memory (4 or 8 bytes: uint32_t, float, float2, ...). On the GPU a plain
+ * dereference; under the emulator the access is also shown to its race detector
+ * and bank model, which see nothing of a bare C++ access. Kernels use these for
+ * the shared-memory traffic that does not go through ldmatrix, stmatrix or
+ * cp.async.
+ */
+template <typename V>
+static __device__ __forceinline__ void fab__st_shared(V *p, V v)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::shared_access(p, sizeof(V), true);
+#endif
+    *p = v;
+}
+
+template <typename V>
+static __device__ __forceinline__ V fab__ld_shared(const V *p)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::shared_access(p, sizeof(V), false);
+#endif
+    return *p;
+}
+
 #ifndef FAB_EMULATE_CUDA
 /* 32-bit .shared address of a generic pointer into shared memory. */
 static __device__ __forceinline__ uint32_t fab__smem_u32(const void *p)

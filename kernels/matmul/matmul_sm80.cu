@@ -132,7 +132,7 @@ __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (
 template <int R>
 static __device__ __forceinline__ uint32_t ld_tf32(const float *tile, int row, int col)
 {
-    return fab__cvt_rna_tf32(tile[swz<float, R>(row, col / 4) + col % 4]);
+    return fab__cvt_rna_tf32(fab__ld_shared(tile + swz<float, R>(row, col / 4) + col % 4));
 }
 
 /* The four (A) or two (B) registers of a fragment loaded by ldmatrix, rounded to tf32. */
@@ -297,15 +297,16 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom 
         for (int j = 0; j < NT; j++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
-                *reinterpret_cast<float2 *>(stage + (gq + 8 * h) * SROW + j * 8 + 2 * tq) =
-                    make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                fab__st_shared(reinterpret_cast<float2 *>(stage + (gq + 8 * h) * SROW + j * 8 + 2 * tq),
+                               make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]));
         __syncwarp();
         const int64_t row0 = m0 + wm * WTM + i * 16, col0 = n0 + wn * WTN;
 #pragma unroll 1
         for (int e = lane; e < 16 * WTN; e += 32) {
             const int r = e / WTN, c = e % WTN;
+            const float v = fab__ld_shared(stage + r * SROW + c); /* every lane: one warp-wide load */
             if (row0 + r < g.m && col0 + c < g.n)
-                mm_epilogue<T>(g, stage[r * SROW + c], row0 + r, col0 + c, C, bias, pre, g.c_f32);
+                mm_epilogue<T>(g, v, row0 + r, col0 + c, C, bias, pre, g.c_f32);
         }
         __syncwarp(); /* read before the next m-tile overwrites */
     }

@@ -111,6 +111,10 @@ uint32_t movmatrix_trans(uint32_t a);
 void red_add_f32(float *addr, const float *v, int n);
 /* cp.async: cp_size 4, 8 or 16; src_size <= cp_size (rest zero-filled); cg = .cg */
 void cp_async(void *dst, const void *src, int cp_size, int src_size, bool cg);
+/* A plain load or store of `bytes` (4 or 8) at p in shared memory, before the kernel
+ * makes it: checked (alignment, not global memory), shown to the race detector
+ * and logged for the bank model. */
+void shared_access(const void *p, unsigned bytes, bool write);
 void cp_async_commit();
 void cp_async_wait(int n);  /* wait_group n */
 void cp_async_wait_all();

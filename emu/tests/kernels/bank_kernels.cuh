@@ -53,3 +53,26 @@ __global__ void k_bank_cp_loop(int n, const unsigned char *src)
     for (int c = threadIdx.x; c < n; c += 32) fab__cp_async_16(smem + 16 * c, src);
     fab__cp_async_wait_all();
 }
+
+/* One plain shared access per lane (fab__st_shared, or fab__ld_shared when !write):
+ * a float at word l * stride, or with `wide` a float2 at word 2 l * stride / 2
+ * (stride counted in words, even). */
+__global__ void k_bank_plain(int stride, int wide, int write, float *out)
+{
+    FAB_DYNAMIC_SMEM(float, smem);
+    int l = threadIdx.x;
+    float v = 0;
+    if (wide) {
+        float2 *p = reinterpret_cast<float2 *>(smem + l * stride);
+        if (write)
+            fab__st_shared(p, make_float2(1.0f, 2.0f));
+        else
+            v = fab__ld_shared(p).x;
+    } else {
+        if (write)
+            fab__st_shared(smem + l * stride, 1.0f);
+        else
+            v = fab__ld_shared(smem + l * stride);
+    }
+    out[l] = v;
+}

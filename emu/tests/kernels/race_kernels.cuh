@@ -114,3 +114,16 @@ __global__ void k_float_atomic_sum(float *sum, int *out)
         out[Racy ? 0 : blockIdx.x] = (int)blockIdx.x;
     }
 }
+
+/* k_warp_exchange through fab__st_shared / fab__ld_shared in dynamic shared memory:
+ * the bug (no __syncwarp) is then seen by the shared-memory race detector itself,
+ * not only by the schedule comparison. */
+template <bool Sync>
+__global__ void k_warp_exchange_plain(const int *in, int *out)
+{
+    FAB_DYNAMIC_SMEM(int, s);
+    int t = threadIdx.x;
+    fab__st_shared(s + t, in[t]);
+    if (Sync) __syncwarp();
+    out[t] = fab__ld_shared(s + (t ^ 31));
+}
