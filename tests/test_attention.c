@@ -1442,16 +1442,15 @@ static void test_bank_conflicts(void **state)
         unsigned long long conflicts = 0, d32_extra = 0, d32_copies = 0;
         for (int i = 0; i < 5; i++) {
             const int64_t d = dims[i];
-            struct fab_emu_stats c[6];
-            c[0] = fwd_counts(fast, "16", 2, 65, 65, d, 0);
-            c[1] = fwd_counts(fast, "32", 2, 65, 65, d, 1);
-            c[2] = bwd_counts(fast, "64", 2, 65, 65, d, 0);
-            c[3] = bwd_counts(fast, "128", 2, 65, 65, d, 1);
-            c[4] = bwd_counts(det, "64", 2, 65, 65, d, 0);
-            c[5] = bwd_counts(det, "128", 2, 65, 65, d, 1);
             static const char *what[6] = {"fwd 16 rows", "fwd 32 rows causal", "bwd 64 keys", "bwd 128 keys causal",
                                           "bwd deterministic 64 keys", "bwd deterministic 128 keys causal"};
+            static const char *variant[6] = {"16", "32", "64", "128", "64", "128"};
+            struct fab_emu_stats c[6];
             for (int j = 0; j < 6; j++) {
+                if (j < 2)
+                    c[j] = fwd_counts(fast, variant[j], 2, 65, 65, d, j & 1);
+                else
+                    c[j] = bwd_counts(j < 4 ? fast : det, variant[j], 2, 65, 65, d, j & 1);
                 print_message("attention d%lld %s: %llu shared instructions, %llu wavefronts, %llu conflicts%s%s\n",
                               (long long)d, what[j], c[j].smem_requests, c[j].smem_wavefronts,
                               c[j].smem_bank_conflicts, c[j].smem_bank_conflicts ? "; the last: " : "",

@@ -39,8 +39,12 @@
 
 namespace fab_emu {
 
+/* The last conflict seen: its kernel, block and description; the kernel is named
+ * only when fab_emu_bank_conflict_example asks (naming reads symbol tables). */
 static std::mutex g_example_mu;
-static std::string g_example; /* the last conflict seen, described */
+static const void *g_example_kernel;
+static uint3 g_example_block;
+static std::string g_example_what;
 
 /* Bank-relative address: offset in the dynamic shared memory where it is one. */
 static uintptr_t bank_addr(const Block &b, const void *p)
@@ -74,9 +78,10 @@ static void record(const Block &b, unsigned wavefronts, unsigned ideal, const st
     if (wavefronts <= ideal) return;
     count_stat(STAT_SMEM_CONFLICTS, wavefronts - ideal);
     std::lock_guard<std::mutex> lock(g_example_mu);
-    g_example = what + " in " + kernel_name(b.launch->kernel) + ", block (" + std::to_string(b.idx.x) + "," +
-                std::to_string(b.idx.y) + "," + std::to_string(b.idx.z) + "): " + std::to_string(wavefronts) +
-                " wavefronts where " + std::to_string(ideal) + " would do";
+    g_example_kernel = b.launch->kernel;
+    g_example_block = b.idx;
+    g_example_what = what + ": " + std::to_string(wavefronts) + " wavefronts where " + std::to_string(ideal) +
+                     " would do";
 }
 
 void bank_matrix(const Block &b, unsigned warp, const void *const row_addr[32], int nmat, bool store)
@@ -186,8 +191,12 @@ static const int g_summary_at_exit = [] {
 
 extern "C" const char *fab_emu_bank_conflict_example(void)
 {
+    using namespace fab_emu;
     static thread_local std::string copy;
-    std::lock_guard<std::mutex> lock(fab_emu::g_example_mu);
-    copy = fab_emu::g_example;
+    std::lock_guard<std::mutex> lock(g_example_mu);
+    copy.clear();
+    if (!g_example_what.empty())
+        copy = kernel_name(g_example_kernel) + ", block (" + std::to_string(g_example_block.x) + "," +
+               std::to_string(g_example_block.y) + "," + std::to_string(g_example_block.z) + "): " + g_example_what;
     return copy.c_str();
 }

@@ -22,6 +22,7 @@
  */
 #include <cxxabi.h>
 #include <dlfcn.h>
+#include <elf.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <thread>
+#include <unordered_map>
 
 #include "internal.h"
 
@@ -118,16 +120,70 @@ void count_stat(int which, unsigned long long n) { g_stats[which].fetch_add(n, s
 
 /* ------------------------------------------------------------------ diagnostics */
 
+/* The name of the function at `offset` (from the load base) in the ELF file at
+ * `path`, from its full symbol table (.symtab): the kernels of a library built
+ * with hidden symbols, and those in anonymous namespaces, are not in the dynamic
+ * table that dladdr reads. Each file's function symbols are read once. "" if
+ * the file has no such symbol (stripped, or not ELF). */
+static std::string symtab_name(const char *path, uintptr_t offset)
+{
+    static std::mutex mu;
+    static std::unordered_map<std::string, std::unordered_map<uintptr_t, std::string>> files;
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = files.find(path);
+    if (it == files.end()) {
+        std::unordered_map<uintptr_t, std::string> &names = files[path];
+        FILE *f = fopen(path, "rb");
+        std::vector<unsigned char> img;
+        if (f) { /* read into the heap: this may run on a fiber's small stack */
+            if (fseek(f, 0, SEEK_END) == 0) {
+                long size = ftell(f);
+                if (size > 0 && fseek(f, 0, SEEK_SET) == 0) {
+                    img.resize((size_t)size);
+                    if (fread(img.data(), 1, img.size(), f) != img.size()) img.clear();
+                }
+            }
+            fclose(f);
+        }
+        const Elf64_Ehdr *eh = reinterpret_cast<const Elf64_Ehdr *>(img.data());
+        if (img.size() >= sizeof(Elf64_Ehdr) && !memcmp(eh->e_ident, ELFMAG, SELFMAG) &&
+            eh->e_ident[EI_CLASS] == ELFCLASS64 && eh->e_shentsize == sizeof(Elf64_Shdr) &&
+            eh->e_shoff + (uint64_t)eh->e_shnum * sizeof(Elf64_Shdr) <= img.size()) {
+            const Elf64_Shdr *sh = reinterpret_cast<const Elf64_Shdr *>(img.data() + eh->e_shoff);
+            for (unsigned i = 0; i < eh->e_shnum; ++i) {
+                if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= eh->e_shnum) continue;
+                const Elf64_Shdr &str = sh[sh[i].sh_link];
+                if (sh[i].sh_offset + sh[i].sh_size > img.size() || str.sh_offset + str.sh_size > img.size()) continue;
+                const Elf64_Sym *sym = reinterpret_cast<const Elf64_Sym *>(img.data() + sh[i].sh_offset);
+                const char *strs = reinterpret_cast<const char *>(img.data() + str.sh_offset);
+                for (size_t k = 0; k < sh[i].sh_size / sizeof(Elf64_Sym); ++k)
+                    if (ELF64_ST_TYPE(sym[k].st_info) == STT_FUNC && sym[k].st_value && sym[k].st_name < str.sh_size)
+                        names.emplace((uintptr_t)sym[k].st_value,
+                                      std::string(strs + sym[k].st_name, strnlen(strs + sym[k].st_name,
+                                                                                  str.sh_size - sym[k].st_name)));
+            }
+        }
+        it = files.find(path);
+    }
+    auto n = it->second.find(offset);
+    return n == it->second.end() ? std::string() : n->second;
+}
+
 std::string kernel_name(const void *fn)
 {
     char buf[64];
     Dl_info info;
-    if (fn && dladdr(fn, &info) && info.dli_sname && info.dli_saddr == fn) {
-        int status = 0;
-        char *d = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
-        std::string s = (status == 0 && d) ? d : info.dli_sname;
-        free(d);
-        return s;
+    if (fn && dladdr(fn, &info)) {
+        std::string sym = info.dli_sname && info.dli_saddr == fn ? std::string(info.dli_sname) : std::string();
+        if (sym.empty() && info.dli_fname && info.dli_fbase)
+            sym = symtab_name(info.dli_fname, (uintptr_t)fn - (uintptr_t)info.dli_fbase);
+        if (!sym.empty()) {
+            int status = 0;
+            char *d = abi::__cxa_demangle(sym.c_str(), nullptr, nullptr, &status);
+            std::string s = (status == 0 && d) ? d : sym;
+            free(d);
+            return s;
+        }
     }
     snprintf(buf, sizeof buf, "kernel at %p", fn);
     return buf;

@@ -96,6 +96,27 @@ static void test_cp_async(const unsigned char *src)
     expect("cp.async loop of 48 chunks", since(), 2, 6, 0);
 }
 
+/* A kernel with internal linkage, so absent from the dynamic symbol table that
+ * dladdr reads (as the library's kernels are, built with hidden symbols): the
+ * emulator names it from the ELF .symtab. */
+namespace {
+__global__ void k_bank_named_from_symtab(float *out)
+{
+    FAB_DYNAMIC_SMEM(float, smem);
+    fab__st_shared(smem + 2 * threadIdx.x, 1.0f); /* 2-word stride: 2 wavefronts */
+    out[threadIdx.x] = 0;
+}
+} // namespace
+
+static void test_kernel_name(float *out)
+{
+    begin();
+    CHECK_CUDA(launch(k_bank_named_from_symtab, 1, 32, 256, out));
+    expect("st.shared float, 2-word stride, internal-linkage kernel", since(), 1, 2, 1);
+    const char *ex = fab_emu_bank_conflict_example();
+    CHECK(strstr(ex, "k_bank_named_from_symtab") != nullptr, "the kernel is named: \"%s\"", ex);
+}
+
 static void test_plain(float *out)
 {
     const size_t smem = 32 * 33 * 8;
@@ -132,6 +153,7 @@ int main()
     test_ldmatrix(out);
     test_cp_async(src);
     test_plain(reinterpret_cast<float *>(out));
+    test_kernel_name(reinterpret_cast<float *>(out));
     cudaFree(out);
     cudaFree(src);
     return emu_test_finish();
