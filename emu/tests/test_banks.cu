@@ -59,24 +59,20 @@ static void test_ldmatrix(uint32_t *out)
 static void test_cp_async(const unsigned char *src)
 {
     const size_t smem = 4096;
-    begin();
-    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 16, 16, 0, src));
-    expect("cp.async 16, contiguous", since(), 1, 4, 0);
-    begin();
-    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 16, 128, 0, src));
-    expect("cp.async 16, 128-byte stride", since(), 1, 32, 28);
-    begin();
-    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 16, 32, 0, src));
-    expect("cp.async 16, 32-byte stride", since(), 1, 8, 4);
-    begin();
-    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 8, 8, 0, src));
-    expect("cp.async 8, contiguous", since(), 1, 2, 0);
-    begin();
-    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 4, 4, 0, src));
-    expect("cp.async 4, contiguous", since(), 1, 1, 0);
-    begin();
-    CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, 4, 8, 0, src));
-    expect("cp.async 4, 8-byte stride", since(), 1, 2, 1);
+    static const struct {
+        const char *what;
+        int size, stride;
+        unsigned long long wavefronts, conflicts;
+    } cases[] = {
+        {"cp.async 16, contiguous", 16, 16, 4, 0},  {"cp.async 16, 128-byte stride", 16, 128, 32, 28},
+        {"cp.async 16, 32-byte stride", 16, 32, 8, 4}, {"cp.async 8, contiguous", 8, 8, 2, 0},
+        {"cp.async 4, contiguous", 4, 4, 1, 0},     {"cp.async 4, 8-byte stride", 4, 8, 2, 1},
+    };
+    for (const auto &c : cases) {
+        begin();
+        CHECK_CUDA(launch(k_bank_cp_async, 1, 32, smem, c.size, c.stride, 0, src));
+        expect(c.what, since(), 1, c.wavefronts, c.conflicts);
+    }
     const char *ex = fab_emu_bank_conflict_example();
     CHECK(strstr(ex, "cp.async (4 bytes") && strstr(ex, "2 wavefronts where 1"), "example: \"%s\"", ex);
     begin(); /* every lane the same word: a write-write race, so the race detector is off */
