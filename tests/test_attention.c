@@ -1420,7 +1420,8 @@ static void test_backward_variants(void **state)
 #endif
 }
 
-/* The CUDA kernels' shared-memory accesses (cp.async, ldmatrix, stmatrix) take no
+/* The CUDA kernels' shared-memory accesses (cp.async, ldmatrix, stmatrix, and the
+ * plain ones of fab__ld_shared / fab__st_shared) take no
  * more wavefronts than a conflict-free layout would, as the emulator's bank model
  * counts them (docs/EMULATOR.md), for every head dim, both forward variants, both
  * dkdv variants, and the deterministic dq kernel; 65 rows, so the edge copies run.

@@ -497,7 +497,7 @@ static void test_values(void **state)
 }
 
 /* Shared-memory bank conflicts of the tensor-core kernel, as the emulator's bank
- * model counts its cp.async, ldmatrix and stmatrix (docs/EMULATOR.md): a test
+ * model counts its cp.async, ldmatrix and plain shared accesses (docs/EMULATOR.md): a test
  * takes the count before its cases and requires that they added none (and that
  * the model saw the kernel's accesses at all). Elsewhere a no-op. */
 typedef struct bank_mark {

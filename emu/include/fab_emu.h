@@ -70,9 +70,9 @@ struct fab_emu_stats {
     unsigned long long barriers;     /* completed block barriers */
     unsigned long long float_atomics; /* per-thread float atomic adds (atomicAdd, red.add.v2/v4.f32: one each) */
     /* Shared-memory banks (docs/EMULATOR.md, "Bank conflicts"): warp-wide ldmatrix,
-     * stmatrix and cp.async instructions modelled, the wavefronts they take, and the
-     * wavefronts beyond the conflict-free ideal.  Plain shared loads and stores are not
-     * seen. */
+     * stmatrix, cp.async and fab__ld_shared / fab__st_shared instructions modelled, the
+     * wavefronts they take, and the wavefronts beyond the conflict-free ideal.  Bare C++
+     * shared loads and stores are not seen. */
     unsigned long long smem_requests;
     unsigned long long smem_wavefronts;
     unsigned long long smem_bank_conflicts;

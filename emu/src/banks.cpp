@@ -173,15 +173,27 @@ void bank_flush_warp(const Block &b, unsigned w)
 
 } // namespace fab_emu
 
-/* FAB_EMU_BANKS=1: a summary of the model's counts on stderr at process exit. */
+/* The last conflict, described (or ""). */
+static std::string example_text()
+{
+    using namespace fab_emu;
+    std::lock_guard<std::mutex> lock(g_example_mu);
+    if (g_example_what.empty()) return std::string();
+    return kernel_name(g_example_kernel) + ", block (" + std::to_string(g_example_block.x) + "," +
+           std::to_string(g_example_block.y) + "," + std::to_string(g_example_block.z) + "): " + g_example_what;
+}
+
+/* FAB_EMU_BANKS=1: a summary of the model's counts on stderr at process exit. It
+ * runs after thread-local objects are gone, so it builds its own text. */
 static void print_bank_summary()
 {
     fab_emu_stats s;
     fab_emu_get_stats(&s);
-    const char *ex = fab_emu_bank_conflict_example();
-    fprintf(stderr, "fab_emu: shared memory: %llu ldmatrix/stmatrix/cp.async instructions, %llu wavefronts, %llu of "
-            "them bank conflicts%s%s\n",
-            s.smem_requests, s.smem_wavefronts, s.smem_bank_conflicts, *ex ? "; last: " : "", ex);
+    const std::string ex = example_text();
+    fprintf(stderr,
+            "fab_emu: shared memory: %llu warp-wide ldmatrix/stmatrix/cp.async/ld.shared/st.shared instructions, "
+            "%llu wavefronts, %llu of them bank conflicts%s%s\n",
+            s.smem_requests, s.smem_wavefronts, s.smem_bank_conflicts, ex.empty() ? "" : "; last: ", ex.c_str());
 }
 static const int g_summary_at_exit = [] {
     const char *v = getenv("FAB_EMU_BANKS");
@@ -191,12 +203,7 @@ static const int g_summary_at_exit = [] {
 
 extern "C" const char *fab_emu_bank_conflict_example(void)
 {
-    using namespace fab_emu;
     static thread_local std::string copy;
-    std::lock_guard<std::mutex> lock(g_example_mu);
-    copy.clear();
-    if (!g_example_what.empty())
-        copy = kernel_name(g_example_kernel) + ", block (" + std::to_string(g_example_block.x) + "," +
-               std::to_string(g_example_block.y) + "," + std::to_string(g_example_block.z) + "): " + g_example_what;
+    copy = example_text();
     return copy.c_str();
 }

@@ -337,8 +337,13 @@ void shared_access(const void *p, unsigned bytes, bool write)
     }
     const char *what = write ? "st.shared" : "ld.shared";
     if ((uintptr_t)p % bytes) kernel_error("%s: address %p is not aligned to its %u bytes", what, p, bytes);
-    if (is_device_memory(p, 1)) kernel_error("%s: address %p is global memory, not shared memory", what, p);
     Block *b = tl_block;
+    const uintptr_t a = (uintptr_t)p, base = (uintptr_t)b->smem;
+    const bool dynamic = b->smem && a >= base && a + bytes <= base + b->launch->smem;
+    /* else a static __shared__ variable, or a mistake: global memory is caught here
+     * (stack and heap pointers are not) */
+    if (!dynamic && is_device_memory(p, 1))
+        kernel_error("%s: address %p is global memory, not shared memory", what, p);
     if (b->shadow) {
         if (write)
             shadow_write(*b, *t, p, bytes, SH_STORE, false);

@@ -120,19 +120,25 @@ void count_stat(int which, unsigned long long n) { g_stats[which].fetch_add(n, s
 
 /* ------------------------------------------------------------------ diagnostics */
 
-/* The name of the function at `offset` (from the load base) in the ELF file at
- * `path`, from its full symbol table (.symtab): the kernels of a library built
+/* The name of the function at address fn in the ELF file at `path`, loaded at
+ * `base`, from its full symbol table (.symtab): the kernels of a library built
  * with hidden symbols, and those in anonymous namespaces, are not in the dynamic
  * table that dladdr reads. Each file's function symbols are read once. "" if
  * the file has no such symbol (stripped, or not ELF). */
-static std::string symtab_name(const char *path, uintptr_t offset)
+struct SymtabFile {
+    bool exec = false; /* ET_EXEC: symbol values are addresses, not offsets from the base */
+    std::unordered_map<uintptr_t, std::string> names;
+};
+static std::string symtab_name(const char *path, uintptr_t base, const void *fn)
 {
     static std::mutex mu;
-    static std::unordered_map<std::string, std::unordered_map<uintptr_t, std::string>> files;
+    /* never destroyed: names may be wanted at exit (FAB_EMU_BANKS) */
+    static auto *files = new std::unordered_map<std::string, SymtabFile>();
     std::lock_guard<std::mutex> lock(mu);
-    auto it = files.find(path);
-    if (it == files.end()) {
-        std::unordered_map<uintptr_t, std::string> &names = files[path];
+    auto it = files->find(path);
+    if (it == files->end()) {
+        SymtabFile &file = (*files)[path];
+        std::unordered_map<uintptr_t, std::string> &names = file.names;
         FILE *f = fopen(path, "rb");
         std::vector<unsigned char> img;
         if (f) { /* read into the heap: this may run on a fiber's small stack */
@@ -149,6 +155,7 @@ static std::string symtab_name(const char *path, uintptr_t offset)
         if (img.size() >= sizeof(Elf64_Ehdr) && !memcmp(eh->e_ident, ELFMAG, SELFMAG) &&
             eh->e_ident[EI_CLASS] == ELFCLASS64 && eh->e_shentsize == sizeof(Elf64_Shdr) &&
             eh->e_shoff + (uint64_t)eh->e_shnum * sizeof(Elf64_Shdr) <= img.size()) {
+            file.exec = eh->e_type == ET_EXEC;
             const Elf64_Shdr *sh = reinterpret_cast<const Elf64_Shdr *>(img.data() + eh->e_shoff);
             for (unsigned i = 0; i < eh->e_shnum; ++i) {
                 if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= eh->e_shnum) continue;
@@ -163,10 +170,11 @@ static std::string symtab_name(const char *path, uintptr_t offset)
                                                                                   str.sh_size - sym[k].st_name)));
             }
         }
-        it = files.find(path);
+        it = files->find(path);
     }
-    auto n = it->second.find(offset);
-    return n == it->second.end() ? std::string() : n->second;
+    const uintptr_t key = it->second.exec ? (uintptr_t)fn : (uintptr_t)fn - base;
+    auto n = it->second.names.find(key);
+    return n == it->second.names.end() ? std::string() : n->second;
 }
 
 std::string kernel_name(const void *fn)
@@ -176,7 +184,7 @@ std::string kernel_name(const void *fn)
     if (fn && dladdr(fn, &info)) {
         std::string sym = info.dli_sname && info.dli_saddr == fn ? std::string(info.dli_sname) : std::string();
         if (sym.empty() && info.dli_fname && info.dli_fbase)
-            sym = symtab_name(info.dli_fname, (uintptr_t)fn - (uintptr_t)info.dli_fbase);
+            sym = symtab_name(info.dli_fname, (uintptr_t)info.dli_fbase, fn);
         if (!sym.empty()) {
             int status = 0;
             char *d = abi::__cxa_demangle(sym.c_str(), nullptr, nullptr, &status);
@@ -303,8 +311,13 @@ static void release_barrier(Block &b, int id, BarrierReduce red)
     if (red == BAR_AND) result = B.all ? 1 : 0;
     if (red == BAR_OR) result = B.any ? 1 : 0;
     if (b.shadow) shadow_barrier_release(b, B, id);
+    /* a warp that waits here met here: its logged accesses are instructions (a warp
+     * that only arrived, bar.arrive, runs on and is flushed where it next meets) */
+    uint32_t waited = 0;
+    for (unsigned i = 0; i < b.nthreads; ++i)
+        if (b.threads[i]->state == TState::AtBarrier && b.threads[i]->bar_id == id) waited |= 1u << (i / 32);
     for (unsigned w = 0; w < b.nwarps; ++w)
-        if (B.arrived[w]) bank_flush_warp(b, w); /* the warp met here: its copies are instructions */
+        if ((waited >> w) & 1u) bank_flush_warp(b, w);
     for (unsigned i = 0; i < b.nthreads; ++i) {
         Thread &t = *b.threads[i];
         if (t.state == TState::AtBarrier && t.bar_id == id) {

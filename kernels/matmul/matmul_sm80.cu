@@ -45,6 +45,7 @@
  * kernel runs (for f32: exact f32 FMA, no rounding to tf32).
  */
 #include <cuda_runtime.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -174,9 +175,9 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom 
 
     /* Block order: the GPU starts blocks in blockIdx order (x fastest), so take
      * that order through groups of 8 m-tiles, n-tiles within a group: a wave of
-     * blocks then covers a block of C about as tall as it is wide, and the A rows
-     * and B columns it reads stay in L2, instead of a few rows of tiles reading
-     * all of B. The last group may have fewer m-tiles. */
+     * blocks then covers 8 m-tiles by (blocks in the wave) / 8 n-tiles of C, not
+     * one or two rows of tiles across all of n, and the A rows and B columns it
+     * reads are fewer and stay in L2. The last group may have fewer m-tiles. */
     int64_t tm, tn;
     {
         constexpr int GROUP_M = 8;
@@ -362,6 +363,12 @@ static sm80_tile pick_tile(const fab_context *ctx, const fab__mm_args *a)
             return TILE_128x128_W8;
         if (!strcmp(env, "64x64"))
             return TILE_64x64;
+        static bool warned; /* once per process; a race here costs at most a second line */
+        if (!warned) {
+            warned = true;
+            fprintf(stderr, "fabriek: FAB_MATMUL_SM80_TILE=%s is not 128x256, 128x128, 128x128w8 or 64x64: ignored\n",
+                    env);
+        }
     }
     const int64_t mb = (a->m + 127) / 128;
     if (mb * ((a->n + 255) / 256) * a->batch >= (int64_t)ctx->sm_count)

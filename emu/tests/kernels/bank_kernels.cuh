@@ -55,8 +55,8 @@ __global__ void k_bank_cp_loop(int n, const unsigned char *src)
 }
 
 /* One plain shared access per lane (fab__st_shared, or fab__ld_shared when !write):
- * a float at word l * stride, or with `wide` a float2 at word 2 l * stride / 2
- * (stride counted in words, even). */
+ * a float, or with `wide` a float2, at word l * stride (stride in words; even for
+ * a float2). */
 __global__ void k_bank_plain(int stride, int wide, int write, float *out)
 {
     FAB_DYNAMIC_SMEM(float, smem);
