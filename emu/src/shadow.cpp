@@ -9,6 +9,10 @@
  * threads to the same word, at least one a write, must be ordered by happens-before;
  * otherwise the launch fails with a report naming both threads and both instructions.
  *
+ * Readers: per warp and word the last read (epochs and lane); when lanes of one warp
+ * read without a join of all its lanes between them (plain ld.shared; an ldmatrix is
+ * one warp-wide read), a several-readers mark instead (slot_multi).
+ *
  * Happens-before (vector clocks, FastTrack-style, at two levels):
  *   - between warps: each thread has a clock per warp of the block (vc); a barrier
  *     (bar.sync/__syncthreads, bar.arrive, bar.red) joins the clocks of the warps that
@@ -55,10 +59,22 @@ struct Cell {
     uint32_t wlep;  /* writer's lane epoch */
 };
 
-/* A reader slot: warp epoch << 32 | lane epoch << 5 | lane; 0 = none (epochs start at 1). */
+/* A reader slot: warp epoch << 32 | lane epoch << 5 | lane; 0 = none (epochs start at 1).
+ * Lane epochs keep 26 bits; bit 31 marks a slot of several readers (slot_multi). */
+const uint32_t kLepMask = 0x3ffffffu;
+const uint64_t kMulti = 1ull << 31;
 inline uint64_t slot_make(uint32_t wep, uint32_t lep, unsigned lane)
 {
-    return ((uint64_t)wep << 32) | ((uint64_t)(lep & 0x7ffffffu) << 5) | lane;
+    return ((uint64_t)wep << 32) | ((uint64_t)(lep & kLepMask) << 5) | lane;
+}
+/* Several lanes of the warp read the word without a warp-wide join between them
+ * (plain ld.shared; ldmatrix is one instruction): the slot keeps the readers' latest
+ * warp epoch, the warp's count of full joins at the time (in the lane-epoch field),
+ * and the last reader's lane (for the report). A write by a lane of the same warp is
+ * ordered after all those reads once the warp has joined in full again. */
+inline uint64_t slot_multi(uint32_t wep, uint32_t joins, unsigned lane)
+{
+    return ((uint64_t)wep << 32) | kMulti | ((uint64_t)(joins & kLepMask) << 5) | lane;
 }
 
 std::atomic<uint64_t> g_generation{0};
@@ -78,6 +94,7 @@ struct Shadow {
     std::vector<uint64_t> sreaders;
     /* clocks */
     std::vector<uint32_t> vc, lv;
+    std::vector<uint32_t> joins; /* per warp: joins of all its lanes (collectives, barriers) */
     bool reported = false;
 };
 
@@ -98,6 +115,7 @@ Shadow *shadow_acquire(Block &b)
     s.sreaders.clear();
     s.vc.assign((size_t)b.nthreads * b.nwarps, 0);
     s.lv.assign((size_t)b.nthreads * 32, 0);
+    s.joins.assign(b.nwarps, 0);
     s.reported = false;
     return &s;
 }
@@ -129,6 +147,7 @@ static void lane_join(Block &b, unsigned w, uint32_t lanes)
 {
     uint32_t J[32] = {};
     uint32_t from = lanes | b.exited[w];
+    if (from == 0xffffffffu) b.shadow->joins[w]++;
     for (uint32_t m = from; m; m &= m - 1) {
         unsigned l = (unsigned)__builtin_ctz(m);
         if (w * 32 + l >= b.nthreads) continue;
@@ -185,7 +204,7 @@ static bool ordered_before(const Thread &t, uint16_t utid, uint32_t uwep, uint32
     unsigned uw = utid / 32, ul = utid % 32;
     if (uw != t.id.warp) return t.vc[uw] >= uwep;
     if (ul == t.id.lane) return true;
-    return (t.lv[ul] & 0x7ffffffu) >= ulep;
+    return (t.lv[ul] & kLepMask) >= ulep;
 }
 
 static const char *op_name(ShadowOp op)
@@ -298,7 +317,16 @@ void shadow_read(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp op
                 return;
             }
         }
-        rd[t.id.warp] = slot_make(wep, lep, t.id.lane);
+        uint64_t &r = rd[t.id.warp];
+        const unsigned rlane = (unsigned)(r & 31u);
+        const uint32_t rwep = (uint32_t)(r >> 32), rfield = (uint32_t)(r >> 5) & kLepMask;
+        if (r && (r & kMulti) && s.joins[t.id.warp] == rfield) /* still several unordered readers */
+            r = slot_multi(rwep > wep ? rwep : wep, rfield, t.id.lane);
+        else if (r && !(r & kMulti) && rlane != t.id.lane &&
+                 !ordered_before(t, (uint16_t)(t.id.warp * 32 + rlane), rwep, rfield))
+            r = slot_multi(rwep > wep ? rwep : wep, s.joins[t.id.warp], t.id.lane);
+        else /* the first reader, or every earlier read is ordered before this one */
+            r = slot_make(wep, lep, t.id.lane);
     }
 }
 
@@ -325,8 +353,17 @@ void shadow_write(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp o
             uint64_t r = rd[k];
             if (!r) continue;
             unsigned lane = (unsigned)(r & 31u), rtid = k * 32 + lane;
+            const uint32_t rwep = (uint32_t)(r >> 32), rfield = (uint32_t)(r >> 5) & kLepMask;
+            if (r & kMulti) { /* several readers in warp k */
+                const bool ordered = k == t.id.warp ? s.joins[k] != rfield : t.vc[k] >= rwep;
+                if (!ordered) {
+                    report(b, t, a, "write after read", op, rtid, "ld.shared (read, one of several lanes)", kNoSync);
+                    return;
+                }
+                continue;
+            }
             if (rtid == t.id.linear) continue;
-            if (!ordered_before(t, (uint16_t)rtid, (uint32_t)(r >> 32), (uint32_t)(r >> 5) & 0x7ffffffu)) {
+            if (!ordered_before(t, (uint16_t)rtid, rwep, rfield)) {
                 report(b, t, a, "write after read", op, rtid, "ldmatrix or ld.shared (read)", kNoSync);
                 return;
             }
@@ -336,7 +373,7 @@ void shadow_write(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp o
         c.flags = (uint8_t)((async ? F_PENDING : 0) | (op == SH_STMATRIX ? F_WRITER_STMATRIX : 0) |
                             (op == SH_STORE ? F_WRITER_STORE : 0));
         c.wwep = wep;
-        c.wlep = lep & 0x7ffffffu;
+        c.wlep = lep & kLepMask;
     }
 }
 
@@ -352,7 +389,7 @@ void shadow_async_done(Block &b, Thread &t, const void *p, unsigned bytes)
         if (c.wtid == t.id.linear && (c.flags & F_PENDING)) {
             c.flags &= (uint8_t)~F_PENDING;
             c.wwep = t.vc[t.id.warp];
-            c.wlep = t.lv[t.id.lane] & 0x7ffffffu;
+            c.wlep = t.lv[t.id.lane] & kLepMask;
         }
     }
 }

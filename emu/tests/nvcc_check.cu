@@ -24,4 +24,5 @@ void *fab_emu_nvcc_check_kernels[] = {
     (void *)k_shfl_from_exited, (void *)k_bad_mask, (void *)k_deadlock, (void *)k_mixed_collectives,
     (void *)k_bank_ldmatrix, (void *)k_bank_cp_async, (void *)k_bank_cp_loop, (void *)k_bank_plain,
     (void *)k_warp_exchange_plain<true>, (void *)k_warp_exchange_plain<false>,
+    (void *)k_read_all_then_write<true>, (void *)k_read_all_then_write<false>,
 };

@@ -61,6 +61,19 @@ int main()
               strstr(fab_emu_last_message(), "ld.shared (read)") != nullptr &&
               strstr(fab_emu_last_message(), "st.shared (write)") != nullptr,
           "missing __syncwarp between st.shared and ld.shared: %s", fab_emu_last_message());
+    /* all lanes read a word, then one lane writes it: caught whichever lane it is.
+     * After the __syncwarp lane 31 (which completed it) runs on, then lanes 0..30:
+     * lane 31 writes before the others read (read after write); lane 30 is the last
+     * reader, which a record of one reader per warp would miss */
+    for (int writer : {0, 17, 30, 31}) {
+        r = flags_race([&] { return launch(k_read_all_then_write<true>, dim3(1), dim3(32), 16, writer, io); }, &e);
+        CHECK(!r && e == cudaSuccess, "writer %d: reads, __syncwarp, write flagged: %s", writer,
+              fab_emu_last_message());
+        r = flags_race([&] { return launch(k_read_all_then_write<false>, dim3(1), dim3(32), 16, writer, io); }, &e);
+        CHECK(r && strstr(fab_emu_last_message(), "shared-memory race (") != nullptr,
+              "writer %d: write after the other lanes' reads, no __syncwarp, not caught: %s", writer,
+              fab_emu_last_message());
+    }
     fab_emu_set_racecheck(1);
 
     const int n = 64;

@@ -127,3 +127,18 @@ __global__ void k_warp_exchange_plain(const int *in, int *out)
     if (Sync) __syncwarp();
     out[t] = fab__ld_shared(s + (t ^ 31));
 }
+
+/* Every lane reads word 0 with fab__ld_shared, then lane `writer` overwrites it;
+ * the bug: no __syncwarp between. Whichever lane writes, the reads of the others
+ * are unordered with it (the detector keeps a multi-reader record). */
+template <bool Sync>
+__global__ void k_read_all_then_write(int writer, int *out)
+{
+    FAB_DYNAMIC_SMEM(int, s);
+    if (threadIdx.x == 0) fab__st_shared(s, 5);
+    __syncwarp();
+    int v = fab__ld_shared(s);
+    if (Sync) __syncwarp();
+    if ((int)threadIdx.x == writer) fab__st_shared(s, 7);
+    out[threadIdx.x] = v;
+}
