@@ -344,8 +344,8 @@ static cudaError_t launch_cfg(fab_context *ctx, const fab__mm_args *a, const mm_
  * 128 bytes per clock of shared-memory bandwidth a 64x32 warp tile needs 1.5
  * clocks of reads per mma (plus 0.5 for the cp.async writes of a 128x128 block),
  * a 64x64 one 1.0 (plus 0.375 at 128x256): at the mma.sync rate of an H100 SM,
- * about one m16n8k16 every 1.6 clocks, only the 64x64 warp tiles leave shared
- * memory out of the way. The 8-warp 128x128 tile stays for the A/B comparison.
+ * which we estimate at one m16n8k16 every 1.6 clocks (not yet measured), only the
+ * 64x64 warp tiles leave shared memory out of the way. The 8-warp 128x128 tile stays for the A/B comparison.
  * FAB_MATMUL_SM80_TILE=128x256|128x128|128x128w8|64x64 forces one (tests,
  * benchmark); AUTO's cached choice between this kernel and cuBLASLt does not
  * know the variable, so set it for the whole process. */
