@@ -68,7 +68,8 @@ static __device__ __forceinline__ void attn_load_rows(T *smem, const T *base, in
         int r, ch;
         if constexpr (whole == chunks || !PAIR) {
             r = c / chunks, ch = c % chunks;
-        } else if constexpr (whole == 0) { /* D = 32: phase c / 8 takes rows c / 8 and c / 8 + 4 of its 8 */
+        } else if constexpr (whole == 0) { /* D = 32: phase c / 8 takes rows q and q + 4 of its group
+                                            * of 8 rows, q = (c / 8) % 4 */
             r = (c >> 5 << 3) + ((c >> 3) & 3) + (c & 4), ch = c & 3;
         } else { /* per group of 8 rows: 8 x `whole` chunks in row order, then 8 x 4 in pairs of rows */
             const int g = c / (8 * chunks), i = c % (8 * chunks), j = i - 8 * whole;
