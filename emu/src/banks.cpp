@@ -72,10 +72,9 @@ static unsigned phase_wavefronts(const uintptr_t *addr, const unsigned *bytes, i
     return worst;
 }
 
-static void record(const Block &b, unsigned wavefronts, unsigned ideal, const std::string &what)
+/* One instruction's conflict: wavefronts > ideal (the caller counted the wavefronts). */
+static void record_conflict(const Block &b, unsigned wavefronts, unsigned ideal, const std::string &what)
 {
-    count_stat(STAT_SMEM_WAVEFRONTS, wavefronts);
-    if (wavefronts <= ideal) return;
     count_stat(STAT_SMEM_CONFLICTS, wavefronts - ideal);
     std::lock_guard<std::mutex> lock(g_example_mu);
     g_example_kernel = b.launch->kernel;
@@ -105,12 +104,11 @@ void bank_matrix(const Block &b, unsigned warp, const void *const row_addr[32], 
         }
     }
     count_stat(STAT_SMEM_REQUESTS, 1);
+    count_stat(STAT_SMEM_WAVEFRONTS, total);
     if (total > (unsigned)nmat)
-        record(b, total, (unsigned)nmat,
-               std::string(store ? "stmatrix" : "ldmatrix") + ".x" + std::to_string(nmat) + " by warp " +
-                   std::to_string(warp) + detail);
-    else
-        count_stat(STAT_SMEM_WAVEFRONTS, total);
+        record_conflict(b, total, (unsigned)nmat,
+                        std::string(store ? "stmatrix" : "ldmatrix") + ".x" + std::to_string(nmat) + " by warp " +
+                            std::to_string(warp) + detail);
 }
 
 void bank_note(Thread &t, const void *p, unsigned bytes, SmemKind kind)
@@ -159,13 +157,12 @@ void bank_flush_warp(const Block &b, unsigned w)
             if (wf > 1 && worst_phase < 0) worst_phase = (int)p0;
         }
         count_stat(STAT_SMEM_REQUESTS, 1);
+        count_stat(STAT_SMEM_WAVEFRONTS, wavefronts);
         if (wavefronts > ideal) {
             char buf[200];
             snprintf(buf, sizeof buf, "%s (%u bytes, the warp's access #%zu since it last met) by warp %u; lanes %d-%u",
                      kind_name(kind), size, k, w, worst_phase, worst_phase + per_phase - 1);
-            record(b, wavefronts, ideal, buf);
-        } else {
-            count_stat(STAT_SMEM_WAVEFRONTS, wavefronts);
+            record_conflict(b, wavefronts, ideal, buf);
         }
     }
     for (unsigned l = 0; l < 32 && w * 32 + l < b.nthreads; ++l) lanes[l]->bank_cp.clear();

@@ -311,20 +311,19 @@ static void release_barrier(Block &b, int id, BarrierReduce red)
     if (red == BAR_AND) result = B.all ? 1 : 0;
     if (red == BAR_OR) result = B.any ? 1 : 0;
     if (b.shadow) shadow_barrier_release(b, B, id);
-    /* a warp that waits here met here: its logged accesses are instructions (a warp
-     * that only arrived, bar.arrive, runs on and is flushed where it next meets) */
     uint32_t waited = 0;
-    for (unsigned i = 0; i < b.nthreads; ++i)
-        if (b.threads[i]->state == TState::AtBarrier && b.threads[i]->bar_id == id) waited |= 1u << (i / 32);
-    for (unsigned w = 0; w < b.nwarps; ++w)
-        if ((waited >> w) & 1u) bank_flush_warp(b, w);
     for (unsigned i = 0; i < b.nthreads; ++i) {
         Thread &t = *b.threads[i];
         if (t.state == TState::AtBarrier && t.bar_id == id) {
             t.state = TState::Runnable;
             t.bar_result = result;
+            waited |= 1u << (i / 32);
         }
     }
+    /* a warp that waited here met here: its logged accesses are instructions (a warp
+     * that only arrived, bar.arrive, runs on and is flushed where it next meets) */
+    for (unsigned w = 0; w < b.nwarps; ++w)
+        if ((waited >> w) & 1u) bank_flush_warp(b, w);
     B = Barrier();
     count_stat(STAT_BARRIERS, 1);
 }
