@@ -76,6 +76,7 @@ struct fab_emu_stats {
     unsigned long long smem_requests;
     unsigned long long smem_wavefronts;
     unsigned long long smem_bank_conflicts;
+    unsigned long long wgmma;        /* warp-wide wgmma.mma_async operations computed (4 per warpgroup instruction) */
 };
 FAB_EMU_API void fab_emu_get_stats(struct fab_emu_stats *out);
 /* The last bank conflict counted, described: instruction, kernel, block, warp, the

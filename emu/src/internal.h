@@ -83,6 +83,25 @@ struct Barrier {
 
 struct Launch;
 
+/* A wgmma.mma_async recorded at issue, computed when wait_group retires it (wgmma.cpp). */
+struct WgmmaOp {
+    WgmmaKind kind;
+    int n;
+    bool a_in_regs;
+    bool trans_a, trans_b;
+    bool neg_a, neg_b;
+    bool accumulate;
+    uint64_t desc_a, desc_b;
+    float *d[32];
+    uint32_t a[32][4]; /* A from registers */
+    unsigned long long group;
+};
+
+struct WgmmaWarp { /* one warp's wgmma state */
+    std::vector<WgmmaOp> pending;
+    unsigned long long committed = 0; /* groups closed by commit_group; the open one has this number */
+};
+
 struct Block {
     Launch *launch = nullptr;
     uint3 idx = {0, 0, 0};
@@ -94,6 +113,7 @@ struct Block {
     Barrier bars[16];
     unsigned char *smem = nullptr;
     struct Shadow *shadow = nullptr; /* race detector state; null when off */
+    std::vector<WgmmaWarp> wgmma;    /* per warp: wgmma issued and not yet retired (wgmma.cpp) */
 };
 
 struct Launch {
@@ -136,7 +156,7 @@ void set_last_message(const std::string &m);
 bool error_mode_return();
 void count_stat(int which, unsigned long long n); /* index into fab_emu_stats fields */
 enum { STAT_LAUNCHES, STAT_BLOCKS, STAT_THREADS, STAT_MMA, STAT_LDMATRIX, STAT_CP_ASYNC, STAT_COLLECTIVES, STAT_BARRIERS,
-       STAT_FLOAT_ATOMICS, STAT_SMEM_REQUESTS, STAT_SMEM_WAVEFRONTS, STAT_SMEM_CONFLICTS, STAT_COUNT };
+       STAT_FLOAT_ATOMICS, STAT_SMEM_REQUESTS, STAT_SMEM_WAVEFRONTS, STAT_SMEM_CONFLICTS, STAT_WGMMA, STAT_COUNT };
 
 /* Describe the running thread: "block (1,0,0) thread (5,0,0)". */
 std::string where();
@@ -172,6 +192,10 @@ void shadow_async_done(Block &b, Thread &t, const void *p, unsigned bytes); /* t
 void bank_matrix(const Block &b, unsigned warp, const void *const row_addr[32], int nmat, bool store);
 void bank_note(Thread &t, const void *p, unsigned bytes, SmemKind kind);
 void bank_flush_warp(const Block &b, unsigned w);
+
+/* ---- wgmma.cpp ---- */
+/* A thread ends: its warp must have retired all its wgmma (kernel_error otherwise). */
+void wgmma_thread_exit(Block &b, Thread &t);
 
 /* cp.async (ptx.cpp): perform the thread's pending copies of groups < limit. */
 void cp_async_complete(Thread &t, unsigned long long limit);

@@ -719,6 +719,7 @@ static void thread_main(void *arg)
     Thread *t = static_cast<Thread *>(arg);
     Block &b = *tl_block;
     b.launch->invoke(b.launch->closure);
+    wgmma_thread_exit(b, *t);
     thread_exit(b, *t);
 }
 
@@ -1122,6 +1123,7 @@ void fab_emu_get_stats(struct fab_emu_stats *out)
     out->smem_requests = g_stats[STAT_SMEM_REQUESTS].load();
     out->smem_wavefronts = g_stats[STAT_SMEM_WAVEFRONTS].load();
     out->smem_bank_conflicts = g_stats[STAT_SMEM_CONFLICTS].load();
+    out->wgmma = g_stats[STAT_WGMMA].load();
 }
 
 } // extern "C"

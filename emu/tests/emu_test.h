@@ -13,7 +13,9 @@
 
 #include <cuda_runtime.h>
 
+#ifdef FAB_EMULATE_CUDA
 #include "fab_emu.h"
+#endif
 
 static int g_emu_pass = 0, g_emu_fail = 0;
 

@@ -119,6 +119,19 @@ void cp_async_commit();
 void cp_async_wait(int n);  /* wait_group n */
 void cp_async_wait_all();
 
+/* wgmma (emu/src/wgmma.cpp): one warp's part of wgmma.mma_async.m64nNk16.f32 with
+ * 16-bit A and B.  d: this lane's N/2 accumulators; a: its 4 A registers, or null for
+ * A in shared memory (desc_a).  Recorded at issue, computed at the wait_group that
+ * retires it.  wgmma_desc: a shared-memory matrix descriptor whose start address is
+ * the offset of `smem` in the block's dynamic shared memory. */
+enum WgmmaKind { WGMMA_BF16, WGMMA_F16 };
+void wgmma(WgmmaKind kind, int n, float *d, const uint32_t *a, uint64_t desc_a, uint64_t desc_b, bool accumulate,
+           bool neg_a, bool neg_b, bool trans_a, bool trans_b);
+void wgmma_fence();
+void wgmma_commit();
+void wgmma_wait(int n);
+uint64_t wgmma_desc(const void *smem, unsigned lbo_bytes, unsigned sbo_bytes, int layout);
+
 } // namespace fab_emu
 
 /* The launch entry used by cuda_runtime.h's cudaLaunchKernelEx template: runs
