@@ -97,6 +97,30 @@ struct WgmmaOp {
     unsigned long long group;
 };
 
+/* TMA and mbarrier (tma.cpp). */
+struct TensorMapDesc {   /* what the emulator's cuTensorMapEncodeTiled put in a CUtensorMap */
+    const unsigned char *base;
+    unsigned long long dim[2], stride1; /* elements; bytes between rows */
+    unsigned box[2], elem, swizzle_bytes; /* swizzle_bytes 0 (none), 32, 64, 128 */
+    bool nan_fill, f16; /* f16: NaN fill with f16's NaN (else bf16's, for 2-byte elements) */
+};
+struct TmaCopy {         /* a cp.async.bulk.tensor load not yet landed */
+    unsigned char *dst;
+    TensorMapDesc map;
+    int x, y;
+    unsigned issuer;     /* linear thread index */
+};
+struct Mbar {            /* an initialised mbarrier object */
+    const void *addr;
+    unsigned count, pending;
+    long long tx;
+    unsigned long long phase;
+    std::vector<TmaCopy> inflight;
+    /* race detector: clocks released by arrivals of the current phase, and at the last completion */
+    std::vector<uint32_t> join_vc, done_vc;
+    std::vector<uint32_t> join_lv, done_lv; /* [warp][lane] */
+};
+
 struct WgmmaWarp { /* one warp's wgmma state */
     std::vector<WgmmaOp> pending;
     unsigned long long committed = 0; /* groups closed by commit_group; the open one has this number */
@@ -114,6 +138,10 @@ struct Block {
     unsigned char *smem = nullptr;
     struct Shadow *shadow = nullptr; /* race detector state; null when off */
     std::vector<WgmmaWarp> wgmma;    /* per warp: wgmma issued and not yet retired (wgmma.cpp) */
+    std::vector<Mbar> mbars;         /* initialised mbarriers (tma.cpp) */
+    /* deadlock detection (tma.cpp): mbarrier events (inits, arrivals, landed loads), and
+     * the failed waits since the count last changed */
+    unsigned long long mbar_progress = 0, mbar_seen = 0, mbar_spins = 0;
 };
 
 struct Launch {
@@ -184,6 +212,10 @@ enum ShadowOp { SH_LDMATRIX, SH_STMATRIX, SH_CP_ASYNC, SH_LOAD, SH_STORE };
 void shadow_read(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp op);
 void shadow_write(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp op, bool async);
 void shadow_async_done(Block &b, Thread &t, const void *p, unsigned bytes); /* the wait that completes it */
+/* mbarrier: an arrival (or a TMA's completed transaction) releases t's clocks into
+ * vc/lv (nwarps and nwarps*32 entries); a wait that sees the phase complete acquires them. */
+void shadow_release(Block &b, Thread &t, std::vector<uint32_t> &vc, std::vector<uint32_t> &lv);
+void shadow_acquire(Block &b, Thread &t, const std::vector<uint32_t> &vc, const std::vector<uint32_t> &lv);
 
 /* ---- banks.cpp: the shared-memory bank model ----
  * ldmatrix/stmatrix are modelled as they execute; cp.async destinations and plain
@@ -196,6 +228,9 @@ void bank_flush_warp(const Block &b, unsigned w);
 /* ---- wgmma.cpp ---- */
 /* A thread ends: its warp must have retired all its wgmma (kernel_error otherwise). */
 void wgmma_thread_exit(Block &b, Thread &t);
+/* ---- tma.cpp ---- */
+/* The block's last thread ends: no TMA load may still be in flight. */
+void tma_thread_exit(Block &b);
 
 /* cp.async (ptx.cpp): perform the thread's pending copies of groups < limit. */
 void cp_async_complete(Thread &t, unsigned long long limit);

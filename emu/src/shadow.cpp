@@ -377,6 +377,33 @@ void shadow_write(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp o
     }
 }
 
+void shadow_release(Block &b, Thread &t, std::vector<uint32_t> &vc, std::vector<uint32_t> &lv)
+{
+    unsigned nw = b.shadow->nwarps;
+    if (vc.size() < nw) vc.resize(nw, 0);
+    if (lv.size() < (size_t)nw * 32) lv.resize((size_t)nw * 32, 0);
+    for (unsigned k = 0; k < nw; ++k)
+        if (t.vc[k] > vc[k]) vc[k] = t.vc[k];
+    uint32_t *l = &lv[(size_t)t.id.warp * 32];
+    for (int k = 0; k < 32; ++k)
+        if (t.lv[k] > l[k]) l[k] = t.lv[k];
+    /* what t does from now on is not ordered before those who acquire this */
+    t.vc[t.id.warp]++;
+    t.lv[t.id.lane]++;
+}
+
+void shadow_acquire(Block &b, Thread &t, const std::vector<uint32_t> &vc, const std::vector<uint32_t> &lv)
+{
+    unsigned nw = b.shadow->nwarps;
+    for (unsigned k = 0; k < nw && k < vc.size(); ++k)
+        if (vc[k] > t.vc[k]) t.vc[k] = vc[k];
+    if (lv.size() >= (size_t)(t.id.warp + 1) * 32) {
+        const uint32_t *l = &lv[(size_t)t.id.warp * 32];
+        for (int k = 0; k < 32; ++k)
+            if (l[k] > t.lv[k]) t.lv[k] = l[k];
+    }
+}
+
 void shadow_async_done(Block &b, Thread &t, const void *p, unsigned bytes)
 {
     Shadow &s = *b.shadow;

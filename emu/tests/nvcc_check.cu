@@ -8,6 +8,7 @@
 #include "kernels/ptx_kernels.cuh"
 #include "kernels/race_kernels.cuh"
 #include "kernels/thread_kernels.cuh"
+#include "kernels/tma_kernels.cuh"
 #include "kernels/wgmma_kernels.cuh"
 
 /* Take every kernel's address so that each template instance is compiled. */
@@ -27,5 +28,5 @@ void *fab_emu_nvcc_check_kernels[] = {
     (void *)k_warp_exchange_plain<true>, (void *)k_warp_exchange_plain<false>,
     (void *)k_read_all_then_write<true>, (void *)k_read_all_then_write<false>,
     (void *)k_wgmma<64, 0, 1, 0, 0>, (void *)k_wgmma<256, 1, 0, 1, 0>, (void *)k_wgmma<16, 0, 1, 0, 1>,
-    (void *)k_wgmma<128, 0, 0, 1, 1>,
+    (void *)k_wgmma<128, 0, 0, 1, 1>, (void *)k_tma_ring,
 };

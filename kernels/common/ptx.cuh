@@ -19,7 +19,7 @@
  *     with a raw `extern __shared__` array: the emulator cannot provide one.
  *
  * Targets: sm_80 and newer (sm_90a for stmatrix); wgmma is sm_90a only (it traps
- * elsewhere).  TMA and mbarrier wrappers are still to come, in the same two-body pattern.
+ * elsewhere); mbarrier and TMA need sm_90.
  */
 #ifndef FAB_KERNELS_COMMON_PTX_CUH
 #define FAB_KERNELS_COMMON_PTX_CUH
@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <cuda.h> /* CUtensorMap (types only: nothing links libcuda) */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -519,6 +520,112 @@ static __device__ __forceinline__ void fab__cp_async_wait_all()
     ::fab_emu::cp_async_wait_all();
 #else
     asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+/* ------------------------------------------------------------------ mbarrier and TMA (sm_90) */
+
+/*
+ * mbarrier: a 64-bit object in shared memory (uint64_t, 8-byte aligned) with an
+ * arrival count, a transaction count (bytes) and a phase.  A phase completes when
+ * `count` arrivals are in and the expected bytes have landed; waiters test the
+ * parity of the phase they wait for (0 for the first, then 1, 0, ...).
+ *
+ *   fab__mbarrier_init(bar, count)             one thread, then fab__fence_mbarrier_init()
+ *                                              and a __syncthreads before any use
+ *   fab__mbarrier_arrive(bar)                  one arrival
+ *   fab__mbarrier_arrive_expect_tx(bar, bytes) expect `bytes` more, and arrive
+ *   fab__mbarrier_try_wait(bar, parity)        true once that phase has completed
+ *   fab__mbarrier_wait(bar, parity)            spin on try_wait
+ *
+ * fab__tma_load_2d(dst, map, x, y, bar): the box of tensor map `map` (encoded by
+ * cuTensorMapEncodeTiled) at element coordinates (x, y) -- x the inner dimension --
+ * lands in shared memory at dst (128-byte aligned; 1024 for a 128-byte swizzle that
+ * wgmma reads), and its bytes count against bar's transaction count.  One thread
+ * issues it.  `map` must be a __grid_constant__ kernel parameter (or in global
+ * memory).
+ */
+static __device__ __forceinline__ void fab__mbarrier_init(uint64_t *bar, unsigned count)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::mbarrier_init(bar, count);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(fab__smem_u32(bar)), "r"(count) : "memory");
+#else
+    __trap();
+#endif
+}
+
+/* Makes the initialised mbarriers visible to the async proxy (TMA) and the cluster. */
+static __device__ __forceinline__ void fab__fence_mbarrier_init()
+{
+#if !defined(FAB_EMULATE_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ uint64_t fab__mbarrier_arrive(uint64_t *bar)
+{
+#ifdef FAB_EMULATE_CUDA
+    return ::fab_emu::mbarrier_arrive(bar, 0);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint64_t state;
+    asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1];" : "=l"(state) : "r"(fab__smem_u32(bar)) : "memory");
+    return state;
+#else
+    __trap();
+    return 0;
+#endif
+}
+
+static __device__ __forceinline__ void fab__mbarrier_arrive_expect_tx(uint64_t *bar, unsigned bytes)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::mbarrier_arrive(bar, bytes);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(fab__smem_u32(bar)), "r"(bytes)
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+
+static __device__ __forceinline__ bool fab__mbarrier_try_wait(uint64_t *bar, unsigned parity)
+{
+#ifdef FAB_EMULATE_CUDA
+    return ::fab_emu::mbarrier_try_wait_parity(bar, parity);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t ok;
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(ok)
+                 : "r"(fab__smem_u32(bar)), "r"(parity)
+                 : "memory");
+    return ok != 0;
+#else
+    __trap();
+    return false;
+#endif
+}
+
+static __device__ __forceinline__ void fab__mbarrier_wait(uint64_t *bar, unsigned parity)
+{
+    while (!fab__mbarrier_try_wait(bar, parity)) {
+    }
+}
+
+static __device__ __forceinline__ void fab__tma_load_2d(void *smem_dst, const CUtensorMap *map, int x, int y,
+                                                        uint64_t *bar)
+{
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::tma_load_2d(smem_dst, map, x, y, bar);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+            fab__smem_u32(smem_dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(fab__smem_u32(bar))
+        : "memory");
+#else
+    __trap();
 #endif
 }
 

@@ -132,6 +132,15 @@ void wgmma_commit();
 void wgmma_wait(int n);
 uint64_t wgmma_desc(const void *smem, unsigned lbo_bytes, unsigned sbo_bytes, int layout);
 
+/* mbarrier and TMA (emu/src/tma.cpp).  mbarrier_arrive with tx_bytes > 0 is
+ * arrive.expect_tx; it returns the phase token.  try_wait yields when it fails, so a
+ * spin loop around it lets the other threads run. */
+void mbarrier_init(void *bar, unsigned count);
+uint64_t mbarrier_arrive(void *bar, unsigned tx_bytes);
+void mbarrier_expect_tx(void *bar, unsigned tx_bytes);
+bool mbarrier_try_wait_parity(void *bar, unsigned parity);
+void tma_load_2d(void *smem_dst, const void *tensor_map, int x, int y, void *bar);
+
 } // namespace fab_emu
 
 /* The launch entry used by cuda_runtime.h's cudaLaunchKernelEx template: runs
