@@ -8,7 +8,8 @@
  *   GPU: cuBLASLt, through fab_matmul with algo = FAB_MATMUL_ALGO_CUBLASLT, for
  *        bf16 squares 1024..8192 and the linear layers of GPT-2 124M and LLaMA-7B
  *        training: forward y = x·Wᵀ, backward dx = dy·W and dW = dyᵀ·x; and at
- *        4096³ each tile configuration of the tensor-core kernel, forced (A/B).
+ *        4096³ each tile configuration of the sm80 tensor-core kernel, forced (A/B;
+ *        on an H100 the other rows run the Hopper kernel, matmul_sm90.cu).
  */
 #include "bench.h"
 
@@ -280,18 +281,22 @@ static int gpu_suite(bench *b)
         gpu_shape g = {"square", squares[i], squares[i], squares[i], 0, 0};
         failed |= gpu_one(b, &g);
     }
-    /* A/B of the tensor-core kernel's tile configurations at 4096^3 (matmul_sm80.cu,
-     * pick_tile): each forced with FAB_MATMUL_SM80_TILE, unless the caller forced one */
+    /* A/B of the sm80 kernel's tile configurations at 4096^3 (matmul_sm80.cu,
+     * pick_tile): each forced with FAB_MATMUL_SM80_TILE, unless the caller forced
+     * one; FAB_MATMUL_SM90=0 so that an H100 runs them rather than the Hopper kernel,
+     * which the plain "square" rows measure there */
     if (!getenv("FAB_MATMUL_SM80_TILE")) {
+        setenv("FAB_MATMUL_SM90", "0", 1);
         static const char *const tiles[] = {"128x256", "128x128", "128x128w8", "64x64"};
         for (int i = 0; i < 4; i++) {
             char name[64];
-            snprintf(name, sizeof name, "square tile %s", tiles[i]);
+            snprintf(name, sizeof name, "square sm80 tile %s", tiles[i]);
             gpu_shape g = {name, 4096, 4096, 4096, 0, 0};
             setenv("FAB_MATMUL_SM80_TILE", tiles[i], 1);
             failed |= gpu_one(b, &g);
             unsetenv("FAB_MATMUL_SM80_TILE");
         }
+        unsetenv("FAB_MATMUL_SM90");
     }
     /* linear layers: tokens T, in -> out. forward y[T,out] = x[T,in]·W[out,in]ᵀ;
      * dx[T,in] = dy[T,out]·W[out,in]; dW[out,in] = dy[T,out]ᵀ·x[T,in]. */

@@ -535,10 +535,13 @@ static void banks_expect_none(bank_mark m, const char *what)
  * tensor-core kernel (cp.async needs whole 16-byte chunks), so its predicated
  * edges in m, n and k, both transposes, the tile configurations the rule picks
  * (64x64, and 128x128 for the 33-batch grid on an emulated H100), batches and
- * epilogues are covered. */
-static void test_tensor_core_shapes(void **state)
+ * epilogues are covered. On an (emulated) H100 the unbatched calls run the Hopper
+ * kernel (matmul_sm90.cu); run_tensor_core_shapes(0) turns it off, for the sm80
+ * kernel's share. */
+static void run_tensor_core_shapes(int sm90)
 {
-    (void)state;
+    if (!sm90)
+        setenv("FAB_MATMUL_SM90", "0", 1);
     fab_context *ctx = fab_test_context();
     const bank_mark banks = banks_begin();
     static const int64_t sizes[][3] = {{1, 1, 1},     {7, 7, 7},      {16, 8, 32},   {127, 129, 7},
@@ -592,6 +595,58 @@ static void test_tensor_core_shapes(void **state)
     if (on_cuda())
         banks_expect_none(banks, "tensor-core shapes");
     fab_context_destroy(ctx);
+    unsetenv("FAB_MATMUL_SM90");
+}
+
+static void test_tensor_core_shapes(void **state)
+{
+    (void)state;
+    run_tensor_core_shapes(1);
+    if (on_cuda())
+        run_tensor_core_shapes(0);
+}
+
+/* The Hopper kernel (matmul_sm90.cu: TMA, mbarriers, wgmma) on an emulated H100:
+ * that it is the one that runs (wgmma counted, 384-thread blocks of 128x128), every
+ * transpose with edges in m, n and k, k running through the stage ring several
+ * times, more m-tiles than one group of the block order, and an epilogue. On a
+ * real GPU the same calls run (whatever kernel the device gets). */
+static void test_sm90_kernel(void **state)
+{
+    (void)state;
+    if (!on_cuda()) {
+        print_message("SKIP: the Hopper kernel is CUDA's\n");
+        skip();
+    }
+    fab_context *ctx = fab_test_context();
+    for (int t = 0; t < 4; t++) {
+        fab_dtype in = t & 1 ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
+        mm_case c = plain(in, t & 2 ? FAB_DTYPE_F32 : in, 1100 + t, 300 - 7 * t, 600 + 13 * t, t & 1, t >> 1);
+        c.align8 = 1;
+        c.algo = FAB_MATMUL_ALGO_NATIVE;
+        if (t == 2) {
+            c.act = FAB_MATMUL_ACT_GELU_TANH;
+            c.bias = 1;
+            c.pre = 1;
+            c.beta = 0.5f;
+        }
+#ifdef FAB_TEST_EMULATED
+        const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
+        struct fab_emu_stats before, after;
+        fab_emu_get_stats(&before);
+#endif
+        run_case(ctx, &c);
+#ifdef FAB_TEST_EMULATED
+        fab_emu_get_stats(&after);
+        fab_emu_set_racecheck(racecheck);
+        const int64_t blocks = ((c.m + 127) / 128) * ((c.n + 127) / 128), ktiles = (c.k + 63) / 64;
+        assert_int_equal(after.blocks - before.blocks, blocks);
+        assert_int_equal(after.threads - before.threads, blocks * 384);
+        /* 8 consumer warps x 4 k steps per k tile, per block */
+        assert_int_equal(after.wgmma - before.wgmma, blocks * 8 * 4 * ktiles);
+#endif
+    }
+    fab_context_destroy(ctx);
 }
 
 /* Each tile configuration of the tensor-core kernel, forced with
@@ -607,6 +662,7 @@ static void test_tensor_core_tiles(void **state)
         print_message("SKIP: the tile configurations are the CUDA tensor-core kernel's\n");
         skip();
     }
+    setenv("FAB_MATMUL_SM90", "0", 1); /* the sm80 kernel's tiles, also where the Hopper kernel would apply */
     fab_context *ctx = fab_test_context();
     const bank_mark banks = banks_begin();
     static const char *const tiles[] = {"128x256", "128x128", "128x128w8", "64x64"};
@@ -637,6 +693,7 @@ static void test_tensor_core_tiles(void **state)
         run_case(ctx, &f);
     }
     unsetenv("FAB_MATMUL_SM80_TILE");
+    unsetenv("FAB_MATMUL_SM90");
     banks_expect_none(banks, "tile configurations");
 #ifdef FAB_TEST_EMULATED
     static const struct { int64_t batch, blocks, threads; } rule[] = {
@@ -1730,6 +1787,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_tf32_rounding),
         cmocka_unit_test(test_tensor_core_shapes),
         cmocka_unit_test(test_tensor_core_tiles),
+        cmocka_unit_test(test_sm90_kernel),
         cmocka_unit_test(test_epilogues),
         cmocka_unit_test(test_batched_strided),
         cmocka_unit_test(test_gradcheck),

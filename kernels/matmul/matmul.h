@@ -71,6 +71,9 @@ fab_status fab__bias_grad_cuda(fab_context *ctx, const fab__bgrad_args *a);
  * tensor-core kernel) and cuBLASLt (matmul_cublas.c). */
 bool fab__matmul_sm80_supports(const fab_context *ctx, const fab__mm_args *a);
 fab_status fab__matmul_sm80(fab_context *ctx, const fab__mm_args *a);
+/* matmul_sm90.cu: the Hopper kernel (wgmma, TMA), preferred on sm_90 where it applies. */
+bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_args *a);
+fab_status fab__matmul_sm90(fab_context *ctx, const fab__mm_args *a);
 fab_status fab__matmul_cuda(fab_context *ctx, const fab__mm_args *a);
 fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a);
 /* Whether cuBLASLt can run this call (dtypes, epilogue, strides); FAB_OK or a

@@ -4,7 +4,10 @@
  *
  * Dispatch (documented in docs/API.md):
  *   ALGO_CUBLASLT  -> matmul_cublas.c (the entry has checked it supports the call)
- *   ALGO_NATIVE    -> the tensor-core kernel (matmul_sm80.cu) for bf16/f16, and
+ *   ALGO_NATIVE    -> on sm_90 the Hopper kernel (matmul_sm90.cu: TMA, wgmma) for
+ *                     unbatched bf16/f16 with TMA-friendly strides
+ *                     (fab__matmul_sm90_supports; FAB_MATMUL_SM90=0 turns it off),
+ *                     else the tensor-core kernel (matmul_sm80.cu) for bf16/f16, and
  *                     for f32 with precision TF32, with 16-byte-aligned bases and
  *                     strides (8 or 4 elements; fab__matmul_sm80_supports), else
  *                     simt_gemm below (exact f32 FMA for f32, TF32 or not)
@@ -643,13 +646,22 @@ static tune_key make_key(const fab__mm_args *a, unsigned mask)
     return k;
 }
 
+/* fabriek's tensor-core kernel: the Hopper one where it applies (sm_90, one
+ * matrix, TMA-friendly strides), else the sm80 one. */
+static fab_status tensor_core(fab_context *ctx, const fab__mm_args *a)
+{
+    if (fab__matmul_sm90_supports(ctx, a))
+        return fab__matmul_sm90(ctx, a);
+    return fab__matmul_sm80(ctx, a);
+}
+
 /* One candidate on the call as given, dbias included. */
 static fab_status run_candidate(fab_context *ctx, const fab__mm_args *a, int c)
 {
     if (c == CAND_CUBLASLT)
         return fab__matmul_cublaslt(ctx, a); /* reduces an unfused dbias itself */
     if (c == CAND_SM80)
-        FAB__TRY(fab__matmul_sm80(ctx, a));
+        FAB__TRY(tensor_core(ctx, a));
     else
         FAB__TRY(gemm_any(ctx, a, false));
     return a->dbias ? fab__matmul_dbias_cuda(ctx, a) : FAB_OK;
@@ -875,7 +887,7 @@ extern "C" fab_status fab__matmul_cuda(fab_context *ctx, const fab__mm_args *a)
         if (a->algo == FAB_MATMUL_ALGO_REFERENCE)
             FAB__TRY(gemm_any(ctx, a, true));
         else if (c == CAND_SM80)
-            FAB__TRY(fab__matmul_sm80(ctx, a));
+            FAB__TRY(tensor_core(ctx, a));
         else
             FAB__TRY(gemm_any(ctx, a, false));
     }

@@ -1,0 +1,325 @@
+/*
+ * matmul_sm90.cu: fabriek's Hopper GEMM (sm_90a): bf16/f16 in, f32 accumulation,
+ * C bf16/f16/f32, every epilogue of fab_matmul. Where it applies it replaces the
+ * sm80 kernel as "fabriek's tensor-core kernel" on an H100 (matmul_cuda.cu).
+ *
+ * Idea: a block computes a 128 x 128 tile of C with a k loop over slices of 64
+ * (128 bytes of k). Warp specialisation: warpgroup 0 is the producer -- one
+ * thread issues TMA loads of each slice of op(A) and op(B) into a ring of STAGES
+ * shared-memory stages, 128-byte swizzled; warpgroups 1 and 2 are consumers, each
+ * multiplying its 64 rows of the A slice by the whole B slice with four
+ * wgmma.m64n128k16 (A and B read from shared memory through descriptors, no
+ * registers, no ldmatrix). Two mbarriers per stage: `full` (the TMA bytes have
+ * landed; the producer's arrive.expect_tx plus the transaction count) and `empty`
+ * (the 8 consumer warps have retired the wgmma that read it). A consumer keeps
+ * one slice's wgmma in flight while it waits for the next slice.
+ *
+ * Operand layouts: an operand stored k-contiguous (A as given, B transposed) is
+ * loaded as one box of 64 k x 128 rows, each row 128 bytes: wgmma's K-major
+ * 128-byte-swizzle layout (8-row groups 1024 bytes apart, SBO = 1024; a k step of
+ * 16 advances the start by 32 bytes). One stored m/n-contiguous (A transposed, B
+ * as given) is loaded as two boxes of 64 m/n x 64 k, rows of k: the MN-major
+ * layout (8 k-rows per 1024 bytes, SBO = 1024; the two 64-wide boxes LBO = 8192
+ * apart; a k step advances 16 rows, 2048 bytes). TMA fills everything past the
+ * edges of A and B with zeros, so any m, n, k works.
+ *
+ * Thread mapping: consumer warpgroup c (0, 1) owns rows 64c.. of the block tile;
+ * its warp w (0..3) rows 16w.., and lane l the accumulators
+ * acc[4j + 2i + b] = C[16w + l/4 + 8i][8j + 2(l%4) + b] (PTX ISA, wgmma D layout).
+ * The epilogue goes through shared memory as in the sm80 kernel: each warp stores
+ * its 16 x 128 accumulators, then its lanes take consecutive elements of those
+ * rows for mm_epilogue, so global loads and stores run along rows.
+ *
+ * Numerics: products exact, sums in f32 in the tensor cores' order; epilogue in
+ * f32, one rounding to C's dtype. Deterministic: no split-k, fixed order.
+ *
+ * Requirements (fab__matmul_sm90_supports): an sm_90 device and a binary with
+ * sm_90a code; bf16 or f16 A and B; no batch (one matrix; TMA maps here are 2-D);
+ * 16-byte-aligned A and B with row strides multiples of 8 elements (TMA); the
+ * driver's cuTensorMapEncodeTiled. FAB_MATMUL_SM90=0 turns it off (the sm80
+ * kernel runs instead). Otherwise the sm80 kernel runs.
+ */
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FAB__HD __host__ __device__
+#include "../activation/gelu_math.h"
+#include "../common/cuda_dtype.cuh"
+#include "../common/ptx.cuh"
+#include "matmul.h"
+#include "matmul_cuda_common.cuh"
+
+enum {
+    SM90_BM = 128,
+    SM90_BN = 128,
+    SM90_BK = 64, /* 128 bytes of 16-bit k: one 128-byte swizzle row */
+    SM90_STAGES = 4,
+    SM90_THREADS = 384, /* producer warpgroup + 2 consumer warpgroups */
+    SM90_CONSUMER_WARPS = 8,
+    SM90_TILE_BYTES = SM90_BM * SM90_BK * 2, /* A's (and B's) part of a stage: 16 KiB */
+    SM90_SROW = SM90_BN + 8,                 /* epilogue staging row, floats */
+    SM90_SMEM = 1024 /* alignment slack */ + SM90_STAGES * 2 * SM90_TILE_BYTES +
+                SM90_CONSUMER_WARPS * 16 * SM90_SROW * 4 + 2 * SM90_STAGES * 8,
+};
+
+/* K-major (k-contiguous) operand tile: 128 rows of 128 bytes, 128-byte swizzle. */
+static __device__ __forceinline__ uint64_t desc_k_major(const unsigned char *tile, int row0, int kstep)
+{
+    return fab__wgmma_desc(tile + row0 * 128 + kstep * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
+}
+
+/* MN-major operand tile: boxes of 64 rows of k x 128 bytes (64 m/n values), 8 KiB
+ * apart along m/n; `box0` the first box used. */
+static __device__ __forceinline__ uint64_t desc_mn_major(const unsigned char *tile, int box0, int kstep)
+{
+    return fab__wgmma_desc(tile + box0 * 8192 + kstep * 16 * 128, 8192, 1024, FAB_WGMMA_SWIZZLE_128B);
+}
+
+/* One wgmma.m64n128k16 of the warpgroup, accumulating; MN_A / MN_B: the operand is
+ * MN-major in shared memory. */
+template <typename T, bool MN_A, bool MN_B>
+struct sm90_mma {
+    static __device__ __forceinline__ void run(float (&acc)[SM90_BN / 2], uint64_t da, uint64_t db)
+    {
+        fab__wgmma_bf16_ss<SM90_BN, MN_A, MN_B>(acc, da, db, 1);
+    }
+};
+template <bool MN_A, bool MN_B>
+struct sm90_mma<__half, MN_A, MN_B> {
+    static __device__ __forceinline__ void run(float (&acc)[SM90_BN / 2], uint64_t da, uint64_t db)
+    {
+        fab__wgmma_f16_ss<SM90_BN, MN_A, MN_B>(acc, da, db, 1);
+    }
+};
+
+/* TA: A stored transposed (k x m, m-contiguous); TB: B stored transposed (n x k). */
+template <typename T, bool TA, bool TB>
+__global__ void __launch_bounds__(SM90_THREADS, 1)
+    sm90_gemm(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, void *C,
+              const void *bias, void *pre, mm_geom g)
+{
+    FAB_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char *stages = raw + ((1024 - ((uintptr_t)raw & 1023)) & 1023);
+    float *staging = reinterpret_cast<float *>(stages + SM90_STAGES * 2 * SM90_TILE_BYTES);
+    uint64_t *full = reinterpret_cast<uint64_t *>(staging + SM90_CONSUMER_WARPS * 16 * SM90_SROW);
+    uint64_t *empty = full + SM90_STAGES;
+
+    /* block order as in sm80_gemm: groups of 8 m-tiles, for L2 reuse */
+    int64_t tm, tn;
+    {
+        constexpr int GROUP_M = 8;
+        const int64_t pid = (int64_t)blockIdx.y * gridDim.x + blockIdx.x, per_group = (int64_t)GROUP_M * gridDim.x;
+        const int64_t first_m = pid / per_group * GROUP_M, in_group = pid % per_group;
+        const int64_t rows = gridDim.y - first_m < GROUP_M ? gridDim.y - first_m : GROUP_M;
+        tm = first_m + in_group % rows;
+        tn = in_group / rows;
+    }
+    const int m0 = (int)(tm * SM90_BM), n0 = (int)(tn * SM90_BN);
+    const int ktiles = (int)((g.k + SM90_BK - 1) / SM90_BK);
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < SM90_STAGES; s++) {
+            fab__mbarrier_init(&full[s], 1);
+            fab__mbarrier_init(&empty[s], SM90_CONSUMER_WARPS);
+        }
+        fab__fence_mbarrier_init();
+    }
+    __syncthreads();
+
+    if (threadIdx.x < 128) { /* the producer warpgroup: one thread issues, the rest have nothing to do */
+        if (threadIdx.x != 0)
+            return;
+        for (int kt = 0; kt < ktiles; kt++) {
+            const int s = kt % SM90_STAGES, k0 = kt * SM90_BK;
+            if (kt >= SM90_STAGES)
+                fab__mbarrier_wait(&empty[s], (unsigned)((kt / SM90_STAGES - 1) & 1));
+            unsigned char *a_tile = stages + s * 2 * SM90_TILE_BYTES, *b_tile = a_tile + SM90_TILE_BYTES;
+            fab__mbarrier_arrive_expect_tx(&full[s], 2 * SM90_TILE_BYTES);
+            if (!TA) {
+                fab__tma_load_2d(a_tile, &map_a, k0, m0, &full[s]);
+            } else {
+                fab__tma_load_2d(a_tile, &map_a, m0, k0, &full[s]);
+                fab__tma_load_2d(a_tile + 8192, &map_a, m0 + 64, k0, &full[s]);
+            }
+            if (TB) {
+                fab__tma_load_2d(b_tile, &map_b, k0, n0, &full[s]);
+            } else {
+                fab__tma_load_2d(b_tile, &map_b, n0, k0, &full[s]);
+                fab__tma_load_2d(b_tile + 8192, &map_b, n0 + 64, k0, &full[s]);
+            }
+        }
+        return;
+    }
+
+    /* consumers */
+    const int cg = threadIdx.x / 128 - 1, warp = threadIdx.x / 32 - 4, lane = threadIdx.x % 32;
+    float acc[SM90_BN / 2];
+#pragma unroll
+    for (int i = 0; i < SM90_BN / 2; i++)
+        acc[i] = 0.0f;
+    for (int kt = 0; kt < ktiles; kt++) {
+        const int s = kt % SM90_STAGES;
+        fab__mbarrier_wait(&full[s], (unsigned)((kt / SM90_STAGES) & 1));
+        const unsigned char *a_tile = stages + s * 2 * SM90_TILE_BYTES, *b_tile = a_tile + SM90_TILE_BYTES;
+        fab__wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < SM90_BK / 16; ks++) {
+            const uint64_t da = TA ? desc_mn_major(a_tile, cg, ks) : desc_k_major(a_tile, 64 * cg, ks);
+            const uint64_t db = TB ? desc_k_major(b_tile, 0, ks) : desc_mn_major(b_tile, 0, ks);
+            sm90_mma<T, TA, !TB>::run(acc, da, db);
+        }
+        fab__wgmma_commit();
+        fab__wgmma_wait<1>(); /* slice kt-1's wgmma are done: its stage may be refilled */
+        if (kt > 0 && lane == 0)
+            fab__mbarrier_arrive(&empty[(kt - 1) % SM90_STAGES]);
+    }
+    fab__wgmma_wait<0>();
+
+    /* epilogue: the warp's 16 rows through its staging area */
+    float *st = staging + warp * 16 * SM90_SROW;
+    const int gq = lane / 4, tq = lane % 4;
+#pragma unroll
+    for (int j = 0; j < SM90_BN / 8; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            fab__st_shared(reinterpret_cast<float2 *>(st + (gq + 8 * h) * SM90_SROW + 8 * j + 2 * tq),
+                           make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]));
+    __syncwarp();
+    const int64_t row0 = (int64_t)m0 + 64 * cg + 16 * (warp % 4);
+#pragma unroll 1
+    for (int e = lane; e < 16 * SM90_BN; e += 32) {
+        const int r = e / SM90_BN, c = e % SM90_BN;
+        const float v = fab__ld_shared(st + r * SM90_SROW + c);
+        if (row0 + r < g.m && n0 + c < g.n)
+            mm_epilogue<T>(g, v, row0 + r, n0 + c, C, bias, pre, g.c_f32);
+    }
+}
+
+/* ---- host side ---- */
+
+typedef CUresult (*encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                    const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                    CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+/* The driver's cuTensorMapEncodeTiled, looked up once (null if the driver lacks it). */
+static encode_tiled_fn encoder(void)
+{
+    static encode_tiled_fn fn;
+    static bool looked;
+    if (!looked) {
+        void *p = NULL;
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
+                cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (encode_tiled_fn)p;
+        looked = true;
+    }
+    return fn;
+}
+
+/* A 2-D map of a row-major matrix of `rows` x `cols` 16-bit values, row stride
+ * `ld` elements, boxes of 64 columns x box_rows rows, 128-byte swizzle. */
+static bool encode_map(CUtensorMap *map, const void *base, bool bf16, int64_t rows, int64_t cols, int64_t ld,
+                       int box_rows)
+{
+    encode_tiled_fn enc = encoder();
+    if (!enc)
+        return false;
+    /* one stored row: its stride is never used, but TMA wants a valid one */
+    int64_t stride = rows > 1 ? ld * 2 : (cols * 2 + 15) / 16 * 16;
+    cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)stride};
+    cuuint32_t box[2] = {64, (cuuint32_t)box_rows}, estr[2] = {1, 1};
+    return enc(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+               const_cast<void *>(base), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+               CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <typename T, bool TA, bool TB>
+static fab_status launch(fab_context *ctx, const fab__mm_args *a)
+{
+    mm_geom g;
+    mm_batch bt;
+    mm_fill(a, &g, &bt);
+    const bool bf16 = a->ab_dtype == FAB_DTYPE_BF16;
+    CUtensorMap map_a, map_b;
+    /* A: m x k (or k x m transposed), B: k x n (or n x k transposed), as stored */
+    bool ok = TA ? encode_map(&map_a, a->a, bf16, a->k, a->m, a->lda, 64)
+                 : encode_map(&map_a, a->a, bf16, a->m, a->k, a->lda, SM90_BM);
+    ok = ok && (TB ? encode_map(&map_b, a->b, bf16, a->n, a->k, a->ldb, SM90_BN)
+                   : encode_map(&map_b, a->b, bf16, a->k, a->n, a->ldb, 64));
+    if (!ok)
+        return fab__fail(FAB_ERR_BACKEND, "fab_matmul: cuTensorMapEncodeTiled rejected the operands of sm90_gemm");
+    auto kernel = sm90_gemm<T, TA, TB>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SM90_SMEM);
+    if (err == cudaSuccess) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3((unsigned)((a->n + SM90_BN - 1) / SM90_BN), (unsigned)((a->m + SM90_BM - 1) / SM90_BM), 1);
+        cfg.blockDim = dim3(SM90_THREADS);
+        cfg.dynamicSmemBytes = SM90_SMEM;
+        cfg.stream = (cudaStream_t)ctx->stream;
+        err = cudaLaunchKernelEx(&cfg, kernel, map_a, map_b, a->c, a->bias, a->pre_act, g);
+    }
+    if (err != cudaSuccess)
+        return fab__fail(FAB_ERR_BACKEND, "fab_matmul: sm90_gemm launch failed: %s", cudaGetErrorString(err));
+    return fab__cuda_check_launch("fab_matmul");
+}
+
+template <typename T>
+static fab_status launch_trans(fab_context *ctx, const fab__mm_args *a)
+{
+    if (a->trans_a)
+        return a->trans_b ? launch<T, true, true>(ctx, a) : launch<T, true, false>(ctx, a);
+    return a->trans_b ? launch<T, false, true>(ctx, a) : launch<T, false, false>(ctx, a);
+}
+
+/* Whether this binary holds sm_90a code for the kernel (a build for other
+ * architectures would run sm_80 code on an H100, whose wgmma traps). */
+static bool have_sm90a_code(void)
+{
+#ifdef FAB_EMULATE_CUDA
+    return true;
+#else
+    static int have = -1;
+    if (have < 0) {
+        cudaFuncAttributes attr;
+        have = cudaFuncGetAttributes(&attr, sm90_gemm<__nv_bfloat16, false, false>) == cudaSuccess &&
+               attr.binaryVersion == 90;
+    }
+    return have == 1;
+#endif
+}
+
+extern "C" bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_args *a)
+{
+    if (ctx->sm_version != 90)
+        return false;
+    if (a->ab_dtype != FAB_DTYPE_BF16 && a->ab_dtype != FAB_DTYPE_F16)
+        return false;
+    const char *env = getenv("FAB_MATMUL_SM90");
+    if (env && !strcmp(env, "0"))
+        return false;
+    if (a->batch != 1)
+        return false;
+    if ((uintptr_t)a->a % 16 != 0 || (uintptr_t)a->b % 16 != 0)
+        return false;
+    int64_t a_rows = a->trans_a ? a->k : a->m, b_rows = a->trans_b ? a->n : a->k;
+    if ((a_rows > 1 && a->lda % 8 != 0) || (b_rows > 1 && a->ldb % 8 != 0))
+        return false;
+    /* TMA coordinates are 32-bit; the grid's y dimension at most 65535 */
+    if (a->m >= ((int64_t)1 << 31) || a->n >= ((int64_t)1 << 31) || a->k >= ((int64_t)1 << 31) ||
+        (a->m + SM90_BM - 1) / SM90_BM > 65535)
+        return false;
+    return have_sm90a_code() && encoder() != NULL;
+}
+
+extern "C" fab_status fab__matmul_sm90(fab_context *ctx, const fab__mm_args *a)
+{
+    if (a->ab_dtype == FAB_DTYPE_BF16)
+        return launch_trans<__nv_bfloat16>(ctx, a);
+    return launch_trans<__half>(ctx, a);
+}
