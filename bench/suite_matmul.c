@@ -8,8 +8,8 @@
  *   GPU: cuBLASLt, through fab_matmul with algo = FAB_MATMUL_ALGO_CUBLASLT, for
  *        bf16 squares 1024..8192 and the linear layers of GPT-2 124M and LLaMA-7B
  *        training: forward y = x·Wᵀ, backward dx = dy·W and dW = dyᵀ·x; and at
- *        4096³ each tile configuration of the sm80 tensor-core kernel, forced (A/B;
- *        on an H100 the other rows run the Hopper kernel, matmul_sm90.cu).
+ *        4096³ each tile configuration of the sm80 and of the Hopper kernel
+ *        (matmul_sm90.cu, which the other rows run on an H100), forced (A/B).
  */
 #include "bench.h"
 
@@ -297,6 +297,19 @@ static int gpu_suite(bench *b)
             unsetenv("FAB_MATMUL_SM80_TILE");
         }
         unsetenv("FAB_MATMUL_SM90");
+    }
+    /* and the Hopper kernel's two tiles (matmul_sm90.cu, pick_bn; only an H100 runs
+     * it: elsewhere these rows measure the sm80 kernel again) */
+    if (!getenv("FAB_MATMUL_SM90_TILE")) {
+        static const char *const tiles[] = {"128x256", "128x128"};
+        for (int i = 0; i < 2; i++) {
+            char name[64];
+            snprintf(name, sizeof name, "square sm90 tile %s", tiles[i]);
+            gpu_shape g = {name, 4096, 4096, 4096, 0, 0};
+            setenv("FAB_MATMUL_SM90_TILE", tiles[i], 1);
+            failed |= gpu_one(b, &g);
+            unsetenv("FAB_MATMUL_SM90_TILE");
+        }
     }
     /* linear layers: tokens T, in -> out. forward y[T,out] = x[T,in]·W[out,in]ᵀ;
      * dx[T,in] = dy[T,out]·W[out,in]; dW[out,in] = dy[T,out]ᵀ·x[T,in]. */

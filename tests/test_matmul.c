@@ -607,10 +607,11 @@ static void test_tensor_core_shapes(void **state)
 }
 
 /* The Hopper kernel (matmul_sm90.cu: TMA, mbarriers, wgmma) on an emulated H100:
- * that it is the one that runs (wgmma counted, 384-thread blocks of 128x128), every
- * transpose with edges in m, n and k, k running through the stage ring several
- * times, more m-tiles than one group of the block order, and an epilogue. On a
- * real GPU the same calls run (whatever kernel the device gets). */
+ * that it is the one that runs (wgmma counted, 384-thread blocks of 128x128 by the
+ * rule for these grids, or 128x256 forced), every transpose with edges in m, n and
+ * k, k running through the stage ring several times, more m-tiles than one group
+ * of the block order, and an epilogue. On a real GPU the same calls run (whatever
+ * kernel the device gets). */
 static void test_sm90_kernel(void **state)
 {
     (void)state;
@@ -619,12 +620,15 @@ static void test_sm90_kernel(void **state)
         skip();
     }
     fab_context *ctx = fab_test_context();
-    for (int t = 0; t < 4; t++) {
-        fab_dtype in = t & 1 ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
-        mm_case c = plain(in, t & 2 ? FAB_DTYPE_F32 : in, 1100 + t, 300 - 7 * t, 600 + 13 * t, t & 1, t >> 1);
+    for (int v = 0; v < 8; v++) {
+        const int t = v & 3, bn = v < 4 ? 128 : 256;
+        if (bn == 256)
+            setenv("FAB_MATMUL_SM90_TILE", "128x256", 1);
+        fab_dtype in = (v ^ (v >> 2)) & 1 ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
+        mm_case c = plain(in, t & 2 ? FAB_DTYPE_F32 : in, 1100 + v, 300 - 7 * v, 600 + 13 * v, t & 1, t >> 1);
         c.align8 = 1;
         c.algo = FAB_MATMUL_ALGO_NATIVE;
-        if (t == 2) {
+        if (t == 2 || v == 5) {
             c.act = FAB_MATMUL_ACT_GELU_TANH;
             c.bias = 1;
             c.pre = 1;
@@ -639,12 +643,13 @@ static void test_sm90_kernel(void **state)
 #ifdef FAB_TEST_EMULATED
         fab_emu_get_stats(&after);
         fab_emu_set_racecheck(racecheck);
-        const int64_t blocks = ((c.m + 127) / 128) * ((c.n + 127) / 128), ktiles = (c.k + 63) / 64;
+        const int64_t blocks = ((c.m + 127) / 128) * ((c.n + bn - 1) / bn), ktiles = (c.k + 63) / 64;
         assert_int_equal(after.blocks - before.blocks, blocks);
         assert_int_equal(after.threads - before.threads, blocks * 384);
         /* 8 consumer warps x 4 k steps per k tile, per block */
         assert_int_equal(after.wgmma - before.wgmma, blocks * 8 * 4 * ktiles);
 #endif
+        unsetenv("FAB_MATMUL_SM90_TILE");
     }
     fab_context_destroy(ctx);
 }

@@ -3,31 +3,32 @@
  * C bf16/f16/f32, every epilogue of fab_matmul. Where it applies it replaces the
  * sm80 kernel as "fabriek's tensor-core kernel" on an H100 (matmul_cuda.cu).
  *
- * Idea: a block computes a 128 x 128 tile of C with a k loop over slices of 64
- * (128 bytes of k). Warp specialisation: warpgroup 0 is the producer -- one
+ * Idea: a block computes a 128 x BN tile of C (BN 128 or 256, pick_bn) with a k
+ * loop over slices of 64 (128 bytes of k). Warp specialisation: warpgroup 0 is the producer -- one
  * thread issues TMA loads of each slice of op(A) and op(B) into a ring of STAGES
  * shared-memory stages, 128-byte swizzled; warpgroups 1 and 2 are consumers, each
  * multiplying its 64 rows of the A slice by the whole B slice with four
- * wgmma.m64n128k16 (A and B read from shared memory through descriptors, no
+ * wgmma.m64nBNk16 (A and B read from shared memory through descriptors, no
  * registers, no ldmatrix). Two mbarriers per stage: `full` (the TMA bytes have
  * landed; the producer's arrive.expect_tx plus the transaction count) and `empty`
  * (the 8 consumer warps have retired the wgmma that read it). A consumer keeps
  * one slice's wgmma in flight while it waits for the next slice.
  *
  * Operand layouts: an operand stored k-contiguous (A as given, B transposed) is
- * loaded as one box of 64 k x 128 rows, each row 128 bytes: wgmma's K-major
+ * loaded as one box of 64 k x 128 (or BN) rows, each row 128 bytes: wgmma's K-major
  * 128-byte-swizzle layout (8-row groups 1024 bytes apart, SBO = 1024; a k step of
  * 16 advances the start by 32 bytes). One stored m/n-contiguous (A transposed, B
- * as given) is loaded as two boxes of 64 m/n x 64 k, rows of k: the MN-major
- * layout (8 k-rows per 1024 bytes, SBO = 1024; the two 64-wide boxes LBO = 8192
- * apart; a k step advances 16 rows, 2048 bytes). TMA fills everything past the
+ * as given) is loaded as boxes of 64 m/n x 64 k, rows of k: the MN-major layout
+ * (8 k-rows per 1024 bytes, SBO = 1024; the 64-wide boxes LBO = 8192 apart; a k
+ * step advances 16 rows, 2048 bytes). TMA fills everything past the
  * edges of A and B with zeros, so any m, n, k works.
  *
  * Thread mapping: consumer warpgroup c (0, 1) owns rows 64c.. of the block tile;
  * its warp w (0..3) rows 16w.., and lane l the accumulators
  * acc[4j + 2i + b] = C[16w + l/4 + 8i][8j + 2(l%4) + b] (PTX ISA, wgmma D layout).
- * The epilogue goes through shared memory as in the sm80 kernel: each warp stores
- * its 16 x 128 accumulators, then its lanes take consecutive elements of those
+ * The epilogue goes through shared memory as in the sm80 kernel, reusing the
+ * stages once both consumer warpgroups are done with them: each warp stores its
+ * 16 x BN accumulators, then its lanes take consecutive elements of those
  * rows for mm_epilogue, so global loads and stores run along rows.
  *
  * Numerics: products exact, sums in f32 in the tensor cores' order; epilogue in
@@ -38,6 +39,10 @@
  * 16-byte-aligned A and B with row strides multiples of 8 elements (TMA); the
  * driver's cuTensorMapEncodeTiled. FAB_MATMUL_SM90=0 turns it off (the sm80
  * kernel runs instead). Otherwise the sm80 kernel runs.
+ *
+ * Registers (ptxas, sm_90a): 90 per thread at BN = 128, 154 at BN = 256, no
+ * spills; the launch bound of 384 threads allows 168. (setmaxnreg, which would
+ * move registers from the producer to the consumers, is not used yet.)
  */
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -54,15 +59,23 @@
 
 enum {
     SM90_BM = 128,
-    SM90_BN = 128,
     SM90_BK = 64, /* 128 bytes of 16-bit k: one 128-byte swizzle row */
-    SM90_STAGES = 4,
     SM90_THREADS = 384, /* producer warpgroup + 2 consumer warpgroups */
     SM90_CONSUMER_WARPS = 8,
-    SM90_TILE_BYTES = SM90_BM * SM90_BK * 2, /* A's (and B's) part of a stage: 16 KiB */
-    SM90_SROW = SM90_BN + 8,                 /* epilogue staging row, floats */
-    SM90_SMEM = 1024 /* alignment slack */ + SM90_STAGES * 2 * SM90_TILE_BYTES +
-                SM90_CONSUMER_WARPS * 16 * SM90_SROW * 4 + 2 * SM90_STAGES * 8,
+    SM90_A_BYTES = SM90_BM * SM90_BK * 2, /* A's part of a stage: 16 KiB */
+};
+
+/* Per block tile width BN (128 or 256): B's part of a stage, the stages (4 of 32
+ * KiB, or 3 of 48 KiB), the epilogue's staging row (floats) and the shared memory
+ * asked for (the staging reuses the stages). */
+template <int BN>
+struct sm90_cfg {
+    static constexpr int B_BYTES = BN * SM90_BK * 2;
+    static constexpr int STAGE_BYTES = SM90_A_BYTES + B_BYTES;
+    static constexpr int STAGES = BN == 128 ? 4 : 3;
+    static constexpr int SROW = BN + 8;
+    static constexpr int SMEM = 1024 /* alignment slack */ + STAGES * STAGE_BYTES + 2 * STAGES * 8;
+    static_assert(SM90_CONSUMER_WARPS * 16 * SROW * 4 <= STAGES * STAGE_BYTES, "the staging fits in the stages");
 };
 
 /* K-major (k-contiguous) operand tile: 128 rows of 128 bytes, 128-byte swizzle. */
@@ -78,34 +91,35 @@ static __device__ __forceinline__ uint64_t desc_mn_major(const unsigned char *ti
     return fab__wgmma_desc(tile + box0 * 8192 + kstep * 16 * 128, 8192, 1024, FAB_WGMMA_SWIZZLE_128B);
 }
 
-/* One wgmma.m64n128k16 of the warpgroup, accumulating; MN_A / MN_B: the operand is
+/* One wgmma.m64nBNk16 of the warpgroup, accumulating; MN_A / MN_B: the operand is
  * MN-major in shared memory. */
-template <typename T, bool MN_A, bool MN_B>
+template <typename T, int BN, bool MN_A, bool MN_B>
 struct sm90_mma {
-    static __device__ __forceinline__ void run(float (&acc)[SM90_BN / 2], uint64_t da, uint64_t db)
+    static __device__ __forceinline__ void run(float (&acc)[BN / 2], uint64_t da, uint64_t db)
     {
-        fab__wgmma_bf16_ss<SM90_BN, MN_A, MN_B>(acc, da, db, 1);
+        fab__wgmma_bf16_ss<BN, MN_A, MN_B>(acc, da, db, 1);
     }
 };
-template <bool MN_A, bool MN_B>
-struct sm90_mma<__half, MN_A, MN_B> {
-    static __device__ __forceinline__ void run(float (&acc)[SM90_BN / 2], uint64_t da, uint64_t db)
+template <int BN, bool MN_A, bool MN_B>
+struct sm90_mma<__half, BN, MN_A, MN_B> {
+    static __device__ __forceinline__ void run(float (&acc)[BN / 2], uint64_t da, uint64_t db)
     {
-        fab__wgmma_f16_ss<SM90_BN, MN_A, MN_B>(acc, da, db, 1);
+        fab__wgmma_f16_ss<BN, MN_A, MN_B>(acc, da, db, 1);
     }
 };
 
 /* TA: A stored transposed (k x m, m-contiguous); TB: B stored transposed (n x k). */
-template <typename T, bool TA, bool TB>
+template <typename T, int BN, bool TA, bool TB>
 __global__ void __launch_bounds__(SM90_THREADS, 1)
     sm90_gemm(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, void *C,
               const void *bias, void *pre, mm_geom g)
 {
     FAB_DYNAMIC_SMEM(unsigned char, raw);
+    typedef sm90_cfg<BN> cfg;
+    constexpr int STAGES = cfg::STAGES, SROW = cfg::SROW;
     unsigned char *stages = raw + ((1024 - ((uintptr_t)raw & 1023)) & 1023);
-    float *staging = reinterpret_cast<float *>(stages + SM90_STAGES * 2 * SM90_TILE_BYTES);
-    uint64_t *full = reinterpret_cast<uint64_t *>(staging + SM90_CONSUMER_WARPS * 16 * SM90_SROW);
-    uint64_t *empty = full + SM90_STAGES;
+    uint64_t *full = reinterpret_cast<uint64_t *>(stages + STAGES * cfg::STAGE_BYTES);
+    uint64_t *empty = full + STAGES;
 
     /* block order as in sm80_gemm: groups of 8 m-tiles, for L2 reuse */
     int64_t tm, tn;
@@ -117,11 +131,11 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         tm = first_m + in_group % rows;
         tn = in_group / rows;
     }
-    const int m0 = (int)(tm * SM90_BM), n0 = (int)(tn * SM90_BN);
+    const int m0 = (int)(tm * SM90_BM), n0 = (int)(tn * BN);
     const int ktiles = (int)((g.k + SM90_BK - 1) / SM90_BK);
 
     if (threadIdx.x == 0) {
-        for (int s = 0; s < SM90_STAGES; s++) {
+        for (int s = 0; s < STAGES; s++) {
             fab__mbarrier_init(&full[s], 1);
             fab__mbarrier_init(&empty[s], SM90_CONSUMER_WARPS);
         }
@@ -133,11 +147,11 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         if (threadIdx.x != 0)
             return;
         for (int kt = 0; kt < ktiles; kt++) {
-            const int s = kt % SM90_STAGES, k0 = kt * SM90_BK;
-            if (kt >= SM90_STAGES)
-                fab__mbarrier_wait(&empty[s], (unsigned)((kt / SM90_STAGES - 1) & 1));
-            unsigned char *a_tile = stages + s * 2 * SM90_TILE_BYTES, *b_tile = a_tile + SM90_TILE_BYTES;
-            fab__mbarrier_arrive_expect_tx(&full[s], 2 * SM90_TILE_BYTES);
+            const int s = kt % STAGES, k0 = kt * SM90_BK;
+            if (kt >= STAGES)
+                fab__mbarrier_wait(&empty[s], (unsigned)((kt / STAGES - 1) & 1));
+            unsigned char *a_tile = stages + s * cfg::STAGE_BYTES, *b_tile = a_tile + SM90_A_BYTES;
+            fab__mbarrier_arrive_expect_tx(&full[s], cfg::STAGE_BYTES);
             if (!TA) {
                 fab__tma_load_2d(a_tile, &map_a, k0, m0, &full[s]);
             } else {
@@ -147,8 +161,9 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             if (TB) {
                 fab__tma_load_2d(b_tile, &map_b, k0, n0, &full[s]);
             } else {
-                fab__tma_load_2d(b_tile, &map_b, n0, k0, &full[s]);
-                fab__tma_load_2d(b_tile + 8192, &map_b, n0 + 64, k0, &full[s]);
+#pragma unroll
+                for (int h = 0; h < BN / 64; h++)
+                    fab__tma_load_2d(b_tile + h * 8192, &map_b, n0 + 64 * h, k0, &full[s]);
             }
         }
         return;
@@ -156,43 +171,47 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
 
     /* consumers */
     const int cg = threadIdx.x / 128 - 1, warp = threadIdx.x / 32 - 4, lane = threadIdx.x % 32;
-    float acc[SM90_BN / 2];
+    float acc[BN / 2];
 #pragma unroll
-    for (int i = 0; i < SM90_BN / 2; i++)
+    for (int i = 0; i < BN / 2; i++)
         acc[i] = 0.0f;
     for (int kt = 0; kt < ktiles; kt++) {
-        const int s = kt % SM90_STAGES;
-        fab__mbarrier_wait(&full[s], (unsigned)((kt / SM90_STAGES) & 1));
-        const unsigned char *a_tile = stages + s * 2 * SM90_TILE_BYTES, *b_tile = a_tile + SM90_TILE_BYTES;
+        const int s = kt % STAGES;
+        fab__mbarrier_wait(&full[s], (unsigned)((kt / STAGES) & 1));
+        const unsigned char *a_tile = stages + s * cfg::STAGE_BYTES, *b_tile = a_tile + SM90_A_BYTES;
         fab__wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < SM90_BK / 16; ks++) {
             const uint64_t da = TA ? desc_mn_major(a_tile, cg, ks) : desc_k_major(a_tile, 64 * cg, ks);
             const uint64_t db = TB ? desc_k_major(b_tile, 0, ks) : desc_mn_major(b_tile, 0, ks);
-            sm90_mma<T, TA, !TB>::run(acc, da, db);
+            sm90_mma<T, BN, TA, !TB>::run(acc, da, db);
         }
         fab__wgmma_commit();
         fab__wgmma_wait<1>(); /* slice kt-1's wgmma are done: its stage may be refilled */
         if (kt > 0 && lane == 0)
-            fab__mbarrier_arrive(&empty[(kt - 1) % SM90_STAGES]);
+            fab__mbarrier_arrive(&empty[(kt - 1) % STAGES]);
     }
     fab__wgmma_wait<0>();
+    /* Every load has landed (each passed its full barrier) and every wgmma of both
+     * consumer warpgroups has retired once they all meet: the stages are free for
+     * the staging. Named barrier 1, the 256 consumer threads. */
+    fab__bar_sync(1, 256);
 
     /* epilogue: the warp's 16 rows through its staging area */
-    float *st = staging + warp * 16 * SM90_SROW;
+    float *st = reinterpret_cast<float *>(stages) + warp * 16 * SROW;
     const int gq = lane / 4, tq = lane % 4;
 #pragma unroll
-    for (int j = 0; j < SM90_BN / 8; j++)
+    for (int j = 0; j < BN / 8; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++)
-            fab__st_shared(reinterpret_cast<float2 *>(st + (gq + 8 * h) * SM90_SROW + 8 * j + 2 * tq),
+            fab__st_shared(reinterpret_cast<float2 *>(st + (gq + 8 * h) * SROW + 8 * j + 2 * tq),
                            make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]));
     __syncwarp();
     const int64_t row0 = (int64_t)m0 + 64 * cg + 16 * (warp % 4);
 #pragma unroll 1
-    for (int e = lane; e < 16 * SM90_BN; e += 32) {
-        const int r = e / SM90_BN, c = e % SM90_BN;
-        const float v = fab__ld_shared(st + r * SM90_SROW + c);
+    for (int e = lane; e < 16 * BN; e += 32) {
+        const int r = e / BN, c = e % BN;
+        const float v = fab__ld_shared(st + r * SROW + c);
         if (row0 + r < g.m && n0 + c < g.n)
             mm_epilogue<T>(g, v, row0 + r, n0 + c, C, bias, pre, g.c_f32);
     }
@@ -239,7 +258,7 @@ static bool encode_map(CUtensorMap *map, const void *base, bool bf16, int64_t ro
                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, bool TA, bool TB>
+template <typename T, int BN, bool TA, bool TB>
 static fab_status launch(fab_context *ctx, const fab__mm_args *a)
 {
     mm_geom g;
@@ -250,17 +269,18 @@ static fab_status launch(fab_context *ctx, const fab__mm_args *a)
     /* A: m x k (or k x m transposed), B: k x n (or n x k transposed), as stored */
     bool ok = TA ? encode_map(&map_a, a->a, bf16, a->k, a->m, a->lda, 64)
                  : encode_map(&map_a, a->a, bf16, a->m, a->k, a->lda, SM90_BM);
-    ok = ok && (TB ? encode_map(&map_b, a->b, bf16, a->n, a->k, a->ldb, SM90_BN)
+    ok = ok && (TB ? encode_map(&map_b, a->b, bf16, a->n, a->k, a->ldb, BN)
                    : encode_map(&map_b, a->b, bf16, a->k, a->n, a->ldb, 64));
     if (!ok)
         return fab__fail(FAB_ERR_BACKEND, "fab_matmul: cuTensorMapEncodeTiled rejected the operands of sm90_gemm");
-    auto kernel = sm90_gemm<T, TA, TB>;
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SM90_SMEM);
+    auto kernel = sm90_gemm<T, BN, TA, TB>;
+    const int smem = sm90_cfg<BN>::SMEM;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err == cudaSuccess) {
         cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3((unsigned)((a->n + SM90_BN - 1) / SM90_BN), (unsigned)((a->m + SM90_BM - 1) / SM90_BM), 1);
+        cfg.gridDim = dim3((unsigned)((a->n + BN - 1) / BN), (unsigned)((a->m + SM90_BM - 1) / SM90_BM), 1);
         cfg.blockDim = dim3(SM90_THREADS);
-        cfg.dynamicSmemBytes = SM90_SMEM;
+        cfg.dynamicSmemBytes = (size_t)smem;
         cfg.stream = (cudaStream_t)ctx->stream;
         err = cudaLaunchKernelEx(&cfg, kernel, map_a, map_b, a->c, a->bias, a->pre_act, g);
     }
@@ -269,12 +289,33 @@ static fab_status launch(fab_context *ctx, const fab__mm_args *a)
     return fab__cuda_check_launch("fab_matmul");
 }
 
-template <typename T>
+template <typename T, int BN>
 static fab_status launch_trans(fab_context *ctx, const fab__mm_args *a)
 {
     if (a->trans_a)
-        return a->trans_b ? launch<T, true, true>(ctx, a) : launch<T, true, false>(ctx, a);
-    return a->trans_b ? launch<T, false, true>(ctx, a) : launch<T, false, false>(ctx, a);
+        return a->trans_b ? launch<T, BN, true, true>(ctx, a) : launch<T, BN, true, false>(ctx, a);
+    return a->trans_b ? launch<T, BN, false, true>(ctx, a) : launch<T, BN, false, false>(ctx, a);
+}
+
+/* Block tile width: 256 where the 128 x 256 grid still gives every SM a block
+ * (per k slice, 128 x 256 reads 48 KiB for 2 x 4 wgmma.m64n256k16, 128 x 128 32
+ * KiB for 2 x 4 m64n128k16: a third less shared-memory and L2 traffic per flop),
+ * else 128. FAB_MATMUL_SM90_TILE=128x128|128x256 forces one. */
+static int pick_bn(const fab_context *ctx, const fab__mm_args *a)
+{
+    const char *env = getenv("FAB_MATMUL_SM90_TILE");
+    if (env && !strcmp(env, "128x256"))
+        return 256;
+    if (env && !strcmp(env, "128x128"))
+        return 128;
+    if (env) {
+        static bool warned; /* once per process; a race costs at most a second line */
+        if (!warned) {
+            warned = true;
+            fprintf(stderr, "fabriek: FAB_MATMUL_SM90_TILE=%s is not 128x128 or 128x256: ignored\n", env);
+        }
+    }
+    return ((a->m + SM90_BM - 1) / SM90_BM) * ((a->n + 255) / 256) >= (int64_t)ctx->sm_count ? 256 : 128;
 }
 
 /* Whether this binary holds sm_90a code for the kernel (a build for other
@@ -287,7 +328,7 @@ static bool have_sm90a_code(void)
     static int have = -1;
     if (have < 0) {
         cudaFuncAttributes attr;
-        have = cudaFuncGetAttributes(&attr, sm90_gemm<__nv_bfloat16, false, false>) == cudaSuccess &&
+        have = cudaFuncGetAttributes(&attr, sm90_gemm<__nv_bfloat16, 128, false, false>) == cudaSuccess &&
                attr.binaryVersion == 90;
     }
     return have == 1;
@@ -319,7 +360,8 @@ extern "C" bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_
 
 extern "C" fab_status fab__matmul_sm90(fab_context *ctx, const fab__mm_args *a)
 {
+    const int bn = pick_bn(ctx, a);
     if (a->ab_dtype == FAB_DTYPE_BF16)
-        return launch_trans<__nv_bfloat16>(ctx, a);
-    return launch_trans<__half>(ctx, a);
+        return bn == 256 ? launch_trans<__nv_bfloat16, 256>(ctx, a) : launch_trans<__nv_bfloat16, 128>(ctx, a);
+    return bn == 256 ? launch_trans<__half, 256>(ctx, a) : launch_trans<__half, 128>(ctx, a);
 }
