@@ -124,6 +124,7 @@ struct Mbar {            /* an initialised mbarrier object */
 struct WgmmaWarp { /* one warp's wgmma state */
     std::vector<WgmmaOp> pending;
     unsigned long long committed = 0; /* groups closed by commit_group; the open one has this number */
+    unsigned long long issued = 0;    /* wgmma.mma_async issued by the warp in all */
 };
 
 struct Block {

@@ -7,8 +7,8 @@
  * fragments for wgmma.mma_async.m64nNk16", register D):
  *     d[4j + 2i + b] = D[16(w%4) + lane/4 + 8i][8j + 2(lane%4) + b].
  * The 4 warps' parts of the product are independent, so each warp is emulated on
- * its own, as a warp collective; the emulator does not check that the other 3
- * warps of the warpgroup issue the same instruction.
+ * its own, as a warp collective; when the block ends, the 4 warps of each
+ * warpgroup must have issued as many (wgmma_thread_exit).
  *
  * Asynchrony.  wgmma only issues; its operands in shared memory and its
  * accumulators may be touched again only after wgmma.wait_group has retired its
@@ -199,6 +199,7 @@ static void issue_fn(const CollGroup &g)
     }
     WgmmaWarp &ws = warp_state(b, w);
     op.group = ws.committed;
+    ws.issued++;
     ws.pending.push_back(op);
 }
 
@@ -287,6 +288,19 @@ void wgmma_thread_exit(Block &b, Thread &t)
         kernel_error("the thread ends with %zu wgmma.mma_async of its warp not retired by wgmma.wait_group (its "
                      "accumulators are never written)",
                      b.wgmma[t.id.warp].pending.size());
+    /* The block's last thread: wgmma is warpgroup-wide, so the 4 warps of each
+     * warpgroup must have issued as many. */
+    if (b.live != 1 || b.wgmma.empty()) return;
+    for (unsigned g = 0; g + 3 < b.wgmma.size(); g += 4) {
+        unsigned long long n0 = b.wgmma[g].issued;
+        for (unsigned w = g + 1; w < g + 4; ++w) {
+            unsigned long long nw = b.wgmma[w].issued;
+            if (nw != n0)
+                kernel_error("wgmma.mma_async is warpgroup-wide, but warp %u issued %llu and warp %u %llu: all 4 warps "
+                             "of warpgroup %u must issue each one",
+                             g, n0, w, nw, g / 4);
+        }
+    }
 }
 
 bool collective_is_wgmma_issue(CollFn fn) { return fn == issue_fn || fn == fence_fn || fn == commit_fn; }

@@ -26,6 +26,7 @@ struct WgmmaCase {
     int accumulate_first;          /* first step adds to C (else overwrites) */
     int read_early;                /* bug on purpose: read D before wait_group */
     int skip_wait;                 /* bug on purpose: never wait */
+    int half_group;                /* bug on purpose: only warps 0-1 of each warpgroup issue */
 };
 
 /* D's fragment: d[4j + 2i + b] = D[row0 + g + 8i][8j + 2t + b] (g = lane/4, t = lane%4) */
@@ -54,6 +55,8 @@ __global__ void k_wgmma(WgmmaCase c, const unsigned char *a_img, const unsigned 
     fab__fence_proxy_async();
     __syncthreads();
     const unsigned char *sa = smem + warpgroup * c.a_bytes, *sb = smem + 2 * c.a_bytes;
+    if (c.half_group && wg_warp >= 2)
+        return;
 
     float d[N / 2];
     const int row0 = 64 * warpgroup + 16 * wg_warp;
