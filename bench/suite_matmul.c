@@ -250,6 +250,24 @@ static int gpu_one(bench *b, const gpu_shape *g)
     return failed;
 }
 
+/* One "square <kernel> tile <t>" row at 4096^3 per tile, forced with `var`
+ * (unless the caller set it). */
+static int tile_rows(bench *b, const char *kernel, const char *var, const char *const *tiles, int n)
+{
+    if (getenv(var))
+        return 0;
+    int failed = 0;
+    for (int i = 0; i < n; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "square %s tile %s", kernel, tiles[i]);
+        gpu_shape g = {name, 4096, 4096, 4096, 0, 0};
+        setenv(var, tiles[i], 1);
+        failed |= gpu_one(b, &g);
+        unsetenv(var);
+    }
+    return failed;
+}
+
 static int gpu_suite(bench *b)
 {
     /* Is cuBLASLt in this build? (An emulated build has none, and is far too slow
@@ -281,36 +299,18 @@ static int gpu_suite(bench *b)
         gpu_shape g = {"square", squares[i], squares[i], squares[i], 0, 0};
         failed |= gpu_one(b, &g);
     }
-    /* A/B of the sm80 kernel's tile configurations at 4096^3 (matmul_sm80.cu,
-     * pick_tile): each forced with FAB_MATMUL_SM80_TILE, unless the caller forced
-     * one; FAB_MATMUL_SM90=0 so that an H100 runs them rather than the Hopper kernel,
-     * which the plain "square" rows measure there */
-    if (!getenv("FAB_MATMUL_SM80_TILE")) {
-        setenv("FAB_MATMUL_SM90", "0", 1);
-        static const char *const tiles[] = {"128x256", "128x128", "128x128w8", "64x64"};
-        for (int i = 0; i < 4; i++) {
-            char name[64];
-            snprintf(name, sizeof name, "square sm80 tile %s", tiles[i]);
-            gpu_shape g = {name, 4096, 4096, 4096, 0, 0};
-            setenv("FAB_MATMUL_SM80_TILE", tiles[i], 1);
-            failed |= gpu_one(b, &g);
-            unsetenv("FAB_MATMUL_SM80_TILE");
-        }
-        unsetenv("FAB_MATMUL_SM90");
-    }
-    /* and the Hopper kernel's two tiles (matmul_sm90.cu, pick_bn; only an H100 runs
-     * it: elsewhere these rows measure the sm80 kernel again) */
-    if (!getenv("FAB_MATMUL_SM90_TILE")) {
-        static const char *const tiles[] = {"128x256", "128x128"};
-        for (int i = 0; i < 2; i++) {
-            char name[64];
-            snprintf(name, sizeof name, "square sm90 tile %s", tiles[i]);
-            gpu_shape g = {name, 4096, 4096, 4096, 0, 0};
-            setenv("FAB_MATMUL_SM90_TILE", tiles[i], 1);
-            failed |= gpu_one(b, &g);
-            unsetenv("FAB_MATMUL_SM90_TILE");
-        }
-    }
+    /* A/B of the tile configurations at 4096^3, each forced through its variable
+     * unless the caller forced one: the sm80 kernel's (matmul_sm80.cu, pick_tile;
+     * FAB_MATMUL_SM90=0 so that an H100 runs them rather than the Hopper kernel,
+     * which the plain "square" rows measure there), then the Hopper kernel's
+     * (matmul_sm90.cu, pick_bn; only an H100 runs it: elsewhere those rows
+     * measure the sm80 kernel again) */
+    static const char *const sm80_tiles[] = {"128x256", "128x128", "128x128w8", "64x64"};
+    static const char *const sm90_tiles[] = {"128x256", "128x128"};
+    setenv("FAB_MATMUL_SM90", "0", 1);
+    failed |= tile_rows(b, "sm80", "FAB_MATMUL_SM80_TILE", sm80_tiles, 4);
+    unsetenv("FAB_MATMUL_SM90");
+    failed |= tile_rows(b, "sm90", "FAB_MATMUL_SM90_TILE", sm90_tiles, 2);
     /* linear layers: tokens T, in -> out. forward y[T,out] = x[T,in]·W[out,in]ᵀ;
      * dx[T,in] = dy[T,out]·W[out,in]; dW[out,in] = dy[T,out]ᵀ·x[T,in]. */
     typedef struct layer { const char *name; int64_t tokens, in, out; } layer;

@@ -173,20 +173,8 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom 
     if (pre)
         pre = (char *)pre + op * c_size;
 
-    /* Block order: the GPU starts blocks in blockIdx order (x fastest), so take
-     * that order through groups of 8 m-tiles, n-tiles within a group: a wave of
-     * blocks then covers 8 m-tiles by (blocks in the wave) / 8 n-tiles of C, not
-     * one or two rows of tiles across all of n, and the A rows and B columns it
-     * reads are fewer and stay in L2. The last group may have fewer m-tiles. */
     int64_t tm, tn;
-    {
-        constexpr int GROUP_M = 8;
-        const int64_t pid = (int64_t)blockIdx.y * gridDim.x + blockIdx.x, per_group = (int64_t)GROUP_M * gridDim.x;
-        const int64_t first_m = pid / per_group * GROUP_M, in_group = pid % per_group;
-        const int64_t rows = gridDim.y - first_m < GROUP_M ? gridDim.y - first_m : GROUP_M;
-        tm = first_m + in_group % rows;
-        tn = in_group / rows;
-    }
+    mm_block_order(&tm, &tn); /* groups of 8 m-tiles, for L2 reuse */
     const int64_t m0 = tm * BM, n0 = tn * BN;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wm = warp / WARPS_N, wn = warp % WARPS_N;

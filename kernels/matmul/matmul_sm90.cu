@@ -121,16 +121,8 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     uint64_t *full = reinterpret_cast<uint64_t *>(stages + STAGES * cfg::STAGE_BYTES);
     uint64_t *empty = full + STAGES;
 
-    /* block order as in sm80_gemm: groups of 8 m-tiles, for L2 reuse */
     int64_t tm, tn;
-    {
-        constexpr int GROUP_M = 8;
-        const int64_t pid = (int64_t)blockIdx.y * gridDim.x + blockIdx.x, per_group = (int64_t)GROUP_M * gridDim.x;
-        const int64_t first_m = pid / per_group * GROUP_M, in_group = pid % per_group;
-        const int64_t rows = gridDim.y - first_m < GROUP_M ? gridDim.y - first_m : GROUP_M;
-        tm = first_m + in_group % rows;
-        tn = in_group / rows;
-    }
+    mm_block_order(&tm, &tn); /* groups of 8 m-tiles, for L2 reuse */
     const int m0 = (int)(tm * SM90_BM), n0 = (int)(tn * BN);
     const int ktiles = (int)((g.k + SM90_BK - 1) / SM90_BK);
 
