@@ -27,7 +27,9 @@ def dops(n):
 
 def spec(n):
     r = n // 2
-    out = [f"template <> struct fab__wgmma_asm<{n}> {{"]
+    out = [f'#define FAB__WGMMA_D{n} "{regs(r)}, "',
+           f"#define FAB__WGMMA_OUT{n} {dops(r).replace(chr(10), ' ' + chr(92) + chr(10))}"]
+    out.append(f"template <> struct fab__wgmma_asm<{n}> {{")
     for form in ("ss", "rs"):
         if form == "ss":
             out.append("    template <int F16, int TA, int TB>")
@@ -46,16 +48,15 @@ def spec(n):
         for t, cond in (("f16", "if constexpr (F16)"), ("bf16", "else")):
             out.append(f"        {cond}")
             out.append(f'            asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{pred}, 0;\\n"')
-            out.append(f'                         "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} "')
-            out.append(f'                         "{regs(r)}, "')
-            out.append(f'                         "{tail}\\n}}\\n"')
-            out.append(f"                         : {dops(r)}")
-            out.append(f"                         : {ins});")
+            out.append(f'                         "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} " FAB__WGMMA_D{n}')
+            out.append(f'                         "{tail}\\n}}\\n" : FAB__WGMMA_OUT{n} : {ins});')
         out.append("#else")
         out.append("        __trap(); /* wgmma exists on sm_90a only */")
         out.append("#endif")
         out.append("    }")
     out.append("};")
+    out.append(f"#undef FAB__WGMMA_D{n}")
+    out.append(f"#undef FAB__WGMMA_OUT{n}")
     return "\n".join(out) + "\n"
 
 
