@@ -109,6 +109,7 @@ struct TmaCopy {         /* a cp.async.bulk.tensor load not yet landed */
     TensorMapDesc map;
     int x, y;
     unsigned issuer;     /* linear thread index */
+    std::vector<uint32_t> vc, lv; /* race detector: the issuer's clocks at the issue */
 };
 struct Mbar {            /* an initialised mbarrier object */
     const void *addr;
@@ -125,6 +126,7 @@ struct WgmmaWarp { /* one warp's wgmma state */
     std::vector<WgmmaOp> pending;
     unsigned long long committed = 0; /* groups closed by commit_group; the open one has this number */
     unsigned long long issued = 0;    /* wgmma.mma_async issued by the warp in all */
+    bool fenced = false;              /* a wgmma.fence since the warp's last wait_group */
 };
 
 struct Block {

@@ -255,9 +255,17 @@ static void land(Block &b, Mbar &m, const TmaCopy &c)
             }
         }
     if (b.shadow) {
+        /* the writes are the issuer's as of the issue (not what it did since), and
+         * complete_tx releases them: run both with its clocks of then */
         Thread &issuer = *b.threads[c.issuer];
+        uint32_t *vc = issuer.vc, *lv = issuer.lv;
+        std::vector<uint32_t> snap_vc = c.vc, snap_lv = c.lv;
+        issuer.vc = snap_vc.data();
+        issuer.lv = snap_lv.data();
         for (unsigned r = 0; r < d.box[1]; ++r) shadow_async_done(b, issuer, c.dst + (size_t)r * row_bytes, row_bytes);
-        shadow_release(b, issuer, m.join_vc, m.join_lv); /* complete_tx releases the copy's writes */
+        shadow_release(b, issuer, m.join_vc, m.join_lv);
+        issuer.vc = vc;
+        issuer.lv = lv;
     }
     m.tx -= total;
 }
@@ -312,6 +320,10 @@ void tma_load_2d(void *smem_dst, const void *tensor_map, int x, int y, void *bar
     c.x = x;
     c.y = y;
     c.issuer = tl_thread->id.linear;
+    if (b.shadow) {
+        c.vc.assign(tl_thread->vc, tl_thread->vc + b.nwarps);
+        c.lv.assign(tl_thread->lv, tl_thread->lv + 32);
+    }
     if (b.shadow)
         for (unsigned r = 0; r < d.box[1]; ++r)
             shadow_write(b, *tl_thread, dst + (size_t)r * d.box[0] * d.elem, d.box[0] * d.elem, SH_CP_ASYNC, true);

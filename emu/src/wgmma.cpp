@@ -198,6 +198,10 @@ static void issue_fn(const CollGroup &g)
         memcpy(op.a[lane], o.a[0], sizeof op.a[lane]);
     }
     WgmmaWarp &ws = warp_state(b, w);
+    if (!ws.fenced)
+        kernel_error("wgmma.mma_async without a wgmma.fence since the warp's last wgmma.wait_group: PTX needs one "
+                     "before the first wgmma and whenever the accumulators (or A registers) were touched by other "
+                     "instructions, which the emulator cannot see -- so it asks for one after every wait");
     op.group = ws.committed;
     ws.issued++;
     ws.pending.push_back(op);
@@ -223,12 +227,14 @@ static void wait_fn(const CollGroup &g)
     while (done < ws.pending.size() && ws.pending[done].group < limit) ++done; /* pending is in issue order */
     for (size_t i = 0; i < done; ++i) execute(b, w, ws.pending[i]);
     ws.pending.erase(ws.pending.begin(), ws.pending.begin() + (ptrdiff_t)done);
+    ws.fenced = false;
 }
 
 static void fence_fn(const CollGroup &g)
 {
     if (g.present != 0xffffffffu)
         kernel_error("wgmma.fence is .sync.aligned, but lanes 0x%08x of the warp have exited", ~g.present);
+    warp_state(*tl_block, tl_thread->id.warp).fenced = true;
 }
 
 void wgmma(WgmmaKind kind, int n, float *d, const uint32_t *a, uint64_t desc_a, uint64_t desc_b, bool accumulate,

@@ -12,7 +12,7 @@
  * Built twice: under the emulator (ctest label emu), and by nvcc for sm_90a when
  * CUDA is on (label gpu), where the same cases check the emulator's reading of the
  * ISA against the hardware.  The misuse cases (reading accumulators early, no
- * wait_group, a misaligned swizzle, half a warpgroup issuing) run under the
+ * wait_group, no wgmma.fence, a misaligned swizzle, half a warpgroup issuing) run under the
  * emulator only.
  */
 #include <math.h>
@@ -130,7 +130,7 @@ static int g_seed = 1;
 
 template <int N, int TA, int TB, int F16, int RS>
 static Result run_case(int la, int lb, int accumulate_first, int read_early = 0, int skip_wait = 0,
-                       int misalign_b = 0, int half_group = 0)
+                       int misalign_b = 0, int half_group = 0, int no_fence = 0)
 {
     Image ia = make_image(la, TA != 0, 64), ib = make_image(lb, TB != 0, N);
     EmuRng rng((unsigned long long)g_seed++);
@@ -169,6 +169,7 @@ static Result run_case(int la, int lb, int accumulate_first, int read_early = 0,
     c.read_early = read_early;
     c.skip_wait = skip_wait;
     c.half_group = half_group;
+    c.no_fence = no_fence;
 
     unsigned char *d_a = device_alloc<unsigned char>(a_img.size()), *d_b = device_alloc<unsigned char>(b_img.size());
     uint16_t *d_rows = device_alloc<uint16_t>(a_rows.size());
@@ -257,6 +258,9 @@ static void check_misuse()
           "misaligned 128-byte swizzle: %s", fab_emu_last_message());
     Result half = run_case<64, 0, 0, 0, 0>(SW128, SW128, 1, 0, 0, 0, 1);
     CHECK(!half.launched && strstr(fab_emu_last_message(), "all 4 warps"), "half a warpgroup issuing: %s",
+          fab_emu_last_message());
+    Result unfenced = run_case<64, 0, 0, 0, 0>(SW128, SW128, 1, 0, 0, 0, 0, 1);
+    CHECK(!unfenced.launched && strstr(fab_emu_last_message(), "without a wgmma.fence"), "no wgmma.fence: %s",
           fab_emu_last_message());
     fab_emu_set_error_mode(old);
     struct fab_emu_stats st;

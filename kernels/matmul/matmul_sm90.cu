@@ -143,18 +143,23 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             if (kt >= STAGES)
                 fab__mbarrier_wait(&empty[s], (unsigned)((kt / STAGES - 1) & 1));
             unsigned char *a_tile = stages + s * cfg::STAGE_BYTES, *b_tile = a_tile + SM90_A_BYTES;
-            fab__mbarrier_arrive_expect_tx(&full[s], cfg::STAGE_BYTES);
+            /* MN-major operands come in 64-wide boxes; one wholly past m or n is not
+             * loaded (its rows or columns of C are not stored), so the expected bytes
+             * are those of the boxes issued */
+            const int a_boxes = TA ? (g.m - m0 > 64 ? 2 : 1) : 0;
+            const int b_boxes = TB ? 0 : (int)((g.n - n0 + 63) / 64 < BN / 64 ? (g.n - n0 + 63) / 64 : BN / 64);
+            fab__mbarrier_arrive_expect_tx(&full[s], (TA ? a_boxes * 8192 : SM90_A_BYTES) +
+                                                         (TB ? cfg::B_BYTES : b_boxes * 8192));
             if (!TA) {
                 fab__tma_load_2d(a_tile, &map_a, k0, m0, &full[s]);
             } else {
-                fab__tma_load_2d(a_tile, &map_a, m0, k0, &full[s]);
-                fab__tma_load_2d(a_tile + 8192, &map_a, m0 + 64, k0, &full[s]);
+                for (int h = 0; h < a_boxes; h++)
+                    fab__tma_load_2d(a_tile + h * 8192, &map_a, m0 + 64 * h, k0, &full[s]);
             }
             if (TB) {
                 fab__tma_load_2d(b_tile, &map_b, k0, n0, &full[s]);
             } else {
-#pragma unroll
-                for (int h = 0; h < BN / 64; h++)
+                for (int h = 0; h < b_boxes; h++)
                     fab__tma_load_2d(b_tile + h * 8192, &map_b, n0 + 64 * h, k0, &full[s]);
             }
         }
@@ -310,8 +315,16 @@ static int pick_bn(const fab_context *ctx, const fab__mm_args *a)
     return ((a->m + SM90_BM - 1) / SM90_BM) * ((a->n + 255) / 256) >= (int64_t)ctx->sm_count ? 256 : 128;
 }
 
-/* Whether this binary holds sm_90a code for the kernel (a build for other
- * architectures would run sm_80 code on an H100, whose wgmma traps). */
+/* 1 in the code compiled for sm_90a, 0 in any other (sm_80 code JIT-compiled on
+ * an H100, or plain sm_90, has __trap() where the wgmma wrappers are). */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FAB__SM90A_CODE 1
+#else
+#define FAB__SM90A_CODE 0
+#endif
+__device__ int fab__matmul_sm90a_code = FAB__SM90A_CODE;
+
+/* Whether the code the device runs is sm_90a's (read once; a race costs a second read). */
 static bool have_sm90a_code(void)
 {
 #ifdef FAB_EMULATE_CUDA
@@ -319,9 +332,8 @@ static bool have_sm90a_code(void)
 #else
     static int have = -1;
     if (have < 0) {
-        cudaFuncAttributes attr;
-        have = cudaFuncGetAttributes(&attr, sm90_gemm<__nv_bfloat16, 128, false, false>) == cudaSuccess &&
-               attr.binaryVersion == 90;
+        int flag = 0;
+        have = cudaMemcpyFromSymbol(&flag, fab__matmul_sm90a_code, sizeof flag) == cudaSuccess && flag == 1;
     }
     return have == 1;
 #endif

@@ -27,6 +27,7 @@ struct WgmmaCase {
     int read_early;                /* bug on purpose: read D before wait_group */
     int skip_wait;                 /* bug on purpose: never wait */
     int half_group;                /* bug on purpose: only warps 0-1 of each warpgroup issue */
+    int no_fence;                  /* bug on purpose: no wgmma.fence */
 };
 
 /* D's fragment: d[4j + 2i + b] = D[row0 + g + 8i][8j + 2t + b] (g = lane/4, t = lane%4) */
@@ -79,14 +80,14 @@ __global__ void k_wgmma(WgmmaCase c, const unsigned char *a_img, const unsigned 
                 const uint16_t *p = a_rows + (row0 + g + 8 * (r & 1)) * 32 + 16 * s + 2 * t + 8 * (r >> 1);
                 a[r] = (uint32_t)p[0] | ((uint32_t)p[1] << 16);
             }
-            fab__wgmma_fence(); /* after the A registers are written, before wgmma reads them */
+            if (!c.no_fence) fab__wgmma_fence(); /* after the A registers are written, before wgmma reads them */
             if (F16)
                 fab__wgmma_f16_rs<N, TB>(d, a, db, acc);
             else
                 fab__wgmma_bf16_rs<N, TB>(d, a, db, acc);
         } else {
             uint64_t da = fab__wgmma_desc(sa + c.a_step[s], c.lbo_a, c.sbo_a, c.layout_a);
-            if (s == 0) fab__wgmma_fence(); /* the accumulators were written by ordinary instructions */
+            if (s == 0 && !c.no_fence) fab__wgmma_fence(); /* the accumulators were written by ordinary instructions */
             if (F16)
                 fab__wgmma_f16_ss<N, TA, TB>(d, da, db, acc);
             else
