@@ -651,6 +651,29 @@ static void test_sm90_kernel(void **state)
 #endif
         unsetenv("FAB_MATMUL_SM90_TILE");
     }
+    /* batches: two batch dimensions (6 matrices), both transposes of each operand */
+    for (int t = 0; t < 4; t++) {
+        mm_case c = plain(t & 1 ? FAB_DTYPE_F16 : FAB_DTYPE_BF16, FAB_DTYPE_F32, 200 - t, 136 + 8 * t, 72, t & 1, t >> 1);
+        c.align8 = 1;
+        c.algo = FAB_MATMUL_ALGO_NATIVE;
+        c.nb = c.a_nb = c.b_nb = 2;
+        c.bshape[0] = c.a_bshape[0] = c.b_bshape[0] = 2;
+        c.bshape[1] = c.a_bshape[1] = c.b_bshape[1] = 3;
+        c.bias = t == 1;
+#ifdef FAB_TEST_EMULATED
+        const int racecheck = fab_emu_set_racecheck(0);
+        struct fab_emu_stats before, after;
+        fab_emu_get_stats(&before);
+#endif
+        run_case(ctx, &c);
+#ifdef FAB_TEST_EMULATED
+        fab_emu_get_stats(&after);
+        fab_emu_set_racecheck(racecheck);
+        const int64_t blocks = 6 * ((c.m + 127) / 128) * ((c.n + 127) / 128);
+        assert_int_equal(after.blocks - before.blocks, blocks);
+        assert_int_equal(after.wgmma - before.wgmma, blocks * 8 * 4 * ((c.k + 63) / 64));
+#endif
+    }
     fab_context_destroy(ctx);
 }
 
@@ -698,7 +721,6 @@ static void test_tensor_core_tiles(void **state)
         run_case(ctx, &f);
     }
     unsetenv("FAB_MATMUL_SM80_TILE");
-    unsetenv("FAB_MATMUL_SM90");
     banks_expect_none(banks, "tile configurations");
 #ifdef FAB_TEST_EMULATED
     static const struct { int64_t batch, blocks, threads; } rule[] = {
@@ -726,6 +748,7 @@ static void test_tensor_core_tiles(void **state)
     }
     fab_emu_set_racecheck(racecheck);
 #endif
+    unsetenv("FAB_MATMUL_SM90");
     fab_context_destroy(ctx);
 }
 

@@ -100,14 +100,15 @@ struct WgmmaOp {
 /* TMA and mbarrier (tma.cpp). */
 struct TensorMapDesc {   /* what the emulator's cuTensorMapEncodeTiled put in a CUtensorMap */
     const unsigned char *base;
-    unsigned long long dim[2], stride1; /* elements; bytes between rows */
-    unsigned box[2], elem, swizzle_bytes; /* swizzle_bytes 0 (none), 32, 64, 128 */
+    int rank;                           /* 1..5 */
+    unsigned long long dim[5], stride[5]; /* elements; bytes between consecutive indices (stride[0] = elem) */
+    unsigned box[5], elem, swizzle_bytes; /* swizzle_bytes 0 (none), 32, 64, 128 */
     bool nan_fill, f16; /* f16: NaN fill with f16's NaN (else bf16's, for 2-byte elements) */
 };
 struct TmaCopy {         /* a cp.async.bulk.tensor load not yet landed */
     unsigned char *dst;
     TensorMapDesc map;
-    int x, y;
+    int coord[5];
     unsigned issuer;     /* linear thread index */
     std::vector<uint32_t> vc, lv; /* race detector: the issuer's clocks at the issue */
 };

@@ -19,9 +19,9 @@
  * stage before waiting for its barrier reads garbage, and the race detector reports
  * any access to bytes still in flight.
  *
- * The tensor map: rank 1 or 2, element strides 1, no interleave; swizzle none, or
+ * The tensor map: rank 1 to 5, element strides 1, no interleave; swizzle none, or
  * 32/64/128 bytes with rows (the box's inner dimension) exactly that wide.  The box
- * lands row after row, each row box[0] * element-size bytes; a swizzle XORs the
+ * lands densely, dimension 0 fastest: row after row of box[0] * element-size bytes; a swizzle XORs the
  * 16-byte chunk index (address bits 4..) with the 128-byte line index (bits 7..),
  * log2(width / 16) bits each, on the absolute shared-memory address: the pattern
  * wgmma's swizzled layouts read (wgmma.cpp).  Elements outside the tensor are zero
@@ -80,7 +80,7 @@ static CUresult encode_tiled(CUtensorMap *map, CUtensorMapDataType dtype, cuuint
     unsigned es = elem_size(dtype);
     if (!map || (uintptr_t)map % 64) return encode_fail("tensorMap is null or not 64-byte aligned");
     if (es == 0) return encode_fail("unknown tensorDataType");
-    if (rank < 1 || rank > 2) return encode_fail("the emulator supports tensorRank 1 and 2");
+    if (rank < 1 || rank > 5) return encode_fail("tensorRank must be in [1, 5]");
     if (!global || (uintptr_t)global % 16) return encode_fail("globalAddress is null or not 16-byte aligned");
     if (!dims || !box || !elem_strides || (rank > 1 && !strides)) return encode_fail("a null array argument");
     for (unsigned i = 0; i < rank; ++i) {
@@ -88,8 +88,10 @@ static CUresult encode_tiled(CUtensorMap *map, CUtensorMapDataType dtype, cuuint
         if (box[i] == 0 || box[i] > 256) return encode_fail("boxDim must be in [1, 256]");
         if (elem_strides[i] != 1) return encode_fail("the emulator supports elementStrides of 1 only");
     }
-    if (rank > 1 && (strides[0] % 16 || strides[0] >= (1ull << 40) || strides[0] < dims[0] * es))
-        return encode_fail("globalStrides[0] must be a multiple of 16, below 2^40, and cover a row");
+    for (unsigned i = 0; i + 1 < rank; ++i)
+        if (strides[i] % 16 || strides[i] >= (1ull << 40) || strides[i] == 0)
+            return encode_fail("globalStrides must be non-zero multiples of 16 below 2^40");
+    if (rank > 1 && strides[0] < dims[0] * es) return encode_fail("globalStrides[0] must cover a row");
     if ((box[0] * es) % 16) return encode_fail("boxDim[0] * element size must be a multiple of 16 bytes");
     if (interleave != CU_TENSOR_MAP_INTERLEAVE_NONE) return encode_fail("the emulator supports no interleave");
     unsigned sw = swizzle == CU_TENSOR_MAP_SWIZZLE_NONE ? 0
@@ -109,12 +111,13 @@ static CUresult encode_tiled(CUtensorMap *map, CUtensorMapDataType dtype, cuuint
     memset(map, 0, sizeof *map);
     map->opaque[0] = kMapMagic;
     map->opaque[1] = (uintptr_t)global;
-    map->opaque[2] = dims[0];
-    map->opaque[3] = rank > 1 ? dims[1] : 1;
-    map->opaque[4] = rank > 1 ? strides[0] : dims[0] * es;
-    map->opaque[5] = (cuuint64_t)box[0] | ((cuuint64_t)(rank > 1 ? box[1] : 1) << 32);
-    map->opaque[6] = es | (sw << 8) | ((cuuint64_t)(oob == CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA) << 16) |
-                     ((cuuint64_t)dtype << 32);
+    for (unsigned i = 0; i < 5; ++i) {
+        map->opaque[2 + i] = i < rank ? dims[i] : 1;
+        map->opaque[7 + i] = i == 0 ? es : i < rank ? strides[i - 1] : 0; /* bytes per index step */
+    }
+    for (unsigned i = 0; i < 5; ++i) map->opaque[12] |= (cuuint64_t)(i < rank ? box[i] - 1 : 0) << (8 * i);
+    map->opaque[13] = es | (sw << 8) | ((cuuint64_t)(oob == CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA) << 16) |
+                      ((cuuint64_t)dtype << 24) | ((cuuint64_t)rank << 32);
     return CUDA_SUCCESS;
 }
 
@@ -127,15 +130,16 @@ static TensorMapDesc decode_map(const void *p, const char *what)
                      what, p);
     TensorMapDesc d;
     d.base = (const unsigned char *)(uintptr_t)m->opaque[1];
-    d.dim[0] = m->opaque[2];
-    d.dim[1] = m->opaque[3];
-    d.stride1 = m->opaque[4];
-    d.box[0] = (unsigned)(m->opaque[5] & 0xffffffffu);
-    d.box[1] = (unsigned)(m->opaque[5] >> 32);
-    d.elem = (unsigned)(m->opaque[6] & 0xffu);
-    d.swizzle_bytes = (unsigned)((m->opaque[6] >> 8) & 0xffu);
-    d.nan_fill = ((m->opaque[6] >> 16) & 1u) != 0;
-    d.f16 = (m->opaque[6] >> 32) == CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    d.rank = (int)(m->opaque[13] >> 32);
+    for (int i = 0; i < 5; ++i) {
+        d.dim[i] = m->opaque[2 + i];
+        d.stride[i] = m->opaque[7 + i];
+        d.box[i] = (unsigned)((m->opaque[12] >> (8 * i)) & 0xffu) + 1;
+    }
+    d.elem = (unsigned)(m->opaque[13] & 0xffu);
+    d.swizzle_bytes = (unsigned)((m->opaque[13] >> 8) & 0xffu);
+    d.nan_fill = ((m->opaque[13] >> 16) & 1u) != 0;
+    d.f16 = ((m->opaque[13] >> 24) & 0xffu) == CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
     return d;
 }
 
@@ -224,20 +228,35 @@ void mbarrier_expect_tx(void *bar, unsigned tx_bytes)
 static void land(Block &b, Mbar &m, const TmaCopy &c)
 {
     const TensorMapDesc &d = c.map;
-    const unsigned row_bytes = d.box[0] * d.elem, total = row_bytes * d.box[1];
+    const unsigned row_bytes = d.box[0] * d.elem;
+    unsigned rows = 1;
+    for (int i = 1; i < d.rank; ++i) rows *= d.box[i];
+    const unsigned total = row_bytes * rows;
     const uintptr_t units = d.swizzle_bytes ? d.swizzle_bytes / 16 : 1;
-    for (unsigned r = 0; r < d.box[1]; ++r)
+    for (unsigned r = 0; r < rows; ++r)
         for (unsigned e = 0; e < d.box[0]; ++e) {
-            long long gx = (long long)c.x + e, gy = (long long)c.y + r;
+            /* the element's coordinates: e along dimension 0, r's digits along the others */
+            long long gc[5];
+            bool inside = true;
+            size_t off = 0;
+            for (int i = 0, rr = (int)r; i < d.rank; ++i) {
+                long long idx = i == 0 ? (long long)e : (long long)(rr % (int)d.box[i]);
+                if (i > 0) rr /= (int)d.box[i];
+                gc[i] = (long long)c.coord[i] + idx;
+                if (gc[i] < 0 || (unsigned long long)gc[i] >= d.dim[i])
+                    inside = false;
+                else
+                    off += (size_t)gc[i] * d.stride[i];
+            }
             uintptr_t a = (uintptr_t)c.dst + (uintptr_t)r * row_bytes + (uintptr_t)e * d.elem;
             a ^= ((a >> 7) & (units - 1)) << 4;
             unsigned char *dst = (unsigned char *)a;
-            if (gx >= 0 && gy >= 0 && (unsigned long long)gx < d.dim[0] && (unsigned long long)gy < d.dim[1]) {
-                const unsigned char *src = d.base + (size_t)gy * d.stride1 + (size_t)gx * d.elem;
+            if (inside) {
+                const unsigned char *src = d.base + off;
                 if (!is_device_memory(src, d.elem))
-                    kernel_error("cp.async.bulk.tensor: element (%lld, %lld) at %p is not inside a live cudaMalloc "
+                    kernel_error("cp.async.bulk.tensor: element (%lld, %lld, ...) at %p is not inside a live cudaMalloc "
                                  "allocation (was the tensor freed?)",
-                                 gx, gy, (const void *)src);
+                                 gc[0], d.rank > 1 ? gc[1] : 0ll, (const void *)src);
                 memcpy(dst, src, d.elem);
             } else if (d.nan_fill) {
                 if (d.elem == 2) {
@@ -262,7 +281,7 @@ static void land(Block &b, Mbar &m, const TmaCopy &c)
         std::vector<uint32_t> snap_vc = c.vc, snap_lv = c.lv;
         issuer.vc = snap_vc.data();
         issuer.lv = snap_lv.data();
-        for (unsigned r = 0; r < d.box[1]; ++r) shadow_async_done(b, issuer, c.dst + (size_t)r * row_bytes, row_bytes);
+        shadow_async_done(b, issuer, c.dst, total);
         shadow_release(b, issuer, m.join_vc, m.join_lv);
         issuer.vc = vc;
         issuer.lv = lv;
@@ -300,15 +319,18 @@ bool mbarrier_try_wait_parity(void *bar, unsigned parity)
     return false;
 }
 
-void tma_load_2d(void *smem_dst, const void *tensor_map, int x, int y, void *bar)
+void tma_load(void *smem_dst, const void *tensor_map, const int *coord, int rank, void *bar)
 {
-    const char *what = "cp.async.bulk.tensor.2d (TMA load)";
+    const char *what = "cp.async.bulk.tensor (TMA load)";
     Block &b = *tl_block;
     TensorMapDesc d = decode_map(tensor_map, what);
+    if (rank != d.rank)
+        kernel_error("%s: a .%dd load of a tensor map of rank %d", what, rank, d.rank);
     check_bar_address(bar, what);
     Mbar &m = get_mbar(b, bar, what);
     unsigned char *dst = static_cast<unsigned char *>(smem_dst);
-    const size_t bytes = (size_t)d.box[0] * d.elem * d.box[1];
+    size_t bytes = (size_t)d.box[0] * d.elem;
+    for (int i = 1; i < d.rank; ++i) bytes *= d.box[i];
     if ((uintptr_t)dst % 128) kernel_error("%s: shared-memory destination %p is not 128-byte aligned", what, smem_dst);
     if (is_device_memory(dst, 1)) kernel_error("%s: destination %p is global memory, not .shared", what, smem_dst);
     if (b.launch->smem == 0 || dst < b.smem || dst + bytes > b.smem + b.launch->smem)
@@ -317,16 +339,13 @@ void tma_load_2d(void *smem_dst, const void *tensor_map, int x, int y, void *bar
     TmaCopy c;
     c.dst = dst;
     c.map = d;
-    c.x = x;
-    c.y = y;
+    for (int i = 0; i < 5; ++i) c.coord[i] = i < rank ? coord[i] : 0;
     c.issuer = tl_thread->id.linear;
     if (b.shadow) {
         c.vc.assign(tl_thread->vc, tl_thread->vc + b.nwarps);
         c.lv.assign(tl_thread->lv, tl_thread->lv + 32);
     }
-    if (b.shadow)
-        for (unsigned r = 0; r < d.box[1]; ++r)
-            shadow_write(b, *tl_thread, dst + (size_t)r * d.box[0] * d.elem, d.box[0] * d.elem, SH_CP_ASYNC, true);
+    if (b.shadow) shadow_write(b, *tl_thread, dst, (unsigned)bytes, SH_CP_ASYNC, true);
     if (b.launch->cp_immediate) { /* the race check's other schedule: the load lands at once */
         land(b, m, c);
         b.mbar_progress++;

@@ -7,7 +7,8 @@
  * placement: rows of box_x elements one after another, out-of-tensor elements zero,
  * and with a swizzle of W bytes the 16-byte chunk index within each 128-byte line
  * XORed with the line's index modulo W/16.  Boxes start left of and above the
- * tensor, and run past its right and bottom edges.
+ * tensor, and run past its right and bottom edges; a rank-3 view (planes of rows)
+ * is loaded the same way.
  *
  * Built twice: under the emulator (label emu), and by nvcc for sm_90a (label gpu),
  * where the hardware's TMA and cuTensorMapEncodeTiled check the emulator's.  The
@@ -106,6 +107,63 @@ static cudaError_t run_ring(EncodeTiled encode, const uint16_t *d_tensor, CUtens
     return e;
 }
 
+/* A rank-3 view of the same memory: planes of 8 rows of W, 9 rows apart (a row
+ * skipped between planes), 4 planes; boxes of box_x x 6 rows x 2 planes from row -1
+ * and plane -1, so boxes run off every edge of every dimension. */
+static void run_ring3(EncodeTiled encode, const uint16_t *d_tensor, CUtensorMapSwizzle swz, int box_x)
+{
+    const int ROWS = 8, PLANES = 4, BOX_Y = 6, BOX_Z = 2;
+    CUtensorMap map;
+    cuuint64_t dims[3] = {W, ROWS, PLANES}, strides[2] = {PITCH * 2, PITCH * 2 * 9};
+    cuuint32_t box[3] = {(cuuint32_t)box_x, BOX_Y, BOX_Z}, estr[3] = {1, 1, 1};
+    CUresult cr = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, (void *)d_tensor, dims, strides, box, estr,
+                         CU_TENSOR_MAP_INTERLEAVE_NONE, swz, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    CHECK(cr == CUDA_SUCCESS, "cuTensorMapEncodeTiled rank 3: %d", (int)cr);
+    if (cr != CUDA_SUCCESS) return;
+    const unsigned sw = swz == CU_TENSOR_MAP_SWIZZLE_128B ? 128 : 0;
+    TmaRing r;
+    memset(&r, 0, sizeof r);
+    r.box_x = box_x;
+    r.box_y = BOX_Y;
+    r.box_z = BOX_Z;
+    r.x0 = -box_x / 2;
+    r.y0 = -1;
+    r.z0 = -1;
+    r.tiles_x = (W - r.x0 + box_x - 1) / box_x;
+    r.tiles = r.tiles_x * ((PLANES - r.z0 + BOX_Z - 1) / BOX_Z);
+    r.box_bytes = (unsigned)(box_x * BOX_Y * BOX_Z * 2);
+    r.stage_bytes = (r.box_bytes + 1023) / 1024 * 1024;
+    std::vector<uint32_t> out((size_t)r.tiles * r.box_bytes / 4, 0xdeadbeefu);
+    uint32_t *d_out = device_alloc<uint32_t>(out.size());
+    size_t smem = (size_t)TMA_STAGES * r.stage_bytes + 1024;
+    cudaFuncSetAttribute(k_tma_ring, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    CHECK_CUDA(launch(k_tma_ring, dim3(1), dim3(TMA_CONSUMERS + 32), smem, map, r, d_out));
+    CHECK_CUDA(cudaDeviceSynchronize());
+    cudaMemcpy(out.data(), d_out, out.size() * 4, cudaMemcpyDeviceToHost);
+    int bad = 0;
+    for (int t = 0; t < r.tiles; ++t) {
+        const unsigned char *stage = reinterpret_cast<const unsigned char *>(out.data()) + (size_t)t * r.box_bytes;
+        for (int z = 0; z < BOX_Z; ++z)
+            for (int y = 0; y < BOX_Y; ++y)
+                for (int x = 0; x < box_x; ++x) {
+                    int gx = r.x0 + (t % r.tiles_x) * box_x + x, gy = r.y0 + y, gz = r.z0 + (t / r.tiles_x) * BOX_Z + z;
+                    bool in = gx >= 0 && gx < W && gy >= 0 && gy < ROWS && gz >= 0 && gz < PLANES;
+                    uint16_t want = in ? value_at(gx, gz * 9 + gy) : 0;
+                    unsigned off = ((unsigned)z * BOX_Y + (unsigned)y) * (unsigned)box_x * 2 + (unsigned)x * 2;
+                    if (sw) {
+                        unsigned line = off / 128, chunk = (off % 128) / 16;
+                        off = line * 128 + ((chunk ^ (line % (sw / 16))) * 16) + off % 16;
+                    }
+                    uint16_t got;
+                    memcpy(&got, stage + off, 2);
+                    bad += got != want;
+                }
+    }
+    CHECK(bad == 0, "rank 3, swizzle %u, box %dx%dx%d: %d elements wrong", sw, box_x, BOX_Y, BOX_Z, bad);
+    cudaFree(d_out);
+}
+
 int main()
 {
 #ifndef FAB_EMULATE_CUDA
@@ -136,6 +194,9 @@ int main()
                  {CU_TENSOR_MAP_SWIZZLE_32B, 16, 8},   {CU_TENSOR_MAP_SWIZZLE_64B, 32, 16},
                  {CU_TENSOR_MAP_SWIZZLE_128B, 64, 16}, {CU_TENSOR_MAP_SWIZZLE_128B, 64, 64}};
     for (auto &c : cases) CHECK_CUDA(run_ring(encode, d_tensor, c.swz, c.box_x, c.box_y, TMA_OK, true));
+
+    run_ring3(encode, d_tensor, CU_TENSOR_MAP_SWIZZLE_NONE, 24);
+    run_ring3(encode, d_tensor, CU_TENSOR_MAP_SWIZZLE_128B, 64);
 
     /* the encoder rejects what the hardware cannot do */
     CUtensorMap map;

@@ -538,8 +538,8 @@ static __device__ __forceinline__ void fab__cp_async_wait_all()
  *   fab__mbarrier_try_wait(bar, parity)        true once that phase has completed
  *   fab__mbarrier_wait(bar, parity)            spin on try_wait
  *
- * fab__tma_load_2d(dst, map, x, y, bar): the box of tensor map `map` (encoded by
- * cuTensorMapEncodeTiled) at element coordinates (x, y) -- x the inner dimension --
+ * fab__tma_load_2d(dst, map, x, y, bar) (and _3d, _5d): the box of tensor map `map`
+ * (encoded by cuTensorMapEncodeTiled) at element coordinates (x, y) -- x the inner dimension --
  * lands in shared memory at dst (128-byte aligned; 1024 for a 128-byte swizzle that
  * wgmma reads), and its bytes count against bar's transaction count.  One thread
  * issues it.  `map` must be a __grid_constant__ kernel parameter (or in global
@@ -613,17 +613,53 @@ static __device__ __forceinline__ void fab__mbarrier_wait(uint64_t *bar, unsigne
     }
 }
 
-static __device__ __forceinline__ void fab__tma_load_2d(void *smem_dst, const CUtensorMap *map, int x, int y,
+/* fab__tma_load_<r>d: a box of a rank-r tensor map at element coordinates c0
+ * (dimension 0, the contiguous one), c1, ...; the map's rank must be r. */
+static __device__ __forceinline__ void fab__tma_load_2d(void *smem_dst, const CUtensorMap *map, int c0, int c1,
                                                         uint64_t *bar)
 {
 #ifdef FAB_EMULATE_CUDA
-    ::fab_emu::tma_load_2d(smem_dst, map, x, y, bar);
+    const int c[2] = {c0, c1};
+    ::fab_emu::tma_load(smem_dst, map, c, 2, bar);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
             fab__smem_u32(smem_dst)),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(fab__smem_u32(bar))
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(fab__smem_u32(bar))
         : "memory");
+#else
+    __trap();
+#endif
+}
+
+static __device__ __forceinline__ void fab__tma_load_3d(void *smem_dst, const CUtensorMap *map, int c0, int c1, int c2,
+                                                        uint64_t *bar)
+{
+#ifdef FAB_EMULATE_CUDA
+    const int c[3] = {c0, c1, c2};
+    ::fab_emu::tma_load(smem_dst, map, c, 3, bar);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+                 "%4}], [%5];" ::"r"(fab__smem_u32(smem_dst)),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(fab__smem_u32(bar))
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+
+static __device__ __forceinline__ void fab__tma_load_5d(void *smem_dst, const CUtensorMap *map, int c0, int c1, int c2,
+                                                        int c3, int c4, uint64_t *bar)
+{
+#ifdef FAB_EMULATE_CUDA
+    const int c[5] = {c0, c1, c2, c3, c4};
+    ::fab_emu::tma_load(smem_dst, map, c, 5, bar);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.tensor.5d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+                 "%4, %5, %6}], [%7];" ::"r"(fab__smem_u32(smem_dst)),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4),
+                 "r"(fab__smem_u32(bar))
+                 : "memory");
 #else
     __trap();
 #endif

@@ -5,7 +5,7 @@
  * Dispatch (documented in docs/API.md):
  *   ALGO_CUBLASLT  -> matmul_cublas.c (the entry has checked it supports the call)
  *   ALGO_NATIVE    -> on sm_90 the Hopper kernel (matmul_sm90.cu: TMA, wgmma) for
- *                     unbatched bf16/f16 with TMA-friendly strides
+ *                     bf16/f16 with TMA-friendly strides, no broadcast batch
  *                     (fab__matmul_sm90_supports; FAB_MATMUL_SM90=0 turns it off),
  *                     else the tensor-core kernel (matmul_sm80.cu) for bf16/f16, and
  *                     for f32 with precision TF32, with 16-byte-aligned bases and
@@ -646,8 +646,8 @@ static tune_key make_key(const fab__mm_args *a, unsigned mask)
     return k;
 }
 
-/* fabriek's tensor-core kernel: the Hopper one where it applies (sm_90, one
- * matrix, TMA-friendly strides), else the sm80 one. */
+/* fabriek's tensor-core kernel: the Hopper one where it applies (sm_90,
+ * TMA-friendly strides, no broadcast batch), else the sm80 one. */
 static fab_status tensor_core(fab_context *ctx, const fab__mm_args *a)
 {
     if (fab__matmul_sm90_supports(ctx, a))

@@ -34,8 +34,12 @@
  * Numerics: products exact, sums in f32 in the tensor cores' order; epilogue in
  * f32, one rounding to C's dtype. Deterministic: no split-k, fixed order.
  *
+ * Batches: blockIdx.z; the tensor maps get the batch dimensions (rank 5), so TMA
+ * itself walks to the batch's A and B.
+ *
  * Requirements (fab__matmul_sm90_supports): an sm_90 device and a binary with
- * sm_90a code; bf16 or f16 A and B; no batch (one matrix; TMA maps here are 2-D);
+ * sm_90a code; bf16 or f16 A and B; at most 3 batch dimensions, none broadcast
+ * (stride 0) and their strides multiples of 8 elements;
  * 16-byte-aligned A and B with row strides multiples of 8 elements (TMA); the
  * driver's cuTensorMapEncodeTiled. FAB_MATMUL_SM90=0 turns it off (the sm80
  * kernel runs instead). Otherwise the sm80 kernel runs.
@@ -108,11 +112,24 @@ struct sm90_mma<__half, BN, MN_A, MN_B> {
     }
 };
 
-/* TA: A stored transposed (k x m, m-contiguous); TB: B stored transposed (n x k). */
-template <typename T, int BN, bool TA, bool TB>
+/* One TMA box at element (c0, c1) of the matrix, in batch bc of a batched map
+ * (rank 5: the 2 matrix dimensions, then up to 3 batch dimensions). */
+template <bool BATCHED>
+static __device__ __forceinline__ void sm90_box(void *dst, const CUtensorMap *map, int c0, int c1, const int (&bc)[3],
+                                                uint64_t *bar)
+{
+    if (BATCHED)
+        fab__tma_load_5d(dst, map, c0, c1, bc[0], bc[1], bc[2], bar);
+    else
+        fab__tma_load_2d(dst, map, c0, c1, bar);
+}
+
+/* TA: A stored transposed (k x m, m-contiguous); TB: B stored transposed (n x k);
+ * BATCHED: blockIdx.z is a batch (bt), the maps have batch dimensions. */
+template <typename T, int BN, bool TA, bool TB, bool BATCHED>
 __global__ void __launch_bounds__(SM90_THREADS, 1)
     sm90_gemm(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, void *C,
-              const void *bias, void *pre, mm_geom g)
+              const void *bias, void *pre, mm_geom g, mm_batch bt)
 {
     FAB_DYNAMIC_SMEM(unsigned char, raw);
     typedef sm90_cfg<BN> cfg;
@@ -125,6 +142,21 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     mm_block_order(&tm, &tn); /* groups of 8 m-tiles, for L2 reuse */
     const int m0 = (int)(tm * SM90_BM), n0 = (int)(tn * BN);
     const int ktiles = (int)((g.k + SM90_BK - 1) / SM90_BK);
+    int bc[3] = {0, 0, 0}; /* the batch's index along each batch dimension of the maps */
+    if (BATCHED) {
+        int64_t oa, ob, oc, op, z = blockIdx.z;
+#pragma unroll
+        for (int j = 2; j >= 0; j--) /* constant indices: bc stays in registers */
+            if (j < bt.nb) {
+                bc[j] = (int)(z % bt.shape[j]);
+                z /= bt.shape[j];
+            }
+        mm_batch_offsets(bt, blockIdx.z, &oa, &ob, &oc, &op);
+        const size_t c_size = g.c_f32 ? sizeof(float) : sizeof(T);
+        C = (char *)C + oc * c_size;
+        if (pre)
+            pre = (char *)pre + op * c_size;
+    }
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
@@ -151,16 +183,16 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             fab__mbarrier_arrive_expect_tx(&full[s], (TA ? a_boxes * 8192 : SM90_A_BYTES) +
                                                          (TB ? cfg::B_BYTES : b_boxes * 8192));
             if (!TA) {
-                fab__tma_load_2d(a_tile, &map_a, k0, m0, &full[s]);
+                sm90_box<BATCHED>(a_tile, &map_a, k0, m0, bc, &full[s]);
             } else {
                 for (int h = 0; h < a_boxes; h++)
-                    fab__tma_load_2d(a_tile + h * 8192, &map_a, m0 + 64 * h, k0, &full[s]);
+                    sm90_box<BATCHED>(a_tile + h * 8192, &map_a, m0 + 64 * h, k0, bc, &full[s]);
             }
             if (TB) {
-                fab__tma_load_2d(b_tile, &map_b, k0, n0, &full[s]);
+                sm90_box<BATCHED>(b_tile, &map_b, k0, n0, bc, &full[s]);
             } else {
                 for (int h = 0; h < b_boxes; h++)
-                    fab__tma_load_2d(b_tile + h * 8192, &map_b, n0 + 64 * h, k0, &full[s]);
+                    sm90_box<BATCHED>(b_tile + h * 8192, &map_b, n0 + 64 * h, k0, bc, &full[s]);
             }
         }
         return;
@@ -237,19 +269,28 @@ static encode_tiled_fn encoder(void)
     return fn;
 }
 
-/* A 2-D map of a row-major matrix of `rows` x `cols` 16-bit values, row stride
- * `ld` elements, boxes of 64 columns x box_rows rows, 128-byte swizzle. */
+/* The map of a row-major matrix of `rows` x `cols` 16-bit values, row stride `ld`
+ * elements, boxes of 64 columns x box_rows rows, 128-byte swizzle; with batch
+ * dimensions (nb > 0: shape and element strides of each) a rank-5 map whose
+ * dimensions 2.. are the batch's, padded with 1s. */
 static bool encode_map(CUtensorMap *map, const void *base, bool bf16, int64_t rows, int64_t cols, int64_t ld,
-                       int box_rows)
+                       int box_rows, int nb, const int64_t *shape, const int64_t *bstride)
 {
     encode_tiled_fn enc = encoder();
     if (!enc)
         return false;
     /* one stored row: its stride is never used, but TMA wants a valid one */
-    int64_t stride = rows > 1 ? ld * 2 : (cols * 2 + 15) / 16 * 16;
-    cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)stride};
-    cuuint32_t box[2] = {64, (cuuint32_t)box_rows}, estr[2] = {1, 1};
-    return enc(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+    const int64_t row_stride = rows > 1 ? ld * 2 : (cols * 2 + 15) / 16 * 16;
+    cuuint64_t dims[5] = {(cuuint64_t)cols, (cuuint64_t)rows, 1, 1, 1};
+    cuuint64_t strides[4] = {(cuuint64_t)row_stride, (cuuint64_t)row_stride, (cuuint64_t)row_stride,
+                             (cuuint64_t)row_stride};
+    cuuint32_t box[5] = {64, (cuuint32_t)box_rows, 1, 1, 1}, estr[5] = {1, 1, 1, 1, 1};
+    for (int j = 0; j < nb; j++) {
+        dims[2 + j] = (cuuint64_t)shape[j];
+        if (shape[j] > 1) /* else unused: any valid stride */
+            strides[1 + j] = (cuuint64_t)(bstride[j] * 2);
+    }
+    return enc(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, nb ? 5 : 2,
                const_cast<void *>(base), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
@@ -264,22 +305,29 @@ static fab_status launch(fab_context *ctx, const fab__mm_args *a)
     const bool bf16 = a->ab_dtype == FAB_DTYPE_BF16;
     CUtensorMap map_a, map_b;
     /* A: m x k (or k x m transposed), B: k x n (or n x k transposed), as stored */
-    bool ok = TA ? encode_map(&map_a, a->a, bf16, a->k, a->m, a->lda, 64)
-                 : encode_map(&map_a, a->a, bf16, a->m, a->k, a->lda, SM90_BM);
-    ok = ok && (TB ? encode_map(&map_b, a->b, bf16, a->n, a->k, a->ldb, BN)
-                   : encode_map(&map_b, a->b, bf16, a->k, a->n, a->ldb, 64));
-    if (!ok)
-        return fab__fail(FAB_ERR_BACKEND, "fab_matmul: cuTensorMapEncodeTiled rejected the operands of sm90_gemm");
-    auto kernel = sm90_gemm<T, BN, TA, TB>;
+    bool ok = TA ? encode_map(&map_a, a->a, bf16, a->k, a->m, a->lda, 64, a->nb, a->batch_shape, a->a_bstride)
+                 : encode_map(&map_a, a->a, bf16, a->m, a->k, a->lda, SM90_BM, a->nb, a->batch_shape, a->a_bstride);
+    ok = ok && (TB ? encode_map(&map_b, a->b, bf16, a->n, a->k, a->ldb, BN, a->nb, a->batch_shape, a->b_bstride)
+                   : encode_map(&map_b, a->b, bf16, a->k, a->n, a->ldb, 64, a->nb, a->batch_shape, a->b_bstride));
+    if (!ok) { /* the driver disagrees with fab__matmul_sm90_supports: say so once, run the sm80 kernel */
+        static bool warned;
+        if (!warned) {
+            warned = true;
+            fprintf(stderr, "fabriek: cuTensorMapEncodeTiled rejected a GEMM's operands; the sm80 kernel runs it\n");
+        }
+        return fab__matmul_sm80(ctx, a);
+    }
+    auto kernel = a->nb ? sm90_gemm<T, BN, TA, TB, true> : sm90_gemm<T, BN, TA, TB, false>;
     const int smem = sm90_cfg<BN>::SMEM;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err == cudaSuccess) {
         cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3((unsigned)((a->n + BN - 1) / BN), (unsigned)((a->m + SM90_BM - 1) / SM90_BM), 1);
+        cfg.gridDim = dim3((unsigned)((a->n + BN - 1) / BN), (unsigned)((a->m + SM90_BM - 1) / SM90_BM),
+                           (unsigned)a->batch);
         cfg.blockDim = dim3(SM90_THREADS);
         cfg.dynamicSmemBytes = (size_t)smem;
         cfg.stream = (cudaStream_t)ctx->stream;
-        err = cudaLaunchKernelEx(&cfg, kernel, map_a, map_b, a->c, a->bias, a->pre_act, g);
+        err = cudaLaunchKernelEx(&cfg, kernel, map_a, map_b, a->c, a->bias, a->pre_act, g, bt);
     }
     if (err != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "fab_matmul: sm90_gemm launch failed: %s", cudaGetErrorString(err));
@@ -348,8 +396,14 @@ extern "C" bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_
     const char *env = getenv("FAB_MATMUL_SM90");
     if (env && !strcmp(env, "0"))
         return false;
-    if (a->batch != 1)
+    /* batches: up to 3 batch dimensions (the maps' rank is 5), within the grid's z,
+     * none broadcast (TMA strides are not 0) and strides of whole 16 bytes */
+    if (a->nb > 3 || a->batch > 65535)
         return false;
+    for (int j = 0; j < a->nb; j++)
+        if (a->batch_shape[j] > 1 && (a->a_bstride[j] <= 0 || a->b_bstride[j] <= 0 || a->a_bstride[j] % 8 != 0 ||
+                                      a->b_bstride[j] % 8 != 0))
+            return false;
     if ((uintptr_t)a->a % 16 != 0 || (uintptr_t)a->b % 16 != 0)
         return false;
     int64_t a_rows = a->trans_a ? a->k : a->m, b_rows = a->trans_b ? a->n : a->k;

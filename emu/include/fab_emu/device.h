@@ -139,7 +139,8 @@ void mbarrier_init(void *bar, unsigned count);
 uint64_t mbarrier_arrive(void *bar, unsigned tx_bytes);
 void mbarrier_expect_tx(void *bar, unsigned tx_bytes);
 bool mbarrier_try_wait_parity(void *bar, unsigned parity);
-void tma_load_2d(void *smem_dst, const void *tensor_map, int x, int y, void *bar);
+/* cp.async.bulk.tensor.<rank>d: coord[0..rank) the box's first element, dimension 0 first */
+void tma_load(void *smem_dst, const void *tensor_map, const int *coord, int rank, void *bar);
 
 } // namespace fab_emu
 

@@ -23,6 +23,7 @@ struct TmaRing {
     int tiles, tiles_x, box_x, box_y, x0, y0;
     unsigned box_bytes, stage_bytes; /* stage_bytes: box_bytes rounded up to 1024 */
     int bug;                         /* TmaBug */
+    int box_z, z0;                   /* box_z > 0: a rank-3 map; box t at (x, y0, z0 + (t / tiles_x) * box_z) */
 };
 
 __global__ void k_tma_ring(const __grid_constant__ CUtensorMap map, TmaRing r, uint32_t *out)
@@ -45,8 +46,12 @@ __global__ void k_tma_ring(const __grid_constant__ CUtensorMap map, TmaRing r, u
             if (t >= TMA_STAGES) fab__mbarrier_wait(&empty[s], (unsigned)((t / TMA_STAGES - 1) & 1));
             unsigned expect = r.bug == TMA_SHORT_EXPECT ? r.box_bytes - 16 : r.box_bytes;
             fab__mbarrier_arrive_expect_tx(&full[s], expect);
-            fab__tma_load_2d(stages + (size_t)s * r.stage_bytes, &map, r.x0 + (t % r.tiles_x) * r.box_x,
-                             r.y0 + (t / r.tiles_x) * r.box_y, &full[s]);
+            if (r.box_z)
+                fab__tma_load_3d(stages + (size_t)s * r.stage_bytes, &map, r.x0 + (t % r.tiles_x) * r.box_x, r.y0,
+                                 r.z0 + (t / r.tiles_x) * r.box_z, &full[s]);
+            else
+                fab__tma_load_2d(stages + (size_t)s * r.stage_bytes, &map, r.x0 + (t % r.tiles_x) * r.box_x,
+                                 r.y0 + (t / r.tiles_x) * r.box_y, &full[s]);
         }
         return;
     }
