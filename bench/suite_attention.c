@@ -27,12 +27,14 @@
  *        One more row per case, "attn_backward determ.", times the deterministic
  *        backward (a context with deterministic = 1: separate dq kernel, 7 tile
  *        products) against the default fast one (dq atomics) of the same run:
- *        its ratio is what determinism costs. And at head dims up to 128 one
- *        row "attn_forward 16 rows/warp" times the forward's other variant (one
- *        m-tile per warp, 64-row blocks; FAB_ATTN_FWD_WARP_ROWS=16) against the
- *        default of the same run (two m-tiles, 128-row blocks, on these grids):
- *        a ratio above 1 says the default picks wrong. Not when the caller set
- *        FAB_ATTN_FWD_WARP_ROWS. Likewise "attn_backward 64 keys/block" times
+ *        its ratio is what determinism costs. And at head dims up to 128 a row
+ *        "attn_forward sm80" times the sm80 forward (FAB_ATTN_SM90=0) against the
+ *        default of the run (on an H100 the Hopper forward, attention_fwd_sm90.cu,
+ *        at head dims 64 and 128), and "attn_forward sm80 16 rows/warp" the sm80
+ *        forward's other variant (one m-tile per warp, 64-row blocks;
+ *        FAB_ATTN_FWD_WARP_ROWS=16) against the sm80 default (two m-tiles,
+ *        128-row blocks, on these grids): a ratio above 1 says the default picks
+ *        wrong. Not when the caller set FAB_ATTN_FWD_WARP_ROWS. Likewise "attn_backward 64 keys/block" times
  *        the backward's dk/dv kernel with 64-key, 4-warp blocks
  *        (FAB_ATTN_BWD_KEYS=64) against the default of the run (128 keys, 8
  *        warps, on these grids); not when the caller set FAB_ATTN_BWD_KEYS.
@@ -500,16 +502,24 @@ int bench_suite_attention(bench *b)
                 }
                 add_row(b, "attn_forward", &c, fab_dtype_name(dtype), fms, fwd_flops, unit, unit_scale, fwd_base,
                         base_rate);
-                if (fwd_ab) { /* the forward's other variant, against the default of this run */
+                if (fwd_ab) {
+                    /* the sm80 forward against the default of this run (on an H100 the
+                     * default is the Hopper forward at head dims 64 and 128), and the sm80
+                     * forward's other variant against the sm80 default */
+                    setenv("FAB_ATTN_SM90", "0", 1);
+                    double ms80 = bench_time_ms(b, run_fwd, &c);
                     setenv("FAB_ATTN_FWD_WARP_ROWS", "16", 1);
-                    double ms16 = bench_time_ms(b, run_fwd, &c);
+                    double ms16 = ms80 < 0 ? -1 : bench_time_ms(b, run_fwd, &c);
                     unsetenv("FAB_ATTN_FWD_WARP_ROWS");
+                    unsetenv("FAB_ATTN_SM90");
                     if (ms16 < 0 || fab_attention_forward(c.ctx, &c.fwd) != FAB_OK) { /* out, lse of the default */
                         failed = 1;
                         continue;
                     }
-                    add_row(b, "attn_forward 16 rows/warp", &c, fab_dtype_name(dtype), ms16, fwd_flops, unit,
-                            unit_scale, "default fwd", fwd_flops / (fms * 1e-3) / unit_scale);
+                    add_row(b, "attn_forward sm80", &c, fab_dtype_name(dtype), ms80, fwd_flops, unit, unit_scale,
+                            "default fwd", fwd_flops / (fms * 1e-3) / unit_scale);
+                    add_row(b, "attn_forward sm80 16 rows/warp", &c, fab_dtype_name(dtype), ms16, fwd_flops, unit,
+                            unit_scale, "sm80 fwd", fwd_flops / (ms80 * 1e-3) / unit_scale);
                 }
                 double bms = bench_time_ms(b, run_bwd, &c);
                 if (bms < 0) {

@@ -689,6 +689,15 @@ static void test_cases_dtype(fab_dtype dt)
 }
 
 static void test_cases_bf16(void **state) { (void)state; test_cases_dtype(FAB_DTYPE_BF16); }
+/* On an (emulated) H100 the cases above run the Hopper forward where it applies
+ * (head dims 64 and 128); these the sm80 forward, as other GPUs do. */
+static void test_cases_sm80_forward(void **state)
+{
+    (void)state;
+    setenv("FAB_ATTN_SM90", "0", 1);
+    test_cases_dtype(FAB_DTYPE_BF16);
+    unsetenv("FAB_ATTN_SM90");
+}
 static void test_cases_f16(void **state) { (void)state; test_cases_dtype(FAB_DTYPE_F16); }
 static void test_cases_f32(void **state) { (void)state; test_cases_dtype(FAB_DTYPE_F32); }
 
@@ -1190,6 +1199,8 @@ static struct fab_emu_stats stats_since(struct fab_emu_stats before)
     struct fab_emu_stats after;
     fab_emu_get_stats(&after);
     after.launches -= before.launches, after.blocks -= before.blocks, after.mma -= before.mma;
+    after.threads -= before.threads, after.wgmma -= before.wgmma, after.collectives -= before.collectives;
+    after.barriers -= before.barriers;
     after.ldmatrix -= before.ldmatrix, after.cp_async -= before.cp_async;
     after.float_atomics -= before.float_atomics;
     after.smem_requests -= before.smem_requests, after.smem_wavefronts -= before.smem_wavefronts;
@@ -1275,6 +1286,40 @@ static struct fab_emu_stats bwd_counts(fab_context *ctx, const char *keys, int64
 }
 #endif
 
+/* The Hopper forward (attention_fwd_sm90.cu) is the one an emulated H100 runs at
+ * head dims 64 and 128: 384-thread blocks of 128 rows, only wgmma (per consumer
+ * warp and 64-key tile D/16 for S and 4 for P V), and the causal mask skipping
+ * tiles. Its values are test_cases_*'s. */
+static void test_sm90_forward(void **state)
+{
+    (void)state;
+    unsetenv("FAB_ATTN_SM90");
+    fab_context *ctx = fab_test_context();
+#ifdef FAB_TEST_EMULATED
+    if (fab_context_backend(ctx) == FAB_BACKEND_CUDA) {
+        const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
+        for (int64_t d = 64; d <= 128; d += 64) {
+            struct fab_emu_stats c = fwd_counts(ctx, NULL, 2, 200, 300, d, 0);
+            struct fab_emu_stats causal = fwd_counts(ctx, NULL, 2, 200, 300, d, 1);
+            print_message("attention forward sm90 d%lld 2 heads 200x300: %llu blocks, %llu wgmma; causal %llu wgmma\n",
+                          (long long)d, c.blocks, c.wgmma, causal.wgmma);
+            assert_int_equal(c.launches, 1);
+            assert_int_equal(c.blocks, 2 * 2);
+            assert_int_equal(c.threads, 2 * 2 * 384);
+            assert_int_equal(c.mma, 0);
+            assert_int_equal(c.wgmma, 2 * 2 * 8 * (d / 16 + 4) * 5); /* 5 tiles of 64 keys */
+            assert_true(causal.wgmma < c.wgmma);
+        }
+        fab_emu_set_racecheck(racecheck);
+        fab_context_destroy(ctx);
+        return;
+    }
+#endif
+    fab_context_destroy(ctx);
+    print_message("SKIP: counts the CUDA forward's instructions, which only the emulator does\n");
+    skip();
+}
+
 /* The CUDA forward's two variants really run, as the emulator counts them: at
  * 128 x 128, 16 rows per warp takes two 64-row blocks and 32 rows one 128-row
  * block, the same mma count (the work: 16 d) and fewer ldmatrix (the point of
@@ -1284,6 +1329,7 @@ static struct fab_emu_stats bwd_counts(fab_context *ctx, const char *keys, int64
 static void test_forward_variants(void **state)
 {
     (void)state;
+    setenv("FAB_ATTN_SM90", "0", 1); /* the sm80 forward's variants, also where the Hopper one would run */
     fab_context *ctx = fab_test_context();
 #ifdef FAB_TEST_EMULATED
     if (fab_context_backend(ctx) == FAB_BACKEND_CUDA) {
@@ -1327,10 +1373,12 @@ static void test_forward_variants(void **state)
         assert_int_equal(under.blocks, 2 * (2 * sms - 1));
         fab_emu_set_racecheck(racecheck);
         fab_context_destroy(ctx);
+        unsetenv("FAB_ATTN_SM90");
         return;
     }
 #endif
     fab_context_destroy(ctx);
+    unsetenv("FAB_ATTN_SM90");
     print_message("SKIP: counts the CUDA forward's instructions, which only the emulator does\n");
     skip();
 }
@@ -1431,6 +1479,7 @@ static void test_backward_variants(void **state)
 static void test_bank_conflicts(void **state)
 {
     (void)state;
+    setenv("FAB_ATTN_SM90", "0", 1); /* the sm80 kernels' shared memory (the Hopper one's is TMA and wgmma) */
 #ifdef FAB_TEST_EMULATED
     fab_context *fast = fab_test_context();
     if (fab_context_backend(fast) == FAB_BACKEND_CUDA) {
@@ -1472,10 +1521,12 @@ static void test_bank_conflicts(void **state)
         fab_emu_set_racecheck(racecheck);
         fab_context_destroy(det);
         fab_context_destroy(fast);
+        unsetenv("FAB_ATTN_SM90");
         return;
     }
     fab_context_destroy(fast);
 #endif
+    unsetenv("FAB_ATTN_SM90");
     print_message("SKIP: the bank model is the emulator's\n");
     skip();
 }
@@ -1487,6 +1538,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_reference_gradient),
         cmocka_unit_test(test_cases_bf16),
         cmocka_unit_test(test_cases_f16),
+        cmocka_unit_test(test_cases_sm80_forward),
+        cmocka_unit_test(test_sm90_forward),
         cmocka_unit_test(test_cases_f32),
         cmocka_unit_test(test_long),
         cmocka_unit_test(test_deterministic),

@@ -3,7 +3,8 @@
  * Validates every argument (shapes, dtypes, strides, mask options, the varlen
  * offsets, overlaps, memory), resolves the defaults, folds the mask into one
  * window, and hands a fab__attn_args to the context's backend: attention_cpu.c,
- * or the sm80 kernels (attention_fwd_sm80.cu, attention_bwd_sm80.cu) on CUDA.
+ * or the sm80 kernels (attention_fwd_sm80.cu, attention_bwd_sm80.cu) on CUDA; on
+ * sm_90 the Hopper forward (attention_fwd_sm90.cu) where it applies.
  * Nothing is written before every check has passed.
  */
 #include "attention.h"
@@ -454,7 +455,8 @@ static fab_status attention(fab_context *ctx, const common *c)
         }
     } else if (ctx->backend == FAB_BACKEND_CUDA) {
 #ifdef FAB_HAVE_CUDA
-        s = fab__attention_forward_sm80(ctx, &a);
+        s = fab__attention_forward_sm90_supports(ctx, &a) ? fab__attention_forward_sm90(ctx, &a)
+                                                          : fab__attention_forward_sm80(ctx, &a);
 #else
         s = fab__fail(FAB_ERR_INTERNAL, "%s: CUDA context in a build without CUDA", op);
 #endif

@@ -59,6 +59,9 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
  * 16-byte aligned. The backward uses dq atomics unless a->deterministic. */
 fab_status fab__attention_forward_sm80(fab_context *ctx, const fab__attn_args *a);
 fab_status fab__attention_backward_sm80(fab_context *ctx, const fab__attn_args *a);
+/* attention_fwd_sm90.cu: the Hopper forward (TMA, wgmma), preferred on sm_90 where it applies. */
+bool fab__attention_forward_sm90_supports(const fab_context *ctx, const fab__attn_args *a);
+fab_status fab__attention_forward_sm90(fab_context *ctx, const fab__attn_args *a);
 
 #ifdef __cplusplus
 }

@@ -62,20 +62,12 @@ template <int BN, bool MASK>
 static __device__ __forceinline__ void fwd_logits(const fab__attn_args &a, float (&s)[BN / 8][4], float (&mx)[2],
                                                   int64_t kt, int64_t khi, int r_lo, int64_t off, int t)
 {
-    const float L2E = 1.4426950408889634f;
-    const float k_scale = a.scale * L2E;
+    const float k_scale = a.scale * 1.4426950408889634f;
 #pragma unroll
     for (int j = 0; j < BN / 8; j++) {
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            float x = s[j][e];
-            x = a.softcap > 0 ? a.softcap * tanhf(x * a.scale / a.softcap) * L2E : x * k_scale;
-            if (MASK) {
-                int64_t key = kt + j * 8 + 2 * t + (e & 1);
-                int64_t pos = r_lo + 8 * (e >> 1) + off;
-                bool ok = key < khi && (a.right < 0 || key <= pos + a.right) && (a.left < 0 || key >= pos - a.left);
-                x = ok ? x : -INFINITY;
-            }
+            const float x = attn_logit<MASK>(a, s[j][e], k_scale, kt + j * 8 + 2 * t + (e & 1), r_lo + 8 * (e >> 1) + off, khi);
             s[j][e] = x;
             mx[e >> 1] = fmaxf(mx[e >> 1], x);
         }

@@ -47,6 +47,21 @@ static __device__ __forceinline__ bool attn_any_allowed(const fab__attn_args &a,
     return (a.right < 0 || k0 <= r1 + off + a.right) && (a.left < 0 || k1 >= r0 + off - a.left);
 }
 
+/* One raw product x of query position pos (its row + off) and key `key` as a
+ * log2-unit logit: x scale log2(e) (k_scale), or softcap tanh(x scale / softcap)
+ * log2(e); with MASK, -inf for a key past khi or outside the row's band. */
+template <bool MASK>
+static __device__ __forceinline__ float attn_logit(const fab__attn_args &a, float x, float k_scale, int64_t key,
+                                                   int64_t pos, int64_t khi)
+{
+    x = a.softcap > 0 ? a.softcap * tanhf(x * a.scale / a.softcap) * 1.4426950408889634f : x * k_scale;
+    if (MASK) {
+        bool ok = key < khi && (a.right < 0 || key <= pos + a.right) && (a.left < 0 || key >= pos - a.left);
+        x = ok ? x : -INFINITY;
+    }
+    return x;
+}
+
 /* Copies rows [row0, row0 + n) (n <= rows, rows a multiple of 8) of one head (row
  * stride ss) into smem [rows x (D+8)] with 16-byte cp.async, rows past n
  * zero-filled. The caller commits and waits.

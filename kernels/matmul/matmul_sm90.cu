@@ -58,6 +58,7 @@
 #include "../activation/gelu_math.h"
 #include "../common/cuda_dtype.cuh"
 #include "../common/ptx.cuh"
+#include "../common/tma_host.cuh"
 #include "matmul.h"
 #include "matmul_cuda_common.cuh"
 
@@ -248,52 +249,19 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
 
 /* ---- host side ---- */
 
-typedef CUresult (*encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
-                                    const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
-                                    CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-/* The driver's cuTensorMapEncodeTiled, looked up once (null if the driver lacks it). */
-static encode_tiled_fn encoder(void)
-{
-    static encode_tiled_fn fn;
-    static bool looked;
-    if (!looked) {
-        void *p = NULL;
-        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
-                cudaSuccess &&
-            q == cudaDriverEntryPointSuccess)
-            fn = (encode_tiled_fn)p;
-        looked = true;
-    }
-    return fn;
-}
-
 /* The map of a row-major matrix of `rows` x `cols` 16-bit values, row stride `ld`
- * elements, boxes of 64 columns x box_rows rows, 128-byte swizzle; with batch
- * dimensions (nb > 0: shape and element strides of each) a rank-5 map whose
- * dimensions 2.. are the batch's, padded with 1s. */
+ * elements, boxes of 64 columns x box_rows rows; with batch dimensions (nb > 0:
+ * their shapes and element strides) a rank-5 map whose dimensions 2.. are the
+ * batch's, padded with 1s. */
 static bool encode_map(CUtensorMap *map, const void *base, bool bf16, int64_t rows, int64_t cols, int64_t ld,
                        int box_rows, int nb, const int64_t *shape, const int64_t *bstride)
 {
-    encode_tiled_fn enc = encoder();
-    if (!enc)
-        return false;
-    /* one stored row: its stride is never used, but TMA wants a valid one */
-    const int64_t row_stride = rows > 1 ? ld * 2 : (cols * 2 + 15) / 16 * 16;
-    cuuint64_t dims[5] = {(cuuint64_t)cols, (cuuint64_t)rows, 1, 1, 1};
-    cuuint64_t strides[4] = {(cuuint64_t)row_stride, (cuuint64_t)row_stride, (cuuint64_t)row_stride,
-                             (cuuint64_t)row_stride};
-    cuuint32_t box[5] = {64, (cuuint32_t)box_rows, 1, 1, 1}, estr[5] = {1, 1, 1, 1, 1};
+    int64_t dims[5] = {cols, rows, 1, 1, 1}, strides[4] = {ld, 0, 0, 0};
     for (int j = 0; j < nb; j++) {
-        dims[2 + j] = (cuuint64_t)shape[j];
-        if (shape[j] > 1) /* else unused: any valid stride */
-            strides[1 + j] = (cuuint64_t)(bstride[j] * 2);
+        dims[2 + j] = shape[j];
+        strides[1 + j] = bstride[j];
     }
-    return enc(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, nb ? 5 : 2,
-               const_cast<void *>(base), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-               CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    return fab__tma_encode_16bit(map, base, bf16, nb ? 5 : 2, dims, strides, box_rows);
 }
 
 template <typename T, int BN, bool TA, bool TB>
@@ -413,7 +381,7 @@ extern "C" bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_
     if (a->m >= ((int64_t)1 << 31) || a->n >= ((int64_t)1 << 31) || a->k >= ((int64_t)1 << 31) ||
         (a->m + SM90_BM - 1) / SM90_BM > 65535)
         return false;
-    return have_sm90a_code() && encoder() != NULL;
+    return have_sm90a_code() && fab__tma_encoder() != NULL;
 }
 
 extern "C" fab_status fab__matmul_sm90(fab_context *ctx, const fab__mm_args *a)

@@ -1,0 +1,380 @@
+/*
+ * attention_fwd_sm90.cu: attention forward for Hopper (sm_90a), head dims 64 and
+ * 128, bf16/f16: the sm80 kernel's algorithm and features (causal, windows,
+ * softcap, GQA, varlen, lse) with TMA loads and wgmma. Where it applies it
+ * replaces the sm80 forward on an H100 (attention.c).
+ *
+ * Idea: one block of 3 warpgroups per (128-row query tile, query head, sequence).
+ * Warpgroup 0 is the producer: one thread TMA-loads the Q tile once, then the K
+ * and V tiles of 64 keys the block's rows may see into a 2-stage ring (mbarriers
+ * `full` / `empty`, as the Hopper GEMM). Warpgroups 1 and 2 each own 64 query rows:
+ * per key tile, S = Q K^T with wgmma.m64n64k16 from shared memory (Q and K K-major,
+ * 128-byte swizzle); scale, softcap and mask (attn_logit) and the online softmax
+ * in registers, exactly as the sm80 kernel; then P, packed to the input type in
+ * registers as wgmma's A fragments (the S accumulator layout of one 16-key step is
+ * the A layout), gives O += P V with wgmma.m64nDk16 (V MN-major: keys are the k
+ * dimension, head dims contiguous). A warpgroup whose rows see no key of a tile
+ * skips it (but still frees the stage).
+ *
+ * Layouts in shared memory, each a set of TMA boxes of 64 head-dim values (128
+ * bytes) x rows: Q [D/64][128 rows], K and V [D/64][64 keys]; 1024-byte aligned.
+ * The tensor maps are (head dim, sequence, head, batch) with the caller's
+ * strides; a varlen batch is one sequence of all rows, so a block's rows start at
+ * its sequence's offset, and rows past a sequence belong to the next: masked as
+ * keys (past khi), not stored as queries.
+ *
+ * Thread mapping: consumer warpgroup c, warp w, lane 4g + t holds rows
+ * 64c + 16w + g and + 8 of the tile, in wgmma's D layout: s[4j + 2i + b] is
+ * (row g + 8i, key 8j + 2t + b), o[4j + 2i + b] (row g + 8i, dim 8j + 2t + b). Row
+ * max and sum over the 4 lanes of a quad with shuffles.
+ *
+ * Numerics: as the sm80 kernel: f32 scores and accumulators, exp2 of log2-unit
+ * logits, P rounded to the input type, out rounded once, lse = (m + log2 l) ln 2.
+ *
+ * Requirements (fab__attention_forward_sm90_supports): sm_90 and sm_90a code;
+ * bf16/f16; head dim 64 or 128; 16-byte aligned q, k, v with sequence, head and
+ * batch strides (where used) positive multiples of 8 elements; the driver's
+ * cuTensorMapEncodeTiled. FAB_ATTN_SM90=0 turns it off.
+ */
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/cuda_dtype.cuh"
+#include "../common/ptx.cuh"
+#include "../common/tma_host.cuh"
+#include "attention.h"
+#include "attention_sm80_common.cuh"
+
+namespace {
+
+const int BM = 128, BN = 64, STAGES = 2, THREADS = 384, CONSUMER_WARPS = 8;
+
+template <typename T, int D>
+struct sm90_fwd {
+    static constexpr int Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
+    static constexpr int SMEM = 1024 + Q_BYTES + STAGES * 2 * KV_BYTES + (1 + 2 * STAGES) * 8;
+};
+
+/* wgmma per input type: S (ss, both K-major) and O += P V (rs, V MN-major). */
+template <typename T, int D> struct wg;
+template <int D> struct wg<__nv_bfloat16, D> {
+    static __device__ __forceinline__ void s(float (&acc)[BN / 2], uint64_t da, uint64_t db)
+    {
+        fab__wgmma_bf16_ss<BN, 0, 0>(acc, da, db, 1);
+    }
+    static __device__ __forceinline__ void pv(float (&acc)[D / 2], const uint32_t (&a)[4], uint64_t db)
+    {
+        fab__wgmma_bf16_rs<D, 1>(acc, a, db, 1);
+    }
+};
+template <int D> struct wg<__half, D> {
+    static __device__ __forceinline__ void s(float (&acc)[BN / 2], uint64_t da, uint64_t db)
+    {
+        fab__wgmma_f16_ss<BN, 0, 0>(acc, da, db, 1);
+    }
+    static __device__ __forceinline__ void pv(float (&acc)[D / 2], const uint32_t (&a)[4], uint64_t db)
+    {
+        fab__wgmma_f16_rs<D, 1>(acc, a, db, 1);
+    }
+};
+
+/* One box of 64 head-dim values x rows at (dim d0, row, head, batch). */
+static __device__ __forceinline__ void box(void *dst, const CUtensorMap *map, int d0, int row, int head, int batch,
+                                           uint64_t *bar)
+{
+    fab__tma_load_5d(dst, map, d0, row, head, batch, 0, bar);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(THREADS, 1)
+    attention_fwd_sm90(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
+                       const __grid_constant__ CUtensorMap map_v, const fab__attn_args a)
+{
+    typedef sm90_fwd<T, D> C;
+    typedef mma_of<T> M;
+    FAB_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char *sQ = raw + ((1024 - ((uintptr_t)raw & 1023)) & 1023);
+    unsigned char *sKV = sQ + C::Q_BYTES; /* stage s: K at sKV + 2 s KV_BYTES, V after it */
+    uint64_t *qfull = reinterpret_cast<uint64_t *>(sKV + STAGES * 2 * C::KV_BYTES);
+    uint64_t *full = qfull + 1, *empty = full + STAGES;
+    const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
+
+    /* this sequence, and the keys the block's rows may see (as the sm80 kernel) */
+    int64_t q0 = 0, k0 = 0;
+    int sq = (int)a.sq, sk = (int)a.sk;
+    if (a.cu_q_dev) {
+        q0 = a.cu_q_dev[b], k0 = a.cu_k_dev[b];
+        sq = a.cu_q_dev[b + 1] - (int)q0, sk = a.cu_k_dev[b + 1] - (int)k0;
+    }
+    if (m0 >= sq)
+        return;
+    const int nq = sq - m0 < BM ? sq - m0 : BM;
+    const int64_t off = sk - sq;
+    const int kvh = h / (int)(a.hq / a.hkv);
+    const int tb = a.cu_q_dev ? 0 : b; /* the maps' batch coordinate */
+    int64_t klo = 0, khi = sk;
+    if (a.left >= 0 && m0 + off - a.left > klo)
+        klo = m0 + off - a.left;
+    if (a.right >= 0 && m0 + nq - 1 + off + a.right + 1 < khi)
+        khi = m0 + nq - 1 + off + a.right + 1;
+    const int ntiles = khi > klo ? (int)((khi - klo + BN - 1) / BN) : 0;
+
+    if (threadIdx.x == 0) {
+        fab__mbarrier_init(qfull, 1);
+        for (int s = 0; s < STAGES; s++) {
+            fab__mbarrier_init(&full[s], 1);
+            fab__mbarrier_init(&empty[s], CONSUMER_WARPS);
+        }
+        fab__fence_mbarrier_init();
+    }
+    __syncthreads();
+
+    if (threadIdx.x < 128) { /* producer */
+        if (threadIdx.x != 0)
+            return;
+        fab__mbarrier_arrive_expect_tx(qfull, C::Q_BYTES);
+        for (int c = 0; c < D / 64; c++)
+            box(sQ + c * BM * 128, &map_q, 64 * c, (int)(q0 + m0), h, tb, qfull);
+        for (int it = 0; it < ntiles; it++) {
+            const int s = it % STAGES, kt = (int)(k0 + klo) + it * BN;
+            if (it >= STAGES)
+                fab__mbarrier_wait(&empty[s], (unsigned)((it / STAGES - 1) & 1));
+            unsigned char *sK = sKV + s * 2 * C::KV_BYTES, *sV = sK + C::KV_BYTES;
+            fab__mbarrier_arrive_expect_tx(&full[s], 2 * C::KV_BYTES);
+            for (int c = 0; c < D / 64; c++) {
+                box(sK + c * BN * 128, &map_k, 64 * c, kt, kvh, tb, &full[s]);
+                box(sV + c * BN * 128, &map_v, 64 * c, kt, kvh, tb, &full[s]);
+            }
+        }
+        return;
+    }
+
+    /* consumers */
+    const int cg = threadIdx.x / 128 - 1, warp4 = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int r_lo = m0 + 64 * cg + 16 * warp4 + g; /* this lane's rows: r_lo, r_lo + 8 */
+    const int64_t g_first = m0 + 64 * cg, g_last = m0 + 64 * cg + 63 < m0 + nq - 1 ? m0 + 64 * cg + 63 : m0 + nq - 1;
+    const int64_t w_first = g_first + 16 * warp4, w_last = w_first + 15 < m0 + nq - 1 ? w_first + 15 : m0 + nq - 1;
+    float o[D / 2], mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < D / 2; i++)
+        o[i] = 0.0f;
+    const float k_scale = a.scale * 1.4426950408889634f;
+    fab__mbarrier_wait(qfull, 0);
+
+    for (int it = 0; it < ntiles; it++) {
+        const int s = it % STAGES;
+        const int64_t kt = klo + (int64_t)it * BN;
+        fab__mbarrier_wait(&full[s], (unsigned)((it / STAGES) & 1));
+        const unsigned char *sK = sKV + s * 2 * C::KV_BYTES, *sV = sK + C::KV_BYTES;
+        /* uniform over the warpgroup, as wgmma needs */
+        if (g_first <= g_last && attn_any_allowed(a, g_first, g_last, kt, kt + BN - 1, off)) {
+            float sc[BN / 2];
+#pragma unroll
+            for (int i = 0; i < BN / 2; i++)
+                sc[i] = 0.0f;
+            fab__wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < D / 16; ks++) {
+                const uint64_t dq = fab__wgmma_desc(sQ + (ks / 4) * BM * 128 + cg * 64 * 128 + (ks % 4) * 32, 16,
+                                                    1024, FAB_WGMMA_SWIZZLE_128B);
+                const uint64_t dk =
+                    fab__wgmma_desc(sK + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
+                wg<T, D>::s(sc, dq, dk);
+            }
+            fab__wgmma_commit();
+            fab__wgmma_wait<0>();
+
+            /* logits, row max, rescale (per warp: its 16 rows decide the mask path) */
+            const bool inside = kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off);
+            float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int64_t key = kt + j * 8 + 2 * t + (e & 1), pos = r_lo + 8 * (e >> 1) + off;
+                    const float x = inside ? attn_logit<false>(a, sc[4 * j + e], k_scale, key, pos, khi)
+                                           : attn_logit<true>(a, sc[4 * j + e], k_scale, key, pos, khi);
+                    sc[4 * j + e] = x;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                }
+            float muse[2], alpha[2];
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
+                mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
+                muse[hr] = mx[hr] == -INFINITY ? 0.0f : mx[hr];
+                alpha[hr] = mx[hr] == mrow[hr] ? 1.0f : fab__ex2_approx(mrow[hr] - muse[hr]);
+                mrow[hr] = mx[hr];
+                lrow[hr] *= alpha[hr];
+            }
+#pragma unroll
+            for (int j = 0; j < D / 8; j++) {
+                o[4 * j + 0] *= alpha[0], o[4 * j + 1] *= alpha[0];
+                o[4 * j + 2] *= alpha[1], o[4 * j + 3] *= alpha[1];
+            }
+            /* P, packed as the A fragments of the 16-key steps: step kk's registers
+             * are rows g / g+8 of keys 16kk + 2t (+8), i.e. sc[8kk + 0..7] in pairs */
+            uint32_t pa[BN / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    const float p0 = fab__ex2_approx(sc[8 * kk + 2 * r] - muse[r & 1]);
+                    const float p1 = fab__ex2_approx(sc[8 * kk + 2 * r + 1] - muse[r & 1]);
+                    lrow[r & 1] += p0 + p1;
+                    pa[kk][r] = M::pack(p0, p1);
+                }
+            fab__wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                const uint64_t dv = fab__wgmma_desc(sV + kk * 16 * 128, BN * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
+                wg<T, D>::pv(o, pa[kk], dv);
+            }
+            fab__wgmma_commit();
+            fab__wgmma_wait<0>();
+        }
+        if (lane == 0)
+            fab__mbarrier_arrive(&empty[s]); /* this warp is done with the stage */
+    }
+
+    /* out = O / l, lse (as the sm80 kernel) */
+    T *O = (T *)a.out.data + b * a.out.sb + q0 * a.out.ss + h * a.out.sh;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        float l = lrow[hr];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int row = r_lo + 8 * hr;
+        if (row >= sq)
+            continue;
+        const float inv = l > 0 ? 1.0f / l : 0.0f;
+        T *orow = O + (int64_t)row * a.out.ss;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++)
+            *reinterpret_cast<uint32_t *>(orow + j * 8 + 2 * t) = M::pack(o[4 * j + 2 * hr] * inv,
+                                                                          o[4 * j + 2 * hr + 1] * inv);
+        if (a.lse && t == 0)
+            a.lse[b * a.lse_sb + h * a.lse_sh + q0 + row] = (mrow[hr] + log2f(l)) * 0.69314718055994531f;
+    }
+}
+
+/* The map (head dim, rows, heads, batch, and a 5th dimension of 1: the 5-D load)
+ * of q, k or v, boxes of 64 dims x rows. */
+static bool encode_view(CUtensorMap *map, const fab__attn_view &v, bool bf16, int64_t d, int64_t rows,
+                        int64_t heads, int64_t batch, int box_rows)
+{
+    const int64_t dims[5] = {d, rows, heads, batch, 1}, strides[4] = {v.ss, v.sh, v.sb, 0};
+    return fab__tma_encode_16bit(map, v.data, bf16, 5, dims, strides, box_rows);
+}
+
+/* The maps' row and batch extents: a varlen batch is one sequence of all rows. */
+static void extents(const fab__attn_args *a, bool q, int64_t *rows, int64_t *batch)
+{
+    if (a->cu_q_dev) {
+        const int32_t *cu = q ? a->cu_q : a->cu_k;
+        *rows = cu ? cu[a->batch] : (q ? a->sq : a->sk) * a->batch; /* host copy, else a bound */
+        *batch = 1;
+    } else {
+        *rows = q ? a->sq : a->sk;
+        *batch = a->batch;
+    }
+}
+
+template <typename T, int D>
+static fab_status launch(fab_context *ctx, const fab__attn_args *a)
+{
+    const bool bf16 = a->dtype == FAB_DTYPE_BF16;
+    int64_t qrows, krows, nb;
+    extents(a, true, &qrows, &nb);
+    extents(a, false, &krows, &nb);
+    CUtensorMap mq, mk, mv;
+    if (!encode_view(&mq, a->q, bf16, D, qrows, a->hq, nb, BM) || !encode_view(&mk, a->k, bf16, D, krows, a->hkv, nb, BN) ||
+        !encode_view(&mv, a->v, bf16, D, krows, a->hkv, nb, BN)) {
+        static bool warned;
+        if (!warned) {
+            warned = true;
+            fprintf(stderr, "fabriek: cuTensorMapEncodeTiled rejected attention's q/k/v; the sm80 kernel runs it\n");
+        }
+        return fab__attention_forward_sm80(ctx, a);
+    }
+    const int smem = sm90_fwd<T, D>::SMEM;
+    cudaError_t err = cudaFuncSetAttribute(attention_fwd_sm90<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err == cudaSuccess) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch);
+        cfg.blockDim = dim3(THREADS);
+        cfg.dynamicSmemBytes = (size_t)smem;
+        cfg.stream = (cudaStream_t)ctx->stream;
+        err = cudaLaunchKernelEx(&cfg, attention_fwd_sm90<T, D>, mq, mk, mv, *a);
+    }
+    if (err != cudaSuccess)
+        return fab__fail(FAB_ERR_BACKEND, "fab_attention_forward: sm90 kernel launch failed: %s",
+                         cudaGetErrorString(err));
+    return fab__cuda_check_launch("fab_attention_forward");
+}
+
+/* A view's strides are usable by TMA: positive multiples of 8 elements (16 bytes)
+ * where the dimension has more than one index, base 16-byte aligned. */
+static bool view_ok(const fab__attn_view &v, int64_t rows, int64_t heads, int64_t batch)
+{
+    return (uintptr_t)v.data % 16 == 0 && (rows <= 1 || (v.ss > 0 && v.ss % 8 == 0)) &&
+           (heads <= 1 || (v.sh > 0 && v.sh % 8 == 0)) && (batch <= 1 || (v.sb > 0 && v.sb % 8 == 0));
+}
+
+} // namespace
+
+/* 1 in the code compiled for sm_90a, 0 in any other (there the wgmma wrappers trap). */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FAB__SM90A_CODE 1
+#else
+#define FAB__SM90A_CODE 0
+#endif
+__device__ int fab__attention_sm90a_code = FAB__SM90A_CODE;
+
+static bool have_sm90a_code(void)
+{
+#ifdef FAB_EMULATE_CUDA
+    return true;
+#else
+    static int have = -1;
+    if (have < 0) {
+        int flag = 0;
+        have = cudaMemcpyFromSymbol(&flag, fab__attention_sm90a_code, sizeof flag) == cudaSuccess && flag == 1;
+    }
+    return have == 1;
+#endif
+}
+
+extern "C" bool fab__attention_forward_sm90_supports(const fab_context *ctx, const fab__attn_args *a)
+{
+    if (ctx->sm_version != 90 || (a->dtype != FAB_DTYPE_BF16 && a->dtype != FAB_DTYPE_F16) ||
+        (a->d != 64 && a->d != 128) || a->sq == 0)
+        return false;
+    const char *env = getenv("FAB_ATTN_SM90");
+    if (env && !strcmp(env, "0"))
+        return false;
+    if (a->cu_q_dev && (!a->cu_q || !a->cu_k)) /* the maps' extents need the host copies */
+        return false;
+    int64_t qrows, krows, nb;
+    extents(a, true, &qrows, &nb);
+    extents(a, false, &krows, &nb);
+    if (qrows >= ((int64_t)1 << 31) - BM || krows >= ((int64_t)1 << 31) - BN || a->batch > 65535 || a->hq > 65535)
+        return false;
+    if (!view_ok(a->q, qrows, a->hq, nb) || !view_ok(a->k, krows, a->hkv, nb) || !view_ok(a->v, krows, a->hkv, nb))
+        return false;
+    return have_sm90a_code() && fab__tma_encoder() != NULL;
+}
+
+extern "C" fab_status fab__attention_forward_sm90(fab_context *ctx, const fab__attn_args *a)
+{
+    cudaError_t err = cudaSetDevice(ctx->device);
+    if (err != cudaSuccess)
+        return fab__fail(FAB_ERR_BACKEND, "fab_attention_forward: cudaSetDevice failed: %s", cudaGetErrorString(err));
+    if (a->dtype == FAB_DTYPE_BF16)
+        return a->d == 64 ? launch<__nv_bfloat16, 64>(ctx, a) : launch<__nv_bfloat16, 128>(ctx, a);
+    return a->d == 64 ? launch<__half, 64>(ctx, a) : launch<__half, 128>(ctx, a);
+}

@@ -1,0 +1,61 @@
+/*
+ * tma_host.cuh: host side of TMA for the Hopper kernels: the driver's
+ * cuTensorMapEncodeTiled (through cudaGetDriverEntryPointByVersion: nothing links
+ * libcuda), and the encoding of a tensor of 16-bit values in up to 5 dimensions
+ * with 128-byte-swizzled boxes of 64 elements x box_rows. Include after ptx.cuh.
+ */
+#ifndef FAB_KERNELS_COMMON_TMA_HOST_CUH
+#define FAB_KERNELS_COMMON_TMA_HOST_CUH
+
+typedef CUresult (*fab__encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                         const cuuint64_t *, const cuuint32_t *, const cuuint32_t *,
+                                         CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion,
+                                         CUtensorMapFloatOOBfill);
+
+/* The driver's cuTensorMapEncodeTiled, looked up once per file that includes this
+ * (null if the driver lacks it; a race costs a second lookup). */
+static fab__encode_tiled_fn fab__tma_encoder(void)
+{
+    static fab__encode_tiled_fn fn;
+    static bool looked;
+    if (!looked) {
+        void *p = NULL;
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
+                cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (fab__encode_tiled_fn)p;
+        looked = true;
+    }
+    return fn;
+}
+
+/* A map of `rank` (2..5) dimensions: dims[0] the contiguous one, strides[i] the
+ * element stride of dimension i + 1 (one of a dimension of size 1 is never used:
+ * any valid value is put there). Boxes of 64 x box_rows x 1 x ..., 128-byte
+ * swizzle, zero fill. False if the driver refuses (or is missing). */
+static bool fab__tma_encode_16bit(CUtensorMap *map, const void *base, bool bf16, int rank, const int64_t *dims,
+                                  const int64_t *strides, int box_rows)
+{
+    fab__encode_tiled_fn enc = fab__tma_encoder();
+    if (!enc)
+        return false;
+    cuuint64_t d[5], s[4];
+    cuuint32_t box[5], estr[5];
+    int64_t valid = (dims[0] * 2 + 15) / 16 * 16; /* a stride for unused dimensions */
+    for (int i = 0; i < rank; i++) {
+        d[i] = (cuuint64_t)dims[i];
+        box[i] = i == 0 ? 64 : i == 1 ? (cuuint32_t)box_rows : 1;
+        estr[i] = 1;
+        if (i > 0) {
+            if (dims[i] > 1)
+                valid = strides[i - 1] * 2;
+            s[i - 1] = (cuuint64_t)(dims[i] > 1 ? strides[i - 1] * 2 : valid);
+        }
+    }
+    return enc(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, (cuuint32_t)rank,
+               const_cast<void *>(base), d, s, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+#endif
