@@ -612,6 +612,29 @@ static void test_tensor_core_shapes(void **state)
  * k, k running through the stage ring several times, more m-tiles than one group
  * of the block order, and an epilogue. On a real GPU the same calls run (whatever
  * kernel the device gets). */
+/* One case on the Hopper kernel; under the emulator, that it ran there: `batches`
+ * grids of 128 x bn blocks of 384 threads, 8 consumer warps x 4 k steps of wgmma
+ * per 64-wide k tile and block. */
+static void run_sm90_case(fab_context *ctx, const mm_case *c, int64_t batches, int64_t bn)
+{
+#ifdef FAB_TEST_EMULATED
+    const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
+    struct fab_emu_stats before, after;
+    fab_emu_get_stats(&before);
+#endif
+    run_case(ctx, c);
+#ifdef FAB_TEST_EMULATED
+    fab_emu_get_stats(&after);
+    fab_emu_set_racecheck(racecheck);
+    const int64_t blocks = batches * ((c->m + 127) / 128) * ((c->n + bn - 1) / bn), ktiles = (c->k + 63) / 64;
+    assert_int_equal(after.blocks - before.blocks, blocks);
+    assert_int_equal(after.threads - before.threads, blocks * 384);
+    assert_int_equal(after.wgmma - before.wgmma, blocks * 8 * 4 * ktiles);
+#else
+    (void)batches, (void)bn;
+#endif
+}
+
 static void test_sm90_kernel(void **state)
 {
     (void)state;
@@ -634,21 +657,7 @@ static void test_sm90_kernel(void **state)
             c.pre = 1;
             c.beta = 0.5f;
         }
-#ifdef FAB_TEST_EMULATED
-        const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
-        struct fab_emu_stats before, after;
-        fab_emu_get_stats(&before);
-#endif
-        run_case(ctx, &c);
-#ifdef FAB_TEST_EMULATED
-        fab_emu_get_stats(&after);
-        fab_emu_set_racecheck(racecheck);
-        const int64_t blocks = ((c.m + 127) / 128) * ((c.n + bn - 1) / bn), ktiles = (c.k + 63) / 64;
-        assert_int_equal(after.blocks - before.blocks, blocks);
-        assert_int_equal(after.threads - before.threads, blocks * 384);
-        /* 8 consumer warps x 4 k steps per k tile, per block */
-        assert_int_equal(after.wgmma - before.wgmma, blocks * 8 * 4 * ktiles);
-#endif
+        run_sm90_case(ctx, &c, 1, bn);
         unsetenv("FAB_MATMUL_SM90_TILE");
     }
     /* batches: two batch dimensions (6 matrices), both transposes of each operand */
@@ -660,19 +669,7 @@ static void test_sm90_kernel(void **state)
         c.bshape[0] = c.a_bshape[0] = c.b_bshape[0] = 2;
         c.bshape[1] = c.a_bshape[1] = c.b_bshape[1] = 3;
         c.bias = t == 1;
-#ifdef FAB_TEST_EMULATED
-        const int racecheck = fab_emu_set_racecheck(0);
-        struct fab_emu_stats before, after;
-        fab_emu_get_stats(&before);
-#endif
-        run_case(ctx, &c);
-#ifdef FAB_TEST_EMULATED
-        fab_emu_get_stats(&after);
-        fab_emu_set_racecheck(racecheck);
-        const int64_t blocks = 6 * ((c.m + 127) / 128) * ((c.n + 127) / 128);
-        assert_int_equal(after.blocks - before.blocks, blocks);
-        assert_int_equal(after.wgmma - before.wgmma, blocks * 8 * 4 * ((c.k + 63) / 64));
-#endif
+        run_sm90_case(ctx, &c, 6, 128);
     }
     fab_context_destroy(ctx);
 }

@@ -87,24 +87,11 @@ attention_fwd_kernel(const fab__attn_args a)
     const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 
-    /* this sequence */
-    int64_t q0 = 0, k0 = 0;
-    int sq = (int)a.sq, sk = (int)a.sk;
-    if (a.cu_q_dev) {
-        q0 = a.cu_q_dev[b], k0 = a.cu_k_dev[b];
-        sq = a.cu_q_dev[b + 1] - (int)q0, sk = a.cu_k_dev[b + 1] - (int)k0;
-    }
-    if (m0 >= sq)
+    attn_fwd_span sp;
+    if (!attn_fwd_span_of(a, b, h, m0, BM, BN, &sp))
         return;
-    const int nq = sq - m0 < BM ? sq - m0 : BM;
-    const int64_t off = sk - sq;
-    const int kvh = h / (int)(a.hq / a.hkv);
-    int64_t klo = 0, khi = sk; /* keys any row of the block may see */
-    if (a.left >= 0 && m0 + off - a.left > klo)
-        klo = m0 + off - a.left;
-    if (a.right >= 0 && m0 + nq - 1 + off + a.right + 1 < khi)
-        khi = m0 + nq - 1 + off + a.right + 1;
-    const int ntiles = khi > klo ? (int)((khi - klo + BN - 1) / BN) : 0;
+    const int64_t q0 = sp.q0, k0 = sp.k0, off = sp.off, klo = sp.klo, khi = sp.khi;
+    const int sq = sp.sq, nq = sp.nq, kvh = sp.kvh, ntiles = sp.ntiles;
 
     const T *Q = (const T *)a.q.data + b * a.q.sb + q0 * a.q.ss + h * a.q.sh;
     const T *K = (const T *)a.k.data + b * a.k.sb + k0 * a.k.ss + kvh * a.k.sh;

@@ -102,25 +102,12 @@ __global__ void __launch_bounds__(THREADS, 1)
     uint64_t *full = qfull + 1, *empty = full + STAGES;
     const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
 
-    /* this sequence, and the keys the block's rows may see (as the sm80 kernel) */
-    int64_t q0 = 0, k0 = 0;
-    int sq = (int)a.sq, sk = (int)a.sk;
-    if (a.cu_q_dev) {
-        q0 = a.cu_q_dev[b], k0 = a.cu_k_dev[b];
-        sq = a.cu_q_dev[b + 1] - (int)q0, sk = a.cu_k_dev[b + 1] - (int)k0;
-    }
-    if (m0 >= sq)
+    attn_fwd_span sp;
+    if (!attn_fwd_span_of(a, b, h, m0, BM, BN, &sp))
         return;
-    const int nq = sq - m0 < BM ? sq - m0 : BM;
-    const int64_t off = sk - sq;
-    const int kvh = h / (int)(a.hq / a.hkv);
+    const int64_t q0 = sp.q0, k0 = sp.k0, off = sp.off, klo = sp.klo, khi = sp.khi;
+    const int sq = sp.sq, nq = sp.nq, kvh = sp.kvh, ntiles = sp.ntiles;
     const int tb = a.cu_q_dev ? 0 : b; /* the maps' batch coordinate */
-    int64_t klo = 0, khi = sk;
-    if (a.left >= 0 && m0 + off - a.left > klo)
-        klo = m0 + off - a.left;
-    if (a.right >= 0 && m0 + nq - 1 + off + a.right + 1 < khi)
-        khi = m0 + nq - 1 + off + a.right + 1;
-    const int ntiles = khi > klo ? (int)((khi - klo + BN - 1) / BN) : 0;
 
     if (threadIdx.x == 0) {
         fab__mbarrier_init(qfull, 1);
@@ -327,27 +314,7 @@ static bool view_ok(const fab__attn_view &v, int64_t rows, int64_t heads, int64_
 
 } // namespace
 
-/* 1 in the code compiled for sm_90a, 0 in any other (there the wgmma wrappers trap). */
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FAB__SM90A_CODE 1
-#else
-#define FAB__SM90A_CODE 0
-#endif
-__device__ int fab__attention_sm90a_code = FAB__SM90A_CODE;
-
-static bool have_sm90a_code(void)
-{
-#ifdef FAB_EMULATE_CUDA
-    return true;
-#else
-    static int have = -1;
-    if (have < 0) {
-        int flag = 0;
-        have = cudaMemcpyFromSymbol(&flag, fab__attention_sm90a_code, sizeof flag) == cudaSuccess && flag == 1;
-    }
-    return have == 1;
-#endif
-}
+FAB__SM90A_PROBE(fab__attention_sm90a_code, have_sm90a_code)
 
 extern "C" bool fab__attention_forward_sm90_supports(const fab_context *ctx, const fab__attn_args *a)
 {

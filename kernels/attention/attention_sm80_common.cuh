@@ -47,6 +47,37 @@ static __device__ __forceinline__ bool attn_any_allowed(const fab__attn_args &a,
     return (a.right < 0 || k0 <= r1 + off + a.right) && (a.left < 0 || k1 >= r0 + off - a.left);
 }
 
+/* A forward block's share of its sequence b (varlen: through cu_seqlens), for the
+ * BM query rows from m0 of head h: the sequence's offsets and lengths, its rows
+ * (nq), the kv head, and the keys [klo, khi) any of its rows may see, in tiles of
+ * BN. False when the block has no rows. */
+struct attn_fwd_span {
+    int64_t q0, k0, off, klo, khi;
+    int sq, sk, nq, kvh, ntiles;
+};
+static __device__ __forceinline__ bool attn_fwd_span_of(const fab__attn_args &a, int b, int h, int m0, int BM,
+                                                        int BN, attn_fwd_span *s)
+{
+    s->q0 = 0, s->k0 = 0;
+    s->sq = (int)a.sq, s->sk = (int)a.sk;
+    if (a.cu_q_dev) {
+        s->q0 = a.cu_q_dev[b], s->k0 = a.cu_k_dev[b];
+        s->sq = a.cu_q_dev[b + 1] - (int)s->q0, s->sk = a.cu_k_dev[b + 1] - (int)s->k0;
+    }
+    if (m0 >= s->sq)
+        return false;
+    s->nq = s->sq - m0 < BM ? s->sq - m0 : BM;
+    s->off = s->sk - s->sq;
+    s->kvh = h / (int)(a.hq / a.hkv);
+    s->klo = 0, s->khi = s->sk;
+    if (a.left >= 0 && m0 + s->off - a.left > s->klo)
+        s->klo = m0 + s->off - a.left;
+    if (a.right >= 0 && m0 + s->nq - 1 + s->off + a.right + 1 < s->khi)
+        s->khi = m0 + s->nq - 1 + s->off + a.right + 1;
+    s->ntiles = s->khi > s->klo ? (int)((s->khi - s->klo + BN - 1) / BN) : 0;
+    return true;
+}
+
 /* One raw product x of query position pos (its row + off) and key `key` as a
  * log2-unit logit: x scale log2(e) (k_scale), or softcap tanh(x scale / softcap)
  * log2(e); with MASK, -inf for a key past khi or outside the row's band. */

@@ -58,4 +58,30 @@ static bool fab__tma_encode_16bit(CUtensorMap *map, const void *base, bool bf16,
                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+/* FAB__SM90A_PROBE(flag, fn): a device int `flag`, 1 in the code compiled for
+ * sm_90a and 0 in any other (sm_80 code JIT-compiled on an H100, or plain sm_90,
+ * where the wgmma wrappers trap), and `static bool fn(void)` reading it once: whether
+ * the code the device runs for this file is sm_90a's. Always true emulated. */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FAB__SM90A_CODE 1
+#else
+#define FAB__SM90A_CODE 0
+#endif
+#ifdef FAB_EMULATE_CUDA
+#define FAB__SM90A_PROBE(flag, fn) \
+    static bool fn(void) { return true; }
+#else
+#define FAB__SM90A_PROBE(flag, fn)                                                                        \
+    __device__ int flag = FAB__SM90A_CODE;                                                                \
+    static bool fn(void)                                                                                  \
+    {                                                                                                     \
+        static int have = -1; /* a race costs a second read */                                           \
+        if (have < 0) {                                                                                   \
+            int v = 0;                                                                                    \
+            have = cudaMemcpyFromSymbol(&v, flag, sizeof v) == cudaSuccess && v == 1;                     \
+        }                                                                                                 \
+        return have == 1;                                                                                 \
+    }
+#endif
+
 #endif

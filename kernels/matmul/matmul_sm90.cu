@@ -331,29 +331,7 @@ static int pick_bn(const fab_context *ctx, const fab__mm_args *a)
     return ((a->m + SM90_BM - 1) / SM90_BM) * ((a->n + 255) / 256) >= (int64_t)ctx->sm_count ? 256 : 128;
 }
 
-/* 1 in the code compiled for sm_90a, 0 in any other (sm_80 code JIT-compiled on
- * an H100, or plain sm_90, has __trap() where the wgmma wrappers are). */
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FAB__SM90A_CODE 1
-#else
-#define FAB__SM90A_CODE 0
-#endif
-__device__ int fab__matmul_sm90a_code = FAB__SM90A_CODE;
-
-/* Whether the code the device runs is sm_90a's (read once; a race costs a second read). */
-static bool have_sm90a_code(void)
-{
-#ifdef FAB_EMULATE_CUDA
-    return true;
-#else
-    static int have = -1;
-    if (have < 0) {
-        int flag = 0;
-        have = cudaMemcpyFromSymbol(&flag, fab__matmul_sm90a_code, sizeof flag) == cudaSuccess && flag == 1;
-    }
-    return have == 1;
-#endif
-}
+FAB__SM90A_PROBE(fab__matmul_sm90a_code, have_sm90a_code)
 
 extern "C" bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_args *a)
 {
