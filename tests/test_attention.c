@@ -463,6 +463,15 @@ static void run_case2(fab_context *ctx, const acase *c, fab_dtype dt, fab_contex
     f.q = tb_tensor(&q), f.k = tb_tensor(&k), f.v = tb_tensor(&v), f.out = tb_tensor(&out), f.lse = tb_tensor(&lse);
     f.scale = c->scale, f.softcap = c->softcap, f.causal = c->causal, f.window = c->window;
     f.window_left = c->wl, f.window_right = c->wr, f.cu_seqlens_q = cu_q, f.cu_seqlens_k = cu_k;
+    /* f16 varlen forwards take the trusted path (no host copy of cu_seqlens), bf16
+     * ones the checked one: the CUDA kernels get both */
+    if (c->varlen && dt == FAB_DTYPE_F16) {
+        f.trust_cu_seqlens = 1;
+        for (int64_t b = 0; b < c->batch; b++) {
+            f.max_seqlen_q = c->lq[b] > f.max_seqlen_q ? c->lq[b] : f.max_seqlen_q;
+            f.max_seqlen_k = c->lk[b] > f.max_seqlen_k ? c->lk[b] : f.max_seqlen_k;
+        }
+    }
     fab_status s = fab_attention_forward(ctx, &f);
     if (s != FAB_OK)
         fail_msg("%s %s: fab_attention_forward: %s: %s", c->name, fab_dtype_name(dt), fab_status_name(s),

@@ -425,6 +425,8 @@ static fab_status attention(fab_context *ctx, const common *c)
     a.cu_k = cu_host ? cu_host + batch + 1 : NULL;
     a.cu_q_dev = varlen ? (const int32_t *)c->cu_q->data : NULL;
     a.cu_k_dev = varlen ? (const int32_t *)c->cu_k->data : NULL;
+    a.rows_q = varlen ? c->q->shape[0] : 0;
+    a.rows_k = varlen ? c->k->shape[0] : 0;
     a.q = view_of(c->q, varlen);
     a.k = view_of(c->k, varlen);
     a.v = view_of(c->v, varlen);

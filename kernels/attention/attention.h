@@ -27,6 +27,7 @@ typedef struct fab__attn_args {
     const int32_t *cu_k;
     const int32_t *cu_q_dev; /* the caller's cu_seqlens (device memory on CUDA); NULL for a dense batch */
     const int32_t *cu_k_dev;
+    int64_t rows_q, rows_k;  /* varlen: the packed tensors' row counts (cu_seqlens' last entries); dense: 0 */
     fab__attn_view q, k, v, out;
     fab__attn_view dout, dq, dk, dv; /* backward only */
     float *lse;             /* may be NULL in the forward */

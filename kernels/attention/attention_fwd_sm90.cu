@@ -21,7 +21,11 @@
  * The tensor maps are (head dim, sequence, head, batch) with the caller's
  * strides; a varlen batch is one sequence of all rows, so a block's rows start at
  * its sequence's offset, and rows past a sequence belong to the next: masked as
- * keys (past khi), not stored as queries.
+ * keys (past khi), not stored as queries. Unlike the sm80 kernel, which zero-fills
+ * key rows past khi, the last tile's V rows past khi are loaded (a TMA box is
+ * whole): their P is 0, but a NaN or Inf there (another sequence's, in varlen, or
+ * past a window's edge) would make 0 x NaN in the sum, as FlashAttention-3's
+ * varlen path does.
  *
  * Thread mapping: consumer warpgroup c, warp w, lane 4g + t holds rows
  * 64c + 16w + g and + 8 of the tile, in wgmma's D layout: s[4j + 2i + b] is
@@ -163,6 +167,7 @@ __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
             for (int i = 0; i < BN / 2; i++)
                 sc[i] = 0.0f;
+            fab__wgmma_fence_regs(sc);
             fab__wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < D / 16; ks++) {
@@ -174,6 +179,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             }
             fab__wgmma_commit();
             fab__wgmma_wait<0>();
+            fab__wgmma_fence_regs(sc);
 
             /* logits, row max, rescale (per warp: its 16 rows decide the mask path) */
             const bool inside = kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off);
@@ -215,6 +221,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                     lrow[r & 1] += p0 + p1;
                     pa[kk][r] = M::pack(p0, p1);
                 }
+            fab__wgmma_fence_regs(o);
             fab__wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < BN / 16; kk++) {
@@ -223,6 +230,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             }
             fab__wgmma_commit();
             fab__wgmma_wait<0>();
+            fab__wgmma_fence_regs(o);
         }
         if (lane == 0)
             fab__mbarrier_arrive(&empty[s]); /* this warp is done with the stage */
@@ -258,12 +266,12 @@ static bool encode_view(CUtensorMap *map, const fab__attn_view &v, bool bf16, in
     return fab__tma_encode_16bit(map, v.data, bf16, 5, dims, strides, box_rows);
 }
 
-/* The maps' row and batch extents: a varlen batch is one sequence of all rows. */
+/* The maps' row and batch extents: a varlen batch is one sequence of all the packed
+ * rows (the entry checked that cu_seqlens ends at the tensor's row count). */
 static void extents(const fab__attn_args *a, bool q, int64_t *rows, int64_t *batch)
 {
     if (a->cu_q_dev) {
-        const int32_t *cu = q ? a->cu_q : a->cu_k;
-        *rows = cu ? cu[a->batch] : (q ? a->sq : a->sk) * a->batch; /* host copy, else a bound */
+        *rows = q ? a->rows_q : a->rows_k;
         *batch = 1;
     } else {
         *rows = q ? a->sq : a->sk;
@@ -323,8 +331,6 @@ extern "C" bool fab__attention_forward_sm90_supports(const fab_context *ctx, con
         return false;
     const char *env = getenv("FAB_ATTN_SM90");
     if (env && !strcmp(env, "0"))
-        return false;
-    if (a->cu_q_dev && (!a->cu_q || !a->cu_k)) /* the maps' extents need the host copies */
         return false;
     int64_t qrows, krows, nb;
     extents(a, true, &qrows, &nb);

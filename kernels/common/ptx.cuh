@@ -741,6 +741,22 @@ static __device__ __forceinline__ void fab__wgmma_wait()
 #endif
 }
 
+/* fab__wgmma_fence_regs(r): tells the compiler r's registers may change here, so it
+ * neither moves other arithmetic on them across the wgmma issue/wait around it nor
+ * keeps stale copies (CUTLASS's warpgroup_fence_operand). Put it on the
+ * accumulators after each wait_group and before each wgmma.fence. No code. */
+template <int N>
+static __device__ __forceinline__ void fab__wgmma_fence_regs(float (&r)[N])
+{
+#ifndef FAB_EMULATE_CUDA
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        asm volatile("" : "+f"(r[i])::"memory");
+#else
+    (void)r;
+#endif
+}
+
 /* fence.proxy.async.shared::cta: this thread's ordinary shared-memory writes become
  * visible to the async proxy (wgmma operands, TMA stores).  A barrier after it
  * extends that to the other threads.  Nothing to do in the emulator, whose wgmma

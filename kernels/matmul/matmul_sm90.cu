@@ -209,6 +209,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         const int s = kt % STAGES;
         fab__mbarrier_wait(&full[s], (unsigned)((kt / STAGES) & 1));
         const unsigned char *a_tile = stages + s * cfg::STAGE_BYTES, *b_tile = a_tile + SM90_A_BYTES;
+        fab__wgmma_fence_regs(acc);
         fab__wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < SM90_BK / 16; ks++) {
@@ -222,6 +223,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             fab__mbarrier_arrive(&empty[(kt - 1) % STAGES]);
     }
     fab__wgmma_wait<0>();
+    fab__wgmma_fence_regs(acc);
     /* Every load has landed (each passed its full barrier) and every wgmma of both
      * consumer warpgroups has retired once they all meet: the stages are free for
      * the staging. Named barrier 1, the 256 consumer threads. */
