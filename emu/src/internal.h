@@ -63,6 +63,7 @@ struct Thread {
     uint32_t *vc = nullptr;
     uint32_t *lv = nullptr;
     bool yielded = false; /* suspended by yield() (spin loop), not by a synchronisation */
+    uint32_t proxy_fences = 0; /* fence.proxy.async executed (shadow.cpp's proxy check) */
     /* cp.async destinations and plain shared accesses since the warp last met (banks.cpp) */
     std::vector<SmemAccess> bank_cp;
 };
@@ -212,8 +213,12 @@ void shadow_barrier_release(Block &b, Barrier &B, int id);
 void shadow_warp_sync_begin(Block &b, unsigned w, uint32_t lanes); /* before a collective's work */
 void shadow_warp_sync_end(Block &b, unsigned w, uint32_t lanes);   /* after it */
 bool collective_orders_memory(CollFn fn); /* ptx.cpp: false for mma, movmatrix */
-enum ShadowOp { SH_LDMATRIX, SH_STMATRIX, SH_CP_ASYNC, SH_LOAD, SH_STORE };
+enum ShadowOp { SH_LDMATRIX, SH_STMATRIX, SH_CP_ASYNC, SH_LOAD, SH_STORE, SH_TMA, SH_WGMMA };
 void shadow_read(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp op);
+/* A read by the async proxy (wgmma): shadow_read, and bytes written through the
+ * generic proxy (st.shared, stmatrix, cp.async) must have had a fence.proxy.async
+ * by their writer since (Thread::proxy_fences). */
+void shadow_async_proxy_read(Block &b, Thread &t, const void *p, unsigned bytes);
 void shadow_write(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp op, bool async);
 void shadow_async_done(Block &b, Thread &t, const void *p, unsigned bytes); /* the wait that completes it */
 /* mbarrier: an arrival (or a TMA's completed transaction) releases t's clocks into

@@ -813,6 +813,7 @@ static void run_block(Launch &L, unsigned long long linear)
         t.vc = t.lv = nullptr;
         t.yielded = false;
         t.bank_cp.clear();
+        t.proxy_fences = 0;
         if (b.shadow) shadow_thread_init(b, t);
         fiber_prepare(t.fiber, thread_main, &t);
     }

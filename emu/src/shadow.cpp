@@ -54,7 +54,7 @@ struct Cell {
     uint64_t gen;   /* block generation this record belongs to */
     uint16_t wtid;  /* last writer (linear thread index) or kNone */
     uint8_t flags;
-    uint8_t pad;
+    uint8_t gfence; /* written through the generic proxy: 0x80 | the writer's proxy_fences (7 bits) then; else 0 */
     uint32_t wwep;  /* writer's warp epoch */
     uint32_t wlep;  /* writer's lane epoch */
 };
@@ -214,6 +214,8 @@ static const char *op_name(ShadowOp op)
     case SH_STMATRIX: return "stmatrix (write)";
     case SH_LOAD: return "ld.shared (read)";
     case SH_STORE: return "st.shared (write)";
+    case SH_TMA: return "cp.async.bulk.tensor (TMA write)";
+    case SH_WGMMA: return "wgmma (read)";
     default: return "cp.async (write)";
     }
 }
@@ -280,6 +282,7 @@ static inline __attribute__((always_inline)) Cell &cell_of(Shadow &s, uintptr_t 
         c->gen = s.gen;
         c->wtid = kNone;
         c->flags = 0;
+        c->gfence = 0;
         memset(*rd, 0, s.nwarps * sizeof(uint64_t));
     }
     return *c;
@@ -374,6 +377,30 @@ void shadow_write(Block &b, Thread &t, const void *p, unsigned bytes, ShadowOp o
                             (op == SH_STORE ? F_WRITER_STORE : 0));
         c.wwep = wep;
         c.wlep = lep & kLepMask;
+        c.gfence = op == SH_TMA ? 0 : (uint8_t)(0x80u | (t.proxy_fences & 0x7fu));
+    }
+}
+
+void shadow_async_proxy_read(Block &b, Thread &t, const void *p, unsigned bytes)
+{
+    shadow_read(b, t, p, bytes, SH_WGMMA);
+    Shadow &s = *b.shadow;
+    if (s.reported || b.launch->failed) return;
+    for (uintptr_t a = (uintptr_t)p & ~(uintptr_t)3, end = (uintptr_t)p + bytes; a < end; a += 4) {
+        uint64_t *rd;
+        Cell &c = cell_of(s, a, &rd);
+        if (c.wtid == kNone || !(c.gfence & 0x80u)) continue;
+        const Thread &w = *b.threads[c.wtid];
+        if ((w.proxy_fences & 0x7fu) != (c.gfence & 0x7fu)) continue; /* the writer fenced since */
+        s.reported = true;
+        char where_buf[64];
+        snprintf(where_buf, sizeof where_buf, "byte %zu of dynamic shared memory", (size_t)(a - (uintptr_t)s.dyn));
+        race_failure(b.launch, "fab_emu: missing fence.proxy.async in " + kernel_name(b.launch->kernel) + ": " +
+                                   thread_desc(b, t.id.linear) + " wgmma reads " + where_buf + ", written by " +
+                                   thread_desc(b, c.wtid) + " with " + writer_op(c) +
+                                   " (the generic proxy), which has not run fab__fence_proxy_async() since: the "
+                                   "async proxy may not see the write");
+        return;
     }
 }
 

@@ -177,6 +177,11 @@ static void maybe_complete(Block &b, Mbar &m)
     }
 }
 
+void fence_proxy_async()
+{
+    if (tl_thread) tl_thread->proxy_fences++;
+}
+
 void mbarrier_init(void *bar, unsigned count)
 {
     const char *what = "mbarrier.init";
@@ -345,7 +350,7 @@ void tma_load(void *smem_dst, const void *tensor_map, const int *coord, int rank
         c.vc.assign(tl_thread->vc, tl_thread->vc + b.nwarps);
         c.lv.assign(tl_thread->lv, tl_thread->lv + 32);
     }
-    if (b.shadow) shadow_write(b, *tl_thread, dst, (unsigned)bytes, SH_CP_ASYNC, true);
+    if (b.shadow) shadow_write(b, *tl_thread, dst, (unsigned)bytes, SH_TMA, true);
     if (b.launch->cp_immediate) { /* the race check's other schedule: the load lands at once */
         land(b, m, c);
         b.mbar_progress++;

@@ -120,7 +120,7 @@ static double load_operand(const Block &b, Thread &reader, const Desc &d, bool m
         kernel_error("%s: element (%d, %d) of %s lies at offset %td, outside the block's %zu bytes of dynamic shared "
                      "memory (check the descriptor's LBO/SBO)",
                      what, i, k, operand, p - b.smem, b.launch->smem);
-    if (b.shadow) shadow_read(const_cast<Block &>(b), reader, p, 2, SH_LOAD);
+    if (b.shadow) shadow_async_proxy_read(const_cast<Block &>(b), reader, p, 2);
     uint16_t h;
     memcpy(&h, p, 2);
     return elem16(h, kind);

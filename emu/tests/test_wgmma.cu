@@ -12,7 +12,7 @@
  * Built twice: under the emulator (ctest label emu), and by nvcc for sm_90a when
  * CUDA is on (label gpu), where the same cases check the emulator's reading of the
  * ISA against the hardware.  The misuse cases (reading accumulators early, no
- * wait_group, no wgmma.fence, a misaligned swizzle, half a warpgroup issuing) run under the
+ * wait_group, no wgmma.fence, no fence.proxy.async, a misaligned swizzle, half a warpgroup issuing) run under the
  * emulator only.
  */
 #include <math.h>
@@ -130,7 +130,7 @@ static int g_seed = 1;
 
 template <int N, int TA, int TB, int F16, int RS>
 static Result run_case(int la, int lb, int accumulate_first, int read_early = 0, int skip_wait = 0,
-                       int misalign_b = 0, int half_group = 0, int no_fence = 0)
+                       int misalign_b = 0, int half_group = 0, int no_fence = 0, int st_shared = 0)
 {
     Image ia = make_image(la, TA != 0, 64), ib = make_image(lb, TB != 0, N);
     EmuRng rng((unsigned long long)g_seed++);
@@ -170,6 +170,7 @@ static Result run_case(int la, int lb, int accumulate_first, int read_early = 0,
     c.skip_wait = skip_wait;
     c.half_group = half_group;
     c.no_fence = no_fence;
+    c.st_shared = st_shared;
 
     unsigned char *d_a = device_alloc<unsigned char>(a_img.size()), *d_b = device_alloc<unsigned char>(b_img.size());
     uint16_t *d_rows = device_alloc<uint16_t>(a_rows.size());
@@ -262,6 +263,13 @@ static void check_misuse()
     Result unfenced = run_case<64, 0, 0, 0, 0>(SW128, SW128, 1, 0, 0, 0, 0, 1);
     CHECK(!unfenced.launched && strstr(fab_emu_last_message(), "without a wgmma.fence"), "no wgmma.fence: %s",
           fab_emu_last_message());
+    /* images written with fab__st_shared: fenced, fine; unfenced, the race detector says so */
+    Result fenced = run_case<64, 0, 0, 0, 0>(SW128, SW64, 1, 0, 0, 0, 0, 0, 1);
+    CHECK(fenced.launched && fenced.err <= kTol, "st.shared images with fence.proxy.async: %s, err %.3g",
+          fab_emu_last_message(), fenced.err);
+    Result nofence = run_case<64, 0, 0, 0, 0>(SW128, SW64, 1, 0, 0, 0, 0, 0, 2);
+    CHECK(!nofence.launched && strstr(fab_emu_last_message(), "missing fence.proxy.async"),
+          "st.shared images without fence.proxy.async: %s", fab_emu_last_message());
     fab_emu_set_error_mode(old);
     struct fab_emu_stats st;
     fab_emu_get_stats(&st);

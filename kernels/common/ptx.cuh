@@ -759,11 +759,14 @@ static __device__ __forceinline__ void fab__wgmma_fence_regs(float (&r)[N])
 
 /* fence.proxy.async.shared::cta: this thread's ordinary shared-memory writes become
  * visible to the async proxy (wgmma operands, TMA stores).  A barrier after it
- * extends that to the other threads.  Nothing to do in the emulator, whose wgmma
- * reads shared memory as it is when the wait_group retires it. */
+ * extends that to the other threads.  The emulator's race detector checks that
+ * wgmma reads no bytes a thread wrote with fab__st_shared, stmatrix or cp.async
+ * (the generic proxy) without a fence since (bare C++ stores it does not see). */
 static __device__ __forceinline__ void fab__fence_proxy_async()
 {
-#if !defined(FAB_EMULATE_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::fence_proxy_async();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 #endif
 }

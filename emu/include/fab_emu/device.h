@@ -135,6 +135,8 @@ uint64_t wgmma_desc(const void *smem, unsigned lbo_bytes, unsigned sbo_bytes, in
 /* mbarrier and TMA (emu/src/tma.cpp).  mbarrier_arrive with tx_bytes > 0 is
  * arrive.expect_tx; it returns the phase token.  try_wait yields when it fails, so a
  * spin loop around it lets the other threads run. */
+/* fence.proxy.async: counted per thread for the race detector's proxy check */
+void fence_proxy_async();
 void mbarrier_init(void *bar, unsigned count);
 uint64_t mbarrier_arrive(void *bar, unsigned tx_bytes);
 void mbarrier_expect_tx(void *bar, unsigned tx_bytes);

@@ -28,6 +28,8 @@ struct WgmmaCase {
     int skip_wait;                 /* bug on purpose: never wait */
     int half_group;                /* bug on purpose: only warps 0-1 of each warpgroup issue */
     int no_fence;                  /* bug on purpose: no wgmma.fence */
+    int st_shared;                 /* copy the images with fab__st_shared (seen by the proxy check): 1 with
+                                    * fab__fence_proxy_async, 2 without it (a bug on purpose) */
 };
 
 /* D's fragment: d[4j + 2i + b] = D[row0 + g + 8i][8j + 2t + b] (g = lane/4, t = lane%4) */
@@ -51,9 +53,17 @@ __global__ void k_wgmma(WgmmaCase c, const unsigned char *a_img, const unsigned 
     unsigned char *smem = raw + ((1024 - ((uintptr_t)raw & 1023)) & 1023);
     const int warpgroup = threadIdx.x / 128, wg_warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
-    for (unsigned i = threadIdx.x; i < 2 * c.a_bytes; i += blockDim.x) smem[i] = a_img[i];
-    for (unsigned i = threadIdx.x; i < c.b_bytes; i += blockDim.x) smem[2 * c.a_bytes + i] = b_img[i];
-    fab__fence_proxy_async();
+    if (c.st_shared) { /* 4-byte words through the wrapper the emulator sees */
+        for (unsigned i = 4 * threadIdx.x; i < 2 * c.a_bytes; i += 4 * blockDim.x)
+            fab__st_shared(reinterpret_cast<uint32_t *>(smem + i), *reinterpret_cast<const uint32_t *>(a_img + i));
+        for (unsigned i = 4 * threadIdx.x; i < c.b_bytes; i += 4 * blockDim.x)
+            fab__st_shared(reinterpret_cast<uint32_t *>(smem + 2 * c.a_bytes + i),
+                           *reinterpret_cast<const uint32_t *>(b_img + i));
+    } else {
+        for (unsigned i = threadIdx.x; i < 2 * c.a_bytes; i += blockDim.x) smem[i] = a_img[i];
+        for (unsigned i = threadIdx.x; i < c.b_bytes; i += blockDim.x) smem[2 * c.a_bytes + i] = b_img[i];
+    }
+    if (c.st_shared != 2) fab__fence_proxy_async();
     __syncthreads();
     const unsigned char *sa = smem + warpgroup * c.a_bytes, *sb = smem + 2 * c.a_bytes;
     if (c.half_group && wg_warp >= 2)
