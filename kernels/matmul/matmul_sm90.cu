@@ -4,8 +4,8 @@
  * sm80 kernel as "fabriek's tensor-core kernel" on an H100 (matmul_cuda.cu).
  *
  * Idea: a block computes a 128 x BN tile of C (BN 128 or 256, pick_bn) with a k
- * loop over slices of 64 (128 bytes of k). Warp specialisation: warpgroup 0 is the producer -- one
- * thread issues TMA loads of each slice of op(A) and op(B) into a ring of STAGES
+ * loop over slices of 64 (128 bytes of k). Warp specialisation: warpgroup 0 is
+ * the producer -- one thread issues TMA loads of each slice of op(A) and op(B) into a ring of STAGES
  * shared-memory stages, 128-byte swizzled; warpgroups 1 and 2 are consumers, each
  * multiplying its 64 rows of the A slice by the whole B slice with four
  * wgmma.m64nBNk16 (A and B read from shared memory through descriptors, no
@@ -20,8 +20,9 @@
  * 16 advances the start by 32 bytes). One stored m/n-contiguous (A transposed, B
  * as given) is loaded as boxes of 64 m/n x 64 k, rows of k: the MN-major layout
  * (8 k-rows per 1024 bytes, SBO = 1024; the 64-wide boxes LBO = 8192 apart; a k
- * step advances 16 rows, 2048 bytes). TMA fills everything past the
- * edges of A and B with zeros, so any m, n, k works.
+ * step advances 16 rows, 2048 bytes). TMA fills what lies past the edges of A and
+ * B with zeros, so any m, n, k works; a 64-wide box wholly past m or n is not
+ * loaded at all (its rows or columns of C are not stored).
  *
  * Thread mapping: consumer warpgroup c (0, 1) owns rows 64c.. of the block tile;
  * its warp w (0..3) rows 16w.., and lane l the accumulators
