@@ -230,7 +230,7 @@ void mbarrier_expect_tx(void *bar, unsigned tx_bytes)
 }
 
 /* Lands one TMA load: the box, row by row, swizzled, out-of-range elements filled. */
-static void land(Block &b, Mbar &m, const TmaCopy &c)
+static void land(Block &b, Mbar &m, TmaCopy &c)
 {
     const TensorMapDesc &d = c.map;
     const unsigned row_bytes = d.box[0] * d.elem;
@@ -280,12 +280,12 @@ static void land(Block &b, Mbar &m, const TmaCopy &c)
         }
     if (b.shadow) {
         /* the writes are the issuer's as of the issue (not what it did since), and
-         * complete_tx releases them: run both with its clocks of then */
+         * complete_tx releases them: run both with its clocks of then (the copy's
+         * own, used up here) */
         Thread &issuer = *b.threads[c.issuer];
         uint32_t *vc = issuer.vc, *lv = issuer.lv;
-        std::vector<uint32_t> snap_vc = c.vc, snap_lv = c.lv;
-        issuer.vc = snap_vc.data();
-        issuer.lv = snap_lv.data();
+        issuer.vc = c.vc.data();
+        issuer.lv = c.lv.data();
         shadow_async_done(b, issuer, c.dst, total);
         shadow_release(b, issuer, m.join_vc, m.join_lv);
         issuer.vc = vc;
@@ -303,7 +303,7 @@ bool mbarrier_try_wait_parity(void *bar, unsigned parity)
     if (!m.inflight.empty()) {
         std::vector<TmaCopy> copies;
         copies.swap(m.inflight);
-        for (const TmaCopy &c : copies) land(b, m, c);
+        for (TmaCopy &c : copies) land(b, m, c);
         b.mbar_progress++;
         maybe_complete(b, m);
     }

@@ -172,18 +172,18 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     if (threadIdx.x < 128) { /* the producer warpgroup: one thread issues, the rest have nothing to do */
         if (threadIdx.x != 0)
             return;
+        /* MN-major operands come in 64-wide boxes; one wholly past m or n is not
+         * loaded (its rows or columns of C are not stored), so a slice's bytes are
+         * those of the boxes issued */
+        const int a_boxes = TA ? (g.m - m0 > 64 ? 2 : 1) : 0;
+        const int b_boxes = TB ? 0 : (int)((g.n - n0 + 63) / 64 < BN / 64 ? (g.n - n0 + 63) / 64 : BN / 64);
+        const unsigned slice_bytes = (TA ? a_boxes * 8192 : SM90_A_BYTES) + (TB ? cfg::B_BYTES : b_boxes * 8192);
         for (int kt = 0; kt < ktiles; kt++) {
             const int s = kt % STAGES, k0 = kt * SM90_BK;
             if (kt >= STAGES)
                 fab__mbarrier_wait(&empty[s], (unsigned)((kt / STAGES - 1) & 1));
             unsigned char *a_tile = stages + s * cfg::STAGE_BYTES, *b_tile = a_tile + SM90_A_BYTES;
-            /* MN-major operands come in 64-wide boxes; one wholly past m or n is not
-             * loaded (its rows or columns of C are not stored), so the expected bytes
-             * are those of the boxes issued */
-            const int a_boxes = TA ? (g.m - m0 > 64 ? 2 : 1) : 0;
-            const int b_boxes = TB ? 0 : (int)((g.n - n0 + 63) / 64 < BN / 64 ? (g.n - n0 + 63) / 64 : BN / 64);
-            fab__mbarrier_arrive_expect_tx(&full[s], (TA ? a_boxes * 8192 : SM90_A_BYTES) +
-                                                         (TB ? cfg::B_BYTES : b_boxes * 8192));
+            fab__mbarrier_arrive_expect_tx(&full[s], slice_bytes);
             if (!TA) {
                 sm90_box<BATCHED>(a_tile, &map_a, k0, m0, bc, &full[s]);
             } else {
