@@ -131,6 +131,12 @@ struct WgmmaWarp { /* one warp's wgmma state */
     bool fenced = false;              /* a wgmma.fence since the warp's last wait_group */
 };
 
+struct RegWarp { /* one warp's setmaxnreg state (setmaxnreg.cpp) */
+    unsigned regs = 0;        /* its per-thread register count now */
+    unsigned want = 0;        /* a setmaxnreg.inc waiting for the pool; 0 when none */
+    std::vector<int> history; /* the counts it set, negative for .dec */
+};
+
 struct Block {
     Launch *launch = nullptr;
     uint3 idx = {0, 0, 0};
@@ -144,9 +150,12 @@ struct Block {
     struct Shadow *shadow = nullptr; /* race detector state; null when off */
     std::vector<WgmmaWarp> wgmma;    /* per warp: wgmma issued and not yet retired (wgmma.cpp) */
     std::vector<Mbar> mbars;         /* initialised mbarriers (tma.cpp) */
-    /* deadlock detection (tma.cpp): mbarrier events (inits, arrivals, landed loads), and
-     * the failed waits since the count last changed */
+    /* deadlock detection (tma.cpp): mbarrier and setmaxnreg events (inits, arrivals,
+     * landed loads, registers freed or taken), and the failed waits since the count
+     * last changed */
     unsigned long long mbar_progress = 0, mbar_seen = 0, mbar_spins = 0;
+    std::vector<RegWarp> regwarps; /* per warp, once a warp runs setmaxnreg */
+    unsigned long long reg_free = 0; /* registers in the block's pool that no warp holds */
 };
 
 struct Launch {
@@ -237,6 +246,10 @@ void bank_flush_warp(const Block &b, unsigned w);
 /* ---- wgmma.cpp ---- */
 /* A thread ends: its warp must have retired all its wgmma (kernel_error otherwise). */
 void wgmma_thread_exit(Block &b, Thread &t);
+void setmaxnreg_thread_exit(Block &b);
+/* Counts a failed wait for an mbarrier phase or for registers: true once the block's
+ * threads failed 2^20 waits while no mbarrier or register count moved (deadlock). */
+bool wait_deadlocked(Block &b);
 /* ---- tma.cpp ---- */
 /* The block's last thread ends: no TMA load may still be in flight. */
 void tma_thread_exit(Block &b);

@@ -720,6 +720,7 @@ static void thread_main(void *arg)
     Block &b = *tl_block;
     b.launch->invoke(b.launch->closure);
     wgmma_thread_exit(b, *t);
+    setmaxnreg_thread_exit(b);
     tma_thread_exit(b);
     thread_exit(b, *t);
 }

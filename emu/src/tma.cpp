@@ -294,6 +294,15 @@ static void land(Block &b, Mbar &m, TmaCopy &c)
     m.tx -= total;
 }
 
+bool wait_deadlocked(Block &b)
+{
+    if (b.mbar_seen != b.mbar_progress) {
+        b.mbar_seen = b.mbar_progress;
+        b.mbar_spins = 0;
+    }
+    return ++b.mbar_spins > kSpinLimit;
+}
+
 bool mbarrier_try_wait_parity(void *bar, unsigned parity)
 {
     const char *what = "mbarrier.try_wait.parity";
@@ -311,11 +320,7 @@ bool mbarrier_try_wait_parity(void *bar, unsigned parity)
         if (b.shadow) shadow_acquire(b, t, m.done_vc, m.done_lv);
         return true;
     }
-    if (b.mbar_seen != b.mbar_progress) {
-        b.mbar_seen = b.mbar_progress;
-        b.mbar_spins = 0;
-    }
-    if (++b.mbar_spins > kSpinLimit)
+    if (wait_deadlocked(b))
         kernel_error("%s: deadlock: waiting for phase parity %u of mbarrier %p, which is in phase %llu with %u of %u "
                      "arrivals and %lld transaction bytes still to come, and no mbarrier of the block has moved "
                      "in %llu failed tries by its threads",

@@ -7,6 +7,7 @@
 #include "kernels/gemm_kernels.cuh"
 #include "kernels/ptx_kernels.cuh"
 #include "kernels/race_kernels.cuh"
+#include "kernels/setmaxnreg_kernels.cuh"
 #include "kernels/thread_kernels.cuh"
 #include "kernels/tma_kernels.cuh"
 #include "kernels/wgmma_kernels.cuh"
@@ -27,6 +28,6 @@ void *fab_emu_nvcc_check_kernels[] = {
     (void *)k_bank_ldmatrix, (void *)k_bank_cp_async, (void *)k_bank_cp_loop, (void *)k_bank_plain,
     (void *)k_warp_exchange_plain<true>, (void *)k_warp_exchange_plain<false>,
     (void *)k_read_all_then_write<true>, (void *)k_read_all_then_write<false>,
-    (void *)k_wgmma<64, 0, 1, 0, 0>, (void *)k_wgmma<256, 1, 0, 1, 0>, (void *)k_wgmma<16, 0, 1, 0, 1>,
+    (void *)k_setmaxnreg, (void *)k_wgmma<64, 0, 1, 0, 0>, (void *)k_wgmma<256, 1, 0, 1, 0>, (void *)k_wgmma<16, 0, 1, 0, 1>,
     (void *)k_wgmma<128, 0, 0, 1, 1>, (void *)k_tma_ring,
 };

@@ -757,6 +757,34 @@ static __device__ __forceinline__ void fab__wgmma_fence_regs(float (&r)[N])
 #endif
 }
 
+/* fab__setmaxnreg_dec<N>() / _inc<N>() (sm_90a): the warpgroup's per-thread register
+ * count becomes N (a multiple of 8 in [24, 256]).  A warp-specialised kernel's
+ * producer gives registers back (dec) and its consumers take them (inc; it waits
+ * until the block's pool has them), so the consumers may hold more than
+ * 65536 / threads.  ptxas then budgets the code after each call with N.  All 4 warps
+ * of the warpgroup execute the same ones, all lanes (.sync.aligned).  Elsewhere a
+ * no-op: it changes no result. */
+template <int N>
+static __device__ __forceinline__ void fab__setmaxnreg_dec()
+{
+    static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg takes a multiple of 8 in [24, 256]");
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::setmaxnreg(N, false);
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
+#endif
+}
+template <int N>
+static __device__ __forceinline__ void fab__setmaxnreg_inc()
+{
+    static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg takes a multiple of 8 in [24, 256]");
+#ifdef FAB_EMULATE_CUDA
+    ::fab_emu::setmaxnreg(N, true);
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
+#endif
+}
+
 /* fence.proxy.async.shared::cta: this thread's ordinary shared-memory writes become
  * visible to the async proxy (wgmma operands, TMA stores).  A barrier after it
  * extends that to the other threads.  The emulator's race detector checks that

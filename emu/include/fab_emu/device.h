@@ -131,6 +131,9 @@ void wgmma_fence();
 void wgmma_commit();
 void wgmma_wait(int n);
 uint64_t wgmma_desc(const void *smem, unsigned lbo_bytes, unsigned sbo_bytes, int layout);
+/* setmaxnreg.{inc,dec} n (emu/src/setmaxnreg.cpp): moves registers between the warp and
+ * its block's pool; .inc waits until the pool has them. */
+void setmaxnreg(unsigned n, bool inc);
 
 /* mbarrier and TMA (emu/src/tma.cpp).  mbarrier_arrive with tx_bytes > 0 is
  * arrive.expect_tx; it returns the phase token.  try_wait yields when it fails, so a
