@@ -1297,8 +1297,9 @@ static struct fab_emu_stats bwd_counts(fab_context *ctx, const char *keys, int64
 
 /* The Hopper forward (attention_fwd_sm90.cu) is the one an emulated H100 runs at
  * head dims 64 and 128: 384-thread blocks of 128 rows, only wgmma (per consumer
- * warp and 64-key tile D/16 for S and 4 for P V), and the causal mask skipping
- * tiles. Its values are test_cases_*'s. */
+ * warp and 128-key tile D/16 for S and 8 for P V), and the causal mask cutting
+ * the block's key span (the first block's rows see 2 of the 3 tiles). Its values
+ * are test_cases_*'s. */
 static void test_sm90_forward(void **state)
 {
     (void)state;
@@ -1316,8 +1317,8 @@ static void test_sm90_forward(void **state)
             assert_int_equal(c.blocks, 2 * 2);
             assert_int_equal(c.threads, 2 * 2 * 384);
             assert_int_equal(c.mma, 0);
-            assert_int_equal(c.wgmma, 2 * 2 * 8 * (d / 16 + 4) * 5); /* 5 tiles of 64 keys */
-            assert_true(causal.wgmma < c.wgmma);
+            assert_int_equal(c.wgmma, 2 * 2 * 8 * (d / 16 + 8) * 3); /* 3 tiles of 128 keys */
+            assert_int_equal(causal.wgmma, 2 * 8 * (d / 16 + 8) * (2 + 3));
         }
         fab_emu_set_racecheck(racecheck);
         fab_context_destroy(ctx);

@@ -5,19 +5,26 @@
  * replaces the sm80 forward on an H100 (attention.c).
  *
  * Idea: one block of 3 warpgroups per (128-row query tile, query head, sequence).
- * Warpgroup 0 is the producer: one thread TMA-loads the Q tile once, then the K
- * and V tiles of 64 keys the block's rows may see into a 2-stage ring (mbarriers
- * `full` / `empty`, as the Hopper GEMM). Warpgroups 1 and 2 each own 64 query rows:
- * per key tile, S = Q K^T with wgmma.m64n64k16 from shared memory (Q and K K-major,
- * 128-byte swizzle); scale, softcap and mask (attn_logit) and the online softmax
- * in registers, exactly as the sm80 kernel; then P, packed to the input type in
- * registers as wgmma's A fragments (the S accumulator layout of one 16-key step is
- * the A layout), gives O += P V with wgmma.m64nDk16 (V MN-major: keys are the k
- * dimension, head dims contiguous). A warpgroup whose rows see no key of a tile
- * skips it (but still frees the stage).
+ * Warpgroup 0 is the producer: it gives most of its registers to the consumers
+ * (setmaxnreg 24 / 240), and one thread TMA-loads the Q tile once, then the K and V
+ * tiles of 128 keys the block's rows may see into a 2-stage ring, K and V with
+ * barriers of their own (`full_k`/`empty_k`, `full_v`/`empty_v`) so that a K stage
+ * refills as soon as its S is computed. Warpgroups 1 and 2 each own 64 query rows:
+ * per key tile, S = Q K^T with wgmma.m64n128k16 from shared memory (Q and K
+ * K-major, 128-byte swizzle); scale, softcap and mask (attn_logit) and the online
+ * softmax in registers, exactly as the sm80 kernel; then P, packed to the input
+ * type in registers as wgmma's A fragments (the S accumulator layout of one 16-key
+ * step is the A layout), gives O += P V with wgmma.m64nDk16 (V MN-major: keys are
+ * the k dimension, head dims contiguous). The two products overlap the softmax
+ * (FlashAttention-3's intra-warpgroup pipelining): tile j's S is issued, then tile
+ * j-1's P V behind it; the softmax of tile j runs while P V is in flight, and O is
+ * rescaled by tile j's max once P V has landed. Both warpgroups compute every tile
+ * of the block's key span (masked logits give P = 0): the control flow around
+ * wgmma stays uniform, which ptxas needs to keep the products asynchronous.
  *
  * Layouts in shared memory, each a set of TMA boxes of 64 head-dim values (128
- * bytes) x rows: Q [D/64][128 rows], K and V [D/64][64 keys]; 1024-byte aligned.
+ * bytes) x rows: Q [D/64][128 rows], K and V [D/64][128 keys]; 1024-byte aligned
+ * (160 KiB at D = 128).
  * The tensor maps are (head dim, sequence, head, batch) with the caller's
  * strides; a varlen batch is one sequence of all rows, so a block's rows start at
  * its sequence's offset, and rows past a sequence belong to the next: masked as
@@ -25,7 +32,8 @@
  * key rows past khi, the last tile's V rows past khi are loaded (a TMA box is
  * whole): their P is 0, but a NaN or Inf there (another sequence's, in varlen, or
  * past a window's edge) would make 0 x NaN in the sum, as FlashAttention-3's
- * varlen path does.
+ * varlen path does. The same holds for a warpgroup's tiles outside its own rows'
+ * band, which the sm80 kernel skips.
  *
  * Thread mapping: consumer warpgroup c, warp w, lane 4g + t holds rows
  * 64c + 16w + g and + 8 of the tile, in wgmma's D layout: s[4j + 2i + b] is
@@ -54,12 +62,15 @@
 
 namespace {
 
-const int BM = 128, BN = 64, STAGES = 2, THREADS = 384, CONSUMER_WARPS = 8;
+const int BM = 128, BN = 128, STAGES = 2, THREADS = 384, CONSUMER_WARPS = 8;
+/* setmaxnreg: the producer keeps 24 registers, the consumers take 240 (128 x (24 + 2 x
+ * 240) = 384 x 168, the block's whole budget), room for O, S and P of a 128-key tile. */
+const int PRODUCER_REGS = 24, CONSUMER_REGS = 240;
 
 template <typename T, int D>
 struct sm90_fwd {
     static constexpr int Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
-    static constexpr int SMEM = 1024 + Q_BYTES + STAGES * 2 * KV_BYTES + (1 + 2 * STAGES) * 8;
+    static constexpr int SMEM = 1024 + Q_BYTES + STAGES * 2 * KV_BYTES + (1 + 4 * STAGES) * 8;
 };
 
 /* wgmma per input type: S (ss, both K-major) and O += P V (rs, V MN-major). */
@@ -92,6 +103,99 @@ static __device__ __forceinline__ void box(void *dst, const CUtensorMap *map, in
     fab__tma_load_5d(dst, map, d0, row, head, batch, 0, bar);
 }
 
+/* The online softmax of one key tile, in place: sc holds S on entry and P (f32, not
+ * yet rounded) on return; mrow/lrow are updated and alpha is the factor by which O
+ * must be rescaled once the previous tile's P V has landed in it. */
+static __device__ __forceinline__ void softmax_tile(const fab__attn_args &a, float (&sc)[BN / 2], float (&mrow)[2],
+                                                    float (&lrow)[2], float (&alpha)[2], float k_scale, int64_t kt,
+                                                    int64_t khi, int64_t off, int64_t r_lo, int64_t w_first,
+                                                    int64_t w_last, int t)
+{
+    /* per warp: its 16 rows decide the mask path */
+    const bool inside = kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off);
+    float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int64_t key = kt + j * 8 + 2 * t + (e & 1), pos = r_lo + 8 * (e >> 1) + off;
+            const float x = inside ? attn_logit<false>(a, sc[4 * j + e], k_scale, key, pos, khi)
+                                   : attn_logit<true>(a, sc[4 * j + e], k_scale, key, pos, khi);
+            sc[4 * j + e] = x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
+    float muse[2];
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
+        mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
+        muse[hr] = mx[hr] == -INFINITY ? 0.0f : mx[hr];
+        alpha[hr] = mx[hr] == mrow[hr] ? 1.0f : fab__ex2_approx(mrow[hr] - muse[hr]);
+        mrow[hr] = mx[hr];
+        lrow[hr] *= alpha[hr];
+    }
+    /* sc[4j + e] is row g + 8(e >> 1) */
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) {
+        sc[i] = fab__ex2_approx(sc[i] - muse[(i >> 1) & 1]);
+        lrow[(i >> 1) & 1] += sc[i];
+    }
+}
+
+template <int D>
+static __device__ __forceinline__ void rescale(float (&o)[D / 2], const float (&alpha)[2])
+{
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+        o[4 * j + 0] *= alpha[0], o[4 * j + 1] *= alpha[0];
+        o[4 * j + 2] *= alpha[1], o[4 * j + 3] *= alpha[1];
+    }
+}
+
+/* P, rounded to the input type, as the A fragments of the 16-key steps of O += P V:
+ * step kk's registers are rows g / g+8 of keys 16kk + 2t (+8), i.e. sc[8kk + 0..7]
+ * in pairs (the S accumulator layout of 16 keys is the A layout). */
+template <typename T>
+static __device__ __forceinline__ void pack_p(const float (&sc)[BN / 2], uint32_t (&pa)[BN / 16][4])
+{
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+            pa[kk][r] = mma_of<T>::pack(sc[8 * kk + 2 * r], sc[8 * kk + 2 * r + 1]);
+}
+
+template <typename T, int D>
+static __device__ __forceinline__ void issue_s(float (&sc)[BN / 2], const unsigned char *sQ, const unsigned char *sK,
+                                               int cg)
+{
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++)
+        sc[i] = 0.0f;
+    fab__wgmma_fence_regs(sc);
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+        const uint64_t dq =
+            fab__wgmma_desc(sQ + (ks / 4) * BM * 128 + cg * 64 * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
+        const uint64_t dk = fab__wgmma_desc(sK + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
+        wg<T, D>::s(sc, dq, dk);
+    }
+    fab__wgmma_commit();
+}
+
+template <typename T, int D>
+static __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)[BN / 16][4],
+                                                const unsigned char *sV)
+{
+    fab__wgmma_fence_regs(o);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+        const uint64_t dv = fab__wgmma_desc(sV + kk * 16 * 128, BN * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
+        wg<T, D>::pv(o, pa[kk], dv);
+    }
+    fab__wgmma_commit();
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(THREADS, 1)
     attention_fwd_sm90(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
@@ -103,7 +207,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     unsigned char *sQ = raw + ((1024 - ((uintptr_t)raw & 1023)) & 1023);
     unsigned char *sKV = sQ + C::Q_BYTES; /* stage s: K at sKV + 2 s KV_BYTES, V after it */
     uint64_t *qfull = reinterpret_cast<uint64_t *>(sKV + STAGES * 2 * C::KV_BYTES);
-    uint64_t *full = qfull + 1, *empty = full + STAGES;
+    uint64_t *full_k = qfull + 1, *full_v = full_k + STAGES, *empty_k = full_v + STAGES, *empty_v = empty_k + STAGES;
     const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
 
     attn_fwd_span sp;
@@ -116,14 +220,17 @@ __global__ void __launch_bounds__(THREADS, 1)
     if (threadIdx.x == 0) {
         fab__mbarrier_init(qfull, 1);
         for (int s = 0; s < STAGES; s++) {
-            fab__mbarrier_init(&full[s], 1);
-            fab__mbarrier_init(&empty[s], CONSUMER_WARPS);
+            fab__mbarrier_init(&full_k[s], 1);
+            fab__mbarrier_init(&full_v[s], 1);
+            fab__mbarrier_init(&empty_k[s], CONSUMER_WARPS);
+            fab__mbarrier_init(&empty_v[s], CONSUMER_WARPS);
         }
         fab__fence_mbarrier_init();
     }
     __syncthreads();
 
     if (threadIdx.x < 128) { /* producer */
+        fab__setmaxnreg_dec<PRODUCER_REGS>();
         if (threadIdx.x != 0)
             return;
         fab__mbarrier_arrive_expect_tx(qfull, C::Q_BYTES);
@@ -131,109 +238,84 @@ __global__ void __launch_bounds__(THREADS, 1)
             box(sQ + c * BM * 128, &map_q, 64 * c, (int)(q0 + m0), h, tb, qfull);
         for (int it = 0; it < ntiles; it++) {
             const int s = it % STAGES, kt = (int)(k0 + klo) + it * BN;
-            if (it >= STAGES)
-                fab__mbarrier_wait(&empty[s], (unsigned)((it / STAGES - 1) & 1));
+            const unsigned parity = (unsigned)((it / STAGES - 1) & 1);
             unsigned char *sK = sKV + s * 2 * C::KV_BYTES, *sV = sK + C::KV_BYTES;
-            fab__mbarrier_arrive_expect_tx(&full[s], 2 * C::KV_BYTES);
-            for (int c = 0; c < D / 64; c++) {
-                box(sK + c * BN * 128, &map_k, 64 * c, kt, kvh, tb, &full[s]);
-                box(sV + c * BN * 128, &map_v, 64 * c, kt, kvh, tb, &full[s]);
-            }
+            if (it >= STAGES)
+                fab__mbarrier_wait(&empty_k[s], parity);
+            fab__mbarrier_arrive_expect_tx(&full_k[s], C::KV_BYTES);
+            for (int c = 0; c < D / 64; c++)
+                box(sK + c * BN * 128, &map_k, 64 * c, kt, kvh, tb, &full_k[s]);
+            if (it >= STAGES)
+                fab__mbarrier_wait(&empty_v[s], parity);
+            fab__mbarrier_arrive_expect_tx(&full_v[s], C::KV_BYTES);
+            for (int c = 0; c < D / 64; c++)
+                box(sV + c * BN * 128, &map_v, 64 * c, kt, kvh, tb, &full_v[s]);
         }
         return;
     }
 
     /* consumers */
+    fab__setmaxnreg_inc<CONSUMER_REGS>();
     const int cg = threadIdx.x / 128 - 1, warp4 = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
     const int r_lo = m0 + 64 * cg + 16 * warp4 + g; /* this lane's rows: r_lo, r_lo + 8 */
-    const int64_t g_first = m0 + 64 * cg, g_last = m0 + 64 * cg + 63 < m0 + nq - 1 ? m0 + 64 * cg + 63 : m0 + nq - 1;
-    const int64_t w_first = g_first + 16 * warp4, w_last = w_first + 15 < m0 + nq - 1 ? w_first + 15 : m0 + nq - 1;
+    const int64_t w_first = m0 + 64 * cg + 16 * warp4, w_last = w_first + 15 < m0 + nq - 1 ? w_first + 15 : m0 + nq - 1;
     float o[D / 2], mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int i = 0; i < D / 2; i++)
         o[i] = 0.0f;
     const float k_scale = a.scale * 1.4426950408889634f;
+    uint32_t pa[BN / 16][4]; /* P of the previous tile, for its O += P V */
+    float sc[BN / 2], alpha[2];
     fab__mbarrier_wait(qfull, 0);
 
-    for (int it = 0; it < ntiles; it++) {
-        const int s = it % STAGES;
-        const int64_t kt = klo + (int64_t)it * BN;
-        fab__mbarrier_wait(&full[s], (unsigned)((it / STAGES) & 1));
-        const unsigned char *sK = sKV + s * 2 * C::KV_BYTES, *sV = sK + C::KV_BYTES;
-        /* uniform over the warpgroup, as wgmma needs */
-        if (g_first <= g_last && attn_any_allowed(a, g_first, g_last, kt, kt + BN - 1, off)) {
-            float sc[BN / 2];
-#pragma unroll
-            for (int i = 0; i < BN / 2; i++)
-                sc[i] = 0.0f;
-            fab__wgmma_fence_regs(sc);
-            fab__wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < D / 16; ks++) {
-                const uint64_t dq = fab__wgmma_desc(sQ + (ks / 4) * BM * 128 + cg * 64 * 128 + (ks % 4) * 32, 16,
-                                                    1024, FAB_WGMMA_SWIZZLE_128B);
-                const uint64_t dk =
-                    fab__wgmma_desc(sK + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
-                wg<T, D>::s(sc, dq, dk);
-            }
-            fab__wgmma_commit();
-            fab__wgmma_wait<0>();
-            fab__wgmma_fence_regs(sc);
-
-            /* logits, row max, rescale (per warp: its 16 rows decide the mask path) */
-            const bool inside = kt + BN <= khi && attn_all_allowed(a, w_first, w_last, kt, kt + BN - 1, off);
-            float mx[2] = {mrow[0], mrow[1]};
-#pragma unroll
-            for (int j = 0; j < BN / 8; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int64_t key = kt + j * 8 + 2 * t + (e & 1), pos = r_lo + 8 * (e >> 1) + off;
-                    const float x = inside ? attn_logit<false>(a, sc[4 * j + e], k_scale, key, pos, khi)
-                                           : attn_logit<true>(a, sc[4 * j + e], k_scale, key, pos, khi);
-                    sc[4 * j + e] = x;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
-                }
-            float muse[2], alpha[2];
-#pragma unroll
-            for (int hr = 0; hr < 2; hr++) {
-                mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
-                mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
-                muse[hr] = mx[hr] == -INFINITY ? 0.0f : mx[hr];
-                alpha[hr] = mx[hr] == mrow[hr] ? 1.0f : fab__ex2_approx(mrow[hr] - muse[hr]);
-                mrow[hr] = mx[hr];
-                lrow[hr] *= alpha[hr];
-            }
-#pragma unroll
-            for (int j = 0; j < D / 8; j++) {
-                o[4 * j + 0] *= alpha[0], o[4 * j + 1] *= alpha[0];
-                o[4 * j + 2] *= alpha[1], o[4 * j + 3] *= alpha[1];
-            }
-            /* P, packed as the A fragments of the 16-key steps: step kk's registers
-             * are rows g / g+8 of keys 16kk + 2t (+8), i.e. sc[8kk + 0..7] in pairs */
-            uint32_t pa[BN / 16][4];
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++)
-#pragma unroll
-                for (int r = 0; r < 4; r++) {
-                    const float p0 = fab__ex2_approx(sc[8 * kk + 2 * r] - muse[r & 1]);
-                    const float p1 = fab__ex2_approx(sc[8 * kk + 2 * r + 1] - muse[r & 1]);
-                    lrow[r & 1] += p0 + p1;
-                    pa[kk][r] = M::pack(p0, p1);
-                }
-            fab__wgmma_fence_regs(o);
-            fab__wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) {
-                const uint64_t dv = fab__wgmma_desc(sV + kk * 16 * 128, BN * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
-                wg<T, D>::pv(o, pa[kk], dv);
-            }
-            fab__wgmma_commit();
-            fab__wgmma_wait<0>();
-            fab__wgmma_fence_regs(o);
-        }
+    if (ntiles > 0) { /* else no key: out 0, lse -inf */
+        /* Tile 0: S and its softmax (O is still 0: no rescale). Every warpgroup computes
+         * every tile of the block's span, masked rows and all, so that the control flow
+         * around wgmma is uniform (ptxas serialises wgmma in divergent paths). */
+        fab__mbarrier_wait(&full_k[0], 0);
+        fab__wgmma_fence();
+        issue_s<T, D>(sc, sQ, sKV, cg);
+        fab__wgmma_wait<0>();
+        fab__wgmma_fence_regs(sc);
+        softmax_tile(a, sc, mrow, lrow, alpha, k_scale, klo, khi, off, r_lo, w_first, w_last, t);
         if (lane == 0)
-            fab__mbarrier_arrive(&empty[s]); /* this warp is done with the stage */
+            fab__mbarrier_arrive(&empty_k[0]);
+        pack_p<T>(sc, pa);
+
+        /* Tiles 1..: S of this tile is issued, then the previous tile's O += P V behind
+         * it; this tile's softmax runs while that P V is in flight, and O is rescaled
+         * once it has landed (FlashAttention-3's intra-warpgroup overlap). */
+        for (int it = 1; it < ntiles; it++) {
+            const int s = it % STAGES, ps = (it - 1) % STAGES;
+            const int64_t kt = klo + (int64_t)it * BN;
+            fab__mbarrier_wait(&full_k[s], (unsigned)((it / STAGES) & 1));
+            fab__mbarrier_wait(&full_v[ps], (unsigned)(((it - 1) / STAGES) & 1));
+            fab__wgmma_fence();
+            issue_s<T, D>(sc, sQ, sKV + s * 2 * C::KV_BYTES, cg);
+            issue_pv<T, D>(o, pa, sKV + ps * 2 * C::KV_BYTES + C::KV_BYTES);
+            fab__wgmma_wait<1>(); /* S landed; P V may still run */
+            fab__wgmma_fence_regs(sc);
+            softmax_tile(a, sc, mrow, lrow, alpha, k_scale, kt, khi, off, r_lo, w_first, w_last, t);
+            if (lane == 0)
+                fab__mbarrier_arrive(&empty_k[s]); /* this warp is done with the K stage */
+            fab__wgmma_wait<0>();
+            fab__wgmma_fence_regs(o);
+            if (lane == 0)
+                fab__mbarrier_arrive(&empty_v[ps]);
+            rescale<D>(o, alpha);
+            pack_p<T>(sc, pa);
+        }
+
+        /* the last tile's P V */
+        const int ls = (ntiles - 1) % STAGES;
+        fab__mbarrier_wait(&full_v[ls], (unsigned)(((ntiles - 1) / STAGES) & 1));
+        fab__wgmma_fence();
+        issue_pv<T, D>(o, pa, sKV + ls * 2 * C::KV_BYTES + C::KV_BYTES);
+        fab__wgmma_wait<0>();
+        fab__wgmma_fence_regs(o);
+        if (lane == 0)
+            fab__mbarrier_arrive(&empty_v[ls]);
     }
 
     /* out = O / l, lse (as the sm80 kernel) */
