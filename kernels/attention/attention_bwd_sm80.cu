@@ -10,7 +10,9 @@
  * visits and adds them with f32 atomics into a zeroed f32 accumulator in scratch;
  * a convert kernel rounds that to dq's dtype. The order of the atomic adds varies
  * from run to run, so dq's low bits may too (dk, dv never: they are the same
- * on both paths).
+ * on both paths, except on sm_90, where the fast path's dkdv kernel at head dims
+ * 64 and 128 is the Hopper one, attention_bwd_sm90.cu, with the same dot and
+ * convert kernels around it).
  *   dot kernel, dkdv kernel with dQ atomics, convert kernel.
  *
  *  1. dot kernel:  D[row] = rowsum(dO * O) in f32, one thread per (row, head),
@@ -93,23 +95,6 @@ template <int D> struct bwd_cfg {
     static const bool Q_REGS = D <= 128;        /* dq kernel: Q fragments in registers */
 };
 
-/* One sequence of the batch: first rows and lengths. */
-struct seq_info {
-    int64_t q0, k0;
-    int sq, sk;
-};
-
-static __device__ __forceinline__ seq_info seq_of(const fab__attn_args &a, int b)
-{
-    seq_info s;
-    s.q0 = 0, s.k0 = 0, s.sq = (int)a.sq, s.sk = (int)a.sk;
-    if (a.cu_q_dev) {
-        s.q0 = a.cu_q_dev[b], s.k0 = a.cu_k_dev[b];
-        s.sq = a.cu_q_dev[b + 1] - (int)s.q0, s.sk = a.cu_k_dev[b + 1] - (int)s.k0;
-    }
-    return s;
-}
-
 /* N floats [row0, row0 + n) of a row vector into smem (4-byte cp.async; zeros past
  * n), by a block of NT threads */
 template <int N, int NT>
@@ -121,24 +106,6 @@ static __device__ __forceinline__ void load_vec(float *smem, const float *base, 
         else
             fab__cp_async_4_zfill(smem + i, base, 0);
     }
-}
-
-/* logit in log2 units of raw product x (scale, softcap), and ds/dx (scale included) */
-static __device__ __forceinline__ float logit2(const fab__attn_args &a, float x, float *dsx)
-{
-    if (a.softcap > 0) {
-        float th = tanhf(x * a.scale / a.softcap);
-        *dsx = (1.0f - th * th) * a.scale;
-        return a.softcap * th * L2E;
-    }
-    *dsx = a.scale;
-    return x * a.scale * L2E;
-}
-
-static __device__ __forceinline__ bool allowed(const fab__attn_args &a, int64_t row, int64_t key, int64_t off)
-{
-    int64_t pos = row + off;
-    return (a.right < 0 || key <= pos + a.right) && (a.left < 0 || key >= pos - a.left);
 }
 
 /* The dq kernel's dS = P (dP - D) ds/dx of one warp's 16 rows x BN keys, in place
@@ -154,11 +121,11 @@ static __device__ __forceinline__ void dq_ds(const fab__attn_args &a, float (&sc
     for (int j = 0; j < BN / 8; j++) {
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            float dsx, l2 = logit2(a, sc[j][e], &dsx);
+            float dsx, l2 = attn_logit2(a, sc[j][e], &dsx);
             float p = fab__ex2_approx(l2 - lse2[e >> 1]);
             if (MASK) {
                 int64_t key = kt + j * 8 + 2 * t + (e & 1), row = r_lo + 8 * (e >> 1);
-                p = key < khi && row < sq && allowed(a, row, key, off) ? p : 0.0f;
+                p = key < khi && row < sq && attn_allowed(a, row, key, off) ? p : 0.0f;
             }
             sc[j][e] = p * (dp[j][e] - Dr[e >> 1]) * dsx;
         }
@@ -179,11 +146,11 @@ static __device__ __forceinline__ void dkdv_p_ds(const fab__attn_args &a, bool i
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             int qi = qh + j * 8 + 2 * t + (e & 1);
-            float dsx, l2 = logit2(a, st[j][e], &dsx);
+            float dsx, l2 = attn_logit2(a, st[j][e], &dsx);
             float p = fab__ex2_approx(l2 - fab__ld_shared(cL + qi) * L2E);
             if (!inside) {
                 int64_t row = i0 + qi, key = k_lo + 8 * (e >> 1);
-                p = row < sq && key < sk && allowed(a, row, key, off) ? p : 0.0f;
+                p = row < sq && key < sk && attn_allowed(a, row, key, off) ? p : 0.0f;
             }
             st[j][e] = p;
             dpt[j][e] = p * (dpt[j][e] - fab__ld_shared(cD + qi)) * dsx;
@@ -197,7 +164,7 @@ template <typename T>
 __global__ void __launch_bounds__(THREADS) attention_bwd_dot_kernel(const fab__attn_args a, float *Dbuf)
 {
     const int b = blockIdx.z, h = blockIdx.y, row = blockIdx.x * THREADS + threadIdx.x;
-    seq_info s = seq_of(a, b);
+    attn_seq s = attn_seq_of(a, b);
     if (row >= s.sq)
         return;
     const T *o = (const T *)a.out.data + b * a.out.sb + (s.q0 + row) * a.out.ss + h * a.out.sh;
@@ -226,7 +193,7 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
     T *sQ = smem, *sdO = sQ + BM * (D + 8), *sK = sdO + BM * (D + 8), *sV = sK + 2 * BN * (D + 8);
     const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    seq_info s = seq_of(a, b);
+    attn_seq s = attn_seq_of(a, b);
     if (m0 >= s.sq)
         return;
     const int nq = s.sq - m0 < BM ? s.sq - m0 : BM;
@@ -358,7 +325,7 @@ __global__ void __launch_bounds__(32 * NW) attention_bwd_dkdv_kernel(const fab__
     T *sdS = reinterpret_cast<T *>(sD + 2 * QT); /* fast path: dS^T [BN keys x (QT+8)] */
     const int b = blockIdx.z, kvh = blockIdx.y, j0 = (blockIdx.x / NDC) * BN, dc0 = (blockIdx.x % NDC) * DC;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    seq_info s = seq_of(a, b);
+    attn_seq s = attn_seq_of(a, b);
     if (j0 >= s.sk)
         return;
     const int nk = s.sk - j0 < BN ? s.sk - j0 : BN;
@@ -593,7 +560,7 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_convert_kernel(const
     typedef mma_of<T> M;
     const int b = blockIdx.z, h = blockIdx.y;
     const int c = blockIdx.x * THREADS + threadIdx.x, row = c / (D / 8), col = (c % (D / 8)) * 8;
-    seq_info s = seq_of(a, b);
+    attn_seq s = attn_seq_of(a, b);
     if (row >= s.sq)
         return;
     const float4 *src =
@@ -675,7 +642,10 @@ static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const
         err = launch_one(ctx, attention_bwd_dq_kernel<T, D>,
                          dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch), THREADS,
                          dq_smem, *a, Dbuf);
-    if (err == cudaSuccess) {
+    bool hopper = false; /* the fast path's dK/dV kernel on sm_90 (attention_bwd_sm90.cu) */
+    if (err == cudaSuccess && dqacc && (D == 64 || D == 128) && fab__attention_bwd_sm90_supports(ctx, a))
+        err = (cudaError_t)fab__attention_bwd_dkdv_sm90(ctx, a, Dbuf, dqacc, &hopper);
+    if (err == cudaSuccess && !hopper) {
         if constexpr (D <= 128)
             err = dkdv_keys<T, D>(ctx, a) == 128 ? launch_dkdv<T, D, 8>(ctx, a, Dbuf, dqacc)
                                                  : launch_dkdv<T, D, 4>(ctx, a, Dbuf, dqacc);

@@ -59,6 +59,7 @@
 #include "../common/tma_host.cuh"
 #include "attention.h"
 #include "attention_sm80_common.cuh"
+#include "attention_sm90_common.cuh"
 
 namespace {
 
@@ -72,36 +73,6 @@ struct sm90_fwd {
     static constexpr int Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
     static constexpr int SMEM = 1024 + Q_BYTES + STAGES * 2 * KV_BYTES + (1 + 4 * STAGES) * 8;
 };
-
-/* wgmma per input type: S (ss, both K-major) and O += P V (rs, V MN-major). */
-template <typename T, int D> struct wg;
-template <int D> struct wg<__nv_bfloat16, D> {
-    static __device__ __forceinline__ void s(float (&acc)[BN / 2], uint64_t da, uint64_t db)
-    {
-        fab__wgmma_bf16_ss<BN, 0, 0>(acc, da, db, 1);
-    }
-    static __device__ __forceinline__ void pv(float (&acc)[D / 2], const uint32_t (&a)[4], uint64_t db)
-    {
-        fab__wgmma_bf16_rs<D, 1>(acc, a, db, 1);
-    }
-};
-template <int D> struct wg<__half, D> {
-    static __device__ __forceinline__ void s(float (&acc)[BN / 2], uint64_t da, uint64_t db)
-    {
-        fab__wgmma_f16_ss<BN, 0, 0>(acc, da, db, 1);
-    }
-    static __device__ __forceinline__ void pv(float (&acc)[D / 2], const uint32_t (&a)[4], uint64_t db)
-    {
-        fab__wgmma_f16_rs<D, 1>(acc, a, db, 1);
-    }
-};
-
-/* One box of 64 head-dim values x rows at (dim d0, row, head, batch). */
-static __device__ __forceinline__ void box(void *dst, const CUtensorMap *map, int d0, int row, int head, int batch,
-                                           uint64_t *bar)
-{
-    fab__tma_load_5d(dst, map, d0, row, head, batch, 0, bar);
-}
 
 /* The online softmax of one key tile, in place: sc holds S on entry and P (f32, not
  * yet rounded) on return; mrow/lrow are updated and alpha is the factor by which O
@@ -178,7 +149,7 @@ static __device__ __forceinline__ void issue_s(float (&sc)[BN / 2], const unsign
         const uint64_t dq =
             fab__wgmma_desc(sQ + (ks / 4) * BM * 128 + cg * 64 * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
         const uint64_t dk = fab__wgmma_desc(sK + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
-        wg<T, D>::s(sc, dq, dk);
+        wgmma_of<T>::template ss<BN, 0, 0>(sc, dq, dk);
     }
     fab__wgmma_commit();
 }
@@ -191,7 +162,7 @@ static __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
         const uint64_t dv = fab__wgmma_desc(sV + kk * 16 * 128, BN * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
-        wg<T, D>::pv(o, pa[kk], dv);
+        wgmma_of<T>::template rs<D, 1>(o, pa[kk], dv);
     }
     fab__wgmma_commit();
 }
@@ -235,7 +206,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             return;
         fab__mbarrier_arrive_expect_tx(qfull, C::Q_BYTES);
         for (int c = 0; c < D / 64; c++)
-            box(sQ + c * BM * 128, &map_q, 64 * c, (int)(q0 + m0), h, tb, qfull);
+            attn_box(sQ + c * BM * 128, &map_q, 64 * c, (int)(q0 + m0), h, tb, qfull);
         for (int it = 0; it < ntiles; it++) {
             const int s = it % STAGES, kt = (int)(k0 + klo) + it * BN;
             const unsigned parity = (unsigned)((it / STAGES - 1) & 1);
@@ -244,12 +215,12 @@ __global__ void __launch_bounds__(THREADS, 1)
                 fab__mbarrier_wait(&empty_k[s], parity);
             fab__mbarrier_arrive_expect_tx(&full_k[s], C::KV_BYTES);
             for (int c = 0; c < D / 64; c++)
-                box(sK + c * BN * 128, &map_k, 64 * c, kt, kvh, tb, &full_k[s]);
+                attn_box(sK + c * BN * 128, &map_k, 64 * c, kt, kvh, tb, &full_k[s]);
             if (it >= STAGES)
                 fab__mbarrier_wait(&empty_v[s], parity);
             fab__mbarrier_arrive_expect_tx(&full_v[s], C::KV_BYTES);
             for (int c = 0; c < D / 64; c++)
-                box(sV + c * BN * 128, &map_v, 64 * c, kt, kvh, tb, &full_v[s]);
+                attn_box(sV + c * BN * 128, &map_v, 64 * c, kt, kvh, tb, &full_v[s]);
         }
         return;
     }
@@ -339,38 +310,17 @@ __global__ void __launch_bounds__(THREADS, 1)
     }
 }
 
-/* The map (head dim, rows, heads, batch, and a 5th dimension of 1: the 5-D load)
- * of q, k or v, boxes of 64 dims x rows. */
-static bool encode_view(CUtensorMap *map, const fab__attn_view &v, bool bf16, int64_t d, int64_t rows,
-                        int64_t heads, int64_t batch, int box_rows)
-{
-    const int64_t dims[5] = {d, rows, heads, batch, 1}, strides[4] = {v.ss, v.sh, v.sb, 0};
-    return fab__tma_encode_16bit(map, v.data, bf16, 5, dims, strides, box_rows);
-}
-
-/* The maps' row and batch extents: a varlen batch is one sequence of all the packed
- * rows (the entry checked that cu_seqlens ends at the tensor's row count). */
-static void extents(const fab__attn_args *a, bool q, int64_t *rows, int64_t *batch)
-{
-    if (a->cu_q_dev) {
-        *rows = q ? a->rows_q : a->rows_k;
-        *batch = 1;
-    } else {
-        *rows = q ? a->sq : a->sk;
-        *batch = a->batch;
-    }
-}
-
 template <typename T, int D>
 static fab_status launch(fab_context *ctx, const fab__attn_args *a)
 {
     const bool bf16 = a->dtype == FAB_DTYPE_BF16;
     int64_t qrows, krows, nb;
-    extents(a, true, &qrows, &nb);
-    extents(a, false, &krows, &nb);
+    attn_extents(a, true, &qrows, &nb);
+    attn_extents(a, false, &krows, &nb);
     CUtensorMap mq, mk, mv;
-    if (!encode_view(&mq, a->q, bf16, D, qrows, a->hq, nb, BM) || !encode_view(&mk, a->k, bf16, D, krows, a->hkv, nb, BN) ||
-        !encode_view(&mv, a->v, bf16, D, krows, a->hkv, nb, BN)) {
+    if (!attn_encode_view(&mq, a->q, bf16, D, qrows, a->hq, nb, BM) ||
+        !attn_encode_view(&mk, a->k, bf16, D, krows, a->hkv, nb, BN) ||
+        !attn_encode_view(&mv, a->v, bf16, D, krows, a->hkv, nb, BN)) {
         static bool warned;
         if (!warned) {
             warned = true;
@@ -394,34 +344,13 @@ static fab_status launch(fab_context *ctx, const fab__attn_args *a)
     return fab__cuda_check_launch("fab_attention_forward");
 }
 
-/* A view's strides are usable by TMA: positive multiples of 8 elements (16 bytes)
- * where the dimension has more than one index, base 16-byte aligned. */
-static bool view_ok(const fab__attn_view &v, int64_t rows, int64_t heads, int64_t batch)
-{
-    return (uintptr_t)v.data % 16 == 0 && (rows <= 1 || (v.ss > 0 && v.ss % 8 == 0)) &&
-           (heads <= 1 || (v.sh > 0 && v.sh % 8 == 0)) && (batch <= 1 || (v.sb > 0 && v.sb % 8 == 0));
-}
-
 } // namespace
 
 FAB__SM90A_PROBE(fab__attention_sm90a_code, have_sm90a_code)
 
 extern "C" bool fab__attention_forward_sm90_supports(const fab_context *ctx, const fab__attn_args *a)
 {
-    if (ctx->sm_version != 90 || (a->dtype != FAB_DTYPE_BF16 && a->dtype != FAB_DTYPE_F16) ||
-        (a->d != 64 && a->d != 128) || a->sq == 0)
-        return false;
-    const char *env = getenv("FAB_ATTN_SM90");
-    if (env && !strcmp(env, "0"))
-        return false;
-    int64_t qrows, krows, nb;
-    extents(a, true, &qrows, &nb);
-    extents(a, false, &krows, &nb);
-    if (qrows >= ((int64_t)1 << 31) - BM || krows >= ((int64_t)1 << 31) - BN || a->batch > 65535 || a->hq > 65535)
-        return false;
-    if (!view_ok(a->q, qrows, a->hq, nb) || !view_ok(a->k, krows, a->hkv, nb) || !view_ok(a->v, krows, a->hkv, nb))
-        return false;
-    return have_sm90a_code() && fab__tma_encoder() != NULL;
+    return attn_sm90_shape_ok(ctx, a, BM, BN) && have_sm90a_code() && fab__tma_encoder() != NULL;
 }
 
 extern "C" fab_status fab__attention_forward_sm90(fab_context *ctx, const fab__attn_args *a)

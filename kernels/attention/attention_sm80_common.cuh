@@ -47,6 +47,22 @@ static __device__ __forceinline__ bool attn_any_allowed(const fab__attn_args &a,
     return (a.right < 0 || k0 <= r1 + off + a.right) && (a.left < 0 || k1 >= r0 + off - a.left);
 }
 
+/* Sequence b of the batch (varlen: through cu_seqlens): first rows and lengths. */
+struct attn_seq {
+    int64_t q0, k0;
+    int sq, sk;
+};
+static __device__ __forceinline__ attn_seq attn_seq_of(const fab__attn_args &a, int b)
+{
+    attn_seq s;
+    s.q0 = 0, s.k0 = 0, s.sq = (int)a.sq, s.sk = (int)a.sk;
+    if (a.cu_q_dev) {
+        s.q0 = a.cu_q_dev[b], s.k0 = a.cu_k_dev[b];
+        s.sq = a.cu_q_dev[b + 1] - (int)s.q0, s.sk = a.cu_k_dev[b + 1] - (int)s.k0;
+    }
+    return s;
+}
+
 /* A forward block's share of its sequence b (varlen: through cu_seqlens), for the
  * BM query rows from m0 of head h: the sequence's offsets and lengths, its rows
  * (nq), the kv head, and the keys [klo, khi) any of its rows may see, in tiles of
@@ -91,6 +107,26 @@ static __device__ __forceinline__ float attn_logit(const fab__attn_args &a, floa
         x = ok ? x : -INFINITY;
     }
     return x;
+}
+
+/* The backward's logit in log2 units of raw product x (scale, softcap), and
+ * ds/dx (scale included), the factor dS = P (dP - D) carries. */
+static __device__ __forceinline__ float attn_logit2(const fab__attn_args &a, float x, float *dsx)
+{
+    if (a.softcap > 0) {
+        float th = tanhf(x * a.scale / a.softcap);
+        *dsx = (1.0f - th * th) * a.scale;
+        return a.softcap * th * 1.4426950408889634f;
+    }
+    *dsx = a.scale;
+    return x * a.scale * 1.4426950408889634f;
+}
+
+/* Whether key `key` is allowed for query row `row` (sequence-relative, off = sk - sq). */
+static __device__ __forceinline__ bool attn_allowed(const fab__attn_args &a, int64_t row, int64_t key, int64_t off)
+{
+    int64_t pos = row + off;
+    return (a.right < 0 || key <= pos + a.right) && (a.left < 0 || key >= pos - a.left);
 }
 
 /* Copies rows [row0, row0 + n) (n <= rows, rows a multiple of 8) of one head (row

@@ -1,0 +1,385 @@
+/*
+ * attention_bwd_sm90.cu: the backward's dK/dV kernel with dQ atomics for Hopper
+ * (sm_90a), head dims 64 and 128, bf16/f16, fast path (not deterministic mode): the
+ * sm80 dkdv kernel's algorithm and features (causal, windows, softcap, GQA, varlen)
+ * with TMA loads and wgmma. The sm80 file's dot kernel (D = rowsum(dO O)), dq
+ * accumulator and convert kernel run around it (attention_bwd_sm80.cu, launch_grads).
+ *
+ * Idea: one block of 3 warpgroups per (128-key tile, kv head, sequence); the keys'
+ * K and V stay resident and the (query head of the group, 64-query tile) pairs whose
+ * rows can see them stream past in a 2-stage ring. Warpgroup 0 is the producer
+ * (setmaxnreg 24): thread 0 TMA-loads K and V once, then Q and dO of each pair; warp
+ * 1 writes the pair's lse (log2 units, +inf past the sequence) and D (0 there) into
+ * the stage. Warpgroups 1 and 2 (setmaxnreg 240) each own 64 keys and per pair:
+ *   S^T = K Q^T and dP^T = V dO^T        wgmma.m64n64k16, ss, both K-major
+ *   P^T = exp2(logit - lse), masked       registers (keys are rows: P^T, dS^T are
+ *   dV += P^T dO                          already A fragments), rs, dO MN-major
+ *   dS^T = P^T (dP^T - D) ds/dx           registers, and into shared memory (sdS)
+ *   dK += dS^T Q                          rs, Q MN-major
+ *   dQ[64 x D/2] = dS K over all 128 keys ss, dS^T read MN-major (a transposed A),
+ *                                         K MN-major; each warpgroup its D/2 columns
+ * then dQ goes to the f32 accumulator with 16-byte red.global.add. P^T's math runs
+ * while dP^T is in flight, dS^T's while dV's product is.
+ * Both warpgroups walk every pair of the block (masked elements give P = 0): the
+ * control flow around wgmma stays uniform, which ptxas needs to keep it asynchronous.
+ *
+ * Shared memory, 1024-byte aligned, each operand a set of TMA boxes of 64 head-dim
+ * values (128 bytes, 128-byte swizzle) x rows: K, V [D/64][128 keys]; per stage Q,
+ * dO [D/64][64 rows], lse and D [64]; sdS two buffers of [128 keys][64 queries]
+ * (a key's 64 queries are one 128-byte row, stored with the same swizzle: 16-byte
+ * unit u of row r at unit u ^ (r % 8)), double-buffered so that one named barrier
+ * per pair suffices. 162 KiB at D = 128, 97 KiB at 64.
+ * At D = 64 each warpgroup's dQ is 32 of the 64 columns of K's one box: the second
+ * warpgroup's B descriptor starts 64 bytes into the swizzle row (the swizzle XORs
+ * address bits, so the offset selects units 4..7); a GPU run confirms this.
+ *
+ * Thread mapping: consumer warpgroup c, warp w, lane 4g + t holds keys 64c + 16w + g
+ * and + 8 of the tile; s[4j + 2i + b] of S^T / dP^T is (key g + 8i, query 8j + 2t + b),
+ * dk[4j + 2i + b], dv[..] (key g + 8i, dim 8j + 2t + b); dQ (query 16w + g + 8i,
+ * dim D/2 c + 8j + 2t + b). The red.add pairs lanes t, t^1 as in the sm80 kernel.
+ *
+ * Numerics: as the sm80 kernel: f32 S, dP and accumulators; P and dS (scale and
+ * softcap derivative included) rounded to the input type for the products; dK, dV
+ * rounded once; dQ a sum of f32 partials per key tile, in a varying order.
+ *
+ * Requirements (fab__attention_bwd_sm90_supports): those of the Hopper forward for q,
+ * k, v, and dout too; not deterministic mode. FAB_ATTN_SM90=0 turns it off.
+ */
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/cuda_dtype.cuh"
+#include "../common/ptx.cuh"
+#include "../common/tma_host.cuh"
+#include "attention.h"
+#include "attention_sm80_common.cuh"
+#include "attention_sm90_common.cuh"
+
+namespace {
+
+const int KB = 128, QT = 64, STAGES = 2, THREADS = 384, CONSUMER_WARPS = 8;
+const int PRODUCER_REGS = 24, CONSUMER_REGS = 240;
+const float L2E = 1.4426950408889634f;
+
+template <int D>
+struct sm90_bwd {
+    static constexpr int KV_BYTES = KB * D * 2, Q_BYTES = QT * D * 2, DS_BYTES = KB * QT * 2;
+    /* K, V, stages of (Q, dO), sdS x 2, lse and D per stage, barriers */
+    static constexpr int SMEM =
+        1024 + 2 * KV_BYTES + STAGES * 2 * Q_BYTES + 2 * DS_BYTES + STAGES * 2 * QT * 4 + (1 + 2 * STAGES) * 8;
+};
+
+/* The pair `it` of a block: its query head and first row */
+static __device__ __forceinline__ void pair_of(int it, int nqt, int kvh, int group, int64_t ilo, int *h, int *i0)
+{
+    *h = kvh * group + it / nqt;
+    *i0 = (int)(ilo + (int64_t)(it % nqt) * QT);
+}
+
+/* acc = A B^T over the D head dims: rows of A (K or V, this warpgroup's 64 keys) by
+ * rows of B (Q or dO of the stage, 64 queries), both K-major in 64-dim boxes. */
+template <typename T, int D>
+static __device__ __forceinline__ void issue_keys_by_rows(float (&acc)[QT / 2], const unsigned char *sA,
+                                                          const unsigned char *sB)
+{
+    fab__wgmma_fence_regs(acc);
+    fab__wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+        const uint64_t da = fab__wgmma_desc(sA + (ks / 4) * KB * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
+        const uint64_t db = fab__wgmma_desc(sB + (ks / 4) * QT * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
+        wgmma_of<T>::template ss<QT, 0, 0>(acc, da, db, ks > 0); /* the first step overwrites */
+    }
+    fab__wgmma_commit();
+}
+
+/* acc[64 keys x D] += X^T B: X^T from registers (this warpgroup's P^T or dS^T as A
+ * fragments of 16-query steps), B = dO or Q of the stage, MN-major over queries. */
+template <typename T, int D>
+static __device__ __forceinline__ void issue_grad(float (&acc)[D / 2], const uint32_t (&xa)[QT / 16][4],
+                                                  const unsigned char *sB)
+{
+    fab__wgmma_fence_regs(acc);
+#pragma unroll
+    for (int kk = 0; kk < QT / 16; kk++) {
+        const uint64_t db = fab__wgmma_desc(sB + kk * 16 * 128, QT * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
+        wgmma_of<T>::template rs<D, 1>(acc, xa[kk], db);
+    }
+    fab__wgmma_commit();
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(THREADS, 1)
+    attention_bwd_dkdv_sm90(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
+                            const __grid_constant__ CUtensorMap map_v, const __grid_constant__ CUtensorMap map_do,
+                            const fab__attn_args a, const float *Dbuf, float *dqacc)
+{
+    typedef sm90_bwd<D> C;
+    typedef mma_of<T> M;
+    FAB_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char *sK = raw + ((1024 - ((uintptr_t)raw & 1023)) & 1023);
+    unsigned char *sV = sK + C::KV_BYTES;
+    unsigned char *sStage = sV + C::KV_BYTES; /* stage s: Q at sStage + 2 s Q_BYTES, dO after it */
+    unsigned char *sdS = sStage + STAGES * 2 * C::Q_BYTES;
+    float *sL = reinterpret_cast<float *>(sdS + 2 * C::DS_BYTES), *sD = sL + STAGES * QT;
+    uint64_t *kvfull = reinterpret_cast<uint64_t *>(sD + STAGES * QT);
+    uint64_t *full = kvfull + 1, *empty = full + STAGES;
+    const int b = blockIdx.z, kvh = blockIdx.y, j0 = blockIdx.x * KB;
+
+    const attn_seq sq_ = attn_seq_of(a, b);
+    const int64_t q0 = sq_.q0, k0 = sq_.k0, off = sq_.sk - sq_.sq;
+    const int sq = sq_.sq, sk = sq_.sk;
+    if (j0 >= sk)
+        return;
+    const int nk = sk - j0 < KB ? sk - j0 : KB;
+    /* query rows that can see keys j0 .. j0 + nk - 1, in whole tiles */
+    int64_t ilo = 0, ihi = sq;
+    if (a.right >= 0 && j0 - off - a.right > ilo)
+        ilo = j0 - off - a.right;
+    if (a.left >= 0 && j0 + nk - 1 - off + a.left + 1 < ihi)
+        ihi = j0 + nk - 1 - off + a.left + 1;
+    ilo = ilo / QT * QT;
+    const int nqt = ihi > ilo ? (int)((ihi - ilo + QT - 1) / QT) : 0;
+    const int group = (int)(a.hq / a.hkv), nit = nqt * group;
+    const int tb = a.cu_q_dev ? 0 : b; /* the maps' batch coordinate */
+
+    if (threadIdx.x == 0) {
+        fab__mbarrier_init(kvfull, 1);
+        for (int s = 0; s < STAGES; s++) {
+            fab__mbarrier_init(&full[s], 1 + 32); /* the TMA thread and warp 1's lanes */
+            fab__mbarrier_init(&empty[s], CONSUMER_WARPS);
+        }
+        fab__fence_mbarrier_init();
+    }
+    __syncthreads();
+
+    if (threadIdx.x < 128) { /* producer */
+        fab__setmaxnreg_dec<PRODUCER_REGS>();
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        if (threadIdx.x == 0 && nit > 0) {
+            fab__mbarrier_arrive_expect_tx(kvfull, 2 * C::KV_BYTES);
+            for (int c = 0; c < D / 64; c++) {
+                attn_box(sK + c * KB * 128, &map_k, 64 * c, (int)(k0 + j0), kvh, tb, kvfull);
+                attn_box(sV + c * KB * 128, &map_v, 64 * c, (int)(k0 + j0), kvh, tb, kvfull);
+            }
+            for (int it = 0; it < nit; it++) {
+                const int s = it % STAGES;
+                int h, i0;
+                pair_of(it, nqt, kvh, group, ilo, &h, &i0);
+                if (it >= STAGES)
+                    fab__mbarrier_wait(&empty[s], (unsigned)((it / STAGES - 1) & 1));
+                unsigned char *sQ = sStage + s * 2 * C::Q_BYTES, *sdO = sQ + C::Q_BYTES;
+                fab__mbarrier_arrive_expect_tx(&full[s], 2 * C::Q_BYTES);
+                for (int c = 0; c < D / 64; c++) {
+                    attn_box(sQ + c * QT * 128, &map_q, 64 * c, (int)(q0 + i0), h, tb, &full[s]);
+                    attn_box(sdO + c * QT * 128, &map_do, 64 * c, (int)(q0 + i0), h, tb, &full[s]);
+                }
+            }
+        } else if (warp == 1) {
+            for (int it = 0; it < nit; it++) {
+                const int s = it % STAGES;
+                int h, i0;
+                pair_of(it, nqt, kvh, group, ilo, &h, &i0);
+                if (it >= STAGES)
+                    fab__mbarrier_wait(&empty[s], (unsigned)((it / STAGES - 1) & 1));
+                const int64_t base = b * a.lse_sb + h * a.lse_sh + q0;
+                for (int r = lane; r < QT; r += 32) {
+                    const int row = i0 + r;
+                    fab__st_shared(sL + s * QT + r, row < sq ? a.lse[base + row] * L2E : INFINITY);
+                    fab__st_shared(sD + s * QT + r, row < sq ? Dbuf[base + row] : 0.0f);
+                }
+                fab__mbarrier_arrive(&full[s]);
+            }
+        }
+        return;
+    }
+
+    /* consumers */
+    fab__setmaxnreg_inc<CONSUMER_REGS>();
+    const int cg = threadIdx.x / 128 - 1, warp4 = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int w_k0 = j0 + 64 * cg + 16 * warp4, k_lo = w_k0 + g; /* this lane's keys: k_lo, k_lo + 8 */
+    float dk[D / 2], dv[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++)
+        dk[i] = dv[i] = 0.0f;
+    if (nit > 0)
+        fab__mbarrier_wait(kvfull, 0);
+    const unsigned char *sKc = sK + cg * 64 * 128, *sVc = sV + cg * 64 * 128; /* this warpgroup's 64 keys */
+    /* dQ's B: K's head dims D/2 c .. + D/2 (box c at 128, half a box row at 64) */
+    const unsigned char *sKdq = sK + (D == 128 ? cg * KB * 128 : cg * 64);
+
+    for (int it = 0; it < nit; it++) {
+        const int s = it % STAGES;
+        int h, i0;
+        pair_of(it, nqt, kvh, group, ilo, &h, &i0);
+        const unsigned char *sQ = sStage + s * 2 * C::Q_BYTES, *sdO = sQ + C::Q_BYTES;
+        const float *cL = sL + s * QT, *cD = sD + s * QT;
+        unsigned char *cdS = sdS + (it & 1) * C::DS_BYTES;
+        fab__mbarrier_wait(&full[s], (unsigned)((it / STAGES) & 1));
+
+        float st[QT / 2], dpt[QT / 2];
+        issue_keys_by_rows<T, D>(st, sKc, sQ);
+        issue_keys_by_rows<T, D>(dpt, sVc, sdO);
+        fab__wgmma_wait<1>(); /* S^T landed */
+        fab__wgmma_fence_regs(st);
+
+        /* P^T (rounded, as A fragments pa) and P^T ds/dx (f32, in st); the mask only
+         * where this warp's 16 keys and the 64 rows are not all real and allowed */
+        const bool inside =
+            i0 + QT <= sq && w_k0 + 16 <= sk && attn_all_allowed(a, i0, i0 + QT - 1, w_k0, w_k0 + 15, off);
+        uint32_t pa[QT / 16][4], sa[QT / 16][4];
+#pragma unroll
+        for (int j = 0; j < QT / 8; j++)
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                float p[2];
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int q = 8 * j + 2 * t + e, x = 4 * j + 2 * i + e;
+                    float dsx, l2 = attn_logit2(a, st[x], &dsx);
+                    p[e] = fab__ex2_approx(l2 - fab__ld_shared(cL + q));
+                    if (!inside)
+                        p[e] = i0 + q < sq && k_lo + 8 * i < sk && attn_allowed(a, i0 + q, k_lo + 8 * i, off) ? p[e]
+                                                                                                              : 0.0f;
+                    st[x] = p[e] * dsx;
+                }
+                pa[j / 2][2 * (j % 2) + i] = M::pack(p[0], p[1]);
+            }
+        fab__wgmma_fence();
+        issue_grad<T, D>(dv, pa, sdO); /* dV += P^T dO */
+        fab__wgmma_wait<1>();          /* dP^T landed; dV may still run */
+        fab__wgmma_fence_regs(dpt);
+
+        /* dS^T = P^T ds/dx (dP^T - D): A fragments sa, and into sdS (key row k, the 16-byte
+         * unit of queries 8j.. at unit j ^ (k % 8), k % 8 = g: 32 banks per store) */
+#pragma unroll
+        for (int j = 0; j < QT / 8; j++)
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int x = 4 * j + 2 * i, q = 8 * j + 2 * t;
+                const uint32_t v = M::pack(st[x] * (dpt[x] - fab__ld_shared(cD + q)),
+                                           st[x + 1] * (dpt[x + 1] - fab__ld_shared(cD + q + 1)));
+                sa[j / 2][2 * (j % 2) + i] = v;
+                const int key = 64 * cg + 16 * warp4 + g + 8 * i;
+                fab__st_shared(reinterpret_cast<uint32_t *>(cdS + key * 128 + ((j ^ g) << 4) + 4 * t), v);
+            }
+        fab__wgmma_fence();
+        issue_grad<T, D>(dk, sa, sQ); /* dK += dS^T Q */
+        fab__fence_proxy_async();     /* dS^T visible to wgmma, */
+        fab__bar_sync(1, 256);        /* of both consumer warpgroups */
+
+        /* dQ [64 queries x D/2] = dS K over the block's 128 keys */
+        float dq[D / 4];
+        fab__wgmma_fence_regs(dq);
+        fab__wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < KB / 16; kk++) {
+            const uint64_t da = fab__wgmma_desc(cdS + kk * 16 * 128, 64 * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
+            const uint64_t db = fab__wgmma_desc(sKdq + kk * 16 * 128, KB * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
+            wgmma_of<T>::template ss<D / 2, 1, 1>(dq, da, db, kk > 0);
+        }
+        fab__wgmma_commit();
+        fab__wgmma_wait<0>(); /* dV, dK and dQ landed: the stage is free */
+        fab__wgmma_fence_regs(dq);
+        fab__wgmma_fence_regs(dk);
+        fab__wgmma_fence_regs(dv);
+        __syncwarp();
+        if (lane == 0)
+            fab__mbarrier_arrive(&empty[s]);
+
+        /* dQ partials into the accumulator: lanes t, t^1 swap halves so that each adds
+         * 4 adjacent columns of one row (even t row g, odd t row g + 8) */
+        const int odd = t & 1, row = i0 + 16 * warp4 + g + 8 * odd;
+        float *dst = dqacc + (b * a.lse_sb + h * a.lse_sh + q0 + row) * (int64_t)D + cg * (D / 2) + 2 * (t - odd);
+#pragma unroll
+        for (int j = 0; j < D / 16; j++) {
+            const float x0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * j + 0] : dq[4 * j + 2], 1);
+            const float x1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * j + 1] : dq[4 * j + 3], 1);
+            if (row < sq) {
+                if (odd)
+                    fab__red_add_v4_f32(dst + 8 * j, x0, x1, dq[4 * j + 2], dq[4 * j + 3]);
+                else
+                    fab__red_add_v4_f32(dst + 8 * j, dq[4 * j + 0], dq[4 * j + 1], x0, x1);
+            }
+        }
+    }
+
+    T *dK = (T *)a.dk.data + b * a.dk.sb + k0 * a.dk.ss + kvh * a.dk.sh;
+    T *dV = (T *)a.dv.data + b * a.dv.sb + k0 * a.dv.ss + kvh * a.dv.sh;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int key = k_lo + 8 * i;
+        if (key >= sk)
+            continue;
+        T *dkr = dK + (int64_t)key * a.dk.ss, *dvr = dV + (int64_t)key * a.dv.ss;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) {
+            *reinterpret_cast<uint32_t *>(dkr + 8 * j + 2 * t) = M::pack(dk[4 * j + 2 * i], dk[4 * j + 2 * i + 1]);
+            *reinterpret_cast<uint32_t *>(dvr + 8 * j + 2 * t) = M::pack(dv[4 * j + 2 * i], dv[4 * j + 2 * i + 1]);
+        }
+    }
+}
+
+template <typename T, int D>
+static cudaError_t launch(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, float *dqacc, bool *taken)
+{
+    const bool bf16 = a->dtype == FAB_DTYPE_BF16;
+    int64_t qrows, krows, nb;
+    attn_extents(a, true, &qrows, &nb);
+    attn_extents(a, false, &krows, &nb);
+    CUtensorMap mq, mk, mv, mdo;
+    *taken = attn_encode_view(&mq, a->q, bf16, D, qrows, a->hq, nb, QT) &&
+             attn_encode_view(&mdo, a->dout, bf16, D, qrows, a->hq, nb, QT) &&
+             attn_encode_view(&mk, a->k, bf16, D, krows, a->hkv, nb, KB) &&
+             attn_encode_view(&mv, a->v, bf16, D, krows, a->hkv, nb, KB);
+    if (!*taken) {
+        static bool warned;
+        if (!warned) {
+            warned = true;
+            fprintf(stderr, "fabriek: cuTensorMapEncodeTiled rejected attention's q/k/v/dout; the sm80 backward "
+                            "runs it\n");
+        }
+        return cudaSuccess;
+    }
+    const int smem = sm90_bwd<D>::SMEM;
+    cudaError_t err =
+        cudaFuncSetAttribute(attention_bwd_dkdv_sm90<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess)
+        return err;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)((a->sk + KB - 1) / KB), (unsigned)a->hkv, (unsigned)a->batch);
+    cfg.blockDim = dim3(THREADS);
+    cfg.dynamicSmemBytes = (size_t)smem;
+    cfg.stream = (cudaStream_t)ctx->stream;
+    return cudaLaunchKernelEx(&cfg, attention_bwd_dkdv_sm90<T, D>, mq, mk, mv, mdo, *a, Dbuf, dqacc);
+}
+
+} // namespace
+
+FAB__SM90A_PROBE(fab__attention_bwd_sm90a_code, have_sm90a_code)
+
+extern "C" bool fab__attention_bwd_sm90_supports(const fab_context *ctx, const fab__attn_args *a)
+{
+    if (a->deterministic || !attn_sm90_shape_ok(ctx, a, QT, KB))
+        return false;
+    int64_t qrows, nb;
+    attn_extents(a, true, &qrows, &nb);
+    return attn_view_ok(a->dout, qrows, a->hq, nb) && have_sm90a_code() && fab__tma_encoder() != NULL;
+}
+
+extern "C" int fab__attention_bwd_dkdv_sm90(fab_context *ctx, const fab__attn_args *a, const float *Dbuf,
+                                            float *dqacc, bool *taken)
+{
+    cudaError_t err;
+    if (a->dtype == FAB_DTYPE_BF16)
+        err = a->d == 64 ? launch<__nv_bfloat16, 64>(ctx, a, Dbuf, dqacc, taken)
+                         : launch<__nv_bfloat16, 128>(ctx, a, Dbuf, dqacc, taken);
+    else
+        err = a->d == 64 ? launch<__half, 64>(ctx, a, Dbuf, dqacc, taken)
+                         : launch<__half, 128>(ctx, a, Dbuf, dqacc, taken);
+    return (int)err;
+}

@@ -1,0 +1,105 @@
+/*
+ * attention_sm90_common.cuh: what the Hopper attention kernels (attention_fwd_sm90.cu,
+ * attention_bwd_sm90.cu) share: wgmma per input type, the TMA box load, and the host
+ * side of their tensor maps. q, k, v, dout are mapped as (head dim, rows, heads,
+ * batch, 1) with the caller's strides, boxes of 64 head-dim values (128 bytes, the
+ * 128-byte swizzle's row) x rows. Include after cuda_dtype.cuh, ptx.cuh and
+ * tma_host.cuh.
+ */
+#ifndef FAB_ATTENTION_SM90_COMMON_CUH
+#define FAB_ATTENTION_SM90_COMMON_CUH
+
+namespace {
+
+/* wgmma.m64nNk16 per input type: ss (A and B in shared memory, TA/TB 0 K-major, 1
+ * MN-major) and rs (A from registers); accumulating unless acc_in = 0 (then the
+ * product overwrites acc, whose registers need no zeros first). */
+template <typename T> struct wgmma_of;
+template <> struct wgmma_of<__nv_bfloat16> {
+    template <int N, int TA, int TB>
+    static __device__ __forceinline__ void ss(float (&acc)[N / 2], uint64_t da, uint64_t db, int acc_in = 1)
+    {
+        fab__wgmma_bf16_ss<N, TA, TB>(acc, da, db, acc_in);
+    }
+    template <int N, int TB>
+    static __device__ __forceinline__ void rs(float (&acc)[N / 2], const uint32_t (&a)[4], uint64_t db)
+    {
+        fab__wgmma_bf16_rs<N, TB>(acc, a, db, 1);
+    }
+};
+template <> struct wgmma_of<__half> {
+    template <int N, int TA, int TB>
+    static __device__ __forceinline__ void ss(float (&acc)[N / 2], uint64_t da, uint64_t db, int acc_in = 1)
+    {
+        fab__wgmma_f16_ss<N, TA, TB>(acc, da, db, acc_in);
+    }
+    template <int N, int TB>
+    static __device__ __forceinline__ void rs(float (&acc)[N / 2], const uint32_t (&a)[4], uint64_t db)
+    {
+        fab__wgmma_f16_rs<N, TB>(acc, a, db, 1);
+    }
+};
+
+/* One box of 64 head-dim values x rows at (dim d0, row, head, batch). */
+static __device__ __forceinline__ void attn_box(void *dst, const CUtensorMap *map, int d0, int row, int head,
+                                                int batch, uint64_t *bar)
+{
+    fab__tma_load_5d(dst, map, d0, row, head, batch, 0, bar);
+}
+
+/* The map of one operand (head dim, rows, heads, batch, and a 5th dimension of 1:
+ * the 5-D load), boxes of 64 dims x box_rows. */
+static bool attn_encode_view(CUtensorMap *map, const fab__attn_view &v, bool bf16, int64_t d, int64_t rows,
+                             int64_t heads, int64_t batch, int box_rows)
+{
+    const int64_t dims[5] = {d, rows, heads, batch, 1}, strides[4] = {v.ss, v.sh, v.sb, 0};
+    return fab__tma_encode_16bit(map, v.data, bf16, 5, dims, strides, box_rows);
+}
+
+/* The maps' row and batch extents: a varlen batch is one sequence of all the packed
+ * rows (the entry checked that cu_seqlens ends at the tensor's row count), so a
+ * block's rows start at its sequence's offset and rows past the sequence belong to
+ * the next one (kernels mask them). */
+static void attn_extents(const fab__attn_args *a, bool q, int64_t *rows, int64_t *batch)
+{
+    if (a->cu_q_dev) {
+        *rows = q ? a->rows_q : a->rows_k;
+        *batch = 1;
+    } else {
+        *rows = q ? a->sq : a->sk;
+        *batch = a->batch;
+    }
+}
+
+/* A view's strides are usable by TMA: positive multiples of 8 elements (16 bytes)
+ * where the dimension has more than one index, base 16-byte aligned. */
+static bool attn_view_ok(const fab__attn_view &v, int64_t rows, int64_t heads, int64_t batch)
+{
+    return (uintptr_t)v.data % 16 == 0 && (rows <= 1 || (v.ss > 0 && v.ss % 8 == 0)) &&
+           (heads <= 1 || (v.sh > 0 && v.sh % 8 == 0)) && (batch <= 1 || (v.sb > 0 && v.sb % 8 == 0));
+}
+
+/* The checks both Hopper kernels make: an sm_90 context, bf16/f16, head dim 64 or
+ * 128, FAB_ATTN_SM90 not 0, extents TMA coordinates hold (rows + a box within int),
+ * q and k/v views TMA can map. */
+static bool attn_sm90_shape_ok(const fab_context *ctx, const fab__attn_args *a, int q_box, int k_box)
+{
+    if (ctx->sm_version != 90 || (a->dtype != FAB_DTYPE_BF16 && a->dtype != FAB_DTYPE_F16) ||
+        (a->d != 64 && a->d != 128) || a->sq == 0)
+        return false;
+    const char *env = getenv("FAB_ATTN_SM90");
+    if (env && !strcmp(env, "0"))
+        return false;
+    int64_t qrows, krows, nb;
+    attn_extents(a, true, &qrows, &nb);
+    attn_extents(a, false, &krows, &nb);
+    if (qrows >= ((int64_t)1 << 31) - q_box || krows >= ((int64_t)1 << 31) - k_box || a->batch > 65535 ||
+        a->hq > 65535)
+        return false;
+    return attn_view_ok(a->q, qrows, a->hq, nb) && attn_view_ok(a->k, krows, a->hkv, nb) &&
+           attn_view_ok(a->v, krows, a->hkv, nb);
+}
+
+} // namespace
+
+#endif
