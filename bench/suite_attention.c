@@ -34,10 +34,13 @@
  *        forward's other variant (one m-tile per warp, 64-row blocks;
  *        FAB_ATTN_FWD_WARP_ROWS=16) against the sm80 default (two m-tiles,
  *        128-row blocks, on these grids): a ratio above 1 says the default picks
- *        wrong. Not when the caller set FAB_ATTN_FWD_WARP_ROWS. Likewise "attn_backward 64 keys/block" times
- *        the backward's dk/dv kernel with 64-key, 4-warp blocks
- *        (FAB_ATTN_BWD_KEYS=64) against the default of the run (128 keys, 8
- *        warps, on these grids); not when the caller set FAB_ATTN_BWD_KEYS.
+ *        wrong. Not when the caller set FAB_ATTN_FWD_WARP_ROWS or FAB_ATTN_SM90. Likewise "attn_backward sm80"
+ *        times the sm80 backward against the default of the run (on an H100 the
+ *        fast path's dk/dv kernel is the Hopper one, attention_bwd_sm90.cu, at head
+ *        dims 64 and 128), and "attn_backward sm80 64 keys/block" the sm80 dk/dv
+ *        kernel with 64-key, 4-warp blocks (FAB_ATTN_BWD_KEYS=64) against the sm80
+ *        default (128 keys, 8 warps, on these grids); not when the caller set
+ *        FAB_ATTN_BWD_KEYS or FAB_ATTN_SM90.
  */
 #include "bench.h"
 #ifdef FAB_BENCH_CUDNN
@@ -380,8 +383,9 @@ int bench_suite_attention(bench *b)
     /* GPU, head dim <= 128: the forward also with 16 query rows per warp (these
      * grids fill the GPU, so left to itself it takes 32), unless the caller chose
      * a variant through FAB_ATTN_FWD_WARP_ROWS */
-    const int fwd_ab_allowed = gpu && !getenv("FAB_ATTN_FWD_WARP_ROWS");
-    const int bwd_ab_allowed = gpu && !getenv("FAB_ATTN_BWD_KEYS"); /* the same for the dk/dv kernel's keys */
+    const int fwd_ab_allowed = gpu && !getenv("FAB_ATTN_FWD_WARP_ROWS") && !getenv("FAB_ATTN_SM90");
+    /* the same for the dk/dv kernel's keys (both A/Bs set FAB_ATTN_SM90 and clear it after) */
+    const int bwd_ab_allowed = gpu && !getenv("FAB_ATTN_BWD_KEYS") && !getenv("FAB_ATTN_SM90");
     if (gpu) {
 #ifndef FAB_BENCH_CUDNN
         printf("attention: this fab-bench was built without the cuDNN headers: no GPU baseline (ratio 0)\n");
@@ -528,16 +532,24 @@ int bench_suite_attention(bench *b)
                 }
                 add_row(b, "attn_backward", &c, fab_dtype_name(dtype), bms, 2.5 * fwd_flops, unit, unit_scale,
                         bwd_base, bwd_base_rate);
-                if (bwd_ab) { /* the dk/dv kernel's other variant, against the default of this run */
+                if (bwd_ab) {
+                    /* the sm80 backward against the default of this run (on an H100 the
+                     * fast path's dk/dv kernel is the Hopper one at head dims 64 and 128),
+                     * and the sm80 dk/dv kernel's other variant against the sm80 default */
+                    setenv("FAB_ATTN_SM90", "0", 1);
+                    double ms80 = bench_time_ms(b, run_bwd, &c);
                     setenv("FAB_ATTN_BWD_KEYS", "64", 1);
-                    double ms64 = bench_time_ms(b, run_bwd, &c);
+                    double ms64 = ms80 < 0 ? -1 : bench_time_ms(b, run_bwd, &c);
                     unsetenv("FAB_ATTN_BWD_KEYS");
+                    unsetenv("FAB_ATTN_SM90");
                     if (ms64 < 0) {
                         failed = 1;
                         continue;
                     }
-                    add_row(b, "attn_backward 64 keys/block", &c, fab_dtype_name(dtype), ms64, 2.5 * fwd_flops, unit,
+                    add_row(b, "attn_backward sm80", &c, fab_dtype_name(dtype), ms80, 2.5 * fwd_flops, unit,
                             unit_scale, "default bwd", 2.5 * fwd_flops / (bms * 1e-3) / unit_scale);
+                    add_row(b, "attn_backward sm80 64 keys/block", &c, fab_dtype_name(dtype), ms64, 2.5 * fwd_flops,
+                            unit, unit_scale, "sm80 bwd", 2.5 * fwd_flops / (ms80 * 1e-3) / unit_scale);
                 }
                 if (det_ctx) {
                     double dms = bench_time_ms(b, run_bwd_det, &c);
