@@ -869,6 +869,24 @@ static void run_block(Launch &L, unsigned long long linear)
             failed = true;
         }
     }
+    /* A named barrier's phase still open when the block ends: bar.arrive without the
+     * bar.sync it was for, or one too many (an unbalanced producer/consumer hand-off,
+     * which would let a later phase pass early). __syncthreads phases cannot be open
+     * here: exited threads complete them. */
+    for (int id = 0; id < 16 && !failed; ++id) {
+        const Barrier &B = b.bars[id];
+        if (!B.active) continue;
+        int lanes = 0;
+        for (unsigned w = 0; w < b.nwarps; ++w) lanes += __builtin_popcount(B.arrived[w]);
+        char msg[400];
+        snprintf(msg, sizeof msg,
+                 "fab_emu: %s, block (%u,%u,%u): the block ended with a phase of named barrier %d open (%d of its "
+                 "%d threads arrived): a bar.arrive with no bar.sync to meet it, or arrivals and waits that do not "
+                 "balance",
+                 kernel_name(b.launch->kernel).c_str(), b.idx.x, b.idx.y, b.idx.z, id, lanes, B.count);
+        launch_failure(&L, msg);
+        failed = true;
+    }
     for (unsigned w = 0; w < b.nwarps && !failed; ++w) bank_flush_warp(b, w);
     tl_block = nullptr;
     free(smem);

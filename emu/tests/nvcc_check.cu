@@ -22,7 +22,7 @@ void *fab_emu_nvcc_check_kernels[] = {
     (void *)k_warp_exchange<false>, (void *)k_cp_async_stage<true>, (void *)k_cp_async_stage<false>,
     (void *)k_pipeline_ldmatrix<true>, (void *)k_pipeline_ldmatrix<false>, (void *)k_named_barrier_ldmatrix<true>,
     (void *)k_named_barrier_ldmatrix<false>,
-    (void *)k_indices, (void *)k_block_sum, (void *)k_sync_reduce, (void *)k_early_exit, (void *)k_named_barrier,
+    (void *)k_indices, (void *)k_block_sum, (void *)k_sync_reduce, (void *)k_early_exit, (void *)k_named_barrier, (void *)k_named_barrier_open,
     (void *)k_dynamic_smem, (void *)k_shuffles, (void *)k_warp_sum_double, (void *)k_votes, (void *)k_atomics,
     (void *)k_shfl_from_exited, (void *)k_bad_mask, (void *)k_deadlock, (void *)k_mixed_collectives,
     (void *)k_bank_ldmatrix, (void *)k_bank_cp_async, (void *)k_bank_cp_loop, (void *)k_bank_plain,

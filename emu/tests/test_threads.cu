@@ -247,6 +247,8 @@ static void test_reported_errors()
                         "two different ones");
     expect_kernel_error(launch(k_mixed_collectives, dim3(1), dim3(32), 0, u), "mixed collectives",
                         "different warp operations");
+    expect_kernel_error(launch(k_named_barrier_open, dim3(1), dim3(128), 0, d), "bar.arrive never met",
+                        "named barrier 3 open (64 of its 128 threads arrived)");
     /* the emulator recovers: a good launch afterwards works */
     CHECK_CUDA(launch(k_indices, dim3(1), dim3(32), 0, u));
     fab_emu_set_error_mode(old);

@@ -75,6 +75,16 @@ __global__ void k_named_barrier(int *out)
     if (t == 0) out[64] = 1;
 }
 
+/* Unbalanced: warps 0-1 arrive at named barrier 3 (a phase of 128 threads) that no
+ * warp syncs at; the block ends with the phase open (an error). */
+__global__ void k_named_barrier_open(int *out)
+{
+    if (threadIdx.x < 64)
+        fab__bar_arrive(3, 128);
+    if (threadIdx.x == 0)
+        out[0] = 1;
+}
+
 /* Dynamic shared memory: a block reverses n floats through FAB_DYNAMIC_SMEM. */
 __global__ void k_dynamic_smem(const float *in, float *out, int n)
 {
