@@ -7,7 +7,8 @@
  * the 32/64/128-byte swizzles, K-major and MN-major -- with its own placement
  * function below (written from the ISA's description: a swizzle XORs the 16-byte
  * chunk index within a 128-byte line with the line's index modulo the swizzle
- * width), runs two k16 steps, and compares D with A*B (+ C) in double.
+ * width), runs two k16 steps, and compares D with A*B (+ C) in double. One case
+ * starts an MN-major B inside a swizzle row, as the Hopper attention backward does.
  *
  * Built twice: under the emulator (ctest label emu), and by nvcc for sm_90a when
  * CUDA is on (label gpu), where the same cases check the emulator's reading of the
@@ -130,9 +131,11 @@ static int g_seed = 1;
 
 template <int N, int TA, int TB, int F16, int RS>
 static Result run_case(int la, int lb, int accumulate_first, int read_early = 0, int skip_wait = 0,
-                       int misalign_b = 0, int half_group = 0, int no_fence = 0, int st_shared = 0)
+                       int misalign_b = 0, int half_group = 0, int no_fence = 0, int st_shared = 0, int b_col0 = 0)
 {
-    Image ia = make_image(la, TA != 0, 64), ib = make_image(lb, TB != 0, N);
+    /* b_col0 (an MN-major swizzled B only): B is columns b_col0.. of a wider image, the
+     * descriptor starting 2 b_col0 bytes into the swizzle row */
+    Image ia = make_image(la, TA != 0, 64), ib = make_image(lb, TB != 0, N + b_col0);
     EmuRng rng((unsigned long long)g_seed++);
     std::vector<double> A(128 * 32), B(32 * N), C(128 * N);
     std::vector<uint16_t> a_rows(128 * 32);
@@ -146,7 +149,7 @@ static Result run_case(int la, int lb, int accumulate_first, int read_early = 0,
     for (int k = 0; k < 32; ++k)
         for (int n = 0; n < N; ++n) {
             uint16_t bits = to_bits(rng.uniform(-2, 2), F16 != 0, &B[k * N + n]);
-            memcpy(&b_img[ib.at(n, k)], &bits, 2);
+            memcpy(&b_img[ib.at(b_col0 + n, k)], &bits, 2);
         }
     std::vector<float> cin(128 * N), dout(128 * N, NAN);
     for (int i = 0; i < 128 * N; ++i) cin[i] = (float)(C[i] = rng.uniform(-1, 1));
@@ -163,7 +166,7 @@ static Result run_case(int la, int lb, int accumulate_first, int read_early = 0,
     c.sbo_b = ib.sbo;
     for (int s = 0; s < 2; ++s) {
         c.a_step[s] = ia.step[s];
-        c.b_step[s] = ib.step[s] + (misalign_b ? 128u : 0u);
+        c.b_step[s] = ib.step[s] + (misalign_b ? 128u : 0u) + 2u * (unsigned)b_col0;
     }
     c.accumulate_first = accumulate_first;
     c.read_early = read_early;
@@ -302,6 +305,14 @@ int main()
     b_layouts<256, 1>();
     check_case<128, 0, 1, 0, 0>(SW128, SW128, 1);
     check_case<96, 1, 0, 0, 0>(SW64, SW32, 0);
+    /* B MN-major, 128-byte swizzle, N = 32 starting 64 bytes into the swizzle row: the
+     * Hopper attention backward's dQ at head dim 64 (each consumer warpgroup takes 32 of
+     * K's 64 columns). The swizzle XORs address bits, so the offset picks units 4..7. */
+    {
+        Result r = run_case<32, 1, 1, 0, 0>(SW128, SW128, 1, 0, 0, 0, 0, 0, 0, 32);
+        CHECK(r.launched && r.err <= kTol, "m64n32k16 bf16 ss, B MN-major 128B starting 64 bytes into the row: %s, "
+              "max rel err %.3g", r.launched ? "ran" : cudaGetErrorString(cudaGetLastError()), r.err);
+    }
 #ifdef FAB_EMULATE_CUDA
     check_misuse();
 #endif

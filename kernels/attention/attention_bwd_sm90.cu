@@ -31,7 +31,9 @@
  * per pair suffices. 162 KiB at D = 128, 97 KiB at 64.
  * At D = 64 each warpgroup's dQ is 32 of the 64 columns of K's one box: the second
  * warpgroup's B descriptor starts 64 bytes into the swizzle row (the swizzle XORs
- * address bits, so the offset selects units 4..7); a GPU run confirms this.
+ * address bits, so the offset selects units 4..7). That is no canonical layout
+ * (CUTLASS builds no such descriptor); emu_test_wgmma has the case, and its sm_90a
+ * build, gpu_test_wgmma, checks it on the hardware (not yet run).
  *
  * Thread mapping: consumer warpgroup c, warp w, lane 4g + t holds keys 64c + 16w + g
  * and + 8 of the tile; s[4j + 2i + b] of S^T / dP^T is (key g + 8i, query 8j + 2t + b),
@@ -249,6 +251,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 }
                 pa[j / 2][2 * (j % 2) + i] = M::pack(p[0], p[1]);
             }
+        fab__wgmma_fence_regs(pa);
         fab__wgmma_fence();
         issue_grad<T, D>(dv, pa, sdO); /* dV += P^T dO */
         fab__wgmma_wait<1>();          /* dP^T landed; dV may still run */
@@ -267,6 +270,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 const int key = 64 * cg + 16 * warp4 + g + 8 * i;
                 fab__st_shared(reinterpret_cast<uint32_t *>(cdS + key * 128 + ((j ^ g) << 4) + 4 * t), v);
             }
+        fab__wgmma_fence_regs(sa);
         fab__wgmma_fence();
         issue_grad<T, D>(dk, sa, sQ); /* dK += dS^T Q */
         fab__fence_proxy_async();     /* dS^T visible to wgmma, */
@@ -287,13 +291,19 @@ __global__ void __launch_bounds__(THREADS, 1)
         fab__wgmma_fence_regs(dq);
         fab__wgmma_fence_regs(dk);
         fab__wgmma_fence_regs(dv);
+        fab__wgmma_fence_regs(pa);
+        fab__wgmma_fence_regs(sa);
         __syncwarp();
         if (lane == 0)
             fab__mbarrier_arrive(&empty[s]);
 
         /* dQ partials into the accumulator: lanes t, t^1 swap halves so that each adds
-         * 4 adjacent columns of one row (even t row g, odd t row g + 8) */
-        const int odd = t & 1, row = i0 + 16 * warp4 + g + 8 * odd;
+         * 4 adjacent columns of one row (even t row g, odd t row g + 8); none from a warp
+         * whose 16 rows see none of the block's keys (their partials are 0) */
+        const int q16 = i0 + 16 * warp4;
+        if (!attn_any_allowed(a, q16, q16 + 15, j0, j0 + KB - 1, off))
+            continue;
+        const int odd = t & 1, row = q16 + g + 8 * odd;
         float *dst = dqacc + (b * a.lse_sb + h * a.lse_sh + q0 + row) * (int64_t)D + cg * (D / 2) + 2 * (t - odd);
 #pragma unroll
         for (int j = 0; j < D / 16; j++) {

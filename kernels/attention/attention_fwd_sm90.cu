@@ -18,7 +18,10 @@
  * the k dimension, head dims contiguous). The two products overlap the softmax
  * (FlashAttention-3's intra-warpgroup pipelining): tile j's S is issued, then tile
  * j-1's P V behind it; the softmax of tile j runs while P V is in flight, and O is
- * rescaled by tile j's max once P V has landed. Both warpgroups compute every tile
+ * rescaled by tile j's max once P V has landed. The two warpgroups take turns to
+ * issue their products (FlashAttention-3's ping-pong: named barriers, warpgroup 1
+ * first), so that one's softmax runs while the other's products keep the tensor
+ * cores busy. Both warpgroups compute every tile
  * of the block's key span (masked logits give P = 0): the control flow around
  * wgmma stays uniform, which ptxas needs to keep the products asynchronous.
  *
@@ -67,6 +70,9 @@ const int BM = 128, BN = 128, STAGES = 2, THREADS = 384, CONSUMER_WARPS = 8;
 /* setmaxnreg: the producer keeps 24 registers, the consumers take 240 (128 x (24 + 2 x
  * 240) = 384 x 168, the block's whole budget), room for O, S and P of a 128-key tile. */
 const int PRODUCER_REGS = 24, CONSUMER_REGS = 240;
+/* Named barriers SCHED_BAR + c: consumer warpgroup c waits at its own for its turn to
+ * issue a tile's products, and gives the other its turn after issuing. */
+const unsigned SCHED_BAR = 1;
 
 template <typename T, int D>
 struct sm90_fwd {
@@ -241,18 +247,24 @@ __global__ void __launch_bounds__(THREADS, 1)
     fab__mbarrier_wait(qfull, 0);
 
     if (ntiles > 0) { /* else no key: out 0, lse -inf */
+        if (cg == 1)
+            fab__bar_arrive(SCHED_BAR, 256); /* warpgroup 1 issues first */
         /* Tile 0: S and its softmax (O is still 0: no rescale). Every warpgroup computes
          * every tile of the block's span, masked rows and all, so that the control flow
          * around wgmma is uniform (ptxas serialises wgmma in divergent paths). */
         fab__mbarrier_wait(&full_k[0], 0);
+        fab__bar_sync(SCHED_BAR + cg, 256);
         fab__wgmma_fence();
         issue_s<T, D>(sc, sQ, sKV, cg);
+        if (ntiles > 1 || cg == 0)
+            fab__bar_arrive(SCHED_BAR + 1 - cg, 256);
         fab__wgmma_wait<0>();
         fab__wgmma_fence_regs(sc);
         softmax_tile(a, sc, mrow, lrow, alpha, k_scale, klo, khi, off, r_lo, w_first, w_last, t);
         if (lane == 0)
             fab__mbarrier_arrive(&empty_k[0]);
         pack_p<T>(sc, pa);
+        fab__wgmma_fence_regs(pa);
 
         /* Tiles 1..: S of this tile is issued, then the previous tile's O += P V behind
          * it; this tile's softmax runs while that P V is in flight, and O is rescaled
@@ -262,9 +274,12 @@ __global__ void __launch_bounds__(THREADS, 1)
             const int64_t kt = klo + (int64_t)it * BN;
             fab__mbarrier_wait(&full_k[s], (unsigned)((it / STAGES) & 1));
             fab__mbarrier_wait(&full_v[ps], (unsigned)(((it - 1) / STAGES) & 1));
+            fab__bar_sync(SCHED_BAR + cg, 256);
             fab__wgmma_fence();
             issue_s<T, D>(sc, sQ, sKV + s * 2 * C::KV_BYTES, cg);
             issue_pv<T, D>(o, pa, sKV + ps * 2 * C::KV_BYTES + C::KV_BYTES);
+            if (it + 1 < ntiles || cg == 0)
+                fab__bar_arrive(SCHED_BAR + 1 - cg, 256); /* the other warpgroup's turn */
             fab__wgmma_wait<1>(); /* S landed; P V may still run */
             fab__wgmma_fence_regs(sc);
             softmax_tile(a, sc, mrow, lrow, alpha, k_scale, kt, khi, off, r_lo, w_first, w_last, t);
@@ -272,10 +287,12 @@ __global__ void __launch_bounds__(THREADS, 1)
                 fab__mbarrier_arrive(&empty_k[s]); /* this warp is done with the K stage */
             fab__wgmma_wait<0>();
             fab__wgmma_fence_regs(o);
+            fab__wgmma_fence_regs(pa); /* the previous P V is done with them */
             if (lane == 0)
                 fab__mbarrier_arrive(&empty_v[ps]);
             rescale<D>(o, alpha);
             pack_p<T>(sc, pa);
+            fab__wgmma_fence_regs(pa);
         }
 
         /* the last tile's P V */

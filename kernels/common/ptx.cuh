@@ -757,6 +757,23 @@ static __device__ __forceinline__ void fab__wgmma_fence_regs(float (&r)[N])
 #endif
 }
 
+/* The same for A fragments in registers (rs wgmma): put it on them after they are
+ * written, before the wgmma.fence, and after the wait_group that retires their last
+ * wgmma, so that their packing stays before the issue and nothing reuses them early. */
+template <int M>
+static __device__ __forceinline__ void fab__wgmma_fence_regs(uint32_t (&r)[M][4])
+{
+#ifndef FAB_EMULATE_CUDA
+#pragma unroll
+    for (int i = 0; i < M; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            asm volatile("" : "+r"(r[i][j])::"memory");
+#else
+    (void)r;
+#endif
+}
+
 /* fab__setmaxnreg_dec<N>() / _inc<N>() (sm_90a): the warpgroup's per-thread register
  * count becomes N (a multiple of 8 in [24, 256]).  A warp-specialised kernel's
  * producer gives registers back (dec) and its consumers take them (inc; it waits
