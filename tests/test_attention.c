@@ -643,9 +643,8 @@ static void skip_on_cuda(fab_context *ctx, const char *why)
 /* Every case, and every backward twice, on the two paths of the backend:
  * CUDA: the fast path (the default context, deterministic = 0: dq by atomics)
  *       and the deterministic one (a second context), whose dk and dv must be
- *       bitwise equal where both run the sm80 dkdv kernel (FAB_ATTN_SM90=0; on
- *       sm_90 the fast path's is the Hopper one at head dims 64 and 128, whose
- *       products sum in another order);
+ *       bitwise equal (both paths run the same dkdv kernel: the sm80 one, or on
+ *       sm_90 at head dims 64 and 128 the Hopper one);
  * CPU:  the single-pass schedule (1 thread) and the two-pass one (16 threads,
  *       more than any case's batch x kv heads), which must agree bit for bit. */
 static void test_cases_dtype(fab_dtype dt)
@@ -684,13 +683,7 @@ static void test_cases_dtype(fab_dtype dt)
     }
     unsetenv("FAB_ATTN_FWD_WARP_ROWS");
     unsetenv("FAB_ATTN_BWD_KEYS");
-    const char *sm90 = getenv("FAB_ATTN_SM90");
-    const int same_dkdv = sm90 && !strcmp(sm90, "0");
-    if (cuda && !same_dkdv)
-        print_message("attention %s: dk differs in %lld elements, dv in %lld, between the fast path (the Hopper "
-                      "kernel where it runs) and the deterministic one\n",
-                      fab_dtype_name(dt), (long long)ndiff[1], (long long)ndiff[2]);
-    if (cuda && same_dkdv && ndiff[1] + ndiff[2] != 0) /* the same dkdv arithmetic on both paths */
+    if (cuda && ndiff[1] + ndiff[2] != 0) /* the same dkdv arithmetic on both paths */
         fail_msg("attention %s: dk differs in %lld elements, dv in %lld, between the fast and the deterministic "
                  "path (they must be bitwise equal)",
                  fab_dtype_name(dt), (long long)ndiff[1], (long long)ndiff[2]);
@@ -1431,6 +1424,7 @@ static void test_backward_variants(void **state)
         print_message("SKIP: the variants are the CUDA dkdv kernel's\n");
         skip();
     }
+    setenv("FAB_ATTN_SM90", "0", 1); /* the sm80 dkdv kernel's (test_sm90_backward: the Hopper one) */
     const int64_t sl = 150, d = 64;
     size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * 2 + 2 * 4 * (size_t)sl * 4, n1, n2;
     unsigned char *r1 = malloc(cap), *r2 = malloc(cap);
@@ -1447,8 +1441,7 @@ static void test_backward_variants(void **state)
     free(r1), free(r2);
     fab_context_destroy(ctx);
 #ifdef FAB_TEST_EMULATED
-    ctx = fab_test_context(); /* the fast path, the sm80 dkdv kernel's (test_sm90_backward: the Hopper one) */
-    setenv("FAB_ATTN_SM90", "0", 1);
+    ctx = fab_test_context(); /* the fast path */
     const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
     for (int64_t dd = 64; dd <= 128; dd += 64) {
         struct fab_emu_stats c64 = bwd_counts(ctx, "64", 1, 256, 256, dd, 0);
@@ -1490,10 +1483,10 @@ static void test_backward_variants(void **state)
                   (long long)sms, (long long)sms, full.blocks, (long long)(sms - 1), under.blocks);
     assert_int_equal(full.blocks, 5 * sms);
     assert_int_equal(under.blocks, 6 * (sms - 1));
-    unsetenv("FAB_ATTN_SM90");
     fab_emu_set_racecheck(racecheck);
     fab_context_destroy(ctx);
 #endif
+    unsetenv("FAB_ATTN_SM90");
 }
 
 /* The Hopper backward (attention_bwd_sm90.cu) is the fast path's dK/dV kernel on an
@@ -1502,7 +1495,9 @@ static void test_backward_variants(void **state)
  * consumer warp and (query head, 64-query tile) pair: D/16 each for S^T and dP^T, 4
  * each for dV and dK, 8 for dQ), and one 16-byte red per 4 dQ elements per key
  * block: 2 x 256 x d/4. Causal, the second key block's keys are seen by rows 128..
- * only: 4 + 2 pairs instead of 4 + 4. Its values are test_cases_*'s. */
+ * only: 4 + 2 pairs instead of 4 + 4. Deterministic mode runs it without dQ (the
+ * sm80 dq kernel has the mma): D/16 x 2 + 8 wgmma per pair, no atomics. Its values
+ * are test_cases_*'s. */
 static void test_sm90_backward(void **state)
 {
     (void)state;
@@ -1525,6 +1520,19 @@ static void test_sm90_backward(void **state)
             assert_int_equal(causal.wgmma, 8 * (4 + 2) * per_pair);
             assert_int_equal(c.float_atomics, 2 * 256 * d / 4);
             assert_int_equal(causal.float_atomics, (256 + 128) * d / 4);
+            fab_context_config cfg;
+            memset(&cfg, 0, sizeof cfg);
+            cfg.deterministic = 1;
+            fab_context *det = fab_test_context_with(&cfg);
+            struct fab_emu_stats dc = bwd_counts(det, NULL, 1, 256, 256, d, 0);
+            fab_context_destroy(det);
+            print_message("  deterministic: %llu blocks, %llu wgmma, %llu mma, %llu float atomics\n", dc.blocks,
+                          dc.wgmma, dc.mma, dc.float_atomics);
+            assert_int_equal(dc.launches, 3); /* D, dq, dkdv */
+            assert_int_equal(dc.blocks, 2 + 4 + 2);
+            assert_int_equal(dc.wgmma, 2 * 8 * 4 * (2 * (d / 16) + 4 + 4));
+            assert_true(dc.mma > 0);
+            assert_int_equal(dc.float_atomics, 0);
         }
         fab_emu_set_racecheck(racecheck);
         fab_context_destroy(ctx);

@@ -63,10 +63,10 @@ fab_status fab__attention_backward_sm80(fab_context *ctx, const fab__attn_args *
 /* attention_fwd_sm90.cu: the Hopper forward (TMA, wgmma), preferred on sm_90 where it applies. */
 bool fab__attention_forward_sm90_supports(const fab_context *ctx, const fab__attn_args *a);
 fab_status fab__attention_forward_sm90(fab_context *ctx, const fab__attn_args *a);
-/* attention_bwd_sm90.cu: the Hopper dK/dV kernel with dQ atomics, which the sm80
- * backward's fast path runs in place of its own dkdv kernel where it applies.
- * Returns a cudaError_t; *taken false (and nothing launched) when TMA rejects the
- * operands. */
+/* attention_bwd_sm90.cu: the Hopper dK/dV kernel (with dQ atomics into dqacc, or
+ * without where dqacc is NULL), which the sm80 backward runs in place of its own
+ * dkdv kernel where it applies. Returns a cudaError_t; *taken false (and nothing
+ * launched) when TMA rejects the operands. */
 bool fab__attention_bwd_sm90_supports(const fab_context *ctx, const fab__attn_args *a);
 int fab__attention_bwd_dkdv_sm90(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, float *dqacc,
                                  bool *taken);

@@ -10,9 +10,8 @@
  * visits and adds them with f32 atomics into a zeroed f32 accumulator in scratch;
  * a convert kernel rounds that to dq's dtype. The order of the atomic adds varies
  * from run to run, so dq's low bits may too (dk, dv never: they are the same
- * on both paths, except on sm_90, where the fast path's dkdv kernel at head dims
- * 64 and 128 is the Hopper one, attention_bwd_sm90.cu, with the same dot and
- * convert kernels around it).
+ * on both paths; on sm_90 both paths' dkdv kernel at head dims 64 and 128 is the
+ * Hopper one, attention_bwd_sm90.cu, with the same kernels around it).
  *   dot kernel, dkdv kernel with dQ atomics, convert kernel.
  *
  *  1. dot kernel:  D[row] = rowsum(dO * O) in f32, one thread per (row, head),
@@ -642,8 +641,8 @@ static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const
         err = launch_one(ctx, attention_bwd_dq_kernel<T, D>,
                          dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch), THREADS,
                          dq_smem, *a, Dbuf);
-    bool hopper = false; /* the fast path's dK/dV kernel on sm_90 (attention_bwd_sm90.cu) */
-    if (err == cudaSuccess && dqacc && (D == 64 || D == 128) && fab__attention_bwd_sm90_supports(ctx, a))
+    bool hopper = false; /* the dK/dV kernel on sm_90 (attention_bwd_sm90.cu) */
+    if (err == cudaSuccess && (D == 64 || D == 128) && fab__attention_bwd_sm90_supports(ctx, a))
         err = (cudaError_t)fab__attention_bwd_dkdv_sm90(ctx, a, Dbuf, dqacc, &hopper);
     if (err == cudaSuccess && !hopper) {
         if constexpr (D <= 128)

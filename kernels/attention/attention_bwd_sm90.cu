@@ -1,9 +1,11 @@
 /*
- * attention_bwd_sm90.cu: the backward's dK/dV kernel with dQ atomics for Hopper
- * (sm_90a), head dims 64 and 128, bf16/f16, fast path (not deterministic mode): the
- * sm80 dkdv kernel's algorithm and features (causal, windows, softcap, GQA, varlen)
- * with TMA loads and wgmma. The sm80 file's dot kernel (D = rowsum(dO O)), dq
- * accumulator and convert kernel run around it (attention_bwd_sm80.cu, launch_grads).
+ * attention_bwd_sm90.cu: the backward's dK/dV kernel for Hopper (sm_90a), head dims
+ * 64 and 128, bf16/f16: the sm80 dkdv kernel's algorithm and features (causal,
+ * windows, softcap, GQA, varlen) with TMA loads and wgmma, with dQ atomics (DQ, the
+ * fast path) or without (deterministic mode, whose dq kernel stays the sm80 one). The
+ * sm80 file's dot kernel (D = rowsum(dO O)) and, on the fast path, dq accumulator and
+ * convert kernel run around it (attention_bwd_sm80.cu, launch_grads). dK and dV are
+ * the same arithmetic on both paths, so bitwise equal between them.
  *
  * Idea: one block of 3 warpgroups per (128-key tile, kv head, sequence); the keys'
  * K and V stay resident and the (query head of the group, 64-query tile) pairs whose
@@ -18,7 +20,8 @@
  *   dK += dS^T Q                          rs, Q MN-major
  *   dQ[64 x D/2] = dS K over all 128 keys ss, dS^T read MN-major (a transposed A),
  *                                         K MN-major; each warpgroup its D/2 columns
- * then dQ goes to the f32 accumulator with 16-byte red.global.add. P^T's math runs
+ * then dQ goes to the f32 accumulator with 16-byte red.global.add (without DQ: no
+ * sdS, no dQ product, no barrier). P^T's math runs
  * while dP^T is in flight, dS^T's while dV's product is.
  * Both warpgroups walk every pair of the block (masked elements give P = 0): the
  * control flow around wgmma stays uniform, which ptxas needs to keep it asynchronous.
@@ -45,7 +48,7 @@
  * rounded once; dQ a sum of f32 partials per key tile, in a varying order.
  *
  * Requirements (fab__attention_bwd_sm90_supports): those of the Hopper forward for q,
- * k, v, and dout too; not deterministic mode. FAB_ATTN_SM90=0 turns it off.
+ * k, v, and dout too. FAB_ATTN_SM90=0 turns it off.
  */
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -113,7 +116,7 @@ static __device__ __forceinline__ void issue_grad(float (&acc)[D / 2], const uin
     fab__wgmma_commit();
 }
 
-template <typename T, int D>
+template <typename T, int D, bool DQ>
 __global__ void __launch_bounds__(THREADS, 1)
     attention_bwd_dkdv_sm90(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
                             const __grid_constant__ CUtensorMap map_v, const __grid_constant__ CUtensorMap map_do,
@@ -267,27 +270,30 @@ __global__ void __launch_bounds__(THREADS, 1)
                 const uint32_t v = M::pack(st[x] * (dpt[x] - fab__ld_shared(cD + q)),
                                            st[x + 1] * (dpt[x + 1] - fab__ld_shared(cD + q + 1)));
                 sa[j / 2][2 * (j % 2) + i] = v;
-                const int key = 64 * cg + 16 * warp4 + g + 8 * i;
-                fab__st_shared(reinterpret_cast<uint32_t *>(cdS + key * 128 + ((j ^ g) << 4) + 4 * t), v);
+                if constexpr (DQ) {
+                    const int key = 64 * cg + 16 * warp4 + g + 8 * i;
+                    fab__st_shared(reinterpret_cast<uint32_t *>(cdS + key * 128 + ((j ^ g) << 4) + 4 * t), v);
+                }
             }
         fab__wgmma_fence_regs(sa);
         fab__wgmma_fence();
         issue_grad<T, D>(dk, sa, sQ); /* dK += dS^T Q */
-        fab__fence_proxy_async();     /* dS^T visible to wgmma, */
-        fab__bar_sync(1, 256);        /* of both consumer warpgroups */
-
-        /* dQ [64 queries x D/2] = dS K over the block's 128 keys */
-        float dq[D / 4];
-        fab__wgmma_fence_regs(dq);
-        fab__wgmma_fence();
+        float dq[DQ ? D / 4 : 1];
+        if constexpr (DQ) {
+            fab__fence_proxy_async(); /* dS^T visible to wgmma, */
+            fab__bar_sync(1, 256);    /* of both consumer warpgroups */
+            /* dQ [64 queries x D/2] = dS K over the block's 128 keys */
+            fab__wgmma_fence_regs(dq);
+            fab__wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < KB / 16; kk++) {
-            const uint64_t da = fab__wgmma_desc(cdS + kk * 16 * 128, 64 * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
-            const uint64_t db = fab__wgmma_desc(sKdq + kk * 16 * 128, KB * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
-            wgmma_of<T>::template ss<D / 2, 1, 1>(dq, da, db, kk > 0);
+            for (int kk = 0; kk < KB / 16; kk++) {
+                const uint64_t da = fab__wgmma_desc(cdS + kk * 16 * 128, 64 * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
+                const uint64_t db = fab__wgmma_desc(sKdq + kk * 16 * 128, KB * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
+                wgmma_of<T>::template ss<D / 2, 1, 1>(dq, da, db, kk > 0);
+            }
+            fab__wgmma_commit();
         }
-        fab__wgmma_commit();
-        fab__wgmma_wait<0>(); /* dV, dK and dQ landed: the stage is free */
+        fab__wgmma_wait<0>(); /* dV, dK (and dQ) landed: the stage is free */
         fab__wgmma_fence_regs(dq);
         fab__wgmma_fence_regs(dk);
         fab__wgmma_fence_regs(dv);
@@ -297,6 +303,8 @@ __global__ void __launch_bounds__(THREADS, 1)
         if (lane == 0)
             fab__mbarrier_arrive(&empty[s]);
 
+        if constexpr (!DQ)
+            continue;
         /* dQ partials into the accumulator: lanes t, t^1 swap halves so that each adds
          * 4 adjacent columns of one row (even t row g, odd t row g + 8); none from a warp
          * whose 16 rows see none of the block's keys (their partials are 0) */
@@ -334,6 +342,25 @@ __global__ void __launch_bounds__(THREADS, 1)
     }
 }
 
+/* The kernel with dQ (dqacc set: the fast path) or without (deterministic mode) */
+template <typename T, int D, bool DQ>
+static cudaError_t start(fab_context *ctx, const fab__attn_args *a, const CUtensorMap (&maps)[4], const float *Dbuf,
+                         float *dqacc)
+{
+    const int smem = sm90_bwd<D>::SMEM;
+    cudaError_t err =
+        cudaFuncSetAttribute(attention_bwd_dkdv_sm90<T, D, DQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess)
+        return err;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)((a->sk + KB - 1) / KB), (unsigned)a->hkv, (unsigned)a->batch);
+    cfg.blockDim = dim3(THREADS);
+    cfg.dynamicSmemBytes = (size_t)smem;
+    cfg.stream = (cudaStream_t)ctx->stream;
+    return cudaLaunchKernelEx(&cfg, attention_bwd_dkdv_sm90<T, D, DQ>, maps[0], maps[1], maps[2], maps[3], *a, Dbuf,
+                              dqacc);
+}
+
 template <typename T, int D>
 static cudaError_t launch(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, float *dqacc, bool *taken)
 {
@@ -341,11 +368,11 @@ static cudaError_t launch(fab_context *ctx, const fab__attn_args *a, const float
     int64_t qrows, krows, nb;
     attn_extents(a, true, &qrows, &nb);
     attn_extents(a, false, &krows, &nb);
-    CUtensorMap mq, mk, mv, mdo;
-    *taken = attn_encode_view(&mq, a->q, bf16, D, qrows, a->hq, nb, QT) &&
-             attn_encode_view(&mdo, a->dout, bf16, D, qrows, a->hq, nb, QT) &&
-             attn_encode_view(&mk, a->k, bf16, D, krows, a->hkv, nb, KB) &&
-             attn_encode_view(&mv, a->v, bf16, D, krows, a->hkv, nb, KB);
+    CUtensorMap maps[4]; /* q, k, v, dout */
+    *taken = attn_encode_view(&maps[0], a->q, bf16, D, qrows, a->hq, nb, QT) &&
+             attn_encode_view(&maps[3], a->dout, bf16, D, qrows, a->hq, nb, QT) &&
+             attn_encode_view(&maps[1], a->k, bf16, D, krows, a->hkv, nb, KB) &&
+             attn_encode_view(&maps[2], a->v, bf16, D, krows, a->hkv, nb, KB);
     if (!*taken) {
         static bool warned;
         if (!warned) {
@@ -355,17 +382,7 @@ static cudaError_t launch(fab_context *ctx, const fab__attn_args *a, const float
         }
         return cudaSuccess;
     }
-    const int smem = sm90_bwd<D>::SMEM;
-    cudaError_t err =
-        cudaFuncSetAttribute(attention_bwd_dkdv_sm90<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess)
-        return err;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)((a->sk + KB - 1) / KB), (unsigned)a->hkv, (unsigned)a->batch);
-    cfg.blockDim = dim3(THREADS);
-    cfg.dynamicSmemBytes = (size_t)smem;
-    cfg.stream = (cudaStream_t)ctx->stream;
-    return cudaLaunchKernelEx(&cfg, attention_bwd_dkdv_sm90<T, D>, mq, mk, mv, mdo, *a, Dbuf, dqacc);
+    return dqacc ? start<T, D, true>(ctx, a, maps, Dbuf, dqacc) : start<T, D, false>(ctx, a, maps, Dbuf, dqacc);
 }
 
 } // namespace
@@ -374,7 +391,7 @@ FAB__SM90A_PROBE(fab__attention_bwd_sm90a_code, have_sm90a_code)
 
 extern "C" bool fab__attention_bwd_sm90_supports(const fab_context *ctx, const fab__attn_args *a)
 {
-    if (a->deterministic || !attn_sm90_shape_ok(ctx, a, QT, KB))
+    if (!attn_sm90_shape_ok(ctx, a, QT, KB))
         return false;
     int64_t qrows, nb;
     attn_extents(a, true, &qrows, &nb);
