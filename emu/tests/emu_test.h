@@ -33,6 +33,29 @@ static int g_emu_pass = 0, g_emu_fail = 0;
 
 #define CHECK_CUDA(call) CHECK((call) == cudaSuccess, "%s", cudaGetErrorName(cudaGetLastError()))
 
+/* The GPU build of a Hopper test (wgmma, setmaxnreg: sm_90a code, which only sm_90
+ * runs): 0 where this device is sm_90, else prints why and returns 77, ctest's skip.
+ * Under the emulator always 0. */
+static inline int emu_test_skip_unless_sm90(const char *what)
+{
+#ifndef FAB_EMULATE_CUDA
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+        printf("SKIP: no CUDA device\n");
+        return 77;
+    }
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    if (major != 9 || minor != 0) {
+        printf("SKIP: %s needs sm_90a (this GPU is sm_%d%d)\n", what, major, minor);
+        return 77;
+    }
+#else
+    (void)what;
+#endif
+    return 0;
+}
+
 static inline int emu_test_finish(void)
 {
     printf("%d passed, %d failed\n", g_emu_pass, g_emu_fail);

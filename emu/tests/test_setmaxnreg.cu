@@ -37,19 +37,8 @@ static cudaError_t run(int mode, int delay, bool check)
 
 int main()
 {
-#ifndef FAB_EMULATE_CUDA
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-        printf("SKIP: no CUDA device\n");
-        return 77;
-    }
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-    if (major != 9 || minor != 0) {
-        printf("SKIP: setmaxnreg needs sm_90a (this GPU is sm_%d%d)\n", major, minor);
-        return 77;
-    }
-#endif
+    if (int skip = emu_test_skip_unless_sm90("setmaxnreg"))
+        return skip;
     CHECK_CUDA(run(SMR_OK, 0, true));
     CHECK_CUDA(run(SMR_OK, 5000, true));
 #ifdef FAB_EMULATE_CUDA

@@ -282,19 +282,8 @@ static void check_misuse()
 
 int main()
 {
-#ifndef FAB_EMULATE_CUDA
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-        printf("SKIP: no CUDA device\n");
-        return 77;
-    }
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-    if (major != 9 || minor != 0) {
-        printf("SKIP: wgmma needs sm_90 (this GPU is sm_%d%d)\n", major, minor);
-        return 77;
-    }
-#endif
+    if (int skip = emu_test_skip_unless_sm90("wgmma"))
+        return skip;
     all_layouts_n64<0, 0>();
     all_layouts_n64<0, 1>();
     all_layouts_n64<1, 0>();

@@ -329,14 +329,8 @@ __global__ void __launch_bounds__(32 * NW) attention_bwd_dkdv_kernel(const fab__
         return;
     const int nk = s.sk - j0 < BN ? s.sk - j0 : BN;
     const int64_t off = s.sk - s.sq;
-    /* query rows that can see keys j0 .. j0+nk-1, in whole steps */
-    int64_t ilo = 0, ihi = s.sq;
-    if (a.right >= 0 && j0 - off - a.right > ilo)
-        ilo = j0 - off - a.right;
-    if (a.left >= 0 && j0 + nk - 1 - off + a.left + 1 < ihi)
-        ihi = j0 + nk - 1 - off + a.left + 1;
-    ilo = ilo / QT * QT;
-    const int nqt = ihi > ilo ? (int)((ihi - ilo + QT - 1) / QT) : 0;
+    int64_t ilo; /* query rows that can see keys j0 .. j0+nk-1, in whole steps */
+    const int nqt = attn_bwd_query_tiles(a, s.sq, off, j0, nk, QT, &ilo);
     const int group = (int)(a.hq / a.hkv);
     const int nit = nqt * group; /* (query head, query step) pairs, head-major */
 

@@ -77,45 +77,6 @@ struct sm90_bwd {
         1024 + 2 * KV_BYTES + STAGES * 2 * Q_BYTES + 2 * DS_BYTES + STAGES * 2 * QT * 4 + (1 + 2 * STAGES) * 8;
 };
 
-/* The pair `it` of a block: its query head and first row */
-static __device__ __forceinline__ void pair_of(int it, int nqt, int kvh, int group, int64_t ilo, int *h, int *i0)
-{
-    *h = kvh * group + it / nqt;
-    *i0 = (int)(ilo + (int64_t)(it % nqt) * QT);
-}
-
-/* acc = A B^T over the D head dims: rows of A (K or V, this warpgroup's 64 keys) by
- * rows of B (Q or dO of the stage, 64 queries), both K-major in 64-dim boxes. */
-template <typename T, int D>
-static __device__ __forceinline__ void issue_keys_by_rows(float (&acc)[QT / 2], const unsigned char *sA,
-                                                          const unsigned char *sB)
-{
-    fab__wgmma_fence_regs(acc);
-    fab__wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) {
-        const uint64_t da = fab__wgmma_desc(sA + (ks / 4) * KB * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
-        const uint64_t db = fab__wgmma_desc(sB + (ks / 4) * QT * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
-        wgmma_of<T>::template ss<QT, 0, 0>(acc, da, db, ks > 0); /* the first step overwrites */
-    }
-    fab__wgmma_commit();
-}
-
-/* acc[64 keys x D] += X^T B: X^T from registers (this warpgroup's P^T or dS^T as A
- * fragments of 16-query steps), B = dO or Q of the stage, MN-major over queries. */
-template <typename T, int D>
-static __device__ __forceinline__ void issue_grad(float (&acc)[D / 2], const uint32_t (&xa)[QT / 16][4],
-                                                  const unsigned char *sB)
-{
-    fab__wgmma_fence_regs(acc);
-#pragma unroll
-    for (int kk = 0; kk < QT / 16; kk++) {
-        const uint64_t db = fab__wgmma_desc(sB + kk * 16 * 128, QT * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
-        wgmma_of<T>::template rs<D, 1>(acc, xa[kk], db);
-    }
-    fab__wgmma_commit();
-}
-
 template <typename T, int D, bool DQ>
 __global__ void __launch_bounds__(THREADS, 1)
     attention_bwd_dkdv_sm90(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
@@ -140,14 +101,8 @@ __global__ void __launch_bounds__(THREADS, 1)
     if (j0 >= sk)
         return;
     const int nk = sk - j0 < KB ? sk - j0 : KB;
-    /* query rows that can see keys j0 .. j0 + nk - 1, in whole tiles */
-    int64_t ilo = 0, ihi = sq;
-    if (a.right >= 0 && j0 - off - a.right > ilo)
-        ilo = j0 - off - a.right;
-    if (a.left >= 0 && j0 + nk - 1 - off + a.left + 1 < ihi)
-        ihi = j0 + nk - 1 - off + a.left + 1;
-    ilo = ilo / QT * QT;
-    const int nqt = ihi > ilo ? (int)((ihi - ilo + QT - 1) / QT) : 0;
+    int64_t ilo; /* query rows that can see keys j0 .. j0 + nk - 1, in whole tiles */
+    const int nqt = attn_bwd_query_tiles(a, sq, off, j0, nk, QT, &ilo);
     const int group = (int)(a.hq / a.hkv), nit = nqt * group;
     const int tb = a.cu_q_dev ? 0 : b; /* the maps' batch coordinate */
 
@@ -164,32 +119,28 @@ __global__ void __launch_bounds__(THREADS, 1)
     if (threadIdx.x < 128) { /* producer */
         fab__setmaxnreg_dec<PRODUCER_REGS>();
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        if (threadIdx.x != 0 && warp != 1)
+            return;
         if (threadIdx.x == 0 && nit > 0) {
             fab__mbarrier_arrive_expect_tx(kvfull, 2 * C::KV_BYTES);
             for (int c = 0; c < D / 64; c++) {
                 attn_box(sK + c * KB * 128, &map_k, 64 * c, (int)(k0 + j0), kvh, tb, kvfull);
                 attn_box(sV + c * KB * 128, &map_v, 64 * c, (int)(k0 + j0), kvh, tb, kvfull);
             }
-            for (int it = 0; it < nit; it++) {
-                const int s = it % STAGES;
-                int h, i0;
-                pair_of(it, nqt, kvh, group, ilo, &h, &i0);
-                if (it >= STAGES)
-                    fab__mbarrier_wait(&empty[s], (unsigned)((it / STAGES - 1) & 1));
+        }
+        /* per pair: thread 0 loads Q and dO, warp 1 writes lse and D */
+        for (int it = 0; it < nit; it++) {
+            const int s = it % STAGES, h = kvh * group + it / nqt, i0 = (int)(ilo + (int64_t)(it % nqt) * QT);
+            if (it >= STAGES)
+                fab__mbarrier_wait(&empty[s], (unsigned)((it / STAGES - 1) & 1));
+            if (threadIdx.x == 0) {
                 unsigned char *sQ = sStage + s * 2 * C::Q_BYTES, *sdO = sQ + C::Q_BYTES;
                 fab__mbarrier_arrive_expect_tx(&full[s], 2 * C::Q_BYTES);
                 for (int c = 0; c < D / 64; c++) {
                     attn_box(sQ + c * QT * 128, &map_q, 64 * c, (int)(q0 + i0), h, tb, &full[s]);
                     attn_box(sdO + c * QT * 128, &map_do, 64 * c, (int)(q0 + i0), h, tb, &full[s]);
                 }
-            }
-        } else if (warp == 1) {
-            for (int it = 0; it < nit; it++) {
-                const int s = it % STAGES;
-                int h, i0;
-                pair_of(it, nqt, kvh, group, ilo, &h, &i0);
-                if (it >= STAGES)
-                    fab__mbarrier_wait(&empty[s], (unsigned)((it / STAGES - 1) & 1));
+            } else {
                 const int64_t base = b * a.lse_sb + h * a.lse_sh + q0;
                 for (int r = lane; r < QT; r += 32) {
                     const int row = i0 + r;
@@ -219,16 +170,15 @@ __global__ void __launch_bounds__(THREADS, 1)
 
     for (int it = 0; it < nit; it++) {
         const int s = it % STAGES;
-        int h, i0;
-        pair_of(it, nqt, kvh, group, ilo, &h, &i0);
+        const int h = kvh * group + it / nqt, i0 = (int)(ilo + (int64_t)(it % nqt) * QT); /* the pair */
         const unsigned char *sQ = sStage + s * 2 * C::Q_BYTES, *sdO = sQ + C::Q_BYTES;
         const float *cL = sL + s * QT, *cD = sD + s * QT;
         unsigned char *cdS = sdS + (it & 1) * C::DS_BYTES;
         fab__mbarrier_wait(&full[s], (unsigned)((it / STAGES) & 1));
 
         float st[QT / 2], dpt[QT / 2];
-        issue_keys_by_rows<T, D>(st, sKc, sQ);
-        issue_keys_by_rows<T, D>(dpt, sVc, sdO);
+        attn_issue_abt<T, QT, D>(st, sKc, KB * 128, sQ, QT * 128);   /* S^T = K Q^T */
+        attn_issue_abt<T, QT, D>(dpt, sVc, KB * 128, sdO, QT * 128); /* dP^T = V dO^T */
         fab__wgmma_wait<1>(); /* S^T landed */
         fab__wgmma_fence_regs(st);
 
@@ -256,7 +206,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             }
         fab__wgmma_fence_regs(pa);
         fab__wgmma_fence();
-        issue_grad<T, D>(dv, pa, sdO); /* dV += P^T dO */
+        attn_issue_xb<T, D, QT / 16>(dv, pa, sdO, QT * 128); /* dV += P^T dO */
         fab__wgmma_wait<1>();          /* dP^T landed; dV may still run */
         fab__wgmma_fence_regs(dpt);
 
@@ -277,7 +227,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             }
         fab__wgmma_fence_regs(sa);
         fab__wgmma_fence();
-        issue_grad<T, D>(dk, sa, sQ); /* dK += dS^T Q */
+        attn_issue_xb<T, D, QT / 16>(dk, sa, sQ, QT * 128); /* dK += dS^T Q */
         float dq[DQ ? D / 4 : 1];
         if constexpr (DQ) {
             fab__fence_proxy_async(); /* dS^T visible to wgmma, */

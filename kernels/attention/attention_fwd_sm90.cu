@@ -143,37 +143,6 @@ static __device__ __forceinline__ void pack_p(const float (&sc)[BN / 2], uint32_
 }
 
 template <typename T, int D>
-static __device__ __forceinline__ void issue_s(float (&sc)[BN / 2], const unsigned char *sQ, const unsigned char *sK,
-                                               int cg)
-{
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++)
-        sc[i] = 0.0f;
-    fab__wgmma_fence_regs(sc);
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) {
-        const uint64_t dq =
-            fab__wgmma_desc(sQ + (ks / 4) * BM * 128 + cg * 64 * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
-        const uint64_t dk = fab__wgmma_desc(sK + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
-        wgmma_of<T>::template ss<BN, 0, 0>(sc, dq, dk);
-    }
-    fab__wgmma_commit();
-}
-
-template <typename T, int D>
-static __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)[BN / 16][4],
-                                                const unsigned char *sV)
-{
-    fab__wgmma_fence_regs(o);
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) {
-        const uint64_t dv = fab__wgmma_desc(sV + kk * 16 * 128, BN * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
-        wgmma_of<T>::template rs<D, 1>(o, pa[kk], dv);
-    }
-    fab__wgmma_commit();
-}
-
-template <typename T, int D>
 __global__ void __launch_bounds__(THREADS, 1)
     attention_fwd_sm90(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
                        const __grid_constant__ CUtensorMap map_v, const fab__attn_args a)
@@ -254,8 +223,7 @@ __global__ void __launch_bounds__(THREADS, 1)
          * around wgmma is uniform (ptxas serialises wgmma in divergent paths). */
         fab__mbarrier_wait(&full_k[0], 0);
         fab__bar_sync(SCHED_BAR + cg, 256);
-        fab__wgmma_fence();
-        issue_s<T, D>(sc, sQ, sKV, cg);
+        attn_issue_abt<T, BN, D>(sc, sQ + cg * 64 * 128, BM * 128, sKV, BN * 128);
         if (ntiles > 1 || cg == 0)
             fab__bar_arrive(SCHED_BAR + 1 - cg, 256);
         fab__wgmma_wait<0>();
@@ -275,9 +243,8 @@ __global__ void __launch_bounds__(THREADS, 1)
             fab__mbarrier_wait(&full_k[s], (unsigned)((it / STAGES) & 1));
             fab__mbarrier_wait(&full_v[ps], (unsigned)(((it - 1) / STAGES) & 1));
             fab__bar_sync(SCHED_BAR + cg, 256);
-            fab__wgmma_fence();
-            issue_s<T, D>(sc, sQ, sKV + s * 2 * C::KV_BYTES, cg);
-            issue_pv<T, D>(o, pa, sKV + ps * 2 * C::KV_BYTES + C::KV_BYTES);
+            attn_issue_abt<T, BN, D>(sc, sQ + cg * 64 * 128, BM * 128, sKV + s * 2 * C::KV_BYTES, BN * 128);
+            attn_issue_xb<T, D, BN / 16>(o, pa, sKV + ps * 2 * C::KV_BYTES + C::KV_BYTES, BN * 128); /* O += P V */
             if (it + 1 < ntiles || cg == 0)
                 fab__bar_arrive(SCHED_BAR + 1 - cg, 256); /* the other warpgroup's turn */
             fab__wgmma_wait<1>(); /* S landed; P V may still run */
@@ -299,7 +266,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         const int ls = (ntiles - 1) % STAGES;
         fab__mbarrier_wait(&full_v[ls], (unsigned)(((ntiles - 1) / STAGES) & 1));
         fab__wgmma_fence();
-        issue_pv<T, D>(o, pa, sKV + ls * 2 * C::KV_BYTES + C::KV_BYTES);
+        attn_issue_xb<T, D, BN / 16>(o, pa, sKV + ls * 2 * C::KV_BYTES + C::KV_BYTES, BN * 128);
         fab__wgmma_wait<0>();
         fab__wgmma_fence_regs(o);
         if (lane == 0)

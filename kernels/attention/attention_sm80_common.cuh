@@ -63,6 +63,22 @@ static __device__ __forceinline__ attn_seq attn_seq_of(const fab__attn_args &a, 
     return s;
 }
 
+/* A dk/dv block's query rows: those of a sequence (sq rows, off = sk - sq) that can
+ * see keys [j0, j0 + nk), in tiles of qt rows from *ilo (a multiple of qt); returns
+ * the tile count. */
+static __device__ __forceinline__ int attn_bwd_query_tiles(const fab__attn_args &a, int64_t sq, int64_t off, int j0,
+                                                           int nk, int qt, int64_t *ilo)
+{
+    int64_t lo = 0, hi = sq;
+    if (a.right >= 0 && j0 - off - a.right > lo)
+        lo = j0 - off - a.right;
+    if (a.left >= 0 && j0 + nk - 1 - off + a.left + 1 < hi)
+        hi = j0 + nk - 1 - off + a.left + 1;
+    lo = lo / qt * qt;
+    *ilo = lo;
+    return hi > lo ? (int)((hi - lo + qt - 1) / qt) : 0;
+}
+
 /* A forward block's share of its sequence b (varlen: through cu_seqlens), for the
  * BM query rows from m0 of head h: the sequence's offsets and lengths, its rows
  * (nq), the kv head, and the keys [klo, khi) any of its rows may see, in tiles of

@@ -40,6 +40,41 @@ template <> struct wgmma_of<__half> {
     }
 };
 
+/* acc[64 x N] = A B^T over D head dims: A's 64 rows at sA and B's N rows at sB, both
+ * K-major in TMA boxes of 64 dims (a_box, b_box bytes apart), 128-byte swizzle. The
+ * first k-step overwrites acc (scale-d 0: no zeros, whose writes would make ptxas
+ * wait for the wgmma in flight). Fences, issues, commits one group. */
+template <typename T, int N, int D>
+static __device__ __forceinline__ void attn_issue_abt(float (&acc)[N / 2], const unsigned char *sA, int a_box,
+                                                      const unsigned char *sB, int b_box)
+{
+    fab__wgmma_fence_regs(acc);
+    fab__wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+        const uint64_t da = fab__wgmma_desc(sA + (ks / 4) * a_box + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
+        const uint64_t db = fab__wgmma_desc(sB + (ks / 4) * b_box + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
+        wgmma_of<T>::template ss<N, 0, 0>(acc, da, db, ks > 0);
+    }
+    fab__wgmma_commit();
+}
+
+/* acc[64 x N] += X B over K = 16 KSTEPS rows: X from registers (A fragments of each
+ * 16-row step), B MN-major (a row of N values per k, in TMA boxes of 64 values b_box
+ * bytes apart), 128-byte swizzle. Issues and commits one group; the caller fences. */
+template <typename T, int N, int KSTEPS>
+static __device__ __forceinline__ void attn_issue_xb(float (&acc)[N / 2], const uint32_t (&xa)[KSTEPS][4],
+                                                     const unsigned char *sB, int b_box)
+{
+    fab__wgmma_fence_regs(acc);
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk++) {
+        const uint64_t db = fab__wgmma_desc(sB + kk * 16 * 128, b_box, 1024, FAB_WGMMA_SWIZZLE_128B);
+        wgmma_of<T>::template rs<N, 1>(acc, xa[kk], db);
+    }
+    fab__wgmma_commit();
+}
+
 /* One box of 64 head-dim values x rows at (dim d0, row, head, batch). */
 static __device__ __forceinline__ void attn_box(void *dst, const CUtensorMap *map, int d0, int row, int head,
                                                 int batch, uint64_t *bar)
