@@ -14,8 +14,8 @@
  * Hopper one, attention_bwd_sm90.cu, with the same kernels around it).
  *   dot kernel, dkdv kernel with dQ atomics, convert kernel.
  *
- *  1. dot kernel:  D[row] = rowsum(dO * O) in f32, one thread per (row, head),
- *                  into stream-ordered scratch (cudaMallocAsync).
+ *  1. dot kernel:  D[row] = rowsum(dO * O) in f32, four threads per (row, head)
+ *                  with 16-byte loads, into stream-ordered scratch (cudaMallocAsync).
  *  2. dq kernel:   one block of 4 warps per (64-query tile, query head, sequence),
  *                  shaped like the forward: each warp owns 16 query rows; per
  *                  64-key tile S = Q K^T and dP = dO V^T by mma.m16n8k16 (K, V
@@ -159,19 +159,36 @@ static __device__ __forceinline__ void dkdv_p_ds(const fab__attn_args &a, bool i
 
 /* ------------------------------------------------------------------ 1. D */
 
+/* D[row] = rowsum(dO O) in f32. Thread mapping: DOT_TPR = 4 threads per (row, head),
+ * each taking every 4th 16-byte chunk of 8 columns (together 64 contiguous bytes of
+ * both rows per step), summed with two shuffles. The order is fixed, so D has the
+ * same bits on every run and on both paths. */
+const int DOT_TPR = 4, DOT_ROWS = THREADS / DOT_TPR;
+
 template <typename T>
 __global__ void __launch_bounds__(THREADS) attention_bwd_dot_kernel(const fab__attn_args a, float *Dbuf)
 {
-    const int b = blockIdx.z, h = blockIdx.y, row = blockIdx.x * THREADS + threadIdx.x;
+    const int b = blockIdx.z, h = blockIdx.y, part = threadIdx.x % DOT_TPR;
+    const int row = blockIdx.x * DOT_ROWS + threadIdx.x / DOT_TPR;
     attn_seq s = attn_seq_of(a, b);
-    if (row >= s.sq)
-        return;
-    const T *o = (const T *)a.out.data + b * a.out.sb + (s.q0 + row) * a.out.ss + h * a.out.sh;
-    const T *d = (const T *)a.dout.data + b * a.dout.sb + (s.q0 + row) * a.dout.ss + h * a.dout.sh;
     float acc = 0;
-    for (int c = 0; c < (int)a.d; c++)
-        acc += fab__to_f32(o[c]) * fab__to_f32(d[c]);
-    Dbuf[b * a.lse_sb + h * a.lse_sh + s.q0 + row] = acc;
+    if (row < s.sq) {
+        const T *o = (const T *)a.out.data + b * a.out.sb + (s.q0 + row) * a.out.ss + h * a.out.sh;
+        const T *d = (const T *)a.dout.data + b * a.dout.sb + (s.q0 + row) * a.dout.ss + h * a.dout.sh;
+        for (int c = 8 * part; c < (int)a.d; c += 8 * DOT_TPR) {
+            const uint4 xo = *reinterpret_cast<const uint4 *>(o + c), xd = *reinterpret_cast<const uint4 *>(d + c);
+            T vo[8], vd[8]; /* memcpy, not a cast: T may not alias uint4's words (the emulator's host */
+            memcpy(vo, &xo, 16); /* compiler drops such reads); nvcc makes it register moves */
+            memcpy(vd, &xd, 16);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                acc += fab__to_f32(vo[e]) * fab__to_f32(vd[e]);
+        }
+    }
+    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+    acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+    if (row < s.sq && part == 0)
+        Dbuf[b * a.lse_sb + h * a.lse_sh + s.q0 + row] = acc;
 }
 
 /* ----------------------------------------------------------------- 2. dq */
@@ -657,7 +674,7 @@ template <typename T>
 static cudaError_t launch_all(fab_context *ctx, const fab__attn_args *a, float *Dbuf, float *dqacc)
 {
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)((a->sq + THREADS - 1) / THREADS), (unsigned)a->hq, (unsigned)a->batch);
+    cfg.gridDim = dim3((unsigned)((a->sq + DOT_ROWS - 1) / DOT_ROWS), (unsigned)a->hq, (unsigned)a->batch);
     cfg.blockDim = dim3(THREADS);
     cfg.stream = (cudaStream_t)ctx->stream;
     cudaError_t err = a->sq > 0 ? cudaLaunchKernelEx(&cfg, attention_bwd_dot_kernel<T>, *a, Dbuf) : cudaSuccess;
