@@ -1495,9 +1495,10 @@ static void test_backward_variants(void **state)
  * consumer warp and (query head, 64-query tile) pair: D/16 each for S^T and dP^T, 4
  * each for dV and dK, 8 for dQ), and one 16-byte red per 4 dQ elements per key
  * block: 2 x 256 x d/4. Causal, the second key block's keys are seen by rows 128..
- * only: 4 + 2 pairs instead of 4 + 4. Deterministic mode runs it without dQ (the
- * sm80 dq kernel has the mma): D/16 x 2 + 8 wgmma per pair, no atomics. Its values
- * are test_cases_*'s. */
+ * only: 4 + 2 pairs instead of 4 + 4. Deterministic mode runs it without dQ
+ * (D/16 x 2 + 8 wgmma per pair, no atomics) after the Hopper dq kernel: 2 blocks of
+ * 128 query rows, per consumer warp and 64-key tile D/16 x 2 for S and dP and 4 for
+ * dS K; no mma anywhere. Their values are test_cases_*'s. */
 static void test_sm90_backward(void **state)
 {
     (void)state;
@@ -1529,9 +1530,9 @@ static void test_sm90_backward(void **state)
             print_message("  deterministic: %llu blocks, %llu wgmma, %llu mma, %llu float atomics\n", dc.blocks,
                           dc.wgmma, dc.mma, dc.float_atomics);
             assert_int_equal(dc.launches, 3); /* D, dq, dkdv */
-            assert_int_equal(dc.blocks, 256 / 32 + 4 + 2);
-            assert_int_equal(dc.wgmma, 2 * 8 * 4 * (2 * (d / 16) + 4 + 4));
-            assert_true(dc.mma > 0);
+            assert_int_equal(dc.blocks, 256 / 32 + 2 + 2);
+            assert_int_equal(dc.wgmma, 2 * 8 * 4 * (2 * (d / 16) + 4 + 4) + 2 * 8 * 4 * (2 * (d / 16) + 4));
+            assert_int_equal(dc.mma, 0);
             assert_int_equal(dc.float_atomics, 0);
         }
         fab_emu_set_racecheck(racecheck);

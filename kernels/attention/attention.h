@@ -70,6 +70,8 @@ fab_status fab__attention_forward_sm90(fab_context *ctx, const fab__attn_args *a
 bool fab__attention_bwd_sm90_supports(const fab_context *ctx, const fab__attn_args *a);
 int fab__attention_bwd_dkdv_sm90(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, float *dqacc,
                                  bool *taken);
+/* ... and deterministic mode's Hopper dq kernel, in place of the sm80 one. */
+int fab__attention_bwd_dq_sm90(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, bool *taken);
 
 #ifdef __cplusplus
 }

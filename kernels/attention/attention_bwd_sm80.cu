@@ -10,8 +10,8 @@
  * visits and adds them with f32 atomics into a zeroed f32 accumulator in scratch;
  * a convert kernel rounds that to dq's dtype. The order of the atomic adds varies
  * from run to run, so dq's low bits may too (dk, dv never: they are the same
- * on both paths; on sm_90 both paths' dkdv kernel at head dims 64 and 128 is the
- * Hopper one, attention_bwd_sm90.cu, with the same kernels around it).
+ * on both paths; on sm_90 at head dims 64 and 128 the dkdv and dq kernels are the
+ * Hopper ones, attention_bwd_sm90.cu, with the same kernels around them).
  *   dot kernel, dkdv kernel with dQ atomics, convert kernel.
  *
  *  1. dot kernel:  D[row] = rowsum(dO * O) in f32, four threads per (row, head)
@@ -648,12 +648,17 @@ static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const
     typedef bwd_cfg<D> C;
     const size_t dq_smem = (size_t)(2 * BM + 4 * C::BN_DQ) * (D + 8) * sizeof(T);
     cudaError_t err = cudaSuccess;
-    if (!dqacc && a->sq > 0) /* a grid of 0 blocks is an invalid launch */
+    /* on sm_90 at head dims 64 and 128, the Hopper dq and dK/dV kernels (attention_bwd_sm90.cu) */
+    const bool sm90 = (D == 64 || D == 128) && fab__attention_bwd_sm90_supports(ctx, a);
+    bool hopper = false;
+    if (!dqacc && a->sq > 0 && sm90)
+        err = (cudaError_t)fab__attention_bwd_dq_sm90(ctx, a, Dbuf, &hopper);
+    if (err == cudaSuccess && !dqacc && a->sq > 0 && !hopper) /* a grid of 0 blocks is an invalid launch */
         err = launch_one(ctx, attention_bwd_dq_kernel<T, D>,
                          dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch), THREADS,
                          dq_smem, *a, Dbuf);
-    bool hopper = false; /* the dK/dV kernel on sm_90 (attention_bwd_sm90.cu) */
-    if (err == cudaSuccess && (D == 64 || D == 128) && fab__attention_bwd_sm90_supports(ctx, a))
+    hopper = false;
+    if (err == cudaSuccess && sm90)
         err = (cudaError_t)fab__attention_bwd_dkdv_sm90(ctx, a, Dbuf, dqacc, &hopper);
     if (err == cudaSuccess && !hopper) {
         if constexpr (D <= 128)

@@ -1,11 +1,12 @@
 /*
- * attention_bwd_sm90.cu: the backward's dK/dV kernel for Hopper (sm_90a), head dims
- * 64 and 128, bf16/f16: the sm80 dkdv kernel's algorithm and features (causal,
- * windows, softcap, GQA, varlen) with TMA loads and wgmma, with dQ atomics (DQ, the
- * fast path) or without (deterministic mode, whose dq kernel stays the sm80 one). The
- * sm80 file's dot kernel (D = rowsum(dO O)) and, on the fast path, dq accumulator and
- * convert kernel run around it (attention_bwd_sm80.cu, launch_grads). dK and dV are
- * the same arithmetic on both paths, so bitwise equal between them.
+ * attention_bwd_sm90.cu: the backward's kernels for Hopper (sm_90a), head dims 64
+ * and 128, bf16/f16, with the sm80 kernels' algorithms and features (causal,
+ * windows, softcap, GQA, varlen) on TMA loads and wgmma: the dK/dV kernel, with dQ
+ * atomics (DQ, the fast path) or without (deterministic mode), and deterministic
+ * mode's dq kernel (below the dK/dV kernel). The sm80 file's dot kernel (D =
+ * rowsum(dO O)) and, on the fast path, dq accumulator and convert kernel run around
+ * them (attention_bwd_sm80.cu, launch_grads). dK and dV are the same arithmetic on
+ * both paths, so bitwise equal between them.
  *
  * Idea: one block of 3 warpgroups per (128-key tile, kv head, sequence); the keys'
  * K and V stay resident and the (query head of the group, 64-query tile) pairs whose
@@ -292,47 +293,227 @@ __global__ void __launch_bounds__(THREADS, 1)
     }
 }
 
-/* The kernel with dQ (dqacc set: the fast path) or without (deterministic mode) */
-template <typename T, int D, bool DQ>
-static cudaError_t start(fab_context *ctx, const fab__attn_args *a, const CUtensorMap (&maps)[4], const float *Dbuf,
-                         float *dqacc)
-{
-    const int smem = sm90_bwd<D>::SMEM;
-    cudaError_t err =
-        cudaFuncSetAttribute(attention_bwd_dkdv_sm90<T, D, DQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess)
-        return err;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)((a->sk + KB - 1) / KB), (unsigned)a->hkv, (unsigned)a->batch);
-    cfg.blockDim = dim3(THREADS);
-    cfg.dynamicSmemBytes = (size_t)smem;
-    cfg.stream = (cudaStream_t)ctx->stream;
-    return cudaLaunchKernelEx(&cfg, attention_bwd_dkdv_sm90<T, D, DQ>, maps[0], maps[1], maps[2], maps[3], *a, Dbuf,
-                              dqacc);
-}
+/* ---------------------------------------------------------- dq, deterministic */
+
+/* Idea: deterministic mode's dq kernel, the forward's shape: one block of 3
+ * warpgroups per (128-query tile, query head, sequence); the producer (setmaxnreg
+ * 24) TMA-loads Q and dO once and the 64-key tiles of K and V the rows may see into
+ * a 2-stage ring; consumer warpgroup c (setmaxnreg 240) owns rows 64c.. and per tile
+ * computes S = Q K^T and dP = dO V^T (wgmma.m64n64k16, ss, K-major), P and dS = P
+ * (dP - D) ds/dx in registers (P's math while dP is in flight), and dQ += dS K (rs:
+ * the S accumulator layout of 16 keys is the A layout; K MN-major over keys). Each dq
+ * element is one thread's f32 chain over the key tiles in order: the same bits every
+ * run. Both warpgroups compute every tile of the block's key span (masked elements
+ * give P = 0), so the control flow around wgmma is uniform.
+ * Thread mapping: as the forward: warp w of warpgroup c, lane 4g + t holds rows
+ * 64c + 16w + g and + 8; s[4j + 2i + b] (row g + 8i, key 8j + 2t + b); dq[4j + 2i + b]
+ * (row g + 8i, dim 8j + 2t + b).
+ * Numerics: the dkdv kernel's P and dS (dS rounded to the input type for dS K), f32
+ * accumulation, dq rounded once. */
+const int DQ_BM = 128, DQ_BN = 64;
+
+template <int D>
+struct sm90_dq {
+    static constexpr int Q_BYTES = DQ_BM * D * 2, KV_BYTES = DQ_BN * D * 2;
+    static constexpr int SMEM = 1024 + 2 * Q_BYTES + STAGES * 2 * KV_BYTES + (1 + 2 * STAGES) * 8;
+};
 
 template <typename T, int D>
-static cudaError_t launch(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, float *dqacc, bool *taken)
+__global__ void __launch_bounds__(THREADS, 1)
+    attention_bwd_dq_sm90(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
+                          const __grid_constant__ CUtensorMap map_v, const __grid_constant__ CUtensorMap map_do,
+                          const fab__attn_args a, const float *Dbuf)
+{
+    typedef sm90_dq<D> C;
+    typedef mma_of<T> M;
+    FAB_DYNAMIC_SMEM(unsigned char, raw);
+    unsigned char *sQ = raw + ((1024 - ((uintptr_t)raw & 1023)) & 1023);
+    unsigned char *sdO = sQ + C::Q_BYTES;
+    unsigned char *sKV = sdO + C::Q_BYTES; /* stage s: K at sKV + 2 s KV_BYTES, V after it */
+    uint64_t *qfull = reinterpret_cast<uint64_t *>(sKV + STAGES * 2 * C::KV_BYTES);
+    uint64_t *full = qfull + 1, *empty = full + STAGES;
+    const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * DQ_BM;
+
+    attn_fwd_span sp;
+    if (!attn_fwd_span_of(a, b, h, m0, DQ_BM, DQ_BN, &sp))
+        return;
+    const int64_t q0 = sp.q0, k0 = sp.k0, off = sp.off, klo = sp.klo, khi = sp.khi;
+    const int sq = sp.sq, kvh = sp.kvh, ntiles = sp.ntiles;
+    const int tb = a.cu_q_dev ? 0 : b;
+
+    if (threadIdx.x == 0) {
+        fab__mbarrier_init(qfull, 1);
+        for (int s = 0; s < STAGES; s++) {
+            fab__mbarrier_init(&full[s], 1);
+            fab__mbarrier_init(&empty[s], CONSUMER_WARPS);
+        }
+        fab__fence_mbarrier_init();
+    }
+    __syncthreads();
+
+    if (threadIdx.x < 128) { /* producer */
+        fab__setmaxnreg_dec<PRODUCER_REGS>();
+        if (threadIdx.x != 0)
+            return;
+        fab__mbarrier_arrive_expect_tx(qfull, 2 * C::Q_BYTES);
+        for (int c = 0; c < D / 64; c++) {
+            attn_box(sQ + c * DQ_BM * 128, &map_q, 64 * c, (int)(q0 + m0), h, tb, qfull);
+            attn_box(sdO + c * DQ_BM * 128, &map_do, 64 * c, (int)(q0 + m0), h, tb, qfull);
+        }
+        for (int it = 0; it < ntiles; it++) {
+            const int s = it % STAGES, kt = (int)(k0 + klo) + it * DQ_BN;
+            unsigned char *sK = sKV + s * 2 * C::KV_BYTES, *sV = sK + C::KV_BYTES;
+            if (it >= STAGES)
+                fab__mbarrier_wait(&empty[s], (unsigned)((it / STAGES - 1) & 1));
+            fab__mbarrier_arrive_expect_tx(&full[s], 2 * C::KV_BYTES);
+            for (int c = 0; c < D / 64; c++) {
+                attn_box(sK + c * DQ_BN * 128, &map_k, 64 * c, kt, kvh, tb, &full[s]);
+                attn_box(sV + c * DQ_BN * 128, &map_v, 64 * c, kt, kvh, tb, &full[s]);
+            }
+        }
+        return;
+    }
+
+    /* consumers */
+    fab__setmaxnreg_inc<CONSUMER_REGS>();
+    const int cg = threadIdx.x / 128 - 1, warp4 = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int r_lo = m0 + 64 * cg + 16 * warp4 + g; /* this lane's rows: r_lo, r_lo + 8 */
+    const int64_t w_first = m0 + 64 * cg + 16 * warp4, w_last = w_first + 15;
+    float lse2[2], Dr[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int row = r_lo + 8 * i;
+        const int64_t idx = b * a.lse_sb + h * a.lse_sh + q0 + row;
+        lse2[i] = row < sq ? a.lse[idx] * L2E : INFINITY; /* P = 0 on padding rows */
+        Dr[i] = row < sq ? Dbuf[idx] : 0.0f;
+    }
+    float dq[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++)
+        dq[i] = 0.0f;
+    const unsigned char *sQc = sQ + cg * 64 * 128, *sdOc = sdO + cg * 64 * 128; /* this warpgroup's rows */
+    if (ntiles > 0)
+        fab__mbarrier_wait(qfull, 0);
+    for (int it = 0; it < ntiles; it++) {
+        const int s = it % STAGES;
+        const int64_t kt = klo + (int64_t)it * DQ_BN;
+        const unsigned char *sK = sKV + s * 2 * C::KV_BYTES, *sV = sK + C::KV_BYTES;
+        fab__mbarrier_wait(&full[s], (unsigned)((it / STAGES) & 1));
+        float sc[DQ_BN / 2], dp[DQ_BN / 2];
+        attn_issue_abt<T, DQ_BN, D>(sc, sQc, DQ_BM * 128, sK, DQ_BN * 128);  /* S = Q K^T */
+        attn_issue_abt<T, DQ_BN, D>(dp, sdOc, DQ_BM * 128, sV, DQ_BN * 128); /* dP = dO V^T */
+        fab__wgmma_wait<1>();
+        fab__wgmma_fence_regs(sc);
+        /* P ds/dx into sc; the mask only where this warp's rows and the tile's keys are
+         * not all real and allowed */
+        const bool inside = w_last < sq && kt + DQ_BN <= khi &&
+                            attn_all_allowed(a, w_first, w_last, kt, kt + DQ_BN - 1, off);
+#pragma unroll
+        for (int j = 0; j < DQ_BN / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int64_t key = kt + 8 * j + 2 * t + (e & 1), row = r_lo + 8 * (e >> 1);
+                float dsx, l2 = attn_logit2(a, sc[4 * j + e], &dsx);
+                float p = fab__ex2_approx(l2 - lse2[e >> 1]);
+                if (!inside)
+                    p = key < khi && attn_allowed(a, row, key, off) ? p : 0.0f;
+                sc[4 * j + e] = p * dsx;
+            }
+        fab__wgmma_wait<0>();
+        fab__wgmma_fence_regs(dp);
+        /* dS, rounded, as A fragments of the 16-key steps of dQ += dS K */
+        uint32_t da[DQ_BN / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < DQ_BN / 16; kk++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int x = 8 * kk + 2 * r, i = r & 1;
+                da[kk][r] = M::pack(sc[x] * (dp[x] - Dr[i]), sc[x + 1] * (dp[x + 1] - Dr[i]));
+            }
+        fab__wgmma_fence_regs(da);
+        fab__wgmma_fence();
+        attn_issue_xb<T, D, DQ_BN / 16>(dq, da, sK, DQ_BN * 128); /* dQ += dS K */
+        fab__wgmma_wait<0>();
+        fab__wgmma_fence_regs(dq);
+        fab__wgmma_fence_regs(da);
+        __syncwarp();
+        if (lane == 0)
+            fab__mbarrier_arrive(&empty[s]);
+    }
+
+    T *dQ = (T *)a.dq.data + b * a.dq.sb + q0 * a.dq.ss + h * a.dq.sh;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int row = r_lo + 8 * i;
+        if (row >= sq)
+            continue;
+        T *dst = dQ + (int64_t)row * a.dq.ss;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++)
+            *reinterpret_cast<uint32_t *>(dst + 8 * j + 2 * t) = M::pack(dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
+    }
+}
+
+/* The maps of q, k, v and dout (in that order), boxes of q_box query rows and k_box
+ * keys; false, with a warning the first time, where the driver rejects one. */
+static bool encode_maps(const fab__attn_args *a, int q_box, int k_box, CUtensorMap (&maps)[4])
 {
     const bool bf16 = a->dtype == FAB_DTYPE_BF16;
     int64_t qrows, krows, nb;
     attn_extents(a, true, &qrows, &nb);
     attn_extents(a, false, &krows, &nb);
-    CUtensorMap maps[4]; /* q, k, v, dout */
-    *taken = attn_encode_view(&maps[0], a->q, bf16, D, qrows, a->hq, nb, QT) &&
-             attn_encode_view(&maps[3], a->dout, bf16, D, qrows, a->hq, nb, QT) &&
-             attn_encode_view(&maps[1], a->k, bf16, D, krows, a->hkv, nb, KB) &&
-             attn_encode_view(&maps[2], a->v, bf16, D, krows, a->hkv, nb, KB);
-    if (!*taken) {
-        static bool warned;
-        if (!warned) {
-            warned = true;
-            fprintf(stderr, "fabriek: cuTensorMapEncodeTiled rejected attention's q/k/v/dout; the sm80 backward "
-                            "runs it\n");
-        }
-        return cudaSuccess;
+    if (attn_encode_view(&maps[0], a->q, bf16, a->d, qrows, a->hq, nb, q_box) &&
+        attn_encode_view(&maps[1], a->k, bf16, a->d, krows, a->hkv, nb, k_box) &&
+        attn_encode_view(&maps[2], a->v, bf16, a->d, krows, a->hkv, nb, k_box) &&
+        attn_encode_view(&maps[3], a->dout, bf16, a->d, qrows, a->hq, nb, q_box))
+        return true;
+    static bool warned;
+    if (!warned) {
+        warned = true;
+        fprintf(stderr, "fabriek: cuTensorMapEncodeTiled rejected attention's q/k/v/dout; the sm80 backward runs it\n");
     }
-    return dqacc ? start<T, D, true>(ctx, a, maps, Dbuf, dqacc) : start<T, D, false>(ctx, a, maps, Dbuf, dqacc);
+    return false;
+}
+
+template <typename K, typename... Args>
+static cudaError_t start(fab_context *ctx, K kernel, int smem, dim3 grid, const Args &...args)
+{
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess)
+        return err;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(THREADS);
+    cfg.dynamicSmemBytes = (size_t)smem;
+    cfg.stream = (cudaStream_t)ctx->stream;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+/* The dkdv kernel with dQ (dqacc set: the fast path) or without (deterministic mode) */
+template <typename T, int D>
+static cudaError_t launch_dkdv(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, float *dqacc,
+                               bool *taken)
+{
+    CUtensorMap m[4];
+    if (!(*taken = encode_maps(a, QT, KB, m)))
+        return cudaSuccess;
+    const dim3 grid((unsigned)((a->sk + KB - 1) / KB), (unsigned)a->hkv, (unsigned)a->batch);
+    if (dqacc)
+        return start(ctx, attention_bwd_dkdv_sm90<T, D, true>, sm90_bwd<D>::SMEM, grid, m[0], m[1], m[2], m[3], *a,
+                     Dbuf, dqacc);
+    return start(ctx, attention_bwd_dkdv_sm90<T, D, false>, sm90_bwd<D>::SMEM, grid, m[0], m[1], m[2], m[3], *a, Dbuf,
+                 dqacc);
+}
+
+template <typename T, int D>
+static cudaError_t launch_dq(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, bool *taken)
+{
+    CUtensorMap m[4];
+    if (!(*taken = encode_maps(a, DQ_BM, DQ_BN, m)))
+        return cudaSuccess;
+    const dim3 grid((unsigned)((a->sq + DQ_BM - 1) / DQ_BM), (unsigned)a->hq, (unsigned)a->batch);
+    return start(ctx, attention_bwd_dq_sm90<T, D>, sm90_dq<D>::SMEM, grid, m[0], m[1], m[2], m[3], *a, Dbuf);
 }
 
 } // namespace
@@ -341,7 +522,7 @@ FAB__SM90A_PROBE(fab__attention_bwd_sm90a_code, have_sm90a_code)
 
 extern "C" bool fab__attention_bwd_sm90_supports(const fab_context *ctx, const fab__attn_args *a)
 {
-    if (!attn_sm90_shape_ok(ctx, a, QT, KB))
+    if (!attn_sm90_shape_ok(ctx, a, DQ_BM > QT ? DQ_BM : QT, KB))
         return false;
     int64_t qrows, nb;
     attn_extents(a, true, &qrows, &nb);
@@ -351,12 +532,17 @@ extern "C" bool fab__attention_bwd_sm90_supports(const fab_context *ctx, const f
 extern "C" int fab__attention_bwd_dkdv_sm90(fab_context *ctx, const fab__attn_args *a, const float *Dbuf,
                                             float *dqacc, bool *taken)
 {
-    cudaError_t err;
     if (a->dtype == FAB_DTYPE_BF16)
-        err = a->d == 64 ? launch<__nv_bfloat16, 64>(ctx, a, Dbuf, dqacc, taken)
-                         : launch<__nv_bfloat16, 128>(ctx, a, Dbuf, dqacc, taken);
-    else
-        err = a->d == 64 ? launch<__half, 64>(ctx, a, Dbuf, dqacc, taken)
-                         : launch<__half, 128>(ctx, a, Dbuf, dqacc, taken);
-    return (int)err;
+        return a->d == 64 ? launch_dkdv<__nv_bfloat16, 64>(ctx, a, Dbuf, dqacc, taken)
+                          : launch_dkdv<__nv_bfloat16, 128>(ctx, a, Dbuf, dqacc, taken);
+    return a->d == 64 ? launch_dkdv<__half, 64>(ctx, a, Dbuf, dqacc, taken)
+                      : launch_dkdv<__half, 128>(ctx, a, Dbuf, dqacc, taken);
+}
+
+extern "C" int fab__attention_bwd_dq_sm90(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, bool *taken)
+{
+    if (a->dtype == FAB_DTYPE_BF16)
+        return a->d == 64 ? launch_dq<__nv_bfloat16, 64>(ctx, a, Dbuf, taken)
+                          : launch_dq<__nv_bfloat16, 128>(ctx, a, Dbuf, taken);
+    return a->d == 64 ? launch_dq<__half, 64>(ctx, a, Dbuf, taken) : launch_dq<__half, 128>(ctx, a, Dbuf, taken);
 }
