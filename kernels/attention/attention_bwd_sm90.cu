@@ -309,7 +309,9 @@ __global__ void __launch_bounds__(THREADS, 1)
  * 64c + 16w + g and + 8; s[4j + 2i + b] (row g + 8i, key 8j + 2t + b); dq[4j + 2i + b]
  * (row g + 8i, dim 8j + 2t + b).
  * Numerics: the dkdv kernel's P and dS (dS rounded to the input type for dS K), f32
- * accumulation, dq rounded once. */
+ * accumulation, dq rounded once. As in the forward, the last tile's K and V rows
+ * past khi are loaded whole (the sm80 kernel zero-fills them): their P is 0, but a
+ * NaN or Inf there (the next sequence's, in varlen) would reach dq as 0 x NaN. */
 const int DQ_BM = 128, DQ_BN = 64;
 
 template <int D>
@@ -393,8 +395,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     for (int i = 0; i < D / 2; i++)
         dq[i] = 0.0f;
     const unsigned char *sQc = sQ + cg * 64 * 128, *sdOc = sdO + cg * 64 * 128; /* this warpgroup's rows */
-    if (ntiles > 0)
-        fab__mbarrier_wait(qfull, 0);
+    fab__mbarrier_wait(qfull, 0); /* always: no thread may exit with the copy in flight */
     for (int it = 0; it < ntiles; it++) {
         const int s = it % STAGES;
         const int64_t kt = klo + (int64_t)it * DQ_BN;

@@ -258,6 +258,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             if (lane == 0)
                 fab__mbarrier_arrive(&empty_v[ps]);
             rescale<D>(o, alpha);
+            fab__wgmma_fence_regs(o); /* the products stay before the next wgmma.fence */
             pack_p<T>(sc, pa);
             fab__wgmma_fence_regs(pa);
         }
