@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     typedef sm90_bwd<D> C;
     typedef mma_of<T> M;
     FAB_DYNAMIC_SMEM(unsigned char, raw);
-    unsigned char *sK = raw + ((1024 - ((uintptr_t)raw & 1023)) & 1023);
+    unsigned char *sK = attn_align_1024(raw);
     unsigned char *sV = sK + C::KV_BYTES;
     unsigned char *sStage = sV + C::KV_BYTES; /* stage s: Q at sStage + 2 s Q_BYTES, dO after it */
     unsigned char *sdS = sStage + STAGES * 2 * C::Q_BYTES;
@@ -329,7 +329,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     typedef sm90_dq<D> C;
     typedef mma_of<T> M;
     FAB_DYNAMIC_SMEM(unsigned char, raw);
-    unsigned char *sQ = raw + ((1024 - ((uintptr_t)raw & 1023)) & 1023);
+    unsigned char *sQ = attn_align_1024(raw);
     unsigned char *sdO = sQ + C::Q_BYTES;
     unsigned char *sKV = sdO + C::Q_BYTES; /* stage s: K at sKV + 2 s KV_BYTES, V after it */
     uint64_t *qfull = reinterpret_cast<uint64_t *>(sKV + STAGES * 2 * C::KV_BYTES);

@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     typedef sm90_fwd<T, D> C;
     typedef mma_of<T> M;
     FAB_DYNAMIC_SMEM(unsigned char, raw);
-    unsigned char *sQ = raw + ((1024 - ((uintptr_t)raw & 1023)) & 1023);
+    unsigned char *sQ = attn_align_1024(raw);
     unsigned char *sKV = sQ + C::Q_BYTES; /* stage s: K at sKV + 2 s KV_BYTES, V after it */
     uint64_t *qfull = reinterpret_cast<uint64_t *>(sKV + STAGES * 2 * C::KV_BYTES);
     uint64_t *full_k = qfull + 1, *full_v = full_k + STAGES, *empty_k = full_v + STAGES, *empty_v = empty_k + STAGES;

@@ -75,6 +75,13 @@ static __device__ __forceinline__ void attn_issue_xb(float (&acc)[N / 2], const 
     fab__wgmma_commit();
 }
 
+/* The first 1024-byte boundary at or after p: where a 128-byte-swizzled TMA box or
+ * wgmma operand must start (the kernels' SMEM sizes include the 1024 bytes). */
+static __device__ __forceinline__ unsigned char *attn_align_1024(unsigned char *p)
+{
+    return p + ((1024 - ((uintptr_t)p & 1023)) & 1023);
+}
+
 /* One box of 64 head-dim values x rows at (dim d0, row, head, batch). */
 static __device__ __forceinline__ void attn_box(void *dst, const CUtensorMap *map, int d0, int row, int head,
                                                 int batch, uint64_t *bar)
