@@ -382,7 +382,7 @@ int bench_suite_attention(bench *b)
 #endif
     /* GPU, head dim <= 128: the forward also with 16 query rows per warp (these
      * grids fill the GPU, so left to itself it takes 32), unless the caller chose
-     * a variant through FAB_ATTN_FWD_WARP_ROWS */
+     * a variant through FAB_ATTN_FWD_WARP_ROWS or FAB_ATTN_SM90 (the A/Bs set and clear it) */
     const int fwd_ab_allowed = gpu && !getenv("FAB_ATTN_FWD_WARP_ROWS") && !getenv("FAB_ATTN_SM90");
     /* the same for the dk/dv kernel's keys (both A/Bs set FAB_ATTN_SM90 and clear it after) */
     const int bwd_ab_allowed = gpu && !getenv("FAB_ATTN_BWD_KEYS") && !getenv("FAB_ATTN_SM90");

@@ -1608,25 +1608,39 @@ static void test_bank_conflicts(void **state)
     skip();
 }
 
+/* The variables the tests set to pick CUDA kernels (a failed assertion leaves a test
+ * before it clears them) */
+static int clear_kernel_env(void **state)
+{
+    (void)state;
+    unsetenv("FAB_ATTN_SM90");
+    unsetenv("FAB_ATTN_BWD_KEYS");
+    unsetenv("FAB_ATTN_FWD_WARP_ROWS");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     fab_test_init(argc, argv);
+    /* every test ends with the kernel-choice variables cleared, also when it fails midway */
+#define T(f) cmocka_unit_test_teardown(f, clear_kernel_env)
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reference_gradient),
-        cmocka_unit_test(test_cases_bf16),
-        cmocka_unit_test(test_cases_f16),
-        cmocka_unit_test(test_cases_sm80),
-        cmocka_unit_test(test_sm90_forward),
-        cmocka_unit_test(test_sm90_backward),
-        cmocka_unit_test(test_cases_f32),
-        cmocka_unit_test(test_long),
-        cmocka_unit_test(test_deterministic),
-        cmocka_unit_test(test_fast_path),
-        cmocka_unit_test(test_forward_variants),
-        cmocka_unit_test(test_backward_variants),
-        cmocka_unit_test(test_bank_conflicts),
-        cmocka_unit_test(test_bad_arguments),
-        cmocka_unit_test(test_backend_coverage),
+        T(test_reference_gradient),
+        T(test_cases_bf16),
+        T(test_cases_f16),
+        T(test_cases_sm80),
+        T(test_sm90_forward),
+        T(test_sm90_backward),
+        T(test_cases_f32),
+        T(test_long),
+        T(test_deterministic),
+        T(test_fast_path),
+        T(test_forward_variants),
+        T(test_backward_variants),
+        T(test_bank_conflicts),
+        T(test_bad_arguments),
+        T(test_backend_coverage),
     };
+#undef T
     return fab_test_run(tests);
 }

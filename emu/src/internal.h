@@ -246,11 +246,13 @@ void bank_flush_warp(const Block &b, unsigned w);
 /* ---- wgmma.cpp ---- */
 /* A thread ends: its warp must have retired all its wgmma (kernel_error otherwise). */
 void wgmma_thread_exit(Block &b, Thread &t);
+/* ---- setmaxnreg.cpp ---- */
+/* A thread ends: the 4 warps of each warpgroup ran the same setmaxnreg sequence. */
 void setmaxnreg_thread_exit(Block &b);
+/* ---- tma.cpp ---- */
 /* Counts a failed wait for an mbarrier phase or for registers: true once the block's
  * threads failed 2^20 waits while no mbarrier or register count moved (deadlock). */
 bool wait_deadlocked(Block &b);
-/* ---- tma.cpp ---- */
 /* The block's last thread ends: no TMA load may still be in flight. */
 void tma_thread_exit(Block &b);
 

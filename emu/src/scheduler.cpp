@@ -870,9 +870,11 @@ static void run_block(Launch &L, unsigned long long linear)
         }
     }
     /* A named barrier's phase still open when the block ends: bar.arrive without the
-     * bar.sync it was for, or one too many (an unbalanced producer/consumer hand-off,
-     * which would let a later phase pass early). __syncthreads phases cannot be open
-     * here: exited threads complete them. */
+     * bar.sync it was for, or one too many. Stricter than the GPU, which drops such
+     * arrivals at exit; but hand-offs that do not balance are a bug waiting for the
+     * next loop around them (an extra arrival lets a later phase pass early), so the
+     * emulator wants them balanced. __syncthreads phases cannot be open here: exited
+     * threads complete them. */
     for (int id = 0; id < 16 && !failed; ++id) {
         const Barrier &B = b.bars[id];
         if (!B.active) continue;

@@ -20,8 +20,6 @@
  * count; the warp belongs to a whole warpgroup; and, when the block ends, the 4
  * warps of each warpgroup executed the same sequence of setmaxnreg.
  */
-#include <string.h>
-
 #include "internal.h"
 
 namespace fab_emu {

@@ -40,7 +40,7 @@ int main()
     if (int skip = emu_test_skip_unless_sm90("setmaxnreg"))
         return skip;
     CHECK_CUDA(run(SMR_OK, 0, true));
-    CHECK_CUDA(run(SMR_OK, 5000, true));
+    CHECK_CUDA(run(SMR_OK, 50, true));
 #ifdef FAB_EMULATE_CUDA
     int old = fab_emu_set_error_mode(1);
     struct {

@@ -4,8 +4,8 @@
  * offsets, overlaps, memory), resolves the defaults, folds the mask into one
  * window, and hands a fab__attn_args to the context's backend: attention_cpu.c,
  * or the sm80 kernels (attention_fwd_sm80.cu, attention_bwd_sm80.cu) on CUDA; on
- * sm_90 the Hopper forward (attention_fwd_sm90.cu) and, inside the sm80 backward's
- * fast path, the Hopper dK/dV kernel (attention_bwd_sm90.cu) where they apply.
+ * sm_90 the Hopper forward (attention_fwd_sm90.cu) and, inside the sm80 backward,
+ * the Hopper dK/dV and dq kernels (attention_bwd_sm90.cu) where they apply.
  * Nothing is written before every check has passed.
  */
 #include "attention.h"

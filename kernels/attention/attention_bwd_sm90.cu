@@ -32,7 +32,7 @@
  * dO [D/64][64 rows], lse and D [64]; sdS two buffers of [128 keys][64 queries]
  * (a key's 64 queries are one 128-byte row, stored with the same swizzle: 16-byte
  * unit u of row r at unit u ^ (r % 8)), double-buffered so that one named barrier
- * per pair suffices. 162 KiB at D = 128, 97 KiB at 64.
+ * per pair suffices. 163 KiB at D = 128, 99 KiB at 64 (with the 1 KiB for alignment).
  * At D = 64 each warpgroup's dQ is 32 of the 64 columns of K's one box: the second
  * warpgroup's B descriptor starts 64 bytes into the swizzle row (the swizzle XORs
  * address bits, so the offset selects units 4..7). That is no canonical layout
@@ -245,7 +245,8 @@ __global__ void __launch_bounds__(THREADS, 1)
             fab__wgmma_commit();
         }
         fab__wgmma_wait<0>(); /* dV, dK (and dQ) landed: the stage is free */
-        fab__wgmma_fence_regs(dq);
+        if constexpr (DQ)
+            fab__wgmma_fence_regs(dq);
         fab__wgmma_fence_regs(dk);
         fab__wgmma_fence_regs(dv);
         fab__wgmma_fence_regs(pa);

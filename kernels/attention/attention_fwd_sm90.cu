@@ -27,7 +27,7 @@
  *
  * Layouts in shared memory, each a set of TMA boxes of 64 head-dim values (128
  * bytes) x rows: Q [D/64][128 rows], K and V [D/64][128 keys]; 1024-byte aligned
- * (160 KiB at D = 128).
+ * (161 KiB at D = 128, with the 1 KiB for alignment).
  * The tensor maps are (head dim, sequence, head, batch) with the caller's
  * strides; a varlen batch is one sequence of all rows, so a block's rows start at
  * its sequence's offset, and rows past a sequence belong to the next: masked as
@@ -217,7 +217,7 @@ __global__ void __launch_bounds__(THREADS, 1)
 
     if (ntiles > 0) { /* else no key: out 0, lse -inf */
         if (cg == 1)
-            fab__bar_arrive(SCHED_BAR, 256); /* warpgroup 1 issues first */
+            fab__bar_arrive(SCHED_BAR, 256); /* the second warpgroup lets the first (cg 0) go first */
         /* Tile 0: S and its softmax (O is still 0: no rescale). Every warpgroup computes
          * every tile of the block's span, masked rows and all, so that the control flow
          * around wgmma is uniform (ptxas serialises wgmma in divergent paths). */

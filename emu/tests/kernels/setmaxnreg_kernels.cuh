@@ -5,7 +5,8 @@
  * k_setmaxnreg: 3 warpgroups, as a warp-specialised kernel: warpgroup 0 (the
  * producer) gives registers back, 1 and 2 (the consumers) take them, then every
  * thread writes out[i] = 3 i + 1, which the host checks.  The producer may first
- * spin `delay` rounds, so the consumers' .inc must wait for its .dec.  The other
+ * sleep `delay` times (each a yield under the emulator), so the consumers' .inc
+ * must wait for its .dec.  The other
  * modes (emulator only) are misuses the emulator must report.
  */
 #ifndef FAB_EMU_TEST_SETMAXNREG_KERNELS_CUH
@@ -26,8 +27,8 @@ __global__ void __launch_bounds__(384, 1) k_setmaxnreg(int mode, int delay, int 
 {
     const int i = threadIdx.x;
     if (i < 128) {
-        for (volatile int d = 0; d < delay; d = d + 1) {
-        }
+        for (int d = 0; d < delay; d++)
+            __nanosleep(100); /* under the emulator a yield: the consumers reach their .inc first */
 #ifdef FAB_EMULATE_CUDA
         if (mode == SMR_PARTIAL_WARP && i % 32 >= 16)
             return;
