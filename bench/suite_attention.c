@@ -27,10 +27,10 @@
  *        One more row per case, "attn_backward determ.", times the deterministic
  *        backward (a context with deterministic = 1: separate dq kernel, 7 tile
  *        products) against the default fast one (dq atomics) of the same run:
- *        its ratio is what determinism costs. And at head dims up to 128 a row
- *        "attn_forward sm80" times the sm80 forward (FAB_ATTN_SM90=0) against the
- *        default of the run (on an H100 the Hopper forward, attention_fwd_sm90.cu,
- *        at head dims 64 and 128), and "attn_forward sm80 16 rows/warp" the sm80
+ *        its ratio is what determinism costs. And a row "attn_forward sm80" times
+ *        the sm80 forward (FAB_ATTN_SM90=0) against the default of the run (on an
+ *        H100 the Hopper forward, attention_fwd_sm90.cu, at head dims 64, 128 and
+ *        256), and at head dims up to 128 "attn_forward sm80 16 rows/warp" the sm80
  *        forward's other variant (one m-tile per warp, 64-row blocks;
  *        FAB_ATTN_FWD_WARP_ROWS=16) against the sm80 default (two m-tiles,
  *        128-row blocks, on these grids): a ratio above 1 says the default picks
@@ -473,7 +473,10 @@ int bench_suite_attention(bench *b)
                 fab_tensor_make(buf[6], dtype, 4, shape, &c.bwd.dk);
                 fab_tensor_make(buf[7], dtype, 4, shape, &c.bwd.dv);
                 c.bwd.causal = causal;
-                const int fwd_ab = fwd_ab_allowed && d <= 128, bwd_ab = bwd_ab_allowed && d <= 128;
+                /* the sm80 forward against the default at every head dim; its 16-row variant
+                 * and the backward A/Bs up to 128 */
+                const int fwd_ab = fwd_ab_allowed, rows_ab = fwd_ab_allowed && d <= 128;
+                const int bwd_ab = bwd_ab_allowed && d <= 128;
                 const double fwd_flops = 4.0 * bsz * h * s * s * d * (causal ? 0.5 : 1.0);
                 double base_rate = base, bwd_base_rate = base;
                 const char *fwd_base = base_name, *bwd_base = base_name;
@@ -508,22 +511,26 @@ int bench_suite_attention(bench *b)
                         base_rate);
                 if (fwd_ab) {
                     /* the sm80 forward against the default of this run (on an H100 the
-                     * default is the Hopper forward at head dims 64 and 128), and the sm80
-                     * forward's other variant against the sm80 default */
+                     * default is the Hopper forward at head dims 64, 128 and 256), and the
+                     * sm80 forward's other variant against the sm80 default */
                     setenv("FAB_ATTN_SM90", "0", 1);
-                    double ms80 = bench_time_ms(b, run_fwd, &c);
-                    setenv("FAB_ATTN_FWD_WARP_ROWS", "16", 1);
-                    double ms16 = ms80 < 0 ? -1 : bench_time_ms(b, run_fwd, &c);
-                    unsetenv("FAB_ATTN_FWD_WARP_ROWS");
+                    double ms80 = bench_time_ms(b, run_fwd, &c), ms16 = 0;
+                    if (rows_ab && ms80 >= 0) {
+                        setenv("FAB_ATTN_FWD_WARP_ROWS", "16", 1);
+                        ms16 = bench_time_ms(b, run_fwd, &c);
+                        unsetenv("FAB_ATTN_FWD_WARP_ROWS");
+                    }
                     unsetenv("FAB_ATTN_SM90");
-                    if (ms16 < 0 || fab_attention_forward(c.ctx, &c.fwd) != FAB_OK) { /* out, lse of the default */
+                    /* then the default's out and lse again, for the backward */
+                    if (ms80 < 0 || ms16 < 0 || fab_attention_forward(c.ctx, &c.fwd) != FAB_OK) {
                         failed = 1;
                         continue;
                     }
                     add_row(b, "attn_forward sm80", &c, fab_dtype_name(dtype), ms80, fwd_flops, unit, unit_scale,
                             "default fwd", fwd_flops / (fms * 1e-3) / unit_scale);
-                    add_row(b, "attn_forward sm80 16 rows/warp", &c, fab_dtype_name(dtype), ms16, fwd_flops, unit,
-                            unit_scale, "sm80 fwd", fwd_flops / (ms80 * 1e-3) / unit_scale);
+                    if (rows_ab)
+                        add_row(b, "attn_forward sm80 16 rows/warp", &c, fab_dtype_name(dtype), ms16, fwd_flops, unit,
+                                unit_scale, "sm80 fwd", fwd_flops / (ms80 * 1e-3) / unit_scale);
                 }
                 double bms = bench_time_ms(b, run_bwd, &c);
                 if (bms < 0) {

@@ -1305,10 +1305,10 @@ static struct fab_emu_stats bwd_counts(fab_context *ctx, const char *keys, int64
 #endif
 
 /* The Hopper forward (attention_fwd_sm90.cu) is the one an emulated H100 runs at
- * head dims 64 and 128: 384-thread blocks of 128 rows, only wgmma (per consumer
- * warp and 128-key tile D/16 for S and 8 for P V), and the causal mask cutting
- * the block's key span (the first block's rows see 2 of the 3 tiles). Its values
- * are test_cases_*'s. */
+ * head dims 64, 128 and 256: 384-thread blocks of 128 rows, only wgmma (per consumer
+ * warp and key tile D/16 for S and BN/16 for P V; 128-key tiles, 64 at 256), and the
+ * causal mask cutting the block's key span (the first block's rows see 2 of the 3
+ * tiles of 128). Its values are test_cases_*'s. */
 static void test_sm90_forward(void **state)
 {
     (void)state;
@@ -1317,17 +1317,19 @@ static void test_sm90_forward(void **state)
 #ifdef FAB_TEST_EMULATED
     if (fab_context_backend(ctx) == FAB_BACKEND_CUDA) {
         const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
-        for (int64_t d = 64; d <= 128; d += 64) {
+        for (int64_t d = 64; d <= 256; d *= 2) {
             struct fab_emu_stats c = fwd_counts(ctx, NULL, 2, 200, 300, d, 0);
             struct fab_emu_stats causal = fwd_counts(ctx, NULL, 2, 200, 300, d, 1);
             print_message("attention forward sm90 d%lld 2 heads 200x300: %llu blocks, %llu wgmma; causal %llu wgmma\n",
                           (long long)d, c.blocks, c.wgmma, causal.wgmma);
+            const int64_t bn = d > 128 ? 64 : 128, per_tile = d / 16 + bn / 16;
             assert_int_equal(c.launches, 1);
             assert_int_equal(c.blocks, 2 * 2);
             assert_int_equal(c.threads, 2 * 2 * 384);
             assert_int_equal(c.mma, 0);
-            assert_int_equal(c.wgmma, 2 * 2 * 8 * (d / 16 + 8) * 3); /* 3 tiles of 128 keys */
-            assert_int_equal(causal.wgmma, 2 * 8 * (d / 16 + 8) * (2 + 3));
+            assert_int_equal(c.wgmma, 2 * 2 * 8 * per_tile * ((300 + bn - 1) / bn)); /* 3 tiles of 128 keys, 5 of 64 */
+            /* causal: the first block's rows see keys < 228, the second's all 300 */
+            assert_int_equal(causal.wgmma, 2 * 8 * per_tile * ((228 + bn - 1) / bn + (300 + bn - 1) / bn));
         }
         fab_emu_set_racecheck(racecheck);
         fab_context_destroy(ctx);

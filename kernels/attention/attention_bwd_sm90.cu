@@ -524,7 +524,7 @@ FAB__SM90A_PROBE(fab__attention_bwd_sm90a_code, have_sm90a_code)
 
 extern "C" bool fab__attention_bwd_sm90_supports(const fab_context *ctx, const fab__attn_args *a)
 {
-    if (!attn_sm90_shape_ok(ctx, a, DQ_BM > QT ? DQ_BM : QT, KB))
+    if ((a->d != 64 && a->d != 128) || !attn_sm90_shape_ok(ctx, a, DQ_BM > QT ? DQ_BM : QT, KB))
         return false;
     int64_t qrows, nb;
     attn_extents(a, true, &qrows, &nb);

@@ -1,16 +1,17 @@
 /*
- * attention_fwd_sm90.cu: attention forward for Hopper (sm_90a), head dims 64 and
- * 128, bf16/f16: the sm80 kernel's algorithm and features (causal, windows,
+ * attention_fwd_sm90.cu: attention forward for Hopper (sm_90a), head dims 64, 128
+ * and 256, bf16/f16: the sm80 kernel's algorithm and features (causal, windows,
  * softcap, GQA, varlen, lse) with TMA loads and wgmma. Where it applies it
  * replaces the sm80 forward on an H100 (attention.c).
  *
  * Idea: one block of 3 warpgroups per (128-row query tile, query head, sequence).
  * Warpgroup 0 is the producer: it gives most of its registers to the consumers
  * (setmaxnreg 24 / 240), and one thread TMA-loads the Q tile once, then the K and V
- * tiles of 128 keys the block's rows may see into a 2-stage ring, K and V with
+ * tiles of BN keys (128; 64 at head dim 256) the block's rows may see into a
+ * 2-stage ring, K and V with
  * barriers of their own (`full_k`/`empty_k`, `full_v`/`empty_v`) so that a K stage
  * refills as soon as its S is computed. Warpgroups 1 and 2 each own 64 query rows:
- * per key tile, S = Q K^T with wgmma.m64n128k16 from shared memory (Q and K
+ * per key tile, S = Q K^T with wgmma.m64nBNk16 from shared memory (Q and K
  * K-major, 128-byte swizzle); scale, softcap and mask (attn_logit) and the online
  * softmax in registers, exactly as the sm80 kernel; then P, packed to the input
  * type in registers as wgmma's A fragments (the S accumulator layout of one 16-key
@@ -26,8 +27,8 @@
  * wgmma stays uniform, which ptxas needs to keep the products asynchronous.
  *
  * Layouts in shared memory, each a set of TMA boxes of 64 head-dim values (128
- * bytes) x rows: Q [D/64][128 rows], K and V [D/64][128 keys]; 1024-byte aligned
- * (161 KiB at D = 128, with the 1 KiB for alignment).
+ * bytes) x rows: Q [D/64][128 rows], K and V [D/64][BN keys]; 1024-byte aligned
+ * (161 KiB at D = 128, 193 KiB at 256, with the 1 KiB for alignment).
  * The tensor maps are (head dim, sequence, head, batch) with the caller's
  * strides; a varlen batch is one sequence of all rows, so a block's rows start at
  * its sequence's offset, and rows past a sequence belong to the next: masked as
@@ -47,7 +48,7 @@
  * logits, P rounded to the input type, out rounded once, lse = (m + log2 l) ln 2.
  *
  * Requirements (fab__attention_forward_sm90_supports): sm_90 and sm_90a code;
- * bf16/f16; head dim 64 or 128; 16-byte aligned q, k, v with sequence, head and
+ * bf16/f16; head dim 64, 128 or 256; 16-byte aligned q, k, v with sequence, head and
  * batch strides (where used) positive multiples of 8 elements; the driver's
  * cuTensorMapEncodeTiled. FAB_ATTN_SM90=0 turns it off.
  */
@@ -66,9 +67,14 @@
 
 namespace {
 
-const int BM = 128, BN = 128, STAGES = 2, THREADS = 384, CONSUMER_WARPS = 8;
+const int BM = 128, STAGES = 2, THREADS = 384, CONSUMER_WARPS = 8;
+/* Keys per tile: 128; at head dim 256, 64 (O alone takes 128 registers per thread,
+ * and two stages of 128-key K and V would not fit beside Q in shared memory). */
+template <int D> struct fwd_keys {
+    static constexpr int BN = D > 128 ? 64 : 128;
+};
 /* setmaxnreg: the producer keeps 24 registers, the consumers take 240 (128 x (24 + 2 x
- * 240) = 384 x 168, the block's whole budget), room for O, S and P of a 128-key tile. */
+ * 240) = 384 x 168, the block's whole budget), room for O, S and P of a key tile. */
 const int PRODUCER_REGS = 24, CONSUMER_REGS = 240;
 /* Named barriers SCHED_BAR + c: consumer warpgroup c waits at its own for its turn to
  * issue a tile's products, and gives the other its turn after issuing. */
@@ -76,6 +82,7 @@ const unsigned SCHED_BAR = 1;
 
 template <typename T, int D>
 struct sm90_fwd {
+    static constexpr int BN = fwd_keys<D>::BN;
     static constexpr int Q_BYTES = BM * D * 2, KV_BYTES = BN * D * 2;
     static constexpr int SMEM = 1024 + Q_BYTES + STAGES * 2 * KV_BYTES + (1 + 4 * STAGES) * 8;
 };
@@ -83,6 +90,7 @@ struct sm90_fwd {
 /* The online softmax of one key tile, in place: sc holds S on entry and P (f32, not
  * yet rounded) on return; mrow/lrow are updated and alpha is the factor by which O
  * must be rescaled once the previous tile's P V has landed in it. */
+template <int BN>
 static __device__ __forceinline__ void softmax_tile(const fab__attn_args &a, float (&sc)[BN / 2], float (&mrow)[2],
                                                     float (&lrow)[2], float (&alpha)[2], float k_scale, int64_t kt,
                                                     int64_t khi, int64_t off, int64_t r_lo, int64_t w_first,
@@ -132,7 +140,7 @@ static __device__ __forceinline__ void rescale(float (&o)[D / 2], const float (&
 /* P, rounded to the input type, as the A fragments of the 16-key steps of O += P V:
  * step kk's registers are rows g / g+8 of keys 16kk + 2t (+8), i.e. sc[8kk + 0..7]
  * in pairs (the S accumulator layout of 16 keys is the A layout). */
-template <typename T>
+template <typename T, int BN>
 static __device__ __forceinline__ void pack_p(const float (&sc)[BN / 2], uint32_t (&pa)[BN / 16][4])
 {
 #pragma unroll
@@ -149,6 +157,7 @@ __global__ void __launch_bounds__(THREADS, 1)
 {
     typedef sm90_fwd<T, D> C;
     typedef mma_of<T> M;
+    constexpr int BN = C::BN;
     FAB_DYNAMIC_SMEM(unsigned char, raw);
     unsigned char *sQ = attn_align_1024(raw);
     unsigned char *sKV = sQ + C::Q_BYTES; /* stage s: K at sKV + 2 s KV_BYTES, V after it */
@@ -228,10 +237,10 @@ __global__ void __launch_bounds__(THREADS, 1)
             fab__bar_arrive(SCHED_BAR + 1 - cg, 256);
         fab__wgmma_wait<0>();
         fab__wgmma_fence_regs(sc);
-        softmax_tile(a, sc, mrow, lrow, alpha, k_scale, klo, khi, off, r_lo, w_first, w_last, t);
+        softmax_tile<BN>(a, sc, mrow, lrow, alpha, k_scale, klo, khi, off, r_lo, w_first, w_last, t);
         if (lane == 0)
             fab__mbarrier_arrive(&empty_k[0]);
-        pack_p<T>(sc, pa);
+        pack_p<T, BN>(sc, pa);
         fab__wgmma_fence_regs(pa);
 
         /* Tiles 1..: S of this tile is issued, then the previous tile's O += P V behind
@@ -249,7 +258,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 fab__bar_arrive(SCHED_BAR + 1 - cg, 256); /* the other warpgroup's turn */
             fab__wgmma_wait<1>(); /* S landed; P V may still run */
             fab__wgmma_fence_regs(sc);
-            softmax_tile(a, sc, mrow, lrow, alpha, k_scale, kt, khi, off, r_lo, w_first, w_last, t);
+            softmax_tile<BN>(a, sc, mrow, lrow, alpha, k_scale, kt, khi, off, r_lo, w_first, w_last, t);
             if (lane == 0)
                 fab__mbarrier_arrive(&empty_k[s]); /* this warp is done with the K stage */
             fab__wgmma_wait<0>();
@@ -259,7 +268,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 fab__mbarrier_arrive(&empty_v[ps]);
             rescale<D>(o, alpha);
             fab__wgmma_fence_regs(o); /* the products stay before the next wgmma.fence */
-            pack_p<T>(sc, pa);
+            pack_p<T, BN>(sc, pa);
             fab__wgmma_fence_regs(pa);
         }
 
@@ -303,6 +312,7 @@ static fab_status launch(fab_context *ctx, const fab__attn_args *a)
     attn_extents(a, true, &qrows, &nb);
     attn_extents(a, false, &krows, &nb);
     CUtensorMap mq, mk, mv;
+    constexpr int BN = fwd_keys<D>::BN;
     if (!attn_encode_view(&mq, a->q, bf16, D, qrows, a->hq, nb, BM) ||
         !attn_encode_view(&mk, a->k, bf16, D, krows, a->hkv, nb, BN) ||
         !attn_encode_view(&mv, a->v, bf16, D, krows, a->hkv, nb, BN)) {
@@ -335,7 +345,8 @@ FAB__SM90A_PROBE(fab__attention_sm90a_code, have_sm90a_code)
 
 extern "C" bool fab__attention_forward_sm90_supports(const fab_context *ctx, const fab__attn_args *a)
 {
-    return attn_sm90_shape_ok(ctx, a, BM, BN) && have_sm90a_code() && fab__tma_encoder() != NULL;
+    return (a->d == 64 || a->d == 128 || a->d == 256) && attn_sm90_shape_ok(ctx, a, BM, 128) && have_sm90a_code() &&
+           fab__tma_encoder() != NULL;
 }
 
 extern "C" fab_status fab__attention_forward_sm90(fab_context *ctx, const fab__attn_args *a)
@@ -344,6 +355,10 @@ extern "C" fab_status fab__attention_forward_sm90(fab_context *ctx, const fab__a
     if (err != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "fab_attention_forward: cudaSetDevice failed: %s", cudaGetErrorString(err));
     if (a->dtype == FAB_DTYPE_BF16)
-        return a->d == 64 ? launch<__nv_bfloat16, 64>(ctx, a) : launch<__nv_bfloat16, 128>(ctx, a);
-    return a->d == 64 ? launch<__half, 64>(ctx, a) : launch<__half, 128>(ctx, a);
+        return a->d == 64    ? launch<__nv_bfloat16, 64>(ctx, a)
+               : a->d == 128 ? launch<__nv_bfloat16, 128>(ctx, a)
+                             : launch<__nv_bfloat16, 256>(ctx, a);
+    return a->d == 64    ? launch<__half, 64>(ctx, a)
+           : a->d == 128 ? launch<__half, 128>(ctx, a)
+                         : launch<__half, 256>(ctx, a);
 }

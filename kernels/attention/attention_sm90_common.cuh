@@ -122,13 +122,13 @@ static bool attn_view_ok(const fab__attn_view &v, int64_t rows, int64_t heads, i
            (heads <= 1 || (v.sh > 0 && v.sh % 8 == 0)) && (batch <= 1 || (v.sb > 0 && v.sb % 8 == 0));
 }
 
-/* The checks both Hopper kernels make: an sm_90 context, bf16/f16, head dim 64 or
- * 128, FAB_ATTN_SM90 not 0, extents TMA coordinates hold (rows + a box within int),
- * q and k/v views TMA can map. */
+/* The checks the Hopper kernels make beside the head dim: an sm_90 context,
+ * bf16/f16, FAB_ATTN_SM90 not 0, extents TMA coordinates hold (rows + a box within
+ * int), q and k/v views TMA can map. */
 static bool attn_sm90_shape_ok(const fab_context *ctx, const fab__attn_args *a, int q_box, int k_box)
 {
     if (ctx->sm_version != 90 || (a->dtype != FAB_DTYPE_BF16 && a->dtype != FAB_DTYPE_F16) ||
-        (a->d != 64 && a->d != 128) || a->sq == 0)
+        a->sq == 0)
         return false;
     const char *env = getenv("FAB_ATTN_SM90");
     if (env && !strcmp(env, "0"))
