@@ -76,7 +76,6 @@ namespace {
 const int BM = 64;  /* query rows per tile */
 const int THREADS = 128;
 const int DQ_CHUNK = 32; /* fast path: dQ columns per atomic pass (bounds the live registers) */
-const float L2E = 1.4426950408889634f;
 
 /* Tile shape per head dim (see the file comment). Up to 128: the dkdv block owns
  * all D columns of its 64 keys' dK and dV and takes 64-query steps; the dq kernel
@@ -146,7 +145,7 @@ static __device__ __forceinline__ void dkdv_p_ds(const fab__attn_args &a, bool i
         for (int e = 0; e < 4; e++) {
             int qi = qh + j * 8 + 2 * t + (e & 1);
             float dsx, l2 = attn_logit2(a, st[j][e], &dsx);
-            float p = fab__ex2_approx(l2 - fab__ld_shared(cL + qi) * L2E);
+            float p = fab__ex2_approx(l2 - fab__ld_shared(cL + qi) * ATTN_L2E);
             if (!inside) {
                 int64_t row = i0 + qi, key = k_lo + 8 * (e >> 1);
                 p = row < sq && key < sk && attn_allowed(a, row, key, off) ? p : 0.0f;
@@ -238,7 +237,7 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
     for (int hr = 0; hr < 2; hr++) {
         int row = r_lo + 8 * hr;
         int64_t idx = b * a.lse_sb + h * a.lse_sh + s.q0 + row;
-        lse2[hr] = row < s.sq ? a.lse[idx] * L2E : 0.0f;
+        lse2[hr] = row < s.sq ? a.lse[idx] * ATTN_L2E : 0.0f;
         Dr[hr] = row < s.sq ? Dbuf[idx] : 0.0f;
     }
     uint32_t qf[QREG ? D / 16 : 1][4];
@@ -582,22 +581,6 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_convert_kernel(const
     *reinterpret_cast<uint4 *>(dst) = o;
 }
 
-template <typename K, typename... Args>
-static cudaError_t launch_one(fab_context *ctx, K kernel, dim3 grid, int threads, size_t smem, const Args &...args)
-{
-    cudaError_t err = cudaSuccess;
-    if (smem > 48 * 1024)
-        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (err != cudaSuccess)
-        return err;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(threads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = (cudaStream_t)ctx->stream;
-    return cudaLaunchKernelEx(&cfg, kernel, args...);
-}
-
 /* Shared memory of the dkdv kernel with NW warps (16 NW keys) */
 template <typename T, int D>
 static size_t dkdv_smem(int nw, bool dq_atomic)
@@ -634,9 +617,9 @@ static cudaError_t launch_dkdv(fab_context *ctx, const fab__attn_args *a, const 
     const int bn = 16 * NW;
     const dim3 grid((unsigned)((a->sk + bn - 1) / bn * bwd_cfg<D>::NDC), (unsigned)a->hkv, (unsigned)a->batch);
     if (dqacc)
-        return launch_one(ctx, attention_bwd_dkdv_kernel<T, D, true, NW>, grid, 32 * NW,
+        return attn_launch(ctx, attention_bwd_dkdv_kernel<T, D, true, NW>, grid, 32 * NW,
                           dkdv_smem<T, D>(NW, true), *a, Dbuf, dqacc);
-    return launch_one(ctx, attention_bwd_dkdv_kernel<T, D, false, NW>, grid, 32 * NW, dkdv_smem<T, D>(NW, false),
+    return attn_launch(ctx, attention_bwd_dkdv_kernel<T, D, false, NW>, grid, 32 * NW, dkdv_smem<T, D>(NW, false),
                       *a, Dbuf, dqacc);
 }
 
@@ -649,18 +632,17 @@ static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const
     const size_t dq_smem = (size_t)(2 * BM + 4 * C::BN_DQ) * (D + 8) * sizeof(T);
     cudaError_t err = cudaSuccess;
     /* on sm_90 at head dims 64 and 128, the Hopper dq and dK/dV kernels (attention_bwd_sm90.cu) */
-    const bool sm90 = (D == 64 || D == 128) && fab__attention_bwd_sm90_supports(ctx, a);
-    bool hopper = false;
+    const bool sm90 = fab__attention_bwd_sm90_supports(ctx, a);
+    bool hopper_dq = false, hopper_dkdv = false;
     if (!dqacc && a->sq > 0 && sm90)
-        err = (cudaError_t)fab__attention_bwd_dq_sm90(ctx, a, Dbuf, &hopper);
-    if (err == cudaSuccess && !dqacc && a->sq > 0 && !hopper) /* a grid of 0 blocks is an invalid launch */
-        err = launch_one(ctx, attention_bwd_dq_kernel<T, D>,
+        err = (cudaError_t)fab__attention_bwd_dq_sm90(ctx, a, Dbuf, &hopper_dq);
+    if (err == cudaSuccess && !dqacc && a->sq > 0 && !hopper_dq) /* a grid of 0 blocks is an invalid launch */
+        err = attn_launch(ctx, attention_bwd_dq_kernel<T, D>,
                          dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch), THREADS,
                          dq_smem, *a, Dbuf);
-    hopper = false;
     if (err == cudaSuccess && sm90)
-        err = (cudaError_t)fab__attention_bwd_dkdv_sm90(ctx, a, Dbuf, dqacc, &hopper);
-    if (err == cudaSuccess && !hopper) {
+        err = (cudaError_t)fab__attention_bwd_dkdv_sm90(ctx, a, Dbuf, dqacc, &hopper_dkdv);
+    if (err == cudaSuccess && !hopper_dkdv) {
         if constexpr (D <= 128)
             err = dkdv_keys<T, D>(ctx, a) == 128 ? launch_dkdv<T, D, 8>(ctx, a, Dbuf, dqacc)
                                                  : launch_dkdv<T, D, 4>(ctx, a, Dbuf, dqacc);
@@ -668,7 +650,7 @@ static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const
             err = launch_dkdv<T, D, 4>(ctx, a, Dbuf, dqacc);
     }
     if (err == cudaSuccess && dqacc && a->sq > 0)
-        err = launch_one(ctx, attention_bwd_dq_convert_kernel<T, D>,
+        err = attn_launch(ctx, attention_bwd_dq_convert_kernel<T, D>,
                          dim3((unsigned)((a->sq * (D / 8) + THREADS - 1) / THREADS), (unsigned)a->hq,
                               (unsigned)a->batch),
                          THREADS, 0, *a, (const float *)dqacc);

@@ -68,7 +68,6 @@ namespace {
 
 const int KB = 128, QT = 64, STAGES = 2, THREADS = 384, CONSUMER_WARPS = 8;
 const int PRODUCER_REGS = 24, CONSUMER_REGS = 240;
-const float L2E = 1.4426950408889634f;
 
 template <int D>
 struct sm90_bwd {
@@ -145,7 +144,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 const int64_t base = b * a.lse_sb + h * a.lse_sh + q0;
                 for (int r = lane; r < QT; r += 32) {
                     const int row = i0 + r;
-                    fab__st_shared(sL + s * QT + r, row < sq ? a.lse[base + row] * L2E : INFINITY);
+                    fab__st_shared(sL + s * QT + r, row < sq ? a.lse[base + row] * ATTN_L2E : INFINITY);
                     fab__st_shared(sD + s * QT + r, row < sq ? Dbuf[base + row] : 0.0f);
                 }
                 fab__mbarrier_arrive(&full[s]);
@@ -388,7 +387,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     for (int i = 0; i < 2; i++) {
         const int row = r_lo + 8 * i;
         const int64_t idx = b * a.lse_sb + h * a.lse_sh + q0 + row;
-        lse2[i] = row < sq ? a.lse[idx] * L2E : INFINITY; /* P = 0 on padding rows */
+        lse2[i] = row < sq ? a.lse[idx] * ATTN_L2E : INFINITY; /* P = 0 on padding rows */
         Dr[i] = row < sq ? Dbuf[idx] : 0.0f;
     }
     float dq[D / 2];
@@ -478,20 +477,6 @@ static bool encode_maps(const fab__attn_args *a, int q_box, int k_box, CUtensorM
     return false;
 }
 
-template <typename K, typename... Args>
-static cudaError_t start(fab_context *ctx, K kernel, int smem, dim3 grid, const Args &...args)
-{
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess)
-        return err;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(THREADS);
-    cfg.dynamicSmemBytes = (size_t)smem;
-    cfg.stream = (cudaStream_t)ctx->stream;
-    return cudaLaunchKernelEx(&cfg, kernel, args...);
-}
-
 /* The dkdv kernel with dQ (dqacc set: the fast path) or without (deterministic mode) */
 template <typename T, int D>
 static cudaError_t launch_dkdv(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, float *dqacc,
@@ -502,10 +487,10 @@ static cudaError_t launch_dkdv(fab_context *ctx, const fab__attn_args *a, const 
         return cudaSuccess;
     const dim3 grid((unsigned)((a->sk + KB - 1) / KB), (unsigned)a->hkv, (unsigned)a->batch);
     if (dqacc)
-        return start(ctx, attention_bwd_dkdv_sm90<T, D, true>, sm90_bwd<D>::SMEM, grid, m[0], m[1], m[2], m[3], *a,
-                     Dbuf, dqacc);
-    return start(ctx, attention_bwd_dkdv_sm90<T, D, false>, sm90_bwd<D>::SMEM, grid, m[0], m[1], m[2], m[3], *a, Dbuf,
-                 dqacc);
+        return attn_launch(ctx, attention_bwd_dkdv_sm90<T, D, true>, grid, THREADS, sm90_bwd<D>::SMEM, m[0], m[1],
+                           m[2], m[3], *a, Dbuf, dqacc);
+    return attn_launch(ctx, attention_bwd_dkdv_sm90<T, D, false>, grid, THREADS, sm90_bwd<D>::SMEM, m[0], m[1], m[2],
+                       m[3], *a, Dbuf, dqacc);
 }
 
 template <typename T, int D>
@@ -515,7 +500,8 @@ static cudaError_t launch_dq(fab_context *ctx, const fab__attn_args *a, const fl
     if (!(*taken = encode_maps(a, DQ_BM, DQ_BN, m)))
         return cudaSuccess;
     const dim3 grid((unsigned)((a->sq + DQ_BM - 1) / DQ_BM), (unsigned)a->hq, (unsigned)a->batch);
-    return start(ctx, attention_bwd_dq_sm90<T, D>, sm90_dq<D>::SMEM, grid, m[0], m[1], m[2], m[3], *a, Dbuf);
+    return attn_launch(ctx, attention_bwd_dq_sm90<T, D>, grid, THREADS, sm90_dq<D>::SMEM, m[0], m[1], m[2], m[3], *a,
+                       Dbuf);
 }
 
 } // namespace

@@ -62,7 +62,7 @@ template <int BN, bool MASK>
 static __device__ __forceinline__ void fwd_logits(const fab__attn_args &a, float (&s)[BN / 8][4], float (&mx)[2],
                                                   int64_t kt, int64_t khi, int r_lo, int64_t off, int t)
 {
-    const float k_scale = a.scale * 1.4426950408889634f;
+    const float k_scale = a.scale * ATTN_L2E;
 #pragma unroll
     for (int j = 0; j < BN / 8; j++) {
 #pragma unroll

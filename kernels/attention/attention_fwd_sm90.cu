@@ -219,7 +219,7 @@ __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
     for (int i = 0; i < D / 2; i++)
         o[i] = 0.0f;
-    const float k_scale = a.scale * 1.4426950408889634f;
+    const float k_scale = a.scale * ATTN_L2E;
     uint32_t pa[BN / 16][4]; /* P of the previous tile, for its O += P V */
     float sc[BN / 2], alpha[2];
     fab__mbarrier_wait(qfull, 0);
@@ -323,16 +323,9 @@ static fab_status launch(fab_context *ctx, const fab__attn_args *a)
         }
         return fab__attention_forward_sm80(ctx, a);
     }
-    const int smem = sm90_fwd<T, D>::SMEM;
-    cudaError_t err = cudaFuncSetAttribute(attention_fwd_sm90<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err == cudaSuccess) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch);
-        cfg.blockDim = dim3(THREADS);
-        cfg.dynamicSmemBytes = (size_t)smem;
-        cfg.stream = (cudaStream_t)ctx->stream;
-        err = cudaLaunchKernelEx(&cfg, attention_fwd_sm90<T, D>, mq, mk, mv, *a);
-    }
+    const dim3 grid((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch);
+    const cudaError_t err =
+        attn_launch(ctx, attention_fwd_sm90<T, D>, grid, THREADS, sm90_fwd<T, D>::SMEM, mq, mk, mv, *a);
     if (err != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "fab_attention_forward: sm90 kernel launch failed: %s",
                          cudaGetErrorString(err));

@@ -1,6 +1,7 @@
 /*
- * attention_sm80_common.cuh: device helpers shared by the sm_80 attention kernels
- * (attention_fwd_sm80.cu, attention_bwd_sm80.cu). Shared tiles are row-major
+ * attention_sm80_common.cuh: helpers shared by the CUDA attention kernels (the sm_80
+ * ones, attention_{fwd,bwd}_sm80.cu, and for the mask, logits, spans and launch the
+ * Hopper ones too). Shared tiles are row-major
  * [rows x (D+8)] of the input type: rows padded by 16 bytes, so the 8 row reads
  * of one ldmatrix phase hit 8 distinct bank groups. Fragments follow the PTX ISA
  * layout of mma.m16n8k16 (lane = 4g + t). Include after cuda_dtype.cuh and ptx.cuh.
@@ -9,6 +10,27 @@
 #define FAB_ATTENTION_SM80_COMMON_CUH
 
 namespace {
+
+/* log2(e): the kernels take exp2 of logits in log2 units */
+static constexpr float ATTN_L2E = 1.4426950408889634f;
+
+/* Launches kernel on the context's stream with `smem` bytes of dynamic shared memory
+ * (raising the kernel's limit past the default 48 KiB where needed). */
+template <typename K, typename... Args>
+static cudaError_t attn_launch(fab_context *ctx, K kernel, dim3 grid, int threads, size_t smem, const Args &...args)
+{
+    cudaError_t err = cudaSuccess;
+    if (smem > 48 * 1024)
+        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess)
+        return err;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = (cudaStream_t)ctx->stream;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
 
 /* mma.m16n8k16 (d += a b, f32 accumulate) and the packing of two f32 into one
  * 32-bit register of the input type (one rounding each), per input type. */
@@ -117,7 +139,7 @@ template <bool MASK>
 static __device__ __forceinline__ float attn_logit(const fab__attn_args &a, float x, float k_scale, int64_t key,
                                                    int64_t pos, int64_t khi)
 {
-    x = a.softcap > 0 ? a.softcap * tanhf(x * a.scale / a.softcap) * 1.4426950408889634f : x * k_scale;
+    x = a.softcap > 0 ? a.softcap * tanhf(x * a.scale / a.softcap) * ATTN_L2E : x * k_scale;
     if (MASK) {
         bool ok = key < khi && (a.right < 0 || key <= pos + a.right) && (a.left < 0 || key >= pos - a.left);
         x = ok ? x : -INFINITY;
@@ -132,10 +154,10 @@ static __device__ __forceinline__ float attn_logit2(const fab__attn_args &a, flo
     if (a.softcap > 0) {
         float th = tanhf(x * a.scale / a.softcap);
         *dsx = (1.0f - th * th) * a.scale;
-        return a.softcap * th * 1.4426950408889634f;
+        return a.softcap * th * ATTN_L2E;
     }
     *dsx = a.scale;
-    return x * a.scale * 1.4426950408889634f;
+    return x * a.scale * ATTN_L2E;
 }
 
 /* Whether key `key` is allowed for query row `row` (sequence-relative, off = sk - sq). */

@@ -2,9 +2,9 @@
  * attention_sm90_common.cuh: what the Hopper attention kernels (attention_fwd_sm90.cu,
  * attention_bwd_sm90.cu) share: wgmma per input type and the two issue loops
  * (attn_issue_abt, attn_issue_xb), shared-memory alignment, the TMA box load, and the
- * host side of their tensor maps and shape checks (attn_sm90_shape_ok). q, k, v, dout are mapped as (head dim, rows, heads,
- * batch, 1) with the caller's strides, boxes of 64 head-dim values (128 bytes, the
- * 128-byte swizzle's row) x rows. Include after cuda_dtype.cuh, ptx.cuh and
+ * host side of their tensor maps and shape checks (attn_sm90_shape_ok). q, k, v,
+ * dout are mapped as (head dim, rows, heads, batch, 1) with the caller's strides,
+ * boxes of 64 head-dim values (128 bytes, the 128-byte swizzle's row) x rows. Include after cuda_dtype.cuh, ptx.cuh and
  * tma_host.cuh.
  */
 #ifndef FAB_ATTENTION_SM90_COMMON_CUH
