@@ -26,6 +26,8 @@ void fab_test_init(int argc, char **argv)
                 fprintf(stderr, "unknown backend '%s' (cpu, cuda)\n", b);
                 exit(2);
             }
+        } else if (strcmp(argv[i], "--filter") == 0 && i + 1 < argc) {
+            cmocka_set_test_filter(argv[++i]); /* test names, '*' and '?' wildcards */
         }
     }
     const char *env = getenv("FAB_TEST_SEED");

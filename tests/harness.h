@@ -22,7 +22,8 @@
 
 #include "fabriek.h"
 
-/* Parses --backend, picks and prints the seed. Call first in main(). */
+/* Parses --backend (cpu, cuda) and --filter (run only the tests whose names match,
+ * with * and ? wildcards), picks and prints the seed. Call first in main(). */
 void fab_test_init(int argc, char **argv);
 fab_backend fab_test_backend(void);
 const char *fab_test_backend_name(void);
