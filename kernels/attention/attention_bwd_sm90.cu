@@ -33,11 +33,11 @@
  * (a key's 64 queries are one 128-byte row, stored with the same swizzle: 16-byte
  * unit u of row r at unit u ^ (r % 8)), double-buffered so that one named barrier
  * per pair suffices. 163 KiB at D = 128, 99 KiB at 64 (with the 1 KiB for alignment).
- * At D = 64 each warpgroup's dQ is 32 of the 64 columns of K's one box: the second
- * warpgroup's B descriptor starts 64 bytes into the swizzle row (the swizzle XORs
- * address bits, so the offset selects units 4..7). That is no canonical layout
- * (CUTLASS builds no such descriptor); emu_test_wgmma has the case, and its sm_90a
- * build, gpu_test_wgmma, checks it on the hardware (not yet run).
+ * At D = 64, K alone is two boxes of 32 dims (64 bytes, 64-byte swizzle) x 128 keys:
+ * each warpgroup's dQ B is then one whole box, a canonical MN-major layout (one
+ * swizzle atom wide), where with K in one 128-byte box the second warpgroup's
+ * descriptor would start 64 bytes into a swizzle row, which no canonical layout
+ * does. S^T = K Q^T reads K's two boxes as K-major with the 64-byte swizzle.
  *
  * Thread mapping: consumer warpgroup c, warp w, lane 4g + t holds keys 64c + 16w + g
  * and + 8 of the tile; s[4j + 2i + b] of S^T / dP^T is (key g + 8i, query 8j + 2t + b),
@@ -72,6 +72,8 @@ const int PRODUCER_REGS = 24, CONSUMER_REGS = 240;
 template <int D>
 struct sm90_bwd {
     static constexpr int KV_BYTES = KB * D * 2, Q_BYTES = QT * D * 2, DS_BYTES = KB * QT * 2;
+    /* K's swizzle in bytes (its box is K_SW / 2 dims x KB keys): 64 at D = 64 (above) */
+    static constexpr int K_SW = D == 64 ? 64 : 128, K_BOX = KB * K_SW;
     /* K, V, stages of (Q, dO), sdS x 2, lse and D per stage, barriers */
     static constexpr int SMEM =
         1024 + 2 * KV_BYTES + STAGES * 2 * Q_BYTES + 2 * DS_BYTES + STAGES * 2 * QT * 4 + (1 + 2 * STAGES) * 8;
@@ -123,10 +125,10 @@ __global__ void __launch_bounds__(THREADS, 1)
             return;
         if (threadIdx.x == 0 && nit > 0) {
             fab__mbarrier_arrive_expect_tx(kvfull, 2 * C::KV_BYTES);
-            for (int c = 0; c < D / 64; c++) {
-                attn_box(sK + c * KB * 128, &map_k, 64 * c, (int)(k0 + j0), kvh, tb, kvfull);
+            for (int c = 0; c < D / 64; c++)
                 attn_box(sV + c * KB * 128, &map_v, 64 * c, (int)(k0 + j0), kvh, tb, kvfull);
-            }
+            for (int c = 0; c < D * 2 / C::K_SW; c++)
+                attn_box(sK + c * C::K_BOX, &map_k, C::K_SW / 2 * c, (int)(k0 + j0), kvh, tb, kvfull);
         }
         /* per pair: thread 0 loads Q and dO, warp 1 writes lse and D */
         for (int it = 0; it < nit; it++) {
@@ -164,9 +166,9 @@ __global__ void __launch_bounds__(THREADS, 1)
         dk[i] = dv[i] = 0.0f;
     if (nit > 0)
         fab__mbarrier_wait(kvfull, 0);
-    const unsigned char *sKc = sK + cg * 64 * 128, *sVc = sV + cg * 64 * 128; /* this warpgroup's 64 keys */
-    /* dQ's B: K's head dims D/2 c .. + D/2 (box c at 128, half a box row at 64) */
-    const unsigned char *sKdq = sK + (D == 128 ? cg * KB * 128 : cg * 64);
+    /* this warpgroup's 64 keys */
+    const unsigned char *sKc = sK + cg * 64 * C::K_SW, *sVc = sV + cg * 64 * 128;
+    const unsigned char *sKdq = sK + cg * C::K_BOX; /* dQ's B: K's head dims D/2 c .. + D/2, box c */
 
     for (int it = 0; it < nit; it++) {
         const int s = it % STAGES;
@@ -177,7 +179,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         fab__mbarrier_wait(&full[s], (unsigned)((it / STAGES) & 1));
 
         float st[QT / 2], dpt[QT / 2];
-        attn_issue_abt<T, QT, D>(st, sKc, KB * 128, sQ, QT * 128);   /* S^T = K Q^T */
+        attn_issue_abt<T, QT, D, C::K_SW>(st, sKc, C::K_BOX, sQ, QT * 128); /* S^T = K Q^T */
         attn_issue_abt<T, QT, D>(dpt, sVc, KB * 128, sdO, QT * 128); /* dP^T = V dO^T */
         fab__wgmma_wait<1>(); /* S^T landed */
         fab__wgmma_fence_regs(st);
@@ -238,7 +240,8 @@ __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
             for (int kk = 0; kk < KB / 16; kk++) {
                 const uint64_t da = fab__wgmma_desc(cdS + kk * 16 * 128, 64 * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
-                const uint64_t db = fab__wgmma_desc(sKdq + kk * 16 * 128, KB * 128, 1024, FAB_WGMMA_SWIZZLE_128B);
+                const uint64_t db = fab__wgmma_desc(sKdq + kk * 16 * C::K_SW, C::K_BOX, 8 * C::K_SW,
+                                                    C::K_SW == 128 ? FAB_WGMMA_SWIZZLE_128B : FAB_WGMMA_SWIZZLE_64B);
                 wgmma_of<T>::template ss<D / 2, 1, 1>(dq, da, db, kk > 0);
             }
             fab__wgmma_commit();
@@ -457,15 +460,16 @@ __global__ void __launch_bounds__(THREADS, 1)
 }
 
 /* The maps of q, k, v and dout (in that order), boxes of q_box query rows and k_box
- * keys; false, with a warning the first time, where the driver rejects one. */
-static bool encode_maps(const fab__attn_args *a, int q_box, int k_box, CUtensorMap (&maps)[4])
+ * keys, k's with a swizzle of k_sw bytes (the others 128); false, with a warning the
+ * first time, where the driver rejects one. */
+static bool encode_maps(const fab__attn_args *a, int q_box, int k_box, int k_sw, CUtensorMap (&maps)[4])
 {
     const bool bf16 = a->dtype == FAB_DTYPE_BF16;
     int64_t qrows, krows, nb;
     attn_extents(a, true, &qrows, &nb);
     attn_extents(a, false, &krows, &nb);
     if (attn_encode_view(&maps[0], a->q, bf16, a->d, qrows, a->hq, nb, q_box) &&
-        attn_encode_view(&maps[1], a->k, bf16, a->d, krows, a->hkv, nb, k_box) &&
+        attn_encode_view(&maps[1], a->k, bf16, a->d, krows, a->hkv, nb, k_box, k_sw) &&
         attn_encode_view(&maps[2], a->v, bf16, a->d, krows, a->hkv, nb, k_box) &&
         attn_encode_view(&maps[3], a->dout, bf16, a->d, qrows, a->hq, nb, q_box))
         return true;
@@ -483,7 +487,7 @@ static cudaError_t launch_dkdv(fab_context *ctx, const fab__attn_args *a, const 
                                bool *taken)
 {
     CUtensorMap m[4];
-    if (!(*taken = encode_maps(a, QT, KB, m)))
+    if (!(*taken = encode_maps(a, QT, KB, sm90_bwd<D>::K_SW, m)))
         return cudaSuccess;
     const dim3 grid((unsigned)((a->sk + KB - 1) / KB), (unsigned)a->hkv, (unsigned)a->batch);
     if (dqacc)
@@ -497,7 +501,7 @@ template <typename T, int D>
 static cudaError_t launch_dq(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, bool *taken)
 {
     CUtensorMap m[4];
-    if (!(*taken = encode_maps(a, DQ_BM, DQ_BN, m)))
+    if (!(*taken = encode_maps(a, DQ_BM, DQ_BN, 128, m)))
         return cudaSuccess;
     const dim3 grid((unsigned)((a->sq + DQ_BM - 1) / DQ_BM), (unsigned)a->hq, (unsigned)a->batch);
     return attn_launch(ctx, attention_bwd_dq_sm90<T, D>, grid, THREADS, sm90_dq<D>::SMEM, m[0], m[1], m[2], m[3], *a,

@@ -4,8 +4,9 @@
  * (attn_issue_abt, attn_issue_xb), shared-memory alignment, the TMA box load, and the
  * host side of their tensor maps and shape checks (attn_sm90_shape_ok). q, k, v,
  * dout are mapped as (head dim, rows, heads, batch, 1) with the caller's strides,
- * boxes of 64 head-dim values (128 bytes, the 128-byte swizzle's row) x rows. Include after cuda_dtype.cuh, ptx.cuh and
- * tma_host.cuh.
+ * boxes of 64 head-dim values (128 bytes, the 128-byte swizzle's row) x rows (the
+ * d64 backward's K: 32 values, the 64-byte swizzle). Include after cuda_dtype.cuh,
+ * ptx.cuh and tma_host.cuh.
  */
 #ifndef FAB_ATTENTION_SM90_COMMON_CUH
 #define FAB_ATTENTION_SM90_COMMON_CUH
@@ -42,18 +43,22 @@ template <> struct wgmma_of<__half> {
 };
 
 /* acc[64 x N] = A B^T over D head dims: A's 64 rows at sA and B's N rows at sB, both
- * K-major in TMA boxes of 64 dims (a_box, b_box bytes apart), 128-byte swizzle. The
- * first k-step overwrites acc (scale-d 0: no zeros, whose writes would make ptxas
- * wait for the wgmma in flight). Fences, issues, commits one group. */
-template <typename T, int N, int D>
+ * K-major in TMA boxes of one swizzle row (a_box, b_box bytes apart). B has the
+ * 128-byte swizzle (boxes of 64 dims); A has A_SW's, 128 or 64 bytes (32 dims a
+ * box). The first k-step overwrites acc (scale-d 0: no zeros, whose writes would
+ * make ptxas wait for the wgmma in flight). Fences, issues, commits one group. */
+template <typename T, int N, int D, int A_SW = 128>
 static __device__ __forceinline__ void attn_issue_abt(float (&acc)[N / 2], const unsigned char *sA, int a_box,
                                                       const unsigned char *sB, int b_box)
 {
+    static_assert(A_SW == 128 || A_SW == 64, "A's swizzle: 128 or 64 bytes");
+    constexpr int A_STEPS = A_SW / 32; /* 16-dim k-steps in one of A's boxes */
     fab__wgmma_fence_regs(acc);
     fab__wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < D / 16; ks++) {
-        const uint64_t da = fab__wgmma_desc(sA + (ks / 4) * a_box + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
+        const uint64_t da = fab__wgmma_desc(sA + (ks / A_STEPS) * a_box + (ks % A_STEPS) * 32, 16, 8 * A_SW,
+                                            A_SW == 128 ? FAB_WGMMA_SWIZZLE_128B : FAB_WGMMA_SWIZZLE_64B);
         const uint64_t db = fab__wgmma_desc(sB + (ks / 4) * b_box + (ks % 4) * 32, 16, 1024, FAB_WGMMA_SWIZZLE_128B);
         wgmma_of<T>::template ss<N, 0, 0>(acc, da, db, ks > 0);
     }
@@ -83,7 +88,7 @@ static __device__ __forceinline__ unsigned char *attn_align_1024(unsigned char *
     return p + ((1024 - ((uintptr_t)p & 1023)) & 1023);
 }
 
-/* One box of 64 head-dim values x rows at (dim d0, row, head, batch). */
+/* One box of head-dim values (the map's box width) x rows at (dim d0, row, head, batch). */
 static __device__ __forceinline__ void attn_box(void *dst, const CUtensorMap *map, int d0, int row, int head,
                                                 int batch, uint64_t *bar)
 {
@@ -91,12 +96,13 @@ static __device__ __forceinline__ void attn_box(void *dst, const CUtensorMap *ma
 }
 
 /* The map of one operand (head dim, rows, heads, batch, and a 5th dimension of 1:
- * the 5-D load), boxes of 64 dims x box_rows. */
+ * the 5-D load), boxes of 64 dims x box_rows with the 128-byte swizzle, or of 32
+ * dims with swizzle_bytes 64. */
 static bool attn_encode_view(CUtensorMap *map, const fab__attn_view &v, bool bf16, int64_t d, int64_t rows,
-                             int64_t heads, int64_t batch, int box_rows)
+                             int64_t heads, int64_t batch, int box_rows, int swizzle_bytes = 128)
 {
     const int64_t dims[5] = {d, rows, heads, batch, 1}, strides[4] = {v.ss, v.sh, v.sb, 0};
-    return fab__tma_encode_16bit(map, v.data, bf16, 5, dims, strides, box_rows);
+    return fab__tma_encode_16bit(map, v.data, bf16, 5, dims, strides, box_rows, swizzle_bytes);
 }
 
 /* The maps' row and batch extents: a varlen batch is one sequence of all the packed

@@ -2,7 +2,8 @@
  * tma_host.cuh: host side of TMA for the Hopper kernels: the driver's
  * cuTensorMapEncodeTiled (through cudaGetDriverEntryPointByVersion: nothing links
  * libcuda), and the encoding of a tensor of 16-bit values in up to 5 dimensions
- * with 128-byte-swizzled boxes of 64 elements x box_rows. Include after ptx.cuh.
+ * in swizzled boxes whose rows are one swizzle row (64 elements at 128 bytes, 32 at
+ * 64) x box_rows. Include after ptx.cuh.
  */
 #ifndef FAB_KERNELS_COMMON_TMA_HOST_CUH
 #define FAB_KERNELS_COMMON_TMA_HOST_CUH
@@ -32,10 +33,11 @@ static fab__encode_tiled_fn fab__tma_encoder(void)
 
 /* A map of `rank` (2..5) dimensions: dims[0] the contiguous one, strides[i] the
  * element stride of dimension i + 1 (one of a dimension of size 1 is never used:
- * any valid value is put there). Boxes of 64 x box_rows x 1 x ..., 128-byte
- * swizzle, zero fill. False if the driver refuses (or is missing). */
+ * any valid value is put there). A swizzle of swizzle_bytes (128 or 64), boxes of
+ * swizzle_bytes / 2 x box_rows x 1 x ..., zero fill. False if the driver refuses
+ * (or is missing). */
 static bool fab__tma_encode_16bit(CUtensorMap *map, const void *base, bool bf16, int rank, const int64_t *dims,
-                                  const int64_t *strides, int box_rows)
+                                  const int64_t *strides, int box_rows, int swizzle_bytes = 128)
 {
     fab__encode_tiled_fn enc = fab__tma_encoder();
     if (!enc)
@@ -45,7 +47,7 @@ static bool fab__tma_encode_16bit(CUtensorMap *map, const void *base, bool bf16,
     int64_t valid = (dims[0] * 2 + 15) / 16 * 16; /* a stride for unused dimensions */
     for (int i = 0; i < rank; i++) {
         d[i] = (cuuint64_t)dims[i];
-        box[i] = i == 0 ? 64 : i == 1 ? (cuuint32_t)box_rows : 1;
+        box[i] = i == 0 ? (cuuint32_t)swizzle_bytes / 2 : i == 1 ? (cuuint32_t)box_rows : 1;
         estr[i] = 1;
         if (i > 0) {
             if (dims[i] > 1)
@@ -54,7 +56,8 @@ static bool fab__tma_encode_16bit(CUtensorMap *map, const void *base, bool bf16,
         }
     }
     return enc(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, (cuuint32_t)rank,
-               const_cast<void *>(base), d, s, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+               const_cast<void *>(base), d, s, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+               swizzle_bytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B,
                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
