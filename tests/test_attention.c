@@ -590,6 +590,11 @@ static const acase cases[] = {
     {"varlen window softcap", 3, 0, 0, 2, 1, 128, 1, {40, 7, 66}, {45, 90, 66}, 0, 1, 16, 4, 0, 5.0f, 0, 0},
     {"head_dim 32", 1, 65, 70, 2, 2, 32, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
     {"head_dim 96", 1, 65, 70, 2, 2, 96, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
+    /* Hopper runs 96 as 128 with zeros past 96: strided, so that reading or writing a
+     * column past 96 meets the gaps' and the next head's values */
+    {"head_dim 96 strided GQA causal", 1, 150, 200, 4, 2, 96, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 1, 0},
+    {"head_dim 96 strided varlen window softcap", 2, 0, 0, 2, 1, 96, 1, {70, 33}, {100, 140}, 0, 1, 30, 10, 0, 4.0f,
+     1, 0},
     {"head_dim 128", 1, 65, 70, 2, 2, 128, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
     {"head_dim 256", 1, 65, 70, 2, 1, 256, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
     {"head_dim 256 varlen causal window softcap", 2, 0, 0, 2, 1, 256, 1, {70, 33}, {100, 33}, 1, 1, 40, -1, 0, 3.0f, 0, 0},
@@ -1305,10 +1310,11 @@ static struct fab_emu_stats bwd_counts(fab_context *ctx, const char *keys, int64
 #endif
 
 /* The Hopper forward (attention_fwd_sm90.cu) is the one an emulated H100 runs at
- * head dims 64, 128 and 256: 384-thread blocks of 128 rows, only wgmma (per consumer
- * warp and key tile D/16 for S and BN/16 for P V; 128-key tiles, 64 at 256), and the
- * causal mask cutting the block's key span (the first block's rows see 2 of the 3
- * tiles of 128). Its values are test_cases_*'s. */
+ * head dims 64, 96 (the 128 kernel, zero-padded), 128 and 256: 384-thread blocks of
+ * 128 rows, only wgmma (per consumer warp and key tile D/16 for S and BN/16 for P V;
+ * 128-key tiles, 64 at 256), and the causal mask cutting the block's key span (the
+ * first block's rows see 2 of the 3 tiles of 128). Head dim 32 stays on the sm80
+ * kernel (mma only). Its values are test_cases_*'s. */
 static void test_sm90_forward(void **state)
 {
     (void)state;
@@ -1317,12 +1323,19 @@ static void test_sm90_forward(void **state)
 #ifdef FAB_TEST_EMULATED
     if (fab_context_backend(ctx) == FAB_BACKEND_CUDA) {
         const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
-        for (int64_t d = 64; d <= 256; d *= 2) {
+        static const int64_t dims[] = {32, 64, 96, 128, 256};
+        for (int i = 0; i < 5; i++) {
+            const int64_t d = dims[i], kd = d == 96 ? 128 : d; /* 96 runs the 128 kernel, zero-padded */
             struct fab_emu_stats c = fwd_counts(ctx, NULL, 2, 200, 300, d, 0);
             struct fab_emu_stats causal = fwd_counts(ctx, NULL, 2, 200, 300, d, 1);
             print_message("attention forward sm90 d%lld 2 heads 200x300: %llu blocks, %llu wgmma; causal %llu wgmma\n",
                           (long long)d, c.blocks, c.wgmma, causal.wgmma);
-            const int64_t bn = d > 128 ? 64 : 128, per_tile = d / 16 + bn / 16;
+            if (d == 32) { /* stays on the sm80 kernel (padded to 64, half the work would be zeros) */
+                assert_int_equal(c.wgmma, 0);
+                assert_true(c.mma > 0);
+                continue;
+            }
+            const int64_t bn = kd > 128 ? 64 : 128, per_tile = kd / 16 + bn / 16;
             assert_int_equal(c.launches, 1);
             assert_int_equal(c.blocks, 2 * 2);
             assert_int_equal(c.threads, 2 * 2 * 384);
@@ -1492,7 +1505,8 @@ static void test_backward_variants(void **state)
 }
 
 /* The Hopper backward (attention_bwd_sm90.cu) is the fast path's dK/dV kernel on an
- * (emulated) H100 at head dims 64 and 128: at 256 x 256, one head, 3 launches (D,
+ * (emulated) H100 at head dims 64, 96 (as 128, zero-padded: D below is 128 there)
+ * and 128; 32 and 256 stay on the sm80 kernels (mma only). At 256 x 256, one head, 3 launches (D,
  * dkdv, convert), 2 dkdv blocks of 384 threads and 128 keys, only wgmma there (per
  * consumer warp and (query head, 64-query tile) pair: D/16 each for S^T and dP^T, 4
  * each for dV and dK, 8 for dQ), and one 16-byte red per 4 dQ elements per key
@@ -1509,13 +1523,20 @@ static void test_sm90_backward(void **state)
 #ifdef FAB_TEST_EMULATED
     if (fab_context_backend(ctx) == FAB_BACKEND_CUDA) {
         const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
-        for (int64_t d = 64; d <= 128; d += 64) {
+        static const int64_t dims[] = {32, 64, 96, 128, 256};
+        for (int i = 0; i < 5; i++) {
+            const int64_t d = dims[i], kd = d == 96 ? 128 : d; /* 96 runs the 128 kernels, zero-padded */
             struct fab_emu_stats c = bwd_counts(ctx, NULL, 1, 256, 256, d, 0);
             struct fab_emu_stats causal = bwd_counts(ctx, NULL, 1, 256, 256, d, 1);
             print_message("attention backward sm90 d%lld 256x256: %llu blocks, %llu wgmma, %llu float atomics; causal "
                           "%llu wgmma, %llu float atomics\n",
                           (long long)d, c.blocks, c.wgmma, c.float_atomics, causal.wgmma, causal.float_atomics);
-            const int64_t per_pair = 2 * (d / 16) + 4 + 4 + 8;
+            if (d == 32 || d == 256) { /* the sm80 kernels */
+                assert_int_equal(c.wgmma, 0);
+                assert_true(c.mma > 0);
+                continue;
+            }
+            const int64_t per_pair = 2 * (kd / 16) + 4 + 4 + 8;
             assert_int_equal(c.launches, 3);
             assert_int_equal(c.blocks, 256 / 32 + 2 + 256 * (d / 8) / 128); /* D, dkdv, convert */
             assert_int_equal(c.mma, 0);
@@ -1533,7 +1554,7 @@ static void test_sm90_backward(void **state)
                           dc.wgmma, dc.mma, dc.float_atomics);
             assert_int_equal(dc.launches, 3); /* D, dq, dkdv */
             assert_int_equal(dc.blocks, 256 / 32 + 2 + 2);
-            assert_int_equal(dc.wgmma, 2 * 8 * 4 * (2 * (d / 16) + 4 + 4) + 2 * 8 * 4 * (2 * (d / 16) + 4));
+            assert_int_equal(dc.wgmma, 2 * 8 * 4 * (2 * (kd / 16) + 4 + 4) + 2 * 8 * 4 * (2 * (kd / 16) + 4));
             assert_int_equal(dc.mma, 0);
             assert_int_equal(dc.float_atomics, 0);
         }

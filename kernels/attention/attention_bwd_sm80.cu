@@ -10,7 +10,7 @@
  * visits and adds them with f32 atomics into a zeroed f32 accumulator in scratch;
  * a convert kernel rounds that to dq's dtype. The order of the atomic adds varies
  * from run to run, so dq's low bits may too (dk, dv never: they are the same
- * on both paths; on sm_90 at head dims 64 and 128 the dkdv and dq kernels are the
+ * on both paths; on sm_90 at head dims 64, 96 and 128 the dkdv and dq kernels are the
  * Hopper ones, attention_bwd_sm90.cu, with the same kernels around them).
  *   dot kernel, dkdv kernel with dQ atomics, convert kernel.
  *
@@ -631,7 +631,7 @@ static cudaError_t launch_grads(fab_context *ctx, const fab__attn_args *a, const
     typedef bwd_cfg<D> C;
     const size_t dq_smem = (size_t)(2 * BM + 4 * C::BN_DQ) * (D + 8) * sizeof(T);
     cudaError_t err = cudaSuccess;
-    /* on sm_90 at head dims 64 and 128, the Hopper dq and dK/dV kernels (attention_bwd_sm90.cu) */
+    /* on sm_90 at head dims 64, 96 and 128, the Hopper dq and dK/dV kernels (attention_bwd_sm90.cu) */
     const bool sm90 = fab__attention_bwd_sm90_supports(ctx, a);
     bool hopper_dq = false, hopper_dkdv = false;
     if (!dqacc && a->sq > 0 && sm90)

@@ -1,6 +1,6 @@
 /*
- * attention_bwd_sm90.cu: the backward's kernels for Hopper (sm_90a), head dims 64
- * and 128, bf16/f16, with the sm80 kernels' algorithms and features (causal,
+ * attention_bwd_sm90.cu: the backward's kernels for Hopper (sm_90a), head dims 64,
+ * 96 and 128 (96 as 128 with zeros, as the forward: attn_sm90_kernel_d), bf16/f16, with the sm80 kernels' algorithms and features (causal,
  * windows, softcap, GQA, varlen) on TMA loads and wgmma: the dK/dV kernel, with dQ
  * atomics (DQ, the fast path) or without (deterministic mode), and deterministic
  * mode's dq kernel (below the dK/dV kernel). The sm80 file's dot kernel (D =
@@ -48,8 +48,8 @@
  * softcap derivative included) rounded to the input type for the products; dK, dV
  * rounded once; dQ a sum of f32 partials per key tile, in a varying order.
  *
- * Requirements (fab__attention_bwd_sm90_supports): those of the Hopper forward for q,
- * k, v, and dout too. FAB_ATTN_SM90=0 turns it off.
+ * Requirements (fab__attention_bwd_sm90_supports): head dim 64, 96 or 128, and the
+ * Hopper forward's others for q, k, v, and dout too. FAB_ATTN_SM90=0 turns it off.
  */
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -266,12 +266,12 @@ __global__ void __launch_bounds__(THREADS, 1)
         if (!attn_any_allowed(a, q16, q16 + 15, j0, j0 + KB - 1, off))
             continue;
         const int odd = t & 1, row = q16 + g + 8 * odd;
-        float *dst = dqacc + (b * a.lse_sb + h * a.lse_sh + q0 + row) * (int64_t)D + cg * (D / 2) + 2 * (t - odd);
+        float *dst = dqacc + (b * a.lse_sb + h * a.lse_sh + q0 + row) * a.d + cg * (D / 2) + 2 * (t - odd);
 #pragma unroll
         for (int j = 0; j < D / 16; j++) {
             const float x0 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * j + 0] : dq[4 * j + 2], 1);
             const float x1 = __shfl_xor_sync(0xffffffffu, odd ? dq[4 * j + 1] : dq[4 * j + 3], 1);
-            if (row < sq) {
+            if (row < sq && (D == a.d || cg * (D / 2) + 8 * j < a.d)) { /* not the zero padding */
                 if (odd)
                     fab__red_add_v4_f32(dst + 8 * j, x0, x1, dq[4 * j + 2], dq[4 * j + 3]);
                 else
@@ -290,6 +290,8 @@ __global__ void __launch_bounds__(THREADS, 1)
         T *dkr = dK + (int64_t)key * a.dk.ss, *dvr = dV + (int64_t)key * a.dv.ss;
 #pragma unroll
         for (int j = 0; j < D / 8; j++) {
+            if (D != a.d && 8 * j >= a.d)
+                continue; /* the zero padding of a head dim below D */
             *reinterpret_cast<uint32_t *>(dkr + 8 * j + 2 * t) = M::pack(dk[4 * j + 2 * i], dk[4 * j + 2 * i + 1]);
             *reinterpret_cast<uint32_t *>(dvr + 8 * j + 2 * t) = M::pack(dv[4 * j + 2 * i], dv[4 * j + 2 * i + 1]);
         }
@@ -455,7 +457,9 @@ __global__ void __launch_bounds__(THREADS, 1)
         T *dst = dQ + (int64_t)row * a.dq.ss;
 #pragma unroll
         for (int j = 0; j < D / 8; j++)
-            *reinterpret_cast<uint32_t *>(dst + 8 * j + 2 * t) = M::pack(dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
+            if (D == a.d || 8 * j < a.d) /* not the zero padding */
+                *reinterpret_cast<uint32_t *>(dst + 8 * j + 2 * t) =
+                    M::pack(dq[4 * j + 2 * i], dq[4 * j + 2 * i + 1]);
     }
 }
 
@@ -514,7 +518,8 @@ FAB__SM90A_PROBE(fab__attention_bwd_sm90a_code, have_sm90a_code)
 
 extern "C" bool fab__attention_bwd_sm90_supports(const fab_context *ctx, const fab__attn_args *a)
 {
-    if ((a->d != 64 && a->d != 128) || !attn_sm90_shape_ok(ctx, a, DQ_BM > QT ? DQ_BM : QT, KB))
+    const int D = attn_sm90_kernel_d(a->d);
+    if ((D != 64 && D != 128) || !attn_sm90_shape_ok(ctx, a, DQ_BM > QT ? DQ_BM : QT, KB))
         return false;
     int64_t qrows, nb;
     attn_extents(a, true, &qrows, &nb);
@@ -524,17 +529,19 @@ extern "C" bool fab__attention_bwd_sm90_supports(const fab_context *ctx, const f
 extern "C" int fab__attention_bwd_dkdv_sm90(fab_context *ctx, const fab__attn_args *a, const float *Dbuf,
                                             float *dqacc, bool *taken)
 {
+    const bool d64 = attn_sm90_kernel_d(a->d) == 64;
     if (a->dtype == FAB_DTYPE_BF16)
-        return a->d == 64 ? launch_dkdv<__nv_bfloat16, 64>(ctx, a, Dbuf, dqacc, taken)
-                          : launch_dkdv<__nv_bfloat16, 128>(ctx, a, Dbuf, dqacc, taken);
-    return a->d == 64 ? launch_dkdv<__half, 64>(ctx, a, Dbuf, dqacc, taken)
-                      : launch_dkdv<__half, 128>(ctx, a, Dbuf, dqacc, taken);
+        return d64 ? launch_dkdv<__nv_bfloat16, 64>(ctx, a, Dbuf, dqacc, taken)
+                   : launch_dkdv<__nv_bfloat16, 128>(ctx, a, Dbuf, dqacc, taken);
+    return d64 ? launch_dkdv<__half, 64>(ctx, a, Dbuf, dqacc, taken)
+               : launch_dkdv<__half, 128>(ctx, a, Dbuf, dqacc, taken);
 }
 
 extern "C" int fab__attention_bwd_dq_sm90(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, bool *taken)
 {
+    const bool d64 = attn_sm90_kernel_d(a->d) == 64;
     if (a->dtype == FAB_DTYPE_BF16)
-        return a->d == 64 ? launch_dq<__nv_bfloat16, 64>(ctx, a, Dbuf, taken)
-                          : launch_dq<__nv_bfloat16, 128>(ctx, a, Dbuf, taken);
-    return a->d == 64 ? launch_dq<__half, 64>(ctx, a, Dbuf, taken) : launch_dq<__half, 128>(ctx, a, Dbuf, taken);
+        return d64 ? launch_dq<__nv_bfloat16, 64>(ctx, a, Dbuf, taken)
+                   : launch_dq<__nv_bfloat16, 128>(ctx, a, Dbuf, taken);
+    return d64 ? launch_dq<__half, 64>(ctx, a, Dbuf, taken) : launch_dq<__half, 128>(ctx, a, Dbuf, taken);
 }

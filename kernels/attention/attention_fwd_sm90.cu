@@ -1,8 +1,13 @@
 /*
- * attention_fwd_sm90.cu: attention forward for Hopper (sm_90a), head dims 64, 128
- * and 256, bf16/f16: the sm80 kernel's algorithm and features (causal, windows,
+ * attention_fwd_sm90.cu: attention forward for Hopper (sm_90a), head dims 64, 96,
+ * 128 and 256, bf16/f16: the sm80 kernel's algorithm and features (causal, windows,
  * softcap, GQA, varlen, lse) with TMA loads and wgmma. Where it applies it
- * replaces the sm80 forward on an H100 (attention.c).
+ * replaces the sm80 forward on an H100 (attention.c). Head dim 96 runs the D = 128
+ * kernel (attn_sm90_kernel_d): the maps' head dim is 96, so TMA fills dims 96..127
+ * of every box with zeros, which add nothing to S and give O columns that are not
+ * stored; a quarter of the tensor-core work is spent on zeros, which still leaves
+ * more than the sm80 kernel's mma.sync can do (not yet measured). Head dim 32
+ * stays on sm80: padded to 64 it would spend half.
  *
  * Idea: one block of 3 warpgroups per (128-row query tile, query head, sequence).
  * Warpgroup 0 is the producer: it gives most of its registers to the consumers
@@ -48,7 +53,7 @@
  * logits, P rounded to the input type, out rounded once, lse = (m + log2 l) ln 2.
  *
  * Requirements (fab__attention_forward_sm90_supports): sm_90 and sm_90a code;
- * bf16/f16; head dim 64, 128 or 256; 16-byte aligned q, k, v with sequence, head and
+ * bf16/f16; head dim 64, 96, 128 or 256; 16-byte aligned q, k, v with sequence, head and
  * batch strides (where used) positive multiples of 8 elements; the driver's
  * cuTensorMapEncodeTiled. FAB_ATTN_SM90=0 turns it off.
  */
@@ -297,8 +302,9 @@ __global__ void __launch_bounds__(THREADS, 1)
         T *orow = O + (int64_t)row * a.out.ss;
 #pragma unroll
         for (int j = 0; j < D / 8; j++)
-            *reinterpret_cast<uint32_t *>(orow + j * 8 + 2 * t) = M::pack(o[4 * j + 2 * hr] * inv,
-                                                                          o[4 * j + 2 * hr + 1] * inv);
+            if (D == a.d || 8 * j < a.d) /* not the zero padding of a head dim below D */
+                *reinterpret_cast<uint32_t *>(orow + j * 8 + 2 * t) = M::pack(o[4 * j + 2 * hr] * inv,
+                                                                              o[4 * j + 2 * hr + 1] * inv);
         if (a.lse && t == 0)
             a.lse[b * a.lse_sb + h * a.lse_sh + q0 + row] = (mrow[hr] + log2f(l)) * 0.69314718055994531f;
     }
@@ -313,9 +319,9 @@ static fab_status launch(fab_context *ctx, const fab__attn_args *a)
     attn_extents(a, false, &krows, &nb);
     CUtensorMap mq, mk, mv;
     constexpr int BN = fwd_keys<D>::BN;
-    if (!attn_encode_view(&mq, a->q, bf16, D, qrows, a->hq, nb, BM) ||
-        !attn_encode_view(&mk, a->k, bf16, D, krows, a->hkv, nb, BN) ||
-        !attn_encode_view(&mv, a->v, bf16, D, krows, a->hkv, nb, BN)) {
+    if (!attn_encode_view(&mq, a->q, bf16, a->d, qrows, a->hq, nb, BM) ||
+        !attn_encode_view(&mk, a->k, bf16, a->d, krows, a->hkv, nb, BN) ||
+        !attn_encode_view(&mv, a->v, bf16, a->d, krows, a->hkv, nb, BN)) {
         static bool warned;
         if (!warned) {
             warned = true;
@@ -338,7 +344,8 @@ FAB__SM90A_PROBE(fab__attention_sm90a_code, have_sm90a_code)
 
 extern "C" bool fab__attention_forward_sm90_supports(const fab_context *ctx, const fab__attn_args *a)
 {
-    return (a->d == 64 || a->d == 128 || a->d == 256) && attn_sm90_shape_ok(ctx, a, BM, 128) && have_sm90a_code() &&
+    const int D = attn_sm90_kernel_d(a->d);
+    return (D == 64 || D == 128 || D == 256) && attn_sm90_shape_ok(ctx, a, BM, 128) && have_sm90a_code() &&
            fab__tma_encoder() != NULL;
 }
 
@@ -347,11 +354,12 @@ extern "C" fab_status fab__attention_forward_sm90(fab_context *ctx, const fab__a
     cudaError_t err = cudaSetDevice(ctx->device);
     if (err != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "fab_attention_forward: cudaSetDevice failed: %s", cudaGetErrorString(err));
+    const int D = attn_sm90_kernel_d(a->d);
     if (a->dtype == FAB_DTYPE_BF16)
-        return a->d == 64    ? launch<__nv_bfloat16, 64>(ctx, a)
-               : a->d == 128 ? launch<__nv_bfloat16, 128>(ctx, a)
-                             : launch<__nv_bfloat16, 256>(ctx, a);
-    return a->d == 64    ? launch<__half, 64>(ctx, a)
-           : a->d == 128 ? launch<__half, 128>(ctx, a)
-                         : launch<__half, 256>(ctx, a);
+        return D == 64    ? launch<__nv_bfloat16, 64>(ctx, a)
+               : D == 128 ? launch<__nv_bfloat16, 128>(ctx, a)
+                          : launch<__nv_bfloat16, 256>(ctx, a);
+    return D == 64    ? launch<__half, 64>(ctx, a)
+           : D == 128 ? launch<__half, 128>(ctx, a)
+                      : launch<__half, 256>(ctx, a);
 }

@@ -128,6 +128,15 @@ static bool attn_view_ok(const fab__attn_view &v, int64_t rows, int64_t heads, i
            (heads <= 1 || (v.sh > 0 && v.sh % 8 == 0)) && (batch <= 1 || (v.sb > 0 && v.sb % 8 == 0));
 }
 
+/* The head dim a Hopper kernel is compiled for that runs head dim d: d itself, and
+ * 128 for 96 (the maps' head dim stays 96: TMA fills dims 96..127 of each box with
+ * zeros, which add nothing to S = Q K^T or to the O, dK, dV and dQ columns that are
+ * stored, and the kernels store no column past d). 0 for a head dim none runs. */
+static inline int attn_sm90_kernel_d(int64_t d)
+{
+    return d == 64 || d == 128 || d == 256 ? (int)d : d == 96 ? 128 : 0;
+}
+
 /* The checks the Hopper kernels make beside the head dim: an sm_90 context,
  * bf16/f16, FAB_ATTN_SM90 not 0, extents TMA coordinates hold (rows + a box within
  * int), q and k/v views TMA can map. */
