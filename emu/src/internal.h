@@ -192,6 +192,9 @@ bool stream_is_valid(cudaStream_t s);
 cudaError_t record_error(cudaError_t e); /* sets the thread's last error; returns e */
 /* Snapshot of live device allocations (base, size). */
 std::vector<std::pair<unsigned char *, size_t>> device_allocations();
+/* The first allocation whose redzones (runtime.cpp) were written since they were
+ * filled, described and refilled; empty if none. */
+std::string check_redzones();
 void set_last_message(const std::string &m);
 
 /* ---- settings (scheduler.cpp) ---- */

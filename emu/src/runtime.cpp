@@ -12,6 +12,7 @@
  * stream order, cross-stream waits and event ordering hold trivially; an event
  * records the host time at which it was recorded.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +138,49 @@ static std::mutex g_mem_mutex;
 static std::map<uintptr_t, Alloc> g_allocs;
 static size_t g_device_bytes = 0;
 
+/* Every allocation sits between two redzones, REDZONE_FRONT bytes before it and
+ * REDZONE_BACK after, filled with a pattern. A kernel's plain stores are host stores
+ * the emulator does not see; check_redzones, after each launch, reports a store just
+ * before or past an allocation, which would otherwise corrupt the heap or pass
+ * unnoticed (on a GPU it corrupts a neighbour or faults). */
+static const size_t REDZONE_FRONT = 256, REDZONE_BACK = 1024; /* FRONT keeps the 256-byte alignment */
+static unsigned char redzone_byte(size_t i) { return (unsigned char)(0xa5u ^ (i * 29u)); }
+
+static void fill_redzones(unsigned char *p, size_t size)
+{
+    for (size_t i = 0; i < REDZONE_FRONT; ++i) p[i - REDZONE_FRONT] = redzone_byte(i);
+    for (size_t i = 0; i < REDZONE_BACK; ++i) p[size + i] = redzone_byte(REDZONE_FRONT + i);
+}
+
+std::string check_redzones()
+{
+    std::lock_guard<std::mutex> lk(g_mem_mutex);
+    for (auto &kv : g_allocs) {
+        unsigned char *p = (unsigned char *)kv.first;
+        const size_t n = kv.second.size;
+        long long lo = 0, hi = 0; /* the bad bytes' span, relative to the allocation's start */
+        bool bad = false;
+        for (size_t i = 0; i < REDZONE_FRONT + REDZONE_BACK; ++i) {
+            const long long at = i < REDZONE_FRONT ? (long long)i - (long long)REDZONE_FRONT
+                                                   : (long long)(n + i - REDZONE_FRONT);
+            if (p[at] == redzone_byte(i)) continue;
+            if (!bad) lo = at;
+            hi = at + 1;
+            bad = true;
+        }
+        if (!bad) continue;
+        fill_redzones(p, n); /* one report per overflow */
+        char msg[400];
+        snprintf(msg, sizeof msg,
+                 "bytes [%+lld, %+lld) relative to the start of the %s allocation [%p, +%zu) were written: a "
+                 "store %s it (by this kernel, or by host code writing device memory directly since the last launch)",
+                 lo, hi, kv.second.device ? "cudaMalloc" : "cudaMallocHost", (void *)p, n,
+                 lo < 0 ? "before the start of" : "past the end of");
+        return msg;
+    }
+    return std::string();
+}
+
 /* The allocation containing [p, p+n), or end(). n == 0 checks p only. */
 static std::map<uintptr_t, Alloc>::iterator find_alloc(const void *p, size_t n)
 {
@@ -182,11 +226,15 @@ static cudaError_t do_malloc(void **ptr, size_t size, bool device)
     std::lock_guard<std::mutex> lk(g_mem_mutex);
     if (device && size > p.totalGlobalMem - g_device_bytes) return cudaErrorMemoryAllocation;
     void *m = nullptr;
-    if (posix_memalign(&m, 256, size) != 0 || !m) return cudaErrorMemoryAllocation;
-    memset(m, 0xff, size);
-    g_allocs[(uintptr_t)m] = Alloc{size, device};
+    if (size > SIZE_MAX - REDZONE_FRONT - REDZONE_BACK ||
+        posix_memalign(&m, 256, REDZONE_FRONT + size + REDZONE_BACK) != 0 || !m)
+        return cudaErrorMemoryAllocation;
+    unsigned char *user = (unsigned char *)m + REDZONE_FRONT;
+    memset(user, 0xff, size);
+    fill_redzones(user, size);
+    g_allocs[(uintptr_t)user] = Alloc{size, device};
     if (device) g_device_bytes += size;
-    *ptr = m;
+    *ptr = user;
     return cudaSuccess;
 }
 
@@ -202,7 +250,7 @@ static cudaError_t do_free(void *ptr, bool device)
     }
     if (device) g_device_bytes -= it->second.size;
     g_allocs.erase(it);
-    free(ptr);
+    free((unsigned char *)ptr - REDZONE_FRONT);
     return cudaSuccess;
 }
 

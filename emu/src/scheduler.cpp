@@ -1097,6 +1097,13 @@ cudaError_t fab_emu_launch(const cudaLaunchConfig_t *cfg, const void *kernel, vo
     L.smem = cfg->dynamicSmemBytes;
     L.nblocks = (unsigned long long)g.x * g.y * g.z;
     cudaError_t e = execute(L);
+    if (e == cudaSuccess) {
+        const std::string bad = check_redzones();
+        if (!bad.empty()) {
+            launch_failure(&L, "fab_emu: kernel error in " + kernel_name(kernel) + ": " + bad);
+            e = cudaErrorIllegalAddress;
+        }
+    }
     return e == cudaSuccess ? e : record_error(e);
 }
 

@@ -187,11 +187,44 @@ static void test_launch_errors_and_names()
     cudaFree(d);
 }
 
+/* A store just past or before an allocation lands in its redzone: the launch fails
+ * (cudaErrorIllegalAddress) with a message giving the bytes' offsets; the
+ * allocation stays usable and the next clean launch succeeds. */
+__global__ void k_store_at(int *p, int i, int v) { p[i] = v; }
+
+static void test_redzones()
+{
+    int old = fab_emu_set_error_mode(1);
+    int *d = device_alloc<int>(100);
+    CHECK_CUDA(launch(k_store_at, dim3(1), dim3(1), 0, d, 99, 1));
+    const struct {
+        int index;
+        const char *offsets;
+    } bad[] = {{100, "[+400, +404)"}, {103, "[+412, +416)"}, {-1, "[-4, +0)"}};
+    for (const auto &b : bad) {
+        cudaError_t e = launch(k_store_at, dim3(1), dim3(1), 0, d, b.index, 7);
+        cudaGetLastError();
+        const char *m = fab_emu_last_message();
+        CHECK(e == cudaErrorIllegalAddress, "store at [%d] of 100 ints: launch returned %s", b.index,
+              cudaGetErrorName(e));
+        CHECK(strstr(m, b.offsets) != nullptr && strstr(m, "k_store_at") != nullptr,
+              "store at [%d]: message lacks '%s' or the kernel's name: %s", b.index, b.offsets, m);
+        CHECK(strstr(m, b.index < 0 ? "before the start" : "past the end") != nullptr, "store at [%d]: %s", b.index, m);
+    }
+    CHECK_CUDA(launch(k_store_at, dim3(1), dim3(1), 0, d, 0, 5)); /* the redzones were refilled */
+    int h[100];
+    CHECK_CUDA(cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost));
+    CHECK(h[0] == 5 && h[99] == 1, "allocation after the reports: %d %d", h[0], h[99]);
+    cudaFree(d);
+    fab_emu_set_error_mode(old);
+}
+
 int main()
 {
     test_device();
     test_memory();
     test_streams_events();
     test_launch_errors_and_names();
+    test_redzones();
     return emu_test_finish();
 }
