@@ -54,6 +54,10 @@ FAB_EMU_API int fab_emu_set_smemcheck(int on);
 FAB_EMU_API int fab_emu_set_error_mode(int return_errors);
 /* The last emulator error or race report message of this process ("" if none). */
 FAB_EMU_API const char *fab_emu_last_message(void);
+/* Bytes of redzone after each allocation (docs/EMULATOR.md, "Errors it reports"): a
+ * launch that stored there fails with cudaErrorIllegalAddress. 0 under ASan, which
+ * reports such stores itself. */
+FAB_EMU_API int fab_emu_redzone_bytes(void);
 
 /* Number of OS worker threads used to run blocks (>= 1).  Returns the previous value. */
 FAB_EMU_API int fab_emu_set_threads(int n);

@@ -15,6 +15,16 @@
 
 #include <stddef.h>
 
+/* FAB_EMU_ASAN: built with AddressSanitizer (fibers announce their switches; device
+ * allocations get no redzones of the emulator's, as ASan's own report at the access) */
+#if defined(__SANITIZE_ADDRESS__)
+#define FAB_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FAB_EMU_ASAN 1
+#endif
+#endif
+
 #if !defined(__x86_64__)
 #include <ucontext.h>
 #endif

@@ -2,10 +2,11 @@
  * runtime.cpp -- the emulated CUDA runtime API: errors, the virtual device,
  * memory, streams and events.
  *
- * Device memory is host memory from posix_memalign (256-byte aligned, exactly the
- * requested size, so AddressSanitizer reports any access past its end), recorded in
- * a registry so copies and memsets can check that a device range lies inside one
- * live allocation.  New allocations are filled with 0xff bytes (NaN for every float
+ * Device memory is host memory from posix_memalign (256-byte aligned), between
+ * redzones checked after each launch (exactly the requested size under
+ * AddressSanitizer, which then reports any access past its end), recorded in a
+ * registry so copies and memsets can check that a device range lies inside one live
+ * allocation.  New allocations are filled with 0xff bytes (NaN for every float
  * type) so a kernel that reads memory nobody wrote sees garbage, as on a GPU.
  *
  * Streams and events: every operation runs to completion when it is enqueued, so
@@ -142,43 +143,71 @@ static size_t g_device_bytes = 0;
  * REDZONE_BACK after, filled with a pattern. A kernel's plain stores are host stores
  * the emulator does not see; check_redzones, after each launch, reports a store just
  * before or past an allocation, which would otherwise corrupt the heap or pass
- * unnoticed (on a GPU it corrupts a neighbour or faults). */
+ * unnoticed (on a GPU it corrupts a neighbour or faults). Under ASan there are none:
+ * allocations are their exact size and ASan reports such an access as it happens. */
+#ifdef FAB_EMU_ASAN
+static const size_t REDZONE_FRONT = 0, REDZONE_BACK = 0;
+#else
 static const size_t REDZONE_FRONT = 256, REDZONE_BACK = 1024; /* FRONT keeps the 256-byte alignment */
-static unsigned char redzone_byte(size_t i) { return (unsigned char)(0xa5u ^ (i * 29u)); }
+#endif
+static const size_t REDZONE_BYTES = REDZONE_FRONT + REDZONE_BACK;
+
+/* The pattern, front zone then back zone. */
+static const unsigned char *redzone_pattern()
+{
+    static unsigned char pat[REDZONE_BYTES + 1];
+    static bool made;
+    if (!made) { /* under g_mem_mutex */
+        for (size_t i = 0; i < REDZONE_BYTES; ++i) pat[i] = (unsigned char)(0xa5u ^ (i * 29u));
+        made = true;
+    }
+    return pat;
+}
 
 static void fill_redzones(unsigned char *p, size_t size)
 {
-    for (size_t i = 0; i < REDZONE_FRONT; ++i) p[i - REDZONE_FRONT] = redzone_byte(i);
-    for (size_t i = 0; i < REDZONE_BACK; ++i) p[size + i] = redzone_byte(REDZONE_FRONT + i);
+    memcpy(p - REDZONE_FRONT, redzone_pattern(), REDZONE_FRONT);
+    memcpy(p + size, redzone_pattern() + REDZONE_FRONT, REDZONE_BACK);
 }
 
 std::string check_redzones()
 {
+    if (REDZONE_BYTES == 0) return std::string();
     std::lock_guard<std::mutex> lk(g_mem_mutex);
+    const unsigned char *pat = redzone_pattern();
+    std::string report;
+    int more = 0;
     for (auto &kv : g_allocs) {
         unsigned char *p = (unsigned char *)kv.first;
         const size_t n = kv.second.size;
+        if (memcmp(p - REDZONE_FRONT, pat, REDZONE_FRONT) == 0 && memcmp(p + n, pat + REDZONE_FRONT, REDZONE_BACK) == 0)
+            continue;
         long long lo = 0, hi = 0; /* the bad bytes' span, relative to the allocation's start */
-        bool bad = false;
-        for (size_t i = 0; i < REDZONE_FRONT + REDZONE_BACK; ++i) {
+        bool before = false, past = false;
+        for (size_t i = 0; i < REDZONE_BYTES; ++i) {
             const long long at = i < REDZONE_FRONT ? (long long)i - (long long)REDZONE_FRONT
                                                    : (long long)(n + i - REDZONE_FRONT);
-            if (p[at] == redzone_byte(i)) continue;
-            if (!bad) lo = at;
+            if (p[at] == pat[i]) continue;
+            if (!before && !past) lo = at;
             hi = at + 1;
-            bad = true;
+            (i < REDZONE_FRONT ? before : past) = true;
         }
-        if (!bad) continue;
-        fill_redzones(p, n); /* one report per overflow */
+        fill_redzones(p, n); /* each overflow reported once */
+        if (!report.empty()) {
+            more++;
+            continue;
+        }
         char msg[400];
         snprintf(msg, sizeof msg,
-                 "bytes [%+lld, %+lld) relative to the start of the %s allocation [%p, +%zu) were written: a "
-                 "store %s it (by this kernel, or by host code writing device memory directly since the last launch)",
+                 "bytes in [%+lld, %+lld) relative to the start of the %s allocation [%p, +%zu) were written: a store "
+                 "%s it (by this kernel, or by host code writing device memory directly since the last launch)",
                  lo, hi, kv.second.device ? "cudaMalloc" : "cudaMallocHost", (void *)p, n,
-                 lo < 0 ? "before the start of" : "past the end of");
-        return msg;
+                 before && past ? "before the start and past the end of" : before ? "before the start of"
+                                                                           : "past the end of");
+        report = msg;
     }
-    return std::string();
+    if (more) report += "; and around " + std::to_string(more) + " more allocation(s)";
+    return report;
 }
 
 /* The allocation containing [p, p+n), or end(). n == 0 checks p only. */
@@ -702,6 +731,8 @@ cudaError_t fab_emu_set_device_preset(const char *name)
         return cudaErrorInvalidValue;
     return fab_emu_set_device_props(&p);
 }
+
+int fab_emu_redzone_bytes(void) { return (int)REDZONE_BACK; }
 
 const char *fab_emu_last_message(void)
 {

@@ -998,9 +998,26 @@ static std::string compare_results(const std::vector<std::pair<unsigned char *, 
 
 static std::mutex g_launch_mutex; /* one launch at a time (the pool is shared) */
 
+static cudaError_t run_schedules(Launch &L);
+
+/* Runs the launch, then checks the allocations' redzones (runtime.cpp), under the
+ * launch lock: always, so that a failed launch's stores are not blamed on the next
+ * one; reported for a launch that otherwise succeeded. */
 static cudaError_t execute(Launch &L)
 {
     std::lock_guard<std::mutex> lk(g_launch_mutex);
+    cudaError_t e = run_schedules(L);
+    const std::string bad = check_redzones();
+    if (!bad.empty() && e == cudaSuccess) {
+        launch_failure(&L, "fab_emu: kernel error in " + kernel_name(L.kernel) + ": " + bad);
+        e = cudaErrorIllegalAddress;
+    }
+    return e;
+}
+
+/* One run, or under the race check the two schedules and their comparison. */
+static cudaError_t run_schedules(Launch &L)
+{
     count_stat(STAT_LAUNCHES, 1);
     L.shadow = smemcheck_on();
     if (!racecheck_on()) {
@@ -1097,13 +1114,6 @@ cudaError_t fab_emu_launch(const cudaLaunchConfig_t *cfg, const void *kernel, vo
     L.smem = cfg->dynamicSmemBytes;
     L.nblocks = (unsigned long long)g.x * g.y * g.z;
     cudaError_t e = execute(L);
-    if (e == cudaSuccess) {
-        const std::string bad = check_redzones();
-        if (!bad.empty()) {
-            launch_failure(&L, "fab_emu: kernel error in " + kernel_name(kernel) + ": " + bad);
-            e = cudaErrorIllegalAddress;
-        }
-    }
     return e == cudaSuccess ? e : record_error(e);
 }
 

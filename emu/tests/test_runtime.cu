@@ -189,13 +189,24 @@ static void test_launch_errors_and_names()
 
 /* A store just past or before an allocation lands in its redzone: the launch fails
  * (cudaErrorIllegalAddress) with a message giving the bytes' offsets; the
- * allocation stays usable and the next clean launch succeeds. */
+ * allocation stays usable and the next clean launch succeeds, also after a kernel
+ * that hit two allocations' redzones and one that failed for another reason. */
 __global__ void k_store_at(int *p, int i, int v) { p[i] = v; }
+__global__ void k_store_two(int *p, int *q) { p[100] = q[100] = 1; }
+__global__ void k_store_then_trap(int *p)
+{
+    p[100] = 1;
+    __trap();
+}
 
 static void test_redzones()
 {
+    if (fab_emu_redzone_bytes() == 0) {
+        printf("skipped: redzones (none under ASan, which reports such stores itself)\n");
+        return;
+    }
     int old = fab_emu_set_error_mode(1);
-    int *d = device_alloc<int>(100);
+    int *d = device_alloc<int>(100), *d2 = device_alloc<int>(100);
     CHECK_CUDA(launch(k_store_at, dim3(1), dim3(1), 0, d, 99, 1));
     const struct {
         int index;
@@ -215,7 +226,17 @@ static void test_redzones()
     int h[100];
     CHECK_CUDA(cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost));
     CHECK(h[0] == 5 && h[99] == 1, "allocation after the reports: %d %d", h[0], h[99]);
+    cudaError_t e = launch(k_store_two, dim3(1), dim3(1), 0, d, d2);
+    cudaGetLastError();
+    CHECK(e == cudaErrorIllegalAddress && strstr(fab_emu_last_message(), "1 more allocation") != nullptr,
+          "two allocations overrun: %s, %s", cudaGetErrorName(e), fab_emu_last_message());
+    CHECK_CUDA(launch(k_store_at, dim3(1), dim3(1), 0, d2, 0, 5)); /* both refilled */
+    e = launch(k_store_then_trap, dim3(1), dim3(1), 0, d);
+    cudaGetLastError();
+    CHECK(e == cudaErrorLaunchFailure, "trap after an overrun: %s", cudaGetErrorName(e));
+    CHECK_CUDA(launch(k_store_at, dim3(1), dim3(1), 0, d, 0, 5)); /* not blamed for the trapped one's store */
     cudaFree(d);
+    cudaFree(d2);
     fab_emu_set_error_mode(old);
 }
 
