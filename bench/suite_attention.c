@@ -15,7 +15,10 @@
  *        loaded with dlopen), forward and backward, on the same inputs, for
  *        FlashAttention's benchmark shapes: 16k tokens per batch, model dim 2048,
  *        head dims 64, 128 and 256, sequence 512..16k (quick:
- *        512, 2048, 8192), causal and not; bf16, and f16 too without --quick.
+ *        512, 2048, 8192), causal and not; bf16, and f16 too without --quick;
+ *        and head dim 96 (model dim 2016), every sequence, or 2048 only with
+ *        --quick (on an H100 the Hopper kernels run it zero-padded to 128: its
+ *        "sm80" rows below say whether that beats the sm80 kernels).
  *        Before timing, each case runs cuDNN and fabriek once and compares the
  *        outputs (out; dq, dk, dv), max |cudnn - fabriek| / max |fabriek| <= 2e-2:
  *        a mismatch prints why and the row's baseline reads "cudnn(mismatch)",
@@ -29,15 +32,15 @@
  *        products) against the default fast one (dq atomics) of the same run:
  *        its ratio is what determinism costs. And a row "attn_forward sm80" times
  *        the sm80 forward (FAB_ATTN_SM90=0) against the default of the run (on an
- *        H100 the Hopper forward, attention_fwd_sm90.cu, at head dims 64, 128 and
- *        256), and at head dims up to 128 "attn_forward sm80 16 rows/warp" the sm80
+ *        H100 the Hopper forward, attention_fwd_sm90.cu, at head dims 64, 96, 128
+ *        and 256), and at head dims up to 128 "attn_forward sm80 16 rows/warp" the sm80
  *        forward's other variant (one m-tile per warp, 64-row blocks;
  *        FAB_ATTN_FWD_WARP_ROWS=16) against the sm80 default (two m-tiles,
  *        128-row blocks, on these grids): a ratio above 1 says the default picks
  *        wrong. Not when the caller set FAB_ATTN_FWD_WARP_ROWS or FAB_ATTN_SM90. Likewise "attn_backward sm80"
  *        times the sm80 backward against the default of the run (on an H100 the
  *        fast path's dk/dv kernel is the Hopper one, attention_bwd_sm90.cu, at head
- *        dims 64 and 128), and "attn_backward sm80 64 keys/block" the sm80 dk/dv
+ *        dims 64, 96 and 128), and "attn_backward sm80 64 keys/block" the sm80 dk/dv
  *        kernel with 64-key, 4-warp blocks (FAB_ATTN_BWD_KEYS=64) against the sm80
  *        default (128 keys, 8 warps, on these grids); not when the caller set
  *        FAB_ATTN_BWD_KEYS or FAB_ATTN_SM90.
@@ -365,8 +368,8 @@ int bench_suite_attention(bench *b)
     /* CPU: one sequence of s tokens, model dim 1024. GPU: FlashAttention's
      * benchmark shapes, 16k tokens per batch (b = 16384 / s), model dim 2048. */
     const int64_t cpu_seqs[2] = {1024, 2048}, gpu_seqs[6] = {512, 1024, 2048, 4096, 8192, 16384};
-    const int64_t gpu_quick[3] = {512, 2048, 8192}, dims[3] = {64, 128, 256};
-    const int ndims = gpu ? 3 : 2; /* 256: GPU only (the CPU has it, but slowly) */
+    const int64_t gpu_quick[3] = {512, 2048, 8192}, dims[4] = {64, 128, 256, 96};
+    const int ndims = gpu ? 4 : 2; /* 256 and 96: GPU only (the CPU has them, but slowly) */
     const int64_t *seqs = gpu ? (b->opt.quick ? gpu_quick : gpu_seqs) : cpu_seqs;
     const int nseq = gpu ? (b->opt.quick ? 3 : 6) : (b->opt.quick ? 1 : 2);
     const char *unit = gpu ? "TFLOP/s" : "GFLOP/s";
@@ -416,6 +419,8 @@ int bench_suite_attention(bench *b)
         const int si = ts % nseq;
         for (int di = 0; di < ndims; di++) {
             const int64_t s = seqs[si], d = dims[di];
+            if (d == 96 && b->opt.quick && s != 2048)
+                continue;
             const int64_t h = gpu ? 2048 / d : 1024 / d, bsz = gpu ? 16384 / s : 1;
             const int64_t shape[4] = {bsz, s, h, d}, lshape[3] = {bsz, h, s}, n = bsz * s * h * d;
             const size_t bytes = (size_t)n * fab_dtype_size(dtype), lbytes = (size_t)(bsz * h * s) * 4;

@@ -593,8 +593,8 @@ static const acase cases[] = {
     /* Hopper runs 96 as 128 with zeros past 96: strided, so that reading or writing a
      * column past 96 meets the gaps' and the next head's values */
     {"head_dim 96 strided GQA causal", 1, 150, 200, 4, 2, 96, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 1, 0},
-    {"head_dim 96 strided varlen window softcap", 2, 0, 0, 2, 1, 96, 1, {70, 33}, {100, 140}, 0, 1, 30, 10, 0, 4.0f,
-     1, 0},
+    {"head_dim 96 strided varlen window softcap", 2, 0, 0, 2, 1, 96, 1, {70, 33}, {100, 140}, 0, 1, 30, 10, 0,
+     4.0f, 1, 0},
     {"head_dim 128", 1, 65, 70, 2, 2, 128, 0, {0}, {0}, 1, 0, 0, 0, 0, 0, 0, 0},
     {"head_dim 256", 1, 65, 70, 2, 1, 256, 0, {0}, {0}, 0, 0, 0, 0, 0, 0, 0, 0},
     {"head_dim 256 varlen causal window softcap", 2, 0, 0, 2, 1, 256, 1, {70, 33}, {100, 33}, 1, 1, 40, -1, 0, 3.0f, 0, 0},
@@ -649,7 +649,7 @@ static void skip_on_cuda(fab_context *ctx, const char *why)
  * CUDA: the fast path (the default context, deterministic = 0: dq by atomics)
  *       and the deterministic one (a second context), whose dk and dv must be
  *       bitwise equal (both paths run the same dkdv kernel: the sm80 one, or on
- *       sm_90 at head dims 64 and 128 the Hopper one);
+ *       sm_90 at head dims 64, 96 and 128 the Hopper one);
  * CPU:  the single-pass schedule (1 thread) and the two-pass one (16 threads,
  *       more than any case's batch x kv heads), which must agree bit for bit. */
 static void test_cases_dtype(fab_dtype dt)
@@ -705,7 +705,8 @@ static void test_cases_dtype(fab_dtype dt)
 
 static void test_cases_bf16(void **state) { (void)state; test_cases_dtype(FAB_DTYPE_BF16); }
 /* On an (emulated) H100 the cases above run the Hopper forward and backward where
- * they apply (head dims 64 and 128); these the sm80 kernels, as other GPUs do. */
+ * they apply (head dims 64, 96, 128, and 256 forward); these the sm80 kernels, as
+ * other GPUs do. */
 static void test_cases_sm80(void **state)
 {
     (void)state;

@@ -1,9 +1,10 @@
 /*
  * attention_bwd_sm90.cu: the backward's kernels for Hopper (sm_90a), head dims 64,
- * 96 and 128 (96 as 128 with zeros, as the forward: attn_sm90_kernel_d), bf16/f16, with the sm80 kernels' algorithms and features (causal,
- * windows, softcap, GQA, varlen) on TMA loads and wgmma: the dK/dV kernel, with dQ
- * atomics (DQ, the fast path) or without (deterministic mode), and deterministic
- * mode's dq kernel (below the dK/dV kernel). The sm80 file's dot kernel (D =
+ * 96 and 128 (96 as 128 with zeros, as the forward: attn_sm90_kernel_d), bf16/f16,
+ * with the sm80 kernels' algorithms and features (causal, windows, softcap, GQA,
+ * varlen) on TMA loads and wgmma: the dK/dV kernel, with dQ atomics (DQ, the fast
+ * path) or without (deterministic mode), and deterministic mode's dq kernel (below
+ * the dK/dV kernel). The sm80 file's dot kernel (D =
  * rowsum(dO O)) and, on the fast path, dq accumulator and convert kernel run around
  * them (attention_bwd_sm80.cu, launch_grads). dK and dV are the same arithmetic on
  * both paths, so bitwise equal between them.

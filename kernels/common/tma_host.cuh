@@ -40,7 +40,7 @@ static bool fab__tma_encode_16bit(CUtensorMap *map, const void *base, bool bf16,
                                   const int64_t *strides, int box_rows, int swizzle_bytes = 128)
 {
     fab__encode_tiled_fn enc = fab__tma_encoder();
-    if (!enc)
+    if (!enc || (swizzle_bytes != 128 && swizzle_bytes != 64))
         return false;
     cuuint64_t d[5], s[4];
     cuuint32_t box[5], estr[5];
