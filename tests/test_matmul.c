@@ -612,10 +612,11 @@ static void test_tensor_core_shapes(void **state)
  * k, k running through the stage ring several times, more m-tiles than one group
  * of the block order, and an epilogue. On a real GPU the same calls run (whatever
  * kernel the device gets). */
-/* One case on the Hopper kernel; under the emulator, that it ran there: `batches`
- * grids of 128 x bn blocks of 384 threads, 8 consumer warps x 4 k steps of wgmma
- * per 64-wide k tile and block. */
-static void run_sm90_case(fab_context *ctx, const mm_case *c, int64_t batches, int64_t bn)
+/* One case on the Hopper kernel; under the emulator, that it ran there: one
+ * 384-thread block per tile of 128 x bn of the `batches` matrices, at most `sms`
+ * (the persistent grid), and 8 consumer warps x 4 k steps of wgmma per 64-wide k
+ * tile and tile of C. */
+static void run_sm90_case(fab_context *ctx, const mm_case *c, int64_t batches, int64_t bn, int64_t sms)
 {
 #ifdef FAB_TEST_EMULATED
     const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
@@ -626,12 +627,13 @@ static void run_sm90_case(fab_context *ctx, const mm_case *c, int64_t batches, i
 #ifdef FAB_TEST_EMULATED
     fab_emu_get_stats(&after);
     fab_emu_set_racecheck(racecheck);
-    const int64_t blocks = batches * ((c->m + 127) / 128) * ((c->n + bn - 1) / bn), ktiles = (c->k + 63) / 64;
+    const int64_t tiles = batches * ((c->m + 127) / 128) * ((c->n + bn - 1) / bn), ktiles = (c->k + 63) / 64;
+    const int64_t blocks = tiles < sms ? tiles : sms;
     assert_int_equal(after.blocks - before.blocks, blocks);
     assert_int_equal(after.threads - before.threads, blocks * 384);
-    assert_int_equal(after.wgmma - before.wgmma, blocks * 8 * 4 * ktiles);
+    assert_int_equal(after.wgmma - before.wgmma, tiles * 8 * 4 * ktiles);
 #else
-    (void)batches, (void)bn;
+    (void)batches, (void)bn, (void)sms;
 #endif
 }
 
@@ -657,7 +659,7 @@ static void test_sm90_kernel(void **state)
             c.pre = 1;
             c.beta = 0.5f;
         }
-        run_sm90_case(ctx, &c, 1, bn);
+        run_sm90_case(ctx, &c, 1, bn, 132);
         unsetenv("FAB_MATMUL_SM90_TILE");
     }
     /* batches: two batch dimensions (6 matrices), both transposes of each operand */
@@ -669,9 +671,47 @@ static void test_sm90_kernel(void **state)
         c.bshape[0] = c.a_bshape[0] = c.b_bshape[0] = 2;
         c.bshape[1] = c.a_bshape[1] = c.b_bshape[1] = 3;
         c.bias = t == 1;
-        run_sm90_case(ctx, &c, 6, 128);
+        run_sm90_case(ctx, &c, 6, 128, 132);
     }
     fab_context_destroy(ctx);
+#ifdef FAB_TEST_EMULATED
+    /* persistent: on an emulated H100 of 3 SMs, 3 blocks take every tile in turn
+     * (the ring's stages and phases run on from tile to tile; 5 k slices through 4
+     * or 3 stages), both tile widths, every transpose, a batched case whose blocks
+     * cross from one matrix to the next, and an epilogue */
+    const int sms = fab_emu_set_sm_count(3);
+    ctx = fab_test_context();
+    for (int v = 0; v < 5; v++) {
+        const int t = v & 3, bn = v % 2 ? 256 : 128;
+        setenv("FAB_MATMUL_SM90_TILE", bn == 256 ? "128x256" : "128x128", 1);
+        const fab_dtype in = v & 1 ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
+        mm_case c = plain(in, t & 2 ? FAB_DTYPE_F32 : in, 300 + 11 * v, 330 - 9 * v, 300 + v, t & 1, t >> 1);
+        c.align8 = 1;
+        c.algo = FAB_MATMUL_ALGO_NATIVE;
+        int64_t batches = 1;
+        if (v == 4) { /* 3 matrices of 2 x 2 tiles of 128 x 128: 12 tiles over 3 blocks */
+            c.m = 200, c.n = 136, c.nb = c.a_nb = c.b_nb = 1;
+            c.bshape[0] = c.a_bshape[0] = c.b_bshape[0] = batches = 3;
+        }
+        if (v == 2) {
+            c.act = FAB_MATMUL_ACT_GELU_TANH;
+            c.bias = 1;
+            c.pre = 1;
+            c.beta = 0.5f;
+        }
+        run_sm90_case(ctx, &c, batches, bn, 3);
+        if (v == 4) { /* and under the race check: two schedules, the same bits */
+            const int racecheck = fab_emu_set_racecheck(1);
+            const unsigned long reports = fab_emu_race_reports();
+            run_case(ctx, &c);
+            assert_int_equal(fab_emu_race_reports(), reports);
+            fab_emu_set_racecheck(racecheck);
+        }
+    }
+    unsetenv("FAB_MATMUL_SM90_TILE");
+    fab_context_destroy(ctx);
+    fab_emu_set_sm_count(sms);
+#endif
 }
 
 /* Each tile configuration of the tensor-core kernel, forced with

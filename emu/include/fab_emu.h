@@ -33,6 +33,10 @@ extern "C" {
 FAB_EMU_API cudaError_t fab_emu_set_device_props(const struct cudaDeviceProp *prop);
 /* Load a preset: "h100" (sm_90, 132 SMs, 227 KB opt-in smem) or "a100" (sm_80, 108 SMs, 163 KB). */
 FAB_EMU_API cudaError_t fab_emu_set_device_preset(const char *name);
+/* The virtual device's SM count (n >= 1; another n only reads it). Returns the
+ * previous count. A persistent kernel sizes its grid by it: a few SMs make each
+ * block take several tiles. Contexts read it when created. */
+FAB_EMU_API int fab_emu_set_sm_count(int n);
 
 /* Race check: 1 = every launch runs twice (forward and reverse thread/block order, cp.async
  * copies immediate vs deferred to the wait) from the same snapshot of device memory, and

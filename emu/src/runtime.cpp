@@ -732,6 +732,16 @@ cudaError_t fab_emu_set_device_preset(const char *name)
     return fab_emu_set_device_props(&p);
 }
 
+int fab_emu_set_sm_count(int n)
+{
+    device_props();
+    std::lock_guard<std::mutex> lk(g_dev_mutex);
+    const int old = g_props.multiProcessorCount;
+    if (n >= 1)
+        g_props.multiProcessorCount = n;
+    return old;
+}
+
 int fab_emu_redzone_bytes(void) { return (int)REDZONE_BACK; }
 
 const char *fab_emu_last_message(void)

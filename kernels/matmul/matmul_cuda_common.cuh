@@ -79,19 +79,27 @@ static __device__ __forceinline__ void mm_batch_offsets(const mm_batch &b, int64
     *op = p;
 }
 
-/* The block's tile (tm, tn) of C (tensor-core kernels). The GPU starts blocks in
- * blockIdx order (x fastest), so take that order through groups of 8 m-tiles, n-tiles within a group: a wave of
- * blocks then covers 8 m-tiles by (blocks in the wave) / 8 n-tiles of C, not
- * one or two rows of tiles across all of n, and the A rows and B columns it
- * reads are fewer and stay in L2. The last group may have fewer m-tiles. */
-static __device__ __forceinline__ void mm_block_order(int64_t *tm, int64_t *tn)
+/* Tile pid of an ntm x ntn grid of C tiles, (tm, tn), in the order blocks take
+ * them (tensor-core kernels). The GPU starts blocks in blockIdx order (x fastest),
+ * and a persistent kernel's blocks take consecutive pids at once, so take that order
+ * through groups of 8 m-tiles, n-tiles within a group: a wave of tiles then covers
+ * 8 m-tiles by (tiles in the wave) / 8 n-tiles of C, not one or two rows of tiles
+ * across all of n, and the A rows and B columns it reads are fewer and stay in L2.
+ * The last group may have fewer m-tiles. */
+static __device__ __forceinline__ void mm_tile_order(int64_t pid, int64_t ntm, int64_t ntn, int64_t *tm, int64_t *tn)
 {
     const int GROUP_M = 8;
-    const int64_t pid = (int64_t)blockIdx.y * gridDim.x + blockIdx.x, per_group = (int64_t)GROUP_M * gridDim.x;
+    const int64_t per_group = (int64_t)GROUP_M * ntn;
     const int64_t first_m = pid / per_group * GROUP_M, in_group = pid % per_group;
-    const int64_t rows = gridDim.y - first_m < GROUP_M ? gridDim.y - first_m : GROUP_M;
+    const int64_t rows = ntm - first_m < GROUP_M ? ntm - first_m : GROUP_M;
     *tm = first_m + in_group % rows;
     *tn = in_group / rows;
+}
+
+/* The block's tile of a grid of gridDim.y x gridDim.x tiles (mm_tile_order). */
+static __device__ __forceinline__ void mm_block_order(int64_t *tm, int64_t *tn)
+{
+    mm_tile_order((int64_t)blockIdx.y * gridDim.x + blockIdx.x, gridDim.y, gridDim.x, tm, tn);
 }
 
 /* The epilogue activation of one f32 value (fab__gelu: tanh or erf form). */

@@ -3,16 +3,23 @@
  * C bf16/f16/f32, every epilogue of fab_matmul. Where it applies it replaces the
  * sm80 kernel as "fabriek's tensor-core kernel" on an H100 (matmul_cuda.cu).
  *
- * Idea: a block computes a 128 x BN tile of C (BN 128 or 256, pick_bn) with a k
- * loop over slices of 64 (128 bytes of k). Warp specialisation: warpgroup 0 is
- * the producer -- one thread issues TMA loads of each slice of op(A) and op(B) into a ring of STAGES
- * shared-memory stages, 128-byte swizzled; warpgroups 1 and 2 are consumers, each
- * multiplying its 64 rows of the A slice by the whole B slice with four
- * wgmma.m64nBNk16 (A and B read from shared memory through descriptors, no
- * registers, no ldmatrix). Two mbarriers per stage: `full` (the TMA bytes have
- * landed; the producer's arrive.expect_tx plus the transaction count) and `empty`
- * (the 8 consumer warps have retired the wgmma that read it). A consumer keeps
- * one slice's wgmma in flight while it waits for the next slice.
+ * Idea: C in 128 x BN tiles (BN 128 or 256, pick_bn), each with a k loop over
+ * slices of 64 (128 bytes of k). The grid is persistent: one block per SM (at
+ * most one per tile), block b taking tiles b, b + gridDim.x, ... (batches
+ * included) in mm_tile_order's grouped order. Warp specialisation: warpgroup 0
+ * is the producer (setmaxnreg: it keeps 40 registers, the consumers take 232) --
+ * one thread issues TMA loads of each slice of op(A) and op(B) into a ring of
+ * STAGES shared-memory stages, 128-byte swizzled, running on into the block's
+ * next tile while the consumers finish this one, so that tile's first slices are
+ * there when they start it; warpgroups 1 and 2 are consumers, each multiplying
+ * its 64 rows of the A slice by the whole B slice with four wgmma.m64nBNk16 (A and
+ * B read from shared memory through descriptors, no registers, no ldmatrix). Two
+ * mbarriers per stage: `full` (the TMA bytes have landed; the producer's
+ * arrive.expect_tx plus the transaction count) and `empty` (the 8 consumer warps
+ * have retired the wgmma that read it); both sides count slices across tiles, so
+ * the ring's stages and phases carry on from tile to tile. A consumer keeps one
+ * slice's wgmma in flight while it waits for the next slice; the first k-step of a
+ * tile overwrites the accumulators (scale-d 0) instead of adding to zeros.
  *
  * Operand layouts: an operand stored k-contiguous (A as given, B transposed) is
  * loaded as one box of 64 k x 128 (or BN) rows, each row 128 bytes: wgmma's K-major
@@ -27,16 +34,17 @@
  * Thread mapping: consumer warpgroup c (0, 1) owns rows 64c.. of the block tile;
  * its warp w (0..3) rows 16w.., and lane l the accumulators
  * acc[4j + 2i + b] = C[16w + l/4 + 8i][8j + 2(l%4) + b] (PTX ISA, wgmma D layout).
- * The epilogue goes through shared memory as in the sm80 kernel, reusing the
- * stages once both consumer warpgroups are done with them: each warp stores its
- * 16 x BN accumulators, then its lanes take consecutive elements of those
- * rows for mm_epilogue, so global loads and stores run along rows.
+ * The epilogue goes through shared memory as in the sm80 kernel, in a staging
+ * area of its own (the stages are meanwhile filling with the next tile): each
+ * warp stores 16 x 64 of its accumulators at a time, then its lanes take
+ * consecutive elements of those rows for mm_epilogue, so global loads and stores
+ * run along rows; no other warp waits for it.
  *
  * Numerics: products exact, sums in f32 in the tensor cores' order; epilogue in
  * f32, one rounding to C's dtype. Deterministic: no split-k, fixed order.
  *
- * Batches: blockIdx.z; the tensor maps get the batch dimensions (rank 5), so TMA
- * itself walks to the batch's A and B.
+ * Batches: a tile's batch is its index / (tiles per matrix); the tensor maps get
+ * the batch dimensions (rank 5), so TMA itself walks to the batch's A and B.
  *
  * Requirements (fab__matmul_sm90_supports): an sm_90 device and a binary with
  * sm_90a code; bf16 or f16 A and B; at most 3 batch dimensions, none broadcast
@@ -45,9 +53,9 @@
  * driver's cuTensorMapEncodeTiled. FAB_MATMUL_SM90=0 turns it off (the sm80
  * kernel runs instead). Otherwise the sm80 kernel runs.
  *
- * Registers (ptxas, sm_90a): 90 per thread at BN = 128, 154 at BN = 256, no
- * spills; the launch bound of 384 threads allows 168. (setmaxnreg, which would
- * move registers from the producer to the consumers, is not used yet.)
+ * Registers (ptxas, sm_90a, CUDA 13): 168 per thread at launch, the cap for 384
+ * threads, which setmaxnreg then splits 40 / 232 / 232 between the warpgroups; 0
+ * spills at both tile widths (BN = 256 keeps 128 accumulators per thread).
  */
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -69,19 +77,21 @@ enum {
     SM90_THREADS = 384, /* producer warpgroup + 2 consumer warpgroups */
     SM90_CONSUMER_WARPS = 8,
     SM90_A_BYTES = SM90_BM * SM90_BK * 2, /* A's part of a stage: 16 KiB */
+    SM90_PRODUCER_REGS = 40, SM90_CONSUMER_REGS = 232, /* setmaxnreg: 128 x (40 + 2 x 232) <= 64 Ki */
+    SM90_SROW = 64 + 8, /* a staging row: 64 floats and 8 of padding (banks) */
+    SM90_STAGING_BYTES = SM90_CONSUMER_WARPS * 16 * SM90_SROW * 4, /* 16 rows per consumer warp: 36 KiB */
 };
 
 /* Per block tile width BN (128 or 256): B's part of a stage, the stages (4 of 32
- * KiB, or 3 of 48 KiB), the epilogue's staging row (floats) and the shared memory
- * asked for (the staging reuses the stages). */
+ * KiB, or 3 of 48 KiB) and the shared memory asked for: the stages, the epilogue's
+ * staging, the barriers (165 KiB at BN = 128, 181 KiB at 256). */
 template <int BN>
 struct sm90_cfg {
     static constexpr int B_BYTES = BN * SM90_BK * 2;
     static constexpr int STAGE_BYTES = SM90_A_BYTES + B_BYTES;
     static constexpr int STAGES = BN == 128 ? 4 : 3;
-    static constexpr int SROW = BN + 8;
-    static constexpr int SMEM = 1024 /* alignment slack */ + STAGES * STAGE_BYTES + 2 * STAGES * 8;
-    static_assert(SM90_CONSUMER_WARPS * 16 * SROW * 4 <= STAGES * STAGE_BYTES, "the staging fits in the stages");
+    static constexpr int SMEM =
+        1024 /* alignment slack */ + STAGES * STAGE_BYTES + SM90_STAGING_BYTES + 2 * STAGES * 8;
 };
 
 /* K-major (k-contiguous) operand tile: 128 rows of 128 bytes, 128-byte swizzle. */
@@ -97,22 +107,55 @@ static __device__ __forceinline__ uint64_t desc_mn_major(const unsigned char *ti
     return fab__wgmma_desc(tile + box0 * 8192 + kstep * 16 * 128, 8192, 1024, FAB_WGMMA_SWIZZLE_128B);
 }
 
-/* One wgmma.m64nBNk16 of the warpgroup, accumulating; MN_A / MN_B: the operand is
- * MN-major in shared memory. */
+/* One wgmma.m64nBNk16 of the warpgroup, accumulating unless acc_in = 0 (then it
+ * overwrites acc); MN_A / MN_B: the operand is MN-major in shared memory. */
 template <typename T, int BN, bool MN_A, bool MN_B>
 struct sm90_mma {
-    static __device__ __forceinline__ void run(float (&acc)[BN / 2], uint64_t da, uint64_t db)
+    static __device__ __forceinline__ void run(float (&acc)[BN / 2], uint64_t da, uint64_t db, int acc_in)
     {
-        fab__wgmma_bf16_ss<BN, MN_A, MN_B>(acc, da, db, 1);
+        fab__wgmma_bf16_ss<BN, MN_A, MN_B>(acc, da, db, acc_in);
     }
 };
 template <int BN, bool MN_A, bool MN_B>
 struct sm90_mma<__half, BN, MN_A, MN_B> {
-    static __device__ __forceinline__ void run(float (&acc)[BN / 2], uint64_t da, uint64_t db)
+    static __device__ __forceinline__ void run(float (&acc)[BN / 2], uint64_t da, uint64_t db, int acc_in)
     {
-        fab__wgmma_f16_ss<BN, MN_A, MN_B>(acc, da, db, 1);
+        fab__wgmma_f16_ss<BN, MN_A, MN_B>(acc, da, db, acc_in);
     }
 };
+
+/* Tile `tile` of the launch: its first row and column of C and, batched, its
+ * batch z (tiles of one matrix are consecutive) with z's index along each batch
+ * dimension of the maps (bc) and C's and pre's element offsets. */
+struct sm90_tile {
+    int m0, n0;
+    int bc[3];
+    int64_t oc, op;
+};
+template <int BN, bool BATCHED>
+static __device__ __forceinline__ sm90_tile sm90_tile_of(int64_t tile, const mm_geom &g, const mm_batch &bt)
+{
+    const int64_t ntm = (g.m + SM90_BM - 1) / SM90_BM, ntn = (g.n + BN - 1) / BN, per_matrix = ntm * ntn;
+    int64_t tm, tn;
+    mm_tile_order(tile % per_matrix, ntm, ntn, &tm, &tn);
+    sm90_tile t;
+    t.m0 = (int)(tm * SM90_BM);
+    t.n0 = (int)(tn * BN);
+    t.bc[0] = t.bc[1] = t.bc[2] = 0;
+    t.oc = t.op = 0;
+    if (BATCHED) {
+        const int64_t z0 = tile / per_matrix;
+        int64_t z = z0, oa, ob;
+#pragma unroll
+        for (int j = 2; j >= 0; j--) /* constant indices: bc stays in registers */
+            if (j < bt.nb) {
+                t.bc[j] = (int)(z % bt.shape[j]);
+                z /= bt.shape[j];
+            }
+        mm_batch_offsets(bt, z0, &oa, &ob, &t.oc, &t.op);
+    }
+    return t;
+}
 
 /* One TMA box at element (c0, c1) of the matrix, in batch bc of a batched map
  * (rank 5: the 2 matrix dimensions, then up to 3 batch dimensions). */
@@ -127,38 +170,20 @@ static __device__ __forceinline__ void sm90_box(void *dst, const CUtensorMap *ma
 }
 
 /* TA: A stored transposed (k x m, m-contiguous); TB: B stored transposed (n x k);
- * BATCHED: blockIdx.z is a batch (bt), the maps have batch dimensions. */
+ * BATCHED: the maps have batch dimensions. ntiles: tiles of C in all batches. */
 template <typename T, int BN, bool TA, bool TB, bool BATCHED>
 __global__ void __launch_bounds__(SM90_THREADS, 1)
     sm90_gemm(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, void *C,
-              const void *bias, void *pre, mm_geom g, mm_batch bt)
+              const void *bias, void *pre, mm_geom g, mm_batch bt, int64_t ntiles)
 {
     FAB_DYNAMIC_SMEM(unsigned char, raw);
     typedef sm90_cfg<BN> cfg;
-    constexpr int STAGES = cfg::STAGES, SROW = cfg::SROW;
+    constexpr int STAGES = cfg::STAGES;
     unsigned char *stages = raw + ((1024 - ((uintptr_t)raw & 1023)) & 1023);
-    uint64_t *full = reinterpret_cast<uint64_t *>(stages + STAGES * cfg::STAGE_BYTES);
+    float *staging = reinterpret_cast<float *>(stages + STAGES * cfg::STAGE_BYTES);
+    uint64_t *full = reinterpret_cast<uint64_t *>(stages + STAGES * cfg::STAGE_BYTES + SM90_STAGING_BYTES);
     uint64_t *empty = full + STAGES;
-
-    int64_t tm, tn;
-    mm_block_order(&tm, &tn); /* groups of 8 m-tiles, for L2 reuse */
-    const int m0 = (int)(tm * SM90_BM), n0 = (int)(tn * BN);
     const int ktiles = (int)((g.k + SM90_BK - 1) / SM90_BK);
-    int bc[3] = {0, 0, 0}; /* the batch's index along each batch dimension of the maps */
-    if (BATCHED) {
-        int64_t oa, ob, oc, op, z = blockIdx.z;
-#pragma unroll
-        for (int j = 2; j >= 0; j--) /* constant indices: bc stays in registers */
-            if (j < bt.nb) {
-                bc[j] = (int)(z % bt.shape[j]);
-                z /= bt.shape[j];
-            }
-        mm_batch_offsets(bt, blockIdx.z, &oa, &ob, &oc, &op);
-        const size_t c_size = g.c_f32 ? sizeof(float) : sizeof(T);
-        C = (char *)C + oc * c_size;
-        if (pre)
-            pre = (char *)pre + op * c_size;
-    }
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
@@ -170,83 +195,101 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     __syncthreads();
 
     if (threadIdx.x < 128) { /* the producer warpgroup: one thread issues, the rest have nothing to do */
+        fab__setmaxnreg_dec<SM90_PRODUCER_REGS>();
         if (threadIdx.x != 0)
             return;
-        /* MN-major operands come in 64-wide boxes; one wholly past m or n is not
-         * loaded (its rows or columns of C are not stored), so a slice's bytes are
-         * those of the boxes issued */
-        const int a_boxes = TA ? (g.m - m0 > 64 ? 2 : 1) : 0;
-        const int b_boxes = TB ? 0 : (int)((g.n - n0 + 63) / 64 < BN / 64 ? (g.n - n0 + 63) / 64 : BN / 64);
-        const unsigned slice_bytes = (TA ? a_boxes * 8192 : SM90_A_BYTES) + (TB ? cfg::B_BYTES : b_boxes * 8192);
-        for (int kt = 0; kt < ktiles; kt++) {
-            const int s = kt % STAGES, k0 = kt * SM90_BK;
-            if (kt >= STAGES)
-                fab__mbarrier_wait(&empty[s], (unsigned)((kt / STAGES - 1) & 1));
-            unsigned char *a_tile = stages + s * cfg::STAGE_BYTES, *b_tile = a_tile + SM90_A_BYTES;
-            fab__mbarrier_arrive_expect_tx(&full[s], slice_bytes);
-            if (!TA) {
-                sm90_box<BATCHED>(a_tile, &map_a, k0, m0, bc, &full[s]);
-            } else {
-                for (int h = 0; h < a_boxes; h++)
-                    sm90_box<BATCHED>(a_tile + h * 8192, &map_a, m0 + 64 * h, k0, bc, &full[s]);
-            }
-            if (TB) {
-                sm90_box<BATCHED>(b_tile, &map_b, k0, n0, bc, &full[s]);
-            } else {
-                for (int h = 0; h < b_boxes; h++)
-                    sm90_box<BATCHED>(b_tile + h * 8192, &map_b, n0 + 64 * h, k0, bc, &full[s]);
+        int it = 0; /* slices issued, over all of the block's tiles */
+        for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+            const sm90_tile t = sm90_tile_of<BN, BATCHED>(tile, g, bt);
+            /* MN-major operands come in 64-wide boxes; one wholly past m or n is not
+             * loaded (its rows or columns of C are not stored), so a slice's bytes are
+             * those of the boxes issued */
+            const int a_boxes = TA ? (g.m - t.m0 > 64 ? 2 : 1) : 0;
+            const int b_boxes = TB ? 0 : (int)((g.n - t.n0 + 63) / 64 < BN / 64 ? (g.n - t.n0 + 63) / 64 : BN / 64);
+            const unsigned slice_bytes = (TA ? a_boxes * 8192 : SM90_A_BYTES) + (TB ? cfg::B_BYTES : b_boxes * 8192);
+            for (int kt = 0; kt < ktiles; kt++, it++) {
+                const int s = it % STAGES, k0 = kt * SM90_BK;
+                if (it >= STAGES)
+                    fab__mbarrier_wait(&empty[s], (unsigned)((it / STAGES - 1) & 1));
+                unsigned char *a_tile = stages + s * cfg::STAGE_BYTES, *b_tile = a_tile + SM90_A_BYTES;
+                fab__mbarrier_arrive_expect_tx(&full[s], slice_bytes);
+                if (!TA) {
+                    sm90_box<BATCHED>(a_tile, &map_a, k0, t.m0, t.bc, &full[s]);
+                } else {
+                    for (int h = 0; h < a_boxes; h++)
+                        sm90_box<BATCHED>(a_tile + h * 8192, &map_a, t.m0 + 64 * h, k0, t.bc, &full[s]);
+                }
+                if (TB) {
+                    sm90_box<BATCHED>(b_tile, &map_b, k0, t.n0, t.bc, &full[s]);
+                } else {
+                    for (int h = 0; h < b_boxes; h++)
+                        sm90_box<BATCHED>(b_tile + h * 8192, &map_b, t.n0 + 64 * h, k0, t.bc, &full[s]);
+                }
             }
         }
         return;
     }
 
     /* consumers */
+    fab__setmaxnreg_inc<SM90_CONSUMER_REGS>();
     const int cg = threadIdx.x / 128 - 1, warp = threadIdx.x / 32 - 4, lane = threadIdx.x % 32;
-    float acc[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++)
-        acc[i] = 0.0f;
-    for (int kt = 0; kt < ktiles; kt++) {
-        const int s = kt % STAGES;
-        fab__mbarrier_wait(&full[s], (unsigned)((kt / STAGES) & 1));
-        const unsigned char *a_tile = stages + s * cfg::STAGE_BYTES, *b_tile = a_tile + SM90_A_BYTES;
-        fab__wgmma_fence_regs(acc);
-        fab__wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < SM90_BK / 16; ks++) {
-            const uint64_t da = TA ? desc_mn_major(a_tile, cg, ks) : desc_k_major(a_tile, 64 * cg, ks);
-            const uint64_t db = TB ? desc_k_major(b_tile, 0, ks) : desc_mn_major(b_tile, 0, ks);
-            sm90_mma<T, BN, TA, !TB>::run(acc, da, db);
-        }
-        fab__wgmma_commit();
-        fab__wgmma_wait<1>(); /* slice kt-1's wgmma are done: its stage may be refilled */
-        if (kt > 0 && lane == 0)
-            fab__mbarrier_arrive(&empty[(kt - 1) % STAGES]);
-    }
-    fab__wgmma_wait<0>();
-    fab__wgmma_fence_regs(acc);
-    /* Every load has landed (each passed its full barrier) and every wgmma of both
-     * consumer warpgroups has retired once they all meet: the stages are free for
-     * the staging. Named barrier 1, the 256 consumer threads. */
-    fab__bar_sync(1, 256);
-
-    /* epilogue: the warp's 16 rows through its staging area */
-    float *st = reinterpret_cast<float *>(stages) + warp * 16 * SROW;
     const int gq = lane / 4, tq = lane % 4;
+    float *st = staging + warp * 16 * SM90_SROW; /* this warp's staging: 16 rows of 64 floats */
+    const size_t c_size = g.c_f32 ? sizeof(float) : sizeof(T);
+    int it = 0; /* slices consumed, over all of the block's tiles */
+    for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+        const sm90_tile t = sm90_tile_of<BN, BATCHED>(tile, g, bt);
+        float acc[BN / 2];
+        if (ktiles == 0) { /* C = beta C + bias alone (the dispatch sends k = 0 elsewhere) */
 #pragma unroll
-    for (int j = 0; j < BN / 8; j++)
+            for (int i = 0; i < BN / 2; i++)
+                acc[i] = 0.0f;
+        }
+        for (int kt = 0; kt < ktiles; kt++, it++) {
+            const int s = it % STAGES;
+            fab__mbarrier_wait(&full[s], (unsigned)((it / STAGES) & 1));
+            const unsigned char *a_tile = stages + s * cfg::STAGE_BYTES, *b_tile = a_tile + SM90_A_BYTES;
+            fab__wgmma_fence_regs(acc);
+            fab__wgmma_fence();
 #pragma unroll
-        for (int h = 0; h < 2; h++)
-            fab__st_shared(reinterpret_cast<float2 *>(st + (gq + 8 * h) * SROW + 8 * j + 2 * tq),
-                           make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]));
-    __syncwarp();
-    const int64_t row0 = (int64_t)m0 + 64 * cg + 16 * (warp % 4);
+            for (int ks = 0; ks < SM90_BK / 16; ks++) {
+                const uint64_t da = TA ? desc_mn_major(a_tile, cg, ks) : desc_k_major(a_tile, 64 * cg, ks);
+                const uint64_t db = TB ? desc_k_major(b_tile, 0, ks) : desc_mn_major(b_tile, 0, ks);
+                sm90_mma<T, BN, TA, !TB>::run(acc, da, db, kt > 0 || ks > 0); /* the tile's first step overwrites */
+            }
+            fab__wgmma_commit();
+            fab__wgmma_wait<1>(); /* slice it-1's wgmma are done: its stage may be refilled */
+            if (kt > 0 && lane == 0)
+                fab__mbarrier_arrive(&empty[(it - 1) % STAGES]);
+        }
+        fab__wgmma_wait<0>();
+        fab__wgmma_fence_regs(acc);
+        if (ktiles > 0 && lane == 0) /* the tile's last slice: its stage goes to the next tile */
+            fab__mbarrier_arrive(&empty[(it - 1) % STAGES]);
+
+        /* epilogue: the warp's 16 rows, 64 columns at a time, through its staging */
+        void *Ct = (char *)C + t.oc * (int64_t)c_size;
+        void *pt = pre ? (char *)pre + t.op * (int64_t)c_size : NULL;
+        const int64_t row0 = (int64_t)t.m0 + 64 * cg + 16 * (warp % 4);
+#pragma unroll
+        for (int cc = 0; cc < BN / 64; cc++) {
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    fab__st_shared(reinterpret_cast<float2 *>(st + (gq + 8 * h) * SM90_SROW + 8 * j + 2 * tq),
+                                   make_float2(acc[4 * (8 * cc + j) + 2 * h], acc[4 * (8 * cc + j) + 2 * h + 1]));
+            __syncwarp();
+            const int64_t col0 = (int64_t)t.n0 + 64 * cc;
 #pragma unroll 1
-    for (int e = lane; e < 16 * BN; e += 32) {
-        const int r = e / BN, c = e % BN;
-        const float v = fab__ld_shared(st + r * SROW + c);
-        if (row0 + r < g.m && n0 + c < g.n)
-            mm_epilogue<T>(g, v, row0 + r, n0 + c, C, bias, pre, g.c_f32);
+            for (int e = lane; e < 16 * 64; e += 32) {
+                const int r = e / 64, c = e % 64;
+                const float v = fab__ld_shared(st + r * SM90_SROW + c);
+                if (row0 + r < g.m && col0 + c < g.n)
+                    mm_epilogue<T>(g, v, row0 + r, col0 + c, Ct, bias, pt, g.c_f32);
+            }
+            __syncwarp(); /* the staging is read before the next chunk overwrites it */
+        }
     }
 }
 
@@ -290,15 +333,17 @@ static fab_status launch(fab_context *ctx, const fab__mm_args *a)
     }
     auto kernel = a->nb ? sm90_gemm<T, BN, TA, TB, true> : sm90_gemm<T, BN, TA, TB, false>;
     const int smem = sm90_cfg<BN>::SMEM;
+    /* persistent: one block per SM (the shared memory allows no second), at most one per tile */
+    const int64_t ntiles = ((a->m + SM90_BM - 1) / SM90_BM) * ((a->n + BN - 1) / BN) * a->batch;
+    const int64_t sms = ctx->sm_count > 0 ? ctx->sm_count : 1, blocks = ntiles < sms ? ntiles : sms;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err == cudaSuccess) {
+    if (err == cudaSuccess && blocks > 0) {
         cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3((unsigned)((a->n + BN - 1) / BN), (unsigned)((a->m + SM90_BM - 1) / SM90_BM),
-                           (unsigned)a->batch);
+        cfg.gridDim = dim3((unsigned)blocks);
         cfg.blockDim = dim3(SM90_THREADS);
         cfg.dynamicSmemBytes = (size_t)smem;
         cfg.stream = (cudaStream_t)ctx->stream;
-        err = cudaLaunchKernelEx(&cfg, kernel, map_a, map_b, a->c, a->bias, a->pre_act, g, bt);
+        err = cudaLaunchKernelEx(&cfg, kernel, map_a, map_b, a->c, a->bias, a->pre_act, g, bt, ntiles);
     }
     if (err != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "fab_matmul: sm90_gemm launch failed: %s", cudaGetErrorString(err));
