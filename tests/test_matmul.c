@@ -613,10 +613,10 @@ static void test_tensor_core_shapes(void **state)
  * of the block order, and an epilogue. On a real GPU the same calls run (whatever
  * kernel the device gets). */
 /* One case on the Hopper kernel; under the emulator, that it ran there: one
- * 384-thread block per tile of 128 x bn of the `batches` matrices, at most `sms`
- * (the persistent grid), and 8 consumer warps x 4 k steps of wgmma per 64-wide k
+ * 384-thread block per tile of 128 x bn of the `batches` matrices, at most one per
+ * SM (the persistent grid), and 8 consumer warps x 4 k steps of wgmma per 64-wide k
  * tile and tile of C. */
-static void run_sm90_case(fab_context *ctx, const mm_case *c, int64_t batches, int64_t bn, int64_t sms)
+static void run_sm90_case(fab_context *ctx, const mm_case *c, int64_t batches, int64_t bn)
 {
 #ifdef FAB_TEST_EMULATED
     const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
@@ -628,12 +628,13 @@ static void run_sm90_case(fab_context *ctx, const mm_case *c, int64_t batches, i
     fab_emu_get_stats(&after);
     fab_emu_set_racecheck(racecheck);
     const int64_t tiles = batches * ((c->m + 127) / 128) * ((c->n + bn - 1) / bn), ktiles = (c->k + 63) / 64;
+    const int64_t sms = fab_emu_set_sm_count(0); /* reads it */
     const int64_t blocks = tiles < sms ? tiles : sms;
     assert_int_equal(after.blocks - before.blocks, blocks);
     assert_int_equal(after.threads - before.threads, blocks * 384);
     assert_int_equal(after.wgmma - before.wgmma, tiles * 8 * 4 * ktiles);
 #else
-    (void)batches, (void)bn, (void)sms;
+    (void)batches, (void)bn;
 #endif
 }
 
@@ -659,7 +660,7 @@ static void test_sm90_kernel(void **state)
             c.pre = 1;
             c.beta = 0.5f;
         }
-        run_sm90_case(ctx, &c, 1, bn, 132);
+        run_sm90_case(ctx, &c, 1, bn);
         unsetenv("FAB_MATMUL_SM90_TILE");
     }
     /* batches: two batch dimensions (6 matrices), both transposes of each operand */
@@ -671,27 +672,51 @@ static void test_sm90_kernel(void **state)
         c.bshape[0] = c.a_bshape[0] = c.b_bshape[0] = 2;
         c.bshape[1] = c.a_bshape[1] = c.b_bshape[1] = 3;
         c.bias = t == 1;
-        run_sm90_case(ctx, &c, 6, 128, 132);
+        run_sm90_case(ctx, &c, 6, 128);
     }
+#ifndef FAB_TEST_EMULATED
+    /* persistent: 16 x 18 = 288 tiles of 128 x 128, more than an H100's SMs, so that
+     * blocks take several each (the emulator's share is test_sm90_persistent) */
+    mm_case big = plain(FAB_DTYPE_BF16, FAB_DTYPE_BF16, 2048, 2304, 200, 0, 1);
+    big.align8 = 1;
+    big.algo = FAB_MATMUL_ALGO_NATIVE;
+    big.bias = 1;
+    setenv("FAB_MATMUL_SM90_TILE", "128x128", 1);
+    run_sm90_case(ctx, &big, 1, 128);
+    unsetenv("FAB_MATMUL_SM90_TILE");
+#endif
     fab_context_destroy(ctx);
+}
+
+/* The persistent grid on an emulated H100 of 4 SMs: 4 blocks take every tile in
+ * turn (9, 6 or 12 tiles: unevenly too), the ring's stages and phases running on
+ * from tile to tile through 4 or 3 stages with 1, 4, 5 or 9 k slices a tile, both
+ * tile widths, every transpose, batches whose blocks cross from one matrix to the
+ * next, an epilogue; some under the race check too (two schedules, the same bits). */
+static int sm90_persistent_sms = 0;
+static void test_sm90_persistent(void **state)
+{
+    (void)state;
 #ifdef FAB_TEST_EMULATED
-    /* persistent: on an emulated H100 of 3 SMs, 3 blocks take every tile in turn
-     * (the ring's stages and phases run on from tile to tile; 5 k slices through 4
-     * or 3 stages), both tile widths, every transpose, a batched case whose blocks
-     * cross from one matrix to the next, and an epilogue */
-    const int sms = fab_emu_set_sm_count(3);
-    ctx = fab_test_context();
-    for (int v = 0; v < 5; v++) {
+    if (!on_cuda()) {
+        print_message("SKIP: the Hopper kernel is CUDA's\n");
+        skip();
+    }
+    sm90_persistent_sms = fab_emu_set_sm_count(4);
+    fab_context *ctx = fab_test_context();
+    static const int ks[6] = {300, 16, 520, 64, 200, 257};
+    for (int v = 0; v < 6; v++) {
         const int t = v & 3, bn = v % 2 ? 256 : 128;
         setenv("FAB_MATMUL_SM90_TILE", bn == 256 ? "128x256" : "128x128", 1);
         const fab_dtype in = v & 1 ? FAB_DTYPE_F16 : FAB_DTYPE_BF16;
-        mm_case c = plain(in, t & 2 ? FAB_DTYPE_F32 : in, 300 + 11 * v, 330 - 9 * v, 300 + v, t & 1, t >> 1);
+        mm_case c = plain(in, t & 2 ? FAB_DTYPE_F32 : in, 300 + 11 * v, 330 - 9 * v, ks[v], t & 1, t >> 1);
         c.align8 = 1;
         c.algo = FAB_MATMUL_ALGO_NATIVE;
         int64_t batches = 1;
-        if (v == 4) { /* 3 matrices of 2 x 2 tiles of 128 x 128: 12 tiles over 3 blocks */
+        if (v >= 4) { /* 3 matrices of 2 x 2 tiles of 128 x 128 (12 tiles), or of 2 x 1 of 128 x 256 */
             c.m = 200, c.n = 136, c.nb = c.a_nb = c.b_nb = 1;
             c.bshape[0] = c.a_bshape[0] = c.b_bshape[0] = batches = 3;
+            c.ta = c.tb = v == 5;
         }
         if (v == 2) {
             c.act = FAB_MATMUL_ACT_GELU_TANH;
@@ -699,8 +724,8 @@ static void test_sm90_kernel(void **state)
             c.pre = 1;
             c.beta = 0.5f;
         }
-        run_sm90_case(ctx, &c, batches, bn, 3);
-        if (v == 4) { /* and under the race check: two schedules, the same bits */
+        run_sm90_case(ctx, &c, batches, bn);
+        if (v >= 3) {
             const int racecheck = fab_emu_set_racecheck(1);
             const unsigned long reports = fab_emu_race_reports();
             run_case(ctx, &c);
@@ -708,10 +733,23 @@ static void test_sm90_kernel(void **state)
             fab_emu_set_racecheck(racecheck);
         }
     }
-    unsetenv("FAB_MATMUL_SM90_TILE");
     fab_context_destroy(ctx);
-    fab_emu_set_sm_count(sms);
+#else
+    print_message("SKIP: gives an emulated GPU 4 SMs (test_sm90_kernel's large case is the GPU's)\n");
+    skip();
 #endif
+}
+
+/* test_sm90_persistent's settings back, also when it failed midway */
+static int restore_sm90_settings(void **state)
+{
+    (void)state;
+    unsetenv("FAB_MATMUL_SM90_TILE");
+#ifdef FAB_TEST_EMULATED
+    if (sm90_persistent_sms > 0)
+        fab_emu_set_sm_count(sm90_persistent_sms);
+#endif
+    return 0;
 }
 
 /* Each tile configuration of the tensor-core kernel, forced with
@@ -1853,6 +1891,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_tensor_core_shapes),
         cmocka_unit_test(test_tensor_core_tiles),
         cmocka_unit_test(test_sm90_kernel),
+        cmocka_unit_test_teardown(test_sm90_persistent, restore_sm90_settings),
         cmocka_unit_test(test_epilogues),
         cmocka_unit_test(test_batched_strided),
         cmocka_unit_test(test_gradcheck),

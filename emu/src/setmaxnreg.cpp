@@ -13,7 +13,8 @@
  * compiled with __launch_bounds__(threads, 1) that uses the whole register file.
  * ptxas gives a kernel that contains setmaxnreg exactly that (it reports 168 for 384
  * threads whatever the code needs), and a kernel sized to that budget is what works
- * on the GPU: producer N_p and consumers N_c with 128 (N_p + 2 N_c) <= 65536.
+ * on the GPU: producer N_p and consumers N_c with 128 (N_p + 2 N_c) <= 384 R0 (64512
+ * at R0 = 168), the registers the block holds from its launch.
  *
  * Checks (PTX ISA, setmaxnreg): N a multiple of 8 in [24, 256]; all 32 lanes of the
  * warp execute it (.sync.aligned); .inc never lowers and .dec never raises the

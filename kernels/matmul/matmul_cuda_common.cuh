@@ -58,7 +58,8 @@ static inline void mm_fill(const fab__mm_args *a, mm_geom *g, mm_batch *bt)
     }
 }
 
-/* Element offsets of batch z (blockIdx.z) in A, B, C and pre_act: z's digits in
+/* Element offsets of batch z (the sm80 kernel's blockIdx.z, the sm90 kernel's tile
+ * index / tiles per matrix) in A, B, C and pre_act: z's digits in
  * the batch shape (last dimension fastest) times the strides. Every thread of a
  * block computes the same values; integer only. */
 static __device__ __forceinline__ void mm_batch_offsets(const mm_batch &b, int64_t z, int64_t *oa, int64_t *ob,

@@ -77,7 +77,9 @@ enum {
     SM90_THREADS = 384, /* producer warpgroup + 2 consumer warpgroups */
     SM90_CONSUMER_WARPS = 8,
     SM90_A_BYTES = SM90_BM * SM90_BK * 2, /* A's part of a stage: 16 KiB */
-    SM90_PRODUCER_REGS = 40, SM90_CONSUMER_REGS = 232, /* setmaxnreg: 128 x (40 + 2 x 232) <= 64 Ki */
+    /* setmaxnreg: the block holds 384 x 168 registers from its launch (ptxas's count
+     * at 384 threads), and 128 x (40 + 2 x 232) is all of them */
+    SM90_PRODUCER_REGS = 40, SM90_CONSUMER_REGS = 232,
     SM90_SROW = 64 + 8, /* a staging row: 64 floats and 8 of padding (banks) */
     SM90_STAGING_BYTES = SM90_CONSUMER_WARPS * 16 * SM90_SROW * 4, /* 16 rows per consumer warp: 36 KiB */
 };
@@ -92,7 +94,10 @@ struct sm90_cfg {
     static constexpr int STAGES = BN == 128 ? 4 : 3;
     static constexpr int SMEM =
         1024 /* alignment slack */ + STAGES * STAGE_BYTES + SM90_STAGING_BYTES + 2 * STAGES * 8;
+    static_assert(SMEM <= 227 * 1024, "fits an H100's opt-in shared memory");
 };
+static_assert(128 * (SM90_PRODUCER_REGS + 2 * SM90_CONSUMER_REGS) <= SM90_THREADS * (65536 / SM90_THREADS / 8 * 8),
+              "setmaxnreg asks for no more registers than the block holds");
 
 /* K-major (k-contiguous) operand tile: 128 rows of 128 bytes, 128-byte swizzle. */
 static __device__ __forceinline__ uint64_t desc_k_major(const unsigned char *tile, int row0, int kstep)
@@ -281,6 +286,8 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
                                    make_float2(acc[4 * (8 * cc + j) + 2 * h], acc[4 * (8 * cc + j) + 2 * h + 1]));
             __syncwarp();
             const int64_t col0 = (int64_t)t.n0 + 64 * cc;
+            if (col0 >= g.n || row0 >= g.m)
+                break; /* chunks past n (and warps past m) store nothing */
 #pragma unroll 1
             for (int e = lane; e < 16 * 64; e += 32) {
                 const int r = e / 64, c = e % 64;
@@ -390,9 +397,9 @@ extern "C" bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_
     const char *env = getenv("FAB_MATMUL_SM90");
     if (env && !strcmp(env, "0"))
         return false;
-    /* batches: up to 3 batch dimensions (the maps' rank is 5), within the grid's z,
-     * none broadcast (TMA strides are not 0) and strides of whole 16 bytes */
-    if (a->nb > 3 || a->batch > 65535)
+    /* batches: up to 3 batch dimensions (the maps' rank is 5), none broadcast (TMA
+     * strides are not 0) and strides of whole 16 bytes */
+    if (a->nb > 3)
         return false;
     for (int j = 0; j < a->nb; j++)
         if (a->batch_shape[j] > 1 && (a->a_bstride[j] <= 0 || a->b_bstride[j] <= 0 || a->a_bstride[j] % 8 != 0 ||
@@ -403,9 +410,8 @@ extern "C" bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_
     int64_t a_rows = a->trans_a ? a->k : a->m, b_rows = a->trans_b ? a->n : a->k;
     if ((a_rows > 1 && a->lda % 8 != 0) || (b_rows > 1 && a->ldb % 8 != 0))
         return false;
-    /* TMA coordinates are 32-bit; the grid's y dimension at most 65535 */
-    if (a->m >= ((int64_t)1 << 31) || a->n >= ((int64_t)1 << 31) || a->k >= ((int64_t)1 << 31) ||
-        (a->m + SM90_BM - 1) / SM90_BM > 65535)
+    /* TMA coordinates are 32-bit (the grid is one-dimensional: any tile count) */
+    if (a->m >= ((int64_t)1 << 31) || a->n >= ((int64_t)1 << 31) || a->k >= ((int64_t)1 << 31))
         return false;
     return have_sm90a_code() && fab__tma_encoder() != NULL;
 }
