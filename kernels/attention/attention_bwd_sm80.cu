@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(THREADS) attention_bwd_dq_kernel(const fab__at
     const bool QREG = bwd_cfg<D>::Q_REGS;
     FAB_DYNAMIC_SMEM(T, smem);
     T *sQ = smem, *sdO = sQ + BM * (D + 8), *sK = sdO + BM * (D + 8), *sV = sK + 2 * BN * (D + 8);
-    const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
+    const int b = blockIdx.z, h = blockIdx.y, m0 = attn_q_tile(a) * BM;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     attn_seq s = attn_seq_of(a, b);
     if (m0 >= s.sq)

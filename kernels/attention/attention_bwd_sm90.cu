@@ -340,7 +340,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     unsigned char *sKV = sdO + C::Q_BYTES; /* stage s: K at sKV + 2 s KV_BYTES, V after it */
     uint64_t *qfull = reinterpret_cast<uint64_t *>(sKV + STAGES * 2 * C::KV_BYTES);
     uint64_t *full = qfull + 1, *empty = full + STAGES;
-    const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * DQ_BM;
+    const int b = blockIdx.z, h = blockIdx.y, m0 = attn_q_tile(a) * DQ_BM;
 
     attn_fwd_span sp;
     if (!attn_fwd_span_of(a, b, h, m0, DQ_BM, DQ_BN, &sp))

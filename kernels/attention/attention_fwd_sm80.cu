@@ -84,7 +84,7 @@ attention_fwd_kernel(const fab__attn_args a)
     const bool QREG = TILE::q_in_regs;
     FAB_DYNAMIC_SMEM(T, smem);
     T *sQ = smem, *sK = sQ + BM * (D + 8), *sV = sK + 2 * BN * (D + 8);
-    const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
+    const int b = blockIdx.z, h = blockIdx.y, m0 = attn_q_tile(a) * BM;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 
     attn_fwd_span sp;

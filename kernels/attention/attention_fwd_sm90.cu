@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     unsigned char *sKV = sQ + C::Q_BYTES; /* stage s: K at sKV + 2 s KV_BYTES, V after it */
     uint64_t *qfull = reinterpret_cast<uint64_t *>(sKV + STAGES * 2 * C::KV_BYTES);
     uint64_t *full_k = qfull + 1, *full_v = full_k + STAGES, *empty_k = full_v + STAGES, *empty_v = empty_k + STAGES;
-    const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
+    const int b = blockIdx.z, h = blockIdx.y, m0 = attn_q_tile(a) * BM;
 
     attn_fwd_span sp;
     if (!attn_fwd_span_of(a, b, h, m0, BM, BN, &sp))

@@ -69,6 +69,16 @@ static __device__ __forceinline__ bool attn_any_allowed(const fab__attn_args &a,
     return (a.right < 0 || k0 <= r1 + off + a.right) && (a.left < 0 || k1 >= r0 + off - a.left);
 }
 
+/* The query tile (of gridDim.x) a forward or dq block takes. Where the keys a row
+ * sees are bounded on the right (causal), later tiles see more of them and take
+ * longer: the blocks start them first (blockIdx.x reversed), so that the last
+ * blocks to start are the short ones and the grid's tail is shorter (the longest
+ * first, as FlashAttention-3's scheduler orders causal tiles). */
+static __device__ __forceinline__ int attn_q_tile(const fab__attn_args &a)
+{
+    return a.right >= 0 ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+}
+
 /* Sequence b of the batch (varlen: through cu_seqlens): first rows and lengths. */
 struct attn_seq {
     int64_t q0, k0;
