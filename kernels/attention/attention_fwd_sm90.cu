@@ -168,7 +168,9 @@ __global__ void __launch_bounds__(THREADS, 1)
     unsigned char *sKV = sQ + C::Q_BYTES; /* stage s: K at sKV + 2 s KV_BYTES, V after it */
     uint64_t *qfull = reinterpret_cast<uint64_t *>(sKV + STAGES * 2 * C::KV_BYTES);
     uint64_t *full_k = qfull + 1, *full_v = full_k + STAGES, *empty_k = full_v + STAGES, *empty_v = empty_k + STAGES;
-    const int b = blockIdx.z, h = blockIdx.y, m0 = attn_q_tile(a) * BM;
+    /* the longest tiles first (attn_q_tile), but at head dim 256, whose consumers have
+     * no register to spare (ptxas spilled 36 bytes with it), in launch order */
+    const int b = blockIdx.z, h = blockIdx.y, m0 = (D > 128 ? (int)blockIdx.x : attn_q_tile(a)) * BM;
 
     attn_fwd_span sp;
     if (!attn_fwd_span_of(a, b, h, m0, BM, BN, &sp))
