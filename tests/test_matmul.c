@@ -693,7 +693,9 @@ static void test_sm90_kernel(void **state)
  * from tile to tile through 4 or 3 stages with 1, 4, 5 or 9 k slices a tile, both
  * tile widths, every transpose, batches whose blocks cross from one matrix to the
  * next, an epilogue; some under the race check too (two schedules, the same bits). */
-static int sm90_persistent_sms = 0;
+#ifdef FAB_TEST_EMULATED
+static int sm90_persistent_sms = 0; /* the SM count to restore */
+#endif
 static void test_sm90_persistent(void **state)
 {
     (void)state;
