@@ -25,8 +25,8 @@ static inline void FAB__T(vstore)(float *p, FAB__T(vf) v) { memcpy(p, &v, sizeof
 static inline FAB__T(vf) FAB__T(splat)(float x) { return x - (FAB__T(vf)){0}; }
 
 /* One register block of mm: C[4 x NV vectors] (+)= A[4 x kk] * B[kk x NV vectors],
- * for NV = 3, 2, 1: 4 x NV accumulators, NV vectors of B and one broadcast stay in
- * registers (NV = 3: all 16 AVX2 registers). FAB__MM_V(X) applies X to each
+ * for NV = 4, 3, 2, 1: 4 x NV accumulators, NV vectors of B and one broadcast stay
+ * in registers (NV = 3: all 16 AVX2 registers; NV = 4, AVX-512 only: 21 of its 32). FAB__MM_V(X) applies X to each
  * vector index below NV; the code is spelled out per NV because GCC keeps arrays
  * of vectors in memory. */
 #define FAB__MM_BLOCK(NV, FAB__MM_V)                                                                          \
@@ -35,7 +35,8 @@ static inline FAB__T(vf) FAB__T(splat)(float x) { return x - (FAB__T(vf)){0}; }
     {                                                                                                           \
         typedef FAB__T(vf) vf;                                                                                  \
         vf c0_0, c1_0, c2_0, c3_0;                                                                              \
-        __attribute__((unused)) vf c0_1, c0_2, c1_1, c1_2, c2_1, c2_2, c3_1, c3_2; /* used when NV > 1 */       \
+        __attribute__((unused)) vf c0_1, c0_2, c0_3, c1_1, c1_2, c1_3, c2_1, c2_2, c2_3, c3_1, c3_2,            \
+            c3_3; /* used when NV > 1 */                                                                        \
         FAB__MM_V(FAB__MM_INIT)                                                                                 \
         const float *a0 = A, *a1 = A + a_rs, *a2 = A + 2 * (size_t)a_rs, *a3 = A + 3 * (size_t)a_rs;          \
         for (int c = 0; c < kk; c++) {                                                                          \
@@ -66,9 +67,13 @@ static inline FAB__T(vf) FAB__T(splat)(float x) { return x - (FAB__T(vf)){0}; }
 #define FAB__MM_STORE(v)                                                                                        \
     FAB__T(vstore)(C + 0 * ldc + v * FAB__VL, c0_##v), FAB__T(vstore)(C + 1 * ldc + v * FAB__VL, c1_##v);       \
     FAB__T(vstore)(C + 2 * ldc + v * FAB__VL, c2_##v), FAB__T(vstore)(C + 3 * ldc + v * FAB__VL, c3_##v);
+#define FAB__MM_V4(X) X(0) X(1) X(2) X(3)
 #define FAB__MM_V3(X) X(0) X(1) X(2)
 #define FAB__MM_V2(X) X(0) X(1)
 #define FAB__MM_V1(X) X(0)
+#if FAB__VL >= 16
+FAB__MM_BLOCK(4, FAB__MM_V4)
+#endif
 FAB__MM_BLOCK(3, FAB__MM_V3)
 FAB__MM_BLOCK(2, FAB__MM_V2)
 FAB__MM_BLOCK(1, FAB__MM_V1)
@@ -80,6 +85,7 @@ FAB__MM_BLOCK(1, FAB__MM_V1)
 #undef FAB__MM_FMA2
 #undef FAB__MM_FMA3
 #undef FAB__MM_STORE
+#undef FAB__MM_V4
 #undef FAB__MM_V3
 #undef FAB__MM_V2
 #undef FAB__MM_V1
@@ -87,8 +93,10 @@ FAB__MM_BLOCK(1, FAB__MM_V1)
 /* C[m x n] (+)= A[m x kk] * B[kk x n], f32; B and C row-major with leading
  * dims, element (i, c) of A at A[i*a_rs + c*a_cs] (a_cs = 1: A row-major;
  * a_rs = 1: A stored transposed, so P^T dO needs no transpose of P).
- * m % 4 == 0, n % VL == 0 (n is BK or dp, multiples of 16). Register blocks of 4 rows x 3 vectors (the last
- * of a row 2 or 1 vectors): the accumulators stay in registers over the whole kk
+ * m % 4 == 0, n % VL == 0 (n is BK or dp, multiples of 16). Register blocks of 4
+ * rows x 3 vectors (AVX-512: 4 vectors, so that 64, 128 and 256 columns need no
+ * narrower block, whose fewer FMAs per broadcast and load run slower; the last of a
+ * row 3, 2 or 1 vectors): the accumulators stay in registers over the whole kk
  * loop, A broadcast, B streamed. Each element of C is one chain of FMAs in the
  * order of kk, whatever the block it falls in. */
 static void FAB__T(mm)(int m, int n, int kk, const float *A, int a_rs, int a_cs, const float *B, int ldb, float *C,
@@ -98,8 +106,15 @@ static void FAB__T(mm)(int m, int n, int kk, const float *A, int a_rs, int a_cs,
         const float *Ai = A + (size_t)i * a_rs;
         float *Ci = C + (size_t)i * ldc;
         int j = 0;
+#if FAB__VL >= 16
+        for (; j + 4 * FAB__VL <= n; j += 4 * FAB__VL)
+            FAB__T(mm_block4)(kk, Ai, a_rs, a_cs, B + j, ldb, Ci + j, ldc, accumulate);
+        if (n - j == 3 * FAB__VL)
+            FAB__T(mm_block3)(kk, Ai, a_rs, a_cs, B + j, ldb, Ci + j, ldc, accumulate);
+#else
         for (; j + 3 * FAB__VL <= n; j += 3 * FAB__VL)
             FAB__T(mm_block3)(kk, Ai, a_rs, a_cs, B + j, ldb, Ci + j, ldc, accumulate);
+#endif
         if (n - j == 2 * FAB__VL)
             FAB__T(mm_block2)(kk, Ai, a_rs, a_cs, B + j, ldb, Ci + j, ldc, accumulate);
         else if (n - j == FAB__VL)
