@@ -202,8 +202,9 @@ fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
     if (threads > ntasks)
         threads = (int)(ntasks > 0 ? ntasks : 1);
     size_t stride;
-    float *scratch = alloc_scratch(threads, (size_t)(2 * FAB__BQ * dp + 3 * FAB__BK * dp + FAB__BQ * FAB__BK + 2 * FAB__BQ),
-                                   &stride);
+    /* Q, O, K^T, V, tmp, S, m and the lane-wise l (16 floats a row) */
+    float *scratch = alloc_scratch(
+        threads, (size_t)(2 * FAB__BQ * dp + 3 * FAB__BK * dp + FAB__BQ * FAB__BK + FAB__BQ + 16 * FAB__BQ), &stride);
     if (!scratch)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_attention_forward: no memory for %d threads' tiles", threads);
     fwd_tile_fn tile = fwd_tile_base;

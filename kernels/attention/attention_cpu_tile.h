@@ -288,6 +288,29 @@ static inline float FAB__T(exp2)(float x)
     return p * scale;
 }
 
+/* FAB__T(exp2) of each lane: the same operations lane by lane, so the same bits. */
+static inline FAB__T(vf) FAB__T(exp2v)(FAB__T(vf) x)
+{
+    typedef FAB__T(vf) vf;
+    typedef int32_t vi __attribute__((vector_size(FAB__VL * 4)));
+    const vf lo = FAB__T(splat)(-127.0f), magic = FAB__T(splat)(12582912.0f);
+    const vi in = x > lo; /* NaN: false, as in the scalar form */
+    x = (vf)(((vi)x & in) | ((vi)lo & ~in));
+    const vf nf = (x + magic) - magic, f = x - nf;
+    const vi n = __builtin_convertvector(nf, vi);
+    vf p = FAB__T(splat)(1.5403530393381606e-4f);
+    p = p * f + FAB__T(splat)(1.3333558146428443e-3f);
+    p = p * f + FAB__T(splat)(9.6181291076284772e-3f);
+    p = p * f + FAB__T(splat)(5.5504108664821580e-2f);
+    p = p * f + FAB__T(splat)(2.4022650695910071e-1f);
+    p = p * f + FAB__T(splat)(6.9314718055994531e-1f);
+    p = p * f + FAB__T(splat)(1.0f);
+    const vi bits = (n + 127) << 23;
+    vf scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
 /* Turns raw scores S = Q.K^T of one tile into log2-unit logits in place:
  * s = scale*x (or softcap*tanh(scale*x/softcap)), times log2(e); masked entries
  * (key outside the window, padding rows/columns) become -inf. With softcap,
@@ -337,10 +360,30 @@ static inline float FAB__T(row_max)(const float *s, float m)
         vi gt = x > mv;
         mv = (vf)(((vi)x & gt) | ((vi)mv & ~gt));
     }
-    float mx = m;
-    for (int l = 0; l < FAB__VL; l++)
-        mx = mv[l] > mx ? mv[l] : mx;
-    return mx;
+    /* across the lanes by halves (butterfly shuffles: lane l meets lane l ^ w), not
+     * one lane after another (a chain of 16 dependent maxima cost a sixth of the
+     * forward's softmax at head dim 64) */
+#define FAB__HMAX_STEP(...)                                                                                     \
+    {                                                                                                           \
+        const vf o = __builtin_shuffle(mv, (vi){__VA_ARGS__});                                                  \
+        const vi gt = o > mv;                                                                                   \
+        mv = (vf)(((vi)o & gt) | ((vi)mv & ~gt));                                                               \
+    }
+#if FAB__VL == 16
+    FAB__HMAX_STEP(8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)
+    FAB__HMAX_STEP(4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11)
+    FAB__HMAX_STEP(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13)
+    FAB__HMAX_STEP(1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14)
+#elif FAB__VL == 8
+    FAB__HMAX_STEP(4, 5, 6, 7, 0, 1, 2, 3)
+    FAB__HMAX_STEP(2, 3, 0, 1, 6, 7, 4, 5)
+    FAB__HMAX_STEP(1, 0, 3, 2, 5, 4, 7, 6)
+#else
+    FAB__HMAX_STEP(2, 3, 0, 1)
+    FAB__HMAX_STEP(1, 0, 3, 2)
+#endif
+#undef FAB__HMAX_STEP
+    return mv[0];
 }
 
 /* Forward of one query tile (rows i0 .. i0+nq-1 of one sequence and head):
@@ -351,13 +394,17 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
 {
     const int dp = sq->dp, nqp = (nq + 3) & ~3;
     float *Q = ws, *O = Q + FAB__BQ * dp, *KT = O + FAB__BQ * dp, *V = KT + dp * FAB__BK;
-    float *S = V + FAB__BK * dp, *m = S + FAB__BQ * FAB__BK, *l = m + FAB__BQ, *tmp = l + FAB__BQ;
+    /* l: each row's sum of P lane by lane (16 floats a row, VL used), summed across
+     * the lanes once, at the end */
+    float *S = V + FAB__BK * dp, *m = S + FAB__BQ * FAB__BK, *l = m + FAB__BQ, *tmp = l + FAB__BQ * 16;
     const int64_t g = h / (a->hq / a->hkv);
     const size_t es = a->dtype == FAB_DTYPE_F32 ? 4 : 2;
     FAB__T(load)(&a->q, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, dp, Q);
     memset(O, 0, sizeof(float) * (size_t)(nqp * dp));
-    for (int i = 0; i < FAB__BQ; i++)
-        m[i] = -INFINITY, l[i] = 0;
+    for (int i = 0; i < FAB__BQ; i++) {
+        m[i] = -INFINITY;
+        FAB__T(vstore)(l + 16 * i, FAB__T(splat)(0.0f));
+    }
     int64_t klo, khi;
     fab__attn_key_range(a, sq->sq, sq->sk, i0, i0 + nq, &klo, &khi);
     for (int64_t j0 = klo; j0 < khi; j0 += FAB__BK) {
@@ -384,14 +431,17 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
                 memset(s, 0, sizeof(float) * FAB__BK);
                 continue;
             }
-            float alpha = FAB__T(exp2)(m[i] - mx), sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j < FAB__BK; j++) {
-                float p = FAB__T(exp2)(s[j] - mx);
-                s[j] = p;
-                sum += p;
+            /* P, and its row sum lane by lane (across the lanes only at the end: an
+             * in-order sum of each vector costs more than its exp2) */
+            const FAB__T(vf) mxv = FAB__T(splat)(mx);
+            FAB__T(vf) sumv = FAB__T(splat)(0.0f);
+            for (int j = 0; j < FAB__BK; j += FAB__VL) {
+                const FAB__T(vf) p = FAB__T(exp2v)(FAB__T(vload)(s + j) - mxv);
+                FAB__T(vstore)(s + j, p);
+                sumv += p;
             }
-            l[i] = l[i] * alpha + sum;
+            const float alpha = FAB__T(exp2)(m[i] - mx);
+            FAB__T(vstore)(l + 16 * i, FAB__T(vload)(l + 16 * i) * FAB__T(splat)(alpha) + sumv);
             m[i] = mx;
             if (alpha != 1.0f) {
                 float *o = O + i * dp;
@@ -406,12 +456,15 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
     }
     /* every row has a key (the entry checks it), so l > 0 */
     for (int i = 0; i < nq; i++) {
-        float inv = 1.0f / l[i], *o = O + i * dp;
+        float li = 0;
+        for (int v = 0; v < FAB__VL; v++)
+            li += l[16 * i + v];
+        float inv = 1.0f / li, *o = O + i * dp;
         for (int c = 0; c < dp; c++)
             o[c] *= inv;
         if (a->lse)
             a->lse[sq->b * a->lse_sb + h * a->lse_sh + sq->q0 + i0 + i] =
-                (m[i] + log2f(l[i])) * 0.69314718055994531f;
+                (m[i] + log2f(li)) * 0.69314718055994531f;
     }
     FAB__T(store)(&a->out, a->dtype, sq->b, sq->q0 + i0, nq, h, a->d, dp, O);
 }
