@@ -43,7 +43,7 @@ static inline FAB__T(vf) FAB__T(splat)(float x) { return x - (FAB__T(vf)){0}; }
             const float *b = B + c * ldb;                                                                       \
             const size_t e = (size_t)c * a_cs;                                                                  \
             FAB__MM_V(FAB__MM_LOAD_B)                                                                           \
-            vf x = FAB__T(splat)(a0[e]); /* one broadcast at a time: 12 + 3 + 1 registers */                          \
+            vf x = FAB__T(splat)(a0[e]); /* one broadcast at a time: 4 NV + NV + 1 registers */                       \
             FAB__MM_V(FAB__MM_FMA0)                                                                             \
             x = FAB__T(splat)(a1[e]);                                                                                \
             FAB__MM_V(FAB__MM_FMA1)                                                                             \
@@ -305,7 +305,8 @@ static inline FAB__T(vf) FAB__T(exp2v)(FAB__T(vf) x)
     p = p * f + FAB__T(splat)(2.4022650695910071e-1f);
     p = p * f + FAB__T(splat)(6.9314718055994531e-1f);
     p = p * f + FAB__T(splat)(1.0f);
-    const vi bits = (n + 127) << 23;
+    typedef uint32_t vu __attribute__((vector_size(FAB__VL * 4)));
+    const vu bits = (vu)(n + 127) << 23; /* n + 127 in [0, 254]; unsigned, as the scalar form */
     vf scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
@@ -365,7 +366,7 @@ static inline float FAB__T(row_max)(const float *s, float m)
      * forward's softmax at head dim 64) */
 #define FAB__HMAX_STEP(...)                                                                                     \
     {                                                                                                           \
-        const vf o = __builtin_shuffle(mv, (vi){__VA_ARGS__});                                                  \
+        const vf o = __builtin_shufflevector(mv, mv, __VA_ARGS__); /* GCC 12+, clang */                         \
         const vi gt = o > mv;                                                                                   \
         mv = (vf)(((vi)o & gt) | ((vi)mv & ~gt));                                                               \
     }
