@@ -9,7 +9,9 @@
  *        bf16 squares 1024..8192 and the linear layers of GPT-2 124M and LLaMA-7B
  *        training: forward y = x·Wᵀ, backward dx = dy·W and dW = dyᵀ·x; and at
  *        4096³ each tile configuration of the sm80 and of the Hopper kernel
- *        (matmul_sm90.cu, which the other rows run on an H100), forced (A/B).
+ *        (matmul_sm90.cu, which the other rows run on an H100), forced (A/B), and
+ *        the Hopper kernel with a block per tile instead of its persistent grid
+ *        (FAB_MATMUL_SM90_GRID=tiles; against the plain 4096³ row).
  */
 #include "bench.h"
 
@@ -252,14 +254,15 @@ static int gpu_one(bench *b, const gpu_shape *g)
 
 /* One "square <kernel> tile <t>" row at 4096^3 per tile, forced with `var`
  * (unless the caller set it). */
-static int tile_rows(bench *b, const char *kernel, const char *var, const char *const *tiles, int n)
+static int tile_rows(bench *b, const char *kernel, const char *what, const char *var, const char *const *tiles,
+                     int n)
 {
     if (getenv(var))
         return 0;
     int failed = 0;
     for (int i = 0; i < n; i++) {
         char name[64];
-        snprintf(name, sizeof name, "square %s tile %s", kernel, tiles[i]);
+        snprintf(name, sizeof name, "square %s %s %s", kernel, what, tiles[i]);
         gpu_shape g = {name, 4096, 4096, 4096, 0, 0};
         setenv(var, tiles[i], 1);
         failed |= gpu_one(b, &g);
@@ -306,11 +309,12 @@ static int gpu_suite(bench *b)
      * (matmul_sm90.cu, pick_bn; only an H100 runs it: elsewhere those rows
      * measure the sm80 kernel again) */
     static const char *const sm80_tiles[] = {"128x256", "128x128", "128x128w8", "64x64"};
-    static const char *const sm90_tiles[] = {"128x256", "128x128"};
+    static const char *const sm90_tiles[] = {"128x256", "128x128"}, *const sm90_grid[] = {"tiles"};
     setenv("FAB_MATMUL_SM90", "0", 1);
-    failed |= tile_rows(b, "sm80", "FAB_MATMUL_SM80_TILE", sm80_tiles, 4);
+    failed |= tile_rows(b, "sm80", "tile", "FAB_MATMUL_SM80_TILE", sm80_tiles, 4);
     unsetenv("FAB_MATMUL_SM90");
-    failed |= tile_rows(b, "sm90", "FAB_MATMUL_SM90_TILE", sm90_tiles, 2);
+    failed |= tile_rows(b, "sm90", "tile", "FAB_MATMUL_SM90_TILE", sm90_tiles, 2);
+    failed |= tile_rows(b, "sm90", "grid", "FAB_MATMUL_SM90_GRID", sm90_grid, 1);
     /* linear layers: tokens T, in -> out. forward y[T,out] = x[T,in]·W[out,in]ᵀ;
      * dx[T,in] = dy[T,out]·W[out,in]; dW[out,in] = dy[T,out]ᵀ·x[T,in]. */
     typedef struct layer { const char *name; int64_t tokens, in, out; } layer;

@@ -629,7 +629,8 @@ static void run_sm90_case(fab_context *ctx, const mm_case *c, int64_t batches, i
     fab_emu_set_racecheck(racecheck);
     const int64_t tiles = batches * ((c->m + 127) / 128) * ((c->n + bn - 1) / bn), ktiles = (c->k + 63) / 64;
     const int64_t sms = fab_emu_set_sm_count(0); /* reads it */
-    const int64_t blocks = tiles < sms ? tiles : sms;
+    const char *grid = getenv("FAB_MATMUL_SM90_GRID"); /* "tiles": a block per tile */
+    const int64_t blocks = (grid && !strcmp(grid, "tiles")) || tiles < sms ? tiles : sms;
     assert_int_equal(after.blocks - before.blocks, blocks);
     assert_int_equal(after.threads - before.threads, blocks * 384);
     assert_int_equal(after.wgmma - before.wgmma, tiles * 8 * 4 * ktiles);
@@ -692,7 +693,8 @@ static void test_sm90_kernel(void **state)
  * turn (9, 6 or 12 tiles: unevenly too), the ring's stages and phases running on
  * from tile to tile through 4 or 3 stages with 1, 4, 5 or 9 k slices a tile, both
  * tile widths, every transpose, batches whose blocks cross from one matrix to the
- * next, an epilogue; some under the race check too (two schedules, the same bits). */
+ * next, an epilogue, once with a block per tile (FAB_MATMUL_SM90_GRID=tiles); some
+ * under the race check too (two schedules, the same bits). */
 #ifdef FAB_TEST_EMULATED
 static int sm90_persistent_sms = 0; /* the SM count to restore */
 #endif
@@ -727,6 +729,11 @@ static void test_sm90_persistent(void **state)
             c.beta = 0.5f;
         }
         run_sm90_case(ctx, &c, batches, bn);
+        if (v == 4) { /* the same kernel with a block per tile (the benchmark's A/B) */
+            setenv("FAB_MATMUL_SM90_GRID", "tiles", 1);
+            run_sm90_case(ctx, &c, batches, bn);
+            unsetenv("FAB_MATMUL_SM90_GRID");
+        }
         if (v >= 3) {
             const int racecheck = fab_emu_set_racecheck(1);
             const unsigned long reports = fab_emu_race_reports();
@@ -747,6 +754,7 @@ static int restore_sm90_settings(void **state)
 {
     (void)state;
     unsetenv("FAB_MATMUL_SM90_TILE");
+    unsetenv("FAB_MATMUL_SM90_GRID");
 #ifdef FAB_TEST_EMULATED
     if (sm90_persistent_sms > 0)
         fab_emu_set_sm_count(sm90_persistent_sms);

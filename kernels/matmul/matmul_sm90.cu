@@ -51,7 +51,8 @@
  * (stride 0) and their strides multiples of 8 elements;
  * 16-byte-aligned A and B with row strides multiples of 8 elements (TMA); the
  * driver's cuTensorMapEncodeTiled. FAB_MATMUL_SM90=0 turns it off (the sm80
- * kernel runs instead). Otherwise the sm80 kernel runs.
+ * kernel runs instead). Otherwise the sm80 kernel runs. FAB_MATMUL_SM90_GRID=tiles
+ * launches a block per tile rather than per SM (A/B of the persistent grid).
  *
  * Registers (ptxas, sm_90a, CUDA 13): 168 per thread at launch, the cap for 384
  * threads, which setmaxnreg then splits 40 / 232 / 232 between the warpgroups; 0
@@ -340,9 +341,14 @@ static fab_status launch(fab_context *ctx, const fab__mm_args *a)
     }
     auto kernel = a->nb ? sm90_gemm<T, BN, TA, TB, true> : sm90_gemm<T, BN, TA, TB, false>;
     const int smem = sm90_cfg<BN>::SMEM;
-    /* persistent: one block per SM (the shared memory allows no second), at most one per tile */
+    /* persistent: one block per SM (the shared memory allows no second), at most one
+     * per tile; FAB_MATMUL_SM90_GRID=tiles launches one block per tile instead (the
+     * same kernel then takes one tile a block: the benchmark's A/B of persistence) */
     const int64_t ntiles = ((a->m + SM90_BM - 1) / SM90_BM) * ((a->n + BN - 1) / BN) * a->batch;
-    const int64_t sms = ctx->sm_count > 0 ? ctx->sm_count : 1, blocks = ntiles < sms ? ntiles : sms;
+    const char *grid_env = getenv("FAB_MATMUL_SM90_GRID");
+    const bool per_tile = grid_env && !strcmp(grid_env, "tiles") && ntiles < ((int64_t)1 << 31);
+    const int64_t sms = ctx->sm_count > 0 ? ctx->sm_count : 1;
+    const int64_t blocks = per_tile || ntiles < sms ? ntiles : sms;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err == cudaSuccess && blocks > 0) {
         cudaLaunchConfig_t cfg = {};
