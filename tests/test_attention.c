@@ -1308,6 +1308,9 @@ static struct fab_emu_stats bwd_counts(fab_context *ctx, const char *keys, int64
     free(x);
     return c;
 }
+
+/* Every head dim the kernels have (the count tests and the bank test walk them). */
+static const int64_t head_dims[5] = {32, 64, 96, 128, 256};
 #endif
 
 /* The Hopper forward (attention_fwd_sm90.cu) is the one an emulated H100 runs at
@@ -1324,9 +1327,8 @@ static void test_sm90_forward(void **state)
 #ifdef FAB_TEST_EMULATED
     if (fab_context_backend(ctx) == FAB_BACKEND_CUDA) {
         const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
-        static const int64_t dims[] = {32, 64, 96, 128, 256};
         for (int i = 0; i < 5; i++) {
-            const int64_t d = dims[i], kd = d == 96 ? 128 : d; /* 96 runs the 128 kernel, zero-padded */
+            const int64_t d = head_dims[i], kd = d == 96 ? 128 : d; /* 96 runs the 128 kernel, zero-padded */
             struct fab_emu_stats c = fwd_counts(ctx, NULL, 2, 200, 300, d, 0);
             struct fab_emu_stats causal = fwd_counts(ctx, NULL, 2, 200, 300, d, 1);
             print_message("attention forward sm90 d%lld 2 heads 200x300: %llu blocks, %llu wgmma; causal %llu wgmma\n",
@@ -1524,9 +1526,8 @@ static void test_sm90_backward(void **state)
 #ifdef FAB_TEST_EMULATED
     if (fab_context_backend(ctx) == FAB_BACKEND_CUDA) {
         const int racecheck = fab_emu_set_racecheck(0); /* one run per launch: counts as they are */
-        static const int64_t dims[] = {32, 64, 96, 128, 256};
         for (int i = 0; i < 5; i++) {
-            const int64_t d = dims[i], kd = d == 96 ? 128 : d; /* 96 runs the 128 kernels, zero-padded */
+            const int64_t d = head_dims[i], kd = d == 96 ? 128 : d; /* 96 runs the 128 kernels, zero-padded */
             struct fab_emu_stats c = bwd_counts(ctx, NULL, 1, 256, 256, d, 0);
             struct fab_emu_stats causal = bwd_counts(ctx, NULL, 1, 256, 256, d, 1);
             print_message("attention backward sm90 d%lld 256x256: %llu blocks, %llu wgmma, %llu float atomics; causal "
@@ -1589,10 +1590,9 @@ static void test_bank_conflicts(void **state)
         cfg.deterministic = 1;
         fab_context *det = fab_test_context_with(&cfg);
         const int racecheck = fab_emu_set_racecheck(0); /* one run per launch */
-        static const int64_t dims[] = {32, 64, 96, 128, 256};
         unsigned long long conflicts = 0, d32_extra = 0, d32_copies = 0;
         for (int i = 0; i < 5; i++) {
-            const int64_t d = dims[i];
+            const int64_t d = head_dims[i];
             static const char *what[6] = {"fwd 16 rows", "fwd 32 rows causal", "bwd 64 keys", "bwd 128 keys causal",
                                           "bwd deterministic 64 keys", "bwd deterministic 128 keys causal"};
             static const char *variant[6] = {"16", "32", "64", "128", "64", "128"};

@@ -262,55 +262,35 @@ static inline __attribute__((always_inline)) void FAB__T(prefetch_rows)(const fa
     }
 }
 
-/* 2^x for x <= 0 (larger x is fine up to 127), about 1 ulp: x = n + f with n an
- * integer (round to nearest through the 1.5*2^23 trick) and |f| <= 1/2, 2^f by
- * its degree-6 Taylor polynomial in f*ln2 (error < 2e-7 relative), 2^n through
- * the exponent bits. x <= -127 (and -inf) gives exactly 0. Branch-free, so loops
- * over it vectorize. */
-static inline float FAB__T(exp2)(float x)
-{
-    x = x > -127.0f ? x : -127.0f;
-    const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    float t = x + magic;
-    float nf = t - magic;
-    float f = x - nf;
-    int32_t n = (int32_t)nf;
-    float p = 1.5403530393381606e-4f;           /* ln2^6 / 720 */
-    p = p * f + 1.3333558146428443e-3f;         /* ln2^5 / 120 */
-    p = p * f + 9.6181291076284772e-3f;         /* ln2^4 / 24 */
-    p = p * f + 5.5504108664821580e-2f;         /* ln2^3 / 6 */
-    p = p * f + 2.4022650695910071e-1f;         /* ln2^2 / 2 */
-    p = p * f + 6.9314718055994531e-1f;         /* ln2 */
-    p = p * f + 1.0f;
-    uint32_t bits = (uint32_t)(n + 127) << 23;  /* n = -127 gives 0.0f */
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return p * scale;
-}
-
-/* FAB__T(exp2) of each lane: the same operations lane by lane, so the same bits. */
+/* 2^x of each lane, for x <= 0 (larger x is fine up to 127), about 1 ulp: x = n + f
+ * with n an integer (round to nearest through the 1.5*2^23 trick) and |f| <= 1/2,
+ * 2^f by its degree-6 Taylor polynomial in f*ln2 (error < 2e-7 relative), 2^n
+ * through the exponent bits. x <= -127 (and -inf, and NaN) gives exactly 0. */
 static inline FAB__T(vf) FAB__T(exp2v)(FAB__T(vf) x)
 {
     typedef FAB__T(vf) vf;
     typedef int32_t vi __attribute__((vector_size(FAB__VL * 4)));
-    const vf lo = FAB__T(splat)(-127.0f), magic = FAB__T(splat)(12582912.0f);
-    const vi in = x > lo; /* NaN: false, as in the scalar form */
+    typedef uint32_t vu __attribute__((vector_size(FAB__VL * 4)));
+    const vf lo = FAB__T(splat)(-127.0f), magic = FAB__T(splat)(12582912.0f); /* 1.5 * 2^23 */
+    const vi in = x > lo;                                                        /* NaN: false */
     x = (vf)(((vi)x & in) | ((vi)lo & ~in));
     const vf nf = (x + magic) - magic, f = x - nf;
     const vi n = __builtin_convertvector(nf, vi);
-    vf p = FAB__T(splat)(1.5403530393381606e-4f);
-    p = p * f + FAB__T(splat)(1.3333558146428443e-3f);
-    p = p * f + FAB__T(splat)(9.6181291076284772e-3f);
-    p = p * f + FAB__T(splat)(5.5504108664821580e-2f);
-    p = p * f + FAB__T(splat)(2.4022650695910071e-1f);
-    p = p * f + FAB__T(splat)(6.9314718055994531e-1f);
+    vf p = FAB__T(splat)(1.5403530393381606e-4f);      /* ln2^6 / 720 */
+    p = p * f + FAB__T(splat)(1.3333558146428443e-3f); /* ln2^5 / 120 */
+    p = p * f + FAB__T(splat)(9.6181291076284772e-3f); /* ln2^4 / 24 */
+    p = p * f + FAB__T(splat)(5.5504108664821580e-2f); /* ln2^3 / 6 */
+    p = p * f + FAB__T(splat)(2.4022650695910071e-1f); /* ln2^2 / 2 */
+    p = p * f + FAB__T(splat)(6.9314718055994531e-1f); /* ln2 */
     p = p * f + FAB__T(splat)(1.0f);
-    typedef uint32_t vu __attribute__((vector_size(FAB__VL * 4)));
-    const vu bits = (vu)(n + 127) << 23; /* n + 127 in [0, 254]; unsigned, as the scalar form */
+    const vu bits = (vu)(n + 127) << 23; /* n + 127 in [0, 254]: n = -127 gives 0.0f */
     vf scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
 }
+
+/* 2^x of one value: exp2v's lane 0 (one per row and tile: the rescale factor). */
+static inline float FAB__T(exp2)(float x) { return FAB__T(exp2v)(FAB__T(splat)(x))[0]; }
 
 /* Turns raw scores S = Q.K^T of one tile into log2-unit logits in place:
  * s = scale*x (or softcap*tanh(scale*x/softcap)), times log2(e); masked entries
@@ -490,12 +470,11 @@ static void FAB__T(bwd_pair)(const fab__attn_args *a, const fab__attn_seq *sq, i
     const float scale = a->scale, cap = a->softcap;
     for (int i = lo; i < *r1; i++) {
         float *p = P + i * FAB__BK, *ds = dS + i * FAB__BK;
-        const float L = lse2[i], Di = D[i];
-#pragma omp simd
-        for (int j = 0; j < FAB__BK; j++) {
-            float pj = FAB__T(exp2)(p[j] - L);
-            p[j] = pj;
-            ds[j] = pj * (ds[j] - Di) * scale;
+        const FAB__T(vf) L = FAB__T(splat)(lse2[i]), Di = FAB__T(splat)(D[i]), sv = FAB__T(splat)(scale);
+        for (int j = 0; j < FAB__BK; j += FAB__VL) {
+            const FAB__T(vf) pj = FAB__T(exp2v)(FAB__T(vload)(p + j) - L);
+            FAB__T(vstore)(p + j, pj);
+            FAB__T(vstore)(ds + j, pj * (FAB__T(vload)(ds + j) - Di) * sv);
         }
         if (cap > 0) {
             const float *t = T + i * FAB__BK;
