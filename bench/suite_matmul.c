@@ -11,7 +11,9 @@
  *        4096³ each tile configuration of the sm80 and of the Hopper kernel
  *        (matmul_sm90.cu, which the other rows run on an H100), forced (A/B), and
  *        the Hopper kernel with a block per tile instead of its persistent grid
- *        (FAB_MATMUL_SM90_GRID=tiles; against the plain 4096³ row).
+ *        (FAB_MATMUL_SM90_GRID=tiles; against the plain 4096³ row), and the
+ *        epilogue a value per lane instead of 8 columns (FAB_MATMUL_EPILOGUE=scalar;
+ *        at 4096³ and GPT-2's fc forward).
  */
 #include "bench.h"
 
@@ -315,6 +317,17 @@ static int gpu_suite(bench *b)
     unsetenv("FAB_MATMUL_SM90");
     failed |= tile_rows(b, "sm90", "tile", "FAB_MATMUL_SM90_TILE", sm90_tiles, 2);
     failed |= tile_rows(b, "sm90", "grid", "FAB_MATMUL_SM90_GRID", sm90_grid, 1);
+    /* the tensor-core kernels' epilogue a value per lane (FAB_MATMUL_EPILOGUE=scalar)
+     * instead of 8 columns per lane: at 4096^3 (against the plain row) and at GPT-2's
+     * fc forward, k = 768, where the epilogue's share is larger (against "gpt2 fc fwd") */
+    static const char *const scalar[] = {"scalar"};
+    failed |= tile_rows(b, "epilogue", "form", "FAB_MATMUL_EPILOGUE", scalar, 1);
+    if (!getenv("FAB_MATMUL_EPILOGUE")) {
+        gpu_shape g = {"gpt2 fc fwd epilogue scalar", 8192, 3072, 768, 0, 1};
+        setenv("FAB_MATMUL_EPILOGUE", "scalar", 1);
+        failed |= gpu_one(b, &g);
+        unsetenv("FAB_MATMUL_EPILOGUE");
+    }
     /* linear layers: tokens T, in -> out. forward y[T,out] = x[T,in]·W[out,in]ᵀ;
      * dx[T,in] = dy[T,out]·W[out,in]; dW[out,in] = dy[T,out]ᵀ·x[T,in]. */
     typedef struct layer { const char *name; int64_t tokens, in, out; } layer;

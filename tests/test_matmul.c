@@ -1339,6 +1339,137 @@ static void test_deterministic(void **state)
     fab_context_destroy(ctx);
 }
 
+/* The tensor-core kernels' epilogue moves 8 columns a lane (16-byte loads and
+ * stores) where C, pre_act and bias allow it, else one: the two forms must give
+ * the same bits. For the Hopper kernel, the sm80 kernel (FAB_MATMUL_SM90=0) and its
+ * TF32 form, several dtypes and every kind of epilogue, C (and pre_act) with and
+ * without FAB_MATMUL_EPILOGUE=scalar are compared bitwise; n = 140 puts the last
+ * 8 columns of each row half past n. Then a C whose base is one element past a
+ * 16-byte boundary: it must take the scalar form (the vector form would fault on a
+ * GPU, and the emulator traps it), with the same bits again. */
+static void test_epilogue_widths(void **state)
+{
+    (void)state;
+    if (!on_cuda()) {
+        print_message("SKIP: the epilogue forms are the CUDA tensor-core kernels'\n");
+        skip();
+    }
+    fab_context *ctx = fab_test_context();
+    const int64_t m = 70, n = 140, k = 72, ldc = 144, span = m * ldc + 8; /* + 8: room for the shift */
+    const struct {
+        fab_dtype in, out;
+        const char *sm90;
+    } kinds[] = {{FAB_DTYPE_BF16, FAB_DTYPE_BF16, "1"}, {FAB_DTYPE_F16, FAB_DTYPE_F32, "1"},
+                 {FAB_DTYPE_BF16, FAB_DTYPE_F32, "0"},  {FAB_DTYPE_F16, FAB_DTYPE_F16, "0"},
+                 {FAB_DTYPE_F32, FAB_DTYPE_F32, "0"}};
+    double *av = malloc(sizeof(double) * (size_t)(m * k)), *bv = malloc(sizeof(double) * (size_t)(k * ldc));
+    double *cv = malloc(sizeof(double) * (size_t)(span + 1)), *pv = malloc(sizeof(double) * (size_t)(span + 1));
+    double *biasv = malloc(sizeof(double) * (size_t)n);
+    assert_true(av && bv && cv && pv && biasv);
+    fab_test_fill_uniform(av, m * k, -1, 1);
+    fab_test_fill_uniform(bv, k * ldc, -1, 1);
+    fab_test_fill_uniform(cv, span + 1, -1, 1);
+    fab_test_fill_uniform(pv, span + 1, -2, 2);
+    fab_test_fill_uniform(biasv, n, -1, 1);
+    for (size_t kd = 0; kd < sizeof kinds / sizeof kinds[0]; kd++) {
+        const fab_dtype in = kinds[kd].in, out = kinds[kd].out;
+        const size_t cb = fab_dtype_size(out), bytes = (size_t)span * cb;
+        setenv("FAB_MATMUL_SM90", kinds[kd].sm90, 1);
+        void *da = fab_test_upload(ctx, in, av, m * k, NULL), *db = fab_test_upload(ctx, in, bv, k * ldc, NULL);
+        for (int e = 0; e < 4; e++) {
+            /* 0: alpha, beta, f32 bias; 1: bias in C's dtype, pre_act stored, GELU (tanh);
+             * 2: DGELU (erf) from pre_act, beta 1; 3: ReLU, beta, C-dtype bias, pre_act */
+            const int bwd = e == 2, store_pre = e == 1 || e == 3;
+            void *bias = e == 2 ? NULL : fab_test_upload(ctx, e == 0 ? FAB_DTYPE_F32 : out, biasv, n, NULL);
+            unsigned char *got[3][2] = {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}};
+            for (int w = 0; w < 3; w++) { /* vector, FAB_MATMUL_EPILOGUE=scalar, misaligned C */
+                if (w == 1)
+                    setenv("FAB_MATMUL_EPILOGUE", "scalar", 1);
+                else
+                    unsetenv("FAB_MATMUL_EPILOGUE");
+                const float beta = e == 0 ? -0.5f : e == 2 ? 1.0f : e == 3 ? 0.5f : 0.0f;
+                const int64_t off = w == 2 ? 1 : 0; /* elements: 2 or 4 bytes past 16-byte alignment */
+                /* the misaligned matrices start one element in: their values too */
+                void *dc = fab_test_upload(ctx, out, cv + 1 - off, span, NULL);
+                void *dp = bwd ? fab_test_upload(ctx, out, pv + 1 - off, span, NULL)
+                               : fab_test_alloc_poisoned(ctx, out, span);
+                fab_matmul_params p;
+                memset(&p, 0, sizeof p);
+                int64_t sa[2] = {m, k}, sb[2] = {k, n}, sc[2] = {m, n};
+                fab_tensor_make(da, in, 2, sa, &p.a);
+                fab_tensor_make(db, in, 2, sb, &p.b);
+                p.b.stride[0] = ldc; /* B's rows too are whole 16-byte units: the tensor-core kernels run */
+                fab_tensor_make((char *)dc + off * (int64_t)cb, out, 2, sc, &p.c);
+                p.c.stride[0] = ldc;
+                if (bwd || store_pre) {
+                    fab_tensor_make((char *)dp + off * (int64_t)cb, out, 2, sc, &p.pre_act);
+                    p.pre_act.stride[0] = ldc;
+                }
+                if (bias)
+                    fab_tensor_make(bias, e == 0 ? FAB_DTYPE_F32 : out, 1, &n, &p.bias);
+                p.alpha = 0.75f;
+                p.beta = beta;
+                p.activation = e == 0 ? FAB_MATMUL_ACT_NONE : e == 3 ? FAB_MATMUL_ACT_RELU
+                               : e == 1 ? FAB_MATMUL_ACT_GELU_TANH : FAB_MATMUL_ACT_GELU_ERF;
+                p.activation_backward = bwd;
+                p.precision = in == FAB_DTYPE_F32 ? FAB_MATMUL_TF32 : FAB_MATMUL_EXACT;
+                p.algo = FAB_MATMUL_ALGO_NATIVE;
+                char what[128];
+                snprintf(what, sizeof what, "%s->%s sm90=%s epilogue %d form %d", fab_dtype_name(in),
+                         fab_dtype_name(out), kinds[kd].sm90, e, w);
+#ifdef FAB_TEST_EMULATED
+                struct fab_emu_stats before, after;
+                fab_emu_get_stats(&before);
+#endif
+                bank_mark banks = banks_begin();
+                mm_ok(ctx, &p, what);
+                banks_expect_none(banks, what);
+#ifdef FAB_TEST_EMULATED
+                /* the kernel meant: wgmma on the Hopper one, mma.sync on the sm80 one */
+                fab_emu_get_stats(&after);
+                if (kinds[kd].sm90[0] == '1')
+                    assert_true(after.wgmma > before.wgmma);
+                else
+                    assert_true(after.mma > before.mma && after.wgmma == before.wgmma);
+#endif
+                for (int o = 0; o < 2; o++) {
+                    got[w][o] = malloc(bytes);
+                    assert_non_null(got[w][o]);
+                    fab_test_download_bytes(ctx, o ? dp : dc, bytes, got[w][o]);
+                    if (w == 2) /* back to the others' positions */
+                        memmove(got[w][o], got[w][o] + cb, bytes - cb);
+                }
+                fab_test_free(ctx, dc);
+                fab_test_free(ctx, dp);
+            }
+            for (int w = 1; w < 3; w++)
+                for (int o = 0; o < (store_pre ? 2 : 1); o++)
+                    for (int64_t i = 0; i < m; i++)
+                        if (memcmp(got[0][o] + (size_t)(i * ldc) * cb, got[w][o] + (size_t)(i * ldc) * cb,
+                                   (size_t)n * cb))
+                            fail_msg("%s->%s sm90=%s epilogue %d: %s of row %lld differs between the vector form "
+                                     "and the %s",
+                                     fab_dtype_name(in), fab_dtype_name(out), kinds[kd].sm90, e, o ? "pre_act" : "C",
+                                     (long long)i, w == 1 ? "scalar form" : "misaligned C");
+            for (int w = 0; w < 3; w++)
+                for (int o = 0; o < 2; o++)
+                    free(got[w][o]);
+            if (bias)
+                fab_test_free(ctx, bias);
+        }
+        fab_test_free(ctx, da);
+        fab_test_free(ctx, db);
+    }
+    unsetenv("FAB_MATMUL_SM90");
+    unsetenv("FAB_MATMUL_EPILOGUE");
+    free(av);
+    free(bv);
+    free(cv);
+    free(pv);
+    free(biasv);
+    fab_context_destroy(ctx);
+}
+
 /* ------------------------------------------------------------ AUTO's tuning */
 
 /* Lines of g_log, and how many contain `needle`. */
@@ -1903,6 +2034,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sm90_kernel),
         cmocka_unit_test_teardown(test_sm90_persistent, restore_sm90_settings),
         cmocka_unit_test(test_epilogues),
+        cmocka_unit_test(test_epilogue_widths),
         cmocka_unit_test(test_batched_strided),
         cmocka_unit_test(test_gradcheck),
         cmocka_unit_test(test_bias_grad),

@@ -65,6 +65,7 @@
 #define FAB__HD __host__ __device__
 #include "../activation/gelu_math.h"
 #include "../common/cuda_dtype.cuh"
+#include "../common/ptx.cuh"
 #include "matmul.h"
 #include "matmul_cuda_common.cuh"
 

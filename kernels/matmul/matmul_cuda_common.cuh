@@ -1,13 +1,15 @@
 /*
  * matmul_cuda_common.cuh: what fabriek's CUDA GEMMs share (matmul_cuda.cu: SIMT and
- * reference kernels; matmul_sm80.cu: tensor-core kernel): the geometry and batch
- * structs passed by value, their one host-side fill from fab__mm_args, the batch
- * offsets of a block, the activation and its derivative, and the per-element
- * epilogue. Include after gelu_math.h, cuda_dtype.cuh and matmul.h.
+ * reference kernels; matmul_sm80.cu, matmul_sm90.cu: tensor-core kernels): the
+ * geometry and batch structs passed by value, their one host-side fill from
+ * fab__mm_args, the batch offsets of a block, the tile order, the activation and its
+ * derivative, and the epilogue: per element, or 8 columns at a time from a warp's
+ * staged rows. Include after gelu_math.h, cuda_dtype.cuh, ptx.cuh and matmul.h.
  */
 #ifndef FAB_MATMUL_CUDA_COMMON_CUH
 #define FAB_MATMUL_CUDA_COMMON_CUH
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Batch geometry passed by value: shape of the batch dimensions and the element
@@ -27,7 +29,31 @@ struct mm_geom {
     int bias_f32; /* bias dtype: f32 (1) or C's (0) */
     int c_f32;    /* C and pre_act are f32, else the input type (the sm80 kernel: a runtime
                    * choice, it only touches the epilogue and halves the kernels compiled) */
+    int vec8;     /* the tensor-core kernels' epilogue may move 8 consecutive columns with
+                   * 16-byte loads and stores (mm_vec8_ok) */
 };
+
+/* Whether 8 consecutive columns of C, pre_act and bias starting at a column that
+ * is a multiple of 8 are whole 16-byte units (two for f32) of every row and batch:
+ * bases 16-byte aligned, the row strides and the strides of batch dimensions
+ * longer than 1 multiples of 8 elements. FAB_MATMUL_EPILOGUE=scalar says no (the
+ * benchmark's A/B of the vector epilogue). */
+static inline bool mm_vec8_ok(const fab__mm_args *a)
+{
+    const char *env = getenv("FAB_MATMUL_EPILOGUE");
+    if (env && !strcmp(env, "scalar"))
+        return false;
+    if ((uintptr_t)a->c % 16 != 0 || (a->m > 1 && a->ldc % 8 != 0))
+        return false;
+    if (a->pre_act && ((uintptr_t)a->pre_act % 16 != 0 || (a->m > 1 && a->ldp % 8 != 0)))
+        return false;
+    if (a->bias && (uintptr_t)a->bias % 16 != 0)
+        return false;
+    for (int j = 0; j < a->nb; j++)
+        if (a->batch_shape[j] > 1 && (a->c_bstride[j] % 8 != 0 || (a->pre_act && a->p_bstride[j] % 8 != 0)))
+            return false;
+    return true;
+}
 
 /* The one host-side fill of mm_geom and mm_batch from the call's arguments. */
 static inline void mm_fill(const fab__mm_args *a, mm_geom *g, mm_batch *bt)
@@ -47,6 +73,7 @@ static inline void mm_fill(const fab__mm_args *a, mm_geom *g, mm_batch *bt)
     g->act_backward = a->act_backward;
     g->bias_f32 = a->bias_dtype == FAB_DTYPE_F32;
     g->c_f32 = a->c_dtype == FAB_DTYPE_F32;
+    g->vec8 = mm_vec8_ok(a);
     memset(bt, 0, sizeof *bt);
     bt->nb = a->nb;
     for (int j = 0; j < a->nb; j++) {
@@ -125,46 +152,177 @@ static __device__ __forceinline__ float mm_act_grad(int act, float x)
     }
 }
 
-/* Element i of C, pre_act or bias (f32 when c_f32, else T), as f32. */
-template <typename T>
-static __device__ __forceinline__ float mm_load_c(const void *p, int64_t i, int c_f32)
+/* The global accesses of the vector epilogue need 16-byte alignment, which
+ * mm_vec8_ok promised: the emulator checks it (a GPU would fault). */
+static __device__ __forceinline__ void mm_check16(const void *p)
 {
-    return c_f32 ? ((const float *)p)[i] : fab__to_f32(((const T *)p)[i]);
+#ifdef FAB_EMULATE_CUDA
+    if ((uintptr_t)p % 16 != 0)
+        __trap();
+#else
+    (void)p;
+#endif
 }
 
-/* Stores v to element i of C or pre_act, rounded once to T unless c_f32. */
-template <typename T>
-static __device__ __forceinline__ void mm_store_c(void *p, int64_t i, int c_f32, float v)
+/* N (1 or 8) consecutive elements of C, pre_act or bias from element i, as f32:
+ * f32 when is_f32 (or T is float), else T. N = 8: one 16-byte load for 16-bit
+ * values, two for f32. */
+template <typename T, int N>
+static __device__ __forceinline__ void mm_load_n(const void *p, int64_t i, int is_f32, float (&v)[N])
 {
-    if (c_f32)
-        ((float *)p)[i] = v;
-    else
-        ((T *)p)[i] = fab__from_f32<T>(v);
+    if constexpr (N == 1) {
+        v[0] = is_f32 ? ((const float *)p)[i] : fab__to_f32(((const T *)p)[i]);
+    } else {
+        static_assert(N == 8, "1 or 8 elements");
+        if (is_f32 || sizeof(T) == 4) {
+            const float4 *q = reinterpret_cast<const float4 *>((const float *)p + i);
+            mm_check16(q);
+            const float4 x = q[0], y = q[1];
+            v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+            v[4] = y.x, v[5] = y.y, v[6] = y.z, v[7] = y.w;
+        } else {
+            const uint4 *q = reinterpret_cast<const uint4 *>((const T *)p + i);
+            mm_check16(q);
+            const uint4 x = *q;
+            T h[8];
+            memcpy(h, &x, sizeof x);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                v[e] = fab__to_f32(h[e]);
+        }
+    }
+}
+
+/* Stores N (1 or 8) values to elements i.. of C or pre_act, rounded once to T
+ * unless is_f32 (or T is float); N = 8 as mm_load_n. */
+template <typename T, int N>
+static __device__ __forceinline__ void mm_store_n(void *p, int64_t i, int is_f32, const float (&v)[N])
+{
+    if constexpr (N == 1) {
+        if (is_f32)
+            ((float *)p)[i] = v[0];
+        else
+            ((T *)p)[i] = fab__from_f32<T>(v[0]);
+    } else {
+        if (is_f32 || sizeof(T) == 4) {
+            float4 *q = reinterpret_cast<float4 *>((float *)p + i);
+            mm_check16(q);
+            q[0] = make_float4(v[0], v[1], v[2], v[3]);
+            q[1] = make_float4(v[4], v[5], v[6], v[7]);
+        } else {
+            uint4 *q = reinterpret_cast<uint4 *>((T *)p + i);
+            mm_check16(q);
+            T h[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                h[e] = fab__from_f32<T>(v[e]);
+            uint4 x;
+            memcpy(&x, h, sizeof x);
+            *q = x;
+        }
+    }
+}
+
+/* The epilogue of N (1 or 8) consecutive elements (row, col..) of C from their
+ * accumulators acc = op(A)·op(B) (f32): alpha·acc + beta·C, then either times the
+ * activation's derivative at pre_act (act_backward), or + bias, pre_act stored,
+ * activation. All in f32, one rounding to C's dtype; each element sees the same
+ * operations in both widths, so N = 8 gives the bits N = 1 does. C and pre_act
+ * are f32 when c_f32, else T; bias is f32 when bias_f32 or c_f32, else T. */
+template <typename T, int N>
+static __device__ __forceinline__ void mm_epilogue_n(const mm_geom &g, const float (&acc)[N], int64_t row, int64_t col,
+                                                     void *C, const void *bias, void *pre, int c_f32)
+{
+    float v[N], t[N];
+    const int64_t ci = row * g.ldc + col;
+#pragma unroll
+    for (int e = 0; e < N; e++)
+        v[e] = g.alpha * acc[e];
+    if (g.beta != 0.0f) {
+        mm_load_n<T, N>(C, ci, c_f32, t);
+#pragma unroll
+        for (int e = 0; e < N; e++)
+            v[e] += g.beta * t[e];
+    }
+    if (g.act_backward) {
+        mm_load_n<T, N>(pre, row * g.ldp + col, c_f32, t);
+#pragma unroll
+        for (int e = 0; e < N; e++)
+            v[e] *= mm_act_grad(g.act, t[e]);
+    } else {
+        if (bias) {
+            mm_load_n<T, N>(bias, col, g.bias_f32 || c_f32, t);
+#pragma unroll
+            for (int e = 0; e < N; e++)
+                v[e] += t[e];
+        }
+        if (pre)
+            mm_store_n<T, N>(pre, row * g.ldp + col, c_f32, v);
+#pragma unroll
+        for (int e = 0; e < N; e++)
+            v[e] = mm_act(g.act, v[e]);
+    }
+    mm_store_n<T, N>(C, ci, c_f32, v);
 }
 
 /* The epilogue of element (row, col) of C, run by the thread that holds its
- * accumulator acc = op(A)·op(B) (f32): alpha·acc + beta·C, then either times the
- * activation's derivative at pre_act (act_backward), or + bias, pre_act stored,
- * activation. All in f32, one rounding to C's dtype. C and pre_act are f32 when
- * c_f32, else T; bias is f32 when bias_f32 or c_f32, else T. */
+ * accumulator (the SIMT kernels; mm_epilogue_n). */
 template <typename T>
 static __device__ __forceinline__ void mm_epilogue(const mm_geom &g, float acc, int64_t row, int64_t col, void *C,
                                                    const void *bias, void *pre, int c_f32)
 {
-    float v = g.alpha * acc;
-    int64_t ci = row * g.ldc + col;
-    if (g.beta != 0.0f)
-        v += g.beta * mm_load_c<T>(C, ci, c_f32);
-    if (g.act_backward) {
-        v *= mm_act_grad(g.act, mm_load_c<T>(pre, row * g.ldp + col, c_f32));
-    } else {
-        if (bias)
-            v += mm_load_c<T>(bias, col, g.bias_f32 || c_f32);
-        if (pre)
-            mm_store_c<T>(pre, row * g.ldp + col, c_f32, v);
-        v = mm_act(g.act, v);
+    const float a[1] = {acc};
+    mm_epilogue_n<T, 1>(g, a, row, col, C, bias, pre, c_f32);
+}
+
+/* The epilogue of 16 rows x W columns of a warp's accumulators, staged in shared
+ * memory (row r at stage + r * SROW; C element (row0 + r, col0 + c)), by the tensor-
+ * core kernels. With g.vec8 a lane takes 8 consecutive columns (16-byte loads and
+ * stores; the 8 values of a row's last columns past n one by one), W / 8 lanes a
+ * row, 32 / (W / 8) rows a pass: 8x fewer global store instructions than a value
+ * per lane. Its two 16-byte shared loads go in the order that keeps each 8-lane
+ * phase on 32 different banks (lanes 4..7 of 8 take their upper half first; SROW
+ * = W + 8). Without vec8, a lane per element, consecutive lanes along the row. */
+template <typename T, int W, int SROW>
+static __device__ __forceinline__ void mm_epilogue_staged(const mm_geom &g, const float *stage, int lane, int64_t row0,
+                                                          int64_t col0, void *C, const void *bias, void *pre)
+{
+    static_assert(W % 8 == 0 && SROW % 4 == 0, "whole 16-byte units in the staging rows");
+    if (g.vec8) {
+        constexpr int CH = W / 8; /* 8-column chunks per row */
+#pragma unroll 1
+        for (int e = lane; e < 16 * CH; e += 32) {
+            const int r = e / CH, c = 8 * (e % CH);
+            if (row0 + r >= g.m || col0 + c >= g.n)
+                continue;
+            const float *sp = stage + r * SROW + c;
+            const bool swap = (lane & 4) != 0;
+            const float4 x = fab__ld_shared(reinterpret_cast<const float4 *>(sp + (swap ? 4 : 0)));
+            const float4 y = fab__ld_shared(reinterpret_cast<const float4 *>(sp + (swap ? 0 : 4)));
+            const float4 lo = swap ? y : x, hi = swap ? x : y;
+            const float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            if (col0 + c + 8 <= g.n) {
+                mm_epilogue_n<T, 8>(g, v, row0 + r, col0 + c, C, bias, pre, g.c_f32);
+            } else {
+#pragma unroll 1
+                for (int q = 0; col0 + c + q < g.n; q++) {
+                    float a[1] = {v[0]}; /* v[q] by selects: v stays in registers */
+#pragma unroll
+                    for (int k = 1; k < 8; k++)
+                        a[0] = q == k ? v[k] : a[0];
+                    mm_epilogue_n<T, 1>(g, a, row0 + r, col0 + c + q, C, bias, pre, g.c_f32);
+                }
+            }
+        }
+        return;
     }
-    mm_store_c<T>(C, ci, c_f32, v);
+#pragma unroll 1
+    for (int e = lane; e < 16 * W; e += 32) {
+        const int r = e / W, c = e % W;
+        const float v = fab__ld_shared(stage + r * SROW + c); /* every lane: one warp-wide load */
+        if (row0 + r < g.m && col0 + c < g.n)
+            mm_epilogue<T>(g, v, row0 + r, col0 + c, C, bias, pre, g.c_f32);
+    }
 }
 
 #endif

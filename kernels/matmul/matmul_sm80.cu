@@ -273,8 +273,9 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom 
      * so a half-warp's float2 stores, rows g..g+3 x columns 2t, 2t+1, cover 32
      * banks), then its lanes take consecutive elements of those 16 rows: alpha,
      * beta C, bias, pre_act, activation or its derivative, one rounding, and stores
-     * that are coalesced along the row. One copy of mm_epilogue in the code
-     * instead of one per accumulator register. */
+     * that are coalesced along the row, 8 columns a lane where the layout allows
+     * (mm_epilogue_staged). One copy of the epilogue in the code instead of one per
+     * accumulator register. */
     constexpr int SROW = WTN + 8;
     static_assert(WARPS_M * WARPS_N * 16 * SROW * 4 <= SM80_STAGES * (A_ELEMS + B_ELEMS) * (int)sizeof(T),
                   "the epilogue's staging fits in the stages");
@@ -290,13 +291,7 @@ sm80_gemm(const T *A, const T *B, void *C, const void *bias, void *pre, mm_geom 
                                make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]));
         __syncwarp();
         const int64_t row0 = m0 + wm * WTM + i * 16, col0 = n0 + wn * WTN;
-#pragma unroll 1
-        for (int e = lane; e < 16 * WTN; e += 32) {
-            const int r = e / WTN, c = e % WTN;
-            const float v = fab__ld_shared(stage + r * SROW + c); /* every lane: one warp-wide load */
-            if (row0 + r < g.m && col0 + c < g.n)
-                mm_epilogue<T>(g, v, row0 + r, col0 + c, C, bias, pre, g.c_f32);
-        }
+        mm_epilogue_staged<T, WTN, SROW>(g, stage, lane, row0, col0, C, bias, pre);
         __syncwarp(); /* read before the next m-tile overwrites */
     }
 }

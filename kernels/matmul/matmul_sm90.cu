@@ -36,9 +36,9 @@
  * acc[4j + 2i + b] = C[16w + l/4 + 8i][8j + 2(l%4) + b] (PTX ISA, wgmma D layout).
  * The epilogue goes through shared memory as in the sm80 kernel, in a staging
  * area of its own (the stages are meanwhile filling with the next tile): each
- * warp stores 16 x 64 of its accumulators at a time, then its lanes take
- * consecutive elements of those rows for mm_epilogue, so global loads and stores
- * run along rows; no other warp waits for it.
+ * warp stores 16 x 64 of its accumulators at a time, then its lanes take 8
+ * consecutive columns each of those rows (mm_epilogue_staged: 16-byte global loads
+ * and stores along the rows); no other warp waits for it.
  *
  * Numerics: products exact, sums in f32 in the tensor cores' order; epilogue in
  * f32, one rounding to C's dtype. Deterministic: no split-k, fixed order.
@@ -289,13 +289,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
             const int64_t col0 = (int64_t)t.n0 + 64 * cc;
             if (col0 >= g.n || row0 >= g.m)
                 break; /* chunks past n (and warps past m) store nothing */
-#pragma unroll 1
-            for (int e = lane; e < 16 * 64; e += 32) {
-                const int r = e / 64, c = e % 64;
-                const float v = fab__ld_shared(st + r * SM90_SROW + c);
-                if (row0 + r < g.m && col0 + c < g.n)
-                    mm_epilogue<T>(g, v, row0 + r, col0 + c, Ct, bias, pt, g.c_f32);
-            }
+            mm_epilogue_staged<T, 64, SM90_SROW>(g, st, lane, row0, col0, Ct, bias, pt);
             __syncwarp(); /* the staging is read before the next chunk overwrites it */
         }
     }
