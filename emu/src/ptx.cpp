@@ -257,12 +257,12 @@ void red_add_f32(float *addr, const float *v, int n)
         kernel_error("red.global.add.v%d.f32: [%p, +%d) is not inside a live cudaMalloc allocation", n, (void *)addr,
                      4 * n);
     note_float_atomic(addr, 4 * (size_t)n);
-    for (int i = 0; i < n; i++) { /* each element atomically, round to nearest even (no FTZ) */
+    for (int i = 0; i < n; i++) { /* each element atomically, as atom.add.f32 (atomic_add_f32: FTZ) */
         uint32_t old_bits = __atomic_load_n(reinterpret_cast<uint32_t *>(addr + i), __ATOMIC_RELAXED), new_bits;
         for (;;) {
             float old_v, new_v;
             memcpy(&old_v, &old_bits, 4);
-            new_v = old_v + v[i];
+            new_v = atomic_add_f32(old_v, v[i]);
             memcpy(&new_bits, &new_v, 4);
             if (__atomic_compare_exchange_n(reinterpret_cast<uint32_t *>(addr + i), &old_bits, new_bits, false,
                                             __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))

@@ -245,6 +245,29 @@ static void test_red_v4()
     cudaFree(out);
 }
 
+/* atom/red.add.f32 flush subnormal inputs and results to zero (PTX ISA; the GPU's
+ * RED.E.ADD.F32.FTZ.RN), so the emulator's float atomics do too: a subnormal added
+ * to 0 or to 1 leaves it, a normal - normal whose difference is subnormal gives a
+ * zero of the difference's sign, and a normal sum is exact as ever. */
+static void test_atomic_ftz()
+{
+    const float m = 1.17549435e-38f; /* FLT_MIN, the smallest normal */
+    const float x0[8] = {0.0f, 1.5f * m, -1.5f * m, 1.0f, 0.0f, 1.5f * m, -1.5f * m, 2.0f * m};
+    const float y[8] = {0.25f * m, -m, m, 0.25f * m, -0.25f * m, -m, m, m};
+    const float want[8] = {0.0f, 0.0f, -0.0f, 1.0f, 0.0f, 0.0f, -0.0f, 3.0f * m}; /* +0 + -0 = +0 */
+    float *dx = device_alloc<float>(8), *dy = device_alloc<float>(8);
+    cudaMemcpy(dx, x0, sizeof x0, cudaMemcpyHostToDevice);
+    cudaMemcpy(dy, y, sizeof y, cudaMemcpyHostToDevice);
+    CHECK_CUDA(launch(k_atomic_ftz, dim3(1), dim3(1), 0, dx, (const float *)dy));
+    float h[8];
+    cudaMemcpy(h, dx, sizeof h, cudaMemcpyDeviceToHost);
+    for (int i = 0; i < 8; i++)
+        CHECK(memcmp(&h[i], &want[i], 4) == 0, "%s: %a + %a gave %a, want %a", i < 4 ? "atomicAdd(float)" : "red.v4.f32",
+              x0[i], y[i], h[i], want[i]);
+    cudaFree(dx);
+    cudaFree(dy);
+}
+
 static void expect_error(cudaError_t e, const char *what, const char *needle)
 {
     cudaGetLastError();
@@ -284,6 +307,7 @@ int main()
     test_ldmatrix();
     test_cp_async();
     test_red_v4();
+    test_atomic_ftz();
     test_misuse();
     return emu_test_finish();
 }

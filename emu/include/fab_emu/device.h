@@ -109,6 +109,14 @@ uint32_t movmatrix_trans(uint32_t a);
 /* red.global.add.vN.f32 (sm_90): adds v[0..n) to addr[0..n), n = 2 or 4, addr
  * aligned to 4n bytes in a live cudaMalloc block; each element an atomic add. */
 void red_add_f32(float *addr, const float *v, int n);
+/* The sum atom/red.add.f32 (and so float atomicAdd) stores: round to nearest even,
+ * subnormal inputs and result flushed to zero of the same sign (PTX ISA, atom and
+ * red; the GPU's instruction is RED.E.ADD.F32.FTZ.RN). */
+inline float atomic_add_f32(float a, float b)
+{
+    auto ftz = [](float x) { return x != 0.0f && __builtin_fabsf(x) < 1.17549435e-38f ? __builtin_copysignf(0.0f, x) : x; };
+    return ftz(ftz(a) + ftz(b));
+}
 /* cp.async: cp_size 4, 8 or 16; src_size <= cp_size (rest zero-filled); cg = .cg */
 void cp_async(void *dst, const void *src, int cp_size, int src_size, bool cg);
 /* A plain load or store of `bytes` (4 or 8) at p in shared memory, before the kernel

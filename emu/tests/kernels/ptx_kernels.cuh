@@ -123,6 +123,15 @@ __global__ void k_red_v4(float *sum, float *out)
     fab__red_add_v4_f32(out + 4 * threadIdx.x, (float)threadIdx.x, 0, 0, -(float)threadIdx.x);
 }
 
+/* f32 atomic adds flush subnormals (inputs and results) to zero of the same sign:
+ * x[i] += y[i] through atomicAdd for i < 4, through one red.v4 for 4..7. */
+__global__ void k_atomic_ftz(float *x, const float *y)
+{
+    for (int i = 0; i < 4; i++)
+        atomicAdd(&x[i], y[i]);
+    fab__red_add_v4_f32(x + 4, y[4], y[5], y[6], y[7]);
+}
+
 /* ---- misuse the emulator must report ---- */
 
 /* cp.async with a destination that is not 16-byte aligned. */
