@@ -69,6 +69,8 @@ namespace {
 
 const int KB = 128, QT = 64, STAGES = 2, THREADS = 384, CONSUMER_WARPS = 8;
 const int PRODUCER_REGS = 24, CONSUMER_REGS = 240;
+/* the registers a block holds after setmaxnreg (the whole 384 x 168 pool) */
+const int SETMAXNREG_SPLIT = 128 * (PRODUCER_REGS + 2 * CONSUMER_REGS);
 
 template <int D>
 struct sm90_bwd {
@@ -492,7 +494,12 @@ static cudaError_t launch_dkdv(fab_context *ctx, const fab__attn_args *a, const 
                                bool *taken)
 {
     CUtensorMap m[4];
-    if (!(*taken = encode_maps(a, QT, KB, sm90_bwd<D>::K_SW, m)))
+    static signed char pool_ok[2] = {-1, -1}; /* without, with dQ */
+    const void *kernel = dqacc ? (const void *)attention_bwd_dkdv_sm90<T, D, true>
+                               : (const void *)attention_bwd_dkdv_sm90<T, D, false>;
+    if (!(*taken = fab__setmaxnreg_pool_ok(kernel, "attention_bwd_dkdv_sm90", THREADS, SETMAXNREG_SPLIT,
+                                           &pool_ok[dqacc != NULL]) &&
+                   encode_maps(a, QT, KB, sm90_bwd<D>::K_SW, m)))
         return cudaSuccess;
     const dim3 grid((unsigned)((a->sk + KB - 1) / KB), (unsigned)a->hkv, (unsigned)a->batch);
     if (dqacc)
@@ -506,7 +513,10 @@ template <typename T, int D>
 static cudaError_t launch_dq(fab_context *ctx, const fab__attn_args *a, const float *Dbuf, bool *taken)
 {
     CUtensorMap m[4];
-    if (!(*taken = encode_maps(a, DQ_BM, DQ_BN, 128, m)))
+    static signed char pool_ok = -1;
+    if (!(*taken = fab__setmaxnreg_pool_ok((const void *)attention_bwd_dq_sm90<T, D>, "attention_bwd_dq_sm90",
+                                           THREADS, SETMAXNREG_SPLIT, &pool_ok) &&
+                   encode_maps(a, DQ_BM, DQ_BN, 128, m)))
         return cudaSuccess;
     const dim3 grid((unsigned)((a->sq + DQ_BM - 1) / DQ_BM), (unsigned)a->hq, (unsigned)a->batch);
     return attn_launch(ctx, attention_bwd_dq_sm90<T, D>, grid, THREADS, sm90_dq<D>::SMEM, m[0], m[1], m[2], m[3], *a,
@@ -524,7 +534,7 @@ extern "C" bool fab__attention_bwd_sm90_supports(const fab_context *ctx, const f
         return false;
     int64_t qrows, nb;
     attn_extents(a, true, &qrows, &nb);
-    return attn_view_ok(a->dout, qrows, a->hq, nb) && have_sm90a_code() && fab__tma_encoder() != NULL;
+    return attn_view_ok(a->dout, a->d, qrows, a->hq, nb) && have_sm90a_code() && fab__tma_encoder() != NULL;
 }
 
 extern "C" int fab__attention_bwd_dkdv_sm90(fab_context *ctx, const fab__attn_args *a, const float *Dbuf,

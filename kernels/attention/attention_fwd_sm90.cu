@@ -54,8 +54,9 @@
  *
  * Requirements (fab__attention_forward_sm90_supports): sm_90 and sm_90a code;
  * bf16/f16; head dim 64, 96, 128 or 256; 16-byte aligned q, k, v with sequence, head and
- * batch strides (where used) positive multiples of 8 elements; the driver's
- * cuTensorMapEncodeTiled. FAB_ATTN_SM90=0 turns it off.
+ * batch strides (where used) positive multiples of 8 elements, the sequence stride
+ * at least the head dim; the driver's cuTensorMapEncodeTiled; and the registers
+ * setmaxnreg splits (fab__setmaxnreg_pool_ok). FAB_ATTN_SM90=0 turns it off.
  */
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -331,6 +332,10 @@ static fab_status launch(fab_context *ctx, const fab__attn_args *a)
         }
         return fab__attention_forward_sm80(ctx, a);
     }
+    static signed char pool_ok = -1;
+    if (!fab__setmaxnreg_pool_ok((const void *)attention_fwd_sm90<T, D>, "attention_fwd_sm90", THREADS,
+                                 128 * (PRODUCER_REGS + 2 * CONSUMER_REGS), &pool_ok))
+        return fab__attention_forward_sm80(ctx, a);
     const dim3 grid((unsigned)((a->sq + BM - 1) / BM), (unsigned)a->hq, (unsigned)a->batch);
     const cudaError_t err =
         attn_launch(ctx, attention_fwd_sm90<T, D>, grid, THREADS, sm90_fwd<T, D>::SMEM, mq, mk, mv, *a);

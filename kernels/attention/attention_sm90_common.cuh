@@ -121,10 +121,13 @@ static void attn_extents(const fab__attn_args *a, bool q, int64_t *rows, int64_t
 }
 
 /* A view's strides are usable by TMA: positive multiples of 8 elements (16 bytes)
- * where the dimension has more than one index, base 16-byte aligned. */
-static bool attn_view_ok(const fab__attn_view &v, int64_t rows, int64_t heads, int64_t batch)
+ * where the dimension has more than one index, base 16-byte aligned; and rows of
+ * d values that do not overlap (a sequence stride of at least d), which the
+ * emulator's cuTensorMapEncodeTiled asks for and the driver's documentation does
+ * not promise either way: overlapping rows take the sm80 kernels everywhere. */
+static bool attn_view_ok(const fab__attn_view &v, int64_t d, int64_t rows, int64_t heads, int64_t batch)
 {
-    return (uintptr_t)v.data % 16 == 0 && (rows <= 1 || (v.ss > 0 && v.ss % 8 == 0)) &&
+    return (uintptr_t)v.data % 16 == 0 && (rows <= 1 || (v.ss >= d && v.ss % 8 == 0)) &&
            (heads <= 1 || (v.sh > 0 && v.sh % 8 == 0)) && (batch <= 1 || (v.sb > 0 && v.sb % 8 == 0));
 }
 
@@ -154,8 +157,8 @@ static bool attn_sm90_shape_ok(const fab_context *ctx, const fab__attn_args *a, 
     if (qrows >= ((int64_t)1 << 31) - q_box || krows >= ((int64_t)1 << 31) - k_box || a->batch > 65535 ||
         a->hq > 65535)
         return false;
-    return attn_view_ok(a->q, qrows, a->hq, nb) && attn_view_ok(a->k, krows, a->hkv, nb) &&
-           attn_view_ok(a->v, krows, a->hkv, nb);
+    return attn_view_ok(a->q, a->d, qrows, a->hq, nb) && attn_view_ok(a->k, a->d, krows, a->hkv, nb) &&
+           attn_view_ok(a->v, a->d, krows, a->hkv, nb);
 }
 
 } // namespace

@@ -61,6 +61,37 @@ static bool fab__tma_encode_16bit(CUtensorMap *map, const void *base, bool bf16,
                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+/* Whether `kernel`, which splits its registers between warpgroups with setmaxnreg,
+ * was given the `need` registers it splits (per block). setmaxnreg.inc waits until
+ * the block's pool -- ptxas's count per thread times the block's threads, fixed at
+ * launch -- holds what it asks for, so with fewer (another toolchain, a
+ * -maxrregcount) the kernel would hang where it should fail. Today ptxas gives the
+ * launch bounds' cap, 168 at 384 threads, and the splits use exactly that. Asks
+ * the runtime once (*cache: -1 unknown, then 0 or 1) and says so once on stderr
+ * when the answer is no: the caller then runs its sm80 kernel. Emulated: yes (the
+ * emulator's pool is that cap, emu/src/setmaxnreg.cpp). */
+static bool fab__setmaxnreg_pool_ok(const void *kernel, const char *name, int threads, int need, signed char *cache)
+{
+#ifdef FAB_EMULATE_CUDA
+    (void)kernel, (void)name, (void)threads, (void)need, (void)cache;
+    return true;
+#else
+    if (*cache < 0) { /* a race costs a second query, and at worst a second line */
+        cudaFuncAttributes fa;
+        const bool known = cudaFuncGetAttributes(&fa, kernel) == cudaSuccess;
+        if (!known)
+            (void)cudaGetLastError();
+        *cache = known && fa.numRegs * threads >= need;
+        if (!*cache)
+            fprintf(stderr,
+                    "fabriek: %s has %d registers a thread, %d in a block of %d threads, fewer than the %d its "
+                    "setmaxnreg split needs; the sm80 kernel runs instead\n",
+                    name, known ? fa.numRegs : -1, known ? fa.numRegs * threads : -1, threads, need);
+    }
+    return *cache == 1;
+#endif
+}
+
 /* FAB__SM90A_PROBE(flag, fn): a device int `flag`, 1 in the code compiled for
  * sm_90a and 0 in any other (sm_80 code JIT-compiled on an H100, or plain sm_90,
  * where the wgmma wrappers trap), and `static bool fn(void)` reading it once: whether

@@ -48,7 +48,7 @@
  *
  * Requirements (fab__matmul_sm90_supports): an sm_90 device and a binary with
  * sm_90a code; bf16 or f16 A and B; at most 3 batch dimensions, none broadcast
- * (stride 0) and their strides multiples of 8 elements;
+ * (stride 0), each shorter than 2^31, and their strides multiples of 8 elements;
  * 16-byte-aligned A and B with row strides multiples of 8 elements (TMA); the
  * driver's cuTensorMapEncodeTiled. FAB_MATMUL_SM90=0 turns it off (the sm80
  * kernel runs instead). Otherwise the sm80 kernel runs. FAB_MATMUL_SM90_GRID=tiles
@@ -56,7 +56,9 @@
  *
  * Registers (ptxas, sm_90a, CUDA 13): 168 per thread at launch, the cap for 384
  * threads, which setmaxnreg then splits 40 / 232 / 232 between the warpgroups; 0
- * spills at both tile widths (BN = 256 keeps 128 accumulators per thread).
+ * spills at both tile widths (BN = 256 keeps 128 accumulators per thread). A build
+ * whose kernel got fewer would hang at setmaxnreg.inc: launch asks the runtime
+ * first (fab__setmaxnreg_pool_ok) and runs the sm80 kernel then.
  */
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -334,6 +336,10 @@ static fab_status launch(fab_context *ctx, const fab__mm_args *a)
         return fab__matmul_sm80(ctx, a);
     }
     auto kernel = a->nb ? sm90_gemm<T, BN, TA, TB, true> : sm90_gemm<T, BN, TA, TB, false>;
+    static signed char pool_ok[2] = {-1, -1}; /* unbatched, batched kernel */
+    if (!fab__setmaxnreg_pool_ok((const void *)kernel, "sm90_gemm", SM90_THREADS,
+                                 128 * (SM90_PRODUCER_REGS + 2 * SM90_CONSUMER_REGS), &pool_ok[a->nb != 0]))
+        return fab__matmul_sm80(ctx, a);
     const int smem = sm90_cfg<BN>::SMEM;
     /* persistent: one block per SM (the shared memory allows no second), at most one
      * per tile; FAB_MATMUL_SM90_GRID=tiles launches one block per tile instead (the
@@ -398,12 +404,14 @@ extern "C" bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_
     if (env && !strcmp(env, "0"))
         return false;
     /* batches: up to 3 batch dimensions (the maps' rank is 5), none broadcast (TMA
-     * strides are not 0) and strides of whole 16 bytes */
+     * strides are not 0), strides of whole 16 bytes, and each shorter than 2^31 (a
+     * TMA coordinate is 32-bit) */
     if (a->nb > 3)
         return false;
     for (int j = 0; j < a->nb; j++)
-        if (a->batch_shape[j] > 1 && (a->a_bstride[j] <= 0 || a->b_bstride[j] <= 0 || a->a_bstride[j] % 8 != 0 ||
-                                      a->b_bstride[j] % 8 != 0))
+        if (a->batch_shape[j] >= ((int64_t)1 << 31) ||
+            (a->batch_shape[j] > 1 && (a->a_bstride[j] <= 0 || a->b_bstride[j] <= 0 || a->a_bstride[j] % 8 != 0 ||
+                                       a->b_bstride[j] % 8 != 0)))
             return false;
     if ((uintptr_t)a->a % 16 != 0 || (uintptr_t)a->b % 16 != 0)
         return false;
