@@ -12,8 +12,9 @@
  *        (matmul_sm90.cu, which the other rows run on an H100), forced (A/B), and
  *        the Hopper kernel with a block per tile instead of its persistent grid
  *        (FAB_MATMUL_SM90_GRID=tiles; against the plain 4096³ row), and the
- *        epilogue a value per lane instead of 8 columns (FAB_MATMUL_EPILOGUE=scalar;
- *        at 4096³ and GPT-2's fc forward).
+ *        epilogue a value per lane instead of 8 columns (FAB_MATMUL_EPILOGUE=scalar),
+ *        and the Hopper kernel's ping-pong schedule (FAB_MATMUL_SM90_SCHEDULE=
+ *        pingpong): each at 4096³ and at GPT-2's fc forward (k = 768).
  */
 #include "bench.h"
 
@@ -273,6 +274,19 @@ static int tile_rows(bench *b, const char *kernel, const char *what, const char 
     return failed;
 }
 
+/* One row of the forward product y[m, n] = x[m, k]·W[n, k]ᵀ with `var` set to
+ * `value` (unless the caller set it): an A/B against the same shape's plain row. */
+static int forced_row(bench *b, const char *name, int64_t m, int64_t n, int64_t k, const char *var, const char *value)
+{
+    if (getenv(var))
+        return 0;
+    gpu_shape g = {name, m, n, k, 0, 1};
+    setenv(var, value, 1);
+    int failed = gpu_one(b, &g);
+    unsetenv(var);
+    return failed;
+}
+
 static int gpu_suite(bench *b)
 {
     /* Is cuBLASLt in this build? (An emulated build has none, and is far too slow
@@ -322,12 +336,12 @@ static int gpu_suite(bench *b)
      * fc forward, k = 768, where the epilogue's share is larger (against "gpt2 fc fwd") */
     static const char *const scalar[] = {"scalar"};
     failed |= tile_rows(b, "epilogue", "form", "FAB_MATMUL_EPILOGUE", scalar, 1);
-    if (!getenv("FAB_MATMUL_EPILOGUE")) {
-        gpu_shape g = {"gpt2 fc fwd epilogue scalar", 8192, 3072, 768, 0, 1};
-        setenv("FAB_MATMUL_EPILOGUE", "scalar", 1);
-        failed |= gpu_one(b, &g);
-        unsetenv("FAB_MATMUL_EPILOGUE");
-    }
+    failed |= forced_row(b, "gpt2 fc fwd epilogue scalar", 8192, 3072, 768, "FAB_MATMUL_EPILOGUE", "scalar");
+    /* the Hopper kernel's ping-pong schedule (FAB_MATMUL_SM90_SCHEDULE=pingpong, which
+     * hides the epilogue behind the other warpgroup's products) at the same two shapes */
+    static const char *const pingpong[] = {"pingpong"};
+    failed |= tile_rows(b, "sm90", "schedule", "FAB_MATMUL_SM90_SCHEDULE", pingpong, 1);
+    failed |= forced_row(b, "gpt2 fc fwd sm90 pingpong", 8192, 3072, 768, "FAB_MATMUL_SM90_SCHEDULE", "pingpong");
     /* linear layers: tokens T, in -> out. forward y[T,out] = x[T,in]·W[out,in]ᵀ;
      * dx[T,in] = dy[T,out]·W[out,in]; dW[out,in] = dy[T,out]ᵀ·x[T,in]. */
     typedef struct layer { const char *name; int64_t tokens, in, out; } layer;

@@ -627,6 +627,9 @@ static void run_sm90_case(fab_context *ctx, const mm_case *c, int64_t batches, i
 #ifdef FAB_TEST_EMULATED
     fab_emu_get_stats(&after);
     fab_emu_set_racecheck(racecheck);
+    const char *schedule = getenv("FAB_MATMUL_SM90_SCHEDULE");
+    if (schedule && !strcmp(schedule, "pingpong"))
+        bn = 128; /* its only tile */
     const int64_t tiles = batches * ((c->m + 127) / 128) * ((c->n + bn - 1) / bn), ktiles = (c->k + 63) / 64;
     const int64_t sms = fab_emu_set_sm_count(0); /* reads it */
     const char *grid = getenv("FAB_MATMUL_SM90_GRID"); /* "tiles": a block per tile */
@@ -698,16 +701,9 @@ static void test_sm90_kernel(void **state)
 #ifdef FAB_TEST_EMULATED
 static int sm90_persistent_sms = 0; /* the SM count to restore */
 #endif
-static void test_sm90_persistent(void **state)
-{
-    (void)state;
 #ifdef FAB_TEST_EMULATED
-    if (!on_cuda()) {
-        print_message("SKIP: the Hopper kernel is CUDA's\n");
-        skip();
-    }
-    sm90_persistent_sms = fab_emu_set_sm_count(4);
-    fab_context *ctx = fab_test_context();
+static void run_sm90_persistent_cases(fab_context *ctx)
+{
     static const int ks[6] = {300, 16, 520, 64, 200, 257};
     for (int v = 0; v < 6; v++) {
         const int t = v & 3, bn = v % 2 ? 256 : 128;
@@ -742,11 +738,52 @@ static void test_sm90_persistent(void **state)
             fab_emu_set_racecheck(racecheck);
         }
     }
+}
+#endif
+
+static void test_sm90_persistent(void **state)
+{
+    (void)state;
+#ifdef FAB_TEST_EMULATED
+    if (!on_cuda()) {
+        print_message("SKIP: the Hopper kernel is CUDA's\n");
+        skip();
+    }
+    sm90_persistent_sms = fab_emu_set_sm_count(4);
+    fab_context *ctx = fab_test_context();
+    run_sm90_persistent_cases(ctx);
     fab_context_destroy(ctx);
 #else
     print_message("SKIP: gives an emulated GPU 4 SMs (test_sm90_kernel's large case is the GPU's)\n");
     skip();
 #endif
+}
+
+/* The ping-pong schedule (FAB_MATMUL_SM90_SCHEDULE=pingpong): each consumer
+ * warpgroup takes every other tile of its block whole and the two take turns for
+ * their main loops. test_sm90_persistent's cases on 4 emulated SMs (blocks of 3
+ * tiles give one warpgroup two, blocks of 1 leave the other none; 1 to 9 k slices
+ * against 4 stages, so a warpgroup's first slices share stages with the other's
+ * last), three under the race check; then test_sm90_kernel's, whose k slices run
+ * through the ring many times. On a GPU, test_sm90_kernel's cases under the
+ * schedule. */
+static void test_sm90_pingpong(void **state)
+{
+    (void)state;
+    if (!on_cuda()) {
+        print_message("SKIP: the Hopper kernel is CUDA's\n");
+        skip();
+    }
+    setenv("FAB_MATMUL_SM90_SCHEDULE", "pingpong", 1);
+#ifdef FAB_TEST_EMULATED
+    sm90_persistent_sms = fab_emu_set_sm_count(4);
+    fab_context *ctx = fab_test_context();
+    run_sm90_persistent_cases(ctx);
+    fab_context_destroy(ctx);
+    fab_emu_set_sm_count(sm90_persistent_sms);
+    sm90_persistent_sms = 0;
+#endif
+    test_sm90_kernel(state);
 }
 
 /* test_sm90_persistent's settings back, also when it failed midway */
@@ -755,6 +792,7 @@ static int restore_sm90_settings(void **state)
     (void)state;
     unsetenv("FAB_MATMUL_SM90_TILE");
     unsetenv("FAB_MATMUL_SM90_GRID");
+    unsetenv("FAB_MATMUL_SM90_SCHEDULE");
 #ifdef FAB_TEST_EMULATED
     if (sm90_persistent_sms > 0)
         fab_emu_set_sm_count(sm90_persistent_sms);
@@ -2033,6 +2071,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_tensor_core_tiles),
         cmocka_unit_test(test_sm90_kernel),
         cmocka_unit_test_teardown(test_sm90_persistent, restore_sm90_settings),
+        cmocka_unit_test_teardown(test_sm90_pingpong, restore_sm90_settings),
         cmocka_unit_test(test_epilogues),
         cmocka_unit_test(test_epilogue_widths),
         cmocka_unit_test(test_batched_strided),

@@ -21,6 +21,15 @@
  * slice's wgmma in flight while it waits for the next slice; the first k-step of a
  * tile overwrites the accumulators (scale-d 0) instead of adding to zeros.
  *
+ * Ping-pong (FAB_MATMUL_SM90_SCHEDULE=pingpong, the benchmark's A/B; BN = 128):
+ * each consumer warpgroup takes every other tile of the block whole (two
+ * wgmma.m64n128k16 per k step, 128 accumulators a thread), and the two take turns
+ * for their main loops through named barriers, so that one's epilogue runs while
+ * the other's products keep the tensor cores busy (CUTLASS's ping-pong kernel).
+ * The turn also keeps each warpgroup's waits within one phase of the `full`
+ * barriers: its slices follow the other's in the ring, and a parity names a phase
+ * only that near. A stage then has 4 readers, not 8.
+ *
  * Operand layouts: an operand stored k-contiguous (A as given, B transposed) is
  * loaded as one box of 64 k x 128 (or BN) rows, each row 128 bytes: wgmma's K-major
  * 128-byte-swizzle layout (8-row groups 1024 bytes apart, SBO = 1024; a k step of
@@ -31,8 +40,9 @@
  * B with zeros, so any m, n, k works; a 64-wide box wholly past m or n is not
  * loaded at all (its rows or columns of C are not stored).
  *
- * Thread mapping: consumer warpgroup c (0, 1) owns rows 64c.. of the block tile;
- * its warp w (0..3) rows 16w.., and lane l the accumulators
+ * Thread mapping: consumer warpgroup c (0, 1) owns rows 64c.. of the block tile
+ * (ping-pong: rows 64h.. of its own tiles in accumulator set h = 0, 1); its warp w
+ * (0..3) rows 16w.. (of each), and lane l the accumulators
  * acc[4j + 2i + b] = C[16w + l/4 + 8i][8j + 2(l%4) + b] (PTX ISA, wgmma D layout).
  * The epilogue goes through shared memory as in the sm80 kernel, in a staging
  * area of its own (the stages are meanwhile filling with the next tile): each
@@ -85,6 +95,9 @@ enum {
     SM90_PRODUCER_REGS = 40, SM90_CONSUMER_REGS = 232,
     SM90_SROW = 64 + 8, /* a staging row: 64 floats and 8 of padding (banks) */
     SM90_STAGING_BYTES = SM90_CONSUMER_WARPS * 16 * SM90_SROW * 4, /* 16 rows per consumer warp: 36 KiB */
+    /* ping-pong: named barriers SM90_TURN_BAR + c, where consumer warpgroup c waits
+     * for its turn to run a main loop (0 is __syncthreads') */
+    SM90_TURN_BAR = 1,
 };
 
 /* Per block tile width BN (128 or 256): B's part of a stage, the stages (4 of 32
@@ -178,12 +191,14 @@ static __device__ __forceinline__ void sm90_box(void *dst, const CUtensorMap *ma
 }
 
 /* TA: A stored transposed (k x m, m-contiguous); TB: B stored transposed (n x k);
- * BATCHED: the maps have batch dimensions. ntiles: tiles of C in all batches. */
-template <typename T, int BN, bool TA, bool TB, bool BATCHED>
+ * BATCHED: the maps have batch dimensions; PP: the ping-pong schedule (BN = 128).
+ * ntiles: tiles of C in all batches. */
+template <typename T, int BN, bool TA, bool TB, bool BATCHED, bool PP>
 __global__ void __launch_bounds__(SM90_THREADS, 1)
     sm90_gemm(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, void *C,
               const void *bias, void *pre, mm_geom g, mm_batch bt, int64_t ntiles)
 {
+    static_assert(!PP || BN == 128, "ping-pong keeps a 128 x BN tile's accumulators in one warpgroup: 128 x 128");
     FAB_DYNAMIC_SMEM(unsigned char, raw);
     typedef sm90_cfg<BN> cfg;
     constexpr int STAGES = cfg::STAGES;
@@ -196,7 +211,7 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
             fab__mbarrier_init(&full[s], 1);
-            fab__mbarrier_init(&empty[s], SM90_CONSUMER_WARPS);
+            fab__mbarrier_init(&empty[s], PP ? SM90_CONSUMER_WARPS / 2 : SM90_CONSUMER_WARPS); /* its readers */
         }
         fab__fence_mbarrier_init();
     }
@@ -238,61 +253,92 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         return;
     }
 
-    /* consumers */
+    /* consumers. Cooperative: warpgroup cg computes rows 64cg.. of every tile of the
+     * block (H = 1 row block of 64). Ping-pong: it computes every row of the block's
+     * tiles cg, cg + 2, ... (H = 2), and the two take turns for their main loops. */
     fab__setmaxnreg_inc<SM90_CONSUMER_REGS>();
+    constexpr int H = PP ? 2 : 1;
     const int cg = threadIdx.x / 128 - 1, warp = threadIdx.x / 32 - 4, lane = threadIdx.x % 32;
     const int gq = lane / 4, tq = lane % 4;
     float *st = staging + warp * 16 * SM90_SROW; /* this warp's staging: 16 rows of 64 floats */
     const size_t c_size = g.c_f32 ? sizeof(float) : sizeof(T);
-    int it = 0; /* slices consumed, over all of the block's tiles */
-    for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+    for (int64_t L = PP ? cg : 0;; L += PP ? 2 : 1) { /* the block's tiles, numbered from 0 */
+        const int64_t tile = blockIdx.x + L * gridDim.x;
+        if (tile >= ntiles)
+            break;
         const sm90_tile t = sm90_tile_of<BN, BATCHED>(tile, g, bt);
-        float acc[BN / 2];
+        int64_t it = L * ktiles; /* the block's slice count: this tile's first slice */
+        float acc[H][BN / 2];
         if (ktiles == 0) { /* C = beta C + bias alone (the dispatch sends k = 0 elsewhere) */
 #pragma unroll
-            for (int i = 0; i < BN / 2; i++)
-                acc[i] = 0.0f;
+            for (int h = 0; h < H; h++)
+#pragma unroll
+                for (int i = 0; i < BN / 2; i++)
+                    acc[h][i] = 0.0f;
         }
+        /* Ping-pong: wait for the other warpgroup to have passed every full barrier of
+         * its tile L - 1. A barrier's parity names a phase only within one phase of
+         * the barrier's own, so this warpgroup must not wait for its slices while the
+         * other's, which come first in the ring, are still to land. */
+        if (PP && L > 0)
+            fab__bar_sync(SM90_TURN_BAR + cg, 256);
         for (int kt = 0; kt < ktiles; kt++, it++) {
-            const int s = it % STAGES;
+            const int s = (int)(it % STAGES);
             fab__mbarrier_wait(&full[s], (unsigned)((it / STAGES) & 1));
             const unsigned char *a_tile = stages + s * cfg::STAGE_BYTES, *b_tile = a_tile + SM90_A_BYTES;
-            fab__wgmma_fence_regs(acc);
+#pragma unroll
+            for (int h = 0; h < H; h++)
+                fab__wgmma_fence_regs(acc[h]);
             fab__wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < SM90_BK / 16; ks++) {
-                const uint64_t da = TA ? desc_mn_major(a_tile, cg, ks) : desc_k_major(a_tile, 64 * cg, ks);
                 const uint64_t db = TB ? desc_k_major(b_tile, 0, ks) : desc_mn_major(b_tile, 0, ks);
-                sm90_mma<T, BN, TA, !TB>::run(acc, da, db, kt > 0 || ks > 0); /* the tile's first step overwrites */
+#pragma unroll
+                for (int h = 0; h < H; h++) {
+                    const int rb = PP ? h : cg; /* the tile's 64-row block */
+                    const uint64_t da = TA ? desc_mn_major(a_tile, rb, ks) : desc_k_major(a_tile, 64 * rb, ks);
+                    sm90_mma<T, BN, TA, !TB>::run(acc[h], da, db, kt > 0 || ks > 0); /* the first step overwrites */
+                }
             }
             fab__wgmma_commit();
             fab__wgmma_wait<1>(); /* slice it-1's wgmma are done: its stage may be refilled */
             if (kt > 0 && lane == 0)
                 fab__mbarrier_arrive(&empty[(it - 1) % STAGES]);
         }
+        /* Ping-pong: the other warpgroup's turn, if it has a tile after this one; its
+         * products run while this one's last drain and its epilogue runs */
+        if (PP && blockIdx.x + (L + 1) * gridDim.x < ntiles)
+            fab__bar_arrive(SM90_TURN_BAR + 1 - cg, 256);
         fab__wgmma_wait<0>();
-        fab__wgmma_fence_regs(acc);
+#pragma unroll
+        for (int h = 0; h < H; h++)
+            fab__wgmma_fence_regs(acc[h]);
         if (ktiles > 0 && lane == 0) /* the tile's last slice: its stage goes to the next tile */
             fab__mbarrier_arrive(&empty[(it - 1) % STAGES]);
 
-        /* epilogue: the warp's 16 rows, 64 columns at a time, through its staging */
+        /* epilogue: the warp's 16 rows of each row block, 64 columns at a time, through
+         * its staging */
         void *Ct = (char *)C + t.oc * (int64_t)c_size;
         void *pt = pre ? (char *)pre + t.op * (int64_t)c_size : NULL;
-        const int64_t row0 = (int64_t)t.m0 + 64 * cg + 16 * (warp % 4);
 #pragma unroll
-        for (int cc = 0; cc < BN / 64; cc++) {
+        for (int h = 0; h < H; h++) {
+            const int64_t row0 = (int64_t)t.m0 + 64 * (PP ? h : cg) + 16 * (warp % 4);
 #pragma unroll
-            for (int j = 0; j < 8; j++)
+            for (int cc = 0; cc < BN / 64; cc++) {
 #pragma unroll
-                for (int h = 0; h < 2; h++)
-                    fab__st_shared(reinterpret_cast<float2 *>(st + (gq + 8 * h) * SM90_SROW + 8 * j + 2 * tq),
-                                   make_float2(acc[4 * (8 * cc + j) + 2 * h], acc[4 * (8 * cc + j) + 2 * h + 1]));
-            __syncwarp();
-            const int64_t col0 = (int64_t)t.n0 + 64 * cc;
-            if (col0 >= g.n || row0 >= g.m)
-                break; /* chunks past n (and warps past m) store nothing */
-            mm_epilogue_staged<T, 64, SM90_SROW>(g, st, lane, row0, col0, Ct, bias, pt);
-            __syncwarp(); /* the staging is read before the next chunk overwrites it */
+                for (int j = 0; j < 8; j++)
+#pragma unroll
+                    for (int hh = 0; hh < 2; hh++)
+                        fab__st_shared(reinterpret_cast<float2 *>(st + (gq + 8 * hh) * SM90_SROW + 8 * j + 2 * tq),
+                                       make_float2(acc[h][4 * (8 * cc + j) + 2 * hh],
+                                                   acc[h][4 * (8 * cc + j) + 2 * hh + 1]));
+                __syncwarp();
+                const int64_t col0 = (int64_t)t.n0 + 64 * cc;
+                if (col0 >= g.n || row0 >= g.m)
+                    break; /* chunks past n (and warps past m) store nothing */
+                mm_epilogue_staged<T, 64, SM90_SROW>(g, st, lane, row0, col0, Ct, bias, pt);
+                __syncwarp(); /* the staging is read before the next chunk overwrites it */
+            }
         }
     }
 }
@@ -314,7 +360,7 @@ static bool encode_map(CUtensorMap *map, const void *base, bool bf16, int64_t ro
     return fab__tma_encode_16bit(map, base, bf16, nb ? 5 : 2, dims, strides, box_rows);
 }
 
-template <typename T, int BN, bool TA, bool TB>
+template <typename T, int BN, bool TA, bool TB, bool PP>
 static fab_status launch(fab_context *ctx, const fab__mm_args *a)
 {
     mm_geom g;
@@ -335,7 +381,7 @@ static fab_status launch(fab_context *ctx, const fab__mm_args *a)
         }
         return fab__matmul_sm80(ctx, a);
     }
-    auto kernel = a->nb ? sm90_gemm<T, BN, TA, TB, true> : sm90_gemm<T, BN, TA, TB, false>;
+    auto kernel = a->nb ? sm90_gemm<T, BN, TA, TB, true, PP> : sm90_gemm<T, BN, TA, TB, false, PP>;
     static signed char pool_ok[2] = {-1, -1}; /* unbatched, batched kernel */
     if (!fab__setmaxnreg_pool_ok((const void *)kernel, "sm90_gemm", SM90_THREADS,
                                  128 * (SM90_PRODUCER_REGS + 2 * SM90_CONSUMER_REGS), &pool_ok[a->nb != 0]))
@@ -363,12 +409,33 @@ static fab_status launch(fab_context *ctx, const fab__mm_args *a)
     return fab__cuda_check_launch("fab_matmul");
 }
 
-template <typename T, int BN>
+template <typename T, int BN, bool PP>
 static fab_status launch_trans(fab_context *ctx, const fab__mm_args *a)
 {
     if (a->trans_a)
-        return a->trans_b ? launch<T, BN, true, true>(ctx, a) : launch<T, BN, true, false>(ctx, a);
-    return a->trans_b ? launch<T, BN, false, true>(ctx, a) : launch<T, BN, false, false>(ctx, a);
+        return a->trans_b ? launch<T, BN, true, true, PP>(ctx, a) : launch<T, BN, true, false, PP>(ctx, a);
+    return a->trans_b ? launch<T, BN, false, true, PP>(ctx, a) : launch<T, BN, false, false, PP>(ctx, a);
+}
+
+/* The schedule: cooperative (both consumer warpgroups on each tile, the default) or
+ * ping-pong (FAB_MATMUL_SM90_SCHEDULE=pingpong: each warpgroup on a tile of its
+ * own, 128 x 128, the two taking turns, so that one's epilogue runs while the
+ * other's products do; it hides the epilogue, at a third more shared-memory
+ * traffic per flop than 128 x 256 tiles: the benchmark times it against the
+ * default). Its tiles are 128 x 128 whatever FAB_MATMUL_SM90_TILE says. */
+static bool pick_pingpong(void)
+{
+    const char *env = getenv("FAB_MATMUL_SM90_SCHEDULE");
+    if (!env || !strcmp(env, "cooperative"))
+        return false;
+    if (!strcmp(env, "pingpong"))
+        return true;
+    static bool warned; /* once per process; a race costs at most a second line */
+    if (!warned) {
+        warned = true;
+        fprintf(stderr, "fabriek: FAB_MATMUL_SM90_SCHEDULE=%s is not cooperative or pingpong: ignored\n", env);
+    }
+    return false;
 }
 
 /* Block tile width: 256 where the 128 x 256 grid still gives every SM a block
@@ -426,8 +493,12 @@ extern "C" bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_
 
 extern "C" fab_status fab__matmul_sm90(fab_context *ctx, const fab__mm_args *a)
 {
+    const bool bf16 = a->ab_dtype == FAB_DTYPE_BF16;
+    if (pick_pingpong())
+        return bf16 ? launch_trans<__nv_bfloat16, 128, true>(ctx, a) : launch_trans<__half, 128, true>(ctx, a);
     const int bn = pick_bn(ctx, a);
-    if (a->ab_dtype == FAB_DTYPE_BF16)
-        return bn == 256 ? launch_trans<__nv_bfloat16, 256>(ctx, a) : launch_trans<__nv_bfloat16, 128>(ctx, a);
-    return bn == 256 ? launch_trans<__half, 256>(ctx, a) : launch_trans<__half, 128>(ctx, a);
+    if (bf16)
+        return bn == 256 ? launch_trans<__nv_bfloat16, 256, false>(ctx, a)
+                         : launch_trans<__nv_bfloat16, 128, false>(ctx, a);
+    return bn == 256 ? launch_trans<__half, 256, false>(ctx, a) : launch_trans<__half, 128, false>(ctx, a);
 }
