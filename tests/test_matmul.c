@@ -1420,6 +1420,9 @@ static void test_epilogue_widths(void **state)
             const int bwd = e == 2, store_pre = e == 1 || e == 3;
             void *bias = e == 2 ? NULL : fab_test_upload(ctx, e == 0 ? FAB_DTYPE_F32 : out, biasv, n, NULL);
             unsigned char *got[3][2] = {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}};
+#ifdef FAB_TEST_EMULATED
+            unsigned long long smem[3] = {0, 0, 0}; /* shared-memory instructions per form */
+#endif
             for (int w = 0; w < 3; w++) { /* vector, FAB_MATMUL_EPILOGUE=scalar, misaligned C */
                 if (w == 1)
                     setenv("FAB_MATMUL_EPILOGUE", "scalar", 1);
@@ -1469,6 +1472,7 @@ static void test_epilogue_widths(void **state)
                     assert_true(after.wgmma > before.wgmma);
                 else
                     assert_true(after.mma > before.mma && after.wgmma == before.wgmma);
+                smem[w] = after.smem_requests - before.smem_requests;
 #endif
                 for (int o = 0; o < 2; o++) {
                     got[w][o] = malloc(bytes);
@@ -1480,6 +1484,13 @@ static void test_epilogue_widths(void **state)
                 fab_test_free(ctx, dc);
                 fab_test_free(ctx, dp);
             }
+#ifdef FAB_TEST_EMULATED
+            /* the vector form ran: its 16-byte staging loads are fewer than the other forms' */
+            if (!(smem[0] < smem[1] && smem[0] < smem[2]))
+                fail_msg("%s->%s sm90=%s epilogue %d: %llu shared-memory instructions in the vector form, %llu and "
+                         "%llu in the scalar ones: the vector form did not run",
+                         fab_dtype_name(in), fab_dtype_name(out), kinds[kd].sm90, e, smem[0], smem[1], smem[2]);
+#endif
             for (int w = 1; w < 3; w++)
                 for (int o = 0; o < (store_pre ? 2 : 1); o++)
                     for (int64_t i = 0; i < m; i++)

@@ -261,13 +261,16 @@ inline T atomic_update(T *addr, F f)
 static inline int atomicAdd(int *a, int v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
 static inline unsigned atomicAdd(unsigned *a, unsigned v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
 static inline unsigned long long atomicAdd(unsigned long long *a, unsigned long long v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
-/* Float adds as the GPU's red/atom.add.f32: round to nearest even, subnormals flushed
- * to zero (fab_emu::atomic_add_f32; double adds keep them). Their sum depends on the
- * order: the race check does not compare the words they add to. */
+/* Float adds as the GPU's atom/red.add.f32: round to nearest even; on global memory
+ * subnormals are flushed to zero (fab_emu::atomic_add_f32), on shared memory they are
+ * kept, as are double adds' (PTX ISA, atom). Their sum depends on the order: the race
+ * check does not compare the words they add to. */
 static inline float atomicAdd(float *a, float v)
 {
     fab_emu::note_float_atomic(a, sizeof *a);
-    return fab_emu::atomic_update(a, [v](float o) { return fab_emu::atomic_add_f32(o, v); });
+    if (fab_emu::is_device_memory(a, sizeof *a))
+        return fab_emu::atomic_update(a, [v](float o) { return fab_emu::atomic_add_f32(o, v); });
+    return fab_emu::atomic_update(a, [v](float o) { return o + v; });
 }
 static inline double atomicAdd(double *a, double v)
 {

@@ -245,25 +245,28 @@ static void test_red_v4()
     cudaFree(out);
 }
 
-/* atom/red.add.f32 flush subnormal inputs and results to zero (PTX ISA; the GPU's
- * RED.E.ADD.F32.FTZ.RN), so the emulator's float atomics do too: a subnormal added
- * to 0 or to 1 leaves it, a normal - normal whose difference is subnormal gives a
- * zero of the difference's sign, and a normal sum is exact as ever. */
+/* atom/red.add.f32 on global memory flush subnormal inputs and results to zero (PTX
+ * ISA; the GPU's RED.E.ADD.F32.FTZ.RN), so the emulator's float atomics there do too:
+ * a subnormal added to 0 or to 1 leaves it, a normal - normal whose difference is
+ * subnormal gives a zero of the difference's sign, and a normal sum is exact as ever.
+ * On shared memory the same adds keep their subnormals. */
 static void test_atomic_ftz()
 {
     const float m = 1.17549435e-38f; /* FLT_MIN, the smallest normal */
-    const float x0[8] = {0.0f, 1.5f * m, -1.5f * m, 1.0f, 0.0f, 1.5f * m, -1.5f * m, 2.0f * m};
+    const float x0[12] = {0.0f, 1.5f * m, -1.5f * m, 1.0f, 0.0f, 1.5f * m, -1.5f * m, 2.0f * m, 0, 0, 0, 0};
     const float y[8] = {0.25f * m, -m, m, 0.25f * m, -0.25f * m, -m, m, m};
-    const float want[8] = {0.0f, 0.0f, -0.0f, 1.0f, 0.0f, 0.0f, -0.0f, 3.0f * m}; /* +0 + -0 = +0 */
-    float *dx = device_alloc<float>(8), *dy = device_alloc<float>(8);
+    const float want[12] = {0.0f,     0.0f,      -0.0f,      1.0f,    0.0f, 0.0f, -0.0f, 3.0f * m, /* +0 + -0 = +0 */
+                            0.25f * m, 0.5f * m, -0.5f * m, 1.0f + 0.25f * m};                   /* shared: kept */
+    float *dx = device_alloc<float>(12), *dy = device_alloc<float>(8);
     cudaMemcpy(dx, x0, sizeof x0, cudaMemcpyHostToDevice);
     cudaMemcpy(dy, y, sizeof y, cudaMemcpyHostToDevice);
     CHECK_CUDA(launch(k_atomic_ftz, dim3(1), dim3(1), 0, dx, (const float *)dy));
-    float h[8];
+    float h[12];
     cudaMemcpy(h, dx, sizeof h, cudaMemcpyDeviceToHost);
-    for (int i = 0; i < 8; i++)
-        CHECK(memcmp(&h[i], &want[i], 4) == 0, "%s: %a + %a gave %a, want %a", i < 4 ? "atomicAdd(float)" : "red.v4.f32",
-              x0[i], y[i], h[i], want[i]);
+    for (int i = 0; i < 12; i++)
+        CHECK(memcmp(&h[i], &want[i], 4) == 0, "%s: %a + %a gave %a, want %a",
+              i < 4 ? "atomicAdd(float)" : i < 8 ? "red.v4.f32" : "atomicAdd(float) on shared memory", x0[i % 8],
+              y[i % 8], h[i], want[i]);
     cudaFree(dx);
     cudaFree(dy);
 }

@@ -387,7 +387,8 @@ static __device__ __forceinline__ uint32_t fab__movmatrix_trans(uint32_t a)
  * red.global.add.v4.f32 [p], {x, y, z, w} (sm_90): adds four floats to p[0..3] (16-byte
  * aligned global memory) as one request; each element is an atomic add (round to
  * nearest even, subnormal inputs and results flushed to zero, as every f32 atom/red
- * add), the four in no particular order with respect to other threads.  FAB_HAVE_RED_V4 says whether this compilation has the instruction
+ * add on global memory), the four in no particular order with respect to other
+ * threads.  FAB_HAVE_RED_V4 says whether this compilation has the instruction
  * (sm_90 and later, and the emulator); without it the wrapper is four atomicAdd.
  */
 #if defined(FAB_EMULATE_CUDA) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)

@@ -174,13 +174,13 @@ static __device__ __forceinline__ void mm_load_n(const void *p, int64_t i, int i
         v[0] = is_f32 ? ((const float *)p)[i] : fab__to_f32(((const T *)p)[i]);
     } else {
         static_assert(N == 8, "1 or 8 elements");
-        if (is_f32 || sizeof(T) == 4) {
+        if (sizeof(T) == 4 || is_f32) {
             const float4 *q = reinterpret_cast<const float4 *>((const float *)p + i);
             mm_check16(q);
             const float4 x = q[0], y = q[1];
             v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
             v[4] = y.x, v[5] = y.y, v[6] = y.z, v[7] = y.w;
-        } else {
+        } else if constexpr (sizeof(T) == 2) {
             const uint4 *q = reinterpret_cast<const uint4 *>((const T *)p + i);
             mm_check16(q);
             const uint4 x = *q;
@@ -204,12 +204,12 @@ static __device__ __forceinline__ void mm_store_n(void *p, int64_t i, int is_f32
         else
             ((T *)p)[i] = fab__from_f32<T>(v[0]);
     } else {
-        if (is_f32 || sizeof(T) == 4) {
+        if (sizeof(T) == 4 || is_f32) {
             float4 *q = reinterpret_cast<float4 *>((float *)p + i);
             mm_check16(q);
             q[0] = make_float4(v[0], v[1], v[2], v[3]);
             q[1] = make_float4(v[4], v[5], v[6], v[7]);
-        } else {
+        } else if constexpr (sizeof(T) == 2) {
             uint4 *q = reinterpret_cast<uint4 *>((T *)p + i);
             mm_check16(q);
             T h[8];
@@ -224,11 +224,13 @@ static __device__ __forceinline__ void mm_store_n(void *p, int64_t i, int is_f32
 }
 
 /* The epilogue of N (1 or 8) consecutive elements (row, col..) of C from their
- * accumulators acc = op(A)·op(B) (f32): alpha·acc + beta·C, then either times the
- * activation's derivative at pre_act (act_backward), or + bias, pre_act stored,
- * activation. All in f32, one rounding to C's dtype; each element sees the same
- * operations in both widths, so N = 8 gives the bits N = 1 does. C and pre_act
- * are f32 when c_f32, else T; bias is f32 when bias_f32 or c_f32, else T. */
+ * accumulators acc = op(A)·op(B) (f32): alpha·acc + beta·C (one fused multiply-add),
+ * then either times the activation's derivative at pre_act (act_backward), or +
+ * bias, pre_act stored, activation. All in f32, one rounding to C's dtype. The
+ * operations are spelled out (__fmul_rn, __fmaf_rn, __fadd_rn) so that no compiler
+ * contracts them its own way: N = 8 gives the bits N = 1 does, and the emulator
+ * the GPU's. C and pre_act are f32 when c_f32, else T; bias is f32 when bias_f32
+ * or c_f32, else T. */
 template <typename T, int N>
 static __device__ __forceinline__ void mm_epilogue_n(const mm_geom &g, const float (&acc)[N], int64_t row, int64_t col,
                                                      void *C, const void *bias, void *pre, int c_f32)
@@ -237,24 +239,24 @@ static __device__ __forceinline__ void mm_epilogue_n(const mm_geom &g, const flo
     const int64_t ci = row * g.ldc + col;
 #pragma unroll
     for (int e = 0; e < N; e++)
-        v[e] = g.alpha * acc[e];
+        v[e] = __fmul_rn(g.alpha, acc[e]);
     if (g.beta != 0.0f) {
         mm_load_n<T, N>(C, ci, c_f32, t);
 #pragma unroll
         for (int e = 0; e < N; e++)
-            v[e] += g.beta * t[e];
+            v[e] = __fmaf_rn(g.beta, t[e], v[e]);
     }
     if (g.act_backward) {
         mm_load_n<T, N>(pre, row * g.ldp + col, c_f32, t);
 #pragma unroll
         for (int e = 0; e < N; e++)
-            v[e] *= mm_act_grad(g.act, t[e]);
+            v[e] = __fmul_rn(v[e], mm_act_grad(g.act, t[e]));
     } else {
         if (bias) {
             mm_load_n<T, N>(bias, col, g.bias_f32 || c_f32, t);
 #pragma unroll
             for (int e = 0; e < N; e++)
-                v[e] += t[e];
+                v[e] = __fadd_rn(v[e], t[e]);
         }
         if (pre)
             mm_store_n<T, N>(pre, row * g.ldp + col, c_f32, v);
@@ -280,7 +282,7 @@ static __device__ __forceinline__ void mm_epilogue(const mm_geom &g, float acc, 
  * core kernels. With g.vec8 a lane takes 8 consecutive columns (16-byte loads and
  * stores; the 8 values of a row's last columns past n one by one), W / 8 lanes a
  * row, 32 / (W / 8) rows a pass: 8x fewer global store instructions than a value
- * per lane. Its two 16-byte shared loads go in the order that keeps each 8-lane
+ * per lane (4x for f32 C: two 16-byte stores). Its two 16-byte shared loads go in the order that keeps each 8-lane
  * phase on 32 different banks (lanes 4..7 of 8 take their upper half first; SROW
  * = W + 8). Without vec8, a lane per element, consecutive lanes along the row. */
 template <typename T, int W, int SROW>

@@ -280,8 +280,12 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
          * its tile L - 1. A barrier's parity names a phase only within one phase of
          * the barrier's own, so this warpgroup must not wait for its slices while the
          * other's, which come first in the ring, are still to land. */
-        if (PP && L > 0)
-            fab__bar_sync(SM90_TURN_BAR + cg, 256);
+        if (PP && L > 0) { /* constant ids: ptxas then reserves 3 barriers, not all 16 */
+            if (cg == 0)
+                fab__bar_sync(SM90_TURN_BAR, 256);
+            else
+                fab__bar_sync(SM90_TURN_BAR + 1, 256);
+        }
         for (int kt = 0; kt < ktiles; kt++, it++) {
             const int s = (int)(it % STAGES);
             fab__mbarrier_wait(&full[s], (unsigned)((it / STAGES) & 1));
@@ -307,8 +311,12 @@ __global__ void __launch_bounds__(SM90_THREADS, 1)
         }
         /* Ping-pong: the other warpgroup's turn, if it has a tile after this one; its
          * products run while this one's last drain and its epilogue runs */
-        if (PP && blockIdx.x + (L + 1) * gridDim.x < ntiles)
-            fab__bar_arrive(SM90_TURN_BAR + 1 - cg, 256);
+        if (PP && blockIdx.x + (L + 1) * gridDim.x < ntiles) {
+            if (cg == 0)
+                fab__bar_arrive(SM90_TURN_BAR + 1, 256);
+            else
+                fab__bar_arrive(SM90_TURN_BAR, 256);
+        }
         fab__wgmma_wait<0>();
 #pragma unroll
         for (int h = 0; h < H; h++)

@@ -109,9 +109,10 @@ uint32_t movmatrix_trans(uint32_t a);
 /* red.global.add.vN.f32 (sm_90): adds v[0..n) to addr[0..n), n = 2 or 4, addr
  * aligned to 4n bytes in a live cudaMalloc block; each element an atomic add. */
 void red_add_f32(float *addr, const float *v, int n);
-/* The sum atom/red.add.f32 (and so float atomicAdd) stores: round to nearest even,
- * subnormal inputs and result flushed to zero of the same sign (PTX ISA, atom and
- * red; the GPU's instruction is RED.E.ADD.F32.FTZ.RN). */
+/* The sum atom/red.add.f32 on global memory (and so float atomicAdd there) stores:
+ * round to nearest even, subnormal inputs and result flushed to zero of the same sign
+ * (PTX ISA, atom and red; the GPU's instruction is RED.E.ADD.F32.FTZ.RN). On shared
+ * memory the GPU keeps subnormals. */
 inline float atomic_add_f32(float a, float b)
 {
     auto ftz = [](float x) { return x != 0.0f && __builtin_fabsf(x) < 1.17549435e-38f ? __builtin_copysignf(0.0f, x) : x; };

@@ -123,13 +123,21 @@ __global__ void k_red_v4(float *sum, float *out)
     fab__red_add_v4_f32(out + 4 * threadIdx.x, (float)threadIdx.x, 0, 0, -(float)threadIdx.x);
 }
 
-/* f32 atomic adds flush subnormals (inputs and results) to zero of the same sign:
- * x[i] += y[i] through atomicAdd for i < 4, through one red.v4 for 4..7. */
+/* f32 atomic adds on global memory flush subnormals (inputs and results) to zero
+ * of the same sign: x[i] += y[i] through atomicAdd for i < 4, through one red.v4 for
+ * 4..7. On shared memory they keep them: x[8 + i] = x[i] + y[i] for i < 4, added there. */
 __global__ void k_atomic_ftz(float *x, const float *y)
 {
+    __shared__ float s[4];
+    for (int i = 0; i < 4; i++)
+        s[i] = x[i];
     for (int i = 0; i < 4; i++)
         atomicAdd(&x[i], y[i]);
     fab__red_add_v4_f32(x + 4, y[4], y[5], y[6], y[7]);
+    for (int i = 0; i < 4; i++) {
+        atomicAdd(&s[i], y[i]);
+        x[8 + i] = s[i];
+    }
 }
 
 /* ---- misuse the emulator must report ---- */
