@@ -74,6 +74,9 @@ fab_status fab__matmul_sm80(fab_context *ctx, const fab__mm_args *a);
 /* matmul_sm90.cu: the Hopper kernel (wgmma, TMA), preferred on sm_90 where it applies. */
 bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_args *a);
 fab_status fab__matmul_sm90(fab_context *ctx, const fab__mm_args *a);
+/* The Hopper kernel's ping-pong schedule, whatever FAB_MATMUL_SM90_SCHEDULE says
+ * (AUTO's candidate); the same requirements. */
+fab_status fab__matmul_sm90_pingpong(fab_context *ctx, const fab__mm_args *a);
 fab_status fab__matmul_cuda(fab_context *ctx, const fab__mm_args *a);
 fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a);
 /* Whether cuBLASLt can run this call (dtypes, epilogue, strides); FAB_OK or a

@@ -12,11 +12,12 @@
  *                     strides (8 or 4 elements; fab__matmul_sm80_supports), else
  *                     simt_gemm below (exact f32 FMA for f32, TF32 or not)
  *   ALGO_REFERENCE -> ref_gemm below (one thread per element, plain k loop)
- *   ALGO_AUTO      -> a candidate from {cuBLASLt, tensor-core kernel} (auto_choice):
+ *   ALGO_AUTO      -> a candidate from {cuBLASLt, tensor-core kernel, and where that is
+ *                     the Hopper kernel, its ping-pong schedule} (auto_choice):
  *     - Only one can run the call (cuBLASLt cannot express it, or the emulated
- *       build, which has none; or the tensor-core kernel does not apply): that one,
- *       else simt_gemm.
- *     - Both can: measured on the first call of the call's key, then cached in the
+ *       build, which has none, and no Hopper kernel with its two schedules; or the
+ *       tensor-core kernel does not apply): that one, else simt_gemm.
+ *     - Two or more can: measured on the first call of the call's key, then cached in the
  *       context (ctx->matmul's tuner). The key: m, n, k, batch count, dtypes of
  *       A/B, C, bias and dbias, transposes, TF32, beta != 0, the epilogue
  *       (activation, forward or backward, bias / pre_act / dbias present, dbias
@@ -52,7 +53,9 @@
  *     candidates to stderr (the choice, why, and the measured times): a
  *     diagnostic, and how tests/test_matmul.c sees the cache work.
  *     FAB_MATMUL_AUTOTUNE_SIMT=1 (emulated builds only, for the tests) adds
- *     simt_gemm as a candidate, so the emulator, which has no cuBLASLt, has two.
+ *     simt_gemm as a candidate, so the emulator, which has no cuBLASLt, has two,
+ *     and the ping-pong schedule where the Hopper kernel applies (a GPU build
+ *     always measures that one there).
  */
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -401,8 +404,8 @@ extern "C" fab_status fab__matmul_dbias_cuda(fab_context *ctx, const fab__mm_arg
 
 /* The candidates AUTO chooses between, in the fixed heuristic's order of
  * preference: the first one that can run the call wins when nothing is measured. */
-enum { CAND_CUBLASLT, CAND_SM80, CAND_SIMT, NCAND };
-static const char *const cand_name[NCAND] = {"cuBLASLt", "tensor-core", "SIMT"};
+enum { CAND_CUBLASLT, CAND_SM80, CAND_SIMT, CAND_SM90_PP, NCAND };
+static const char *const cand_name[NCAND] = {"cuBLASLt", "tensor-core", "SIMT", "sm90-pingpong"};
 
 #define TUNE_MAX 256 /* shapes measured per context; past that, the heuristic */
 #define TUNE_REPS 3  /* timed runs per candidate, after one warm-up; the median counts */
@@ -578,14 +581,26 @@ static fab__mm_tuner *get_tuner(fab_context *ctx)
 
 /* Which candidates can run the call (a bit per candidate). The SIMT kernel runs
  * everything, but on a GPU it is never faster than the other two where they
- * apply, so it is a candidate only for the emulated build's tests. */
+ * apply, so it is a candidate only for the emulated build's tests. Where the
+ * tensor-core candidate is the Hopper kernel, its ping-pong schedule is one more
+ * (the fixed heuristic never picks it: only a measurement does), unless
+ * FAB_MATMUL_SM90_SCHEDULE fixes the schedule; in an emulated build only for the
+ * tests, as SIMT. */
 static unsigned candidates(fab_context *ctx, const fab__mm_args *a, const fab__mm_tuner *t)
 {
     unsigned mask = 0;
     if (fab__matmul_cublaslt_supports(ctx, a) == FAB_OK)
         mask |= 1u << CAND_CUBLASLT;
-    if (a->k > 0 && fab__matmul_sm80_supports(ctx, a))
+    if (a->k > 0 && fab__matmul_sm80_supports(ctx, a)) {
         mask |= 1u << CAND_SM80;
+#ifdef FAB_EMULATE_CUDA
+        const bool pp_allowed = t && t->simt;
+#else
+        const bool pp_allowed = true;
+#endif
+        if (pp_allowed && !getenv("FAB_MATMUL_SM90_SCHEDULE") && fab__matmul_sm90_supports(ctx, a))
+            mask |= 1u << CAND_SM90_PP;
+    }
     if (t && t->simt)
         mask |= 1u << CAND_SIMT;
     return mask;
@@ -663,6 +678,8 @@ static fab_status run_candidate(fab_context *ctx, const fab__mm_args *a, int c)
         return fab__matmul_cublaslt(ctx, a); /* reduces an unfused dbias itself */
     if (c == CAND_SM80)
         FAB__TRY(tensor_core(ctx, a));
+    else if (c == CAND_SM90_PP)
+        FAB__TRY(fab__matmul_sm90_pingpong(ctx, a));
     else
         FAB__TRY(gemm_any(ctx, a, false));
     return a->dbias ? fab__matmul_dbias_cuda(ctx, a) : FAB_OK;
@@ -889,6 +906,8 @@ extern "C" fab_status fab__matmul_cuda(fab_context *ctx, const fab__mm_args *a)
             FAB__TRY(gemm_any(ctx, a, true));
         else if (c == CAND_SM80)
             FAB__TRY(tensor_core(ctx, a));
+        else if (c == CAND_SM90_PP)
+            FAB__TRY(fab__matmul_sm90_pingpong(ctx, a));
         else
             FAB__TRY(gemm_any(ctx, a, false));
     }

@@ -430,7 +430,8 @@ static fab_status launch_trans(fab_context *ctx, const fab__mm_args *a)
  * own, 128 x 128, the two taking turns, so that one's epilogue runs while the
  * other's products do; it hides the epilogue, at a third more shared-memory
  * traffic per flop than 128 x 256 tiles: the benchmark times it against the
- * default). Its tiles are 128 x 128 whatever FAB_MATMUL_SM90_TILE says. */
+ * default, and AUTO measures it beside the default where it measures, see
+ * matmul_cuda.cu). Its tiles are 128 x 128 whatever FAB_MATMUL_SM90_TILE says. */
 static bool pick_pingpong(void)
 {
     const char *env = getenv("FAB_MATMUL_SM90_SCHEDULE");
@@ -499,13 +500,18 @@ extern "C" bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_
     return have_sm90a_code() && fab__tma_encoder() != NULL;
 }
 
+extern "C" fab_status fab__matmul_sm90_pingpong(fab_context *ctx, const fab__mm_args *a)
+{
+    return a->ab_dtype == FAB_DTYPE_BF16 ? launch_trans<__nv_bfloat16, 128, true>(ctx, a)
+                                         : launch_trans<__half, 128, true>(ctx, a);
+}
+
 extern "C" fab_status fab__matmul_sm90(fab_context *ctx, const fab__mm_args *a)
 {
-    const bool bf16 = a->ab_dtype == FAB_DTYPE_BF16;
     if (pick_pingpong())
-        return bf16 ? launch_trans<__nv_bfloat16, 128, true>(ctx, a) : launch_trans<__half, 128, true>(ctx, a);
+        return fab__matmul_sm90_pingpong(ctx, a);
     const int bn = pick_bn(ctx, a);
-    if (bf16)
+    if (a->ab_dtype == FAB_DTYPE_BF16)
         return bn == 256 ? launch_trans<__nv_bfloat16, 256, false>(ctx, a)
                          : launch_trans<__nv_bfloat16, 128, false>(ctx, a);
     return bn == 256 ? launch_trans<__half, 256, false>(ctx, a) : launch_trans<__half, 128, false>(ctx, a);
