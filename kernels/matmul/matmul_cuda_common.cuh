@@ -282,9 +282,11 @@ static __device__ __forceinline__ void mm_epilogue(const mm_geom &g, float acc, 
  * core kernels. With g.vec8 a lane takes 8 consecutive columns (16-byte loads and
  * stores; the 8 values of a row's last columns past n one by one), W / 8 lanes a
  * row, 32 / (W / 8) rows a pass: 8x fewer global store instructions than a value
- * per lane (4x for f32 C: two 16-byte stores). Its two 16-byte shared loads go in the order that keeps each 8-lane
- * phase on 32 different banks (lanes 4..7 of 8 take their upper half first; SROW
- * = W + 8). Without vec8, a lane per element, consecutive lanes along the row. */
+ * per lane (4x for f32 C: two 16-byte stores). Its two 16-byte shared loads go in
+ * the order that keeps each 8-lane phase on 32 different banks (lanes 4..7 of 8
+ * take their upper half first; SROW = W + 8, W = 32 or 64, which the emulator's
+ * bank model checks). Without vec8, a lane per element, consecutive lanes along
+ * the row. */
 template <typename T, int W, int SROW>
 static __device__ __forceinline__ void mm_epilogue_staged(const mm_geom &g, const float *stage, int lane, int64_t row0,
                                                           int64_t col0, void *C, const void *bias, void *pre)
