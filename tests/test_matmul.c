@@ -702,8 +702,12 @@ static void test_sm90_kernel(void **state)
 static int sm90_persistent_sms = 0; /* the SM count to restore */
 #endif
 #ifdef FAB_TEST_EMULATED
-static void run_sm90_persistent_cases(fab_context *ctx)
+/* The persistent grid's cases on an emulated H100 of 4 SMs (the count restored
+ * after them; restore_sm90_settings restores it when a case fails). */
+static void run_sm90_persistent_cases(void)
 {
+    sm90_persistent_sms = fab_emu_set_sm_count(4);
+    fab_context *ctx = fab_test_context();
     static const int ks[6] = {300, 16, 520, 64, 200, 257};
     for (int v = 0; v < 6; v++) {
         const int t = v & 3, bn = v % 2 ? 256 : 128;
@@ -738,6 +742,9 @@ static void run_sm90_persistent_cases(fab_context *ctx)
             fab_emu_set_racecheck(racecheck);
         }
     }
+    fab_context_destroy(ctx);
+    fab_emu_set_sm_count(sm90_persistent_sms);
+    sm90_persistent_sms = 0;
 }
 #endif
 
@@ -749,10 +756,7 @@ static void test_sm90_persistent(void **state)
         print_message("SKIP: the Hopper kernel is CUDA's\n");
         skip();
     }
-    sm90_persistent_sms = fab_emu_set_sm_count(4);
-    fab_context *ctx = fab_test_context();
-    run_sm90_persistent_cases(ctx);
-    fab_context_destroy(ctx);
+    run_sm90_persistent_cases();
 #else
     print_message("SKIP: gives an emulated GPU 4 SMs (test_sm90_kernel's large case is the GPU's)\n");
     skip();
@@ -776,12 +780,7 @@ static void test_sm90_pingpong(void **state)
     }
     setenv("FAB_MATMUL_SM90_SCHEDULE", "pingpong", 1);
 #ifdef FAB_TEST_EMULATED
-    sm90_persistent_sms = fab_emu_set_sm_count(4);
-    fab_context *ctx = fab_test_context();
-    run_sm90_persistent_cases(ctx);
-    fab_context_destroy(ctx);
-    fab_emu_set_sm_count(sm90_persistent_sms);
-    sm90_persistent_sms = 0;
+    run_sm90_persistent_cases();
 #endif
     test_sm90_kernel(state);
 }

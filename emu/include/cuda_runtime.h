@@ -268,9 +268,12 @@ static inline unsigned long long atomicAdd(unsigned long long *a, unsigned long 
 static inline float atomicAdd(float *a, float v)
 {
     fab_emu::note_float_atomic(a, sizeof *a);
-    if (fab_emu::is_device_memory(a, sizeof *a))
-        return fab_emu::atomic_update(a, [v](float o) { return fab_emu::atomic_add_f32(o, v); });
-    return fab_emu::atomic_update(a, [v](float o) { return o + v; });
+    return fab_emu::atomic_update(a, [a, v](float o) {
+        const float sum = o + v, flushed = fab_emu::atomic_add_f32(o, v);
+        /* the two differ only where a subnormal is involved: only then ask (a lock and
+         * a lookup) whether a is global memory */
+        return memcmp(&sum, &flushed, sizeof sum) == 0 || !fab_emu::is_device_memory(a, sizeof *a) ? sum : flushed;
+    });
 }
 static inline double atomicAdd(double *a, double v)
 {

@@ -672,16 +672,21 @@ static fab_status tensor_core(fab_context *ctx, const fab__mm_args *a)
 }
 
 /* One candidate on the call as given, dbias included. */
+/* fabriek's kernel for candidate c (not cuBLASLt), dbias apart. */
+static fab_status run_fabriek(fab_context *ctx, const fab__mm_args *a, int c)
+{
+    if (c == CAND_SM80)
+        return tensor_core(ctx, a);
+    if (c == CAND_SM90_PP)
+        return fab__matmul_sm90_pingpong(ctx, a);
+    return gemm_any(ctx, a, false);
+}
+
 static fab_status run_candidate(fab_context *ctx, const fab__mm_args *a, int c)
 {
     if (c == CAND_CUBLASLT)
         return fab__matmul_cublaslt(ctx, a); /* reduces an unfused dbias itself */
-    if (c == CAND_SM80)
-        FAB__TRY(tensor_core(ctx, a));
-    else if (c == CAND_SM90_PP)
-        FAB__TRY(fab__matmul_sm90_pingpong(ctx, a));
-    else
-        FAB__TRY(gemm_any(ctx, a, false));
+    FAB__TRY(run_fabriek(ctx, a, c));
     return a->dbias ? fab__matmul_dbias_cuda(ctx, a) : FAB_OK;
 }
 
@@ -902,14 +907,7 @@ extern "C" fab_status fab__matmul_cuda(fab_context *ctx, const fab__mm_args *a)
         }
     }
     if (work) {
-        if (a->algo == FAB_MATMUL_ALGO_REFERENCE)
-            FAB__TRY(gemm_any(ctx, a, true));
-        else if (c == CAND_SM80)
-            FAB__TRY(tensor_core(ctx, a));
-        else if (c == CAND_SM90_PP)
-            FAB__TRY(fab__matmul_sm90_pingpong(ctx, a));
-        else
-            FAB__TRY(gemm_any(ctx, a, false));
+        FAB__TRY(a->algo == FAB_MATMUL_ALGO_REFERENCE ? gemm_any(ctx, a, true) : run_fabriek(ctx, a, c));
     }
     if (a->dbias)
         return fab__matmul_dbias_cuda(ctx, a);
