@@ -162,8 +162,9 @@ FAB_API fab_status fab_context_create(const fab_context_config *cfg, fab_context
 FAB_API void fab_context_destroy(fab_context *ctx);
 /* The backend the context really runs (never AUTO); FAB_BACKEND_AUTO for NULL. */
 FAB_API fab_backend fab_context_backend(const fab_context *ctx);
-/* A human-readable name of the device: "NVIDIA H100 80GB HBM3 (sm_90)" or
- * "CPU: 2 threads (avx2)". "" for NULL. */
+/* A human-readable name of the device: "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs,
+ * driver 13.0, runtime 13.0)" or "CPU: 2 threads (avx2+fma)" (the CPU's SIMD:
+ * avx512f, avx2+fma or sse2 on x86, neon on arm64, else scalar). "" for NULL. */
 FAB_API const char *fab_context_device_name(const fab_context *ctx);
 /* Blocks until all work issued on the context has finished. */
 FAB_API fab_status fab_synchronize(fab_context *ctx);
@@ -383,12 +384,15 @@ FAB_API fab_status fab_matmul_bias_grad(fab_context *ctx, const fab_matmul_bias_
  * over batch x heads x tiles; the backward in one pass, FlashAttention-2's 5
  * products, when batch x heads_kv is enough tasks for the threads and the
  * per-thread scratch, 12 bytes per head_dim per query row of a head group, stays
- * under 32 MiB). CUDA (sm_80 and later; Hopper runs the same
- * kernels): FlashAttention-2-style mma.sync/ldmatrix/cp.async kernels; they need
- * every data pointer 16-byte aligned and every stride but the last a multiple of
- * 8 elements (else FAB_ERR_UNSUPPORTED), and the backward takes a stream-ordered
- * scratch (cudaMallocAsync) of 4 bytes per query row and head, plus 4*d bytes in
- * a non-deterministic context. Neither backend forms the seqlen_q x seqlen_k
+ * under 32 MiB). CUDA (sm_80 and later): FlashAttention-2-style
+ * mma.sync/ldmatrix/cp.async kernels. On sm_90, bf16/f16, the forward at head dims
+ * 64, 96, 128 and 256 runs a Hopper wgmma/TMA kernel instead, and the backward at
+ * 64, 96 and 128 a Hopper dK/dV kernel (and, in a deterministic context, a Hopper
+ * dq kernel), where the strides suit TMA (docs/API.md; FAB_ATTN_SM90=0 turns them
+ * off). All of them need every data pointer 16-byte aligned and every stride but
+ * the last a multiple of 8 elements (else FAB_ERR_UNSUPPORTED), and the backward
+ * takes a stream-ordered scratch (cudaMallocAsync) of 4 bytes per query row and
+ * head, plus 4*d bytes in a non-deterministic context. Neither backend forms the seqlen_q x seqlen_k
  * matrix. Determinism: the forward and the CPU backward are bitwise identical run
  * to run (the CPU also for any thread count). The CUDA backward adds dq with f32
  * atomics (FlashAttention-2's 5 products) unless the context is deterministic,
@@ -456,10 +460,11 @@ FAB_API fab_status fab_attention_backward(fab_context *ctx, const fab_attention_
 
 /* Communicators: a group of ranks (one process per GPU, or per CPU socket) that
  * run collectives together. A CUDA context's communicator runs on NCCL, a CPU
- * context's on MPI (include/fabriek_mpi.h); a single-rank communicator needs
- * neither. A communicator belongs to the context it was created with: its
- * collectives run on that context's stream, and like the context it is used by one
- * thread at a time.
+ * context's on MPI (include/fabriek_mpi.h); a single-rank communicator on a CPU
+ * context, or in a build without NCCL, needs neither (a CUDA context in a build
+ * with NCCL makes a one-rank NCCL communicator). A communicator belongs to the
+ * context it was created with: its collectives run on that context's stream, and
+ * like the context it is used by one thread at a time.
  *
  * Faults: every wait inside fabriek has a deadline (cfg.timeout_seconds, default
  * 600 s). A collective that has not completed in time returns FAB_ERR_TIMEOUT and
