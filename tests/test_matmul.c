@@ -697,7 +697,8 @@ static void test_sm90_kernel(void **state)
  * from tile to tile through 4 or 3 stages with 1, 4, 5 or 9 k slices a tile, both
  * tile widths, every transpose, batches whose blocks cross from one matrix to the
  * next, an epilogue, once with a block per tile (FAB_MATMUL_SM90_GRID=tiles); some
- * under the race check too (two schedules, the same bits). */
+ * under the race check too (two schedules, the same bits); then the tile-width
+ * rule counting every matrix of a batch. */
 #ifdef FAB_TEST_EMULATED
 static int sm90_persistent_sms = 0; /* the SM count to restore */
 #endif
@@ -742,6 +743,15 @@ static void run_sm90_persistent_cases(void)
             fab_emu_set_racecheck(racecheck);
         }
     }
+    /* the tile rule, unforced: 2 matrices of 1 x 2 tiles of 128 x 256 fill the 4 SMs
+     * (one matrix's would not), so 128 x 256 */
+    unsetenv("FAB_MATMUL_SM90_TILE");
+    mm_case c = plain(FAB_DTYPE_BF16, FAB_DTYPE_BF16, 100, 400, 72, 0, 1);
+    c.align8 = 1;
+    c.algo = FAB_MATMUL_ALGO_NATIVE;
+    c.nb = c.a_nb = c.b_nb = 1;
+    c.bshape[0] = c.a_bshape[0] = c.b_bshape[0] = 2;
+    run_sm90_case(ctx, &c, 2, 256);
     fab_context_destroy(ctx);
     fab_emu_set_sm_count(sm90_persistent_sms);
     sm90_persistent_sms = 0;

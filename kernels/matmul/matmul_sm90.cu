@@ -447,10 +447,11 @@ static bool pick_pingpong(void)
     return false;
 }
 
-/* Block tile width: 256 where the 128 x 256 grid still gives every SM a block
- * (per k slice, 128 x 256 reads 48 KiB for 2 x 4 wgmma.m64n256k16, 128 x 128 32
- * KiB for 2 x 4 m64n128k16: a third less shared-memory and L2 traffic per flop),
- * else 128. FAB_MATMUL_SM90_TILE=128x128|128x256 forces one. */
+/* Block tile width: 256 where the 128 x 256 tiles of all the batch's matrices
+ * (the persistent grid's work list) still give every SM one (per k slice,
+ * 128 x 256 reads 48 KiB for 2 x 4 wgmma.m64n256k16, 128 x 128 32 KiB for 2 x 4
+ * m64n128k16: a third less shared-memory and L2 traffic per flop), else 128.
+ * FAB_MATMUL_SM90_TILE=128x128|128x256 forces one. */
 static int pick_bn(const fab_context *ctx, const fab__mm_args *a)
 {
     const char *env = getenv("FAB_MATMUL_SM90_TILE");
@@ -465,7 +466,9 @@ static int pick_bn(const fab_context *ctx, const fab__mm_args *a)
             fprintf(stderr, "fabriek: FAB_MATMUL_SM90_TILE=%s is not 128x128 or 128x256: ignored\n", env);
         }
     }
-    return ((a->m + SM90_BM - 1) / SM90_BM) * ((a->n + 255) / 256) >= (int64_t)ctx->sm_count ? 256 : 128;
+    /* C's m n batch elements are in memory, so the product stays far below 2^63 */
+    const int64_t tiles = ((a->m + SM90_BM - 1) / SM90_BM) * ((a->n + 255) / 256) * a->batch;
+    return tiles >= (int64_t)ctx->sm_count ? 256 : 128;
 }
 
 FAB__SM90A_PROBE(fab__matmul_sm90a_code, have_sm90a_code)
