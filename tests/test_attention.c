@@ -747,9 +747,10 @@ static fab_attention_params dense_forward(fab_dtype dt, const int64_t *qs, const
 }
 
 /* Runs forward + backward of a GQA causal problem of s rows and head dim d (f32
- * on the CPU, so any change in a summation order shows) and returns the bytes of
- * out, lse, dq, dk, dv. */
-static void det_run(fab_context *ctx, fab_dtype dt, int64_t s, int64_t d, unsigned char *bytes, size_t *nbytes)
+ * on the CPU, so any change in a summation order shows), with a left window where
+ * left >= 0, and returns the bytes of out, lse, dq, dk, dv. */
+static void det_run(fab_context *ctx, fab_dtype dt, int64_t s, int64_t d, int64_t left, unsigned char *bytes,
+                    size_t *nbytes)
 {
     const int64_t b = 2, hq = 4, hkv = 2;
     int64_t qs[4] = {b, s, hq, d}, ks[4] = {b, s, hkv, d}, ls[3] = {b, hq, s};
@@ -769,10 +770,13 @@ static void det_run(fab_context *ctx, fab_dtype dt, int64_t s, int64_t d, unsign
     fab_tensor_make(lse, FAB_DTYPE_F32, 3, ls, &f.lse);
     f.causal = 1;
     f.softcap = 3;
+    if (left >= 0)
+        f.window = 1, f.window_left = left, f.window_right = -1;
     assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
     fab_attention_backward_params p;
     memset(&p, 0, sizeof p);
     p.q = f.q, p.k = f.k, p.v = f.v, p.out = f.out, p.lse = f.lse, p.causal = 1, p.softcap = 3;
+    p.window = f.window, p.window_left = f.window_left, p.window_right = f.window_right;
     fab_tensor_make(dout, dt, 4, qs, &p.dout);
     fab_tensor_make(dq, dt, 4, qs, &p.dq);
     fab_tensor_make(dk, dt, 4, ks, &p.dk);
@@ -809,18 +813,18 @@ static void test_deterministic(void **state)
         size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * es + 2 * 4 * (size_t)sl * 4, n1, n2, n3, n4;
         unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap), *r4 = malloc(cap);
         assert_true(r1 && r2 && r3 && r4);
-        det_run(ctx, dt, sl, d, r1, &n1);
-        det_run(ctx, dt, sl, d, r2, &n2);
+        det_run(ctx, dt, sl, d, -1, r1, &n1);
+        det_run(ctx, dt, sl, d, -1, r2, &n2);
         fab_context_destroy(ctx);
         cfg.num_threads = 1;
         ctx = fab_test_context_with(&cfg);
-        det_run(ctx, dt, sl, d, r3, &n3);
+        det_run(ctx, dt, sl, d, -1, r3, &n3);
         fab_context_destroy(ctx);
         /* 5 threads for 4 (batch, kv head) tasks: the CPU backward takes its two-pass
          * schedule, where 1 and 2 threads take the single pass */
         cfg.num_threads = 5;
         ctx = fab_test_context_with(&cfg);
-        det_run(ctx, dt, sl, d, r4, &n4);
+        det_run(ctx, dt, sl, d, -1, r4, &n4);
         fab_context_destroy(ctx);
         assert_int_equal(n1, cap);
         assert_true(n1 == n2 && n1 == n3 && n1 == n4);
@@ -832,6 +836,52 @@ static void test_deterministic(void **state)
             fail_msg("attention: 2 and 5 threads give different bits (head_dim %lld)", (long long)d);
         free(r1), free(r2), free(r3), free(r4);
     }
+}
+
+/* The CPU forward's key/value cache (attention_cpu.c, kv_cache_floats): each
+ * thread converts a key tile once and its next query tiles of the head group read
+ * it. With it and without it (FAB_ATTN_CPU_KV_CACHE=0) the results must be the
+ * same bits: f32 and bf16, GQA, causal with softcap, and with a left window whose
+ * first key is no multiple of the 64-key tile (a tile the cache holds whole, of
+ * which such a query tile sees only the end); 2 threads, so that each takes
+ * query tiles of several heads in turn. */
+static void test_cpu_kv_cache(void **state)
+{
+    (void)state;
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.num_threads = 2;
+    fab_context *ctx = fab_test_context_with(&cfg);
+    if (fab_context_backend(ctx) != FAB_BACKEND_CPU) {
+        fab_context_destroy(ctx);
+        print_message("SKIP: the key/value cache is the CPU forward's\n");
+        skip();
+    }
+    /* rows, head dim, left window (-1: none), dtype */
+    static const struct {
+        int64_t s, d, left;
+        fab_dtype dt;
+    } shapes[] = {{300, 64, -1, FAB_DTYPE_F32}, {300, 64, 90, FAB_DTYPE_F32}, {270, 128, 200, FAB_DTYPE_BF16},
+                  {200, 48, -1, FAB_DTYPE_BF16}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const int64_t sl = shapes[i].s, d = shapes[i].d;
+        const size_t es = fab_dtype_size(shapes[i].dt);
+        size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * es + 2 * 4 * (size_t)sl * 4, n1, n2;
+        unsigned char *r1 = malloc(cap), *r2 = malloc(cap);
+        assert_true(r1 && r2);
+        det_run(ctx, shapes[i].dt, sl, d, shapes[i].left, r1, &n1);
+        setenv("FAB_ATTN_CPU_KV_CACHE", "0", 1);
+        det_run(ctx, shapes[i].dt, sl, d, shapes[i].left, r2, &n2);
+        unsetenv("FAB_ATTN_CPU_KV_CACHE");
+        assert_int_equal(n1, cap);
+        assert_int_equal(n2, cap);
+        if (memcmp(r1, r2, n1) != 0)
+            fail_msg("attention: the CPU forward with and without its key/value cache differs (s %lld, head_dim %lld, "
+                     "left %lld)",
+                     (long long)sl, (long long)d, (long long)shapes[i].left);
+        free(r1), free(r2);
+    }
+    fab_context_destroy(ctx);
 }
 
 /* The CUDA backward's two paths on a problem built so that they must differ, for
@@ -1448,9 +1498,9 @@ static void test_backward_variants(void **state)
     unsigned char *r1 = malloc(cap), *r2 = malloc(cap);
     assert_true(r1 && r2);
     setenv("FAB_ATTN_BWD_KEYS", "64", 1);
-    det_run(ctx, FAB_DTYPE_BF16, sl, d, r1, &n1);
+    det_run(ctx, FAB_DTYPE_BF16, sl, d, -1, r1, &n1);
     setenv("FAB_ATTN_BWD_KEYS", "128", 1);
-    det_run(ctx, FAB_DTYPE_BF16, sl, d, r2, &n2);
+    det_run(ctx, FAB_DTYPE_BF16, sl, d, -1, r2, &n2);
     unsetenv("FAB_ATTN_BWD_KEYS");
     assert_int_equal(n1, cap);
     assert_int_equal(n2, cap);
@@ -1658,6 +1708,7 @@ int main(int argc, char **argv)
         T(test_cases_f32),
         T(test_long),
         T(test_deterministic),
+        T(test_cpu_kv_cache),
         T(test_fast_path),
         T(test_forward_variants),
         T(test_backward_variants),

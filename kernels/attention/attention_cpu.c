@@ -9,7 +9,10 @@
  * per flop against 64; the f32 tiles of one task stay in L2). Forward and
  * backward products take only the rows of a tile that see one of its keys
  * (rows_seeing_keys): on the causal diagonal a 64-key tile is seen by half of a
- * 128-row tile.
+ * 128-row tile. A thread converts each key/value tile (bf16/f16 to f32, K
+ * transposed) once for all its query tiles of a head group, into a cache of the
+ * group's tiles (fab__kv_cache, up to 8 MiB a thread): at 64 keys per tile and
+ * head dim 64 the conversion costs about a tenth of the tile's products.
  *
  * Backward by recomputation: D = rowsum(dO * O) first, then P = exp(s - lse),
  * dS = P (dP - D) per (query tile, key tile) pair and dV += P^T dO, dK += dS^T Q,
@@ -44,6 +47,9 @@
 #include <string.h>
 
 #include <omp.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define FAB__BQ 128 /* query rows per tile */
 #define FAB__BK 64 /* keys per tile */
@@ -54,6 +60,17 @@ typedef struct fab__attn_seq {
     int64_t b, q0, k0, sq, sk;
     int dp;
 } fab__attn_seq;
+
+/* A thread's f32 copies of the K^T and V tiles of one (sequence, kv head), made
+ * by the first of its forward's query tiles that needs a tile and read by the
+ * next ones: each key tile is converted (and K transposed) once per thread and
+ * head group instead of once per query tile. [ktiles][dp x BK] each; have[t]
+ * says tile t is there. */
+typedef struct fab__kv_cache {
+    int64_t b, g; /* whose tiles; b = -1: none yet */
+    float *kt, *v;
+    unsigned char *have;
+} fab__kv_cache;
 
 static inline int64_t elem(const fab__attn_view *v, int64_t b, int64_t row, int64_t h)
 {
@@ -140,7 +157,8 @@ static void rows_seeing_keys(const fab__attn_args *a, int64_t off, int64_t i0, i
 #pragma clang attribute pop
 #endif
 
-typedef void (*fwd_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, float *);
+typedef void (*fwd_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, float *,
+                            fab__kv_cache *);
 typedef void (*kv_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, const float *,
                            float *);
 typedef void (*rowdot_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, float *, float *);
@@ -193,6 +211,27 @@ static float *alloc_scratch(int threads, size_t floats_per_thread, size_t *strid
     return aligned_alloc(64, sizeof(float) * *stride * (size_t)threads);
 }
 
+/* The forward's key/value cache per thread, in floats: every key tile of the
+ * longest sequence, K^T and V, where that is at most FAB__KV_CACHE_MAX bytes
+ * (8 MiB: sequences of 16k keys at head dim 64, 8k at 128); 0 (no cache: each
+ * query tile converts its key tiles itself) above that, where no kv head has a
+ * second query tile to run, or with FAB_ATTN_CPU_KV_CACHE=0 (to compare: the
+ * results are the same bits either way). */
+#define FAB__KV_CACHE_MAX ((size_t)8 << 20)
+static size_t kv_cache_floats(const fab__attn_args *a, int dp, int64_t qtiles)
+{
+    int64_t sk = a->sk;
+    if (a->cu_k)
+        for (int64_t b = 0; b < a->batch; b++)
+            if (a->cu_k[b + 1] - a->cu_k[b] > sk)
+                sk = a->cu_k[b + 1] - a->cu_k[b];
+    const size_t floats = (size_t)((sk + FAB__BK - 1) / FAB__BK) * (size_t)(2 * FAB__BK * dp);
+    const int reuse = qtiles > 1 || a->hq > a->hkv; /* another query tile of the same kv head */
+    const char *env = getenv("FAB_ATTN_CPU_KV_CACHE");
+    const int off = env && strcmp(env, "0") == 0;
+    return reuse && !off && floats * sizeof(float) <= FAB__KV_CACHE_MAX ? floats : 0;
+}
+
 fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
 {
     const int dp = (int)((a->d + 15) & ~(int64_t)15);
@@ -201,10 +240,12 @@ fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
     int threads = ctx->num_threads;
     if (threads > ntasks)
         threads = (int)(ntasks > 0 ? ntasks : 1);
+    /* Q, O, K^T, V, tmp, S, m, the lane-wise l (16 floats a row), fwd_softmax's
+     * 3 floats a row; then the key/value cache and its flags */
+    const size_t tiles = (size_t)(2 * FAB__BQ * dp + 3 * FAB__BK * dp + FAB__BQ * FAB__BK + 20 * FAB__BQ);
+    const size_t cache = kv_cache_floats(a, dp, qtiles), ktiles = cache / (size_t)(2 * FAB__BK * dp);
     size_t stride;
-    /* Q, O, K^T, V, tmp, S, m and the lane-wise l (16 floats a row) */
-    float *scratch = alloc_scratch(
-        threads, (size_t)(2 * FAB__BQ * dp + 3 * FAB__BK * dp + FAB__BQ * FAB__BK + FAB__BQ + 16 * FAB__BQ), &stride);
+    float *scratch = alloc_scratch(threads, tiles + cache + (ktiles + 3) / 4, &stride);
     if (!scratch)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_attention_forward: no memory for %d threads' tiles", threads);
     fwd_tile_fn tile = fwd_tile_base;
@@ -216,13 +257,14 @@ fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
 #pragma omp parallel num_threads(threads)
     {
         float *ws = scratch + stride * (size_t)omp_get_thread_num();
+        fab__kv_cache kc = {-1, -1, ws + tiles, ws + tiles + cache / 2, (unsigned char *)(ws + tiles + cache)};
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < ntasks; t++) {
             int64_t b = t / (a->hq * qtiles), h = t / qtiles % a->hq, i0 = t % qtiles * FAB__BQ;
             fab__attn_seq s = seq_of(a, b);
             if (i0 >= s.sq)
                 continue;
-            tile(a, &s, h, i0, (int)(s.sq - i0 < FAB__BQ ? s.sq - i0 : FAB__BQ), ws);
+            tile(a, &s, h, i0, (int)(s.sq - i0 < FAB__BQ ? s.sq - i0 : FAB__BQ), ws, cache ? &kc : NULL);
         }
     }
     free(scratch);

@@ -263,19 +263,31 @@ static inline __attribute__((always_inline)) void FAB__T(prefetch_rows)(const fa
 }
 
 /* 2^x of each lane, for x <= 0 (larger x is fine up to 127), about 1 ulp: x = n + f
- * with n an integer (round to nearest through the 1.5*2^23 trick) and |f| <= 1/2,
- * 2^f by its degree-6 Taylor polynomial in f*ln2 (error < 2e-7 relative), 2^n
- * through the exponent bits. x <= -127 (and -inf, and NaN) gives exactly 0. */
+ * with n an integer and |f| <= 1/2, 2^f by its degree-6 Taylor polynomial in f*ln2
+ * (error < 2e-7 relative), times 2^n. x <= -125 (-inf and NaN too) gives exactly
+ * 0, and no lane ever forms a subnormal: an Intel core takes a microcode assist
+ * of a hundred cycles or more for each instruction with a subnormal or underflowing
+ * result (FTZ is off here), which the masked scores (-inf) of a causal tile would
+ * hit on every row. Nothing is lost: every exponent here is relative to a row's
+ * largest term, 2^0 = 1, beside which 2^-125 vanishes.
+ * AVX-512 has both ends as one instruction each: vrndscaleps rounds x to n and
+ * vscalefps multiplies by 2^n, zero-masked where x <= -125. Elsewhere: n by the
+ * 1.5*2^23 rounding trick and 2^n through the exponent bits, x <= -125 replaced by
+ * -127, whose exponent bits give 0. */
 static inline FAB__T(vf) FAB__T(exp2v)(FAB__T(vf) x)
 {
     typedef FAB__T(vf) vf;
+#if FAB__VL == 16
+    const __mmask16 live = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-125.0f), _CMP_GT_OQ); /* NaN: 0 */
+    const vf nf = (vf)_mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = x - nf;
+#else
     typedef int32_t vi __attribute__((vector_size(FAB__VL * 4)));
     typedef uint32_t vu __attribute__((vector_size(FAB__VL * 4)));
-    const vf lo = FAB__T(splat)(-127.0f), magic = FAB__T(splat)(12582912.0f); /* 1.5 * 2^23 */
-    const vi in = x > lo;                                                        /* NaN: false */
-    x = (vf)(((vi)x & in) | ((vi)lo & ~in));
+    const vf magic = FAB__T(splat)(12582912.0f); /* 1.5 * 2^23 */
+    const vi in = x > FAB__T(splat)(-125.0f);      /* NaN: false */
+    x = (vf)(((vi)x & in) | ((vi)FAB__T(splat)(-127.0f) & ~in));
     const vf nf = (x + magic) - magic, f = x - nf;
-    const vi n = __builtin_convertvector(nf, vi);
+#endif
     vf p = FAB__T(splat)(1.5403530393381606e-4f);      /* ln2^6 / 720 */
     p = p * f + FAB__T(splat)(1.3333558146428443e-3f); /* ln2^5 / 120 */
     p = p * f + FAB__T(splat)(9.6181291076284772e-3f); /* ln2^4 / 24 */
@@ -283,49 +295,64 @@ static inline FAB__T(vf) FAB__T(exp2v)(FAB__T(vf) x)
     p = p * f + FAB__T(splat)(2.4022650695910071e-1f); /* ln2^2 / 2 */
     p = p * f + FAB__T(splat)(6.9314718055994531e-1f); /* ln2 */
     p = p * f + FAB__T(splat)(1.0f);
-    const vu bits = (vu)(n + 127) << 23; /* n + 127 in [0, 254]: n = -127 gives 0.0f */
+#if FAB__VL == 16
+    return (vf)_mm512_maskz_scalef_ps(live, (__m512)p, (__m512)nf);
+#else
+    const vi n = __builtin_convertvector(nf, vi);
+    const vu bits = (vu)(n + 127) << 23; /* n + 127 in {0} and [2, 254]: n = -127 gives 0.0f */
     vf scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
+#endif
 }
 
-/* 2^x of one value: exp2v's lane 0 (one per row and tile: the rescale factor). */
-static inline float FAB__T(exp2)(float x) { return FAB__T(exp2v)(FAB__T(splat)(x))[0]; }
+/* The keys of the tile starting at key j0 (nk of them) that the query at position
+ * pos (key coordinates: query row + sk - sq) may see, as tile columns [*lo, *hi);
+ * empty (lo >= hi) where it sees none. */
+static inline void FAB__T(row_keys)(const fab__attn_args *a, int64_t pos, int64_t j0, int nk, int64_t *lo,
+                                    int64_t *hi)
+{
+    *lo = 0, *hi = nk;
+    if (a->left >= 0 && pos - a->left - j0 > *lo)
+        *lo = pos - a->left - j0;
+    if (a->right >= 0 && pos + a->right + 1 - j0 < *hi)
+        *hi = pos + a->right + 1 - j0;
+}
 
-/* Turns raw scores S = Q.K^T of one tile into log2-unit logits in place:
- * s = scale*x (or softcap*tanh(scale*x/softcap)), times log2(e); masked entries
- * (key outside the window, padding rows/columns) become -inf. With softcap,
- * T (when not NULL) receives tanh(.) for the backward's chain rule. */
-static void FAB__T(logits)(const fab__attn_args *a, float *S, float *T, int nq, int nqp, int nk, int64_t i0,
-                           int64_t j0, int64_t off)
+/* One row of raw scores s = q.K^T turned into log2-unit logits in place:
+ * scale*x (or softcap*tanh(scale*x/softcap)), times log2(e), for the columns
+ * [lo, hi); -inf elsewhere. With softcap, t (when not NULL) receives tanh(.) for
+ * the backward's chain rule. */
+static void FAB__T(logits_row)(const fab__attn_args *a, float *s, float *t, int64_t lo, int64_t hi)
 {
     const float scale = a->scale, cap = a->softcap;
     const float l2e = 1.4426950408889634f;
+    if (cap > 0) {
+        for (int j = 0; j < FAB__BK; j++) {
+            float th = tanhf(s[j] * scale / cap);
+            if (t)
+                t[j] = th;
+            s[j] = (j >= lo && j < hi) ? cap * th * l2e : -INFINITY;
+        }
+    } else {
+        const float k = scale * l2e;
+#pragma omp simd
+        for (int j = 0; j < FAB__BK; j++)
+            s[j] = (j >= lo && j < hi) ? s[j] * k : -INFINITY;
+    }
+}
+
+/* logits_row over the rows of a tile (nqp of them, the real ones nq; the rows
+ * past nq all -inf). */
+static void FAB__T(logits)(const fab__attn_args *a, float *S, float *T, int nq, int nqp, int nk, int64_t i0,
+                           int64_t j0, int64_t off)
+{
     for (int i = 0; i < nqp; i++) {
-        float *s = S + i * FAB__BK;
-        /* allowed keys of this row, in tile coordinates [lo, hi) */
-        int64_t lo = 0, hi = nk;
+        int64_t lo, hi;
+        FAB__T(row_keys)(a, i0 + i + off, j0, nk, &lo, &hi);
         if (i >= nq)
             hi = 0;
-        int64_t pos = i0 + i + off;
-        if (a->left >= 0 && pos - a->left - j0 > lo)
-            lo = pos - a->left - j0;
-        if (a->right >= 0 && pos + a->right + 1 - j0 < hi)
-            hi = pos + a->right + 1 - j0;
-        if (cap > 0) {
-            float *t = T ? T + i * FAB__BK : NULL;
-            for (int j = 0; j < FAB__BK; j++) {
-                float th = tanhf(s[j] * scale / cap);
-                if (t)
-                    t[j] = th;
-                s[j] = (j >= lo && j < hi) ? cap * th * l2e : -INFINITY;
-            }
-        } else {
-            const float k = scale * l2e;
-#pragma omp simd
-            for (int j = 0; j < FAB__BK; j++)
-                s[j] = (j >= lo && j < hi) ? s[j] * k : -INFINITY;
-        }
+        FAB__T(logits_row)(a, S + i * FAB__BK, T ? T + i * FAB__BK : NULL, lo, hi);
     }
 }
 
@@ -367,11 +394,89 @@ static inline float FAB__T(row_max)(const float *s, float m)
     return mv[0];
 }
 
+/* The forward's online-softmax step over one tile of raw scores S [BQ x BK], for
+ * its rows [r0, r1) (the others see none of its keys: their m, l and O stay as
+ * they are): the new row maxima mx (log2 units), P = exp2(logit - mx) in place of
+ * S, l = alpha l + rowsum(P) and O = alpha O with alpha = exp2(m - mx). Rows past
+ * nq (padding) and rows with no key get P = 0.
+ * Where a row sees every key of the tile and there is no softcap, the logits are
+ * not written out: its maximum is taken over the raw scores (times k = scale
+ * log2(e) > 0, which keeps the order) and P = exp2(fma(s, k, -mx)), one pass over
+ * the row fewer. Other rows take logits_row first (then k = 1, and the fma is an
+ * exact s - mx).
+ * Each pass runs over all the rows before the next starts, so that the rows'
+ * dependency chains (the horizontal max, alpha's exp2) overlap instead of
+ * queueing one row behind the other: the maxima, then alpha for VL rows per
+ * exp2v, then P. scratch: 3 BQ floats. */
+static void FAB__T(fwd_softmax)(const fab__attn_args *a, float *S, int r0, int r1, int nq, int nk, int64_t pos0,
+                                int64_t j0, float *m, float *l, float *O, int dp, float *scratch)
+{
+    typedef FAB__T(vf) vf;
+    float *mx = scratch, *alpha = mx + FAB__BQ, *kr = alpha + FAB__BQ; /* kr: the multiplier inside exp2 */
+    const float k = a->scale * 1.4426950408889634f;
+    const int plain = a->softcap <= 0 && k > 0;
+    if (r1 > nq) {
+        memset(S + nq * FAB__BK, 0, sizeof(float) * (size_t)((r1 - nq) * FAB__BK)); /* padding rows */
+        r1 = nq;
+    }
+    for (int i = r0; i < r1; i++) {
+        float *s = S + i * FAB__BK;
+        int64_t lo, hi;
+        FAB__T(row_keys)(a, pos0 + i, j0, nk, &lo, &hi);
+        if (plain && lo <= 0 && hi >= FAB__BK) {
+            const float rmx = FAB__T(row_max)(s, -INFINITY) * k;
+            mx[i] = rmx > m[i] ? rmx : m[i];
+            kr[i] = k;
+        } else {
+            FAB__T(logits_row)(a, s, NULL, lo, hi);
+            mx[i] = FAB__T(row_max)(s, m[i]);
+            kr[i] = 1.0f;
+        }
+        if (mx[i] == -INFINITY) /* no key of this row in the tile, nor before: P = 0 */
+            kr[i] = 0.0f;
+    }
+    const int a0 = r0 & ~(FAB__VL - 1); /* r0 is a multiple of 4; alpha of a few rows more is harmless */
+    for (int i = a0; i < r1; i += FAB__VL) {
+        /* rows past r1 (and, with r0 > a0, before r0) read stale m and mx: their
+         * alpha is never used */
+        FAB__T(vstore)(alpha + i, FAB__T(exp2v)(FAB__T(vload)(m + i) - FAB__T(vload)(mx + i)));
+    }
+    for (int i = r0; i < r1; i++) {
+        float *s = S + i * FAB__BK;
+        if (kr[i] == 0.0f) {
+            memset(s, 0, sizeof(float) * FAB__BK);
+            continue;
+        }
+        /* P, and its row sum lane by lane (across the lanes only at the end: an
+         * in-order sum of each vector costs more than its exp2) */
+        const vf kv = FAB__T(splat)(kr[i]), mxv = FAB__T(splat)(mx[i]);
+        vf sumv = FAB__T(splat)(0.0f);
+        for (int j = 0; j < FAB__BK; j += FAB__VL) {
+            const vf p = FAB__T(exp2v)(FAB__T(vload)(s + j) * kv - mxv);
+            FAB__T(vstore)(s + j, p);
+            sumv += p;
+        }
+        FAB__T(vstore)(l + 16 * i, FAB__T(vload)(l + 16 * i) * FAB__T(splat)(alpha[i]) + sumv);
+        m[i] = mx[i];
+        if (alpha[i] != 1.0f) {
+            float *o = O + i * dp;
+            const float ai = alpha[i];
+#pragma omp simd
+            for (int c = 0; c < dp; c++)
+                o[c] *= ai;
+        }
+    }
+}
+
 /* Forward of one query tile (rows i0 .. i0+nq-1 of one sequence and head):
- * online softmax over the key tiles the mask lets it see. Q, O: [BQ x dp];
- * KT: [dp x BK] (keys transposed); V, S: [BK x dp], [BQ x BK]. */
+ * online softmax over the key tiles the mask lets it see, at keys that are
+ * multiples of BK (a window's first tile is partly masked). Q, O: [BQ x dp];
+ * KT: [dp x BK] (keys transposed); V, S: [BK x dp], [BQ x BK]; then tmp [BK x dp]
+ * for load_t and fwd_softmax's 3 BQ floats. With a cache (kc not NULL), K^T and
+ * V of a key tile come from it, converted there by the first query tile of the
+ * thread that needs them; the tiles hold the same values either way. */
 static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t h, int64_t i0, int nq,
-                             float *ws)
+                             float *ws, fab__kv_cache *kc)
 {
     const int dp = sq->dp, nqp = (nq + 3) & ~3;
     float *Q = ws, *O = Q + FAB__BQ * dp, *KT = O + FAB__BQ * dp, *V = KT + dp * FAB__BK;
@@ -386,54 +491,45 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
         m[i] = -INFINITY;
         FAB__T(vstore)(l + 16 * i, FAB__T(splat)(0.0f));
     }
+    if (kc && (kc->b != sq->b || kc->g != g)) {
+        memset(kc->have, 0, (size_t)((sq->sk + FAB__BK - 1) / FAB__BK));
+        kc->b = sq->b, kc->g = g;
+    }
     int64_t klo, khi;
     fab__attn_key_range(a, sq->sq, sq->sk, i0, i0 + nq, &klo, &khi);
-    for (int64_t j0 = klo; j0 < khi; j0 += FAB__BK) {
+    for (int64_t j0 = klo / FAB__BK * FAB__BK; j0 < khi; j0 += FAB__BK) {
         int nk = (int)(khi - j0 < FAB__BK ? khi - j0 : FAB__BK);
-        FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, KT);
-        FAB__T(load)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, V);
-        const int64_t j1 = j0 + FAB__BK;
-        const int nk1 = (int)(khi - j1 < FAB__BK ? khi - j1 : FAB__BK);
+        const int64_t t = j0 / FAB__BK, j1 = j0 + FAB__BK;
+        float *kt = KT, *v = V;
+        if (kc) {
+            /* the whole tile (up to the sequence's end, past khi perhaps: those
+             * columns are masked, those rows of V not read) */
+            kt = kc->kt + (size_t)t * (size_t)(dp * FAB__BK), v = kc->v + (size_t)t * (size_t)(dp * FAB__BK);
+            if (!kc->have[t]) {
+                const int n = (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK);
+                FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, n, g, a->d, dp, tmp, kt);
+                FAB__T(load)(&a->v, a->dtype, sq->b, sq->k0 + j0, n, FAB__BK, g, a->d, dp, v);
+                kc->have[t] = 1;
+            }
+        } else {
+            FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, kt);
+            FAB__T(load)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, v);
+        }
+        /* the next tile's rows, where they will be converted */
+        const int nk1 = (kc && j1 < khi && kc->have[t + 1]) ? 0 : (int)(khi - j1 < FAB__BK ? khi - j1 : FAB__BK);
         if (nk1 > 0)
             FAB__T(prefetch_rows)(&a->k, es, sq->b, sq->k0 + j1, nk1, g, a->d);
-        /* rows [r0, r1) only (rows_seeing_keys); the others' stale S rows
-         * logits turns to -inf, so they keep m, l and O as they are */
+        /* rows [r0, r1) only (rows_seeing_keys); the others keep m, l and O as
+         * they are */
         const int64_t off = sq->sk - sq->sq;
         int r0, r1;
         rows_seeing_keys(a, off, i0, nq, j0, nk, &r0, &r1);
         const int nr = r1 - r0;
-        FAB__T(mm)(nr, FAB__BK, dp, Q + r0 * dp, dp, 1, KT, FAB__BK, S + r0 * FAB__BK, FAB__BK, 0);
-        FAB__T(logits)(a, S, NULL, nq, nqp, nk, i0, j0, off);
-        memset(S + nq * FAB__BK, 0, sizeof(float) * (size_t)((nqp - nq) * FAB__BK)); /* padding rows */
-        for (int i = 0; i < nq; i++) {
-            float *s = S + i * FAB__BK;
-            float mx = FAB__T(row_max)(s, m[i]);
-            if (mx == -INFINITY) { /* no key of this row in the tile, nor before */
-                memset(s, 0, sizeof(float) * FAB__BK);
-                continue;
-            }
-            /* P, and its row sum lane by lane (across the lanes only at the end: an
-             * in-order sum of each vector costs more than its exp2) */
-            const FAB__T(vf) mxv = FAB__T(splat)(mx);
-            FAB__T(vf) sumv = FAB__T(splat)(0.0f);
-            for (int j = 0; j < FAB__BK; j += FAB__VL) {
-                const FAB__T(vf) p = FAB__T(exp2v)(FAB__T(vload)(s + j) - mxv);
-                FAB__T(vstore)(s + j, p);
-                sumv += p;
-            }
-            const float alpha = FAB__T(exp2)(m[i] - mx);
-            FAB__T(vstore)(l + 16 * i, FAB__T(vload)(l + 16 * i) * FAB__T(splat)(alpha) + sumv);
-            m[i] = mx;
-            if (alpha != 1.0f) {
-                float *o = O + i * dp;
-#pragma omp simd
-                for (int c = 0; c < dp; c++)
-                    o[c] *= alpha;
-            }
-        }
+        FAB__T(mm)(nr, FAB__BK, dp, Q + r0 * dp, dp, 1, kt, FAB__BK, S + r0 * FAB__BK, FAB__BK, 0);
+        FAB__T(fwd_softmax)(a, S, r0, r1, nq, nk, i0 + off, j0, m, l, O, dp, tmp + FAB__BK * dp);
         if (nk1 > 0)
             FAB__T(prefetch_rows)(&a->v, es, sq->b, sq->k0 + j1, nk1, g, a->d);
-        FAB__T(mm)(nr, dp, nk, S + r0 * FAB__BK, FAB__BK, 1, V, dp, O + r0 * dp, dp, 1);
+        FAB__T(mm)(nr, dp, nk, S + r0 * FAB__BK, FAB__BK, 1, v, dp, O + r0 * dp, dp, 1);
     }
     /* every row has a key (the entry checks it), so l > 0 */
     for (int i = 0; i < nq; i++) {
