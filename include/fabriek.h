@@ -146,8 +146,8 @@ typedef struct fab_context_config {
     int device;             /* CUDA device ordinal; default 0 */
     void *stream;           /* cudaStream_t to run on; NULL: the context creates its own */
     size_t workspace_bytes; /* scratch the context may keep (cuBLASLt's workspace; the CPU
-                             * matmul's packing buffers, when they fit); 0: library
-                             * default, 32 MiB */
+                             * matmul's packing buffers and the CPU attention's tiles,
+                             * when they fit); 0: library default, 32 MiB */
     int deterministic;      /* non-zero: bitwise-identical results run to run */
     int num_threads;        /* CPU threads; 0: OpenMP's default */
 } fab_context_config;

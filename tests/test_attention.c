@@ -840,11 +840,13 @@ static void test_deterministic(void **state)
 
 /* The CPU forward's key/value cache (attention_cpu.c, kv_cache_floats): each
  * thread converts a key tile once and its next query tiles of the head group read
- * it. With it and without it (FAB_ATTN_CPU_KV_CACHE=0) the results must be the
- * same bits: f32 and bf16, GQA, causal with softcap, and with a left window whose
- * first key is no multiple of the 64-key tile (a tile the cache holds whole, of
- * which such a query tile sees only the end); 2 threads, so that each takes
- * query tiles of several heads in turn. */
+ * it. With it and without it (FAB_ATTN_CPU_KV_CACHE=0, or a workspace of 256 KiB,
+ * too small for it, and for the tiles themselves: the scratch is then a fresh
+ * allocation per call) the results must be the same bits: f32 and bf16, GQA,
+ * causal with softcap, and with a left window whose first key is no multiple of
+ * the 64-key tile (a tile the cache holds whole, of which such a query tile sees
+ * only the end); 2 threads, so that each takes query tiles of several heads in
+ * turn. The backward runs too (det_run), from the same kept scratch. */
 static void test_cpu_kv_cache(void **state)
 {
     (void)state;
@@ -857,6 +859,8 @@ static void test_cpu_kv_cache(void **state)
         print_message("SKIP: the key/value cache is the CPU forward's\n");
         skip();
     }
+    cfg.workspace_bytes = 256 << 10;
+    fab_context *small = fab_test_context_with(&cfg);
     /* rows, head dim, left window (-1: none), dtype */
     static const struct {
         int64_t s, d, left;
@@ -866,21 +870,25 @@ static void test_cpu_kv_cache(void **state)
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const int64_t sl = shapes[i].s, d = shapes[i].d;
         const size_t es = fab_dtype_size(shapes[i].dt);
-        size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * es + 2 * 4 * (size_t)sl * 4, n1, n2;
-        unsigned char *r1 = malloc(cap), *r2 = malloc(cap);
-        assert_true(r1 && r2);
+        size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * es + 2 * 4 * (size_t)sl * 4, n1, n2, n3;
+        unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap);
+        assert_true(r1 && r2 && r3);
         det_run(ctx, shapes[i].dt, sl, d, shapes[i].left, r1, &n1);
         setenv("FAB_ATTN_CPU_KV_CACHE", "0", 1);
         det_run(ctx, shapes[i].dt, sl, d, shapes[i].left, r2, &n2);
         unsetenv("FAB_ATTN_CPU_KV_CACHE");
+        det_run(small, shapes[i].dt, sl, d, shapes[i].left, r3, &n3);
         assert_int_equal(n1, cap);
         assert_int_equal(n2, cap);
-        if (memcmp(r1, r2, n1) != 0)
+        assert_int_equal(n3, cap);
+        if (memcmp(r1, r2, n1) != 0 || memcmp(r1, r3, n1) != 0)
             fail_msg("attention: the CPU forward with and without its key/value cache differs (s %lld, head_dim %lld, "
-                     "left %lld)",
-                     (long long)sl, (long long)d, (long long)shapes[i].left);
-        free(r1), free(r2);
+                     "left %lld; %s)",
+                     (long long)sl, (long long)d, (long long)shapes[i].left,
+                     memcmp(r1, r2, n1) != 0 ? "FAB_ATTN_CPU_KV_CACHE=0" : "a 256 KiB workspace");
+        free(r1), free(r2), free(r3);
     }
+    fab_context_destroy(small);
     fab_context_destroy(ctx);
 }
 

@@ -11,8 +11,9 @@
  * (rows_seeing_keys): on the causal diagonal a 64-key tile is seen by half of a
  * 128-row tile. A thread converts each key/value tile (bf16/f16 to f32, K
  * transposed) once for all its query tiles of a head group, into a cache of the
- * group's tiles (fab__kv_cache, up to 8 MiB a thread): at 64 keys per tile and
- * head dim 64 the conversion costs about a tenth of the tile's products.
+ * group's tiles (fab__kv_cache, where it fits in the context's workspace): at 64
+ * keys per tile and head dim 64 the conversion costs about a tenth of the tile's
+ * products. All scratch is the context's host scratch, kept from call to call.
  *
  * Backward by recomputation: D = rowsum(dO * O) first, then P = exp(s - lse),
  * dS = P (dP - D) per (query tile, key tile) pair and dV += P^T dO, dK += dS^T Q,
@@ -204,21 +205,27 @@ static fab__attn_seq seq_of(const fab__attn_args *a, int64_t b)
     return s;
 }
 
-/* Per-thread scratch, allocated before any output is touched. */
-static float *alloc_scratch(int threads, size_t floats_per_thread, size_t *stride)
+/* Per-thread scratch of floats_per_thread (rounded to 64 bytes) each, then
+ * `shared` floats for all, taken before any output is touched: the context's
+ * kept host scratch where it fits in cfg.workspace_bytes (fab__host_scratch_get),
+ * so that calls after the first fault no fresh pages in. Give it back with
+ * fab__host_scratch_put. */
+static float *get_scratch(fab_context *ctx, int threads, size_t floats_per_thread, size_t shared, size_t *stride)
 {
-    *stride = (floats_per_thread + 15) & ~(size_t)15; /* 64-byte multiples */
-    return aligned_alloc(64, sizeof(float) * *stride * (size_t)threads);
+    *stride = (floats_per_thread + 15) & ~(size_t)15;
+    return fab__host_scratch_get(ctx, sizeof(float) * (*stride * (size_t)threads + shared));
 }
 
 /* The forward's key/value cache per thread, in floats: every key tile of the
- * longest sequence, K^T and V, where that is at most FAB__KV_CACHE_MAX bytes
- * (8 MiB: sequences of 16k keys at head dim 64, 8k at 128); 0 (no cache: each
- * query tile converts its key tiles itself) above that, where no kv head has a
- * second query tile to run, or with FAB_ATTN_CPU_KV_CACHE=0 (to compare: the
- * results are the same bits either way). */
-#define FAB__KV_CACHE_MAX ((size_t)8 << 20)
-static size_t kv_cache_floats(const fab__attn_args *a, int dp, int64_t qtiles)
+ * longest sequence, K^T and V, where the forward's scratch with it (`tiles`
+ * floats a thread besides) fits in the context's workspace (cfg.workspace_bytes,
+ * 32 MiB by default: with 2 threads, sequences up to 32k keys at head dim 64),
+ * so that it is kept from call to call; 0 (no cache: each query tile converts
+ * its key tiles itself) where it does not, where no kv head has a second query
+ * tile to run, or with FAB_ATTN_CPU_KV_CACHE=0 (to compare: the results are the
+ * same bits either way). */
+static size_t kv_cache_floats(const fab_context *ctx, const fab__attn_args *a, int dp, int64_t qtiles, int threads,
+                              size_t tiles)
 {
     int64_t sk = a->sk;
     if (a->cu_k)
@@ -226,10 +233,12 @@ static size_t kv_cache_floats(const fab__attn_args *a, int dp, int64_t qtiles)
             if (a->cu_k[b + 1] - a->cu_k[b] > sk)
                 sk = a->cu_k[b + 1] - a->cu_k[b];
     const size_t floats = (size_t)((sk + FAB__BK - 1) / FAB__BK) * (size_t)(2 * FAB__BK * dp);
+    const size_t per_thread = ctx->workspace_bytes / sizeof(float) / (size_t)threads;
     const int reuse = qtiles > 1 || a->hq > a->hkv; /* another query tile of the same kv head */
     const char *env = getenv("FAB_ATTN_CPU_KV_CACHE");
     const int off = env && strcmp(env, "0") == 0;
-    return reuse && !off && floats * sizeof(float) <= FAB__KV_CACHE_MAX ? floats : 0;
+    /* the flags (a byte a tile) and the rounding to 64 bytes: 32 floats at most */
+    return reuse && !off && tiles + floats + floats / (2 * FAB__BK) + 32 <= per_thread ? floats : 0;
 }
 
 fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
@@ -243,9 +252,10 @@ fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
     /* Q, O, K^T, V, tmp, S, m, the lane-wise l (16 floats a row), fwd_softmax's
      * 3 floats a row; then the key/value cache and its flags */
     const size_t tiles = (size_t)(2 * FAB__BQ * dp + 3 * FAB__BK * dp + FAB__BQ * FAB__BK + 20 * FAB__BQ);
-    const size_t cache = kv_cache_floats(a, dp, qtiles), ktiles = cache / (size_t)(2 * FAB__BK * dp);
+    const size_t cache = kv_cache_floats(ctx, a, dp, qtiles, threads, tiles);
+    const size_t ktiles = cache / (size_t)(2 * FAB__BK * dp);
     size_t stride;
-    float *scratch = alloc_scratch(threads, tiles + cache + (ktiles + 3) / 4, &stride);
+    float *scratch = get_scratch(ctx, threads, tiles + cache + (ktiles + 3) / 4, 0, &stride);
     if (!scratch)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_attention_forward: no memory for %d threads' tiles", threads);
     fwd_tile_fn tile = fwd_tile_base;
@@ -267,7 +277,7 @@ fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
             tile(a, &s, h, i0, (int)(s.sq - i0 < FAB__BQ ? s.sq - i0 : FAB__BQ), ws, cache ? &kc : NULL);
         }
     }
-    free(scratch);
+    fab__host_scratch_put(ctx, scratch);
     return FAB_OK;
 }
 
@@ -300,26 +310,24 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
     const size_t q_floats = (size_t)(3 * FAB__BQ * dp + 4 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
     const int64_t units = a->batch * a->hkv, most = nq_tasks > nk_tasks ? nq_tasks : nk_tasks;
     int single = single_pass(a, ctx->num_threads, group_floats), threads = 1;
+    /* D = rowsum(dO * O), laid out as lse, after the threads' scratch */
+    const int64_t nrows = a->lse_sb ? a->batch * a->lse_sb : a->hq * a->lse_sh;
+    const size_t dfloats = (size_t)(nrows > 0 ? nrows : 1);
     size_t stride = 0;
     float *scratch = NULL;
     if (single) {
         threads = ctx->num_threads < units ? ctx->num_threads : (int)units;
-        scratch = alloc_scratch(threads, group_floats, &stride);
+        scratch = get_scratch(ctx, threads, group_floats, dfloats, &stride);
         single = scratch != NULL; /* no memory for it: the two passes need far less */
     }
     if (!scratch) {
         threads = ctx->num_threads < most ? ctx->num_threads : (int)(most > 0 ? most : 1);
-        scratch = alloc_scratch(threads, kv_floats > q_floats ? kv_floats : q_floats, &stride);
+        scratch = get_scratch(ctx, threads, kv_floats > q_floats ? kv_floats : q_floats, dfloats, &stride);
     }
-    /* D = rowsum(dO * O), laid out as lse */
-    const int64_t nrows = a->lse_sb ? a->batch * a->lse_sb : a->hq * a->lse_sh;
-    float *Dbuf = malloc(sizeof(float) * (size_t)(nrows > 0 ? nrows : 1));
-    if (!scratch || !Dbuf) {
-        free(scratch);
-        free(Dbuf);
+    if (!scratch)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: no memory for the tiles and D (%lld rows)", op,
                          (long long)nrows);
-    }
+    float *Dbuf = scratch + stride * (size_t)threads;
     kv_tile_fn kv_tile = bwd_kv_tile_base;
     q_tile_fn q_tile = bwd_q_tile_base;
     group_fn group = bwd_group_base;
@@ -367,7 +375,6 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
             }
         }
     }
-    free(scratch);
-    free(Dbuf);
+    fab__host_scratch_put(ctx, scratch);
     return FAB_OK;
 }
