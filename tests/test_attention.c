@@ -838,15 +838,54 @@ static void test_deterministic(void **state)
     }
 }
 
+/* A varlen forward (CPU) of 3 sequences of different lengths, sq != sk in each,
+ * hq = hkv = 2, d = 64, f32, with a window of both sides where window is set:
+ * the bytes of out and lse into bytes (nbytes). */
+static void varlen_forward(fab_context *ctx, int window, unsigned char *bytes, size_t *nbytes)
+{
+    static const int32_t cq[4] = {0, 300, 370, 570}, ck[4] = {0, 250, 380, 580};
+    const int64_t h = 2, d = 64, tq = cq[3], tk = ck[3];
+    int64_t qs[3] = {tq, h, d}, ks[3] = {tk, h, d}, ls[2] = {h, tq}, cs[1] = {4};
+    const int64_t nx = (tq > tk ? tq : tk) * h * d + 32; /* k and v read from offsets 7 and 13 */
+    double *x = malloc(sizeof(double) * (size_t)nx);
+    assert_non_null(x);
+    fab_test_reseed(78);
+    fab_test_fill_uniform(x, nx, -2, 2);
+    void *q = fab_test_upload(ctx, FAB_DTYPE_F32, x, tq * h * d, NULL);
+    void *k = fab_test_upload(ctx, FAB_DTYPE_F32, x + 7, tk * h * d, NULL);
+    void *v = fab_test_upload(ctx, FAB_DTYPE_F32, x + 13, tk * h * d, NULL);
+    float *out = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, tq * h * d);
+    float *lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, h * tq);
+    fab_attention_params f;
+    memset(&f, 0, sizeof f);
+    fab_tensor_make(q, FAB_DTYPE_F32, 3, qs, &f.q);
+    fab_tensor_make(k, FAB_DTYPE_F32, 3, ks, &f.k);
+    fab_tensor_make(v, FAB_DTYPE_F32, 3, ks, &f.v);
+    fab_tensor_make(out, FAB_DTYPE_F32, 3, qs, &f.out);
+    fab_tensor_make(lse, FAB_DTYPE_F32, 2, ls, &f.lse);
+    fab_tensor_make((void *)cq, FAB_DTYPE_I32, 1, cs, &f.cu_seqlens_q);
+    fab_tensor_make((void *)ck, FAB_DTYPE_I32, 1, cs, &f.cu_seqlens_k);
+    if (window)
+        f.window = 1, f.window_left = 77, f.window_right = 100;
+    assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
+    memcpy(bytes, out, sizeof(float) * (size_t)(tq * h * d));
+    memcpy(bytes + sizeof(float) * (size_t)(tq * h * d), lse, sizeof(float) * (size_t)(h * tq));
+    *nbytes = sizeof(float) * (size_t)(tq * h * d + h * tq);
+    fab_test_free(ctx, q), fab_test_free(ctx, k), fab_test_free(ctx, v), fab_test_free(ctx, out);
+    fab_test_free(ctx, lse);
+    free(x);
+}
+
 /* The CPU forward's key/value cache (attention_cpu.c, kv_cache_floats): each
  * thread converts a key tile once and its next query tiles of the head group read
  * it. With it and without it (FAB_ATTN_CPU_KV_CACHE=0, or a workspace of 256 KiB,
- * too small for it, and for the tiles themselves: the scratch is then a fresh
- * allocation per call) the results must be the same bits: f32 and bf16, GQA,
- * causal with softcap, and with a left window whose first key is no multiple of
- * the 64-key tile (a tile the cache holds whole, of which such a query tile sees
- * only the end); 2 threads, so that each takes query tiles of several heads in
- * turn. The backward runs too (det_run), from the same kept scratch. */
+ * too small for it, where the scratch is allocated per call for d = 128) the
+ * results must be the same bits: f32 and bf16, GQA, causal with softcap, a left
+ * window whose first key is no multiple of the 64-key tile (a tile the cache holds
+ * whole, of which such a query tile sees only the end), and a varlen batch whose
+ * sequences (sq != sk) pass through one thread's cache in turn; 2 threads, so that
+ * each takes query tiles of several heads in turn. The backward runs too
+ * (det_run), from the same kept scratch. */
 static void test_cpu_kv_cache(void **state)
 {
     (void)state;
@@ -859,6 +898,7 @@ static void test_cpu_kv_cache(void **state)
         print_message("SKIP: the key/value cache is the CPU forward's\n");
         skip();
     }
+    unsetenv("FAB_ATTN_CPU_KV_CACHE"); /* the first run of each pair has the cache */
     cfg.workspace_bytes = 256 << 10;
     fab_context *small = fab_test_context_with(&cfg);
     /* rows, head dim, left window (-1: none), dtype */
@@ -886,6 +926,24 @@ static void test_cpu_kv_cache(void **state)
                      "left %lld; %s)",
                      (long long)sl, (long long)d, (long long)shapes[i].left,
                      memcmp(r1, r2, n1) != 0 ? "FAB_ATTN_CPU_KV_CACHE=0" : "a 256 KiB workspace");
+        free(r1), free(r2), free(r3);
+    }
+    for (int window = 0; window < 2; window++) {
+        const size_t cap = sizeof(float) * (570 * 2 * 64 + 2 * 570);
+        size_t n1, n2, n3;
+        unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap);
+        assert_true(r1 && r2 && r3);
+        varlen_forward(ctx, window, r1, &n1);
+        setenv("FAB_ATTN_CPU_KV_CACHE", "0", 1);
+        varlen_forward(ctx, window, r2, &n2);
+        unsetenv("FAB_ATTN_CPU_KV_CACHE");
+        varlen_forward(small, window, r3, &n3);
+        assert_true(n1 == cap && n2 == cap && n3 == cap);
+        for (size_t e = 0; e < cap / sizeof(float); e++) /* inputs in [-2, 2]: every output finite */
+            assert_true(isfinite(((const float *)r1)[e]));
+        if (memcmp(r1, r2, cap) != 0 || memcmp(r1, r3, cap) != 0)
+            fail_msg("attention: the CPU forward of a varlen batch%s with and without its key/value cache differs",
+                     window ? " with a window" : "");
         free(r1), free(r2), free(r3);
     }
     fab_context_destroy(small);

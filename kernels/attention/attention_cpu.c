@@ -13,7 +13,8 @@
  * transposed) once for all its query tiles of a head group, into a cache of the
  * group's tiles (fab__kv_cache, where it fits in the context's workspace): at 64
  * keys per tile and head dim 64 the conversion costs about a tenth of the tile's
- * products. All scratch is the context's host scratch, kept from call to call.
+ * products. The scratch is the context's host scratch, kept from call to call
+ * where it fits in the workspace (else allocated per call).
  *
  * Backward by recomputation: D = rowsum(dO * O) first, then P = exp(s - lse),
  * dS = P (dP - D) per (query tile, key tile) pair and dV += P^T dO, dK += dS^T Q,
@@ -64,9 +65,10 @@ typedef struct fab__attn_seq {
 
 /* A thread's f32 copies of the K^T and V tiles of one (sequence, kv head), made
  * by the first of its forward's query tiles that needs a tile and read by the
- * next ones: each key tile is converted (and K transposed) once per thread and
- * head group instead of once per query tile. [ktiles][dp x BK] each; have[t]
- * says tile t is there. */
+ * next ones: a key tile is converted (and K transposed) once per run of a
+ * thread's tasks on the same head group (the tasks go in head order) instead of
+ * once per query tile. kt [ktiles][dp x BK], v [ktiles][BK x dp]; have[t] says
+ * tile t is there. */
 typedef struct fab__kv_cache {
     int64_t b, g; /* whose tiles; b = -1: none yet */
     float *kt, *v;
@@ -219,7 +221,7 @@ static float *get_scratch(fab_context *ctx, int threads, size_t floats_per_threa
 /* The forward's key/value cache per thread, in floats: every key tile of the
  * longest sequence, K^T and V, where the forward's scratch with it (`tiles`
  * floats a thread besides) fits in the context's workspace (cfg.workspace_bytes,
- * 32 MiB by default: with 2 threads, sequences up to 32k keys at head dim 64),
+ * 32 MiB by default: with 2 threads, sequences up to 32192 keys at head dim 64),
  * so that it is kept from call to call; 0 (no cache: each query tile converts
  * its key tiles itself) where it does not, where no kv head has a second query
  * tile to run, or with FAB_ATTN_CPU_KV_CACHE=0 (to compare: the results are the
@@ -237,8 +239,9 @@ static size_t kv_cache_floats(const fab_context *ctx, const fab__attn_args *a, i
     const int reuse = qtiles > 1 || a->hq > a->hkv; /* another query tile of the same kv head */
     const char *env = getenv("FAB_ATTN_CPU_KV_CACHE");
     const int off = env && strcmp(env, "0") == 0;
-    /* the flags (a byte a tile) and the rounding to 64 bytes: 32 floats at most */
-    return reuse && !off && tiles + floats + floats / (2 * FAB__BK) + 32 <= per_thread ? floats : 0;
+    /* the flags, a byte a tile, and the rounding of the stride to 64 bytes */
+    const size_t ktiles = floats / (size_t)(2 * FAB__BK * dp);
+    return reuse && !off && tiles + floats + (ktiles + 3) / 4 + 16 <= per_thread ? floats : 0;
 }
 
 fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)

@@ -267,8 +267,9 @@ static inline __attribute__((always_inline)) void FAB__T(prefetch_rows)(const fa
  * (error < 2e-7 relative), times 2^n. x <= -125 (-inf and NaN too) gives exactly
  * 0, and no lane ever forms a subnormal: an Intel core takes a microcode assist
  * of a hundred cycles or more for each instruction with a subnormal or underflowing
- * result (FTZ is off here), which the masked scores (-inf) of a causal tile would
- * hit on every row. Nothing is lost: every exponent here is relative to a row's
+ * result (FTZ is off here). A vscalefps left to underflow -inf (the masked scores
+ * of every causal diagonal tile) to 0 did exactly that: it cost the causal forward
+ * a fifth of its time. Nothing is lost: every exponent here is relative to a row's
  * largest term, 2^0 = 1, beside which 2^-125 vanishes.
  * AVX-512 has both ends as one instruction each: vrndscaleps rounds x to n and
  * vscalefps multiplies by 2^n, zero-masked where x <= -125. Elsewhere: n by the
@@ -401,8 +402,9 @@ static inline float FAB__T(row_max)(const float *s, float m)
  * nq (padding) and rows with no key get P = 0.
  * Where a row sees every key of the tile and there is no softcap, the logits are
  * not written out: its maximum is taken over the raw scores (times k = scale
- * log2(e) > 0, which keeps the order) and P = exp2(fma(s, k, -mx)), one pass over
- * the row fewer. Other rows take logits_row first (then k = 1, and the fma is an
+ * log2(e) > 0, which keeps the order) and P = exp2(s k - mx) (one fma in the AVX
+ * copies, which contract; two roundings in the portable one), one pass over the
+ * row fewer. Other rows take logits_row first (then k = 1, and s k - mx is an
  * exact s - mx).
  * Each pass runs over all the rows before the next starts, so that the rows'
  * dependency chains (the horizontal max, alpha's exp2) overlap instead of
@@ -435,12 +437,15 @@ static void FAB__T(fwd_softmax)(const fab__attn_args *a, float *S, int r0, int r
         if (mx[i] == -INFINITY) /* no key of this row in the tile, nor before: P = 0 */
             kr[i] = 0.0f;
     }
-    const int a0 = r0 & ~(FAB__VL - 1); /* r0 is a multiple of 4; alpha of a few rows more is harmless */
-    for (int i = a0; i < r1; i += FAB__VL) {
-        /* rows past r1 (and, with r0 > a0, before r0) read stale m and mx: their
-         * alpha is never used */
+    /* alpha in whole vectors: the rows of [a0, a1) outside [r0, r1) (r0 is a
+     * multiple of 4, not of VL) get mx = m, a defined input whose alpha is unused */
+    const int a0 = r0 & ~(FAB__VL - 1), a1 = (r1 + FAB__VL - 1) & ~(FAB__VL - 1);
+    for (int i = a0; i < r0; i++)
+        mx[i] = m[i];
+    for (int i = r1; i < a1; i++)
+        mx[i] = m[i];
+    for (int i = a0; i < a1; i += FAB__VL)
         FAB__T(vstore)(alpha + i, FAB__T(exp2v)(FAB__T(vload)(m + i) - FAB__T(vload)(mx + i)));
-    }
     for (int i = r0; i < r1; i++) {
         float *s = S + i * FAB__BK;
         if (kr[i] == 0.0f) {
