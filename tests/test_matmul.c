@@ -1930,6 +1930,84 @@ static void test_empty(void **state)
     fab_context_destroy(ctx);
 }
 
+/* On the CPU a fused GELU is fab_gelu_forward / _backward itself (both take
+ * kernels/activation/gelu_cpu_math.h): with an f32 C, C of the forward with bias
+ * and GELU equals fab_gelu_forward of its pre_act bit for bit, and the backward
+ * product times gelu'(pre_act) equals fab_gelu_backward of the plain product.
+ * Odd m, n (vector loops' remainders) and pre-activations out to about +-10
+ * (both tails). */
+static void test_cpu_fused_gelu(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    if (fab_context_backend(ctx) != FAB_BACKEND_CPU) {
+        fab_context_destroy(ctx);
+        print_message("SKIP: the bitwise claim is the CPU's (the CUDA epilogue and op take gelu_math.h)\n");
+        skip();
+    }
+    const int64_t m = 37, n = 53, k = 64;
+    double *x = malloc(sizeof(double) * (size_t)(m * k + k * n + n));
+    assert_non_null(x);
+    fab_test_fill_uniform(x, m * k + k * n + n, -1.2, 1.2);
+    float *a = fab_test_upload(ctx, FAB_DTYPE_F32, x, m * k, NULL);
+    float *b = fab_test_upload(ctx, FAB_DTYPE_F32, x + m * k, k * n, NULL);
+    float *bias = fab_test_upload(ctx, FAB_DTYPE_F32, x + m * k + k * n, n, NULL);
+    float *c = malloc(sizeof(float) * (size_t)(m * n)), *pre = malloc(sizeof(float) * (size_t)(m * n));
+    float *op = malloc(sizeof(float) * (size_t)(m * n)), *plain = malloc(sizeof(float) * (size_t)(m * n));
+    assert_true(c && pre && op && plain);
+    int64_t sa[2] = {m, k}, sb[2] = {k, n}, sc[2] = {m, n};
+    const fab_matmul_activation acts[2] = {FAB_MATMUL_ACT_GELU_TANH, FAB_MATMUL_ACT_GELU_ERF};
+    const fab_gelu_approx approx[2] = {FAB_GELU_TANH, FAB_GELU_ERF};
+    for (int v = 0; v < 2; v++) {
+        fab_matmul_params p;
+        memset(&p, 0, sizeof p);
+        fab_tensor_make(a, FAB_DTYPE_F32, 2, sa, &p.a);
+        fab_tensor_make(b, FAB_DTYPE_F32, 2, sb, &p.b);
+        fab_tensor_make(c, FAB_DTYPE_F32, 2, sc, &p.c);
+        fab_tensor_make(pre, FAB_DTYPE_F32, 2, sc, &p.pre_act);
+        fab_tensor_make(bias, FAB_DTYPE_F32, 1, &n, &p.bias);
+        p.activation = acts[v];
+        mm_ok(ctx, &p, "fused GELU forward");
+        float lo = 0, hi = 0;
+        for (int64_t i = 0; i < m * n; i++)
+            lo = pre[i] < lo ? pre[i] : lo, hi = pre[i] > hi ? pre[i] : hi;
+        assert_true(lo < -6 && hi > 6); /* both tails */
+        fab_gelu_params g;
+        memset(&g, 0, sizeof g);
+        fab_tensor_make(pre, FAB_DTYPE_F32, 2, sc, &g.x);
+        fab_tensor_make(op, FAB_DTYPE_F32, 2, sc, &g.y);
+        g.approximate = approx[v];
+        assert_int_equal(fab_gelu_forward(ctx, &g), FAB_OK);
+        if (memcmp(c, op, sizeof(float) * (size_t)(m * n)) != 0)
+            fail_msg("%s: the fused forward differs from fab_gelu_forward of its pre_act",
+                     v ? "GELU erf" : "GELU tanh");
+        /* backward: plain product, then the fused one with activation_backward */
+        memset(&p, 0, sizeof p);
+        fab_tensor_make(a, FAB_DTYPE_F32, 2, sa, &p.a);
+        fab_tensor_make(b, FAB_DTYPE_F32, 2, sb, &p.b);
+        fab_tensor_make(plain, FAB_DTYPE_F32, 2, sc, &p.c);
+        mm_ok(ctx, &p, "plain product");
+        fab_tensor_make(c, FAB_DTYPE_F32, 2, sc, &p.c);
+        fab_tensor_make(pre, FAB_DTYPE_F32, 2, sc, &p.pre_act);
+        p.activation = acts[v];
+        p.activation_backward = 1;
+        mm_ok(ctx, &p, "fused GELU backward");
+        fab_gelu_backward_params gb;
+        memset(&gb, 0, sizeof gb);
+        fab_tensor_make(pre, FAB_DTYPE_F32, 2, sc, &gb.x);
+        fab_tensor_make(plain, FAB_DTYPE_F32, 2, sc, &gb.dy);
+        fab_tensor_make(op, FAB_DTYPE_F32, 2, sc, &gb.dx);
+        gb.approximate = approx[v];
+        assert_int_equal(fab_gelu_backward(ctx, &gb), FAB_OK);
+        if (memcmp(c, op, sizeof(float) * (size_t)(m * n)) != 0)
+            fail_msg("%s: the fused backward differs from fab_gelu_backward of the product",
+                     v ? "GELU erf" : "GELU tanh");
+    }
+    free(c), free(pre), free(op), free(plain), free(x);
+    fab_test_free(ctx, a), fab_test_free(ctx, b), fab_test_free(ctx, bias);
+    fab_context_destroy(ctx);
+}
+
 /* ----------------------------------------------------------- bad arguments */
 
 static void test_bad_arguments(void **state)
@@ -2102,6 +2180,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_autotune_cache_full),
         cmocka_unit_test(test_autotune_file),
         cmocka_unit_test(test_empty),
+        cmocka_unit_test(test_cpu_fused_gelu),
         cmocka_unit_test(test_bad_arguments),
     };
     return fab_test_run(tests);

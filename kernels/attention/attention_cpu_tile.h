@@ -269,7 +269,7 @@ static inline __attribute__((always_inline)) void FAB__T(prefetch_rows)(const fa
  * of a hundred cycles or more for each instruction with a subnormal or underflowing
  * result (FTZ is off here). A vscalefps left to underflow -inf (the masked scores
  * of every causal diagonal tile) to 0 did exactly that: it cost the causal forward
- * a fifth of its time. Nothing is lost: every exponent here is relative to a row's
+ * a tenth of its time. Nothing is lost: every exponent here is relative to a row's
  * largest term, 2^0 = 1, beside which 2^-125 vanishes.
  * AVX-512 has both ends as one instruction each: vrndscaleps rounds x to n and
  * vscalefps multiplies by 2^n, zero-masked where x <= -125. Elsewhere: n by the

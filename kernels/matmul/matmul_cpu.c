@@ -23,7 +23,7 @@
 #include "matmul.h"
 #include "matmul_cpu.h"
 
-#include "../activation/gelu_math.h"
+#include "../activation/gelu_cpu_math.h"
 #include "../common/cpu_dtype.h"
 
 #include <math.h>
@@ -43,23 +43,49 @@ static inline const char *bptr(const void *base, fab_dtype dt, int64_t off)
 
 /* ----------------------------------------------------------------- epilogue */
 
-static inline float act_fwd(fab_matmul_activation act, float v)
+/* v = act(v) over n values, a loop per activation so that each vectorises (the
+ * GELUs are gelu_cpu_math.h's, as fab_gelu_forward: a fused GELU gives the bits
+ * of the op on the pre-activation) */
+static inline FAB__GELU_INLINE void act_fwd_n(fab_matmul_activation act, float *v, int n)
 {
     switch (act) {
-    case FAB_MATMUL_ACT_RELU: return v > 0.0f ? v : 0.0f;
-    case FAB_MATMUL_ACT_GELU_TANH: return fab__gelu(v, 1);
-    case FAB_MATMUL_ACT_GELU_ERF: return fab__gelu(v, 0);
-    default: return v;
+    case FAB_MATMUL_ACT_RELU:
+        for (int j = 0; j < n; j++)
+            v[j] = v[j] > 0.0f ? v[j] : 0.0f;
+        break;
+    case FAB_MATMUL_ACT_GELU_TANH:
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            v[j] = fab__gelu_f32(v[j], 1);
+        break;
+    case FAB_MATMUL_ACT_GELU_ERF:
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            v[j] = fab__gelu_f32(v[j], 0);
+        break;
+    default: break;
     }
 }
 
-static inline float act_grad(fab_matmul_activation act, float x)
+/* v *= act'(x) over n values (as fab_gelu_backward for the GELUs) */
+static inline FAB__GELU_INLINE void act_grad_n(fab_matmul_activation act, float *v, const float *x, int n)
 {
     switch (act) {
-    case FAB_MATMUL_ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;
-    case FAB_MATMUL_ACT_GELU_TANH: return fab__gelu_grad(x, 1);
-    case FAB_MATMUL_ACT_GELU_ERF: return fab__gelu_grad(x, 0);
-    default: return 1.0f;
+    case FAB_MATMUL_ACT_RELU:
+        for (int j = 0; j < n; j++)
+            v[j] *= x[j] > 0.0f ? 1.0f : 0.0f;
+        break;
+    case FAB_MATMUL_ACT_GELU_TANH:
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            v[j] *= fab__gelu_grad_f32(x[j], 1);
+        break;
+    case FAB_MATMUL_ACT_GELU_ERF:
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            v[j] *= fab__gelu_grad_f32(x[j], 0);
+        break;
+    default: break;
     }
 }
 
@@ -89,8 +115,7 @@ static void epilogue_row(const fab__mm_args *a, const float *w, int64_t j0, int6
         }
         if (a->act_backward) {
             fab__load_row_f32(p_at, a->c_dtype, m, t);
-            for (int j = 0; j < m; j++)
-                v[j] *= act_grad(a->act, t[j]);
+            act_grad_n(a->act, v, t, m);
         } else {
             if (a->bias) {
                 fab__load_row_f32((const char *)a->bias + (j0 + c0) * (int64_t)be, a->bias_dtype, m, t);
@@ -99,9 +124,7 @@ static void epilogue_row(const fab__mm_args *a, const float *w, int64_t j0, int6
             }
             if (p_at)
                 fab__store_row_f32(p_at, a->c_dtype, m, v);
-            if (a->act != FAB_MATMUL_ACT_NONE)
-                for (int j = 0; j < m; j++)
-                    v[j] = act_fwd(a->act, v[j]);
+            act_fwd_n(a->act, v, m);
         }
         fab__store_row_f32(c_at, a->c_dtype, m, v);
     }
