@@ -99,13 +99,18 @@ static void set_row(bench_row *row, const char *name, int64_t m, int64_t n, int6
 #define ROUNDS 3
 
 /* One CPU GEMM, op(A)[m,k]·op(B)[k,n] into f32 C, with f32 inputs and, when
- * `with_bf16`, a second row with bf16 inputs; both against f32 sgemm. */
-static int cpu_one(bench *b, const char *name, int64_t m, int64_t n, int64_t k, int ta, int tb, bool with_bf16)
+ * `with_bf16`, a second row with bf16 inputs; both against f32 sgemm. With an
+ * activation, fabriek's call also adds a bias [n] and applies it (the fused
+ * layer; OpenBLAS's sgemm, the baseline, does neither). */
+static int cpu_one(bench *b, const char *name, int64_t m, int64_t n, int64_t k, int ta, int tb, bool with_bf16,
+                   fab_matmul_activation act)
 {
     int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
-    void *a32 = NULL, *b32 = NULL, *c32 = NULL, *a16 = NULL, *b16 = NULL;
+    void *a32 = NULL, *b32 = NULL, *c32 = NULL, *a16 = NULL, *b16 = NULL, *bias = NULL;
     int failed = 0;
-    if (fab_alloc(b->ctx, (size_t)(ar * ac) * 4, &a32) != FAB_OK ||
+    if ((act != FAB_MATMUL_ACT_NONE &&
+         (fab_alloc(b->ctx, (size_t)n * 4, &bias) != FAB_OK || fill(b->ctx, bias, FAB_DTYPE_F32, n, 3) != FAB_OK)) ||
+        fab_alloc(b->ctx, (size_t)(ar * ac) * 4, &a32) != FAB_OK ||
         fab_alloc(b->ctx, (size_t)(br * bc) * 4, &b32) != FAB_OK ||
         fab_alloc(b->ctx, (size_t)(m * n) * 4, &c32) != FAB_OK ||
         (with_bf16 && (fab_alloc(b->ctx, (size_t)(ar * ac) * 2, &a16) != FAB_OK ||
@@ -126,6 +131,10 @@ static int cpu_one(bench *b, const char *name, int64_t m, int64_t n, int64_t k, 
     fab_tensor_make(c32, FAB_DTYPE_F32, 2, sc, &c.p.c);
     c.p.trans_a = ta ? FAB_OP_T : FAB_OP_N;
     c.p.trans_b = tb ? FAB_OP_T : FAB_OP_N;
+    if (bias) {
+        fab_tensor_make(bias, FAB_DTYPE_F32, 1, &n, &c.p.bias);
+        c.p.activation = act;
+    }
 #ifdef FAB_BENCH_HAVE_OPENBLAS
     c.m = (int)m, c.n = (int)n, c.k = (int)k, c.ta = ta, c.tb = tb;
     c.a = a32;
@@ -173,6 +182,7 @@ static int cpu_one(bench *b, const char *name, int64_t m, int64_t n, int64_t k, 
         }
     }
 done:
+    fab_free(b->ctx, bias);
     fab_free(b->ctx, a32);
     fab_free(b->ctx, b32);
     fab_free(b->ctx, c32);
@@ -193,14 +203,17 @@ static int cpu_suite(bench *b)
     printf("matmul: OpenBLAS was not found when fab-bench was configured: CPU rows have no baseline\n");
 #endif
     for (int si = 0; si < nsizes; si++)
-        failed |= cpu_one(b, "matmul", sizes[si], sizes[si], sizes[si], 0, 0, true);
+        failed |= cpu_one(b, "matmul", sizes[si], sizes[si], sizes[si], 0, 0, true, FAB_MATMUL_ACT_NONE);
     if (!b->opt.quick) {
         /* a training step's three products of one linear layer (tokens T, in ->
-         * out): y = x·Wᵀ, dx = dy·W, dW = dyᵀ·x; GPT-2 124M's fc, T = 1024 */
+         * out): y = x·Wᵀ, dx = dy·W, dW = dyᵀ·x; GPT-2 124M's fc, T = 1024; and the
+         * forward as the layer runs it, with its bias and GELU fused (against the
+         * bare sgemm: what the epilogue costs) */
         const int64_t T = 1024, in = 768, out = 3072;
-        failed |= cpu_one(b, "gpt2 fc fwd", T, out, in, 0, 1, false);
-        failed |= cpu_one(b, "gpt2 fc dx", T, in, out, 0, 0, false);
-        failed |= cpu_one(b, "gpt2 fc dW", out, in, T, 1, 0, false);
+        failed |= cpu_one(b, "gpt2 fc fwd", T, out, in, 0, 1, false, FAB_MATMUL_ACT_NONE);
+        failed |= cpu_one(b, "gpt2 fc fwd +bias+gelu", T, out, in, 0, 1, false, FAB_MATMUL_ACT_GELU_TANH);
+        failed |= cpu_one(b, "gpt2 fc dx", T, in, out, 0, 0, false, FAB_MATMUL_ACT_NONE);
+        failed |= cpu_one(b, "gpt2 fc dW", out, in, T, 1, 0, false, FAB_MATMUL_ACT_NONE);
     }
     return failed;
 }
