@@ -4,7 +4,8 @@
  *   CPU: OpenBLAS cblas_sgemm (same thread count) for m = n = k in {512, 1024,
  *        2048} (--quick: 512, 1024); f32, and bf16 inputs (against the same sgemm);
  *        and GPT-2 124M's fc layer over 1024 tokens, forward and both backward
- *        products (f32, the same transposes for sgemm; not with --quick).
+ *        products (f32, the same transposes for sgemm; not with --quick), and the
+ *        forward with its bias and GELU fused (against the bare sgemm).
  *   GPU: cuBLASLt, through fab_matmul with algo = FAB_MATMUL_ALGO_CUBLASLT, for
  *        bf16 squares 1024..8192 and the linear layers of GPT-2 124M and LLaMA-7B
  *        training: forward y = x·Wᵀ, backward dx = dy·W and dW = dyᵀ·x; and at

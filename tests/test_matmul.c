@@ -1935,7 +1935,7 @@ static void test_empty(void **state)
  * and GELU equals fab_gelu_forward of its pre_act bit for bit, and the backward
  * product times gelu'(pre_act) equals fab_gelu_backward of the plain product.
  * Odd m, n (vector loops' remainders) and pre-activations out to about +-10
- * (both tails). */
+ * (both tails); no NaN (whose sign may differ between the loops). */
 static void test_cpu_fused_gelu(void **state)
 {
     (void)state;

@@ -2,7 +2,9 @@
  * gelu_cpu_math.h: GELU and its derivative on one float, the CPU's way: branch-free
  * exp and erfc that a compiler vectorises, shared by the GELU op (gelu_cpu.c) and
  * the CPU matmul's fused epilogue (matmul_cpu.c), so that on the CPU a fused
- * GELU gives the same bits as fab_gelu_forward / _backward on the pre-activation.
+ * GELU gives the same bits as fab_gelu_forward / _backward on the pre-activation
+ * (but for a NaN's sign: x86 keeps the first operand's NaN, and vectorised and
+ * remainder loops may order an operand pair differently).
  *
  * Numerics, in f32:
  *  - exp: Cody-Waite reduction by ln2 and a degree-6 polynomial on
@@ -12,8 +14,8 @@
  *    z^2 is split into hi + lo with an FMA so exp(-z^2) keeps full relative
  *    accuracy out to z ~ 9. erfc(-z) = 2 - erfc(z).
  *  - the forms of gelu_math.h (erfc and sigmoid) that do not cancel in the left
- *    tail. Results match gelu_math.h (which the CUDA kernels use) within ~1e-6
- *    relative.
+ *    tail. Results match gelu_math.h (which the CUDA kernels use) within ~1e-5
+ *    relative, 2e-7 absolute.
  * The helpers must inline into their callers' loops, or those loops call them
  * per element and do not vectorise; GCC's size heuristics stop inlining them
  * otherwise.

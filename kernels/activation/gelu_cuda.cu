@@ -6,7 +6,7 @@
  * is a full 128-bit transaction; the grid is sized to a few waves of the SMs.
  * Elements past the last whole pack (or all of them, when a pointer is not
  * 16-byte aligned) go through the same code with packs of one element.
- * Numerics: load, compute in f32 (gelu_math.h, the same formula as the CPU),
+ * Numerics: load, compute in f32 (gelu_math.h, the same forms as the CPU's),
  * store rounded to nearest even. out may be x or dy itself (each element is read
  * before it is written, by the same thread), so no pointer is __restrict__.
  */

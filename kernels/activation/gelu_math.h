@@ -1,6 +1,8 @@
 /*
- * gelu_math.h: GELU and its derivative on one float, shared by the CPU loop and
- * the CUDA kernel so both compute the same formula (PyTorch's, in f32).
+ * gelu_math.h: GELU and its derivative on one float, for the CUDA code (the GELU
+ * kernel and the matmul epilogues), in the forms PyTorch's formula takes here, in
+ * f32. The CPU computes the same forms with gelu_cpu_math.h's vectorisable exp and
+ * erfc (within about 1e-5 relative, 2e-7 absolute).
  * A .cu file defines FAB__HD as "__host__ __device__" before including this.
  */
 #ifndef FAB_GELU_MATH_H

@@ -45,8 +45,9 @@ static inline const char *bptr(const void *base, fab_dtype dt, int64_t off)
 
 /* v = act(v) over n values, a loop per activation so that each vectorises (the
  * GELUs are gelu_cpu_math.h's, as fab_gelu_forward: a fused GELU gives the bits
- * of the op on the pre-activation) */
-static inline FAB__GELU_INLINE void act_fwd_n(fab_matmul_activation act, float *v, int n)
+ * of the op on the pre-activation, NaN signs aside). Always inlined, so that each
+ * of epilogue_row's ISA copies gets its own. */
+static inline __attribute__((always_inline)) void act_fwd_n(fab_matmul_activation act, float *v, int n)
 {
     switch (act) {
     case FAB_MATMUL_ACT_RELU:
@@ -68,7 +69,7 @@ static inline FAB__GELU_INLINE void act_fwd_n(fab_matmul_activation act, float *
 }
 
 /* v *= act'(x) over n values (as fab_gelu_backward for the GELUs) */
-static inline FAB__GELU_INLINE void act_grad_n(fab_matmul_activation act, float *v, const float *x, int n)
+static inline __attribute__((always_inline)) void act_grad_n(fab_matmul_activation act, float *v, const float *x, int n)
 {
     switch (act) {
     case FAB_MATMUL_ACT_RELU:
