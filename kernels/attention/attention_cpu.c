@@ -229,12 +229,8 @@ static float *get_scratch(fab_context *ctx, int threads, size_t floats_per_threa
 static size_t kv_cache_floats(const fab_context *ctx, const fab__attn_args *a, int dp, int64_t qtiles, int threads,
                               size_t tiles)
 {
-    int64_t sk = a->sk;
-    if (a->cu_k)
-        for (int64_t b = 0; b < a->batch; b++)
-            if (a->cu_k[b + 1] - a->cu_k[b] > sk)
-                sk = a->cu_k[b + 1] - a->cu_k[b];
-    const size_t floats = (size_t)((sk + FAB__BK - 1) / FAB__BK) * (size_t)(2 * FAB__BK * dp);
+    /* a->sk: varlen, the longest sequence's */
+    const size_t floats = (size_t)((a->sk + FAB__BK - 1) / FAB__BK) * (size_t)(2 * FAB__BK * dp);
     const size_t per_thread = ctx->workspace_bytes / sizeof(float) / (size_t)threads;
     const int reuse = qtiles > 1 || a->hq > a->hkv; /* another query tile of the same kv head */
     const char *env = getenv("FAB_ATTN_CPU_KV_CACHE");
