@@ -868,12 +868,57 @@ static void varlen_forward(fab_context *ctx, int window, unsigned char *bytes, s
     if (window)
         f.window = 1, f.window_left = 77, f.window_right = 100;
     assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
+    for (int64_t e = 0; e < tq * h * d; e++) /* inputs in [-2, 2]: every output finite */
+        assert_true(isfinite(out[e]));
     memcpy(bytes, out, sizeof(float) * (size_t)(tq * h * d));
     memcpy(bytes + sizeof(float) * (size_t)(tq * h * d), lse, sizeof(float) * (size_t)(h * tq));
     *nbytes = sizeof(float) * (size_t)(tq * h * d + h * tq);
     fab_test_free(ctx, q), fab_test_free(ctx, k), fab_test_free(ctx, v), fab_test_free(ctx, out);
     fab_test_free(ctx, lse);
     free(x);
+}
+
+/* One CPU forward (and what else the run does) into bytes, for kv_cache_ways */
+typedef void (*kv_run_fn)(fab_context *ctx, const void *arg, unsigned char *bytes, size_t *nbytes);
+
+/* det_run's problem: dtype, rows, head dim, left window (-1: none) */
+typedef struct kv_det_case {
+    int64_t s, d, left;
+    fab_dtype dt;
+} kv_det_case;
+
+static void kv_det_run(fab_context *ctx, const void *arg, unsigned char *bytes, size_t *nbytes)
+{
+    const kv_det_case *c = arg;
+    det_run(ctx, c->dt, c->s, c->d, c->left, bytes, nbytes);
+}
+
+static void kv_varlen_run(fab_context *ctx, const void *arg, unsigned char *bytes, size_t *nbytes)
+{
+    varlen_forward(ctx, *(const int *)arg, bytes, nbytes);
+}
+
+/* Runs `run` with the key/value cache (ctx), with FAB_ATTN_CPU_KV_CACHE=0 and on
+ * `small` (a workspace too small for the cache), each giving cap bytes; returns
+ * the way whose bytes differ from the first's, NULL when all agree. */
+static const char *kv_cache_ways(fab_context *ctx, fab_context *small, kv_run_fn run, const void *arg, size_t cap)
+{
+    size_t n1, n2, n3;
+    unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap);
+    assert_true(r1 && r2 && r3);
+    run(ctx, arg, r1, &n1);
+    setenv("FAB_ATTN_CPU_KV_CACHE", "0", 1);
+    run(ctx, arg, r2, &n2);
+    unsetenv("FAB_ATTN_CPU_KV_CACHE");
+    run(small, arg, r3, &n3);
+    assert_int_equal(n1, cap);
+    assert_int_equal(n2, cap);
+    assert_int_equal(n3, cap);
+    const char *differs = memcmp(r1, r2, cap) != 0   ? "FAB_ATTN_CPU_KV_CACHE=0"
+                          : memcmp(r1, r3, cap) != 0 ? "a 256 KiB workspace"
+                                                     : NULL;
+    free(r1), free(r2), free(r3);
+    return differs;
 }
 
 /* The CPU forward's key/value cache (attention_cpu.c, kv_cache_floats): each
@@ -901,50 +946,27 @@ static void test_cpu_kv_cache(void **state)
     unsetenv("FAB_ATTN_CPU_KV_CACHE"); /* the first run of each pair has the cache */
     cfg.workspace_bytes = 256 << 10;
     fab_context *small = fab_test_context_with(&cfg);
-    /* rows, head dim, left window (-1: none), dtype */
-    static const struct {
-        int64_t s, d, left;
-        fab_dtype dt;
-    } shapes[] = {{300, 64, -1, FAB_DTYPE_F32}, {300, 64, 90, FAB_DTYPE_F32}, {270, 128, 200, FAB_DTYPE_BF16},
-                  {200, 48, -1, FAB_DTYPE_BF16}};
+    static const kv_det_case shapes[] = {{300, 64, -1, FAB_DTYPE_F32},
+                                         {300, 64, 90, FAB_DTYPE_F32},
+                                         {270, 128, 200, FAB_DTYPE_BF16},
+                                         {200, 48, -1, FAB_DTYPE_BF16}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const int64_t sl = shapes[i].s, d = shapes[i].d;
         const size_t es = fab_dtype_size(shapes[i].dt);
-        size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * es + 2 * 4 * (size_t)sl * 4, n1, n2, n3;
-        unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap);
-        assert_true(r1 && r2 && r3);
-        det_run(ctx, shapes[i].dt, sl, d, shapes[i].left, r1, &n1);
-        setenv("FAB_ATTN_CPU_KV_CACHE", "0", 1);
-        det_run(ctx, shapes[i].dt, sl, d, shapes[i].left, r2, &n2);
-        unsetenv("FAB_ATTN_CPU_KV_CACHE");
-        det_run(small, shapes[i].dt, sl, d, shapes[i].left, r3, &n3);
-        assert_int_equal(n1, cap);
-        assert_int_equal(n2, cap);
-        assert_int_equal(n3, cap);
-        if (memcmp(r1, r2, n1) != 0 || memcmp(r1, r3, n1) != 0)
+        const size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * es + 2 * 4 * (size_t)sl * 4;
+        const char *differs = kv_cache_ways(ctx, small, kv_det_run, &shapes[i], cap);
+        if (differs)
             fail_msg("attention: the CPU forward with and without its key/value cache differs (s %lld, head_dim %lld, "
                      "left %lld; %s)",
-                     (long long)sl, (long long)d, (long long)shapes[i].left,
-                     memcmp(r1, r2, n1) != 0 ? "FAB_ATTN_CPU_KV_CACHE=0" : "a 256 KiB workspace");
-        free(r1), free(r2), free(r3);
+                     (long long)sl, (long long)d, (long long)shapes[i].left, differs);
     }
     for (int window = 0; window < 2; window++) {
-        const size_t cap = sizeof(float) * (570 * 2 * 64 + 2 * 570);
-        size_t n1, n2, n3;
-        unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap);
-        assert_true(r1 && r2 && r3);
-        varlen_forward(ctx, window, r1, &n1);
-        setenv("FAB_ATTN_CPU_KV_CACHE", "0", 1);
-        varlen_forward(ctx, window, r2, &n2);
-        unsetenv("FAB_ATTN_CPU_KV_CACHE");
-        varlen_forward(small, window, r3, &n3);
-        assert_true(n1 == cap && n2 == cap && n3 == cap);
-        for (size_t e = 0; e < cap / sizeof(float); e++) /* inputs in [-2, 2]: every output finite */
-            assert_true(isfinite(((const float *)r1)[e]));
-        if (memcmp(r1, r2, cap) != 0 || memcmp(r1, r3, cap) != 0)
-            fail_msg("attention: the CPU forward of a varlen batch%s with and without its key/value cache differs",
-                     window ? " with a window" : "");
-        free(r1), free(r2), free(r3);
+        const char *differs =
+            kv_cache_ways(ctx, small, kv_varlen_run, &window, sizeof(float) * (570 * 2 * 64 + 2 * 570));
+        if (differs)
+            fail_msg("attention: the CPU forward of a varlen batch%s with and without its key/value cache differs "
+                     "(%s)",
+                     window ? " with a window" : "", differs);
     }
     fab_context_destroy(small);
     fab_context_destroy(ctx);
