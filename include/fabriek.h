@@ -164,7 +164,8 @@ FAB_API void fab_context_destroy(fab_context *ctx);
 FAB_API fab_backend fab_context_backend(const fab_context *ctx);
 /* A human-readable name of the device: "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs,
  * driver 13.0, runtime 13.0)" or "CPU: 2 threads (avx2+fma)" (the CPU's SIMD:
- * avx512f, avx2+fma or sse2 on x86, neon on arm64, else scalar). "" for NULL. */
+ * avx512f, avx2+fma or sse2 on x86, neon on arm64, else scalar; ", amx-bf16" after
+ * it where the bf16 GEMM can use AMX). "" for NULL. */
 FAB_API const char *fab_context_device_name(const fab_context *ctx);
 /* Blocks until all work issued on the context has finished. */
 FAB_API fab_status fab_synchronize(fab_context *ctx);
@@ -257,6 +258,9 @@ FAB_API fab_status fab_gelu_backward(fab_context *ctx, const fab_gelu_backward_p
  * Backends:
  *   CPU  : a packed, cache-blocked GEMM (AVX-512 or AVX2+FMA micro-kernel picked at
  *          run time, portable C otherwise), OpenMP over the context's threads;
+ *          bf16 inputs on Intel AMX where the CPU and OS have it (the device name
+ *          says "amx-bf16"; f32 sums, bf16 subnormal inputs read as zero;
+ *          FAB_MATMUL_CPU_AMX=0 turns it off; docs/API.md);
  *          FAB_MATMUL_ALGO_REFERENCE runs a plain triple loop (tests' oracle).
  *          Always deterministic: the k-sum order depends only on the shape.
  *   CUDA : cuBLASLt (GPU builds) or fabriek's own kernel; AUTO times both on the

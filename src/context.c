@@ -4,6 +4,7 @@
  * contexts never interfere.
  */
 #include "runtime.h"
+#include "matmul/matmul_amx.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,8 +40,8 @@ static fab_status cpu_context_init(fab_context *ctx, const fab_context_config *c
 #else
     ctx->num_threads = 1;
 #endif
-    snprintf(ctx->device_name, sizeof ctx->device_name, "CPU: %d thread%s (%s)", ctx->num_threads,
-             ctx->num_threads == 1 ? "" : "s", cpu_simd_name());
+    snprintf(ctx->device_name, sizeof ctx->device_name, "CPU: %d thread%s (%s%s)", ctx->num_threads,
+             ctx->num_threads == 1 ? "" : "s", cpu_simd_name(), fab__amx_available() ? ", amx-bf16" : "");
     return FAB_OK;
 }
 

@@ -2008,6 +2008,104 @@ static void test_cpu_fused_gelu(void **state)
     fab_context_destroy(ctx);
 }
 
+/* The CPU's bf16 path on AMX (matmul_amx.c), where this CPU has AMX-BF16 (the
+ * device name says "amx-bf16"); test_values and the others run it too, and ctest's
+ * matmul_no_amx_cpu runs them all again on the AVX-512 path. Here: shapes that cut
+ * the 32-wide panels, the 32-deep chunks (odd k) and the 256-deep k slices
+ * unevenly, every transpose, epilogues, batches with broadcasts, and (a 64-byte
+ * workspace) packed blocks smaller than the matrices, each against the float64
+ * reference; and one product whose bits differ from the AVX-512 path's, so a
+ * dispatch that never reached AMX would fail. */
+static void test_cpu_amx(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    const char *off = getenv("FAB_MATMUL_CPU_AMX");
+    if (off && strcmp(off, "0") == 0) {
+        print_message("SKIP: FAB_MATMUL_CPU_AMX=0 turns the AMX path off\n");
+        fab_context_destroy(ctx);
+        skip();
+    }
+    if (on_cuda() || !strstr(fab_context_device_name(ctx), "amx-bf16")) {
+        print_message("SKIP: %s has no AMX-BF16 path (a CPU without it, or the OS does not grant it)\n",
+                      fab_context_device_name(ctx));
+        fab_context_destroy(ctx);
+        skip();
+    }
+    static const int64_t sizes[][3] = {{1, 1, 1},    {31, 33, 31},   {32, 32, 32},  {33, 31, 257},
+                                       {64, 96, 256}, {65, 300, 513}, {257, 129, 33}, {300, 260, 520}};
+    for (int si = 0; si < 8; si++)
+        for (int t = 0; t < 4; t++) {
+            mm_case c = plain(FAB_DTYPE_BF16, t & 2 ? FAB_DTYPE_F32 : FAB_DTYPE_BF16, sizes[si][0], sizes[si][1],
+                              sizes[si][2], t & 1, t >> 1);
+            c.pad = si & 1 ? 3 : 0;
+            if (si == 5) { /* epilogues */
+                c.act = t == 0 ? FAB_MATMUL_ACT_GELU_ERF : t == 1 ? FAB_MATMUL_ACT_RELU : FAB_MATMUL_ACT_GELU_TANH;
+                c.bias = 1 + (t & 1);
+                c.pre = t != 3;
+                c.alpha = t == 2 ? 0.75f : 0.0f;
+                c.beta = t == 2 ? 0.5f : 0.0f;
+                c.dbias = t == 1 ? 2 : 0;
+            }
+            run_case(ctx, &c);
+        }
+    for (int v = 0; v < 4; v++) {
+        mm_case c = plain(FAB_DTYPE_BF16, v & 1 ? FAB_DTYPE_BF16 : FAB_DTYPE_F32, 45 + v, 70, 300 + 40 * v, v & 1,
+                          v >> 1);
+        batched_variant(&c, v);
+        run_case(ctx, &c);
+    }
+    mm_case g = plain(FAB_DTYPE_BF16, FAB_DTYPE_BF16, 67, 45, 129, 0, 1); /* DGELU */
+    g.act = FAB_MATMUL_ACT_GELU_TANH;
+    g.bwd = 1;
+    g.dbias = 1;
+    run_case(ctx, &g);
+
+    /* the AVX-512 path's bits differ (another k order) */
+    const int64_t m = 64, n = 64, k = 512;
+    double *x = malloc(sizeof(double) * (size_t)(m * k + k * n));
+    float *c0 = malloc(sizeof(float) * (size_t)(m * n)), *c1 = malloc(sizeof(float) * (size_t)(m * n));
+    assert_true(x && c0 && c1);
+    fab_test_fill_uniform(x, m * k + k * n, -1, 1);
+    void *a = fab_test_upload(ctx, FAB_DTYPE_BF16, x, m * k, NULL);
+    void *b = fab_test_upload(ctx, FAB_DTYPE_BF16, x + m * k, k * n, NULL);
+    int64_t sa[2] = {m, k}, sb[2] = {k, n}, sc[2] = {m, n};
+    fab_matmul_params p;
+    memset(&p, 0, sizeof p);
+    fab_tensor_make(a, FAB_DTYPE_BF16, 2, sa, &p.a);
+    fab_tensor_make(b, FAB_DTYPE_BF16, 2, sb, &p.b);
+    fab_tensor_make(c0, FAB_DTYPE_F32, 2, sc, &p.c);
+    mm_ok(ctx, &p, "AMX product");
+    setenv("FAB_MATMUL_CPU_AMX", "0", 1);
+    fab_tensor_make(c1, FAB_DTYPE_F32, 2, sc, &p.c);
+    mm_ok(ctx, &p, "AVX-512 product");
+    unsetenv("FAB_MATMUL_CPU_AMX");
+    int64_t differ = 0;
+    for (int64_t i = 0; i < m * n; i++) {
+        differ += c0[i] != c1[i];
+        assert_true(fabs(c0[i] - c1[i]) <= 1e-4 * (1 + fabs(c1[i])));
+    }
+    print_message("AMX and AVX-512 products: %lld of %lld values differ in their last bits\n", (long long)differ,
+                  (long long)(m * n));
+    assert_true(differ > 0);
+    free(x), free(c0), free(c1);
+    fab_test_free(ctx, a), fab_test_free(ctx, b);
+    fab_context_destroy(ctx);
+
+    /* packed blocks of one task row / column: several row and column blocks */
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.workspace_bytes = 64;
+    ctx = fab_test_context_with(&cfg);
+    mm_case c = plain(FAB_DTYPE_BF16, FAB_DTYPE_BF16, 300, 200, 1000, 0, 1);
+    c.bias = 2;
+    run_case(ctx, &c);
+    c = plain(FAB_DTYPE_BF16, FAB_DTYPE_F32, 520, 130, 70, 1, 0);
+    c.beta = 1.0f;
+    run_case(ctx, &c);
+    fab_context_destroy(ctx);
+}
+
 /* ----------------------------------------------------------- bad arguments */
 
 static void test_bad_arguments(void **state)
@@ -2181,6 +2279,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_autotune_file),
         cmocka_unit_test(test_empty),
         cmocka_unit_test(test_cpu_fused_gelu),
+        cmocka_unit_test(test_cpu_amx),
         cmocka_unit_test(test_bad_arguments),
     };
     return fab_test_run(tests);

@@ -18,9 +18,13 @@
  * epilogue (beta·C for scratch, bias, pre_act store, activation or its derivative,
  * rounding to C's dtype) runs once per tile, right after the last slice.
  *
+ * bf16 A and B on a CPU with AMX take gemm_amx instead (matmul_amx.c: bf16 packed
+ * as is, 32x32 blocks of C in AMX tiles, f32 sums; its numerics there).
+ *
  * FAB_MATMUL_ALGO_REFERENCE runs plain loops with a float64 sum instead.
  */
 #include "matmul.h"
+#include "matmul_amx.h"
 #include "matmul_cpu.h"
 
 #include "../activation/gelu_cpu_math.h"
@@ -542,6 +546,135 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
     return FAB_OK;
 }
 
+/* ------------------------------------------------------------ AMX bf16 GEMM */
+
+/* bf16 A and B on a CPU with AMX (matmul_amx.c has the kernel and the packing).
+ * Blocks: op(A) and op(B) are packed whole where they fit the workspace (else
+ * in row and column blocks), every k slice of them, by all threads; then tasks of
+ * MB x NB of C (256 x 256 where the shape gives every thread work) go out
+ * dynamically. A task keeps its f32 sums in a per-thread buffer (256 KiB, L2) and
+ * walks the k slices in order: per slice, each 32-row A panel (16 KiB, L1) meets
+ * each 32-column B panel of the task (L2). After the last slice the epilogue
+ * (alpha, beta, bias, pre_act, activation, conversion) writes the task's C rows. */
+#define AMX_SLICE_CHUNKS 8            /* 256 k per slice */
+
+static inline int64_t round_up(int64_t x, int64_t q)
+{
+    return (x + q - 1) / q * q;
+}
+
+static fab_status gemm_amx(fab_context *ctx, const fab__mm_args *a)
+{
+    const int64_t kp = round_up(a->k, FAB_AMX_CHUNK);
+    const int nch_all = (int)(kp / FAB_AMX_CHUNK);
+    const int nslices = (nch_all + AMX_SLICE_CHUNKS - 1) / AMX_SLICE_CHUNKS;
+    double flops = 2.0 * (double)a->m * (double)a->n * (double)a->k * (double)a->batch;
+    int threads = flops < 2e6 ? 1 : ctx->num_threads;
+    /* task tiles: 256 x 256, halved (the larger side first) until every thread
+     * has two tasks or both sides are one panel */
+    int64_t m32 = round_up(a->m, 32), n32 = round_up(a->n, 32);
+    int64_t mb = m32 < 256 ? m32 : 256, nb = n32 < 256 ? n32 : 256;
+    while (((a->m + mb - 1) / mb) * ((a->n + nb - 1) / nb) * a->batch < 2 * threads && (mb > 32 || nb > 32)) {
+        if (mb >= nb && mb > 32)
+            mb = round_up(mb / 2, 32);
+        else
+            nb = round_up(nb / 2, 32);
+    }
+    /* packed blocks: as many task rows (columns) as half the workspace holds
+     * (cfg.workspace_bytes, 32 MiB by default: 2048 x 2048 whole), one at least */
+    size_t c_floats = (size_t)mb * (size_t)nb, c_bytes = c_floats * sizeof(float) * (size_t)threads;
+    size_t budget = ctx->workspace_bytes > c_bytes ? ctx->workspace_bytes - c_bytes : 0;
+    int64_t lines = (int64_t)(budget / 2 / ((size_t)kp * sizeof(uint16_t)));
+    int64_t mca = lines / mb * mb, nca = lines / nb * nb;
+    if (mca < mb)
+        mca = mb;
+    if (nca < nb)
+        nca = nb;
+    if (mca > round_up(a->m, mb))
+        mca = round_up(a->m, mb);
+    if (nca > round_up(a->n, nb))
+        nca = round_up(a->n, nb);
+    size_t a_elems = (size_t)mca * (size_t)kp, b_elems = (size_t)nca * (size_t)kp;
+    size_t total = (a_elems + b_elems) * sizeof(uint16_t) + c_bytes;
+    char *buf = fab__host_scratch_get(ctx, total);
+    if (!buf)
+        return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_matmul: no host memory for the AMX packing buffers (%zu bytes)",
+                         total);
+    uint16_t *abuf = (uint16_t *)buf, *bbuf = abuf + a_elems;
+    float *cbufs = (float *)(bbuf + b_elems);
+    const size_t ce = fab_dtype_size(a->c_dtype);
+    /* slice s of a block with np panels starts at s * np * AMX_SLICE_CHUNKS chunks;
+     * its panels are nch(s) chunks apart */
+#define AMX_NCH(s) ((s) == nslices - 1 ? nch_all - (s) * AMX_SLICE_CHUNKS : AMX_SLICE_CHUNKS)
+#define AMX_SLICE(base, np, s) ((base) + (size_t)(s) * (size_t)(np) * AMX_SLICE_CHUNKS * FAB_AMX_CHUNK_ELEMS)
+
+#pragma omp parallel num_threads(threads)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *cbuf = cbufs + c_floats * (size_t)tid;
+        fab__amx_begin();
+        for (int64_t bt = 0; bt < a->batch; bt++) {
+            const uint16_t *A = (const uint16_t *)a->a + fab__mm_batch_offset(a, a->a_bstride, bt);
+            const uint16_t *B = (const uint16_t *)a->b + fab__mm_batch_offset(a, a->b_bstride, bt);
+            int64_t off_c = fab__mm_batch_offset(a, a->c_bstride, bt);
+            int64_t off_p = a->pre_act ? fab__mm_batch_offset(a, a->p_bstride, bt) : 0;
+            for (int64_t ic = 0; ic < a->m; ic += mca) {
+                int64_t rows_blk = a->m - ic < mca ? a->m - ic : mca, npa = (rows_blk + 31) / 32;
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t u = 0; u < npa * nslices; u++) {
+                    int s = (int)(u / npa);
+                    fab__amx_pack_a(A, a->lda, a->trans_a, ic, a->m, (int64_t)s * AMX_SLICE_CHUNKS * 32, a->k,
+                                    AMX_NCH(s), u % npa, AMX_SLICE(abuf, npa, s));
+                }
+                for (int64_t jc = 0; jc < a->n; jc += nca) {
+                    int64_t cols_blk = a->n - jc < nca ? a->n - jc : nca, npb = (cols_blk + 31) / 32;
+#pragma omp for schedule(dynamic, 1)
+                    for (int64_t u = 0; u < npb * nslices; u++) {
+                        int s = (int)(u / npb);
+                        fab__amx_pack_b(B, a->ldb, a->trans_b, jc, a->n, (int64_t)s * AMX_SLICE_CHUNKS * 32, a->k,
+                                        AMX_NCH(s), u % npb, AMX_SLICE(bbuf, npb, s));
+                    }
+                    int64_t tm = (rows_blk + mb - 1) / mb, tn = (cols_blk + nb - 1) / nb;
+#pragma omp for schedule(dynamic, 1)
+                    for (int64_t t = 0; t < tm * tn; t++) {
+                        int64_t r0 = t / tn * mb, c0 = t % tn * nb;
+                        int64_t rows = rows_blk - r0 < mb ? rows_blk - r0 : mb;
+                        int64_t cols = cols_blk - c0 < nb ? cols_blk - c0 : nb;
+                        for (int s = 0; s < nslices; s++) {
+                            int nch = AMX_NCH(s);
+                            const uint16_t *as = AMX_SLICE(abuf, npa, s), *bs = AMX_SLICE(bbuf, npb, s);
+                            for (int64_t ip = r0 / 32; ip * 32 < r0 + rows; ip++)
+                                for (int64_t q = c0 / 32; q * 32 < c0 + cols; q++)
+                                    fab__amx_kernel(nch, as + ip * nch * FAB_AMX_CHUNK_ELEMS,
+                                                    bs + q * nch * FAB_AMX_CHUNK_ELEMS,
+                                                    cbuf + (ip * 32 - r0) * nb + (q * 32 - c0), nb, s > 0);
+                        }
+                        for (int64_t r = 0; r < rows; r++) {
+                            float *w = cbuf + r * nb;
+                            if (a->alpha != 1.0f)
+                                for (int64_t j = 0; j < cols; j++)
+                                    w[j] *= a->alpha;
+                            int64_t i = ic + r0 + r, j = jc + c0;
+                            char *c_row = (char *)a->c + (off_c + i * a->ldc + j) * (int64_t)ce;
+                            char *p_row =
+                                a->pre_act ? (char *)a->pre_act + (off_p + i * a->ldp + j) * (int64_t)ce : NULL;
+                            epilogue_row(a, w, j, cols, false, c_row, p_row);
+                        }
+                    }
+                }
+            }
+        }
+        fab__amx_end();
+    }
+#undef AMX_NCH
+#undef AMX_SLICE
+    fab__host_scratch_put(ctx, buf);
+    return FAB_OK;
+}
+
 /* --------------------------------------------------------------- reference */
 
 static inline double load_d(const void *p, fab_dtype dt, int64_t i)
@@ -657,6 +790,8 @@ fab_status fab__matmul_cpu(fab_context *ctx, const fab__mm_args *a)
     if (a->m > 0 && a->n > 0 && a->batch > 0) {
         if (a->algo == FAB_MATMUL_ALGO_REFERENCE || a->k == 0)
             FAB__TRY(gemm_reference(ctx, a));
+        else if (a->ab_dtype == FAB_DTYPE_BF16 && fab__amx_enabled())
+            FAB__TRY(gemm_amx(ctx, a));
         else
             FAB__TRY(gemm_packed(ctx, a));
     }
