@@ -2,7 +2,10 @@
  * suite_matmul.c: fab_matmul throughput (2·m·n·k flops per call) against the
  * library baseline measured in the same run:
  *   CPU: OpenBLAS cblas_sgemm (same thread count) for m = n = k in {512, 1024,
- *        2048} (--quick: 512, 1024); f32, and bf16 inputs (against the same sgemm);
+ *        2048} (--quick: 512, 1024); f32, and bf16 inputs (against the same sgemm,
+ *        and, where fab-bench found libdnnl, a "matmul bf16 vs onednn" row against
+ *        oneDNN's bf16 matmul primitive, bf16 in, f32 out: on an AMX CPU its AMX
+ *        kernels, the fastest bf16 GEMM the CPU has besides ours);
  *        and GPT-2 124M's fc layer over 1024 tokens, forward and both backward
  *        products (f32, the same transposes for sgemm; not with --quick), and the
  *        forward with its bias and GELU fused (against the bare sgemm).
@@ -27,6 +30,12 @@
 #ifdef FAB_BENCH_HAVE_OPENBLAS
 #include <cblas.h>
 #endif
+#ifdef FAB_BENCH_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.h>
+#if DNNL_VERSION_MAJOR != 2 /* the primitive descriptors below are oneDNN 2's (Debian 12 has 2.6) */
+#undef FAB_BENCH_HAVE_ONEDNN
+#endif
+#endif
 
 typedef struct mm_bench {
     fab_context *ctx;
@@ -50,6 +59,72 @@ static fab_status run_openblas(void *arg)
     mm_bench *c = arg;
     cblas_sgemm(CblasRowMajor, c->ta ? CblasTrans : CblasNoTrans, c->tb ? CblasTrans : CblasNoTrans, c->m, c->n,
                 c->k, 1.0f, c->a, c->ta ? c->m : c->k, c->b, c->tb ? c->k : c->n, 0.0f, c->c, c->n);
+    return FAB_OK;
+}
+#endif
+
+#ifdef FAB_BENCH_HAVE_ONEDNN
+/* oneDNN's matmul primitive C[m,n] (f32) = A[m,k]·B[k,n] (bf16, row-major) on
+ * fab-bench's buffers, built before the timing; its OpenMP threads are the
+ * process's, as fabriek's CPU context's. */
+typedef struct onednn_mm {
+    dnnl_engine_t eng;
+    dnnl_stream_t stream;
+    dnnl_primitive_t prim;
+    dnnl_memory_t a, b, c;
+    const char *impl; /* the kernel oneDNN picked, e.g. brg:avx512_core_amx_bf16 */
+} onednn_mm;
+
+static void onednn_free(onednn_mm *o)
+{
+    if (o->a)
+        dnnl_memory_destroy(o->a);
+    if (o->b)
+        dnnl_memory_destroy(o->b);
+    if (o->c)
+        dnnl_memory_destroy(o->c);
+    if (o->prim)
+        dnnl_primitive_destroy(o->prim);
+    if (o->stream)
+        dnnl_stream_destroy(o->stream);
+    if (o->eng)
+        dnnl_engine_destroy(o->eng);
+    memset(o, 0, sizeof *o);
+}
+
+static bool onednn_setup(onednn_mm *o, int64_t m, int64_t n, int64_t k, void *a, void *b, void *c)
+{
+    memset(o, 0, sizeof *o);
+    dnnl_memory_desc_t ad, bd, cd;
+    dnnl_dims_t da = {m, k}, db = {k, n}, dc = {m, n};
+    dnnl_matmul_desc_t md;
+    dnnl_primitive_desc_t pd = NULL;
+    bool ok = dnnl_engine_create(&o->eng, dnnl_cpu, 0) == dnnl_success &&
+              dnnl_stream_create(&o->stream, o->eng, dnnl_stream_default_flags) == dnnl_success &&
+              dnnl_memory_desc_init_by_tag(&ad, 2, da, dnnl_bf16, dnnl_ab) == dnnl_success &&
+              dnnl_memory_desc_init_by_tag(&bd, 2, db, dnnl_bf16, dnnl_ab) == dnnl_success &&
+              dnnl_memory_desc_init_by_tag(&cd, 2, dc, dnnl_f32, dnnl_ab) == dnnl_success &&
+              dnnl_matmul_desc_init(&md, &ad, &bd, NULL, &cd) == dnnl_success &&
+              dnnl_primitive_desc_create(&pd, &md, NULL, o->eng, NULL) == dnnl_success &&
+              dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &o->impl) == dnnl_success &&
+              dnnl_primitive_create(&o->prim, pd) == dnnl_success &&
+              dnnl_memory_create(&o->a, &ad, o->eng, a) == dnnl_success &&
+              dnnl_memory_create(&o->b, &bd, o->eng, b) == dnnl_success &&
+              dnnl_memory_create(&o->c, &cd, o->eng, c) == dnnl_success;
+    if (pd)
+        dnnl_primitive_desc_destroy(pd); /* the primitive keeps what it needs; impl is static text */
+    if (!ok)
+        onednn_free(o);
+    return ok;
+}
+
+static fab_status run_onednn(void *arg)
+{
+    onednn_mm *o = arg;
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, o->a}, {DNNL_ARG_WEIGHTS, o->b}, {DNNL_ARG_DST, o->c}};
+    if (dnnl_primitive_execute(o->prim, o->stream, 3, args) != dnnl_success ||
+        dnnl_stream_wait(o->stream) != dnnl_success)
+        return FAB_ERR_INTERNAL;
     return FAB_OK;
 }
 #endif
@@ -153,11 +228,21 @@ static int cpu_one(bench *b, const char *name, int64_t m, int64_t n, int64_t k, 
          * best median, so a burst of other load on a shared machine does not
          * decide the ratio; the baseline (f32 sgemm) runs again between the bf16
          * rounds, so both rows compare against it timed alongside them */
-        double ms = -1, base_ms = -1;
+        double ms = -1, base_ms = -1, dnnl_ms = -1;
+#ifdef FAB_BENCH_HAVE_ONEDNN
+        onednn_mm o;
+        bool with_dnnl = d == 1 && !ta && !tb && onednn_setup(&o, m, n, k, a16, b16, c32);
+#endif
         for (int round = 0; round < ROUNDS; round++) {
 #ifdef FAB_BENCH_HAVE_OPENBLAS
             double t_base = bench_time_ms(b, run_openblas, &c);
             base_ms = base_ms < 0 || (t_base > 0 && t_base < base_ms) ? t_base : base_ms;
+#endif
+#ifdef FAB_BENCH_HAVE_ONEDNN
+            if (with_dnnl) {
+                double t_dnnl = bench_time_ms(b, run_onednn, &o);
+                dnnl_ms = dnnl_ms < 0 || (t_dnnl > 0 && t_dnnl < dnnl_ms) ? t_dnnl : dnnl_ms;
+            }
 #endif
             double t = bench_time_ms(b, run_fab, &c);
             if (t < 0) {
@@ -166,21 +251,36 @@ static int cpu_one(bench *b, const char *name, int64_t m, int64_t n, int64_t k, 
             }
             ms = ms < 0 || t < ms ? t : ms;
         }
-        bench_row *row = bench_add_row(b);
-        if (!row || ms < 0) {
+        bench_row *row = ms < 0 ? NULL : bench_add_row(b);
+        if (!row) {
             failed = 1;
-            continue;
-        }
-        char row_name[64];
-        snprintf(row_name, sizeof row_name, "%s%s", name, d ? " bf16->f32" : "");
-        set_row(row, row_name, m, n, k, d ? FAB_DTYPE_BF16 : FAB_DTYPE_F32, ms, false);
-        if (base_ms > 0) {
-            snprintf(row->baseline, sizeof row->baseline, "openblas sgemm");
-            row->baseline_rate = row->work / (base_ms * 1e-3) / 1e9;
-            row->ratio = row->rate / row->baseline_rate;
         } else {
-            snprintf(row->baseline, sizeof row->baseline, "none (no OpenBLAS)");
+            char row_name[64];
+            snprintf(row_name, sizeof row_name, "%s%s", name, d ? " bf16->f32" : "");
+            set_row(row, row_name, m, n, k, d ? FAB_DTYPE_BF16 : FAB_DTYPE_F32, ms, false);
+            if (base_ms > 0) {
+                snprintf(row->baseline, sizeof row->baseline, "openblas sgemm");
+                row->baseline_rate = row->work / (base_ms * 1e-3) / 1e9;
+                row->ratio = row->rate / row->baseline_rate;
+            } else {
+                snprintf(row->baseline, sizeof row->baseline, "none (no OpenBLAS)");
+            }
         }
+#ifdef FAB_BENCH_HAVE_ONEDNN
+        if (with_dnnl) {
+            /* the same bf16 timing against oneDNN's */
+            if (row && dnnl_ms > 0 && (row = bench_add_row(b)) != NULL) {
+                char row_name[64];
+                snprintf(row_name, sizeof row_name, "%s bf16 vs onednn", name);
+                set_row(row, row_name, m, n, k, FAB_DTYPE_BF16, ms, false);
+                snprintf(row->baseline, sizeof row->baseline, "onednn %s", o.impl);
+                row->baseline_rate = row->work / (dnnl_ms * 1e-3) / 1e9;
+                row->ratio = row->rate / row->baseline_rate;
+            }
+            onednn_free(&o);
+        }
+#endif
+        (void)dnnl_ms;
     }
 done:
     fab_free(b->ctx, bias);

@@ -4,7 +4,7 @@
 # apt-get line to run and fails. Sourced or run by tools/test.sh, tools/bench.sh
 # and .ci/run.
 set -euo pipefail
-packages=(build-essential cmake pkg-config git libcmocka-dev libopenblas-dev libopenmpi-dev openmpi-bin libsimde-dev)
+packages=(build-essential cmake pkg-config git libcmocka-dev libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin libsimde-dev)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
