@@ -17,15 +17,18 @@
  * (rows, columns, k past the matrix) are zero, so the kernel always runs whole.
  *
  * Numerics: bf16 values are copied, never rounded; each product of two bf16 is
- * exact in f32, and the sums are f32 with round-to-nearest-even, as f32 FMAs
- * would give. Unlike the f32 path, AMX reads bf16 subnormal inputs as zero and flushes
+ * exact in f32, and the sums are f32. Not bit for bit a chain of f32 FMAs,
+ * though: TDPBF16PS adds a pair's two products in its own way (1 + 2^-24 + 2^-24
+ * gives 1 + 2^-23 where two FMAs give 1), still within f32 rounding. Unlike the f32 path, AMX reads bf16 subnormal inputs as zero and flushes
  * subnormal f32 results to zero (as GPU tensor cores may), and the k order differs,
  * so results are not bitwise those of the AVX-512 path. Deterministic: the order
  * depends only on the shape.
  *
  * Availability: the CPU must report AMX-TILE and AMX-BF16, and Linux must grant
- * the process the tile state (arch_prctl ARCH_REQ_XCOMP_PERM, once per process).
- * FAB_MATMUL_CPU_AMX=0 in the environment turns the path off (the tests compare).
+ * the process the tile state (arch_prctl ARCH_REQ_XCOMP_PERM, once per process,
+ * asked at the first product that would use it: see amx_grant_probe).
+ * FAB_MATMUL_CPU_AMX=0 in the environment turns the path off (the tests compare);
+ * the CPU attention's bf16 products use the same kernel (FAB_ATTN_CPU_AMX).
  */
 #define _GNU_SOURCE /* syscall */
 #include "matmul_amx.h"
@@ -47,10 +50,11 @@
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
-/* 1: usable, -1: not; decided once per process (the permission is per process) */
-static int amx_state;
+/* Decided once per process (the permission is per process): 1 yes, -1 no. */
+static int amx_cpu_state, amx_granted_state;
 
-static int amx_probe(void)
+/* The CPU has AMX-TILE and AMX-BF16 and the OS enabled their state in XCR0. */
+static int amx_cpu_probe(void)
 {
     unsigned eax, ebx, ecx, edx, lo, hi;
     if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1)) /* OSXSAVE: xgetbv works */
@@ -58,41 +62,123 @@ static int amx_probe(void)
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !((edx >> 24) & 1) || !((edx >> 22) & 1))
         return -1; /* AMX-TILE, AMX-BF16 */
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    if ((lo & (3u << 17)) != (3u << 17)) /* the OS enabled the tile state (XTILECFG, XTILEDATA) */
-        return -1;
-    /* and grants it to this process (Linux 5.16 and later) */
-    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0)
-        return -1;
-    return 1;
+    return (lo & (3u << 17)) == (3u << 17) ? 1 : -1; /* XTILECFG, XTILEDATA */
+}
+
+/* Probes once; idempotent, so two threads may both run it. */
+static bool once(int *state, int (*probe)(void))
+{
+    int s = __atomic_load_n(state, __ATOMIC_ACQUIRE);
+    if (s == 0) {
+        s = probe();
+        __atomic_store_n(state, s, __ATOMIC_RELEASE);
+    }
+    return s > 0;
+}
+
+/* Asks Linux (5.16 and later) for the 8 KiB of tile data. Only done when a
+ * product is about to use AMX: from then on the kernel's signal frames for this
+ * process are larger, which a small sigaltstack (e.g. 8 KiB) no longer holds. */
+static int amx_grant_probe(void)
+{
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 ? 1 : -1;
 }
 #endif
 
 bool fab__amx_available(void)
 {
-#ifdef FAB_AMX
-    int s = __atomic_load_n(&amx_state, __ATOMIC_ACQUIRE);
-    if (s == 0) {
-        s = amx_probe(); /* idempotent: two threads may both probe */
-        __atomic_store_n(&amx_state, s, __ATOMIC_RELEASE);
-    }
-    return s > 0;
+#if defined(FAB_AMX) && !defined(FAB_MM_FORCE_UKERNEL) /* that: a test copy whose GEMMs run one forced kernel */
+    return once(&amx_cpu_state, amx_cpu_probe);
 #else
     return false;
 #endif
 }
 
-bool fab__amx_enabled(void)
+bool fab__amx_enabled(const char *env_name)
 {
-#ifdef FAB_MM_FORCE_UKERNEL
-    return false; /* a test copy of the library whose GEMMs all run one forced micro-kernel */
-#endif
-    const char *env = getenv("FAB_MATMUL_CPU_AMX");
+    const char *env = getenv(env_name);
     if (env && env[0] == '0' && env[1] == '\0')
         return false;
-    return fab__amx_available();
+#if defined(FAB_AMX)
+    return fab__amx_available() && once(&amx_granted_state, amx_grant_probe);
+#else
+    return false;
+#endif
 }
 
 /* ------------------------------------------------------------------ packing */
+
+#ifdef FAB_AMX
+#define FAB_AMX_AVX512 __attribute__((target("avx512f")))
+
+/* 16 rows of 16 32-bit values (row r at src + r*src_stride bytes) stored
+ * transposed (row c at dst + c*dst_stride bytes): 32-bit unpacks give each
+ * 4-row group its columns per 128-bit lane, 64-bit unpacks join the group's rows,
+ * and two 128-bit lane shuffles gather the four groups. */
+FAB_AMX_AVX512 static void transpose16x16_u32(const char *src, int64_t src_stride, char *dst, int64_t dst_stride)
+{
+    __m512i r[16], t[16], u[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = _mm512_loadu_si512(src + i * src_stride);
+    for (int i = 0; i < 16; i += 2) { /* per lane: a0 b0 a1 b1 | a2 b2 a3 b3 */
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 4; g++) { /* u[4g + e], lane L: column 4L + e of rows 4g .. 4g+3 */
+        u[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+        u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+    }
+    for (int e = 0; e < 4; e++) { /* lane L of group g to lane g of column 4L + e */
+        __m512i y0 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x44), y1 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xEE);
+        __m512i y2 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x44);
+        __m512i y3 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xEE);
+        _mm512_storeu_si512(dst + (0 + e) * dst_stride, _mm512_shuffle_i32x4(y0, y2, 0x88));
+        _mm512_storeu_si512(dst + (4 + e) * dst_stride, _mm512_shuffle_i32x4(y0, y2, 0xDD));
+        _mm512_storeu_si512(dst + (8 + e) * dst_stride, _mm512_shuffle_i32x4(y1, y3, 0x88));
+        _mm512_storeu_si512(dst + (12 + e) * dst_stride, _mm512_shuffle_i32x4(y1, y3, 0xDD));
+    }
+}
+
+/* dst[32 x 32] (row stride 32) = the transpose of 32 rows of 32 floats at src
+ * (row stride ld floats): four 16x16 transposes of the values' bits. */
+FAB_AMX_AVX512 void fab__amx_transpose32_f32(const float *src, int64_t ld, float *dst)
+{
+    for (int bi = 0; bi < 2; bi++)
+        for (int bj = 0; bj < 2; bj++)
+            transpose16x16_u32((const char *)(src + 16 * bi * ld + 16 * bj), ld * 4, (char *)(dst + 16 * bj * 32 + 16 * bi),
+                               128);
+}
+
+/* A whole chunk of a transposed A: stored rows pb .. pb+31 (32 values from ib
+ * each) to dst[r*32 + t]. Pairs of stored rows become 32-bit words (k pair, row
+ * r), w[pp][r]; the chunk's rows r are then w's columns, two 16x16 transposes. */
+FAB_AMX_AVX512 static void pack_a_chunk_trans(const uint16_t *s, int64_t ld, uint16_t *dst)
+{
+    uint32_t w[16][32] __attribute__((aligned(64)));
+    for (int pp = 0; pp < 16; pp++) {
+        const uint16_t *r0 = s + 2 * pp * ld, *r1 = r0 + ld;
+        for (int h = 0; h < 2; h++) {
+            __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(r0 + 16 * h)));
+            __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(r1 + 16 * h)));
+            _mm512_store_si512(&w[pp][16 * h], _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+    transpose16x16_u32((const char *)&w[0][0], 128, (char *)dst, 64);
+    transpose16x16_u32((const char *)&w[0][16], 128, (char *)(dst + 16 * 32), 64);
+}
+
+/* A whole chunk of a transposed B: stored rows jb .. jb+31 (32 k from pb each,
+ * i.e. 16 k pairs as 32-bit words) to pair rows of 32 columns: two 16x16
+ * transposes of 32-bit words, columns 0-15 and 16-31. */
+FAB_AMX_AVX512 static void pack_b_chunk_trans(const uint16_t *s, int64_t ld, uint16_t *dst)
+{
+    transpose16x16_u32((const char *)s, 2 * ld, (char *)dst, 128);
+    transpose16x16_u32((const char *)(s + 16 * ld), 2 * ld, (char *)(dst + 32), 128);
+}
+#endif
+
 
 /* One k slice of rows [i0, i0 + 32*npanels) of op(A) into panels: panel ip,
  * chunk ch, row r, column t at dst[(ip*nch + ch)*1024 + r*32 + t] = op(A)(i0 + ip*32
@@ -114,6 +200,12 @@ void fab__amx_pack_a(const uint16_t *src, int64_t ld, bool trans, int64_t i0, in
                 memcpy(dst + r * 32, src + (ib + r) * ld + pb, (size_t)ks * sizeof(uint16_t));
         } else {
             /* a 32x32 transpose: stored row p holds the chunk's 32 rows side by side */
+#ifdef FAB_AMX
+            if (rows == 32 && ks == 32) {
+                pack_a_chunk_trans(src + pb * ld + ib, ld, dst);
+                continue;
+            }
+#endif
             for (int t = 0; t < ks; t++) {
                 const uint16_t *s = src + (pb + t) * ld + ib;
                 for (int r = 0; r < rows; r++)
@@ -153,6 +245,12 @@ void fab__amx_pack_b(const uint16_t *src, int64_t ld, bool trans, int64_t j0, in
             }
         } else {
             /* stored row j holds column j's k values in order: pairs are adjacent */
+#ifdef FAB_AMX
+            if (cols == 32 && ks == 32) {
+                pack_b_chunk_trans(src + jb * ld + pb, ld, dst);
+                continue;
+            }
+#endif
             for (int c = 0; c < cols; c++) {
                 const uint16_t *s = src + (jb + c) * ld + pb;
                 for (int t = 0; t < ks; t++)
@@ -229,6 +327,12 @@ FAB_AMX_TARGET void fab__amx_kernel(int nch, const uint16_t *a, const uint16_t *
     __asm__ volatile("" : : : "memory");
 }
 #else
+void fab__amx_transpose32_f32(const float *src, int64_t ld, float *dst)
+{
+    for (int r = 0; r < 32; r++)
+        for (int c = 0; c < 32; c++)
+            dst[c * 32 + r] = src[r * ld + c];
+}
 void fab__amx_begin(void) {}
 void fab__amx_end(void) {}
 void fab__amx_kernel(int nch, const uint16_t *a, const uint16_t *b, float *c, int64_t ldc, bool accumulate)

@@ -581,19 +581,23 @@ static fab_status gemm_amx(fab_context *ctx, const fab__mm_args *a)
             nb = round_up(nb / 2, 32);
     }
     /* packed blocks: as many task rows (columns) as half the workspace holds
-     * (cfg.workspace_bytes, 32 MiB by default: 2048 x 2048 whole), one at least */
+     * (cfg.workspace_bytes, 32 MiB by default: 2048 x 2048 whole); but only a
+     * block's tasks are shared, so where k is deep or the threads many, a block
+     * grows past the workspace (the scratch is then the call's own) until it has
+     * two tasks a thread or is the whole matrix */
     size_t c_floats = (size_t)mb * (size_t)nb, c_bytes = c_floats * sizeof(float) * (size_t)threads;
     size_t budget = ctx->workspace_bytes > c_bytes ? ctx->workspace_bytes - c_bytes : 0;
     int64_t lines = (int64_t)(budget / 2 / ((size_t)kp * sizeof(uint16_t)));
+    const int64_t m_all = round_up(a->m, mb), n_all = round_up(a->n, nb);
     int64_t mca = lines / mb * mb, nca = lines / nb * nb;
-    if (mca < mb)
-        mca = mb;
-    if (nca < nb)
-        nca = nb;
-    if (mca > round_up(a->m, mb))
-        mca = round_up(a->m, mb);
-    if (nca > round_up(a->n, nb))
-        nca = round_up(a->n, nb);
+    mca = mca < mb ? mb : mca > m_all ? m_all : mca;
+    nca = nca < nb ? nb : nca > n_all ? n_all : nca;
+    while ((mca / mb) * (nca / nb) < 2 * threads && (mca < m_all || nca < n_all)) {
+        if ((mca <= nca && mca < m_all) || nca >= n_all)
+            mca += mb;
+        else
+            nca += nb;
+    }
     size_t a_elems = (size_t)mca * (size_t)kp, b_elems = (size_t)nca * (size_t)kp;
     size_t total = (a_elems + b_elems) * sizeof(uint16_t) + c_bytes;
     char *buf = fab__host_scratch_get(ctx, total);
@@ -790,7 +794,7 @@ fab_status fab__matmul_cpu(fab_context *ctx, const fab__mm_args *a)
     if (a->m > 0 && a->n > 0 && a->batch > 0) {
         if (a->algo == FAB_MATMUL_ALGO_REFERENCE || a->k == 0)
             FAB__TRY(gemm_reference(ctx, a));
-        else if (a->ab_dtype == FAB_DTYPE_BF16 && fab__amx_enabled())
+        else if (a->ab_dtype == FAB_DTYPE_BF16 && fab__amx_enabled("FAB_MATMUL_CPU_AMX"))
             FAB__TRY(gemm_amx(ctx, a));
         else
             FAB__TRY(gemm_packed(ctx, a));
