@@ -749,6 +749,9 @@ static fab_attention_params dense_forward(fab_dtype dt, const int64_t *qs, const
 /* Runs forward + backward of a GQA causal problem of s rows and head dim d (f32
  * on the CPU, so any change in a summation order shows), with a left window where
  * left >= 0, and returns the bytes of out, lse, dq, dk, dv. */
+/* test_cpu_amx: FAB_ATTN_CPU_AMX for det_run's backward only (NULL: as it is) */
+static const char *det_backward_amx;
+
 static void det_run(fab_context *ctx, fab_dtype dt, int64_t s, int64_t d, int64_t left, unsigned char *bytes,
                     size_t *nbytes)
 {
@@ -781,7 +784,11 @@ static void det_run(fab_context *ctx, fab_dtype dt, int64_t s, int64_t d, int64_
     fab_tensor_make(dq, dt, 4, qs, &p.dq);
     fab_tensor_make(dk, dt, 4, ks, &p.dk);
     fab_tensor_make(dv, dt, 4, ks, &p.dv);
+    if (det_backward_amx)
+        setenv("FAB_ATTN_CPU_AMX", det_backward_amx, 1);
     assert_int_equal(fab_attention_backward(ctx, &p), FAB_OK);
+    if (det_backward_amx)
+        unsetenv("FAB_ATTN_CPU_AMX");
     size_t off = 0;
     void *bufs[5] = {out, lse, dq, dk, dv};
     int64_t ns[5] = {nq, b * hq * s, nq, nk, nk};
@@ -969,6 +976,93 @@ static void test_cpu_kv_cache(void **state)
                      window ? " with a window" : "", differs);
     }
     fab_context_destroy(small);
+    fab_context_destroy(ctx);
+}
+
+/* The CPU attention's tile products on AMX (attention_cpu_tile.h, amx_*), where
+ * the CPU has AMX-BF16: bf16 inputs whose head dim pads to a multiple of 32. The
+ * other tests check those results against the reference; here the forward's
+ * output must differ in its bits from the AVX-512 path's (FAB_ATTN_CPU_AMX=0),
+ * and dq from that of the same forward followed by a backward without AMX, so the
+ * dispatch is real in both passes, while both stay within a bf16 rounding or so
+ * of the AVX-512 path; the backward's two schedules must agree bit for bit; and
+ * head dim 48 (padded to 48) must stay on the AVX-512 path: the same bits. */
+static void test_cpu_amx(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    const char *off = getenv("FAB_ATTN_CPU_AMX"), *isa = getenv("FAB_ATTN_CPU_ISA");
+    if (fab_context_backend(ctx) != FAB_BACKEND_CPU || !strstr(fab_context_device_name(ctx), "amx-bf16") ||
+        (off && strcmp(off, "0") == 0) || (isa && *isa)) {
+        print_message("SKIP: no AMX path here (%s; FAB_ATTN_CPU_AMX=%s, FAB_ATTN_CPU_ISA=%s)\n",
+                      fab_context_device_name(ctx), off ? off : "", isa ? isa : "");
+        fab_context_destroy(ctx);
+        skip();
+    }
+    static const kv_det_case shapes[] = {{270, 128, 200, FAB_DTYPE_BF16},
+                                         {200, 64, -1, FAB_DTYPE_BF16},
+                                         {150, 32, -1, FAB_DTYPE_BF16},
+                                         {130, 96, 40, FAB_DTYPE_BF16},
+                                         {140, 48, -1, FAB_DTYPE_BF16}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const int64_t sl = shapes[i].s, d = shapes[i].d, nq = 2 * sl * 4 * d; /* det_run: b 2, hq 4 */
+        const size_t cap = (size_t)(2 * sl * 4 * d * 2 + 2 * sl * 2 * d * 2) * 2 + 2 * 4 * (size_t)sl * 4;
+        /* AMX in both passes, in the forward only, in neither */
+        size_t n1, n2, n3;
+        unsigned char *r1 = malloc(cap), *r2 = malloc(cap), *r3 = malloc(cap);
+        assert_true(r1 && r2 && r3);
+        kv_det_run(ctx, &shapes[i], r1, &n1);
+        det_backward_amx = "0";
+        kv_det_run(ctx, &shapes[i], r2, &n2);
+        det_backward_amx = NULL;
+        setenv("FAB_ATTN_CPU_AMX", "0", 1);
+        kv_det_run(ctx, &shapes[i], r3, &n3);
+        unsetenv("FAB_ATTN_CPU_AMX");
+        assert_int_equal(n1, cap);
+        assert_int_equal(n2, cap);
+        assert_int_equal(n3, cap);
+        /* det_run's bytes: out, lse (f32), dq, dk, dv. out: AMX against none; dq:
+         * against the same forward with the backward off */
+        const size_t at[2] = {0, (size_t)nq * 2 + 2 * 4 * (size_t)sl * 4};
+        const char *what[2] = {"out", "dq"};
+        for (int w = 0; w < 2; w++) {
+            const uint16_t *o1 = (const uint16_t *)(r1 + at[w]), *o2 = (const uint16_t *)((w ? r2 : r3) + at[w]);
+            const uint16_t *o3 = (const uint16_t *)(r3 + at[w]);
+            int64_t differ = 0;
+            float big = 0;
+            for (int64_t e = 0; e < nq; e++)
+                big = fmaxf(big, fabsf(fab_bf16_to_f32(o3[e])));
+            for (int64_t e = 0; e < nq; e++) {
+                const float x1 = fab_bf16_to_f32(o1[e]), x3 = fab_bf16_to_f32(o3[e]);
+                differ += o1[e] != o2[e];
+                if (!(fabsf(x1 - x3) <= 1e-3f * big + 1e-2f * fabsf(x3)))
+                    fail_msg("attention AMX, head dim %lld: %s[%lld] = %g, the AVX-512 path's %g", (long long)d,
+                             what[w], (long long)e, x1, x3);
+            }
+            print_message("head dim %lld: %lld of %lld %s values differ from the %s\n", (long long)d,
+                          (long long)differ, (long long)nq, what[w],
+                          w ? "backward's without AMX" : "forward's without AMX");
+            if (d % 32 == 0 ? differ == 0 : differ != 0)
+                fail_msg("attention, head dim %lld: the AMX path %s (%s)", (long long)d,
+                         d % 32 == 0 ? "did not run (the same bits as the AVX-512 path)"
+                                     : "ran for a head dim it must not",
+                         what[w]);
+        }
+        free(r3);
+        if (i == 0) {
+            /* 8 threads against det_run's 4 (batch, kv head) units: the two-pass
+             * backward, which must give the one pass's bits on AMX too */
+            fab_context_config cfg;
+            memset(&cfg, 0, sizeof cfg);
+            cfg.num_threads = 8;
+            fab_context *wide = fab_test_context_with(&cfg);
+            kv_det_run(wide, &shapes[i], r2, &n2);
+            fab_context_destroy(wide);
+            if (memcmp(r1, r2, cap) != 0)
+                fail_msg("attention AMX, head dim %lld: the two-pass backward differs from the one pass", (long long)d);
+        }
+        free(r1), free(r2);
+    }
     fab_context_destroy(ctx);
 }
 
@@ -1797,6 +1891,7 @@ int main(int argc, char **argv)
         T(test_long),
         T(test_deterministic),
         T(test_cpu_kv_cache),
+        T(test_cpu_amx),
         T(test_fast_path),
         T(test_forward_variants),
         T(test_backward_variants),

@@ -34,6 +34,14 @@
  * exponentials are exp2 of log2-unit scores (a polynomial good to ~1 ulp), each
  * output is rounded to its dtype once.
  *
+ * AMX (use_amx: bf16, head dim padded to a multiple of 32, a CPU with AMX-BF16):
+ * the AVX-512 copy runs the tile products on AMX tiles instead (matmul_amx.c's
+ * kernel; the amx_* functions of the tile code): Q, dO, K, V packed as bf16, the
+ * products exact and summed in f32; P and dS, f32, enter the products that
+ * consume them as hi + lo, two bf16 (16 bits of the value), so the results stay
+ * close to the f32 path's. The softmax, the masks and the schedules do not change,
+ * and both backward schedules still give the same bits.
+ *
  * ISA: the tile code (attention_cpu_tile.h) is compiled 4, 8 and 16 floats wide
  * (portable, AVX2+FMA, AVX-512) and the widest the CPU has runs. On a Zen 5 EPYC
  * (full-width AVX-512) the 16-wide copy is 1.6-1.9x the 8-wide one (fab-bench
@@ -43,6 +51,7 @@
 #include "attention.h"
 
 #include "../common/cpu_dtype.h"
+#include "../matmul/matmul_amx.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -74,6 +83,32 @@ typedef struct fab__kv_cache {
     float *kt, *v;
     unsigned char *have;
 } fab__kv_cache;
+
+/* The backward's bf16 operands on AMX (the tile code's amx_*), NULL where the
+ * products run on the vector units:
+ *   q, dout  the query tile's Q and dO as A panels (s = Q K^T, dP = dO V^T);
+ *   qb, doutb the same as B panels, k = the 128 rows, twice (dK, dV);
+ *   k, v     the key tile's K and V as B panels, k = the head dim (s, dP);
+ *   kb       its K as B panels, k = the 64 keys, twice (dQ);
+ *   hl       A panels of P^T, dS^T or dS as hi + lo (amx_pack_t_hilo, amx_mul_keys). */
+typedef struct fab__amx_tiles {
+    uint16_t *q, *dout, *qb, *doutb, *k, *v, *kb, *hl;
+} fab__amx_tiles;
+
+/* The backward's AMX operands for `rows` query rows (a tile's BQ, or a group's)
+ * carved from p, and their size in floats. */
+static inline size_t amx_tiles_floats(int64_t rows, int dp)
+{
+    return (size_t)(6 * rows * dp + 4 * FAB__BK * dp + 2 * FAB__BQ * FAB__BK) / 2;
+}
+
+static inline fab__amx_tiles amx_tiles_at(float *p, int64_t rows, int dp)
+{
+    fab__amx_tiles x;
+    x.q = (uint16_t *)p, x.dout = x.q + rows * dp, x.qb = x.dout + rows * dp, x.doutb = x.qb + 2 * rows * dp;
+    x.k = x.doutb + 2 * rows * dp, x.v = x.k + FAB__BK * dp, x.kb = x.v + FAB__BK * dp, x.hl = x.kb + 2 * FAB__BK * dp;
+    return x;
+}
 
 static inline int64_t elem(const fab__attn_view *v, int64_t b, int64_t row, int64_t h)
 {
@@ -161,13 +196,13 @@ static void rows_seeing_keys(const fab__attn_args *a, int64_t off, int64_t i0, i
 #endif
 
 typedef void (*fwd_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, float *,
-                            fab__kv_cache *);
+                            fab__kv_cache *, int);
 typedef void (*kv_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, const float *,
-                           float *);
+                           float *, int);
 typedef void (*rowdot_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, float *, float *);
 typedef void (*q_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, const float *,
-                          float *);
-typedef void (*group_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, const float *, float *);
+                          float *, int);
+typedef void (*group_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, const float *, float *, int);
 
 /* Which copy of the tile code runs: the widest the CPU has (2: AVX-512, 1: AVX2,
  * 0: the portable one), or a narrower one FAB_ATTN_CPU_ISA names (avx2, base: to
@@ -191,6 +226,15 @@ static int isa(void)
 #else
     return 0;
 #endif
+}
+
+/* Whether the tile products run on AMX (bf16 inputs, a head dim padded to a
+ * multiple of 32, the AVX-512 copy of the tile code, a CPU with AMX-BF16;
+ * FAB_ATTN_CPU_AMX=0 turns it off). */
+static int use_amx(const fab__attn_args *a)
+{
+    return a->dtype == FAB_DTYPE_BF16 && ((a->d + 15) & ~(int64_t)15) % 32 == 0 && isa() == 2 &&
+           fab__amx_enabled("FAB_ATTN_CPU_AMX");
 }
 
 static fab__attn_seq seq_of(const fab__attn_args *a, int64_t b)
@@ -249,8 +293,8 @@ fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
     if (threads > ntasks)
         threads = (int)(ntasks > 0 ? ntasks : 1);
     /* Q, O, K^T, V, tmp, S, m, the lane-wise l (16 floats a row), fwd_softmax's
-     * 3 floats a row; then the key/value cache and its flags */
-    const size_t tiles = (size_t)(2 * FAB__BQ * dp + 3 * FAB__BK * dp + FAB__BQ * FAB__BK + 20 * FAB__BQ);
+     * 3 floats a row, AMX's P as two bf16; then the key/value cache and its flags */
+    const size_t tiles = (size_t)(2 * FAB__BQ * dp + 3 * FAB__BK * dp + 2 * FAB__BQ * FAB__BK + 20 * FAB__BQ);
     const size_t cache = kv_cache_floats(ctx, a, dp, qtiles, threads, tiles);
     const size_t ktiles = cache / (size_t)(2 * FAB__BK * dp);
     size_t stride;
@@ -258,6 +302,7 @@ fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
     if (!scratch)
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "fab_attention_forward: no memory for %d threads' tiles", threads);
     fwd_tile_fn tile = fwd_tile_base;
+    const int amx = use_amx(a);
 #ifdef FAB__ATTN_AVX2
     const int level = isa();
     if (level > 0)
@@ -267,14 +312,18 @@ fab_status fab__attention_forward_cpu(fab_context *ctx, const fab__attn_args *a)
     {
         float *ws = scratch + stride * (size_t)omp_get_thread_num();
         fab__kv_cache kc = {-1, -1, ws + tiles, ws + tiles + cache / 2, (unsigned char *)(ws + tiles + cache)};
+        if (amx)
+            fab__amx_begin();
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < ntasks; t++) {
             int64_t b = t / (a->hq * qtiles), h = t / qtiles % a->hq, i0 = t % qtiles * FAB__BQ;
             fab__attn_seq s = seq_of(a, b);
             if (i0 >= s.sq)
                 continue;
-            tile(a, &s, h, i0, (int)(s.sq - i0 < FAB__BQ ? s.sq - i0 : FAB__BQ), ws, cache ? &kc : NULL);
+            tile(a, &s, h, i0, (int)(s.sq - i0 < FAB__BQ ? s.sq - i0 : FAB__BQ), ws, cache ? &kc : NULL, amx);
         }
+        if (amx)
+            fab__amx_end();
     }
     fab__host_scratch_put(ctx, scratch);
     return FAB_OK;
@@ -301,12 +350,19 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
     const int dp = (int)((a->d + 15) & ~(int64_t)15);
     const int64_t qtiles = (a->sq + FAB__BQ - 1) / FAB__BQ, ktiles = (a->sk + FAB__BK - 1) / FAB__BK;
     const int64_t nq_tasks = a->batch * a->hq * qtiles, nk_tasks = a->batch * a->hkv * ktiles;
-    /* bwd_group's scratch: its tiles, then Q, dO, dQ, lse, D of every row of the group */
+    /* bwd_group's scratch: its tiles, then Q, dO, dQ, lse, D of every row of the
+     * group; with AMX, Q and dO again as bf16, and a key tile's K and V */
+    const int amx = use_amx(a);
     const size_t group_rows = (size_t)(a->hq / a->hkv) * (size_t)(qtiles * FAB__BQ);
-    const size_t group_floats = (size_t)(5 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK) + group_rows * (size_t)(3 * dp + 2);
-    /* the two passes' scratch: the larger of their tile layouts (see bwd_kv_tile and bwd_q_tile) */
-    const size_t kv_floats = (size_t)(5 * FAB__BK * dp + 2 * FAB__BQ * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
-    const size_t q_floats = (size_t)(3 * FAB__BQ * dp + 4 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ);
+    const size_t group_floats = (size_t)(5 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK) +
+                                group_rows * (size_t)(3 * dp + 2) + (amx ? amx_tiles_floats((int64_t)group_rows, dp) : 0);
+    /* the two passes' scratch: the larger of their tile layouts (see bwd_kv_tile and
+     * bwd_q_tile), then AMX's operands */
+    const size_t amx_floats = amx ? amx_tiles_floats(FAB__BQ, dp) : 0;
+    const size_t kv_floats =
+        (size_t)(5 * FAB__BK * dp + 2 * FAB__BQ * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ) + amx_floats;
+    const size_t q_floats =
+        (size_t)(3 * FAB__BQ * dp + 4 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK + 2 * FAB__BQ) + amx_floats;
     const int64_t units = a->batch * a->hkv, most = nq_tasks > nk_tasks ? nq_tasks : nk_tasks;
     int single = single_pass(a, ctx->num_threads, group_floats), threads = 1;
     /* D = rowsum(dO * O), laid out as lse, after the threads' scratch */
@@ -342,6 +398,8 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
 #pragma omp parallel num_threads(threads)
     {
         float *ws = scratch + stride * (size_t)omp_get_thread_num();
+        if (amx)
+            fab__amx_begin();
         /* D, one (batch, head) per iteration */
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < a->batch * a->hq; t++) {
@@ -353,7 +411,7 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
 #pragma omp for schedule(dynamic, 1)
             for (int64_t t = 0; t < a->batch * a->hkv; t++) {
                 fab__attn_seq s = seq_of(a, t / a->hkv);
-                group(a, &s, t % a->hkv, Dbuf, ws);
+                group(a, &s, t % a->hkv, Dbuf, ws, amx);
             }
         } else {
 #pragma omp for schedule(dynamic, 1)
@@ -362,7 +420,7 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
                 fab__attn_seq s = seq_of(a, b);
                 if (j0 >= s.sk)
                     continue;
-                kv_tile(a, &s, g, j0, (int)(s.sk - j0 < FAB__BK ? s.sk - j0 : FAB__BK), Dbuf, ws);
+                kv_tile(a, &s, g, j0, (int)(s.sk - j0 < FAB__BK ? s.sk - j0 : FAB__BK), Dbuf, ws, amx);
             }
 #pragma omp for schedule(dynamic, 1)
             for (int64_t t = 0; t < nq_tasks; t++) {
@@ -370,9 +428,11 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
                 fab__attn_seq s = seq_of(a, b);
                 if (i0 >= s.sq)
                     continue;
-                q_tile(a, &s, h, i0, (int)(s.sq - i0 < FAB__BQ ? s.sq - i0 : FAB__BQ), Dbuf, ws);
+                q_tile(a, &s, h, i0, (int)(s.sq - i0 < FAB__BQ ? s.sq - i0 : FAB__BQ), Dbuf, ws, amx);
             }
         }
+        if (amx)
+            fab__amx_end();
     }
     fab__host_scratch_put(ctx, scratch);
     return FAB_OK;

@@ -473,15 +473,166 @@ static void FAB__T(fwd_softmax)(const fab__attn_args *a, float *S, int r0, int r
     }
 }
 
+#if FAB__VL >= 16
+/* The forward's products on AMX (bf16 inputs, dp a multiple of 32; the kernel
+ * and the packing are matmul_amx.c's): Q as four 32-row A panels of dp/32
+ * chunks, a key tile's K as two 32-key B panels (k = head dim) and its V as dp/32
+ * B panels of 32 columns (k = the 64 keys, then the same 64 again); S = Q K^T in
+ * f32. P is f32, and bf16 holds only 8 bits of it: rounding P to bf16, as
+ * FlashAttention does on GPUs, costs up to 2^-9 of each term of P V, more than
+ * this backend's f32 promise (and its tests) allow. So P = hi + lo, two bf16 (16
+ * bits, the rest under 2^-17 of P), and one kernel call adds hi V + lo V: the A
+ * panel is [hi | lo], 4 chunks, against V's panel twice. */
+/* Rows row0 .. row0+n-1 of head h (Q or dO) as four 32-row A panels of dp/32
+ * chunks (rows past n zero). */
+static void FAB__T(amx_pack_rows)(const fab__attn_view *v, int64_t b, int64_t row0, int n, int64_t h, int64_t d,
+                                  int dp, uint16_t *dst)
+{
+    const uint16_t *src = (const uint16_t *)v->data + elem(v, b, row0, h);
+    for (int ip = 0; ip < FAB__BQ / 32; ip++)
+        fab__amx_pack_a(src, v->ss, false, 0, n, 0, d, dp / 32, ip, dst);
+}
+
+/* Keys row0 .. row0+n-1 of kv head g (K, or V for dP = dO V^T) as two 32-key B
+ * panels, k = the head dim (the tile's other keys zero). */
+static void FAB__T(amx_pack_keys)(const fab__attn_view *v, int64_t b, int64_t row0, int n, int64_t g, int64_t d,
+                                  int dp, uint16_t *dst)
+{
+    const uint16_t *src = (const uint16_t *)v->data + elem(v, b, row0, g);
+    for (int q = 0; q < FAB__BK / 32; q++)
+        fab__amx_pack_b(src, v->ss, true, 0, n, 0, d, dp / 32, q, dst);
+}
+
+/* Rows row0 .. row0+n-1 of head h (V or K of a key tile, nch = 2; Q or dO of a
+ * query tile, nch = 4) as dp/32 B panels of 32 columns, k = the rows (past n
+ * zero), each panel's nch chunks twice: the B side of a hi + lo product. */
+static void FAB__T(amx_pack_twice)(const fab__attn_view *v, int64_t b, int64_t row0, int n, int64_t h, int64_t d,
+                                   int dp, int nch, uint16_t *dst)
+{
+    const uint16_t *src = (const uint16_t *)v->data + elem(v, b, row0, h);
+    for (int q = 0; q < dp / 32; q++) {
+        uint16_t *panel = dst + q * 2 * nch * 1024;
+        fab__amx_pack_b(src, v->ss, false, q * 32, d, 0, n, nch, 0, panel);
+        memcpy(panel + nch * 1024, panel, (size_t)nch * 1024 * sizeof(uint16_t));
+    }
+}
+
+/* The forward's K and V of keys j0 .. j0+n-1 (amx_pack_keys, amx_pack_twice). */
+static void FAB__T(amx_pack_kv)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t g, int64_t j0, int n,
+                                uint16_t *kp, uint16_t *vp)
+{
+    FAB__T(amx_pack_keys)(&a->k, sq->b, sq->k0 + j0, n, g, a->d, sq->dp, kp);
+    FAB__T(amx_pack_twice)(&a->v, sq->b, sq->k0 + j0, n, g, a->d, sq->dp, FAB__BK / 32, vp);
+}
+
+/* A panels of X^T for X [BQ x BK] (P or dS; the rows outside [r0, r1) read as
+ * zero): per 32-key panel, the four 32-row chunks of hi, then of lo (X = hi + lo,
+ * as in amx_mul_keys). Each 32x32 block is transposed in f32 (its bits), then
+ * split. */
+static void FAB__T(amx_pack_t_hilo)(const float *X, int r0, int r1, uint16_t *dst)
+{
+    float t[32 * 32] __attribute__((aligned(64)));
+    for (int kp = 0; kp < FAB__BK / 32; kp++)
+        for (int ch = 0; ch < FAB__BQ / 32; ch++) {
+            uint16_t *hi = dst + (kp * 8 + ch) * 1024, *lo = hi + 4 * 1024;
+            const int t0 = r0 - ch * 32 > 0 ? r0 - ch * 32 : 0, t1 = r1 - ch * 32 < 32 ? r1 - ch * 32 : 32;
+            if (t0 >= t1) {
+                memset(hi, 0, 1024 * sizeof(uint16_t));
+                memset(lo, 0, 1024 * sizeof(uint16_t));
+                continue;
+            }
+            fab__amx_transpose32_f32(X + ch * 32 * FAB__BK + kp * 32, FAB__BK, t);
+            for (int r = 0; r < 32; r++) {
+                const float *x = t + r * 32;
+#pragma omp simd
+                for (int c = 0; c < 32; c++) {
+                    const float v = c >= t0 && c < t1 ? x[c] : 0.0f;
+                    const uint16_t h = fab__bf16_store(v);
+                    hi[r * 32 + c] = h;
+                    lo[r * 32 + c] = fab__bf16_store(v - fab__bf16_load(h));
+                }
+            }
+        }
+}
+
+/* dX [BK x dp] += X^T Y over a query tile: a = amx_pack_t_hilo's panels, b = Y's
+ * (Q or dO) by amx_pack_twice, nch 4: 8 chunks per product, hi then lo. */
+static void FAB__T(amx_grad_keys)(const uint16_t *a, const uint16_t *b, int dp, float *dX)
+{
+    for (int kp = 0; kp < FAB__BK / 32; kp++)
+        for (int q = 0; q < dp / 32; q++)
+            fab__amx_kernel(8, a + kp * 8 * 1024, b + q * 8 * 1024, dX + kp * 32 * dp + q * 32, dp, true);
+}
+
+/* S [BQ x BK] = Q K^T for the 32-row panels that hold rows [r0, r1). */
+static void FAB__T(amx_scores)(const uint16_t *qp, const uint16_t *kp, int nch, int r0, int r1, float *S)
+{
+    for (int ip = r0 / 32; ip * 32 < r1; ip++)
+        for (int q = 0; q < FAB__BK / 32; q++)
+            fab__amx_kernel(nch, qp + ip * nch * 1024, kp + q * nch * 1024, S + ip * 32 * FAB__BK + q * 32,
+                            FAB__BK, false);
+}
+
+/* O += P V (the forward; the backward's dQ += dS K the same way) over the panels
+ * that hold rows [r0, r1): P is S's rows [r0, r1) as hi + lo into pp (A panels
+ * of four chunks: hi's two, lo's two), V's panels amx_pack_twice's; the panels'
+ * other rows are zero there, so their O rows stay as they are. */
+static void FAB__T(amx_mul_keys)(const float *S, int r0, int r1, const uint16_t *vp, int dp, uint16_t *pp, float *O)
+{
+    for (int ip = r0 / 32; ip * 32 < r1; ip++) {
+        uint16_t *panel = pp + ip * 4 * 1024;
+        for (int ch = 0; ch < 2; ch++)
+            for (int r = 0; r < 32; r++) {
+                const int i = ip * 32 + r;
+                uint16_t *hi = panel + ch * 1024 + r * 32, *lo = hi + 2 * 1024;
+                if (i < r0 || i >= r1) {
+                    memset(hi, 0, 32 * sizeof(uint16_t));
+                    memset(lo, 0, 32 * sizeof(uint16_t));
+                    continue;
+                }
+                const float *p = S + i * FAB__BK + ch * 32;
+#pragma omp simd
+                for (int t = 0; t < 32; t++) {
+                    const uint16_t h = fab__bf16_store(p[t]);
+                    hi[t] = h;
+                    lo[t] = fab__bf16_store(p[t] - fab__bf16_load(h)); /* exact difference */
+                }
+            }
+        for (int q = 0; q < dp / 32; q++)
+            fab__amx_kernel(4, panel, vp + q * 4 * 1024, O + ip * 32 * dp + q * 32, dp, true);
+    }
+}
+#endif
+
+/* The forward's K^T and V of keys j0 .. j0+n-1 of kv head g into kt and v: f32
+ * (through tmp), or with amx packed as bf16 panels (amx_pack_kv). */
+static void FAB__T(fwd_load_kv)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t g, int64_t j0, int n,
+                                int amx, float *tmp, float *kt, float *v)
+{
+#if FAB__VL >= 16
+    if (amx) {
+        FAB__T(amx_pack_kv)(a, sq, g, j0, n, (uint16_t *)kt, (uint16_t *)v);
+        return;
+    }
+#else
+    (void)amx;
+#endif
+    FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, n, g, a->d, sq->dp, tmp, kt);
+    FAB__T(load)(&a->v, a->dtype, sq->b, sq->k0 + j0, n, FAB__BK, g, a->d, sq->dp, v);
+}
+
 /* Forward of one query tile (rows i0 .. i0+nq-1 of one sequence and head):
  * online softmax over the key tiles the mask lets it see, at keys that are
  * multiples of BK (a window's first tile is partly masked). Q, O: [BQ x dp];
  * KT: [dp x BK] (keys transposed); V, S: [BK x dp], [BQ x BK]; then tmp [BK x dp]
  * for load_t and fwd_softmax's 3 BQ floats. With a cache (kc not NULL), K^T and
  * V of a key tile come from it, converted there by the first query tile of the
- * thread that needs them; the tiles hold the same values either way. */
+ * thread that needs them; the tiles hold the same values either way. amx (the
+ * 16-wide copy only): the products on AMX, Q, K and V packed as bf16 in the same
+ * places (the cache's tiles too; V's twice, as many bytes as its f32 tile), P's
+ * hi and lo panels after tmp. */
 static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t h, int64_t i0, int nq,
-                             float *ws, fab__kv_cache *kc)
+                             float *ws, fab__kv_cache *kc, int amx)
 {
     const int dp = sq->dp, nqp = (nq + 3) & ~3;
     float *Q = ws, *O = Q + FAB__BQ * dp, *KT = O + FAB__BQ * dp, *V = KT + dp * FAB__BK;
@@ -490,7 +641,15 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
     float *S = V + FAB__BK * dp, *m = S + FAB__BQ * FAB__BK, *l = m + FAB__BQ, *tmp = l + FAB__BQ * 16;
     const int64_t g = h / (a->hq / a->hkv);
     const size_t es = a->dtype == FAB_DTYPE_F32 ? 4 : 2;
-    FAB__T(load)(&a->q, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, dp, Q);
+#if FAB__VL >= 16
+    uint16_t *Pb = (uint16_t *)(tmp + FAB__BK * dp + 3 * FAB__BQ);
+    if (amx)
+        FAB__T(amx_pack_rows)(&a->q, sq->b, sq->q0 + i0, nq, h, a->d, dp, (uint16_t *)Q);
+    else
+#else
+    (void)amx;
+#endif
+        FAB__T(load)(&a->q, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, dp, Q);
     memset(O, 0, sizeof(float) * (size_t)(nqp * dp));
     for (int i = 0; i < FAB__BQ; i++) {
         m[i] = -INFINITY;
@@ -511,14 +670,11 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
              * columns are masked, those rows of V not read) */
             kt = kc->kt + (size_t)t * (size_t)(dp * FAB__BK), v = kc->v + (size_t)t * (size_t)(dp * FAB__BK);
             if (!kc->have[t]) {
-                const int n = (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK);
-                FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, n, g, a->d, dp, tmp, kt);
-                FAB__T(load)(&a->v, a->dtype, sq->b, sq->k0 + j0, n, FAB__BK, g, a->d, dp, v);
+                FAB__T(fwd_load_kv)(a, sq, g, j0, (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK), amx, tmp, kt, v);
                 kc->have[t] = 1;
             }
         } else {
-            FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, kt);
-            FAB__T(load)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, v);
+            FAB__T(fwd_load_kv)(a, sq, g, j0, nk, amx, tmp, kt, v);
         }
         /* the next tile's rows, where they will be converted */
         const int nk1 = (kc && j1 < khi && kc->have[t + 1]) ? 0 : (int)(khi - j1 < FAB__BK ? khi - j1 : FAB__BK);
@@ -530,11 +686,21 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
         int r0, r1;
         rows_seeing_keys(a, off, i0, nq, j0, nk, &r0, &r1);
         const int nr = r1 - r0;
-        FAB__T(mm)(nr, FAB__BK, dp, Q + r0 * dp, dp, 1, kt, FAB__BK, S + r0 * FAB__BK, FAB__BK, 0);
+#if FAB__VL >= 16
+        if (amx)
+            FAB__T(amx_scores)((const uint16_t *)Q, (const uint16_t *)kt, dp / 32, r0, r1, S);
+        else
+#endif
+            FAB__T(mm)(nr, FAB__BK, dp, Q + r0 * dp, dp, 1, kt, FAB__BK, S + r0 * FAB__BK, FAB__BK, 0);
         FAB__T(fwd_softmax)(a, S, r0, r1, nq, nk, i0 + off, j0, m, l, O, dp, tmp + FAB__BK * dp);
         if (nk1 > 0)
             FAB__T(prefetch_rows)(&a->v, es, sq->b, sq->k0 + j1, nk1, g, a->d);
-        FAB__T(mm)(nr, dp, nk, S + r0 * FAB__BK, FAB__BK, 1, v, dp, O + r0 * dp, dp, 1);
+#if FAB__VL >= 16
+        if (amx)
+            FAB__T(amx_mul_keys)(S, r0, r1, (const uint16_t *)v, dp, Pb, O);
+        else
+#endif
+            FAB__T(mm)(nr, dp, nk, S + r0 * FAB__BK, FAB__BK, 1, v, dp, O + r0 * dp, dp, 1);
     }
     /* every row has a key (the entry checks it), so l > 0 */
     for (int i = 0; i < nq; i++) {
@@ -559,14 +725,25 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
  * products take those rows only, the others' P and dS being zeros. */
 static void FAB__T(bwd_pair)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t i0, int nq, int nqp,
                              int64_t j0, int nk, const float *Q, const float *dO, const float *KT, const float *VT,
-                             const float *lse2, const float *D, float *P, float *dS, float *T, int *r0, int *r1)
+                             const fab__amx_tiles *x, const float *lse2, const float *D, float *P, float *dS, float *T,
+                             int *r0, int *r1)
 {
     const int dp = sq->dp;
     const int64_t off = sq->sk - sq->sq;
     rows_seeing_keys(a, off, i0, nq, j0, nk, r0, r1);
     const int lo = *r0, nr = *r1 - *r0;
-    FAB__T(mm)(nr, FAB__BK, dp, Q + lo * dp, dp, 1, KT, FAB__BK, P + lo * FAB__BK, FAB__BK, 0);
-    FAB__T(mm)(nr, FAB__BK, dp, dO + lo * dp, dp, 1, VT, FAB__BK, dS + lo * FAB__BK, FAB__BK, 0);
+#if FAB__VL >= 16
+    if (x) { /* s and dP of the bf16 operands on AMX (whole 32-row panels) */
+        FAB__T(amx_scores)(x->q, x->k, dp / 32, lo, *r1, P);
+        FAB__T(amx_scores)(x->dout, x->v, dp / 32, lo, *r1, dS);
+    } else
+#else
+    (void)x;
+#endif
+    {
+        FAB__T(mm)(nr, FAB__BK, dp, Q + lo * dp, dp, 1, KT, FAB__BK, P + lo * FAB__BK, FAB__BK, 0);
+        FAB__T(mm)(nr, FAB__BK, dp, dO + lo * dp, dp, 1, VT, FAB__BK, dS + lo * FAB__BK, FAB__BK, 0);
+    }
     FAB__T(logits)(a, P, T, nq, nqp, nk, i0, j0, off);
     const float scale = a->scale, cap = a->softcap;
     for (int i = lo; i < *r1; i++) {
@@ -583,6 +760,42 @@ static void FAB__T(bwd_pair)(const fab__attn_args *a, const fab__attn_seq *sq, i
                 ds[j] *= 1.0f - t[j] * t[j];
         }
     }
+}
+
+/* dV += P^T dO and dK += dS^T Q over the rows [r0, r1) of a tile pair: on AMX
+ * with x (P and dS as hi + lo), else on the vector units. */
+static void FAB__T(bwd_grad_kv)(const fab__amx_tiles *x, const float *P, const float *dS, int r0, int r1,
+                                const float *Q, const float *dO, int dp, float *dK, float *dV)
+{
+#if FAB__VL >= 16
+    if (x) {
+        FAB__T(amx_pack_t_hilo)(P, r0, r1, x->hl);
+        FAB__T(amx_grad_keys)(x->hl, x->doutb, dp, dV);
+        FAB__T(amx_pack_t_hilo)(dS, r0, r1, x->hl);
+        FAB__T(amx_grad_keys)(x->hl, x->qb, dp, dK);
+        return;
+    }
+#else
+    (void)x;
+#endif
+    FAB__T(mm)(FAB__BK, dp, r1 - r0, P + r0 * FAB__BK, 1, FAB__BK, dO + r0 * dp, dp, dV, dp, 1);
+    FAB__T(mm)(FAB__BK, dp, r1 - r0, dS + r0 * FAB__BK, 1, FAB__BK, Q + r0 * dp, dp, dK, dp, 1);
+}
+
+/* dQ (the tile's rows) += dS K over the rows [r0, r1): on AMX with x, else on
+ * the vector units. */
+static void FAB__T(bwd_grad_q)(const fab__amx_tiles *x, float *dS, int r0, int r1, const float *K, int dp,
+                               float *dQ)
+{
+#if FAB__VL >= 16
+    if (x) {
+        FAB__T(amx_mul_keys)(dS, r0, r1, x->kb, dp, x->hl, dQ);
+        return;
+    }
+#else
+    (void)x;
+#endif
+    FAB__T(mm)(r1 - r0, dp, FAB__BK, dS + r0 * FAB__BK, FAB__BK, 1, K, dp, dQ + r0 * dp, dp, 1);
 }
 
 /* D = rowsum(dO * O) for every row of sequence `sq`, head h, into Dbuf (laid out
@@ -605,12 +818,27 @@ static void FAB__T(bwd_rowdot)(const fab__attn_args *a, const fab__attn_seq *sq,
     }
 }
 
-/* Loads the query-side tile of the backward: Q, dO, lse2, D for rows i0.. of head h. */
+/* Loads the query-side tile of the backward: Q, dO, lse2, D for rows i0.. of head h;
+ * with x (AMX), Q and dO packed as bf16 A panels there too, and as B panels
+ * where x->qb is set (the dK, dV products). */
 static void FAB__T(bwd_load_q)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t h, int64_t i0, int nq,
-                               int nqp, const float *Dbuf, float *Q, float *dO, float *lse2, float *D)
+                               int nqp, const float *Dbuf, float *Q, float *dO, float *lse2, float *D,
+                               const fab__amx_tiles *x)
 {
     FAB__T(load)(&a->q, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, sq->dp, Q);
     FAB__T(load)(&a->dout, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, sq->dp, dO);
+#if FAB__VL >= 16
+    if (x) {
+        FAB__T(amx_pack_rows)(&a->q, sq->b, sq->q0 + i0, nq, h, a->d, sq->dp, x->q);
+        FAB__T(amx_pack_rows)(&a->dout, sq->b, sq->q0 + i0, nq, h, a->d, sq->dp, x->dout);
+        if (x->qb) {
+            FAB__T(amx_pack_twice)(&a->q, sq->b, sq->q0 + i0, nq, h, a->d, sq->dp, FAB__BQ / 32, x->qb);
+            FAB__T(amx_pack_twice)(&a->dout, sq->b, sq->q0 + i0, nq, h, a->d, sq->dp, FAB__BQ / 32, x->doutb);
+        }
+    }
+#else
+    (void)x;
+#endif
     const int64_t base = sq->b * a->lse_sb + h * a->lse_sh + sq->q0 + i0;
     for (int i = 0; i < nqp; i++) {
         lse2[i] = i < nq ? a->lse[base + i] * 1.4426950408889634f : 0;
@@ -621,15 +849,26 @@ static void FAB__T(bwd_load_q)(const fab__attn_args *a, const fab__attn_seq *sq,
 /* dK, dV of one key tile (rows j0.. of kv head g): the sum over the query
  * heads of the group and over the query tiles that see it, in a fixed order. */
 static void FAB__T(bwd_kv_tile)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t g, int64_t j0, int nk,
-                                const float *Dbuf, float *ws)
+                                const float *Dbuf, float *ws, int amx)
 {
     const int dp = sq->dp;
     float *KT = ws, *VT = KT + dp * FAB__BK, *dK = VT + dp * FAB__BK, *dV = dK + FAB__BK * dp;
     float *Q = dV + FAB__BK * dp, *dO = Q + FAB__BQ * dp, *P = dO + FAB__BQ * dp, *dS = P + FAB__BQ * FAB__BK;
     float *T = dS + FAB__BQ * FAB__BK, *lse2 = T + FAB__BQ * FAB__BK, *D = lse2 + FAB__BQ;
     float *tmp = D + FAB__BQ;
+    /* AMX: its bf16 operands after tmp (amx_tiles_at) */
+    fab__amx_tiles xt = amx_tiles_at(tmp + FAB__BK * dp, FAB__BQ, dp), *x = NULL;
     FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, KT);
     FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
+#if FAB__VL >= 16
+    if (amx) {
+        x = &xt;
+        FAB__T(amx_pack_keys)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.k);
+        FAB__T(amx_pack_keys)(&a->v, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.v);
+    }
+#else
+    (void)amx, (void)xt;
+#endif
     memset(dK, 0, sizeof(float) * (size_t)(FAB__BK * dp));
     memset(dV, 0, sizeof(float) * (size_t)(FAB__BK * dp));
     int64_t ilo, ihi;
@@ -638,11 +877,10 @@ static void FAB__T(bwd_kv_tile)(const fab__attn_args *a, const fab__attn_seq *sq
     for (int64_t h = g * r; h < (g + 1) * r; h++) {
         for (int64_t i0 = ilo; i0 < ihi; i0 += FAB__BQ) {
             int nq = (int)(sq->sq - i0 < FAB__BQ ? sq->sq - i0 : FAB__BQ), nqp = (nq + 3) & ~3;
-            FAB__T(bwd_load_q)(a, sq, h, i0, nq, nqp, Dbuf, Q, dO, lse2, D);
+            FAB__T(bwd_load_q)(a, sq, h, i0, nq, nqp, Dbuf, Q, dO, lse2, D, x);
             int r0, r1;
-            FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2, D, P, dS, T, &r0, &r1);
-            FAB__T(mm)(FAB__BK, dp, r1 - r0, P + r0 * FAB__BK, 1, FAB__BK, dO + r0 * dp, dp, dV, dp, 1);
-            FAB__T(mm)(FAB__BK, dp, r1 - r0, dS + r0 * FAB__BK, 1, FAB__BK, Q + r0 * dp, dp, dK, dp, 1);
+            FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, x, lse2, D, P, dS, T, &r0, &r1);
+            FAB__T(bwd_grad_kv)(x, P, dS, r0, r1, Q, dO, dp, dK, dV);
         }
     }
     FAB__T(store)(&a->dk, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK);
@@ -651,14 +889,23 @@ static void FAB__T(bwd_kv_tile)(const fab__attn_args *a, const fab__attn_seq *sq
 
 /* dQ of one query tile: the sum over the key tiles it sees, in order. */
 static void FAB__T(bwd_q_tile)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t h, int64_t i0, int nq,
-                               const float *Dbuf, float *ws)
+                               const float *Dbuf, float *ws, int amx)
 {
     const int dp = sq->dp, nqp = (nq + 3) & ~3;
     float *Q = ws, *dO = Q + FAB__BQ * dp, *dQ = dO + FAB__BQ * dp, *KT = dQ + FAB__BQ * dp;
     float *VT = KT + dp * FAB__BK, *K = VT + dp * FAB__BK, *P = K + FAB__BK * dp, *dS = P + FAB__BQ * FAB__BK;
     float *T = dS + FAB__BQ * FAB__BK, *lse2 = T + FAB__BQ * FAB__BK, *D = lse2 + FAB__BQ, *tmp = D + FAB__BQ;
     const int64_t g = h / (a->hq / a->hkv);
-    FAB__T(bwd_load_q)(a, sq, h, i0, nq, nqp, Dbuf, Q, dO, lse2, D);
+    /* AMX: its bf16 operands after tmp, as bwd_kv_tile's (no B panels of Q, dO) */
+    fab__amx_tiles xt = amx_tiles_at(tmp + FAB__BK * dp, FAB__BQ, dp), *x = NULL;
+    xt.qb = xt.doutb = NULL;
+#if FAB__VL >= 16
+    if (amx)
+        x = &xt;
+#else
+    (void)amx;
+#endif
+    FAB__T(bwd_load_q)(a, sq, h, i0, nq, nqp, Dbuf, Q, dO, lse2, D, x);
     memset(dQ, 0, sizeof(float) * (size_t)(FAB__BQ * dp));
     int64_t klo, khi;
     fab__attn_key_range(a, sq->sq, sq->sk, i0, i0 + nq, &klo, &khi);
@@ -668,9 +915,16 @@ static void FAB__T(bwd_q_tile)(const fab__attn_args *a, const fab__attn_seq *sq,
         FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
         FAB__T(transpose)(K, FAB__BK, dp, KT);
         FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
+#if FAB__VL >= 16
+        if (x) {
+            FAB__T(amx_pack_keys)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.k);
+            FAB__T(amx_pack_keys)(&a->v, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.v);
+            FAB__T(amx_pack_twice)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, FAB__BK / 32, xt.kb);
+        }
+#endif
         int r0, r1;
-        FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2, D, P, dS, T, &r0, &r1);
-        FAB__T(mm)(r1 - r0, dp, FAB__BK, dS + r0 * FAB__BK, FAB__BK, 1, K, dp, dQ + r0 * dp, dp, 1);
+        FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, x, lse2, D, P, dS, T, &r0, &r1);
+        FAB__T(bwd_grad_q)(x, dS, r0, r1, K, dp, dQ);
     }
     FAB__T(store)(&a->dq, a->dtype, sq->b, sq->q0 + i0, nq, h, a->d, dp, dQ);
 }
@@ -684,7 +938,7 @@ static void FAB__T(bwd_q_tile)(const fab__attn_args *a, const fab__attn_seq *sq,
  * up to BQ, per query head). Every element sees the same operations in the same
  * order as in bwd_kv_tile and bwd_q_tile, so the two schemes agree bit for bit. */
 static void FAB__T(bwd_group)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t g, const float *Dbuf,
-                              float *ws)
+                              float *ws, int amx)
 {
     const int dp = sq->dp;
     const int64_t r = a->hq / a->hkv, rows = (sq->sq + FAB__BQ - 1) / FAB__BQ * FAB__BQ;
@@ -692,12 +946,26 @@ static void FAB__T(bwd_group)(const fab__attn_args *a, const fab__attn_seq *sq, 
     float *P = dV + FAB__BK * dp, *dS = P + FAB__BQ * FAB__BK, *T = dS + FAB__BQ * FAB__BK;
     float *Qg = T + FAB__BQ * FAB__BK, *dOg = Qg + r * rows * dp, *dQg = dOg + r * rows * dp;
     float *lse2g = dQg + r * rows * dp, *Dg = lse2g + r * rows;
+    /* AMX: the group's operands (amx_tiles_at for all its rows) after Dg; a query
+     * tile's own at its row (xr) */
+    const fab__amx_tiles xt = amx_tiles_at(Dg + r * rows, r * rows, dp);
+    fab__amx_tiles xr = xt, *x = NULL;
+#if FAB__VL >= 16
+    if (amx)
+        x = &xr;
+#else
+    (void)amx, (void)xr;
+#endif
+#define FAB__AMX_ROW(row)                                                                                       \
+    (xr.q = xt.q + (row) * dp, xr.dout = xt.dout + (row) * dp, xr.qb = xt.qb + 2 * (row) * dp,                 \
+     xr.doutb = xt.doutb + 2 * (row) * dp)
     for (int64_t hh = 0; hh < r; hh++)
         for (int64_t i0 = 0; i0 < sq->sq; i0 += FAB__BQ) {
             int nq = (int)(sq->sq - i0 < FAB__BQ ? sq->sq - i0 : FAB__BQ), nqp = (nq + 3) & ~3;
             int64_t row = hh * rows + i0;
+            FAB__AMX_ROW(row);
             FAB__T(bwd_load_q)(a, sq, g * r + hh, i0, nq, nqp, Dbuf, Qg + row * dp, dOg + row * dp, lse2g + row,
-                               Dg + row);
+                               Dg + row, x);
         }
     memset(dQg, 0, sizeof(float) * (size_t)(r * rows * dp));
     for (int64_t j0 = 0; j0 < sq->sk; j0 += FAB__BK) {
@@ -705,6 +973,13 @@ static void FAB__T(bwd_group)(const fab__attn_args *a, const fab__attn_seq *sq, 
         FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
         FAB__T(transpose)(K, FAB__BK, dp, KT);
         FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK /* as tmp */, VT);
+#if FAB__VL >= 16
+        if (x) {
+            FAB__T(amx_pack_keys)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.k);
+            FAB__T(amx_pack_keys)(&a->v, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.v);
+            FAB__T(amx_pack_twice)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, FAB__BK / 32, xt.kb);
+        }
+#endif
         memset(dK, 0, sizeof(float) * (size_t)(FAB__BK * dp));
         memset(dV, 0, sizeof(float) * (size_t)(FAB__BK * dp));
         int64_t ilo, ihi;
@@ -714,12 +989,12 @@ static void FAB__T(bwd_group)(const fab__attn_args *a, const fab__attn_seq *sq, 
                 int nq = (int)(sq->sq - i0 < FAB__BQ ? sq->sq - i0 : FAB__BQ), nqp = (nq + 3) & ~3;
                 int64_t row = hh * rows + i0;
                 const float *Q = Qg + row * dp, *dO = dOg + row * dp;
+                FAB__AMX_ROW(row);
                 int r0, r1;
-                FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, lse2g + row, Dg + row, P, dS, T, &r0,
+                FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, x, lse2g + row, Dg + row, P, dS, T, &r0,
                                  &r1);
-                FAB__T(mm)(FAB__BK, dp, r1 - r0, P + r0 * FAB__BK, 1, FAB__BK, dO + r0 * dp, dp, dV, dp, 1);
-                FAB__T(mm)(FAB__BK, dp, r1 - r0, dS + r0 * FAB__BK, 1, FAB__BK, Q + r0 * dp, dp, dK, dp, 1);
-                FAB__T(mm)(r1 - r0, dp, FAB__BK, dS + r0 * FAB__BK, FAB__BK, 1, K, dp, dQg + (row + r0) * dp, dp, 1);
+                FAB__T(bwd_grad_kv)(x, P, dS, r0, r1, Q, dO, dp, dK, dV);
+                FAB__T(bwd_grad_q)(x, dS, r0, r1, K, dp, dQg + row * dp);
             }
         }
         FAB__T(store)(&a->dk, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK);
@@ -730,4 +1005,5 @@ static void FAB__T(bwd_group)(const fab__attn_args *a, const fab__attn_seq *sq, 
             int nq = (int)(sq->sq - i0 < FAB__BQ ? sq->sq - i0 : FAB__BQ);
             FAB__T(store)(&a->dq, a->dtype, sq->b, sq->q0 + i0, nq, g * r + hh, a->d, dp, dQg + (hh * rows + i0) * dp);
         }
+#undef FAB__AMX_ROW
 }
