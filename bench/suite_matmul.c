@@ -7,8 +7,9 @@
  *        oneDNN's bf16 matmul primitive, bf16 in, f32 out: on an AMX CPU its AMX
  *        kernels, the fastest bf16 GEMM the CPU has besides ours);
  *        and GPT-2 124M's fc layer over 1024 tokens, forward and both backward
- *        products (f32, the same transposes for sgemm; not with --quick), and the
- *        forward with its bias and GELU fused (against the bare sgemm).
+ *        products (f32 and bf16 inputs, the same transposes for sgemm and, bf16,
+ *        for oneDNN; not with --quick), and the forward with its bias and GELU
+ *        fused (f32, against the bare sgemm).
  *   GPU: cuBLASLt, through fab_matmul with algo = FAB_MATMUL_ALGO_CUBLASLT, for
  *        bf16 squares 1024..8192 and the linear layers of GPT-2 124M and LLaMA-7B
  *        training: forward y = x·Wᵀ, backward dx = dy·W and dW = dyᵀ·x; and at
@@ -64,9 +65,10 @@ static fab_status run_openblas(void *arg)
 #endif
 
 #ifdef FAB_BENCH_HAVE_ONEDNN
-/* oneDNN's matmul primitive C[m,n] (f32) = A[m,k]·B[k,n] (bf16, row-major) on
- * fab-bench's buffers, built before the timing; its OpenMP threads are the
- * process's, as fabriek's CPU context's. */
+/* oneDNN's matmul primitive C[m,n] (f32) = op(A)·op(B) (bf16, row-major; stored
+ * transposed where ta / tb, oneDNN's "ba" layout) on fab-bench's buffers, built
+ * before the timing; its OpenMP threads are the process's, as fabriek's CPU
+ * context's. */
 typedef struct onednn_mm {
     dnnl_engine_t eng;
     dnnl_stream_t stream;
@@ -92,7 +94,7 @@ static void onednn_free(onednn_mm *o)
     memset(o, 0, sizeof *o);
 }
 
-static bool onednn_setup(onednn_mm *o, int64_t m, int64_t n, int64_t k, void *a, void *b, void *c)
+static bool onednn_setup(onednn_mm *o, int64_t m, int64_t n, int64_t k, int ta, int tb, void *a, void *b, void *c)
 {
     memset(o, 0, sizeof *o);
     dnnl_memory_desc_t ad, bd, cd;
@@ -101,8 +103,8 @@ static bool onednn_setup(onednn_mm *o, int64_t m, int64_t n, int64_t k, void *a,
     dnnl_primitive_desc_t pd = NULL;
     bool ok = dnnl_engine_create(&o->eng, dnnl_cpu, 0) == dnnl_success &&
               dnnl_stream_create(&o->stream, o->eng, dnnl_stream_default_flags) == dnnl_success &&
-              dnnl_memory_desc_init_by_tag(&ad, 2, da, dnnl_bf16, dnnl_ab) == dnnl_success &&
-              dnnl_memory_desc_init_by_tag(&bd, 2, db, dnnl_bf16, dnnl_ab) == dnnl_success &&
+              dnnl_memory_desc_init_by_tag(&ad, 2, da, dnnl_bf16, ta ? dnnl_ba : dnnl_ab) == dnnl_success &&
+              dnnl_memory_desc_init_by_tag(&bd, 2, db, dnnl_bf16, tb ? dnnl_ba : dnnl_ab) == dnnl_success &&
               dnnl_memory_desc_init_by_tag(&cd, 2, dc, dnnl_f32, dnnl_ab) == dnnl_success &&
               dnnl_matmul_desc_init(&md, &ad, &bd, NULL, &cd) == dnnl_success &&
               dnnl_primitive_desc_create(&pd, &md, NULL, o->eng, NULL) == dnnl_success &&
@@ -175,7 +177,8 @@ static void set_row(bench_row *row, const char *name, int64_t m, int64_t n, int6
 #define ROUNDS 3
 
 /* One CPU GEMM, op(A)[m,k]·op(B)[k,n] into f32 C, with f32 inputs and, when
- * `with_bf16`, a second row with bf16 inputs; both against f32 sgemm. With an
+ * `with_bf16`, a second row with bf16 inputs; both against f32 sgemm, and the bf16
+ * one in a third row against oneDNN's bf16 matmul where it is linked. With an
  * activation, fabriek's call also adds a bias [n] and applies it (the fused
  * layer; OpenBLAS's sgemm, the baseline, does neither). */
 static int cpu_one(bench *b, const char *name, int64_t m, int64_t n, int64_t k, int ta, int tb, bool with_bf16,
@@ -231,7 +234,7 @@ static int cpu_one(bench *b, const char *name, int64_t m, int64_t n, int64_t k, 
         double ms = -1, base_ms = -1, dnnl_ms = -1;
 #ifdef FAB_BENCH_HAVE_ONEDNN
         onednn_mm o;
-        bool with_dnnl = d == 1 && !ta && !tb && onednn_setup(&o, m, n, k, a16, b16, c32);
+        bool with_dnnl = d == 1 && onednn_setup(&o, m, n, k, ta, tb, a16, b16, c32);
 #endif
         for (int round = 0; round < ROUNDS; round++) {
 #ifdef FAB_BENCH_HAVE_OPENBLAS
@@ -311,10 +314,10 @@ static int cpu_suite(bench *b)
          * forward as the layer runs it, with its bias and GELU fused (against the
          * bare sgemm: what the epilogue costs) */
         const int64_t T = 1024, in = 768, out = 3072;
-        failed |= cpu_one(b, "gpt2 fc fwd", T, out, in, 0, 1, false, FAB_MATMUL_ACT_NONE);
+        failed |= cpu_one(b, "gpt2 fc fwd", T, out, in, 0, 1, true, FAB_MATMUL_ACT_NONE);
         failed |= cpu_one(b, "gpt2 fc fwd +bias+gelu", T, out, in, 0, 1, false, FAB_MATMUL_ACT_GELU_TANH);
-        failed |= cpu_one(b, "gpt2 fc dx", T, in, out, 0, 0, false, FAB_MATMUL_ACT_NONE);
-        failed |= cpu_one(b, "gpt2 fc dW", out, in, T, 1, 0, false, FAB_MATMUL_ACT_NONE);
+        failed |= cpu_one(b, "gpt2 fc dx", T, in, out, 0, 0, true, FAB_MATMUL_ACT_NONE);
+        failed |= cpu_one(b, "gpt2 fc dW", out, in, T, 1, 0, true, FAB_MATMUL_ACT_NONE);
     }
     return failed;
 }
