@@ -525,6 +525,22 @@ static void FAB__T(amx_pack_kv)(const fab__attn_args *a, const fab__attn_seq *sq
     FAB__T(amx_pack_twice)(&a->v, sq->b, sq->k0 + j0, n, g, a->d, sq->dp, FAB__BK / 32, vp);
 }
 
+/* hi and lo of 32 floats, the lanes outside `keep` zero: hi = x rounded to bf16,
+ * lo = x - hi (exact in f32) rounded; VCVTNE2PS2BF16 (AVX512-BF16, which the AMX
+ * probe requires) rounds to nearest even and reads a subnormal as zero, as AMX
+ * would anyway. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c"))) static inline void
+FAB__T(amx_split32)(const float *x, __mmask32 keep, uint16_t *hi, uint16_t *lo)
+{
+    const __m512 a = _mm512_maskz_loadu_ps((__mmask16)keep, x), b = _mm512_maskz_loadu_ps((__mmask16)(keep >> 16), x + 16);
+    const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a); /* a's 16 values first */
+    const __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+    const __m512 hb =
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+    _mm512_storeu_si512(hi, h);
+    _mm512_storeu_si512(lo, (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, hb), _mm512_sub_ps(a, ha)));
+}
+
 /* A panels of X^T for X [BQ x BK] (P or dS; the rows outside [r0, r1) read as
  * zero): per 32-key panel, the four 32-row chunks of hi, then of lo (X = hi + lo,
  * as in amx_mul_keys). Each 32x32 block is transposed in f32 (its bits), then
@@ -542,16 +558,9 @@ static void FAB__T(amx_pack_t_hilo)(const float *X, int r0, int r1, uint16_t *ds
                 continue;
             }
             fab__amx_transpose32_f32(X + ch * 32 * FAB__BK + kp * 32, FAB__BK, t);
-            for (int r = 0; r < 32; r++) {
-                const float *x = t + r * 32;
-#pragma omp simd
-                for (int c = 0; c < 32; c++) {
-                    const float v = c >= t0 && c < t1 ? x[c] : 0.0f;
-                    const uint16_t h = fab__bf16_store(v);
-                    hi[r * 32 + c] = h;
-                    lo[r * 32 + c] = fab__bf16_store(v - fab__bf16_load(h));
-                }
-            }
+            const __mmask32 keep = (__mmask32)(((1ull << t1) - 1) & ~((1ull << t0) - 1));
+            for (int r = 0; r < 32; r++)
+                FAB__T(amx_split32)(t + r * 32, keep, hi + r * 32, lo + r * 32);
         }
 }
 
@@ -590,13 +599,7 @@ static void FAB__T(amx_mul_keys)(const float *S, int r0, int r1, const uint16_t 
                     memset(lo, 0, 32 * sizeof(uint16_t));
                     continue;
                 }
-                const float *p = S + i * FAB__BK + ch * 32;
-#pragma omp simd
-                for (int t = 0; t < 32; t++) {
-                    const uint16_t h = fab__bf16_store(p[t]);
-                    hi[t] = h;
-                    lo[t] = fab__bf16_store(p[t] - fab__bf16_load(h)); /* exact difference */
-                }
+                FAB__T(amx_split32)(S + i * FAB__BK + ch * 32, 0xffffffffu, hi, lo);
             }
         for (int q = 0; q < dp / 32; q++)
             fab__amx_kernel(4, panel, vp + q * 4 * 1024, O + ip * 32 * dp + q * 32, dp, true);
@@ -825,8 +828,13 @@ static void FAB__T(bwd_load_q)(const fab__attn_args *a, const fab__attn_seq *sq,
                                int nqp, const float *Dbuf, float *Q, float *dO, float *lse2, float *D,
                                const fab__amx_tiles *x)
 {
-    FAB__T(load)(&a->q, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, sq->dp, Q);
-    FAB__T(load)(&a->dout, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, sq->dp, dO);
+#if FAB__VL >= 16
+    if (!x)
+#endif
+    { /* the f32 copies only the vector units' products read */
+        FAB__T(load)(&a->q, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, sq->dp, Q);
+        FAB__T(load)(&a->dout, a->dtype, sq->b, sq->q0 + i0, nq, nqp, h, a->d, sq->dp, dO);
+    }
 #if FAB__VL >= 16
     if (x) {
         FAB__T(amx_pack_rows)(&a->q, sq->b, sq->q0 + i0, nq, h, a->d, sq->dp, x->q);
@@ -858,17 +866,19 @@ static void FAB__T(bwd_kv_tile)(const fab__attn_args *a, const fab__attn_seq *sq
     float *tmp = D + FAB__BQ;
     /* AMX: its bf16 operands after tmp (amx_tiles_at) */
     fab__amx_tiles xt = amx_tiles_at(tmp + FAB__BK * dp, FAB__BQ, dp), *x = NULL;
-    FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, KT);
-    FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
 #if FAB__VL >= 16
     if (amx) {
         x = &xt;
         FAB__T(amx_pack_keys)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.k);
         FAB__T(amx_pack_keys)(&a->v, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.v);
-    }
+    } else
 #else
     (void)amx, (void)xt;
 #endif
+    {
+        FAB__T(load_t)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, KT);
+        FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
+    }
     memset(dK, 0, sizeof(float) * (size_t)(FAB__BK * dp));
     memset(dV, 0, sizeof(float) * (size_t)(FAB__BK * dp));
     int64_t ilo, ihi;
@@ -912,16 +922,18 @@ static void FAB__T(bwd_q_tile)(const fab__attn_args *a, const fab__attn_seq *sq,
     klo = klo / FAB__BK * FAB__BK; /* the key tiles of the dk/dv pass */
     for (int64_t j0 = klo; j0 < khi; j0 += FAB__BK) {
         int nk = (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK);
-        FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
-        FAB__T(transpose)(K, FAB__BK, dp, KT);
-        FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
 #if FAB__VL >= 16
         if (x) {
             FAB__T(amx_pack_keys)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.k);
             FAB__T(amx_pack_keys)(&a->v, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.v);
             FAB__T(amx_pack_twice)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, FAB__BK / 32, xt.kb);
-        }
+        } else
 #endif
+        {
+            FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
+            FAB__T(transpose)(K, FAB__BK, dp, KT);
+            FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
+        }
         int r0, r1;
         FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, x, lse2, D, P, dS, T, &r0, &r1);
         FAB__T(bwd_grad_q)(x, dS, r0, r1, K, dp, dQ);
@@ -970,16 +982,18 @@ static void FAB__T(bwd_group)(const fab__attn_args *a, const fab__attn_seq *sq, 
     memset(dQg, 0, sizeof(float) * (size_t)(r * rows * dp));
     for (int64_t j0 = 0; j0 < sq->sk; j0 += FAB__BK) {
         int nk = (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK);
-        FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
-        FAB__T(transpose)(K, FAB__BK, dp, KT);
-        FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK /* as tmp */, VT);
 #if FAB__VL >= 16
         if (x) {
             FAB__T(amx_pack_keys)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.k);
             FAB__T(amx_pack_keys)(&a->v, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.v);
             FAB__T(amx_pack_twice)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, FAB__BK / 32, xt.kb);
-        }
+        } else
 #endif
+        {
+            FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
+            FAB__T(transpose)(K, FAB__BK, dp, KT);
+            FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK /* as tmp */, VT);
+        }
         memset(dK, 0, sizeof(float) * (size_t)(FAB__BK * dp));
         memset(dV, 0, sizeof(float) * (size_t)(FAB__BK * dp));
         int64_t ilo, ihi;

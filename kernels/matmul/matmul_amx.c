@@ -53,16 +53,21 @@
 /* Decided once per process (the permission is per process): 1 yes, -1 no. */
 static int amx_cpu_state, amx_granted_state;
 
-/* The CPU has AMX-TILE and AMX-BF16 and the OS enabled their state in XCR0. */
+/* The CPU has AMX-TILE and AMX-BF16, and the AVX-512 the packing uses (F, BW,
+ * BF16: every AMX CPU so far), and the OS enabled their state in XCR0. */
 static int amx_cpu_probe(void)
 {
     unsigned eax, ebx, ecx, edx, lo, hi;
     if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1)) /* OSXSAVE: xgetbv works */
         return -1;
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !((edx >> 24) & 1) || !((edx >> 22) & 1))
-        return -1; /* AMX-TILE, AMX-BF16 */
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !((edx >> 24) & 1) || !((edx >> 22) & 1) ||
+        !((ebx >> 16) & 1) || !((ebx >> 30) & 1))
+        return -1; /* AMX-TILE, AMX-BF16, AVX512F, AVX512BW */
+    if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) || !((eax >> 5) & 1))
+        return -1; /* AVX512-BF16 */
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    return (lo & (3u << 17)) == (3u << 17) ? 1 : -1; /* XTILECFG, XTILEDATA */
+    /* opmask, ZMM state (5-7) and XTILECFG, XTILEDATA (17, 18) */
+    return (lo & 0x600e0u) == 0x600e0u ? 1 : -1;
 }
 
 /* Probes once; idempotent, so two threads may both run it. */
