@@ -387,9 +387,10 @@ FAB_API fab_status fab_matmul_bias_grad(fab_context *ctx, const fab_matmul_bias_
  * Backends. CPU: tiled online-softmax forward and a recompute backward (OpenMP
  * over batch x heads x tiles; the backward in one pass, FlashAttention-2's 5
  * products, when batch x heads_kv is enough tasks for the threads and the
- * per-thread scratch, 12 bytes per head_dim per query row of a head group, stays
- * under 32 MiB; bf16 with head_dim padded to a multiple of 32: the tile products
- * on Intel AMX where the CPU has it, FAB_ATTN_CPU_AMX=0 turns it off, docs/API.md).
+ * per-thread scratch, 12 bytes per head_dim per query row of a head group (24 on
+ * AMX), stays under 32 MiB; bf16 with head_dim padded to a multiple of 32: the tile
+ * products on Intel AMX where the CPU has it, FAB_ATTN_CPU_AMX=0 turns it off,
+ * docs/API.md).
  * CUDA (sm_80 and later): FlashAttention-2-style
  * mma.sync/ldmatrix/cp.async kernels. On sm_90, bf16/f16, the forward at head dims
  * 64, 96, 128 and 256 runs a Hopper wgmma/TMA kernel instead, and the backward at

@@ -985,8 +985,11 @@ static void test_cpu_kv_cache(void **state)
  * output must differ in its bits from the AVX-512 path's (FAB_ATTN_CPU_AMX=0),
  * and dq from that of the same forward followed by a backward without AMX, so the
  * dispatch is real in both passes, while both stay within a bf16 rounding or so
- * of the AVX-512 path; the backward's two schedules must agree bit for bit; and
- * head dim 48 (padded to 48) must stay on the AVX-512 path: the same bits. */
+ * of the AVX-512 path and move few bf16 values (out, dq, dk, dv); the backward's
+ * two schedules must agree bit for bit; head dim 48 (padded to 48) must stay on
+ * the AVX-512 path: the same bits; and with one key dq and dk are exactly 0. (A
+ * CPU with AMX whose OS refuses the tile state, e.g. by seccomp, would fail here:
+ * its device name says amx-bf16 but nothing runs on it.) */
 static void test_cpu_amx(void **state)
 {
     (void)state;
@@ -1021,18 +1024,23 @@ static void test_cpu_amx(void **state)
         assert_int_equal(n1, cap);
         assert_int_equal(n2, cap);
         assert_int_equal(n3, cap);
-        /* det_run's bytes: out, lse (f32), dq, dk, dv. out: AMX against none; dq:
-         * against the same forward with the backward off */
-        const size_t at[2] = {0, (size_t)nq * 2 + 2 * 4 * (size_t)sl * 4};
-        const char *what[2] = {"out", "dq"};
-        for (int w = 0; w < 2; w++) {
+        /* det_run's bytes: out, lse (f32), dq, dk, dv. out: AMX against none; the
+         * gradients: against the same forward with the backward off. A bf16 value
+         * rarely moves when only f32 roundings change; one product whose P or dS
+         * lost its lo half (rounded to bf16) moves about 40% of them */
+        const int64_t nk = 2 * sl * 2 * d, nlse = 2 * 4 * sl;
+        const size_t at[4] = {0, (size_t)(2 * nq + 4 * nlse), (size_t)(4 * nq + 4 * nlse),
+                              (size_t)(4 * nq + 4 * nlse + 2 * nk)};
+        const int64_t len[4] = {nq, nq, nk, nk};
+        const char *what[4] = {"out", "dq", "dk", "dv"};
+        for (int w = 0; w < 4; w++) {
             const uint16_t *o1 = (const uint16_t *)(r1 + at[w]), *o2 = (const uint16_t *)((w ? r2 : r3) + at[w]);
             const uint16_t *o3 = (const uint16_t *)(r3 + at[w]);
             int64_t differ = 0;
             float big = 0;
-            for (int64_t e = 0; e < nq; e++)
+            for (int64_t e = 0; e < len[w]; e++)
                 big = fmaxf(big, fabsf(fab_bf16_to_f32(o3[e])));
-            for (int64_t e = 0; e < nq; e++) {
+            for (int64_t e = 0; e < len[w]; e++) {
                 const float x1 = fab_bf16_to_f32(o1[e]), x3 = fab_bf16_to_f32(o3[e]);
                 differ += o1[e] != o2[e];
                 if (!(fabsf(x1 - x3) <= 1e-3f * big + 1e-2f * fabsf(x3)))
@@ -1040,13 +1048,17 @@ static void test_cpu_amx(void **state)
                              what[w], (long long)e, x1, x3);
             }
             print_message("head dim %lld: %lld of %lld %s values differ from the %s\n", (long long)d,
-                          (long long)differ, (long long)nq, what[w],
+                          (long long)differ, (long long)len[w], what[w],
                           w ? "backward's without AMX" : "forward's without AMX");
             if (d % 32 == 0 ? differ == 0 : differ != 0)
                 fail_msg("attention, head dim %lld: the AMX path %s (%s)", (long long)d,
                          d % 32 == 0 ? "did not run (the same bits as the AVX-512 path)"
                                      : "ran for a head dim it must not",
                          what[w]);
+            if (differ * 20 > len[w])
+                fail_msg("attention AMX, head dim %lld: %lld of %lld %s values differ from the path without AMX, "
+                         "more than f32 roundings move (is P or dS rounded to bf16?)",
+                         (long long)d, (long long)differ, (long long)len[w], what[w]);
         }
         free(r3);
         if (i == 0) {
@@ -1062,6 +1074,46 @@ static void test_cpu_amx(void **state)
                 fail_msg("attention AMX, head dim %lld: the two-pass backward differs from the one pass", (long long)d);
         }
         free(r1), free(r2);
+    }
+    /* one key: O = V, so dP - D = 0 and dq, dk are exactly 0 (bwd_rowdot sums D as
+     * the AMX kernel sums dP) */
+    {
+        const int64_t sq = 64, hq = 2, d = 64, qs[4] = {1, sq, hq, d}, ks[4] = {1, 1, hq, d}, ls[3] = {1, hq, sq};
+        double *x = malloc(sizeof(double) * (size_t)(2 * sq * hq * d + 2 * hq * d));
+        assert_non_null(x);
+        fab_test_fill_uniform(x, 2 * sq * hq * d + 2 * hq * d, -1, 1);
+        const fab_dtype bf = FAB_DTYPE_BF16;
+        void *q = fab_test_upload(ctx, bf, x, sq * hq * d, NULL), *dout = fab_test_upload(ctx, bf, x + sq * hq * d, sq * hq * d, NULL);
+        void *k = fab_test_upload(ctx, bf, x + 2 * sq * hq * d, hq * d, NULL);
+        void *v = fab_test_upload(ctx, bf, x + 2 * sq * hq * d + hq * d, hq * d, NULL);
+        void *out = fab_test_alloc_poisoned(ctx, bf, sq * hq * d), *lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, hq * sq);
+        void *dq = fab_test_alloc_poisoned(ctx, bf, sq * hq * d), *dk = fab_test_alloc_poisoned(ctx, bf, hq * d);
+        void *dv = fab_test_alloc_poisoned(ctx, bf, hq * d);
+        fab_attention_params f = dense_forward(bf, qs, ks, q, k, v, out);
+        fab_tensor_make(lse, FAB_DTYPE_F32, 3, ls, &f.lse);
+        assert_int_equal(fab_attention_forward(ctx, &f), FAB_OK);
+        fab_attention_backward_params p;
+        memset(&p, 0, sizeof p);
+        p.q = f.q, p.k = f.k, p.v = f.v, p.out = f.out, p.lse = f.lse;
+        fab_tensor_make(dout, bf, 4, qs, &p.dout);
+        fab_tensor_make(dq, bf, 4, qs, &p.dq);
+        fab_tensor_make(dk, bf, 4, ks, &p.dk);
+        fab_tensor_make(dv, bf, 4, ks, &p.dv);
+        assert_int_equal(fab_attention_backward(ctx, &p), FAB_OK);
+        double *g = malloc(sizeof(double) * (size_t)(sq * hq * d));
+        assert_non_null(g);
+        fab_test_download(ctx, bf, dq, sq * hq * d, g);
+        for (int64_t e = 0; e < sq * hq * d; e++)
+            if (g[e] != 0)
+                fail_msg("attention AMX, one key: dq[%lld] = %g, not 0", (long long)e, g[e]);
+        fab_test_download(ctx, bf, dk, hq * d, g);
+        for (int64_t e = 0; e < hq * d; e++)
+            if (g[e] != 0)
+                fail_msg("attention AMX, one key: dk[%lld] = %g, not 0", (long long)e, g[e]);
+        free(g), free(x);
+        fab_test_free(ctx, q), fab_test_free(ctx, dout), fab_test_free(ctx, k), fab_test_free(ctx, v);
+        fab_test_free(ctx, out), fab_test_free(ctx, lse), fab_test_free(ctx, dq), fab_test_free(ctx, dk);
+        fab_test_free(ctx, dv);
     }
     fab_context_destroy(ctx);
 }

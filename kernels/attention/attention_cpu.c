@@ -199,7 +199,7 @@ typedef void (*fwd_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64
                             fab__kv_cache *, int);
 typedef void (*kv_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, const float *,
                            float *, int);
-typedef void (*rowdot_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, float *, float *);
+typedef void (*rowdot_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, float *, float *, int);
 typedef void (*q_tile_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, int64_t, int, const float *,
                           float *, int);
 typedef void (*group_fn)(const fab__attn_args *, const fab__attn_seq *, int64_t, const float *, float *, int);
@@ -404,7 +404,7 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < a->batch * a->hq; t++) {
             fab__attn_seq s = seq_of(a, t / a->hq);
-            rowdot(a, &s, t % a->hq, Dbuf, ws);
+            rowdot(a, &s, t % a->hq, Dbuf, ws, amx);
         }
         /* implicit barrier: D is complete */
         if (single) {

@@ -505,7 +505,8 @@ static void FAB__T(amx_pack_keys)(const fab__attn_view *v, int64_t b, int64_t ro
 
 /* Rows row0 .. row0+n-1 of head h (V or K of a key tile, nch = 2; Q or dO of a
  * query tile, nch = 4) as dp/32 B panels of 32 columns, k = the rows (past n
- * zero), each panel's nch chunks twice: the B side of a hi + lo product. */
+ * zero), each chunk twice in a row (c0 c0 c1 c1 ...): the B side of a hi + lo
+ * product, whose A side holds chunk c's hi then its lo. */
 static void FAB__T(amx_pack_twice)(const fab__attn_view *v, int64_t b, int64_t row0, int n, int64_t h, int64_t d,
                                    int dp, int nch, uint16_t *dst)
 {
@@ -513,7 +514,11 @@ static void FAB__T(amx_pack_twice)(const fab__attn_view *v, int64_t b, int64_t r
     for (int q = 0; q < dp / 32; q++) {
         uint16_t *panel = dst + q * 2 * nch * 1024;
         fab__amx_pack_b(src, v->ss, false, q * 32, d, 0, n, nch, 0, panel);
-        memcpy(panel + nch * 1024, panel, (size_t)nch * 1024 * sizeof(uint16_t));
+        for (int c = nch - 1; c >= 0; c--) { /* chunk c to places 2c, 2c+1; from the last, so none is overwritten first */
+            memcpy(panel + (2 * c + 1) * 1024, panel + c * 1024, 1024 * sizeof(uint16_t));
+            if (c > 0)
+                memcpy(panel + 2 * c * 1024, panel + c * 1024, 1024 * sizeof(uint16_t));
+        }
     }
 }
 
@@ -542,21 +547,17 @@ FAB__T(amx_split32)(const float *x, __mmask32 keep, uint16_t *hi, uint16_t *lo)
 }
 
 /* A panels of X^T for X [BQ x BK] (P or dS; the rows outside [r0, r1) read as
- * zero): per 32-key panel, the four 32-row chunks of hi, then of lo (X = hi + lo,
- * as in amx_mul_keys). Each 32x32 block is transposed in f32 (its bits), then
- * split. */
+ * zero): per 32-key panel, for each 32-row chunk of k, its hi then its lo (X =
+ * hi + lo, as in amx_mul_keys). Only the chunks that hold rows of [r0, r1) are
+ * written: amx_grad_keys runs those only. Each 32x32 block is transposed in f32
+ * (its bits), then split. */
 static void FAB__T(amx_pack_t_hilo)(const float *X, int r0, int r1, uint16_t *dst)
 {
     float t[32 * 32] __attribute__((aligned(64)));
     for (int kp = 0; kp < FAB__BK / 32; kp++)
-        for (int ch = 0; ch < FAB__BQ / 32; ch++) {
-            uint16_t *hi = dst + (kp * 8 + ch) * 1024, *lo = hi + 4 * 1024;
+        for (int ch = r0 / 32; ch * 32 < r1; ch++) {
+            uint16_t *hi = dst + (kp * 8 + 2 * ch) * 1024, *lo = hi + 1024;
             const int t0 = r0 - ch * 32 > 0 ? r0 - ch * 32 : 0, t1 = r1 - ch * 32 < 32 ? r1 - ch * 32 : 32;
-            if (t0 >= t1) {
-                memset(hi, 0, 1024 * sizeof(uint16_t));
-                memset(lo, 0, 1024 * sizeof(uint16_t));
-                continue;
-            }
             fab__amx_transpose32_f32(X + ch * 32 * FAB__BK + kp * 32, FAB__BK, t);
             const __mmask32 keep = (__mmask32)(((1ull << t1) - 1) & ~((1ull << t0) - 1));
             for (int r = 0; r < 32; r++)
@@ -564,13 +565,17 @@ static void FAB__T(amx_pack_t_hilo)(const float *X, int r0, int r1, uint16_t *ds
         }
 }
 
-/* dX [BK x dp] += X^T Y over a query tile: a = amx_pack_t_hilo's panels, b = Y's
- * (Q or dO) by amx_pack_twice, nch 4: 8 chunks per product, hi then lo. */
-static void FAB__T(amx_grad_keys)(const uint16_t *a, const uint16_t *b, int dp, float *dX)
+/* dX [BK x dp] += X^T Y over the rows [r0, r1) of a query tile: a =
+ * amx_pack_t_hilo's panels, b = Y's (Q or dO) by amx_pack_twice with nch 4; two
+ * chunks (hi, lo) per 32 rows, only those of [r0, r1) (a causal diagonal tile
+ * has half). */
+static void FAB__T(amx_grad_keys)(const uint16_t *a, const uint16_t *b, int r0, int r1, int dp, float *dX)
 {
+    const int c0 = r0 / 32, nch = 2 * ((r1 + 31) / 32 - c0);
     for (int kp = 0; kp < FAB__BK / 32; kp++)
         for (int q = 0; q < dp / 32; q++)
-            fab__amx_kernel(8, a + kp * 8 * 1024, b + q * 8 * 1024, dX + kp * 32 * dp + q * 32, dp, true);
+            fab__amx_kernel(nch, a + (kp * 8 + 2 * c0) * 1024, b + (q * 8 + 2 * c0) * 1024,
+                            dX + kp * 32 * dp + q * 32, dp, true);
 }
 
 /* S [BQ x BK] = Q K^T for the 32-row panels that hold rows [r0, r1). */
@@ -584,8 +589,8 @@ static void FAB__T(amx_scores)(const uint16_t *qp, const uint16_t *kp, int nch, 
 
 /* O += P V (the forward; the backward's dQ += dS K the same way) over the panels
  * that hold rows [r0, r1): P is S's rows [r0, r1) as hi + lo into pp (A panels
- * of four chunks: hi's two, lo's two), V's panels amx_pack_twice's; the panels'
- * other rows are zero there, so their O rows stay as they are. */
+ * of four chunks: per 32 keys, hi then lo), V's panels amx_pack_twice's; the
+ * panels' other rows are zero there, so their O rows stay as they are. */
 static void FAB__T(amx_mul_keys)(const float *S, int r0, int r1, const uint16_t *vp, int dp, uint16_t *pp, float *O)
 {
     for (int ip = r0 / 32; ip * 32 < r1; ip++) {
@@ -593,7 +598,7 @@ static void FAB__T(amx_mul_keys)(const float *S, int r0, int r1, const uint16_t 
         for (int ch = 0; ch < 2; ch++)
             for (int r = 0; r < 32; r++) {
                 const int i = ip * 32 + r;
-                uint16_t *hi = panel + ch * 1024 + r * 32, *lo = hi + 2 * 1024;
+                uint16_t *hi = panel + 2 * ch * 1024 + r * 32, *lo = hi + 1024;
                 if (i < r0 || i >= r1) {
                     memset(hi, 0, 32 * sizeof(uint16_t));
                     memset(lo, 0, 32 * sizeof(uint16_t));
@@ -772,10 +777,12 @@ static void FAB__T(bwd_grad_kv)(const fab__amx_tiles *x, const float *P, const f
 {
 #if FAB__VL >= 16
     if (x) {
+        if (r1 <= r0)
+            return;
         FAB__T(amx_pack_t_hilo)(P, r0, r1, x->hl);
-        FAB__T(amx_grad_keys)(x->hl, x->doutb, dp, dV);
+        FAB__T(amx_grad_keys)(x->hl, x->doutb, r0, r1, dp, dV);
         FAB__T(amx_pack_t_hilo)(dS, r0, r1, x->hl);
-        FAB__T(amx_grad_keys)(x->hl, x->qb, dp, dK);
+        FAB__T(amx_grad_keys)(x->hl, x->qb, r0, r1, dp, dK);
         return;
     }
 #else
@@ -803,20 +810,44 @@ static void FAB__T(bwd_grad_q)(const fab__amx_tiles *x, float *dS, int r0, int r
 
 /* D = rowsum(dO * O) for every row of sequence `sq`, head h, into Dbuf (laid out
  * as lse). Summed in the order, and with the same contraction, as the dP = dO V^T
- * products of the micro-kernel, so dP - D is exactly 0 where O equals V (one key). */
-static void FAB__T(bwd_rowdot)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t h, float *Dbuf, float *ws)
+ * products of the micro-kernel (with amx: of the AMX kernel), so dP - D is
+ * exactly 0 where O equals V (one key). ws: 2 BQ dp floats. */
+static void FAB__T(bwd_rowdot)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t h, float *Dbuf, float *ws,
+                               int amx)
 {
     const int dp = sq->dp;
     float *O = ws, *dO = ws + FAB__BQ * dp;
     for (int64_t i = 0; i < sq->sq; i += FAB__BQ) {
         int n = (int)(sq->sq - i < FAB__BQ ? sq->sq - i : FAB__BQ);
+        float *D = Dbuf + sq->b * a->lse_sb + h * a->lse_sh + sq->q0 + i;
+#if FAB__VL >= 16
+        if (amx) {
+            /* the diagonal of dO O^T on AMX, summed as the dP = dO V^T products
+             * are (amx_scores): dP - D is then exactly 0 here too where O equals V.
+             * dO as A panels, O's rows as B panels (as keys), a 32x32 block each. */
+            const int nch = dp / 32;
+            uint16_t *dop = (uint16_t *)ws, *op = dop + FAB__BQ * dp;
+            float *t = (float *)(op + FAB__BQ * dp);
+            const uint16_t *o = (const uint16_t *)a->out.data + elem(&a->out, sq->b, sq->q0 + i, h);
+            FAB__T(amx_pack_rows)(&a->dout, sq->b, sq->q0 + i, n, h, a->d, dp, dop);
+            for (int ip = 0; ip * 32 < n; ip++) {
+                fab__amx_pack_b(o, a->out.ss, true, 0, n, 0, a->d, nch, ip, op);
+                fab__amx_kernel(nch, dop + ip * nch * 1024, op + ip * nch * 1024, t, 32, false);
+                for (int r = 0; r < 32 && ip * 32 + r < n; r++)
+                    D[ip * 32 + r] = t[r * 32 + r];
+            }
+            continue;
+        }
+#else
+        (void)amx;
+#endif
         FAB__T(load)(&a->out, a->dtype, sq->b, sq->q0 + i, n, n, h, a->d, dp, O);
         FAB__T(load)(&a->dout, a->dtype, sq->b, sq->q0 + i, n, n, h, a->d, dp, dO);
         for (int row = 0; row < n; row++) {
             float acc = 0;
             for (int c = 0; c < dp; c++)
                 acc += dO[row * dp + c] * O[row * dp + c];
-            Dbuf[sq->b * a->lse_sb + h * a->lse_sh + sq->q0 + i + row] = acc;
+            D[row] = acc;
         }
     }
 }

@@ -92,8 +92,12 @@ static int amx_grant_probe(void)
 
 bool fab__amx_available(void)
 {
-#if defined(FAB_AMX) && !defined(FAB_MM_FORCE_UKERNEL) /* that: a test copy whose GEMMs run one forced kernel */
-    return once(&amx_cpu_state, amx_cpu_probe);
+#ifdef FAB_AMX
+    bool has = once(&amx_cpu_state, amx_cpu_probe);
+#ifdef FAB_MM_FORCE_UKERNEL
+    has = false; /* a test copy of the library whose products run one forced kernel */
+#endif
+    return has;
 #else
     return false;
 #endif
