@@ -928,6 +928,28 @@ static void FAB__T(bwd_kv_tile)(const fab__attn_args *a, const fab__attn_seq *sq
     FAB__T(store)(&a->dv, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dV);
 }
 
+/* The key tile j0 .. j0+nk-1 of kv head g for the products that need K too (dQ):
+ * with x (AMX) K and V packed there (K twice more, for dS K), else K, K^T and
+ * V^T in f32 (tmp: BK x dp floats). */
+static void FAB__T(bwd_load_k)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t g, int64_t j0, int nk,
+                               const fab__amx_tiles *x, float *K, float *KT, float *VT, float *tmp)
+{
+    const int dp = sq->dp;
+#if FAB__VL >= 16
+    if (x) {
+        FAB__T(amx_pack_keys)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, x->k);
+        FAB__T(amx_pack_keys)(&a->v, sq->b, sq->k0 + j0, nk, g, a->d, dp, x->v);
+        FAB__T(amx_pack_twice)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, FAB__BK / 32, x->kb);
+        return;
+    }
+#else
+    (void)x;
+#endif
+    FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
+    FAB__T(transpose)(K, FAB__BK, dp, KT);
+    FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
+}
+
 /* dQ of one query tile: the sum over the key tiles it sees, in order. */
 static void FAB__T(bwd_q_tile)(const fab__attn_args *a, const fab__attn_seq *sq, int64_t h, int64_t i0, int nq,
                                const float *Dbuf, float *ws, int amx)
@@ -953,18 +975,7 @@ static void FAB__T(bwd_q_tile)(const fab__attn_args *a, const fab__attn_seq *sq,
     klo = klo / FAB__BK * FAB__BK; /* the key tiles of the dk/dv pass */
     for (int64_t j0 = klo; j0 < khi; j0 += FAB__BK) {
         int nk = (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK);
-#if FAB__VL >= 16
-        if (x) {
-            FAB__T(amx_pack_keys)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.k);
-            FAB__T(amx_pack_keys)(&a->v, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.v);
-            FAB__T(amx_pack_twice)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, FAB__BK / 32, xt.kb);
-        } else
-#endif
-        {
-            FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
-            FAB__T(transpose)(K, FAB__BK, dp, KT);
-            FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, tmp, VT);
-        }
+        FAB__T(bwd_load_k)(a, sq, g, j0, nk, x, K, KT, VT, tmp);
         int r0, r1;
         FAB__T(bwd_pair)(a, sq, i0, nq, nqp, j0, nk, Q, dO, KT, VT, x, lse2, D, P, dS, T, &r0, &r1);
         FAB__T(bwd_grad_q)(x, dS, r0, r1, K, dp, dQ);
@@ -1013,18 +1024,7 @@ static void FAB__T(bwd_group)(const fab__attn_args *a, const fab__attn_seq *sq, 
     memset(dQg, 0, sizeof(float) * (size_t)(r * rows * dp));
     for (int64_t j0 = 0; j0 < sq->sk; j0 += FAB__BK) {
         int nk = (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK);
-#if FAB__VL >= 16
-        if (x) {
-            FAB__T(amx_pack_keys)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.k);
-            FAB__T(amx_pack_keys)(&a->v, sq->b, sq->k0 + j0, nk, g, a->d, dp, xt.v);
-            FAB__T(amx_pack_twice)(&a->k, sq->b, sq->k0 + j0, nk, g, a->d, dp, FAB__BK / 32, xt.kb);
-        } else
-#endif
-        {
-            FAB__T(load)(&a->k, a->dtype, sq->b, sq->k0 + j0, nk, FAB__BK, g, a->d, dp, K);
-            FAB__T(transpose)(K, FAB__BK, dp, KT);
-            FAB__T(load_t)(&a->v, a->dtype, sq->b, sq->k0 + j0, nk, g, a->d, dp, dK /* as tmp */, VT);
-        }
+        FAB__T(bwd_load_k)(a, sq, g, j0, nk, x, K, KT, VT, dK /* as tmp */);
         memset(dK, 0, sizeof(float) * (size_t)(FAB__BK * dp));
         memset(dV, 0, sizeof(float) * (size_t)(FAB__BK * dp));
         int64_t ilo, ihi;
