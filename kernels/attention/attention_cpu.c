@@ -354,8 +354,8 @@ fab_status fab__attention_backward_cpu(fab_context *ctx, const fab__attn_args *a
      * group; with AMX, Q and dO again as bf16, and a key tile's K and V */
     const int amx = use_amx(a);
     const size_t group_rows = (size_t)(a->hq / a->hkv) * (size_t)(qtiles * FAB__BQ);
-    const size_t group_floats = (size_t)(5 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK) +
-                                group_rows * (size_t)(3 * dp + 2) + (amx ? amx_tiles_floats((int64_t)group_rows, dp) : 0);
+    const size_t group_floats = (size_t)(5 * FAB__BK * dp + 3 * FAB__BQ * FAB__BK) + group_rows * (size_t)(3 * dp + 2) +
+                                (amx ? amx_tiles_floats((int64_t)group_rows, dp) : 0);
     /* the two passes' scratch: the larger of their tile layouts (see bwd_kv_tile and
      * bwd_q_tile), then AMX's operands */
     const size_t amx_floats = amx ? amx_tiles_floats(FAB__BQ, dp) : 0;

@@ -514,7 +514,8 @@ static void FAB__T(amx_pack_twice)(const fab__attn_view *v, int64_t b, int64_t r
     for (int q = 0; q < dp / 32; q++) {
         uint16_t *panel = dst + q * 2 * nch * 1024;
         fab__amx_pack_b(src, v->ss, false, q * 32, d, 0, n, nch, 0, panel);
-        for (int c = nch - 1; c >= 0; c--) { /* chunk c to places 2c, 2c+1; from the last, so none is overwritten first */
+        /* chunk c to places 2c, 2c+1; from the last, so none is overwritten first */
+        for (int c = nch - 1; c >= 0; c--) {
             memcpy(panel + (2 * c + 1) * 1024, panel + c * 1024, 1024 * sizeof(uint16_t));
             if (c > 0)
                 memcpy(panel + 2 * c * 1024, panel + c * 1024, 1024 * sizeof(uint16_t));
@@ -537,7 +538,8 @@ static void FAB__T(amx_pack_kv)(const fab__attn_args *a, const fab__attn_seq *sq
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c"))) static inline void
 FAB__T(amx_split32)(const float *x, __mmask32 keep, uint16_t *hi, uint16_t *lo)
 {
-    const __m512 a = _mm512_maskz_loadu_ps((__mmask16)keep, x), b = _mm512_maskz_loadu_ps((__mmask16)(keep >> 16), x + 16);
+    const __m512 a = _mm512_maskz_loadu_ps((__mmask16)keep, x);
+    const __m512 b = _mm512_maskz_loadu_ps((__mmask16)(keep >> 16), x + 16);
     const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a); /* a's 16 values first */
     const __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
     const __m512 hb =
@@ -678,7 +680,8 @@ static void FAB__T(fwd_tile)(const fab__attn_args *a, const fab__attn_seq *sq, i
              * columns are masked, those rows of V not read) */
             kt = kc->kt + (size_t)t * (size_t)(dp * FAB__BK), v = kc->v + (size_t)t * (size_t)(dp * FAB__BK);
             if (!kc->have[t]) {
-                FAB__T(fwd_load_kv)(a, sq, g, j0, (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK), amx, tmp, kt, v);
+                const int n = (int)(sq->sk - j0 < FAB__BK ? sq->sk - j0 : FAB__BK);
+                FAB__T(fwd_load_kv)(a, sq, g, j0, n, amx, tmp, kt, v);
                 kc->have[t] = 1;
             }
         } else {

@@ -19,10 +19,11 @@
  * Numerics: bf16 values are copied, never rounded; each product of two bf16 is
  * exact in f32, and the sums are f32. Not bit for bit a chain of f32 FMAs,
  * though: TDPBF16PS adds a pair's two products in its own way (1 + 2^-24 + 2^-24
- * gives 1 + 2^-23 where two FMAs give 1), still within f32 rounding. Unlike the f32 path, AMX reads bf16 subnormal inputs as zero and flushes
- * subnormal f32 results to zero (as GPU tensor cores may), and the k order differs,
- * so results are not bitwise those of the AVX-512 path. Deterministic: the order
- * depends only on the shape.
+ * gives 1 + 2^-23 where two FMAs give 1), still within f32 rounding. Unlike the
+ * f32 path, AMX reads bf16 subnormal inputs as zero and flushes subnormal f32
+ * results to zero (as GPU tensor cores may), and the k order differs, so results
+ * are not bitwise those of the AVX-512 path. Deterministic: the order depends only
+ * on the shape.
  *
  * Availability: the CPU must report AMX-TILE and AMX-BF16, and Linux must grant
  * the process the tile state (arch_prctl ARCH_REQ_XCOMP_PERM, once per process,
@@ -156,8 +157,8 @@ FAB_AMX_AVX512 void fab__amx_transpose32_f32(const float *src, int64_t ld, float
 {
     for (int bi = 0; bi < 2; bi++)
         for (int bj = 0; bj < 2; bj++)
-            transpose16x16_u32((const char *)(src + 16 * bi * ld + 16 * bj), ld * 4, (char *)(dst + 16 * bj * 32 + 16 * bi),
-                               128);
+            transpose16x16_u32((const char *)(src + 16 * bi * ld + 16 * bj), ld * 4,
+                               (char *)(dst + 16 * bj * 32 + 16 * bi), 128);
 }
 
 /* A whole chunk of a transposed A: stored rows pb .. pb+31 (32 values from ib

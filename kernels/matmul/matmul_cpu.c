@@ -607,9 +607,11 @@ static fab_status gemm_amx(fab_context *ctx, const fab__mm_args *a)
     uint16_t *abuf = (uint16_t *)buf, *bbuf = abuf + a_elems;
     float *cbufs = (float *)(bbuf + b_elems);
     const size_t ce = fab_dtype_size(a->c_dtype);
-    /* a plain f32 product: the epilogue is a copy (epilogue_row's chunks cost a
-     * tenth of a 512^3 GEMM) */
-    const bool copy_only = a->c_dtype == FAB_DTYPE_F32 && a->beta == 0.0f && !epilogue_needed(a, true);
+    /* a plain f32 product (C = A B): the whole 32x32 blocks sum in C itself, the
+     * edge blocks in the buffer and are copied (the epilogue and a copy of all of C
+     * cost a fifth of a 512^3 GEMM) */
+    const bool plain =
+        a->c_dtype == FAB_DTYPE_F32 && a->beta == 0.0f && a->alpha == 1.0f && !epilogue_needed(a, true);
     /* slice s of a block with np panels starts at s * np * AMX_SLICE_CHUNKS chunks;
      * its panels are nch(s) chunks apart */
 #define AMX_NCH(s) ((s) == nslices - 1 ? nch_all - (s) * AMX_SLICE_CHUNKS : AMX_SLICE_CHUNKS)
@@ -650,14 +652,33 @@ static fab_status gemm_amx(fab_context *ctx, const fab__mm_args *a)
                         int64_t r0 = t / tn * mb, c0 = t % tn * nb;
                         int64_t rows = rows_blk - r0 < mb ? rows_blk - r0 : mb;
                         int64_t cols = cols_blk - c0 < nb ? cols_blk - c0 : nb;
+                        /* the task's C, from its row ic + r0 and column jc + c0 */
+                        float *c_task = plain ? (float *)a->c + off_c + (ic + r0) * a->ldc + jc + c0 : NULL;
                         for (int s = 0; s < nslices; s++) {
                             int nch = AMX_NCH(s);
                             const uint16_t *as = AMX_SLICE(abuf, npa, s), *bs = AMX_SLICE(bbuf, npb, s);
                             for (int64_t ip = r0 / 32; ip * 32 < r0 + rows; ip++)
-                                for (int64_t q = c0 / 32; q * 32 < c0 + cols; q++)
+                                for (int64_t q = c0 / 32; q * 32 < c0 + cols; q++) {
+                                    /* a block: into C itself where plain and whole */
+                                    const int64_t br = ip * 32 - r0, bc = q * 32 - c0;
+                                    const bool in_c = plain && br + 32 <= rows && bc + 32 <= cols;
                                     fab__amx_kernel(nch, as + ip * nch * FAB_AMX_CHUNK_ELEMS,
                                                     bs + q * nch * FAB_AMX_CHUNK_ELEMS,
-                                                    cbuf + (ip * 32 - r0) * nb + (q * 32 - c0), nb, s > 0);
+                                                    in_c ? c_task + br * a->ldc + bc : cbuf + br * nb + bc,
+                                                    in_c ? a->ldc : nb, s > 0);
+                                }
+                        }
+                        if (plain) { /* the edge blocks' real part */
+                            for (int64_t br = 0; br < rows; br += 32)
+                                for (int64_t bc = 0; bc < cols; bc += 32) {
+                                    if (br + 32 <= rows && bc + 32 <= cols)
+                                        continue;
+                                    const int64_t h = rows - br < 32 ? rows - br : 32;
+                                    const int64_t w = cols - bc < 32 ? cols - bc : 32;
+                                    for (int64_t r = br; r < br + h; r++)
+                                        memcpy(c_task + r * a->ldc + bc, cbuf + r * nb + bc, sizeof(float) * (size_t)w);
+                                }
+                            continue;
                         }
                         for (int64_t r = 0; r < rows; r++) {
                             float *w = cbuf + r * nb;
@@ -668,10 +689,7 @@ static fab_status gemm_amx(fab_context *ctx, const fab__mm_args *a)
                             char *c_row = (char *)a->c + (off_c + i * a->ldc + j) * (int64_t)ce;
                             char *p_row =
                                 a->pre_act ? (char *)a->pre_act + (off_p + i * a->ldp + j) * (int64_t)ce : NULL;
-                            if (copy_only)
-                                memcpy(c_row, w, sizeof(float) * (size_t)cols);
-                            else
-                                epilogue_row(a, w, j, cols, false, c_row, p_row);
+                            epilogue_row(a, w, j, cols, false, c_row, p_row);
                         }
                     }
                 }
