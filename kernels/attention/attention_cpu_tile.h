@@ -474,15 +474,16 @@ static void FAB__T(fwd_softmax)(const fab__attn_args *a, float *S, int r0, int r
 }
 
 #if FAB__VL >= 16
-/* The forward's products on AMX (bf16 inputs, dp a multiple of 32; the kernel
- * and the packing are matmul_amx.c's): Q as four 32-row A panels of dp/32
- * chunks, a key tile's K as two 32-key B panels (k = head dim) and its V as dp/32
- * B panels of 32 columns (k = the 64 keys, then the same 64 again); S = Q K^T in
+/* The tile products on AMX (bf16 inputs, dp a multiple of 32; the kernel and the
+ * packing are matmul_amx.c's). Forward: Q as four 32-row A panels of dp/32
+ * chunks, a key tile's K as two 32-key B panels (k = head dim), its V as dp/32 B
+ * panels of 32 columns (k = the 64 keys, each 32-key chunk twice); S = Q K^T in
  * f32. P is f32, and bf16 holds only 8 bits of it: rounding P to bf16, as
  * FlashAttention does on GPUs, costs up to 2^-9 of each term of P V, more than
  * this backend's f32 promise (and its tests) allow. So P = hi + lo, two bf16 (16
- * bits, the rest under 2^-17 of P), and one kernel call adds hi V + lo V: the A
- * panel is [hi | lo], 4 chunks, against V's panel twice. */
+ * bits, the rest under 2^-17 of P), and one kernel call adds hi V + lo V: per 32
+ * keys the A panel holds hi's chunk then lo's, against V's chunk twice. The
+ * backward does the same for s and dP (exact) and for the products of P and dS. */
 /* Rows row0 .. row0+n-1 of head h (Q or dO) as four 32-row A panels of dp/32
  * chunks (rows past n zero). */
 static void FAB__T(amx_pack_rows)(const fab__attn_view *v, int64_t b, int64_t row0, int n, int64_t h, int64_t d,
