@@ -2,10 +2,10 @@
  * matmul_cpu.c: fab_matmul on the host.
  *
  * Idea (BLIS): for each KC-deep slice of k, a KC x width block of op(B) is packed
- * into NR-wide panels (L2) and MC x KC blocks of op(A) into MR-high panels; a
+ * into NR-wide panels (L3) and MC x KC blocks of op(A) into MR-high panels; a
  * register-blocked MR x NR micro-kernel (matmul_ukernel.c: AVX-512, AVX2+FMA or
- * portable C, picked at run time) streams one A panel and one B panel (L1) and
- * adds their product into C. f16/bf16 operands are widened to f32 while packing,
+ * portable C, picked at run time) streams one A panel (L1) and one B panel (L2)
+ * and adds their product into C. f16/bf16 operands are widened to f32 while packing,
  * so the micro-kernel is f32 only.
  *
  * Threads: one OpenMP region per call; the packed B block is shared, the work
@@ -355,6 +355,7 @@ static void pack_b(const fab__mm_args *a, const void *B, int64_t p0, int64_t kc,
 typedef struct gemm_plan {
     const fab__mm_ukernel *uk;
     int64_t mc, kc;
+    int64_t run;      /* B panels an A panel meets before the next A panel (L2) */
     bool w_is_c;      /* C is f32: sums accumulate in C itself */
     int64_t ldw;      /* row stride of the f32 scratch (f16/bf16 C, several k slices); 0: none */
 } gemm_plan;
@@ -412,7 +413,11 @@ static void do_tile(const fab__mm_args *a, const gemm_plan *g, int64_t bt_c, int
  * x a group of NR panels, all k slices) handed out dynamically, so a core that
  * other work takes away for a while delays only its own tasks; one barrier per
  * column block (after packing B), not one per k slice. A task packs its MC x KC
- * A block per slice (L2) and runs it against each B panel of its group (L1). */
+ * A block per slice; then each A panel (MR x KC, L1) runs against a run of the
+ * group's B panels that fits L2 (b_run_bytes), before the next A panel. This is
+ * the vector operand streaming from L2 and the broadcast one staying in L1; the
+ * other way round (a B panel in L1 against every A panel) lost 5-11% on a
+ * Sapphire Rapids core, whose 48 KiB L1 holds a 48 KiB B panel and nothing else. */
 /* B is packed in units of this many panels (256 columns of NR = 16): a stored row
  * is read 1 KiB at a time, and there are units enough to share. */
 #define B_UNIT_PANELS 16
@@ -434,6 +439,9 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
     if (nslices > 1)
         g.kc = ((a->k + nslices - 1) / nslices + 7) / 8 * 8;
     nslices = (a->k + g.kc - 1) / g.kc;
+    g.run = (int64_t)(g.uk->b_run_bytes / ((size_t)NR * (size_t)g.kc * sizeof(float)));
+    if (g.run < 1)
+        g.run = 1;
     double flops = 2.0 * (double)a->m * (double)a->n * (double)a->k * (double)a->batch;
     int threads = flops < 2e6 ? 1 : ctx->num_threads;
     /* row blocks of equal height (a multiple of MR), so no block is thin, and as
@@ -519,22 +527,19 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
                         int64_t p0 = s * g.kc, kc = a->k - p0 < g.kc ? a->k - p0 : g.kc;
                         const float *bs = bbuf + s * g.kc * nc_max;
                         pack_a(a, A, ic, mc, p0, kc, MR, my_a, my_stage);
-                        for (int64_t q = q0; q < q1; q++) {
-                            int64_t j = jc + q * NR;
-                            int nr_eff = (int)(nc - q * NR < NR ? nc - q * NR : NR);
-                            /* the next B panel comes from L3 (or memory): its lines are
-                             * prefetched a share per micro-kernel call, so its first
-                             * call does not wait for them one by one */
-                            const char *next_b = (const char *)(bs + (q + 1) * NR * kc);
-                            int64_t next_lines = q + 1 < q1 ? NR * kc / 16 : 0;
-                            int64_t per_call = (next_lines * MR + mc - 1) / mc;
-                            for (int64_t ir = 0, l = 0; ir < mc; ir += MR) {
+                        /* each A panel (L1) meets the B panels of one L2-sized run
+                         * of the group before the next A panel comes */
+                        for (int64_t r0 = q0; r0 < q1; r0 += g.run) {
+                            int64_t r1 = r0 + g.run < q1 ? r0 + g.run : q1;
+                            for (int64_t ir = 0; ir < mc; ir += MR) {
                                 int mr_eff = (int)(mc - ir < MR ? mc - ir : MR);
-                                for (int64_t e = l + per_call < next_lines ? l + per_call : next_lines; l < e; l++)
-                                    __builtin_prefetch(next_b + 64 * l);
-                                float *sc = g.ldw ? scratch + (ic + ir) * g.ldw + (j - jc) : NULL;
-                                do_tile(a, &g, off_c, off_p, ic + ir, j, sc, mr_eff, nr_eff, kc, my_a + ir * kc,
-                                        bs + q * NR * kc, (int)s, (int)nslices, my_tile);
+                                for (int64_t q = r0; q < r1; q++) {
+                                    int64_t j = jc + q * NR;
+                                    int nr_eff = (int)(nc - q * NR < NR ? nc - q * NR : NR);
+                                    float *sc = g.ldw ? scratch + (ic + ir) * g.ldw + (j - jc) : NULL;
+                                    do_tile(a, &g, off_c, off_p, ic + ir, j, sc, mr_eff, nr_eff, kc,
+                                            my_a + ir * kc, bs + q * NR * kc, (int)s, (int)nslices, my_tile);
+                                }
                             }
                         }
                     }

@@ -17,7 +17,8 @@ typedef void (*fab__mm_ukernel_fn)(int64_t kc, const float *a, const float *b, f
 typedef struct fab__mm_ukernel {
     const char *name;
     int mr, nr;          /* register tile */
-    int64_t mc, kc, nc;  /* cache blocking: A block MC x KC (L2), B panel KC x NR (L1), B block KC x NC (L3) */
+    int64_t mc, kc, nc;  /* cache blocking: A block MC x KC, A panel MR x KC (L1), B block KC x NC (L3) */
+    size_t b_run_bytes;  /* the B panels (KC x NR each) one A panel meets in a row: L2 */
     fab__mm_ukernel_fn fn;
 } fab__mm_ukernel;
 

@@ -172,18 +172,19 @@ FAB_MM_AVX512 static void ukr_avx512_12x32(int64_t kc, const float *a, const flo
 
 #endif /* FAB_MM_X86 */
 
-/* Blocking: KC x NR of B (16 KiB for AVX2) and MR x KC of A stay in L1 during the
- * micro-kernel; MC x KC of A (144 KiB) in L2; KC x NC of B in L3 (BLIS's Zen
- * values). AVX-512: measured on a Zen 4 EPYC (1 MiB L2 per core; 2 threads), MC
- * = KC = 384 (576 KiB of A in L2; the 48 KiB B panel streams from L2 beside the
- * L1, which at 24 FMAs per 176 bytes keeps up) beat 144 x 256 by 7% at 2048^3,
- * 1.5-4.5% at 512^3, 1024^3 and GPT-2's fc forward and dW, even on its dx; and a
- * KC of 128 (a B panel that fits L1) by 2-5%: fewer C tile updates and B packs
- * per flop. The AVX2 values stay BLIS's, as no Zen 2/3 was at hand to retune. */
-static const fab__mm_ukernel k_generic = {"c 6x16", 6, 16, 144, 256, 4080, ukr_generic_6x16};
+/* Blocking: MR x KC of A stays in L1 during the micro-kernel and the run of B
+ * panels it meets (b_run_bytes) in L2; KC x NC of B in L3. AVX-512: MC = KC =
+ * 384 measured on a Zen 4 EPYC (1 MiB L2 per core; 2 threads) beat 144 x 256 by
+ * 7% at 2048^3 and 1.5-4.5% on smaller shapes, and a KC of 128 by 2-5%: fewer C
+ * tile updates and B packs per flop. The run: 768 KiB (AVX-512) and 256 KiB
+ * (AVX2) measured on a Sapphire Rapids core (2 MiB L2), 1 thread, 2048^3:
+ * against a B panel in L1 meeting every A panel, +9% AVX-512 (124 -> 135
+ * GFLOP/s) and +0-5% AVX2; runs of 256-1024 KiB were within noise of each other,
+ * the whole group as one run (3 MiB) lost 10%. AVX2's MC/KC/NC are BLIS's Zen values. */
+static const fab__mm_ukernel k_generic = {"c 6x16", 6, 16, 144, 256, 4080, 256 << 10, ukr_generic_6x16};
 #ifdef FAB_MM_X86
-static const fab__mm_ukernel k_avx2 = {"avx2+fma 6x16", 6, 16, 144, 256, 4080, ukr_avx2_6x16};
-static const fab__mm_ukernel k_avx512 = {"avx512f 12x32", 12, 32, 384, 384, 4064, ukr_avx512_12x32};
+static const fab__mm_ukernel k_avx2 = {"avx2+fma 6x16", 6, 16, 144, 256, 4080, 256 << 10, ukr_avx2_6x16};
+static const fab__mm_ukernel k_avx512 = {"avx512f 12x32", 12, 32, 384, 384, 4064, 768 << 10, ukr_avx512_12x32};
 #endif
 
 const fab__mm_ukernel *const *fab__mm_ukernels(int *count)
