@@ -9,6 +9,8 @@
 #define FAB_EMU_INTERNAL_H
 
 #include <atomic>
+#include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -189,6 +191,23 @@ extern thread_local Block *tl_block;
 const cudaDeviceProp &device_props();
 int func_max_dynamic_smem(const void *func); /* -1 if never set */
 bool stream_is_valid(cudaStream_t s);
+/* Work that runs outside the emulator, on another thread (the emulated NCCL's
+ * collectives): streams hold it until it completes (runtime.cpp's top). */
+struct Pending {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    void complete();
+    void wait();
+    bool is_done();
+};
+using PendingRef = std::shared_ptr<Pending>;
+/* Later operations on `s`, and events recorded on it, wait for p. */
+cudaError_t stream_add_pending(cudaStream_t s, PendingRef p);
+/* What work on `s` must wait for now (completed work dropped). */
+std::vector<PendingRef> stream_pending(cudaStream_t s);
+/* Waits for it: every operation the emulator runs on `s` first calls this. */
+void stream_drain(cudaStream_t s);
 cudaError_t record_error(cudaError_t e); /* sets the thread's last error; returns e */
 /* Snapshot of live device allocations (base, size). */
 std::vector<std::pair<unsigned char *, size_t>> device_allocations();

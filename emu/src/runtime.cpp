@@ -9,16 +9,26 @@
  * allocation.  New allocations are filled with 0xff bytes (NaN for every float
  * type) so a kernel that reads memory nobody wrote sees garbage, as on a GPU.
  *
- * Streams and events: every operation runs to completion when it is enqueued, so
- * stream order, cross-stream waits and event ordering hold trivially; an event
- * records the host time at which it was recorded.
+ * Streams and events: every operation the emulator itself runs (kernels, copies,
+ * memsets) runs to completion when it is enqueued, so stream order, cross-stream
+ * waits and event ordering hold trivially; an event records the host time at which
+ * it was recorded. The one exception is work that runs outside the emulator, on
+ * another thread: the emulated NCCL's collectives (nccl.cpp), which wait for peer
+ * processes. Such work is a `Pending` the stream holds until it completes: the
+ * stream's next operation waits for it first, an event recorded behind it is not
+ * ready until then (cudaEventQuery: cudaErrorNotReady), cudaStreamWaitEvent hands
+ * it on to the waiting stream, and the synchronising calls wait for it. The legacy
+ * default stream waits for, and is waited for by, every stream created without
+ * cudaStreamNonBlocking, as in CUDA.
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <set>
@@ -330,22 +340,106 @@ static cudaError_t do_memset(void *p, int v, size_t n)
 
 /* ------------------------------------------------------------------ streams and events */
 
+void Pending::complete()
+{
+    std::lock_guard<std::mutex> lk(mu);
+    done = true;
+    cv.notify_all();
+}
+
+void Pending::wait()
+{
+    std::unique_lock<std::mutex> lk(mu);
+    cv.wait(lk, [this] { return done; });
+}
+
+bool Pending::is_done()
+{
+    std::lock_guard<std::mutex> lk(mu);
+    return done;
+}
+
 struct StreamObj {
     unsigned flags;
+    std::vector<PendingRef> pending; /* under g_handle_mutex */
 };
 struct EventObj {
     unsigned flags;
     bool recorded;
     std::chrono::steady_clock::time_point when;
+    std::vector<PendingRef> pending; /* what the stream had in flight at the record; under g_handle_mutex */
 };
 static std::mutex g_handle_mutex;
 static std::set<const void *> g_streams, g_events;
+static StreamObj g_legacy_stream{0, {}}; /* the NULL, legacy and per-thread default streams */
 
 bool stream_is_valid(cudaStream_t s)
 {
     if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return true;
     std::lock_guard<std::mutex> lk(g_handle_mutex);
     return g_streams.count(s) != 0;
+}
+
+/* Under g_handle_mutex; s valid. */
+static StreamObj *stream_obj(cudaStream_t s)
+{
+    if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return &g_legacy_stream;
+    return reinterpret_cast<StreamObj *>(s);
+}
+
+/* Under g_handle_mutex: appends what work on `st` must wait for (its own pending
+ * work, and the legacy stream's or every blocking stream's, see the top), dropping
+ * what has completed. */
+static void collect_pending(StreamObj *st, std::vector<PendingRef> &out)
+{
+    auto take = [&out](StreamObj *o) {
+        o->pending.erase(std::remove_if(o->pending.begin(), o->pending.end(),
+                                        [](const PendingRef &p) { return p->is_done(); }),
+                         o->pending.end());
+        out.insert(out.end(), o->pending.begin(), o->pending.end());
+    };
+    take(st);
+    if (st == &g_legacy_stream) {
+        for (const void *h : g_streams) {
+            StreamObj *o = reinterpret_cast<StreamObj *>(const_cast<void *>(h));
+            if (!(o->flags & cudaStreamNonBlocking)) take(o);
+        }
+    } else if (!(st->flags & cudaStreamNonBlocking)) {
+        take(&g_legacy_stream);
+    }
+}
+
+std::vector<PendingRef> stream_pending(cudaStream_t s)
+{
+    std::vector<PendingRef> v;
+    std::lock_guard<std::mutex> lk(g_handle_mutex);
+    collect_pending(stream_obj(s), v);
+    return v;
+}
+
+void stream_drain(cudaStream_t s)
+{
+    for (const PendingRef &p : stream_pending(s)) p->wait();
+}
+
+cudaError_t stream_add_pending(cudaStream_t s, PendingRef p)
+{
+    if (!stream_is_valid(s)) return cudaErrorInvalidResourceHandle;
+    std::lock_guard<std::mutex> lk(g_handle_mutex);
+    stream_obj(s)->pending.push_back(std::move(p));
+    return cudaSuccess;
+}
+
+/* Every stream's work outside the emulator (cudaDeviceSynchronize, cudaFree). */
+static void drain_all()
+{
+    std::vector<PendingRef> v;
+    {
+        std::lock_guard<std::mutex> lk(g_handle_mutex);
+        collect_pending(&g_legacy_stream, v);
+        for (const void *h : g_streams) collect_pending(reinterpret_cast<StreamObj *>(const_cast<void *>(h)), v);
+    }
+    for (const PendingRef &p : v) p->wait();
 }
 
 static EventObj *event_obj(cudaEvent_t e)
@@ -496,7 +590,11 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void)
+{
+    drain_all();
+    return cudaSuccess;
+}
 cudaError_t cudaDeviceReset(void) { return cudaSuccess; }
 
 cudaError_t cudaRuntimeGetVersion(int *v)
@@ -518,7 +616,7 @@ cudaError_t cudaDriverGetVersion(int *v)
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags)
 {
     if (!stream || (flags & ~1u)) return record_error(cudaErrorInvalidValue);
-    StreamObj *s = new StreamObj{flags};
+    StreamObj *s = new StreamObj{flags, {}};
     std::lock_guard<std::mutex> lk(g_handle_mutex);
     g_streams.insert(s);
     *stream = reinterpret_cast<cudaStream_t>(s);
@@ -537,16 +635,30 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream)
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream)
 {
-    return stream_is_valid(stream) ? cudaSuccess : record_error(cudaErrorInvalidResourceHandle);
+    if (!stream_is_valid(stream)) return record_error(cudaErrorInvalidResourceHandle);
+    stream_drain(stream);
+    return cudaSuccess;
 }
 
-cudaError_t cudaStreamQuery(cudaStream_t stream) { return cudaStreamSynchronize(stream); }
+/* Not ready is an answer, not an error: it is not recorded as the last error. */
+cudaError_t cudaStreamQuery(cudaStream_t stream)
+{
+    if (!stream_is_valid(stream)) return record_error(cudaErrorInvalidResourceHandle);
+    for (const PendingRef &p : stream_pending(stream))
+        if (!p->is_done()) return cudaErrorNotReady;
+    return cudaSuccess;
+}
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags)
 {
     (void)flags;
-    if (!stream_is_valid(stream) || !event_obj(event)) return record_error(cudaErrorInvalidResourceHandle);
-    return cudaSuccess; /* the event's work is already complete */
+    EventObj *e = event_obj(event);
+    if (!stream_is_valid(stream) || !e) return record_error(cudaErrorInvalidResourceHandle);
+    std::lock_guard<std::mutex> lk(g_handle_mutex);
+    StreamObj *st = stream_obj(stream);
+    for (const PendingRef &p : e->pending)
+        if (!p->is_done()) st->pending.push_back(p);
+    return cudaSuccess;
 }
 
 cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus *pCaptureStatus)
@@ -557,10 +669,20 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureSta
     return cudaSuccess;
 }
 
+/* No graphs in the emulator: the mode is kept per thread and means nothing. */
+cudaError_t cudaThreadExchangeStreamCaptureMode(enum cudaStreamCaptureMode *mode)
+{
+    static thread_local enum cudaStreamCaptureMode tl_mode = cudaStreamCaptureModeGlobal;
+    if (!mode || *mode < cudaStreamCaptureModeGlobal || *mode > cudaStreamCaptureModeRelaxed)
+        return record_error(cudaErrorInvalidValue);
+    std::swap(*mode, tl_mode);
+    return cudaSuccess;
+}
+
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags)
 {
     if (!event || (flags & ~7u)) return record_error(cudaErrorInvalidValue);
-    EventObj *e = new EventObj{flags, false, {}};
+    EventObj *e = new EventObj{flags, false, {}, {}};
     std::lock_guard<std::mutex> lk(g_handle_mutex);
     g_events.insert(e);
     *event = reinterpret_cast<cudaEvent_t>(e);
@@ -573,17 +695,36 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
 {
     EventObj *e = event_obj(event);
     if (!e || !stream_is_valid(stream)) return record_error(cudaErrorInvalidResourceHandle);
+    std::lock_guard<std::mutex> lk(g_handle_mutex);
     e->recorded = true;
-    e->when = std::chrono::steady_clock::now();
+    e->when = std::chrono::steady_clock::now(); /* the record's time, even behind pending work */
+    e->pending.clear();
+    collect_pending(stream_obj(stream), e->pending);
     return cudaSuccess;
+}
+
+static std::vector<PendingRef> event_pending(EventObj *e)
+{
+    std::lock_guard<std::mutex> lk(g_handle_mutex);
+    return e->pending;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event)
 {
-    return event_obj(event) ? cudaSuccess : record_error(cudaErrorInvalidResourceHandle);
+    EventObj *e = event_obj(event);
+    if (!e) return record_error(cudaErrorInvalidResourceHandle);
+    for (const PendingRef &p : event_pending(e)) p->wait();
+    return cudaSuccess;
 }
 
-cudaError_t cudaEventQuery(cudaEvent_t event) { return cudaEventSynchronize(event); }
+cudaError_t cudaEventQuery(cudaEvent_t event)
+{
+    EventObj *e = event_obj(event);
+    if (!e) return record_error(cudaErrorInvalidResourceHandle);
+    for (const PendingRef &p : event_pending(e))
+        if (!p->is_done()) return cudaErrorNotReady;
+    return cudaSuccess;
+}
 
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
 {
@@ -607,7 +748,11 @@ cudaError_t cudaEventDestroy(cudaEvent_t event)
 /* ------------------------------------------------------------------ memory */
 
 cudaError_t cudaMalloc(void **p, size_t size) { return record_error(do_malloc(p, size, true)); }
-cudaError_t cudaFree(void *p) { return record_error(do_free(p, true)); }
+cudaError_t cudaFree(void *p)
+{
+    drain_all(); /* cudaFree synchronises the device */
+    return record_error(do_free(p, true));
+}
 cudaError_t cudaMallocAsync(void **p, size_t size, cudaStream_t s)
 {
     if (!stream_is_valid(s)) return record_error(cudaErrorInvalidResourceHandle);
@@ -616,7 +761,8 @@ cudaError_t cudaMallocAsync(void **p, size_t size, cudaStream_t s)
 cudaError_t cudaFreeAsync(void *p, cudaStream_t s)
 {
     if (!stream_is_valid(s)) return record_error(cudaErrorInvalidResourceHandle);
-    return cudaFree(p);
+    stream_drain(s);
+    return record_error(do_free(p, true));
 }
 cudaError_t cudaMallocHost(void **p, size_t size) { return record_error(do_malloc(p, size, false)); }
 cudaError_t cudaHostAlloc(void **p, size_t size, unsigned int flags)
@@ -624,23 +770,31 @@ cudaError_t cudaHostAlloc(void **p, size_t size, unsigned int flags)
     (void)flags;
     return cudaMallocHost(p, size);
 }
-cudaError_t cudaFreeHost(void *p) { return record_error(do_free(p, false)); }
+cudaError_t cudaFreeHost(void *p)
+{
+    drain_all();
+    return record_error(do_free(p, false));
+}
 
+/* The synchronous copies and memsets run on the legacy stream. */
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind)
 {
+    stream_drain(nullptr);
     return record_error(do_memcpy(dst, src, n, kind));
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind, cudaStream_t s)
 {
     if (!stream_is_valid(s)) return record_error(cudaErrorInvalidResourceHandle);
-    return cudaMemcpy(dst, src, n, kind);
+    stream_drain(s);
+    return record_error(do_memcpy(dst, src, n, kind));
 }
 
 cudaError_t cudaMemcpy2D(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t height,
                          enum cudaMemcpyKind kind)
 {
     if (width > dpitch || width > spitch) return record_error(cudaErrorInvalidValue);
+    stream_drain(nullptr);
     for (size_t r = 0; r < height; ++r) {
         cudaError_t e = do_memcpy((char *)dst + r * dpitch, (const char *)src + r * spitch, width, kind);
         if (e) return record_error(e);
@@ -648,12 +802,17 @@ cudaError_t cudaMemcpy2D(void *dst, size_t dpitch, const void *src, size_t spitc
     return cudaSuccess;
 }
 
-cudaError_t cudaMemset(void *p, int v, size_t n) { return record_error(do_memset(p, v, n)); }
+cudaError_t cudaMemset(void *p, int v, size_t n)
+{
+    stream_drain(nullptr);
+    return record_error(do_memset(p, v, n));
+}
 
 cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s)
 {
     if (!stream_is_valid(s)) return record_error(cudaErrorInvalidResourceHandle);
-    return cudaMemset(p, v, n);
+    stream_drain(s);
+    return record_error(do_memset(p, v, n));
 }
 
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)

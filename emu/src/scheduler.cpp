@@ -1099,6 +1099,7 @@ cudaError_t fab_emu_launch(const cudaLaunchConfig_t *cfg, const void *kernel, vo
     size_t limit = opt >= 0 ? (size_t)opt : p.sharedMemPerBlock;
     if (cfg->dynamicSmemBytes > limit) return record_error(cudaErrorInvalidValue);
     if (!stream_is_valid(cfg->stream)) return record_error(cudaErrorInvalidResourceHandle);
+    stream_drain(cfg->stream); /* work outside the emulator ahead of it on the stream */
     for (unsigned i = 0; i < cfg->numAttrs; ++i) {
         const cudaLaunchAttribute &a = cfg->attrs[i];
         if (a.id == cudaLaunchAttributeClusterDimension &&
