@@ -576,6 +576,17 @@ ncclResult_t post_coll(ncclComm_t comm, cudaStream_t s, Kind kind, const void *s
     return ncclSuccess;
 }
 
+/* Split and finalize run on the worker, after what is queued: ncclInProgress
+ * until then (non-blocking), or done in the call. */
+ncclResult_t queue_host_op(ncclComm_t comm, std::shared_ptr<Item> it)
+{
+    comm->busy.fetch_add(1);
+    enqueue(comm, it);
+    if (!comm->blocking) return ncclInProgress;
+    it->done->wait();
+    return (ncclResult_t)comm->async_error.load();
+}
+
 } // namespace
 
 extern "C" {
@@ -654,13 +665,7 @@ ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t *newc
         it->child = new_comm(id, 0, 0, config ? config_blocking(config) : comm->blocking);
         *newcomm = it->child;
     }
-    comm->busy.fetch_add(1);
-    enqueue(comm, it);
-    if (comm->blocking) {
-        it->done->wait();
-        return (ncclResult_t)comm->async_error.load();
-    }
-    return ncclInProgress;
+    return queue_host_op(comm, it);
 }
 
 ncclResult_t ncclCommFinalize(ncclComm_t comm)
@@ -669,13 +674,7 @@ ncclResult_t ncclCommFinalize(ncclComm_t comm)
     if (comm->aborted.load()) return ncclInvalidUsage;
     auto it = std::make_shared<Item>();
     it->kind = Kind::Finalize;
-    comm->busy.fetch_add(1);
-    enqueue(comm, it);
-    if (comm->blocking) {
-        it->done->wait();
-        return (ncclResult_t)comm->async_error.load();
-    }
-    return ncclInProgress;
+    return queue_host_op(comm, it);
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm)
