@@ -608,7 +608,8 @@ FAB_API fab_status fab_comm_group_end(fab_comm *comm);
  * gradients (divided by nranks unless cfg.sum) and orders the context stream after
  * them: MPI waits on the host, bounded by the timeout; CUDA only orders the streams
  * (no host wait), and a bucket stuck past the timeout is caught by the
- * communicator's watchdog and reported by the next fab_grad_sync_* or comm call. Gradients are f32, f16 or bf16, contiguous, in the
+ * communicator's watchdog and reported by the next fab_grad_sync_* call or call on
+ * `comm` (fab_comm_synchronize(comm) after wait() is the place to look for it). Gradients are f32, f16 or bf16, contiguous, in the
  * context's memory. From ready() until wait() returns a gradient belongs to the
  * exchange: neither write nor read it (it may hold a partial sum). When wait()
  * fails, the gradients' contents are unspecified (buckets already reduced may have
@@ -631,7 +632,8 @@ FAB_API fab_status fab_comm_group_end(fab_comm *comm);
  * and does not promise that two communicators' kernels issued in different orders
  * on different ranks both make progress).
  * A fault on `comm` (timeout, fab_comm_abort) reaches the gradient exchange at its
- * next call; fab_grad_sync_destroy frees the duplicate (destroy the gradient
+ * next call, and a fault of the gradient exchange (a bucket's timeout) reaches
+ * `comm` at its next call; fab_grad_sync_destroy frees the duplicate (destroy the gradient
  * exchange before or after `comm`, but use it only while `comm` exists). */
 typedef struct fab_grad_sync fab_grad_sync;
 typedef struct fab_grad_sync_config {

@@ -4,8 +4,10 @@
  * One binary, three ways to run:
  *   test_comm --backend cpu                 one process, single-rank communicator (label cpu)
  *   test_comm --backend cuda                one process, one-GPU NCCL communicator (label gpu;
- *                                           skips without a GPU)
+ *                                           skips without a GPU; label emu: the emulator's NCCL)
  *   mpirun -np P test_comm --backend cpu --mpi   P ranks over MPI (label mpi)
+ *   mpirun -np P test_comm --backend cuda --mpi  P ranks over NCCL, bootstrapped by MPI (in an
+ *                                           emulated build: the emulator's NCCL, label emu)
  * Every rank computes the expected result of every collective locally from the
  * values all ranks are known to contribute. Values are multiples of 1/4 below 64 in
  * magnitude, so sums over up to 4 ranks are exact in every dtype, bf16 included,
@@ -14,12 +16,16 @@
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
 
+#include <float.h>
 #include <math.h>
+#include <errno.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifdef FAB_TEST_MPI
@@ -153,17 +159,24 @@ static void expect_ok(fab_status s, const char *what)
 
 /* Downloads n elements of dtype d and compares them with ref, with the tolerance
  * of dtype `tol_dtype` (the dtype the values travelled in). */
-static void check_values_as(const char *what, fab_context *ctx, fab_dtype d, fab_dtype tol_dtype, const void *dev,
-                            const double *ref, int64_t n)
+/* mag: the scale of each element's error (NULL: ref itself) */
+static void check_values_tol(const char *what, fab_context *ctx, fab_dtype d, const void *dev, const double *ref,
+                             const double *mag, int64_t n, fab_tolerance tol)
 {
     double *out = malloc(sizeof(double) * (size_t)n);
     assert_non_null(out);
     fab_test_download(ctx, d, dev, n, out);
+    fab_test_check_close_mag(what, out, ref, mag ? mag : ref, n, tol);
+    free(out);
+}
+
+static void check_values_as(const char *what, fab_context *ctx, fab_dtype d, fab_dtype tol_dtype, const void *dev,
+                            const double *ref, int64_t n)
+{
     fab_tolerance tol = fab_test_tolerance(tol_dtype);
     if (is_int(d) || d == FAB_DTYPE_F64)
         tol.atol = tol.rtol = tol.rel = 0; /* exact */
-    fab_test_check_close(what, out, ref, n, tol);
-    free(out);
+    check_values_tol(what, ctx, d, dev, ref, NULL, n, tol);
 }
 
 static void check_values(const char *what, fab_context *ctx, fab_dtype d, const void *dev, const double *ref,
@@ -246,7 +259,28 @@ static void run_collective(fab_context *ctx, fab_comm *comm, int kind, fab_dtype
              kind == K_BROADCAST ? "root=" : "op=", op_or_root, (long long)n, in_place ? " in place" : "");
     if (s != FAB_OK)
         fail_msg("%s: %s: %s", what, fab_status_name(s), fab_last_error());
-    check_values(what, ctx, d, rt.data, ref, nr);
+    /* f64 is exact, but for AVG on NCCL: ncclAvg premultiplies every value by 1/p
+     * rounded to f64 (exact only where p is a power of two) and sums the products,
+     * so the result is within a few ulps of sum(|x|)/p of sum/p, not its correct
+     * rounding */
+    const char *transport = "";
+    fab_comm_native(comm, &transport, NULL);
+    if (d == FAB_DTYPE_F64 && op == FAB_REDUCE_AVG && (kind == K_ALLREDUCE || kind == K_REDUCE_SCATTER) &&
+        (nranks & (nranks - 1)) != 0 && !strcmp(transport, "nccl")) {
+        double *mag = malloc(sizeof(double) * (size_t)nr);
+        assert_non_null(mag);
+        for (int64_t i = 0; i < nr; i++) {
+            int64_t e = kind == K_REDUCE_SCATTER ? (int64_t)my_rank * n + i : i;
+            mag[i] = 0;
+            for (int r = 0; r < nranks; r++)
+                mag[i] += fabs(val(r, e, salt, d)) / nranks;
+        }
+        fab_tolerance ulps = {0, 2.0 * nranks * DBL_EPSILON, 2.0 * nranks * DBL_EPSILON};
+        check_values_tol(what, ctx, d, rt.data, ref, mag, nr, ulps);
+        free(mag);
+    } else {
+        check_values(what, ctx, d, rt.data, ref, nr);
+    }
     if (in_place && kind == K_REDUCE_SCATTER) { /* the other slices of send keep their values */
         char what2[240];
         for (int r = 0; r < nranks; r++) {
@@ -1065,6 +1099,78 @@ static void test_debug_mismatch(void **state)
 }
 #endif
 
+/* ------------------------------------------------------------ a lost peer */
+
+/* A peer process that exits while a collective waits for it: NCCL reports
+ * ncclRemoteError asynchronously, and the communicator's watchdog (or the next
+ * call's poll) turns it into FAB_ERR_PEER, well before the timeout, and aborts.
+ * The peer is this binary again, started as rank 1 (peer_rank1_main): it joins the
+ * communicator and exits without taking part. Only on the emulator's NCCL, whose
+ * ranks may be processes of one machine; a real NCCL would want a GPU per rank. */
+static int peer_rank1_main(const char *hex)
+{
+    fab_comm_unique_id id;
+    memset(&id, 0, sizeof id);
+    for (size_t i = 0; i < sizeof id.bytes && hex[2 * i] && hex[2 * i + 1]; i++) {
+        unsigned v = 0;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+            return 2;
+        id.bytes[i] = (unsigned char)v;
+    }
+    fab_context_config cc;
+    memset(&cc, 0, sizeof cc);
+    cc.backend = FAB_BACKEND_CUDA;
+    fab_context *ctx = NULL;
+    fab_comm *comm = NULL;
+    fab_comm_config cfg = {30, 0};
+    if (fab_context_create(&cc, &ctx) != FAB_OK || fab_comm_create(ctx, 2, 1, &id, &cfg, &comm) != FAB_OK) {
+        fprintf(stderr, "test_comm peer: %s\n", fab_last_error());
+        return 1;
+    }
+    _exit(0); /* gone, communicator and all, without a word to rank 0 */
+}
+
+static void test_peer_exits(void **state)
+{
+    (void)state;
+    if (use_mpi || fab_test_backend() != FAB_BACKEND_CUDA || !strstr(fab_build_info(), "emulated"))
+        skip();
+    fab_context *ctx = comm_ctx();
+    const double timeout = 20.0;
+    fab_comm_unique_id id;
+    expect_ok(fab_comm_get_unique_id(ctx, &id), "fab_comm_get_unique_id");
+    char hex[2 * sizeof id.bytes + 1];
+    for (size_t i = 0; i < sizeof id.bytes; i++)
+        snprintf(hex + 2 * i, 3, "%02x", id.bytes[i]);
+    char *args[] = {"test_comm", "--peer-rank1", hex, NULL};
+    extern char **environ;
+    pid_t pid = 0;
+    if (posix_spawn(&pid, "/proc/self/exe", NULL, NULL, args, environ) != 0)
+        fail_msg("posix_spawn of the peer: %s", strerror(errno));
+    fab_comm_config cfg = {timeout, 0};
+    fab_comm *comm = NULL;
+    fab_status s = fab_comm_create(ctx, 2, 0, &id, &cfg, &comm);
+    int st = 0;
+    waitpid(pid, &st, 0); /* gone for good (not a zombie) before the collective */
+    if (s != FAB_OK)
+        fail_msg("fab_comm_create with the peer: %s: %s", fab_status_name(s), fab_last_error());
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail_msg("the peer process did not join and exit cleanly (status %d)", st);
+    double x[16] = {0};
+    void *dx = fab_test_upload(ctx, FAB_DTYPE_F32, x, 16, NULL);
+    fab_tensor t = tensor1(dx, FAB_DTYPE_F32, 16);
+    double t0 = now_s();
+    s = settle(comm, fab_allreduce(comm, &t, &t, FAB_REDUCE_SUM));
+    double dt = now_s() - t0;
+    fab_test_expect_error(s, FAB_ERR_PEER, "remote process exited");
+    if (dt > timeout / 2)
+        fail_msg("the lost peer took %.3f s to show; the watchdog polls every 50 ms", dt);
+    fab_test_expect_error(fab_comm_status(comm), FAB_ERR_PEER, "aborted earlier");
+    fab_comm_destroy(comm);
+    fab_test_free(ctx, dx);
+    fab_context_destroy(ctx);
+}
+
 /* -------------------------------------------------------------- bad inputs */
 
 static void test_bad_arguments(void **state)
@@ -1233,9 +1339,12 @@ static void abort_job(int sig)
 
 int main(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++)
+    for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--mpi"))
             use_mpi = 1;
+        if (!strcmp(argv[i], "--peer-rank1") && i + 1 < argc) /* test_peer_exits's other process */
+            return peer_rank1_main(argv[i + 1]);
+    }
     const char *env = getenv("FAB_TEST_SEED");
     seed = env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL);
 #ifdef FAB_TEST_MPI
@@ -1283,6 +1392,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_debug_mismatch),
         cmocka_unit_test(test_debug_late_peer),
 #endif
+        cmocka_unit_test(test_peer_exits),
         cmocka_unit_test(test_bad_arguments),
     };
     int rc = fab_test_run(tests);

@@ -74,6 +74,13 @@ fab_status fab__comm_usable(fab_comm *c, const char *op)
         if (s != FAB_OK)
             return s;
     }
+    for (fab_comm *d = c->dups; d && c->fault == FAB_OK; d = d->next_dup) {
+        if (d->fault == FAB_OK)
+            (void)d->tp->poll(d);
+        if (d->fault != FAB_OK)
+            (void)fab__comm_fault(c, d->fault, "the gradient exchange's communicator was aborted (%s: %s)",
+                                  fab_status_name(d->fault), d->fault_msg);
+    }
     if (c->fault != FAB_OK)
         return fab__fail(c->fault, "%s: the communicator was aborted earlier (%s: %s); destroy it and create a new one",
                          op, fab_status_name(c->fault), c->fault_msg);
@@ -315,6 +322,9 @@ fab_status fab__comm_dup(fab_comm *comm, const char *op, fab_comm **out)
         free(c);
         return s;
     }
+    c->dup_of = comm;
+    c->next_dup = comm->dups;
+    comm->dups = c;
     *out = c;
     return FAB_OK;
 }
@@ -428,6 +438,13 @@ fab_status fab_comm_destroy(fab_comm *comm)
         return FAB_OK;
     if (comm->fault == FAB_OK)
         fab__comm_arm(comm, "fab_comm_destroy");
+    for (fab_comm **p = comm->dup_of ? &comm->dup_of->dups : NULL; p && *p; p = &(*p)->next_dup)
+        if (*p == comm) {
+            *p = comm->next_dup;
+            break;
+        }
+    for (fab_comm *d = comm->dups; d; d = d->next_dup)
+        d->dup_of = NULL;
     fab_status s = comm->tp->destroy(comm);
     free(comm->queue);
     free(comm);

@@ -91,6 +91,12 @@ struct fab_comm {
     int group_depth;
     fab__coll *queue; /* collectives of the open group */
     int nqueue, capqueue;
+    /* Gradient exchanges run on duplicates (fab__comm_dup). A duplicate's fault
+     * (its watchdog's timeout, on NCCL) is this communicator's too, at its next
+     * call: a peer that stopped in one stops the other. */
+    struct fab_comm *dups;     /* this communicator's duplicates, linked by next_dup */
+    struct fab_comm *dup_of;   /* on a duplicate: its origin, while that exists */
+    struct fab_comm *next_dup;
 };
 
 /* Seconds on a monotonic clock. */
