@@ -22,7 +22,8 @@
  * pending, exactly the hang fabriek's watchdog must catch. ncclCommAbort ends the
  * wait: the work in flight and everything queued completes without effect. A peer
  * process that has died (its pid gone) is reported as ncclRemoteError by
- * ncclCommGetAsyncError, as NCCL reports a broken connection.
+ * ncclCommGetAsyncError, as NCCL reports a broken connection; the collective stays
+ * pending until the abort, as NCCL's kernel stays stuck.
  *
  * Non-blocking communicators (config.blocking = 0): init, split and finalize
  * return ncclInProgress and complete on the worker; ncclCommGetAsyncError says
@@ -66,6 +67,8 @@ using fab_emu::PendingRef;
 constexpr int kMaxRanks = 64;
 constexpr size_t kSlotBytes = size_t(1) << 20;
 constexpr uint32_t kIdMagic = 0x4e454246u; /* "FBEN" */
+/* Shared::pid of a rank that left: destroyed its communicator, or aborted it */
+constexpr int kPidLeft = -1, kPidAborted = -2;
 
 /* The start of the shared file; the slots follow at kHeaderBytes. Lock-free atomics
  * are address-free, so they work across processes. */
@@ -270,9 +273,12 @@ template <typename Fill, typename Use> ncclResult_t exchange(ncclComm_t c, Fill 
 {
     const uint64_t t = ++c->step;
     const int n = c->nranks;
+    /* an aborted peer's slot is never read again: its NCCL communicator is gone,
+     * and a rank that comes late waits (until its own timeout), as with NCCL */
     ncclResult_t r = wait_until(c, [&] {
         for (int q = 0; q < n; q++)
-            if (c->sh->consumed[q].load(std::memory_order_acquire) < t - 1) return false;
+            if (c->sh->consumed[q].load(std::memory_order_acquire) < t - 1 || c->sh->pid[q].load() == kPidAborted)
+                return false;
         return true;
     });
     if (r != ncclSuccess) return r;
@@ -280,7 +286,8 @@ template <typename Fill, typename Use> ncclResult_t exchange(ncclComm_t c, Fill 
     c->sh->posted[c->rank].store(t, std::memory_order_release);
     r = wait_until(c, [&] {
         for (int q = 0; q < n; q++)
-            if (c->sh->posted[q].load(std::memory_order_acquire) < t) return false;
+            if (c->sh->posted[q].load(std::memory_order_acquire) < t || c->sh->pid[q].load() == kPidAborted)
+                return false;
         return true;
     });
     if (r != ncclSuccess) return r;
@@ -472,6 +479,13 @@ void worker_main(ncclComm_t c)
         /* ncclInternalError here means aborted: nobody asks any more */
         if (r != ncclSuccess && r != ncclInternalError) c->async_error.store(r);
         if (it->kind == Kind::Split && r != ncclSuccess && it->child) it->child->async_error.store(r);
+        /* A collective that met a dead peer stays stuck, as NCCL's kernel does, until
+         * ncclCommAbort (or destroy) ends it: completing it here would let a stream
+         * query read "done" for work that never happened. */
+        if (r == ncclRemoteError) {
+            std::unique_lock<std::mutex> lk(c->mu);
+            c->cv.wait(lk, [c] { return c->stop || c->aborted.load(); });
+        }
         if (it->kind == Kind::Split || it->kind == Kind::Finalize) c->busy.fetch_sub(1);
         it->done->complete();
     }
@@ -540,7 +554,10 @@ void shut_down(ncclComm_t c)
     for (auto &it : c->queue) it->done->complete(); /* never ran: aborted */
     c->queue.clear();
     if (c->sh) {
-        if (c->have_slot) c->sh->pid[c->rank].store(-1); /* left on purpose: not a dead peer */
+        if (c->sh->joined.load() < c->nranks) /* given up before every rank came: leave no file behind */
+            shm_unlink(shm_name(c->id).c_str());
+        if (c->have_slot) /* left on purpose: not a dead peer */
+            c->sh->pid[c->rank].store(c->aborted.load() ? kPidAborted : kPidLeft);
         munmap(c->sh, c->map_bytes);
     }
     c->sh = nullptr;
@@ -688,7 +705,11 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm)
 ncclResult_t ncclCommAbort(ncclComm_t comm)
 {
     if (!comm) return ncclSuccess;
-    comm->aborted.store(1);
+    {
+        std::lock_guard<std::mutex> lk(comm->mu); /* wakes a worker held by a dead peer */
+        comm->aborted.store(1);
+        comm->cv.notify_all();
+    }
     shut_down(comm);
     delete comm;
     return ncclSuccess;

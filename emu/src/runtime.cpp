@@ -16,7 +16,8 @@
  * another thread: the emulated NCCL's collectives (nccl.cpp), which wait for peer
  * processes. Such work is a `Pending` the stream holds until it completes: the
  * stream's next operation waits for it first, an event recorded behind it is not
- * ready until then (cudaEventQuery: cudaErrorNotReady), cudaStreamWaitEvent hands
+ * ready until then (cudaEventQuery: cudaErrorNotReady, kept as the last error as
+ * CUDA may keep it), cudaStreamWaitEvent hands
  * it on to the waiting stream, and the synchronising calls wait for it. The legacy
  * default stream waits for, and is waited for by, every stream created without
  * cudaStreamNonBlocking, as in CUDA.
@@ -372,6 +373,9 @@ struct EventObj {
 static std::mutex g_handle_mutex;
 static std::set<const void *> g_streams, g_events;
 static StreamObj g_legacy_stream{0, {}}; /* the NULL, legacy and per-thread default streams */
+/* What destroyed streams still had pending: CUDA releases a stream once its work is
+ * done, and device-wide synchronisation still waits for that work. */
+static StreamObj g_orphans{cudaStreamNonBlocking, {}};
 
 bool stream_is_valid(cudaStream_t s)
 {
@@ -437,6 +441,7 @@ static void drain_all()
     {
         std::lock_guard<std::mutex> lk(g_handle_mutex);
         collect_pending(&g_legacy_stream, v);
+        collect_pending(&g_orphans, v);
         for (const void *h : g_streams) collect_pending(reinterpret_cast<StreamObj *>(const_cast<void *>(h)), v);
     }
     for (const PendingRef &p : v) p->wait();
@@ -629,7 +634,9 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream)
 {
     std::lock_guard<std::mutex> lk(g_handle_mutex);
     if (!stream || !g_streams.erase(stream)) return record_error(cudaErrorInvalidResourceHandle);
-    delete reinterpret_cast<StreamObj *>(stream);
+    StreamObj *st = reinterpret_cast<StreamObj *>(stream);
+    g_orphans.pending.insert(g_orphans.pending.end(), st->pending.begin(), st->pending.end());
+    delete st;
     return cudaSuccess;
 }
 
@@ -640,12 +647,14 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream)
     return cudaSuccess;
 }
 
-/* Not ready is an answer, not an error: it is not recorded as the last error. */
+/* Not ready is an answer, but it is kept as the thread's last error, as the CUDA
+ * runtime may keep it (PyTorch clears it after every query): code that queries
+ * must clear it, or its next kernel-launch check reports "device not ready". */
 cudaError_t cudaStreamQuery(cudaStream_t stream)
 {
     if (!stream_is_valid(stream)) return record_error(cudaErrorInvalidResourceHandle);
     for (const PendingRef &p : stream_pending(stream))
-        if (!p->is_done()) return cudaErrorNotReady;
+        if (!p->is_done()) return record_error(cudaErrorNotReady);
     return cudaSuccess;
 }
 
@@ -722,7 +731,7 @@ cudaError_t cudaEventQuery(cudaEvent_t event)
     EventObj *e = event_obj(event);
     if (!e) return record_error(cudaErrorInvalidResourceHandle);
     for (const PendingRef &p : event_pending(e))
-        if (!p->is_done()) return cudaErrorNotReady;
+        if (!p->is_done()) return record_error(cudaErrorNotReady); /* kept: see cudaStreamQuery */
     return cudaSuccess;
 }
 
@@ -733,6 +742,9 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
     if (!a || !b) return record_error(cudaErrorInvalidResourceHandle);
     if ((a->flags | b->flags) & cudaEventDisableTiming) return record_error(cudaErrorInvalidResourceHandle);
     if (!a->recorded || !b->recorded) return record_error(cudaErrorInvalidResourceHandle);
+    for (EventObj *x : {a, b})
+        for (const PendingRef &p : event_pending(x))
+            if (!p->is_done()) return record_error(cudaErrorNotReady);
     *ms = std::chrono::duration<float, std::milli>(b->when - a->when).count();
     return cudaSuccess;
 }

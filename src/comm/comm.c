@@ -67,7 +67,17 @@ fab_status fab__comm_fault(fab_comm *c, fab_status status, const char *fmt, ...)
     return fab__fail(status, "%s; the communicator is aborted", msg);
 }
 
-fab_status fab__comm_usable(fab_comm *c, const char *op)
+/* Takes the fault of duplicate d (fab__comm_dup) as c's own, if c has none. */
+static void take_dup_fault(fab_comm *c, fab_comm *d)
+{
+    if (c->fault == FAB_OK && d->fault != FAB_OK)
+        (void)fab__comm_fault(c, d->fault, "the gradient exchange's communicator was aborted (%s: %s)",
+                              fab_status_name(d->fault), d->fault_msg);
+}
+
+/* Records a fault the transport found meanwhile (NCCL's watchdog), c's or one of
+ * its duplicates'. */
+static fab_status poll_faults(fab_comm *c)
 {
     if (c->fault == FAB_OK) {
         fab_status s = c->tp->poll(c);
@@ -77,10 +87,14 @@ fab_status fab__comm_usable(fab_comm *c, const char *op)
     for (fab_comm *d = c->dups; d && c->fault == FAB_OK; d = d->next_dup) {
         if (d->fault == FAB_OK)
             (void)d->tp->poll(d);
-        if (d->fault != FAB_OK)
-            (void)fab__comm_fault(c, d->fault, "the gradient exchange's communicator was aborted (%s: %s)",
-                                  fab_status_name(d->fault), d->fault_msg);
+        take_dup_fault(c, d);
     }
+    return FAB_OK;
+}
+
+fab_status fab__comm_usable(fab_comm *c, const char *op)
+{
+    FAB__TRY(poll_faults(c));
     if (c->fault != FAB_OK)
         return fab__fail(c->fault, "%s: the communicator was aborted earlier (%s: %s); destroy it and create a new one",
                          op, fab_status_name(c->fault), c->fault_msg);
@@ -438,6 +452,11 @@ fab_status fab_comm_destroy(fab_comm *comm)
         return FAB_OK;
     if (comm->fault == FAB_OK)
         fab__comm_arm(comm, "fab_comm_destroy");
+    if (comm->dup_of) { /* a gradient exchange's: its fault stays its origin's */
+        if (comm->fault == FAB_OK)
+            (void)comm->tp->poll(comm);
+        take_dup_fault(comm->dup_of, comm);
+    }
     for (fab_comm **p = comm->dup_of ? &comm->dup_of->dups : NULL; p && *p; p = &(*p)->next_dup)
         if (*p == comm) {
             *p = comm->next_dup;
@@ -455,8 +474,8 @@ fab_status fab_comm_abort(fab_comm *comm)
 {
     if (!comm)
         return fab__fail(INVALID, "fab_comm_abort: comm is NULL");
-    if (comm->fault == FAB_OK)
-        (void)comm->tp->poll(comm); /* a fault already found (NCCL's watchdog) stays the one reported */
+    (void)poll_faults(comm); /* a fault already found (NCCL's watchdog, here or in a gradient exchange)
+                              * stays the one reported */
     if (comm->fault == FAB_OK) {
         comm->fault = FAB_ERR_BACKEND;
         snprintf(comm->fault_msg, sizeof comm->fault_msg, "fab_comm_abort was called");

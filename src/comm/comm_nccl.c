@@ -166,9 +166,20 @@ static fab_status settle(fab_comm *c, ncclComm_t comm, const char *call)
 
 /* ----------------------------------------------------------------- watchdog */
 
+/* cudaErrorNotReady answers a query, yet the CUDA runtime may keep it as the
+ * thread's last error (PyTorch clears it after every query), where the next
+ * kernel-launch check (fab__cuda_check_launch) would report it as a failure.
+ * Clears it, and only it. */
+static cudaError_t query_answer(cudaError_t e)
+{
+    if (e == cudaErrorNotReady && cudaPeekAtLastError() == cudaErrorNotReady)
+        (void)cudaGetLastError();
+    return e;
+}
+
 static int marker_pending(void *events, int slot)
 {
-    return cudaEventQuery(((cudaEvent_t *)events)[slot]) == cudaErrorNotReady;
+    return query_answer(cudaEventQuery(((cudaEvent_t *)events)[slot])) == cudaErrorNotReady;
 }
 
 /* Under m->lock: retires the done slots of stream s; the age of the oldest pending. */
@@ -326,12 +337,12 @@ static fab_status nccl_post(fab_comm *c, const fab__coll *colls, int n, int side
     if (r != ncclSuccess && r != ncclInProgress)
         return fab__comm_fault(c, status_of(r), "%s: NCCL refused the collective: %s", c->op, ncclGetErrorString(r));
     FAB__TRY(settle(c, m->comm, "enqueueing the collective"));
+    arm(c, side); /* the collective is on the stream: watch it (before anything queued behind it) */
     fab_status divided = FAB_OK;
     for (int i = 0; i < n && divided == FAB_OK; i++) /* recv holds count elements for both kinds */
         if (avg_by_division(c, &colls[i]))
             divided = fab__comm_cast_cuda(colls[i].recv, colls[i].dtype, colls[i].recv, colls[i].dtype,
                                           colls[i].count, (float)c->nranks, s);
-    arm(c, side); /* the collective is on the stream either way: watch it */
     if (divided != FAB_OK) /* recv would hold the sum: the result is lost */
         return fab__comm_fault(c, divided, "%s: AVG's division after the sum could not be launched (%s)", c->op,
                                fab_last_error());
@@ -346,7 +357,7 @@ static fab_status nccl_test(fab_comm *c, int side, int *done)
         *done = 0;
         return fab__comm_usable(c, c->op ? c->op : "fab_comm");
     }
-    cudaError_t e = cudaStreamQuery(stream_of(c, side));
+    cudaError_t e = query_answer(cudaStreamQuery(stream_of(c, side)));
     *done = e == cudaSuccess;
     if (e != cudaSuccess && e != cudaErrorNotReady)
         return fab__fail(FAB_ERR_BACKEND, "%s: cudaStreamQuery: %s", c->op, cudaGetErrorString(e));
@@ -439,10 +450,10 @@ static fab_status nccl_allgather_host(fab_comm *c, const void *mine, void *all, 
     if (r != ncclSuccess && r != ncclInProgress)
         return fab__comm_fault(c, status_of(r), "%s: ncclAllGather (debug check): %s", c->op, ncclGetErrorString(r));
     FAB__TRY(settle(c, m->comm, "the debug-mode check"));
+    arm(c, 0);
     e = cudaMemcpyAsync(bounce, m->scratch, bytes * (size_t)c->nranks, cudaMemcpyDeviceToHost, s);
     if (e != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "%s: cudaMemcpyAsync: %s", c->op, cudaGetErrorString(e));
-    arm(c, 0);
     FAB__TRY(nccl_complete(c, 0, 1));
     memcpy(all, bounce, bytes * (size_t)c->nranks);
     return FAB_OK;
