@@ -2020,7 +2020,7 @@ static void test_cpu_fused_gelu(void **state)
 /* The CPU's bf16 path on AMX (matmul_amx.c), where this CPU has AMX-BF16 (the
  * device name says "amx-bf16"); test_values and the others run it too, and ctest's
  * matmul_no_amx_cpu runs them all again on the AVX-512 path. Here: shapes that cut
- * the 32-wide panels, the 32-deep chunks (odd k) and the 256-deep k slices
+ * the 32-wide panels, the 32-deep chunks (odd k) and the 2048-deep k slices
  * unevenly, every transpose, epilogues, batches with broadcasts, and (a 64-byte
  * workspace) packed blocks smaller than the matrices, each against the float64
  * reference; and one product whose bits differ from the AVX-512 path's, so a
@@ -2041,9 +2041,10 @@ static void test_cpu_amx(void **state)
         fab_context_destroy(ctx);
         skip();
     }
-    static const int64_t sizes[][3] = {{1, 1, 1},    {31, 33, 31},   {32, 32, 32},  {33, 31, 257},
-                                       {64, 96, 256}, {65, 300, 513}, {257, 129, 33}, {300, 260, 520}};
-    for (int si = 0; si < 8; si++)
+    static const int64_t sizes[][3] = {{1, 1, 1},    {31, 33, 31},   {32, 32, 32},    {33, 31, 257},
+                                       {64, 96, 256}, {65, 300, 513}, {257, 129, 33},  {300, 260, 520},
+                                       {40, 70, 4133}, {33, 64, 2048}}; /* 3 slices, the last 37 deep; 1 slice */
+    for (int si = 0; si < 10; si++)
         for (int t = 0; t < 4; t++) {
             mm_case c = plain(FAB_DTYPE_BF16, t & 2 ? FAB_DTYPE_F32 : FAB_DTYPE_BF16, sizes[si][0], sizes[si][1],
                               sizes[si][2], t & 1, t >> 1);
