@@ -298,69 +298,62 @@ template <typename Fill, typename Use> ncclResult_t exchange(ncclComm_t c, Fill 
     return ncclSuccess;
 }
 
+/* Elements [0, count) in steps of at most `per`: one exchange each, whose fill and
+ * use get the step's first element i0 and length m. */
+template <typename Fill, typename Use>
+ncclResult_t in_steps(ncclComm_t c, size_t count, size_t per, Fill fill, Use use)
+{
+    for (size_t i0 = 0; i0 < count; i0 += per) {
+        const size_t m = count - i0 < per ? count - i0 : per;
+        ncclResult_t r = exchange(
+            c, [&](unsigned char *slot) { fill(slot, i0, m); },
+            [&](const unsigned char *const *all) { use(all, i0, m); });
+        if (r != ncclSuccess) return r;
+    }
+    return ncclSuccess;
+}
+
 ncclResult_t run_collective(ncclComm_t c, const Item &it)
 {
     const size_t es = type_size(it.type);
     const int n = c->nranks;
     const unsigned char *send = (const unsigned char *)it.send;
     unsigned char *recv = (unsigned char *)it.recv;
+    const size_t per = kSlotBytes / es;
     switch (it.kind) {
-    case Kind::AllReduce: {
-        const size_t per = kSlotBytes / es;
-        for (size_t i0 = 0; i0 < it.count; i0 += per) {
-            size_t m = it.count - i0 < per ? it.count - i0 : per;
-            ncclResult_t r = exchange(
-                c, [&](unsigned char *slot) { memcpy(slot, send + i0 * es, m * es); },
-                [&](const unsigned char *const *all) { reduce(recv + i0 * es, all, n, m, it.type, it.op); });
-            if (r != ncclSuccess) return r;
-        }
-        return ncclSuccess;
-    }
-    case Kind::ReduceScatter: { /* rank q's block of every send buffer, summed into q's recv */
-        const size_t per = kSlotBytes / es / (size_t)n;
-        for (size_t i0 = 0; i0 < it.count; i0 += per) {
-            size_t m = it.count - i0 < per ? it.count - i0 : per;
-            ncclResult_t r = exchange(
-                c,
-                [&](unsigned char *slot) {
-                    for (int q = 0; q < n; q++) memcpy(slot + (size_t)q * m * es, send + ((size_t)q * it.count + i0) * es, m * es);
-                },
-                [&](const unsigned char *const *all) {
-                    const unsigned char *mine[kMaxRanks];
-                    for (int q = 0; q < n; q++) mine[q] = all[q] + (size_t)c->rank * m * es;
-                    reduce(recv + i0 * es, mine, n, m, it.type, it.op);
-                });
-            if (r != ncclSuccess) return r;
-        }
-        return ncclSuccess;
-    }
-    case Kind::AllGather: {
-        const size_t per = kSlotBytes / es;
-        for (size_t i0 = 0; i0 < it.count; i0 += per) {
-            size_t m = it.count - i0 < per ? it.count - i0 : per;
-            ncclResult_t r = exchange(
-                c, [&](unsigned char *slot) { memcpy(slot, send + i0 * es, m * es); },
-                [&](const unsigned char *const *all) {
-                    for (int q = 0; q < n; q++) memmove(recv + ((size_t)q * it.count + i0) * es, all[q], m * es);
-                });
-            if (r != ncclSuccess) return r;
-        }
-        return ncclSuccess;
-    }
-    case Kind::Broadcast: {
-        const size_t per = kSlotBytes / es;
-        for (size_t i0 = 0; i0 < it.count; i0 += per) {
-            size_t m = it.count - i0 < per ? it.count - i0 : per;
-            ncclResult_t r = exchange(
-                c,
-                [&](unsigned char *slot) {
-                    if (c->rank == it.root) memcpy(slot, send + i0 * es, m * es);
-                },
-                [&](const unsigned char *const *all) { memmove(recv + i0 * es, all[it.root], m * es); });
-            if (r != ncclSuccess) return r;
-        }
-        return ncclSuccess;
-    }
+    case Kind::AllReduce:
+        return in_steps(
+            c, it.count, per, [&](unsigned char *slot, size_t i0, size_t m) { memcpy(slot, send + i0 * es, m * es); },
+            [&](const unsigned char *const *all, size_t i0, size_t m) {
+                reduce(recv + i0 * es, all, n, m, it.type, it.op);
+            });
+    case Kind::ReduceScatter: /* rank q's block of every send buffer, summed into q's recv */
+        return in_steps(
+            c, it.count, per / (size_t)n,
+            [&](unsigned char *slot, size_t i0, size_t m) {
+                for (int q = 0; q < n; q++)
+                    memcpy(slot + (size_t)q * m * es, send + ((size_t)q * it.count + i0) * es, m * es);
+            },
+            [&](const unsigned char *const *all, size_t i0, size_t m) {
+                const unsigned char *mine[kMaxRanks];
+                for (int q = 0; q < n; q++) mine[q] = all[q] + (size_t)c->rank * m * es;
+                reduce(recv + i0 * es, mine, n, m, it.type, it.op);
+            });
+    case Kind::AllGather:
+        return in_steps(
+            c, it.count, per, [&](unsigned char *slot, size_t i0, size_t m) { memcpy(slot, send + i0 * es, m * es); },
+            [&](const unsigned char *const *all, size_t i0, size_t m) {
+                for (int q = 0; q < n; q++) memmove(recv + ((size_t)q * it.count + i0) * es, all[q], m * es);
+            });
+    case Kind::Broadcast:
+        return in_steps(
+            c, it.count, per,
+            [&](unsigned char *slot, size_t i0, size_t m) {
+                if (c->rank == it.root) memcpy(slot, send + i0 * es, m * es);
+            },
+            [&](const unsigned char *const *all, size_t i0, size_t m) {
+                memmove(recv + i0 * es, all[it.root], m * es);
+            });
     default: return ncclInternalError;
     }
 }
