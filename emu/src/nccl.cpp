@@ -397,9 +397,11 @@ ncclResult_t attach(ncclComm_t c)
     return ncclSuccess;
 }
 
-ncclResult_t wait_joined(ncclComm_t c)
+/* Until every rank of c has joined; waiter's abort (c's own, or for a split's
+ * child its parent's) ends the wait. */
+ncclResult_t wait_joined(ncclComm_t waiter, ncclComm_t c)
 {
-    return wait_until(c, [c] { return c->sh->joined.load() >= c->nranks; });
+    return wait_until(waiter, [c] { return c->sh->joined.load() >= c->nranks; });
 }
 
 void start_worker(ncclComm_t c);
@@ -437,7 +439,7 @@ ncclResult_t run_split(ncclComm_t c, Item &it)
     r = attach(ch);
     if (r != ncclSuccess) return r;
     start_worker(ch);
-    r = wait_until(c, [ch] { return ch->sh->joined.load() >= ch->nranks; });
+    r = wait_joined(c, ch);
     if (r == ncclSuccess) ch->async_error.store(ncclSuccess);
     return r;
 }
@@ -461,7 +463,7 @@ void worker_main(ncclComm_t c)
         if (r == ncclSuccess && !c->aborted.load()) {
             switch (it->kind) {
             case Kind::Init:
-                r = wait_joined(c);
+                r = wait_joined(c, c);
                 if (r == ncclSuccess) c->async_error.store(ncclSuccess);
                 break;
             case Kind::Split: r = run_split(c, *it); break;
@@ -475,7 +477,8 @@ void worker_main(ncclComm_t c)
         /* A collective that met a dead peer stays stuck, as NCCL's kernel does, until
          * ncclCommAbort (or destroy) ends it: completing it here would let a stream
          * query read "done" for work that never happened. */
-        if (r == ncclRemoteError) {
+        const bool collective = it->kind != Kind::Init && it->kind != Kind::Split && it->kind != Kind::Finalize;
+        if (r == ncclRemoteError && collective) {
             std::unique_lock<std::mutex> lk(c->mu);
             c->cv.wait(lk, [c] { return c->stop || c->aborted.load(); });
         }
@@ -497,7 +500,8 @@ void enqueue(ncclComm_t c, std::shared_ptr<Item> it)
     c->cv.notify_one();
 }
 
-/* Attaches and waits for the peers: in the call (blocking) or on the worker. */
+/* Attaches, then waits for the peers on the worker; a blocking communicator
+ * waits for that in the call. */
 void init_comm(ncclComm_t c, int blocking)
 {
     ncclResult_t r = attach(c);
@@ -506,14 +510,10 @@ void init_comm(ncclComm_t c, int blocking)
         return;
     }
     start_worker(c);
-    if (blocking) {
-        r = wait_joined(c);
-        c->async_error.store(r == ncclSuccess ? ncclSuccess : r);
-        return;
-    }
     auto it = std::make_shared<Item>();
     it->kind = Kind::Init;
     enqueue(c, it);
+    if (blocking) it->done->wait();
 }
 
 ncclComm_t new_comm(const IdBits &id, int nranks, int rank, int blocking)
