@@ -16,7 +16,8 @@
  * only on the shape, never on the thread count: deterministic. The f32 sum of
  * each slice lives in C itself (f32 C) or in an f32 scratch (f16/bf16 C), and the
  * epilogue (beta·C for scratch, bias, pre_act store, activation or its derivative,
- * rounding to C's dtype) runs once per tile, right after the last slice.
+ * rounding to C's dtype) runs once per element, right after the last slice, on an
+ * A panel's rows across a run of B panels while they are in L1.
  *
  * bf16 A and B on a CPU with AMX take gemm_amx instead (matmul_amx.c: bf16 packed
  * as is, 32x32 blocks of C in AMX tiles, f32 sums; its numerics there).
@@ -360,33 +361,35 @@ typedef struct gemm_plan {
     int64_t ldw;      /* row stride of the f32 scratch (f16/bf16 C, several k slices); 0: none */
 } gemm_plan;
 
-/* One MR x NR tile at (i, j) of batch `bt`: runs the micro-kernel on packed
- * panels ap/bp for the k slice number `slice` (of nslices), then, after the last
- * slice, the epilogue. mr_eff/nr_eff: the tile's real extent at the edges. */
-static void do_tile(const fab__mm_args *a, const gemm_plan *g, int64_t bt_c, int64_t bt_p, int64_t i, int64_t j,
-                    float *scratch, int mr_eff, int nr_eff, int64_t kc, const float *ap, const float *bp, int slice,
-                    int nslices, float *tile)
+/* Where the f32 sums of one A panel's row of tiles across a run of B panels
+ * go (rows i.., columns j.. of batch offset bt_c): C itself (f32 C), the f32
+ * scratch (f16/bf16 C over several k slices: `scratch` is its place for (i, j)),
+ * or the thread's run buffer (f16/bf16 C, one slice), finished right after. */
+typedef struct run_sums {
+    float *w;       /* sums of (i, j) */
+    int64_t ldw;    /* their row stride */
+    bool beta_done; /* whether w already holds beta·C */
+} run_sums;
+
+static run_sums run_sums_at(const fab__mm_args *a, const gemm_plan *g, int64_t bt_c, int64_t i, int64_t j,
+                            float *scratch, int nslices, float *runbuf)
+{
+    if (g->w_is_c)
+        return (run_sums){(float *)a->c + bt_c + i * a->ldc + j, a->ldc, true};
+    if (nslices > 1)
+        return (run_sums){scratch, g->ldw, false};
+    return (run_sums){runbuf, g->run * g->uk->nr, false};
+}
+
+/* One MR x NR tile: the micro-kernel on packed panels ap/bp for k slice number
+ * `slice`, adding into w (stride ldw). mr_eff/nr_eff: the tile's real extent at
+ * the edges, where the kernel writes to `tile` and only the real part is added. */
+static void do_tile(const fab__mm_args *a, const gemm_plan *g, float *w, int64_t ldw, int mr_eff, int nr_eff,
+                    int64_t kc, const float *ap, const float *bp, int slice, float *tile)
 {
     const int MR = g->uk->mr, NR = g->uk->nr;
-    const bool first = slice == 0, last = slice == nslices - 1;
-    float *w;
-    int64_t ldw;
-    bool beta_done; /* whether w already holds beta·C */
-    if (g->w_is_c) {
-        w = (float *)a->c + bt_c + i * a->ldc + j;
-        ldw = a->ldc;
-        beta_done = true;
-    } else if (nslices > 1) {
-        w = scratch; /* this tile's place in the task's f32 scratch */
-        ldw = g->ldw;
-        beta_done = false;
-    } else {
-        w = tile + MR * NR; /* the second tile buffer: finished right below */
-        ldw = NR;
-        beta_done = false;
-    }
     /* beta for the micro-kernel: the first slice reads C only when C is w */
-    float beta_k = first ? (g->w_is_c ? a->beta : 0.0f) : 1.0f;
+    float beta_k = slice == 0 ? (g->w_is_c ? a->beta : 0.0f) : 1.0f;
     if (mr_eff == MR && nr_eff == NR) {
         g->uk->fn(kc, ap, bp, w, ldw, a->alpha, beta_k);
     } else {
@@ -397,13 +400,20 @@ static void do_tile(const fab__mm_args *a, const gemm_plan *g, int64_t bt_c, int
                 *o = tile[r * NR + c] + (beta_k == 0.0f ? 0.0f : beta_k * *o);
             }
     }
-    if (last && epilogue_needed(a, g->w_is_c)) {
-        size_t ce = fab_dtype_size(a->c_dtype);
-        for (int r = 0; r < mr_eff; r++) {
-            char *c_row = (char *)a->c + (bt_c + (i + r) * a->ldc + j) * (int64_t)ce;
-            char *p_row = a->pre_act ? (char *)a->pre_act + (bt_p + (i + r) * a->ldp + j) * (int64_t)ce : NULL;
-            epilogue_row(a, w + r * ldw, j, nr_eff, beta_done, c_row, p_row);
-        }
+}
+
+/* After the last k slice: the epilogue over rows i .. i+rows, columns j .. j+cols
+ * (one A panel across a run of B panels: a few KiB, still in L1). A row of a run
+ * at a time, not a row of a tile: per 16-column tile row the calls and loop set-up
+ * cost more than the GELU itself (a third of the time of a fused GELU). */
+static void finish_run(const fab__mm_args *a, int64_t bt_c, int64_t bt_p, int64_t i, int64_t j, int rows, int64_t cols,
+                       run_sums w)
+{
+    size_t ce = fab_dtype_size(a->c_dtype);
+    for (int r = 0; r < rows; r++) {
+        char *c_row = (char *)a->c + (bt_c + (i + r) * a->ldc + j) * (int64_t)ce;
+        char *p_row = a->pre_act ? (char *)a->pre_act + (bt_p + (i + r) * a->ldp + j) * (int64_t)ce : NULL;
+        epilogue_row(a, w.w + r * w.ldw, j, cols, w.beta_done, c_row, p_row);
     }
 }
 
@@ -457,13 +467,16 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
     int64_t n_round = (a->n + NR - 1) / NR * NR;
     if (nc_max > n_round)
         nc_max = n_round;
+    if (g.run > nc_max / NR) /* a run is at most a column block */
+        g.run = nc_max / NR;
     g.w_is_c = a->c_dtype == FAB_DTYPE_F32;
     if (!g.w_is_c && nslices > 1)
         g.ldw = nc_max;
 
     size_t b_floats = (size_t)g.kc * (size_t)nslices * (size_t)nc_max;
     size_t a_floats = (size_t)g.kc * (size_t)g.mc;
-    size_t t_floats = (size_t)(2 * MR * NR);
+    /* an edge tile, and the run buffer (run_sums_at) */
+    size_t t_floats = (size_t)(MR * NR) + (size_t)MR * (size_t)g.run * (size_t)NR;
     /* staging for f16/bf16 runs: MR or NR runs of kc, a row of an A block, or a
      * row of a B packing unit */
     size_t st_floats = (size_t)(MR > NR ? MR : NR) * (size_t)g.kc;
@@ -488,7 +501,7 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
         nt = omp_get_num_threads();
 #endif
         float *my_a = per_thread + per_thread_floats * (size_t)tid;
-        float *my_tile = my_a + a_floats, *my_stage = my_tile + t_floats;
+        float *my_tile = my_a + a_floats, *my_run = my_tile + MR * NR, *my_stage = my_tile + t_floats;
         for (int64_t bt = 0; bt < a->batch; bt++) {
             const void *A = bptr(a->a, a->ab_dtype, fab__mm_batch_offset(a, a->a_bstride, bt));
             const void *B = bptr(a->b, a->ab_dtype, fab__mm_batch_offset(a, a->b_bstride, bt));
@@ -531,15 +544,18 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
                          * of the group before the next A panel comes */
                         for (int64_t r0 = q0; r0 < q1; r0 += g.run) {
                             int64_t r1 = r0 + g.run < q1 ? r0 + g.run : q1;
+                            int64_t j0 = jc + r0 * NR, cols = (r1 * NR < nc ? r1 * NR : nc) - r0 * NR;
                             for (int64_t ir = 0; ir < mc; ir += MR) {
                                 int mr_eff = (int)(mc - ir < MR ? mc - ir : MR);
+                                float *sc = g.ldw ? scratch + (ic + ir) * g.ldw + (j0 - jc) : NULL;
+                                run_sums w = run_sums_at(a, &g, off_c, ic + ir, j0, sc, (int)nslices, my_run);
                                 for (int64_t q = r0; q < r1; q++) {
-                                    int64_t j = jc + q * NR;
                                     int nr_eff = (int)(nc - q * NR < NR ? nc - q * NR : NR);
-                                    float *sc = g.ldw ? scratch + (ic + ir) * g.ldw + (j - jc) : NULL;
-                                    do_tile(a, &g, off_c, off_p, ic + ir, j, sc, mr_eff, nr_eff, kc,
-                                            my_a + ir * kc, bs + q * NR * kc, (int)s, (int)nslices, my_tile);
+                                    do_tile(a, &g, w.w + (q - r0) * NR, w.ldw, mr_eff, nr_eff, kc, my_a + ir * kc,
+                                            bs + q * NR * kc, (int)s, my_tile);
                                 }
+                                if (s == nslices - 1 && epilogue_needed(a, g.w_is_c))
+                                    finish_run(a, off_c, off_p, ic + ir, j0, mr_eff, cols, w);
                             }
                         }
                     }
