@@ -13,6 +13,43 @@ static bool skipped_no_device; /* a test skipped for want of a GPU */
 static uint64_t base_seed;
 static uint64_t rng[4];
 
+/* The variant runs of tests/CMakeLists.txt (matmul_no_amx_cpu, attention_no_amx_cpu,
+ * attention_avx2_cpu) turn a CPU path off through the environment. On a CPU without
+ * that path they would repeat the default run, minutes under the sanitizers: they
+ * exit as skipped instead (ctest's SKIP_RETURN_CODE), saying why. Whether the CPU
+ * has the path: the device name of a CPU context ("avx512f", "amx-bf16"). */
+static void skip_repeated_variant(void)
+{
+    static const struct {
+        const char *env, *value, *feature;
+    } variants[] = {
+        {"FAB_MATMUL_CPU_AMX", "0", "amx-bf16"},
+        {"FAB_ATTN_CPU_AMX", "0", "amx-bf16"},
+        {"FAB_ATTN_CPU_ISA", "avx2", "avx512f"},
+    };
+    if (backend != FAB_BACKEND_CPU)
+        return;
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.backend = FAB_BACKEND_CPU;
+    cfg.num_threads = 1;
+    fab_context *ctx = NULL;
+    if (fab_context_create(&cfg, &ctx) != FAB_OK)
+        return; /* the tests themselves report it */
+    char name[256];
+    snprintf(name, sizeof name, "%s", fab_context_device_name(ctx));
+    fab_context_destroy(ctx);
+    for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {
+        const char *env = getenv(variants[i].env);
+        if (env && strcmp(env, variants[i].value) == 0 && !strstr(name, variants[i].feature)) {
+            printf("# SKIP: %s=%s turns off the %s path, which this CPU (%s) does not have: this run would repeat "
+                   "the default one\n",
+                   variants[i].env, env, variants[i].feature, name);
+            exit(FAB_TEST_SKIP_EXIT);
+        }
+    }
+}
+
 void fab_test_init(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
@@ -30,6 +67,7 @@ void fab_test_init(int argc, char **argv)
             cmocka_set_test_filter(argv[++i]); /* test names, '*' and '?' wildcards */
         }
     }
+    skip_repeated_variant();
     const char *env = getenv("FAB_TEST_SEED");
     base_seed = env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL);
     printf("# backend %s, seed %llu (replay with FAB_TEST_SEED=%llu)\n", fab_test_backend_name(),
