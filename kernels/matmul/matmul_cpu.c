@@ -372,11 +372,11 @@ typedef struct run_sums {
 } run_sums;
 
 static run_sums run_sums_at(const fab__mm_args *a, const gemm_plan *g, int64_t bt_c, int64_t i, int64_t j,
-                            float *scratch, int nslices, float *runbuf)
+                            float *scratch, float *runbuf)
 {
     if (g->w_is_c)
         return (run_sums){(float *)a->c + bt_c + i * a->ldc + j, a->ldc, true};
-    if (nslices > 1)
+    if (g->ldw) /* several k slices */
         return (run_sums){scratch, g->ldw, false};
     return (run_sums){runbuf, g->run * g->uk->nr, false};
 }
@@ -548,7 +548,7 @@ static fab_status gemm_packed(fab_context *ctx, const fab__mm_args *a)
                             for (int64_t ir = 0; ir < mc; ir += MR) {
                                 int mr_eff = (int)(mc - ir < MR ? mc - ir : MR);
                                 float *sc = g.ldw ? scratch + (ic + ir) * g.ldw + (j0 - jc) : NULL;
-                                run_sums w = run_sums_at(a, &g, off_c, ic + ir, j0, sc, (int)nslices, my_run);
+                                run_sums w = run_sums_at(a, &g, off_c, ic + ir, j0, sc, my_run);
                                 for (int64_t q = r0; q < r1; q++) {
                                     int nr_eff = (int)(nc - q * NR < NR ? nc - q * NR : NR);
                                     do_tile(a, &g, w.w + (q - r0) * NR, w.ldw, mr_eff, nr_eff, kc, my_a + ir * kc,
