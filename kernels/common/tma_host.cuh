@@ -101,6 +101,19 @@ static bool fab__setmaxnreg_pool_ok(const void *kernel, const char *name, int th
 #else
 #define FAB__SM90A_CODE 0
 #endif
+
+/* FAB__SM90A_BODY: whether this pass compiles the body of an sm_90a-only kernel
+ * (TMA, wgmma, setmaxnreg): the sm_90a device pass and the emulator. Each such kernel
+ * wraps its body in `#if FAB__SM90A_BODY ... #else __trap(); #endif`. The other passes
+ * (sm_80, sm_100a, the host) need only its signature: the launchers run it only where
+ * FAB__SM90A_PROBE finds sm_90a code, and elsewhere its first wgmma would trap anyway.
+ * This keeps cicc and ptxas from optimising dead bodies, about 35 s per file and
+ * target on a 2-core build machine. */
+#if defined(FAB_EMULATE_CUDA) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FAB__SM90A_BODY 1
+#else
+#define FAB__SM90A_BODY 0
+#endif
 #ifdef FAB_EMULATE_CUDA
 #define FAB__SM90A_PROBE(flag, fn) \
     static bool fn(void) { return true; }
