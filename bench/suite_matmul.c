@@ -14,7 +14,7 @@
  *        bf16 squares 1024..8192 and the linear layers of GPT-2 124M and LLaMA-7B
  *        training: forward y = x·Wᵀ, backward dx = dy·W and dW = dyᵀ·x; and at
  *        4096³ each tile configuration of the sm80 and of the Hopper kernel
- *        (matmul_sm90.cu, which the other rows run on an H100), forced (A/B), and
+ *        (matmul_sm90.cuh, which the other rows run on an H100), forced (A/B), and
  *        the Hopper kernel with a block per tile instead of its persistent grid
  *        (FAB_MATMUL_SM90_GRID=tiles; against the plain 4096³ row), and the
  *        epilogue a value per lane instead of 8 columns (FAB_MATMUL_EPILOGUE=scalar),
@@ -436,7 +436,7 @@ static int gpu_suite(bench *b)
         failed |= gpu_one(b, &g);
     }
     /* A/B of the tile configurations at 4096^3, each forced through its variable
-     * unless the caller forced one: the sm80 kernel's (matmul_sm80.cu, pick_tile;
+     * unless the caller forced one: the sm80 kernel's (matmul_sm80.cuh, pick_tile;
      * FAB_MATMUL_SM90=0 so that an H100 runs them rather than the Hopper kernel,
      * which the plain "square" rows measure there), then the Hopper kernel's
      * (matmul_sm90.cu, pick_bn; only an H100 runs it: elsewhere those rows

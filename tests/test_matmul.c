@@ -545,7 +545,7 @@ static void banks_expect_none(bank_mark m, const char *what)
  * edges in m, n and k, both transposes, the tile configurations the rule picks
  * (64x64, and 128x128 for the 33-batch grid on an emulated H100), batches and
  * epilogues are covered. On an (emulated) H100 the unbatched calls run the Hopper
- * kernel (matmul_sm90.cu); run_tensor_core_shapes(0) turns it off, for the sm80
+ * kernel (matmul_sm90.cuh); run_tensor_core_shapes(0) turns it off, for the sm80
  * kernel's share. */
 static void run_tensor_core_shapes(int sm90)
 {
@@ -615,7 +615,7 @@ static void test_tensor_core_shapes(void **state)
         run_tensor_core_shapes(0);
 }
 
-/* The Hopper kernel (matmul_sm90.cu: TMA, mbarriers, wgmma) on an emulated H100:
+/* The Hopper kernel (matmul_sm90.cuh: TMA, mbarriers, wgmma) on an emulated H100:
  * that it is the one that runs (wgmma counted, 384-thread blocks of 128x128 by the
  * rule for these grids, or 128x256 forced), every transpose with edges in m, n and
  * k, k running through the stage ring several times, more m-tiles than one group

@@ -6,7 +6,7 @@
  * path) or without (deterministic mode), and deterministic mode's dq kernel (below
  * the dK/dV kernel). The sm80 file's dot kernel (D =
  * rowsum(dO O)) and, on the fast path, dq accumulator and convert kernel run around
- * them (attention_bwd_sm80.cu, launch_grads). dK and dV are the same arithmetic on
+ * them (attention_bwd_sm80.cuh, launch_grads). dK and dV are the same arithmetic on
  * both paths, so bitwise equal between them.
  *
  * Idea: one block of 3 warpgroups per (128-key tile, kv head, sequence); the keys'

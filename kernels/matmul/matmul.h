@@ -67,16 +67,24 @@ typedef struct fab__bgrad_args {
 fab_status fab__bias_grad_cpu(fab_context *ctx, const fab__bgrad_args *a);
 fab_status fab__bias_grad_cuda(fab_context *ctx, const fab__bgrad_args *a);
 
-/* CUDA: fabriek's kernels (matmul_cuda.cu dispatches; matmul_sm80.cu is the
+/* CUDA: fabriek's kernels (matmul_cuda.cu dispatches; matmul_sm80.cuh is the
  * tensor-core kernel) and cuBLASLt (matmul_cublas.c). */
 bool fab__matmul_sm80_supports(const fab_context *ctx, const fab__mm_args *a);
 fab_status fab__matmul_sm80(fab_context *ctx, const fab__mm_args *a);
-/* matmul_sm90.cu: the Hopper kernel (wgmma, TMA), preferred on sm_90 where it applies. */
+/* its instances for one input dtype each (matmul_sm80_<dtype>.cu); fab__matmul_sm80 picks */
+fab_status fab__matmul_sm80_bf16(fab_context *ctx, const fab__mm_args *a);
+fab_status fab__matmul_sm80_f16(fab_context *ctx, const fab__mm_args *a);
+fab_status fab__matmul_sm80_tf32(fab_context *ctx, const fab__mm_args *a);
+/* matmul_sm90.cu(h): the Hopper kernel (wgmma, TMA), preferred on sm_90 where it applies. */
 bool fab__matmul_sm90_supports(const fab_context *ctx, const fab__mm_args *a);
 fab_status fab__matmul_sm90(fab_context *ctx, const fab__mm_args *a);
 /* The Hopper kernel's ping-pong schedule, whatever FAB_MATMUL_SM90_SCHEDULE says
  * (AUTO's candidate); the same requirements. */
 fab_status fab__matmul_sm90_pingpong(fab_context *ctx, const fab__mm_args *a);
+/* its instances for one input dtype each (matmul_sm90_<dtype>.cu): 128 x bn tiles
+ * (128 or 256) on the cooperative schedule, or 128 x 128 ping-pong */
+fab_status fab__matmul_sm90_bf16(fab_context *ctx, const fab__mm_args *a, int bn, bool pingpong);
+fab_status fab__matmul_sm90_f16(fab_context *ctx, const fab__mm_args *a, int bn, bool pingpong);
 fab_status fab__matmul_cuda(fab_context *ctx, const fab__mm_args *a);
 fab_status fab__matmul_cublaslt(fab_context *ctx, const fab__mm_args *a);
 /* Whether cuBLASLt can run this call (dtypes, epilogue, strides); FAB_OK or a

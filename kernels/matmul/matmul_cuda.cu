@@ -4,10 +4,10 @@
  *
  * Dispatch (documented in docs/API.md):
  *   ALGO_CUBLASLT  -> matmul_cublas.c (the entry has checked it supports the call)
- *   ALGO_NATIVE    -> on sm_90 the Hopper kernel (matmul_sm90.cu: TMA, wgmma) for
+ *   ALGO_NATIVE    -> on sm_90 the Hopper kernel (matmul_sm90.cuh: TMA, wgmma) for
  *                     bf16/f16 with TMA-friendly strides, no broadcast batch
  *                     (fab__matmul_sm90_supports; FAB_MATMUL_SM90=0 turns it off),
- *                     else the tensor-core kernel (matmul_sm80.cu) for bf16/f16, and
+ *                     else the tensor-core kernel (matmul_sm80.cuh) for bf16/f16, and
  *                     for f32 with precision TF32, with 16-byte-aligned bases and
  *                     strides (8 or 4 elements; fab__matmul_sm80_supports), else
  *                     simt_gemm below (exact f32 FMA for f32, TF32 or not)

@@ -1,6 +1,6 @@
 /*
  * matmul_cuda_common.cuh: what fabriek's CUDA GEMMs share (matmul_cuda.cu: SIMT and
- * reference kernels; matmul_sm80.cu, matmul_sm90.cu: tensor-core kernels): the
+ * reference kernels; matmul_sm80.cuh, matmul_sm90.cuh: tensor-core kernels): the
  * geometry and batch structs passed by value, their one host-side fill from
  * fab__mm_args, the batch offsets of a block, the tile order, the activation and its
  * derivative, and the epilogue: per element, or 8 columns at a time from a warp's
