@@ -6,6 +6,8 @@
  */
 #include "harness.h"
 
+#include "../kernels/common/cpu_dtype.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -152,6 +154,40 @@ static void test_f16_matches_compiler(void **state)
 #endif
 }
 
+/* The CPU kernels' row conversions (kernels/common/cpu_dtype.h: F16C where the CPU
+ * has it, else plain loops) give the bits of the public conversions: every f16 and
+ * bf16 code widened (a NaN only has to stay NaN), and random f32 bit patterns,
+ * NaN included, rounded. The rows are 65543 long, so the 8-wide loops leave a
+ * remainder. */
+static void test_row_conversions(void **state)
+{
+    (void)state;
+    enum { N = 65536 + 7 };
+    static uint16_t codes[N], narrow[N];
+    static float wide[N], vals[N];
+    fab_test_reseed(13);
+    for (int i = 0; i < N; i++) {
+        uint32_t bits = (uint32_t)fab_test_rand_u64();
+        memcpy(&vals[i], &bits, 4);
+        codes[i] = (uint16_t)i;
+    }
+    for (int k = 0; k < 2; k++) {
+        fab_dtype dt = k ? FAB_DTYPE_BF16 : FAB_DTYPE_F16;
+        fab__load_row_f32(codes, dt, N, wide);
+        for (int i = 0; i < N; i++) {
+            float want = k ? fab_bf16_to_f32(codes[i]) : fab_f16_to_f32(codes[i]);
+            if (isnan(want) ? !isnan(wide[i]) : memcmp(&want, &wide[i], 4) != 0)
+                fail_msg("%s row widen of 0x%04x: %a, want %a", fab_dtype_name(dt), codes[i], wide[i], want);
+        }
+        fab__store_row_f32(narrow, dt, N, vals);
+        for (int i = 0; i < N; i++) {
+            uint16_t want = k ? fab_f32_to_bf16(vals[i]) : fab_f32_to_f16(vals[i]);
+            if (narrow[i] != want)
+                fail_msg("%s row rounding of %a: 0x%04x, want 0x%04x", fab_dtype_name(dt), vals[i], narrow[i], want);
+        }
+    }
+}
+
 /* The 8-bit formats against a brute-force nearest-code search, on random floats. */
 static void test_f8_brute_force(void **state)
 {
@@ -204,6 +240,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sizes_and_names),
         cmocka_unit_test(test_conversions_exhaustive),
         cmocka_unit_test(test_f16_matches_compiler),
+        cmocka_unit_test(test_row_conversions),
         cmocka_unit_test(test_f8_brute_force),
     };
     return fab_test_run(tests);

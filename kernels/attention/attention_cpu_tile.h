@@ -123,27 +123,14 @@ static void FAB__T(mm)(int m, int n, int kk, const float *A, int a_rs, int a_cs,
 }
 
 /* Rows row0 .. row0+n-1 of head h as f32 into dst[npad x dp]; padding zeroed.
- * The conversions are plain loops the compiler vectorizes (shift for bf16,
- * vcvtph2ps for f16 in the AVX2 copy). */
+ * The conversions are cpu_dtype.h's row helpers (a vectorised shift for bf16,
+ * F16C for f16 where the CPU has it). */
 static void FAB__T(load)(const fab__attn_view *v, fab_dtype dt, int64_t b, int64_t row0, int n, int npad, int64_t h,
                          int64_t d, int dp, float *dst)
 {
     for (int r = 0; r < n; r++) {
         float *o = dst + (size_t)r * dp;
-        int64_t e = elem(v, b, row0 + r, h);
-        if (dt == FAB_DTYPE_F32) {
-            memcpy(o, (const float *)v->data + e, sizeof(float) * (size_t)d);
-        } else {
-            const uint16_t *s = (const uint16_t *)v->data + e;
-            if (dt == FAB_DTYPE_BF16)
-#pragma omp simd
-                for (int64_t c = 0; c < d; c++)
-                    o[c] = fab__bf16_load(s[c]);
-            else
-#pragma omp simd
-                for (int64_t c = 0; c < d; c++)
-                    o[c] = fab__f16_load(s[c]);
-        }
+        fab__load_row_f32((const char *)v->data + elem(v, b, row0 + r, h) * (int64_t)fab_dtype_size(dt), dt, (int)d, o);
         for (int64_t c = d; c < dp; c++)
             o[c] = 0;
     }
@@ -229,21 +216,8 @@ static void FAB__T(store)(const fab__attn_view *v, fab_dtype dt, int64_t b, int6
                           int64_t d, int dp, const float *src)
 {
     for (int r = 0; r < n; r++) {
-        const float *s = src + (size_t)r * dp;
-        int64_t e = elem(v, b, row0 + r, h);
-        if (dt == FAB_DTYPE_F32) {
-            memcpy((float *)v->data + e, s, sizeof(float) * (size_t)d);
-        } else {
-            uint16_t *o = (uint16_t *)v->data + e;
-            if (dt == FAB_DTYPE_BF16)
-#pragma omp simd
-                for (int64_t c = 0; c < d; c++)
-                    o[c] = fab__bf16_store(s[c]);
-            else
-#pragma omp simd
-                for (int64_t c = 0; c < d; c++)
-                    o[c] = fab__f16_store(s[c]);
-        }
+        fab__store_row_f32((char *)v->data + elem(v, b, row0 + r, h) * (int64_t)fab_dtype_size(dt), dt, (int)d,
+                           src + (size_t)r * dp);
     }
 }
 

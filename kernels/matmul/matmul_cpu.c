@@ -150,30 +150,10 @@ static bool epilogue_needed(const fab__mm_args *a, bool w_is_c)
  * would cost a cache miss per element. f16/bf16 runs are widened first into a
  * per-thread f32 staging buffer, then packed like f32. */
 
-/* n f16/bf16 values widened to f32. f16 goes 8 at a time through F16C where the
- * CPU has it: the compiler does not vectorise _Float16 conversions, and the
- * baseline converts in software, a call per value. Both are exact. */
-#ifdef FAB_MM_X86_INTRIN
-__attribute__((target("avx,f16c"))) static void widen_f16_f16c(const uint16_t *s, int64_t n, float *d)
-{
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
-    for (; i < n; i++)
-        d[i] = fab__f16_load(s[i]);
-}
-#endif
-
+/* n f16/bf16 values widened to f32 (f16 through F16C where the CPU has it; exact) */
 FAB__VECTOR_CLONES
 static void widen(const uint16_t *restrict s, fab_dtype dt, int64_t n, float *restrict d)
 {
-#ifdef FAB_MM_X86_INTRIN
-    /* libgcc's constructor ran cpu_init */
-    if (dt == FAB_DTYPE_F16 && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
-        widen_f16_f16c(s, n, d);
-        return;
-    }
-#endif
     fab__load_row_f32(s, dt, (int)n, d); /* n: a packing block's run, at most max(KC, NC) */
 }
 
