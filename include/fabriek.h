@@ -130,7 +130,8 @@ typedef struct fab_tensor {
 FAB_API fab_status fab_tensor_make(void *data, fab_dtype dtype, int ndim,
                                    const int64_t *shape, fab_tensor *out);
 
-/* Number of elements (product of shape); 0 for a NULL tensor. */
+/* Number of elements (product of shape); 0 for a NULL tensor or when a dim is 0,
+ * -1 when a shape is negative or the product passes INT64_MAX. */
 FAB_API int64_t fab_tensor_numel(const fab_tensor *t);
 
 /* ---------------------------------------------------------------- context */

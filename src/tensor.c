@@ -49,9 +49,18 @@ int64_t fab_tensor_numel(const fab_tensor *t)
 {
     if (!t || t->ndim < 0 || t->ndim > FAB_MAX_DIMS)
         return 0;
-    int64_t n = 1;
     for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] < 0)
+            return -1;
+    for (int i = 0; i < t->ndim; i++) /* a zero anywhere, before a product can overflow */
+        if (t->shape[i] == 0)
+            return 0;
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) {
+        if (n > INT64_MAX / t->shape[i])
+            return -1;
         n *= t->shape[i];
+    }
     return n;
 }
 
@@ -107,6 +116,11 @@ fab_status fab__check_contiguous(const char *op, const char *name, const fab_ten
     fab_status s = fab__check_tensor(op, name, t);
     if (s != FAB_OK)
         return s;
+    /* no elements: contiguous whatever the strides, as torch's is_contiguous()
+     * says (fab_tensor_make gives [3, 0] the strides [1, 1]); its other dims may
+     * be anything, so their product is not even formed */
+    if (fab_tensor_numel(t) == 0)
+        return FAB_OK;
     int64_t expect = 1;
     for (int i = t->ndim - 1; i >= 0; i--) {
         if (t->shape[i] != 1 && t->stride[i] != expect)

@@ -69,6 +69,19 @@ static void test_tensor_make(void **state)
     assert_int_equal(fab_tensor_make(NULL, FAB_DTYPE_BF16, 2, empty, &t), FAB_OK);
     assert_int_equal(fab_tensor_numel(&t), 0);
     assert_int_equal(fab_tensor_numel(NULL), 0);
+    /* no element: 0 even where the other dims multiply past int64 (no overflow
+     * on the way, which UBSan would report); a product past int64, or a negative
+     * shape, in a hand-made tensor: -1 */
+    fab_tensor raw;
+    memset(&raw, 0, sizeof raw);
+    raw.dtype = FAB_DTYPE_F32;
+    raw.ndim = 3;
+    raw.shape[0] = 6, raw.shape[1] = INT64_C(1) << 62, raw.shape[2] = 0;
+    assert_int_equal(fab_tensor_numel(&raw), 0);
+    raw.shape[2] = 1;
+    assert_int_equal(fab_tensor_numel(&raw), -1);
+    raw.shape[0] = -6;
+    assert_int_equal(fab_tensor_numel(&raw), -1);
 
     /* bad arguments leave *out untouched */
     fab_tensor keep;

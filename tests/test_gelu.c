@@ -158,6 +158,26 @@ static void test_shapes_and_offsets(void **state)
     fab_context_destroy(ctx);
 }
 
+/* Tensors without elements are valid whatever their other dims: fab_tensor_make
+ * gives [3, 0] the strides [1, 1], and that is contiguous (as torch says). */
+static void test_empty(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    const int64_t shapes[3][3] = {{3, 0, 1}, {0, 3, 1}, {2, 3, 0}};
+    for (int s = 0; s < 3; s++) {
+        fab_gelu_params p = {0};
+        assert_int_equal(fab_tensor_make(NULL, FAB_DTYPE_BF16, 3, shapes[s], &p.x), FAB_OK);
+        p.y = p.x;
+        assert_int_equal(fab_gelu_forward(ctx, &p), FAB_OK);
+        fab_gelu_backward_params b = {0};
+        b.x = b.dy = b.dx = p.x;
+        b.approximate = FAB_GELU_TANH;
+        assert_int_equal(fab_gelu_backward(ctx, &b), FAB_OK);
+    }
+    fab_context_destroy(ctx);
+}
+
 /* Far tails and large magnitudes: no NaN, no cancellation; the derivative goes to
  * 0 and 1. (f16 cannot hold 1e20, so it gets its own largest values.) */
 static void test_extremes(void **state)
@@ -295,6 +315,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_in_place),
         cmocka_unit_test(test_shapes_and_offsets),
+        cmocka_unit_test(test_empty),
         cmocka_unit_test(test_extremes),
         cmocka_unit_test(test_bad_arguments),
     };
