@@ -1,12 +1,15 @@
 /*
  * gelu_cpu.c: GELU forward/backward on the host.
  *
- * Idea: GELU on a CPU is bound by its transcendental functions, not by memory,
- * so the loop is written to vectorise: elements go through a small f32 block
- * buffer (converted from f16/bf16 on the way in and out), and the block is
- * computed with the branch-free exp and erfc of gelu_cpu_math.h (its numerics),
- * which the compiler turns into AVX-512 or AVX2/FMA code (function clones chosen
- * at run time by the CPU's features; a portable clone otherwise). OpenMP splits
+ * Idea: GELU on a CPU is bound by its transcendental functions more than by
+ * memory, so the loop is written to vectorise: the branch-free exp and erfc of
+ * gelu_cpu_math.h (its numerics), which the compiler turns into AVX-512 or
+ * AVX2/FMA code (function clones chosen at run time by the CPU's features; a
+ * portable clone otherwise). f32 tensors are read and written in place, so the
+ * loads of the next elements overlap the arithmetic on these. f16/bf16 go
+ * through an f32 buffer a block at a time, converted on the way in and out by
+ * the row helpers of cpu_dtype.h: with the conversions inside the GELU loop, GCC
+ * vectorised bf16 16 lanes at a time and spilled, and was slower. OpenMP splits
  * the blocks across the context's threads.
  */
 #include "gelu.h"
