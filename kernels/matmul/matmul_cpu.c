@@ -150,7 +150,9 @@ static bool epilogue_needed(const fab__mm_args *a, bool w_is_c)
  * would cost a cache miss per element. f16/bf16 runs are widened first into a
  * per-thread f32 staging buffer, then packed like f32. */
 
-/* n f16/bf16 values widened to f32 (f16 through F16C where the CPU has it; exact) */
+/* n f16/bf16 values widened to f32, exactly (f16 through F16C where the CPU has
+ * it). A function of its own for FAB__VECTOR_CLONES: the packing that calls it is
+ * built once, and the bf16 loop would otherwise be the baseline's SSE2 only. */
 FAB__VECTOR_CLONES
 static void widen(const uint16_t *restrict s, fab_dtype dt, int64_t n, float *restrict d)
 {
