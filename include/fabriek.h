@@ -550,7 +550,11 @@ FAB_API fab_status fab_comm_synchronize(fab_comm *comm);
  * its asynchronous errors (fabriek's own calls still do, on the calling thread);
  * call NCCL on it from the thread that calls fabriek on `comm`. A timeout aborts
  * the communicator from fabriek's watchdog thread at any time, and that frees the
- * handle: after an error from fabriek on `comm` (fab_comm_status), stop using it. */
+ * handle: after an error from fabriek on `comm` (fab_comm_status), stop using it.
+ * The ncclComm_t is non-blocking (ncclConfig_t.blocking = 0): any NCCL call on it
+ * may return ncclInProgress, and then, as NCCL requires, poll
+ * ncclCommGetAsyncError until it leaves ncclInProgress before the next call,
+ * fabriek's included; and close every ncclGroupStart before calling fabriek. */
 FAB_API fab_status fab_comm_native(const fab_comm *comm, const char **transport, void **handle);
 
 typedef enum fab_reduce_op {

@@ -751,6 +751,62 @@ static void test_grad_sync_progress(void **state)
 }
 #endif
 
+/* NCCL: a communicator's kernels and its gradient exchange's (a duplicate, on a
+ * stream of its own) reach the GPU in the order the host issued them, so that no
+ * two ranks can run them in different orders and wait for each other (comm_nccl.c,
+ * nccl_order). Here a 16 MiB bucket goes first, then a small all-reduce on the
+ * user's communicator: once the context's stream has passed the small one, the
+ * bucket must be reduced. Unordered, the small one ends first almost always. */
+static void test_launch_order(void **state)
+{
+    (void)state;
+    fab_context *ctx = comm_ctx();
+    fab_comm *comm = make_comm(ctx, 60, 0);
+    const char *transport = "";
+    expect_ok(fab_comm_native(comm, &transport, NULL), "fab_comm_native");
+    if (strcmp(transport, "nccl") != 0 || nranks < 2) {
+        expect_ok(fab_comm_destroy(comm), "fab_comm_destroy");
+        fab_context_destroy(ctx);
+        skip(); /* MPI and a single rank: no kernels */
+    }
+    const int N = 4 << 20, n_small = 16;
+    double *h = malloc(sizeof(double) * N), *ref = malloc(sizeof(double) * N);
+    assert_non_null(h);
+    assert_non_null(ref);
+    for (int i = 0; i < N; i++) {
+        h[i] = val(my_rank, i, 9300, FAB_DTYPE_F32);
+        ref[i] = reduce_ref(i, 9300, FAB_DTYPE_F32, FAB_REDUCE_SUM);
+    }
+    double hs[16], refs[16];
+    for (int i = 0; i < n_small; i++) {
+        hs[i] = val(my_rank, i, 9301, FAB_DTYPE_F32);
+        refs[i] = reduce_ref(i, 9301, FAB_DTYPE_F32, FAB_REDUCE_SUM);
+    }
+    void *big = fab_test_upload(ctx, FAB_DTYPE_F32, h, N, NULL);
+    void *small = fab_test_upload(ctx, FAB_DTYPE_F32, hs, n_small, NULL);
+    fab_tensor g = tensor1(big, FAB_DTYPE_F32, N), x = tensor1(small, FAB_DTYPE_F32, n_small);
+    fab_grad_sync_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.sum = 1;
+    fab_grad_sync *gs = NULL;
+    expect_ok(fab_grad_sync_create(comm, &cfg, &gs), "fab_grad_sync_create");
+    expect_ok(fab_grad_sync_register(gs, &g, NULL), "register");
+    expect_ok(fab_grad_sync_begin(gs, 1), "begin");
+    expect_ok(fab_grad_sync_ready(gs, 0), "ready"); /* the bucket starts */
+    expect_ok(fab_allreduce(comm, &x, &x, FAB_REDUCE_SUM), "fab_allreduce after the bucket");
+    expect_ok(fab_synchronize(ctx), "fab_synchronize"); /* the context's stream only */
+    check_values("the small all-reduce", ctx, FAB_DTYPE_F32, small, refs, n_small);
+    check_values("the bucket, once the all-reduce issued after it has ended", ctx, FAB_DTYPE_F32, big, ref, N);
+    expect_ok(fab_grad_sync_wait(gs), "wait");
+    fab_grad_sync_destroy(gs);
+    fab_test_free(ctx, big);
+    fab_test_free(ctx, small);
+    free(h);
+    free(ref);
+    expect_ok(fab_comm_destroy(comm), "fab_comm_destroy");
+    fab_context_destroy(ctx);
+}
+
 /* Bucket layout follows the caps: 1 MiB first, then 25 MiB, as PyTorch DDP. */
 static void test_grad_sync_buckets(void **state)
 {
@@ -1383,6 +1439,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_grad_sync),
         cmocka_unit_test(test_grad_sync_buckets),
         cmocka_unit_test(test_grad_sync_interleaved),
+        cmocka_unit_test(test_launch_order),
         cmocka_unit_test(test_zero1),
 #ifdef FAB_TEST_MPI
         cmocka_unit_test(test_timeout),

@@ -32,14 +32,27 @@
  * the sum inside f16's range. (fab_grad_sync's bf16 buckets are summed and
  * divided while unpacked, grad_sync.c.)
  *
+ * Two communicators' kernels on one GPU must run in the same order on every rank:
+ * before NCCL 2.26, NCCL kernels of different communicators in flight at once may
+ * wait for each other in different orders on different ranks and hang (NCCL's
+ * "Using multiple NCCL communicators concurrently"; CUDA_DEVICE_MAX_CONNECTIONS=1
+ * makes it likely). A communicator and those split or duplicated from it (the
+ * gradient exchange's among them) therefore share an `nccl_order`: each launch
+ * waits on the stream for the family's previous launch and records itself, so
+ * the GPU runs them in the order the host issued them, which every rank must
+ * keep anyway. Not inside a CUDA graph capture (the graph fixes its own order),
+ * and not across communicators made from separate unique ids.
+ *
  * ncclCommAbort frees the NCCL communicator, and the watchdog and the calling
  * thread both may call it. So every use of the adopted communicator (m->comm) on
- * either thread, ncclCommAbort included, happens under m->comm_lock with
- * m->aborted checked first: whoever aborts sets `aborted` under the lock, and
- * nobody touches m->comm after that (calls on an aborted communicator return its
- * fault instead). The watchdog stores its fault before it aborts, so a thread
- * that sees `aborted` also sees why. fab_comm_destroy stops and joins the
- * watchdog before ncclCommFinalize / ncclCommDestroy.
+ * either thread happens under m->comm_lock with m->aborted checked first: whoever
+ * aborts sets `aborted` under the lock, and nobody else touches m->comm after that
+ * (calls on an aborted communicator return its fault instead). The abort itself
+ * runs after the lock is released: it may take long (it waits for NCCL's streams),
+ * and calls meanwhile return the fault instead of waiting for the lock. The
+ * watchdog stores its fault before it aborts, so a thread that sees `aborted` also
+ * sees why. fab_comm_destroy stops and joins the watchdog before ncclCommFinalize /
+ * ncclCommDestroy.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "comm.h"
@@ -59,8 +72,18 @@
 #include <string.h>
 #include <time.h>
 
+/* The launch order of a family of communicators (see the top); reference-counted,
+ * as a duplicate may outlive its origin. */
+typedef struct nccl_order {
+    pthread_mutex_t lock; /* around a family's launches: wait, launch, record */
+    cudaEvent_t last;     /* recorded after the family's newest launch */
+    int recorded;         /* `last` has been recorded */
+    int refs;             /* communicators sharing it; under lock */
+} nccl_order;
+
 typedef struct nccl_state {
     ncclComm_t comm;
+    nccl_order *order;       /* shared with the communicators split or duplicated from this one */
     int device;
     cudaStream_t side;       /* gradient exchange; created with the communicator */
     cudaEvent_t fork_ev, join_ev;
@@ -225,9 +248,10 @@ static void *watchdog(void *arg)
             memcpy(m->wd_msg, msg, sizeof msg);
             atomic_store(&m->wd_fault, (int)found);
             atomic_store(&m->aborted, 1);
-            ncclCommAbort(m->comm); /* makes the stuck kernels return; frees the communicator */
         }
         pthread_mutex_unlock(&m->comm_lock);
+        if (found != FAB_OK) /* outside the lock (see the top); nobody else touches m->comm now */
+            ncclCommAbort(m->comm); /* makes the stuck kernels return; frees the communicator */
     }
     return NULL;
 }
@@ -259,6 +283,73 @@ static void arm(fab_comm *c, int side)
     if (cudaEventRecord(m->marker[side][slot], stream_of(c, side)) == cudaSuccess)
         fab__watch_commit(&m->watch[side], slot, fab__comm_now());
     pthread_mutex_unlock(&m->lock);
+}
+
+/* ------------------------------------------------------------- launch order */
+
+/* A family's order (see the top), with one reference; NULL when out of memory.
+ * On the context's device. */
+static nccl_order *order_new(void)
+{
+    nccl_order *o = calloc(1, sizeof *o);
+    if (!o)
+        return NULL;
+    if (cudaEventCreateWithFlags(&o->last, cudaEventDisableTiming) != cudaSuccess) {
+        free(o);
+        return NULL;
+    }
+    pthread_mutex_init(&o->lock, NULL);
+    o->refs = 1;
+    return o;
+}
+
+static nccl_order *order_ref(nccl_order *o)
+{
+    pthread_mutex_lock(&o->lock);
+    o->refs++;
+    pthread_mutex_unlock(&o->lock);
+    return o;
+}
+
+static void order_unref(nccl_order *o)
+{
+    if (!o)
+        return;
+    pthread_mutex_lock(&o->lock);
+    int left = --o->refs;
+    pthread_mutex_unlock(&o->lock);
+    if (left)
+        return;
+    cudaEventDestroy(o->last);
+    pthread_mutex_destroy(&o->lock);
+    free(o);
+}
+
+/* Before a launch on s: takes the family's lock and makes s wait for the family's
+ * previous launch, on whichever stream it went. order_end must follow, whatever
+ * happens to the launch (unless this fails: then the lock is not held). */
+static fab_status order_begin(fab_comm *c, cudaStream_t s)
+{
+    nccl_order *o = ((nccl_state *)c->impl)->order;
+    pthread_mutex_lock(&o->lock);
+    if (!o->recorded || capturing(s) != 0)
+        return FAB_OK;
+    cudaError_t e = cudaStreamWaitEvent(s, o->last, 0);
+    if (e == cudaSuccess)
+        return FAB_OK;
+    pthread_mutex_unlock(&o->lock);
+    return fab__fail(FAB_ERR_BACKEND, "%s: ordering the collective after the previous one of its communicators: %s",
+                     c->op, cudaGetErrorString(e));
+}
+
+/* After it: `launched` (the kernels are on s: NCCL settled) records the launch as
+ * the family's newest; releases the lock. */
+static void order_end(fab_comm *c, cudaStream_t s, int launched)
+{
+    nccl_order *o = ((nccl_state *)c->impl)->order;
+    if (launched && capturing(s) == 0 && cudaEventRecord(o->last, s) == cudaSuccess)
+        o->recorded = 1;
+    pthread_mutex_unlock(&o->lock);
 }
 
 /* ---------------------------------------------------------------- transport */
@@ -304,8 +395,11 @@ static fab_status nccl_post(fab_comm *c, const fab__coll *colls, int n, int side
     nccl_state *m = c->impl;
     FAB__TRY(enter(c));
     cudaStream_t s = stream_of(c, side);
-    if (!lock_live(m))
+    FAB__TRY(order_begin(c, s));
+    if (!lock_live(m)) {
+        order_end(c, s, 0);
         return aborted_fault(c);
+    }
     ncclResult_t r = ncclGroupStart();
     for (int i = 0; i < n && (r == ncclSuccess || r == ncclInProgress); i++) {
         const fab__coll *k = &colls[i];
@@ -334,9 +428,13 @@ static fab_status nccl_post(fab_comm *c, const fab__coll *colls, int n, int side
     pthread_mutex_unlock(&m->comm_lock);
     if (r == ncclSuccess || r == ncclInProgress)
         r = e;
-    if (r != ncclSuccess && r != ncclInProgress)
+    if (r != ncclSuccess && r != ncclInProgress) {
+        order_end(c, s, 0);
         return fab__comm_fault(c, status_of(r), "%s: NCCL refused the collective: %s", c->op, ncclGetErrorString(r));
-    FAB__TRY(settle(c, m->comm, "enqueueing the collective"));
+    }
+    fab_status settled = settle(c, m->comm, "enqueueing the collective");
+    order_end(c, s, settled == FAB_OK); /* non-blocking: on the stream only once settled */
+    FAB__TRY(settled);
     arm(c, side); /* the collective is on the stream: watch it (before anything queued behind it) */
     fab_status divided = FAB_OK;
     for (int i = 0; i < n && divided == FAB_OK; i++) /* recv holds count elements for both kinds */
@@ -443,13 +541,20 @@ static fab_status nccl_allgather_host(fab_comm *c, const void *mine, void *all, 
     cudaError_t e = cudaMemcpyAsync(slot, bounce + slot_off, bytes, cudaMemcpyHostToDevice, s);
     if (e != cudaSuccess)
         return fab__fail(FAB_ERR_BACKEND, "%s: cudaMemcpyAsync: %s", c->op, cudaGetErrorString(e));
-    if (!lock_live(m))
+    FAB__TRY(order_begin(c, s));
+    if (!lock_live(m)) {
+        order_end(c, s, 0);
         return aborted_fault(c);
+    }
     ncclResult_t r = ncclAllGather(slot, m->scratch, bytes, ncclUint8, m->comm, s);
     pthread_mutex_unlock(&m->comm_lock);
-    if (r != ncclSuccess && r != ncclInProgress)
+    if (r != ncclSuccess && r != ncclInProgress) {
+        order_end(c, s, 0);
         return fab__comm_fault(c, status_of(r), "%s: ncclAllGather (debug check): %s", c->op, ncclGetErrorString(r));
-    FAB__TRY(settle(c, m->comm, "the debug-mode check"));
+    }
+    fab_status settled = settle(c, m->comm, "the debug-mode check");
+    order_end(c, s, settled == FAB_OK);
+    FAB__TRY(settled);
     arm(c, 0);
     e = cudaMemcpyAsync(bounce, m->scratch, bytes * (size_t)c->nranks, cudaMemcpyDeviceToHost, s);
     if (e != cudaSuccess)
@@ -477,14 +582,15 @@ static fab_status nccl_poll(fab_comm *c)
     return FAB_OK; /* fab__comm_usable reports c->fault */
 }
 
-/* ncclCommAbort, once, under comm_lock (the watchdog may be inside a call on it). */
+/* ncclCommAbort, once: `aborted` set under comm_lock (the watchdog may be inside a
+ * call on the communicator), the abort after it (see the top). */
 static void abort_comm(nccl_state *m)
 {
     pthread_mutex_lock(&m->comm_lock);
-    if (!atomic_exchange(&m->aborted, 1)) {
-        ncclCommAbort(m->comm); /* m->comm dangles from here on; `aborted` keeps everyone off it */
-    }
+    int first = !atomic_exchange(&m->aborted, 1);
     pthread_mutex_unlock(&m->comm_lock);
+    if (first)
+        ncclCommAbort(m->comm); /* m->comm dangles from here on; `aborted` keeps everyone off it */
 }
 
 static void nccl_abort(fab_comm *c)
@@ -514,6 +620,7 @@ static void free_state(nccl_state *m)
         cudaEventDestroy(m->join_ev);
     if (m->side)
         cudaStreamDestroy(m->side);
+    order_unref(m->order);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->comm_lock);
     free(m);
@@ -578,17 +685,20 @@ static const fab__transport nccl_transport = {
     nccl_allgather_host, nccl_split, nccl_dup, nccl_poll, nccl_abort, nccl_destroy, nccl_native, 0,
 };
 
-/* Wraps a created ncclComm_t: streams, events, scratch, watchdog. */
-static fab_status adopt(fab_comm *c, ncclComm_t comm)
+/* Wraps a created ncclComm_t: streams, events, scratch, watchdog. Takes over one
+ * reference to `order` (its family's; NULL: out of memory) either way. */
+static fab_status adopt(fab_comm *c, ncclComm_t comm, nccl_order *order)
 {
-    nccl_state *m = calloc(1, sizeof *m);
+    nccl_state *m = order ? calloc(1, sizeof *m) : NULL;
     if (!m) {
         ncclCommAbort(comm);
+        order_unref(order);
         return fab__fail(FAB_ERR_OUT_OF_MEMORY, "%s: out of host memory", c->op);
     }
     pthread_mutex_init(&m->lock, NULL);
     pthread_mutex_init(&m->comm_lock, NULL);
     m->comm = comm;
+    m->order = order;
     m->device = c->ctx->device;
     m->timeout_s = c->timeout_s;
     int rank = 0, size = 1;
@@ -683,7 +793,7 @@ fab_status fab__nccl_create(fab_comm *c, int nranks, int rank, const fab_comm_un
         return nccl_fail(status_of(r), c->op, "ncclCommInitRankConfig", r);
     }
     FAB__TRY(settle(c, comm, "ncclCommInitRankConfig"));
-    return adopt(c, comm);
+    return adopt(c, comm, order_new()); /* a new family */
 }
 
 static fab_status nccl_split(fab_comm *c, int color, int key, fab_comm *out)
@@ -712,5 +822,5 @@ static fab_status nccl_split(fab_comm *c, int color, int key, fab_comm *out)
     out->op = c->op;
     out->deadline = c->deadline;
     FAB__TRY(settle(out, nc, "ncclCommSplit")); /* out->impl is NULL: a failure aborts nc */
-    return adopt(out, nc);
+    return adopt(out, nc, order_ref(m->order)); /* the parent's family */
 }
