@@ -157,6 +157,16 @@ static fab_status settle(fab_comm *c, ncclComm_t comm, const char *call)
             if (!lock_live(m))
                 return aborted_fault(c);
             r = ncclCommGetAsyncError(comm, &st);
+            if (r == ncclSuccess && st == ncclSuccess) {
+                /* Joins the call's group job now. NCCL 2.19-2.25 join it only in the
+                 * communicator's next call that needs it ready (2.26 on: here,
+                 * in ncclCommGetAsyncError); until then it points at this thread's
+                 * job slot, which the next non-blocking call on another communicator
+                 * reuses, and an abort from the watchdog would reach that one.
+                 * (Not created or split ones: adopt() asks them first thing.) */
+                int n;
+                (void)ncclCommCount(comm, &n);
+            }
             pthread_mutex_unlock(&m->comm_lock);
         } else {
             r = ncclCommGetAsyncError(comm, &st);
