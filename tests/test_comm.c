@@ -807,6 +807,50 @@ static void test_launch_order(void **state)
     fab_context_destroy(ctx);
 }
 
+/* NCCL_COMM_BLOCKING=1 would make NCCL's communicators blocking, which no timeout
+ * can abort: fab_comm_create refuses it, set in the environment or in NCCL's
+ * configuration file (NCCL copies the file into the environment at its first
+ * call only, so fabriek reads the file itself). */
+static void test_nccl_blocking_refused(void **state)
+{
+    (void)state;
+    if (use_mpi || fab_test_backend() != FAB_BACKEND_CUDA || !strstr(fab_build_info(), "NCCL ON"))
+        skip(); /* NCCL communicators of one rank */
+    fab_context *ctx = comm_ctx();
+    fab_comm_unique_id id;
+    expect_ok(fab_comm_get_unique_id(ctx, &id), "fab_comm_get_unique_id");
+    fab_comm *c = NULL;
+    setenv("NCCL_COMM_BLOCKING", "1", 1);
+    fab_test_expect_error(fab_comm_create(ctx, 1, 0, &id, NULL, &c), FAB_ERR_UNSUPPORTED,
+                          "NCCL_COMM_BLOCKING=1 (set in the environment)");
+    assert_null(c);
+    unsetenv("NCCL_COMM_BLOCKING");
+    char path[] = "/tmp/fab_test_nccl_conf_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char text[] = "NCCL_DEBUG=WARN\nNCCL_COMM_BLOCKING=1\n";
+    assert_int_equal(write(fd, text, sizeof text - 1), (ssize_t)(sizeof text - 1));
+    close(fd);
+    const char *old = getenv("NCCL_CONF_FILE");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("NCCL_CONF_FILE", path, 1);
+    fab_status s = fab_comm_create(ctx, 1, 0, &id, NULL, &c);
+    char want[64];
+    snprintf(want, sizeof want, "(set in %s)", path);
+    fab_test_expect_error(s, FAB_ERR_UNSUPPORTED, want);
+    assert_null(c);
+    if (saved)
+        setenv("NCCL_CONF_FILE", saved, 1);
+    else
+        unsetenv("NCCL_CONF_FILE");
+    free(saved);
+    unlink(path);
+    /* and without it, the same id makes a communicator */
+    expect_ok(fab_comm_create(ctx, 1, 0, &id, NULL, &c), "fab_comm_create");
+    expect_ok(fab_comm_destroy(c), "fab_comm_destroy");
+    fab_context_destroy(ctx);
+}
+
 /* Bucket layout follows the caps: 1 MiB first, then 25 MiB, as PyTorch DDP. */
 static void test_grad_sync_buckets(void **state)
 {
@@ -1440,6 +1484,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_grad_sync_buckets),
         cmocka_unit_test(test_grad_sync_interleaved),
         cmocka_unit_test(test_launch_order),
+        cmocka_unit_test(test_nccl_blocking_refused),
         cmocka_unit_test(test_zero1),
 #ifdef FAB_TEST_MPI
         cmocka_unit_test(test_timeout),

@@ -66,11 +66,13 @@
 #endif
 #include <nccl.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* The launch order of a family of communicators (see the top); reference-counted,
  * as a duplicate may outlive its origin. */
@@ -779,6 +781,60 @@ fab_status fab__nccl_unique_id(fab_context *ctx, fab_comm_unique_id *id)
     return FAB_OK;
 }
 
+/* `name`=value in NCCL configuration file `path` (lines NAME=VALUE, as NCCL reads
+ * them) into value; 1 when found. */
+static int conf_file_value(const char *path, const char *name, char *value, size_t size)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[1024];
+    size_t len = strlen(name);
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        if (strncmp(line, name, len) == 0 && line[len] == '=') {
+            size_t n = strlen(line + len + 1);
+            n = n < size - 1 ? n : size - 1;
+            memcpy(value, line + len + 1, n);
+            value[n] = '\0';
+            found = 1;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* The value NCCL will see for variable `name`: the environment's, else the first of
+ * its configuration files that sets it (NCCL_CONF_FILE, or else ~/.nccl.conf; then
+ * /etc/nccl.conf), which NCCL copies into the environment at its first call only.
+ * *where says which; NULL when nothing sets it. */
+static const char *nccl_setting(const char *name, char *value, size_t size, char *where, size_t wsize)
+{
+    const char *env = getenv(name);
+    if (env) {
+        snprintf(value, size, "%s", env);
+        snprintf(where, wsize, "the environment");
+        return value;
+    }
+    char path[1024] = "";
+    const char *user = getenv("NCCL_CONF_FILE");
+    if (user && *user) {
+        snprintf(path, sizeof path, "%s", user);
+    } else {
+        const struct passwd *pw = getpwuid(getuid());
+        if (pw && pw->pw_dir)
+            snprintf(path, sizeof path, "%s/.nccl.conf", pw->pw_dir);
+    }
+    const char *files[2] = {path, "/etc/nccl.conf"};
+    for (int i = 0; i < 2; i++)
+        if (files[i][0] && conf_file_value(files[i], name, value, size)) {
+            snprintf(where, wsize, "%s", files[i]);
+            return value;
+        }
+    return NULL;
+}
+
 fab_status fab__nccl_create(fab_comm *c, int nranks, int rank, const fab_comm_unique_id *id)
 {
     if (!c->op)
@@ -786,11 +842,12 @@ fab_status fab__nccl_create(fab_comm *c, int nranks, int rank, const fab_comm_un
     fab__comm_arm(c, c->op);
     /* NCCL lets this variable override config.blocking; a blocking communicator
      * could hang in a call the timeout cannot abort */
-    const char *blocking = getenv("NCCL_COMM_BLOCKING");
+    char value[64], where[1024];
+    const char *blocking = nccl_setting("NCCL_COMM_BLOCKING", value, sizeof value, where, sizeof where);
     if (blocking && atoi(blocking) == 1)
         return fab__fail(FAB_ERR_UNSUPPORTED,
-                         "%s: NCCL_COMM_BLOCKING=1 makes NCCL communicators blocking, and fab_comm needs "
-                         "non-blocking ones to enforce its timeout; unset it", c->op);
+                         "%s: NCCL_COMM_BLOCKING=1 (set in %s) makes NCCL communicators blocking, and fab_comm needs "
+                         "non-blocking ones to enforce its timeout; remove it", c->op, where);
     FAB__TRY(enter(c));
     ncclUniqueId u;
     memcpy(&u, id->bytes, sizeof u);
