@@ -31,6 +31,19 @@ static double gelu_grad_ref(double x, const void *approx)
     return 0.5 * (1 + erf(x / sqrt(2))) + x * exp(-0.5 * x * x) / sqrt(2 * FAB_PI);
 }
 
+/* The size of the two terms of gelu_grad_ref, added without their signs: the
+ * scale of the rounding error any float implementation makes. Below zero they
+ * cancel (exactly at x = -0.7518 for erf), so the derivative's relative error
+ * is unbounded there: the checks measure the error against this instead. */
+static double gelu_grad_mag(double x, int approx)
+{
+    if (approx) {
+        double k = sqrt(2 / FAB_PI), t = tanh(k * (x + 0.044715 * x * x * x));
+        return fabs(0.5 * (1 + t)) + fabs(0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x));
+    }
+    return fabs(0.5 * (1 + erf(x / sqrt(2)))) + fabs(x * exp(-0.5 * x * x) / sqrt(2 * FAB_PI));
+}
+
 static const fab_dtype dtypes[] = {FAB_DTYPE_F32, FAB_DTYPE_F16, FAB_DTYPE_BF16};
 static const int64_t sizes[] = {1, 7, 127, 129, 1000, 100003};
 
@@ -94,11 +107,18 @@ static void run_case(fab_context *ctx, fab_dtype dtype, int approx, int64_t n, i
     if (s != FAB_OK)
         fail_msg("fab_gelu_backward: %s", fab_last_error());
     fab_test_download(ctx, dtype, b.dx.data, n, out);
-    for (int64_t i = 0; i < n; i++)
+    double *mag = malloc(sizeof(double) * n);
+    assert_non_null(mag);
+    for (int64_t i = 0; i < n; i++) {
         ref[i] = dy[i] * gelu_grad_ref(x[i], &approx);
+        mag[i] = fabs(dy[i]) * gelu_grad_mag(x[i], approx);
+    }
     snprintf(what, sizeof what, "gelu_backward %s %s n=%lld%s", fab_dtype_name(dtype), approx ? "tanh" : "erf",
              (long long)n, in_place ? " in place" : "");
-    fab_test_check_close(what, out, ref, n, tol);
+    /* one element near the zero of the derivative failed against |ref| (CI, seed
+     * 1796691041: 8.8e-5 relative, 9e-10 absolute) */
+    fab_test_check_close_mag(what, out, ref, mag, n, tol);
+    free(mag);
 
     fab_test_free(ctx, dx_dev);
     fab_test_free(ctx, ddy);
