@@ -87,6 +87,15 @@ static double reduce_ref(int64_t i, uint64_t salt, fab_dtype d, fab_reduce_op op
     return op == FAB_REDUCE_AVG ? acc / nranks : acc;
 }
 
+/* This rank's f32 values for collective `salt` and their sum over the ranks. */
+static void summed_values(uint64_t salt, int64_t n, double *mine, double *sum)
+{
+    for (int64_t i = 0; i < n; i++) {
+        mine[i] = val(my_rank, i, salt, FAB_DTYPE_F32);
+        sum[i] = reduce_ref(i, salt, FAB_DTYPE_F32, FAB_REDUCE_SUM);
+    }
+}
+
 /* The test's context. Under mpirun with the CUDA backend each rank takes the GPU
  * of its node-local rank (device 0 when the job shows each rank only one). */
 static fab_context *comm_ctx(void)
@@ -718,10 +727,7 @@ static void test_grad_sync_progress(void **state)
     double *h = malloc(sizeof(double) * N), *ref = malloc(sizeof(double) * N);
     assert_non_null(h);
     assert_non_null(ref);
-    for (int i = 0; i < N; i++) {
-        h[i] = val(my_rank, i, 9100, FAB_DTYPE_F32);
-        ref[i] = reduce_ref(i, 9100, FAB_DTYPE_F32, FAB_REDUCE_SUM);
-    }
+    summed_values(9100, N, h, ref);
     void *dev = fab_test_upload(ctx, FAB_DTYPE_F32, h, N, NULL);
     fab_tensor g = tensor1(dev, FAB_DTYPE_F32, N);
     expect_ok(fab_grad_sync_register(gs, &g, NULL), "register");
@@ -773,15 +779,9 @@ static void test_launch_order(void **state)
     double *h = malloc(sizeof(double) * N), *ref = malloc(sizeof(double) * N);
     assert_non_null(h);
     assert_non_null(ref);
-    for (int i = 0; i < N; i++) {
-        h[i] = val(my_rank, i, 9300, FAB_DTYPE_F32);
-        ref[i] = reduce_ref(i, 9300, FAB_DTYPE_F32, FAB_REDUCE_SUM);
-    }
+    summed_values(9300, N, h, ref);
     double hs[16], refs[16];
-    for (int i = 0; i < n_small; i++) {
-        hs[i] = val(my_rank, i, 9301, FAB_DTYPE_F32);
-        refs[i] = reduce_ref(i, 9301, FAB_DTYPE_F32, FAB_REDUCE_SUM);
-    }
+    summed_values(9301, n_small, hs, refs);
     void *big = fab_test_upload(ctx, FAB_DTYPE_F32, h, N, NULL);
     void *small = fab_test_upload(ctx, FAB_DTYPE_F32, hs, n_small, NULL);
     fab_tensor g = tensor1(big, FAB_DTYPE_F32, N), x = tensor1(small, FAB_DTYPE_F32, n_small);
