@@ -667,7 +667,14 @@ static void mpi_abort(fab_comm *c)
 }
 
 /* Tests every request the state knows of once (no wait); 1 when none is live any
- * more, so that nothing of the state's can still be touched by MPI. */
+ * more, so that nothing of the state's can still be touched by MPI, and no peer
+ * will still send this rank a message on m->comm. A ring counts only once it has
+ * finished: one stopped half-way by a timeout may have completed every request it
+ * posted while its peers, which went on, still send it the rest. Were m->comm
+ * freed then, a later communicator could get its context id and take those late
+ * messages (same source, same tag: the rings of every communicator are tagged
+ * from 1) as its own. That happened: test_grad_sync_progress summed 3-4 chunks of
+ * zeros left over from test_grad_sync_timeout's bucket (CI, twice in ~250 runs). */
 static int requests_done(mpi_state *m)
 {
     int live = 0;
@@ -675,7 +682,7 @@ static int requests_done(mpi_state *m)
         for (int i = 0; i < m->npend[side]; i++) {
             MPI_Request *r = &m->pend[side][i].req;
             int flag = 0;
-            if (m->pend[side][i].ring ? !fab__ring_idle(m->pend[side][i].ring)
+            if (m->pend[side][i].ring ? !fab__ring_finished(m->pend[side][i].ring)
                                       : *r != MPI_REQUEST_NULL &&
                                             (MPI_Test(r, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || !flag))
                 live = 1;

@@ -23,10 +23,13 @@ fab_status fab__ring_start(MPI_Comm comm, int tag, size_t chunk_bytes, const fab
  * *moved is set to 1 when a message was posted or completed (else left alone). */
 int fab__ring_progress(fab__ring *r, int *done, int *moved, const char **call);
 
-/* 1 when no message of the ring is in flight (finished, or never posted any). */
-int fab__ring_idle(fab__ring *r);
+/* 1 when the ring has finished: no message of it is in flight to or from this
+ * rank, and no peer will send it another. Not for a ring stopped half-way (after
+ * a timeout) even when every request it posted has completed: its peers may still
+ * send it the rest (see comm_mpi.c, requests_done). */
+int fab__ring_finished(const fab__ring *r);
 
-/* Frees a ring that is idle. */
+/* Frees a ring that has finished, or that MPI no longer touches. */
 void fab__ring_free(fab__ring *r);
 
 #endif
