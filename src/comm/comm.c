@@ -600,7 +600,7 @@ static fab_status check_coll(fab_comm *c, const char *op, fab__coll_kind kind, c
         k->count = nr;
         break;
     case FAB__COLL_REDUCE_SCATTER:
-        if (ns % p != 0 || ns / p != nr) /* ns = nranks * nr, without overflow */
+        if (!fab__is_n_times(ns, p, nr))
             return fab__fail(INVALID,
                              "%s: send has %" PRId64 " elements; it must have nranks*recv = %" PRId64 "*%" PRId64, op,
                              ns, p, nr);
@@ -608,7 +608,7 @@ static fab_status check_coll(fab_comm *c, const char *op, fab__coll_kind kind, c
         slice_ok = (const char *)send->data + (size_t)(c->rank * nr) * es == (const char *)recv->data && nr > 0;
         break;
     case FAB__COLL_ALLGATHER:
-        if (nr % p != 0 || nr / p != ns) /* nr = nranks * ns, without overflow */
+        if (!fab__is_n_times(nr, p, ns))
             return fab__fail(INVALID,
                              "%s: recv has %" PRId64 " elements; it must have nranks*send = %" PRId64 "*%" PRId64, op,
                              nr, p, ns);

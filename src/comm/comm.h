@@ -33,6 +33,13 @@ typedef struct fab__coll {
     int root;
 } fab__coll;
 
+/* Whether total == n * each (n > 0), without forming the product, which can
+ * overflow for counts that pass every other check. */
+static inline int fab__is_n_times(int64_t total, int64_t n, int64_t each)
+{
+    return total % n == 0 && total / n == each;
+}
+
 /* What a transport provides. `side` selects the communication stream of gradient
  * exchange (CUDA); CPU transports ignore it. Every wait honours comm->deadline. */
 typedef struct fab__transport {

@@ -421,9 +421,8 @@ fab_status fab_zero_reduce_scatter(fab_comm *comm, const fab_tensor *flat_grads,
     if (!grad_shard)
         return fab__fail(INVALID, "%s: grad_shard is NULL", op);
     int64_t nf = fab_tensor_numel(flat_grads), ns = fab_tensor_numel(grad_shard);
-    /* nf = nranks * ns, without overflow; a negative count (a bad shape) is left to
-     * the collective's checks, which name it */
-    if (nf >= 0 && ns >= 0 && (nf % comm->nranks != 0 || nf / comm->nranks != ns))
+    /* a negative count (a bad shape) is left to the collective's checks, which name it */
+    if (nf >= 0 && ns >= 0 && !fab__is_n_times(nf, comm->nranks, ns))
         return fab__fail(INVALID,
                          "%s: flat_grads has %" PRId64 " elements; it must be nranks*grad_shard = %d*%" PRId64
                          " (pad it to fab_zero_shard_size(numel, nranks)*nranks)",
@@ -441,9 +440,8 @@ fab_status fab_zero_allgather(fab_comm *comm, const fab_tensor *param_shard, con
     if (!flat_params)
         return fab__fail(INVALID, "%s: flat_params is NULL", op);
     int64_t nf = fab_tensor_numel(flat_params), ns = fab_tensor_numel(param_shard);
-    /* nf = nranks * ns, without overflow; a negative count (a bad shape) is left to
-     * the collective's checks, which name it */
-    if (nf >= 0 && ns >= 0 && (nf % comm->nranks != 0 || nf / comm->nranks != ns))
+    /* a negative count (a bad shape) is left to the collective's checks, which name it */
+    if (nf >= 0 && ns >= 0 && !fab__is_n_times(nf, comm->nranks, ns))
         return fab__fail(INVALID,
                          "%s: flat_params has %" PRId64 " elements; it must be nranks*param_shard = %d*%" PRId64, op,
                          nf, comm->nranks, ns);
