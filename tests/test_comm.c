@@ -1066,6 +1066,90 @@ static void test_grad_sync_timeout(void **state)
     fab_context_destroy(ctx);
 }
 
+/* MPI calls this when a communicator carrying the attribute is freed. */
+static int note_comm_freed(MPI_Comm comm, int keyval, void *attr, void *extra)
+{
+    (void)comm;
+    (void)keyval;
+    (void)extra;
+    *(int *)attr = 1;
+    return MPI_SUCCESS;
+}
+
+/* A ring stopped half-way keeps its MPI communicator (comm_mpi.c, requests_done).
+ * Ranks 0 and 1 on a communicator of their own: rank 0's reduce-scatter (on the
+ * ring) times out alone; then rank 1 runs its side, which completes every request
+ * rank 0 had posted, and finishes. Rank 0's ring is still in its first step: were
+ * its communicator freed now, a later one could get its context id and take
+ * messages still on their way to it as its own (what corrupted
+ * test_grad_sync_progress in CI). So rank 0's destroy must not free it, and rank
+ * 1's, whose ring finished, must. An attribute's delete callback tells which. */
+static void test_ring_stopped_halfway(void **state)
+{
+    (void)state;
+    if (!use_mpi || nranks < 2 || fab_test_backend() != FAB_BACKEND_CPU)
+        skip(); /* the MPI transport's ring only */
+    MPI_Comm pair = MPI_COMM_NULL;
+    MPI_Comm_split(MPI_COMM_WORLD, my_rank < 2 ? 0 : MPI_UNDEFINED, my_rank, &pair);
+    if (pair != MPI_COMM_NULL) {
+        fab_context *ctx = comm_ctx();
+        fab_comm_config cfg = {my_rank == 0 ? 0.5 : 30.0, 0}; /* rank 1's ring has all the time it needs */
+        fab_comm *comm = NULL;
+        expect_ok(fab_comm_create_mpi(ctx, pair, &cfg, &comm), "fab_comm_create_mpi");
+        const char *transport = NULL;
+        void *handle = NULL;
+        expect_ok(fab_comm_native(comm, &transport, &handle), "fab_comm_native");
+        assert_string_equal(transport, "mpi");
+        int keyval = MPI_KEYVAL_INVALID, freed = 0;
+        MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, note_comm_freed, &keyval, NULL);
+        MPI_Comm_set_attr(*(MPI_Comm *)handle, keyval, &freed);
+
+        /* On the ring: 64 KiB a rank by default (one message), 8 messages with the
+         * ring tests' tiny chunks. */
+        int64_t n = 16384;
+        const char *chunk = getenv("FAB_COMM_RING_CHUNK_BYTES"), *ring_min = getenv("FAB_COMM_RING_MIN_BYTES");
+        if (chunk && atol(chunk) >= 4 && atol(chunk) < 4096 && ring_min && atol(ring_min) <= 2 * 8 * atol(chunk))
+            n = atol(chunk) / 4 * 8;
+        double *h = malloc(sizeof(double) * 2 * n), *ref = malloc(sizeof(double) * n);
+        assert_non_null(h);
+        assert_non_null(ref);
+        for (int64_t i = 0; i < 2 * n; i++)
+            h[i] = val(my_rank, i, 9200, FAB_DTYPE_F32);
+        for (int64_t i = 0; i < n; i++)
+            ref[i] = val(0, n + i, 9200, FAB_DTYPE_F32) + val(1, n + i, 9200, FAB_DTYPE_F32);
+        void *dx = fab_test_upload(ctx, FAB_DTYPE_F32, h, 2 * n, NULL);
+        void *dy = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, n);
+        fab_tensor tx = tensor1(dx, FAB_DTYPE_F32, 2 * n), ty = tensor1(dy, FAB_DTYPE_F32, n);
+        if (my_rank == 0)
+            fab_test_expect_error(fab_reduce_scatter(comm, &tx, &ty, FAB_REDUCE_SUM), FAB_ERR_TIMEOUT,
+                                  "did not complete within 0.5 s");
+        MPI_Barrier(pair); /* rank 0 has given up */
+        if (my_rank == 1) {
+            expect_ok(fab_reduce_scatter(comm, &tx, &ty, FAB_REDUCE_SUM), "the late rank's reduce_scatter");
+            check_values("the late rank's reduce_scatter", ctx, FAB_DTYPE_F32, dy, ref, n);
+        }
+        /* Rank 1's messages reach rank 0 before this barrier's: rank 0 has seen
+         * every request it posted complete when it returns. */
+        MPI_Barrier(pair);
+        fab_comm_destroy(comm);
+        if (my_rank == 0 && freed)
+            fail_msg("rank 0 freed the MPI communicator of its ring stopped half-way: a later communicator with the "
+                     "same context id could take the messages still on their way to it");
+        if (my_rank == 1 && !freed)
+            fail_msg("rank 1 kept the MPI communicator of its finished ring");
+        MPI_Comm_free_keyval(&keyval);
+        MPI_Comm_free(&pair);
+        if (my_rank == 1) { /* rank 0's buffers stay with its leaked communicator */
+            fab_test_free(ctx, dx);
+            fab_test_free(ctx, dy);
+        }
+        free(h);
+        free(ref);
+        fab_context_destroy(ctx);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+
 /* Debug mode, rank 0 early and alone: its debug-mode check (a small all-gather of
  * the collective's descriptor) times out; the others then arrive late and their
  * checks complete that all-gather inside MPI. MPI must not write into memory rank 0
@@ -1490,6 +1574,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_split_timeout),
         cmocka_unit_test(test_grad_sync_timeout),
+        cmocka_unit_test(test_ring_stopped_halfway),
         cmocka_unit_test(test_grad_sync_progress),
         cmocka_unit_test(test_debug_mismatch),
         cmocka_unit_test(test_debug_late_peer),

@@ -674,7 +674,8 @@ static void mpi_abort(fab_comm *c)
  * freed then, a later communicator could get its context id and take those late
  * messages (same source, same tag: the rings of every communicator are tagged
  * from 1) as its own. That happened: test_grad_sync_progress summed 3-4 chunks of
- * zeros left over from test_grad_sync_timeout's bucket (CI, twice in ~250 runs). */
+ * zeros left over from test_grad_sync_timeout's bucket (CI, twice in ~250 runs).
+ * test_ring_stopped_halfway checks the rule itself. */
 static int requests_done(mpi_state *m)
 {
     int live = 0;
