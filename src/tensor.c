@@ -28,15 +28,23 @@ fab_status fab_tensor_make(void *data, fab_dtype dtype, int ndim, const int64_t 
     t.data = data;
     t.dtype = dtype;
     t.ndim = ndim;
+    int empty = 0;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0)
+            return fab__fail(INVALID, "%s: shape[%d]=%" PRId64 " must be >= 0", op, i, shape[i]);
+        empty |= shape[i] == 0;
+    }
     int64_t stride = 1;
     for (int i = ndim - 1; i >= 0; i--) {
         t.shape[i] = shape[i];
         t.stride[i] = stride;
-        if (shape[i] < 0)
-            return fab__fail(INVALID, "%s: shape[%d]=%" PRId64 " must be >= 0", op, i, shape[i]);
-        if (shape[i] > 0 && stride > INT64_MAX / shape[i])
-            return fab__fail(INVALID, "%s: shape overflows int64 at dim %d", op, i);
-        stride *= shape[i] > 0 ? shape[i] : 1;
+        if (shape[i] > 0 && stride > INT64_MAX / shape[i]) {
+            if (!empty)
+                return fab__fail(INVALID, "%s: shape overflows int64 at dim %d", op, i);
+            stride = INT64_MAX; /* no elements: the strides say nothing, saturate */
+        } else {
+            stride *= shape[i] > 0 ? shape[i] : 1;
+        }
     }
     fab_status s = fab__check_tensor(op, "tensor", &t);
     if (s != FAB_OK)
@@ -82,7 +90,7 @@ fab_status fab__check_tensor(const char *op, const char *name, const fab_tensor 
         return fab__fail(INVALID, "%s: %s.ndim=%d must be in [0, %d]", op, name, t->ndim, FAB_MAX_DIMS);
     /* the elements, and the span up to the end of the last one, must fit in int64
      * bytes */
-    int64_t numel = 1, max_offset = 0;
+    int empty = 0;
     for (int i = 0; i < t->ndim; i++) {
         if (t->shape[i] < 0)
             return fab__fail(INVALID, "%s: %s.shape[%d]=%" PRId64 " must be >= 0", op, name, i,
@@ -90,12 +98,16 @@ fab_status fab__check_tensor(const char *op, const char *name, const fab_tensor 
         if (t->stride[i] < 0)
             return fab__fail(INVALID, "%s: %s.stride[%d]=%" PRId64 " must be >= 0", op, name, i,
                              t->stride[i]);
-        if (t->shape[i] > 0 && numel > INT64_MAX / (int64_t)esize / t->shape[i])
+        empty |= t->shape[i] == 0;
+    }
+    if (empty) /* no elements: the other dims may be anything, their product is not formed */
+        return FAB_OK;
+    int64_t numel = 1, max_offset = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (numel > INT64_MAX / (int64_t)esize / t->shape[i])
             return fab__fail(INVALID, "%s: %s has more than 2^63 bytes of elements", op, name);
         numel *= t->shape[i];
     }
-    if (numel == 0)
-        return FAB_OK;
     for (int i = 0; i < t->ndim; i++) {
         int64_t extent = t->shape[i] - 1;
         if (t->stride[i] > 0 && extent > (INT64_MAX / (int64_t)esize - 1 - max_offset) / t->stride[i])

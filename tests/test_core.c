@@ -82,6 +82,25 @@ static void test_tensor_make(void **state)
     assert_int_equal(fab_tensor_numel(&raw), -1);
     raw.shape[0] = -6;
     assert_int_equal(fab_tensor_numel(&raw), -1);
+    /* a zero dim anywhere: the other dims may be as large as they like, before the
+     * zero or after it, in fab_tensor_make and in a hand-made tensor an op checks */
+    int64_t huge_empty[3][3] = {{0, INT64_C(1) << 32, INT64_C(1) << 32},
+                                {INT64_C(1) << 32, INT64_C(1) << 32, 0},
+                                {INT64_C(1) << 40, 0, INT64_C(1) << 40}};
+    fab_context *ctx = fab_test_context();
+    for (int i = 0; i < 3; i++) {
+        fab_tensor e;
+        if (fab_tensor_make(NULL, FAB_DTYPE_F32, 3, huge_empty[i], &e) != FAB_OK)
+            fail_msg("fab_tensor_make of an empty tensor, case %d: %s", i, fab_last_error());
+        assert_int_equal(fab_tensor_numel(&e), 0);
+        fab_gelu_params g;
+        memset(&g, 0, sizeof g);
+        g.x = e;
+        g.y = e;
+        if (fab_gelu_forward(ctx, &g) != FAB_OK)
+            fail_msg("fab_gelu_forward on an empty tensor, case %d: %s", i, fab_last_error());
+    }
+    fab_context_destroy(ctx);
 
     /* bad arguments leave *out untouched */
     fab_tensor keep;
