@@ -40,7 +40,8 @@ typedef struct bench {
     size_t scrub_bytes;
     bench_row *rows;
     int nrows, cap;
-    int rank;                /* under mpirun/srun (set by the comm suite): only rank 0 writes the reports */
+    int rank, nranks;        /* under mpirun/srun (bench_mpi.c): only rank 0 prints and writes the reports */
+    int local_rank;          /* on its node: picks the GPU */
 } bench;
 
 /* Runs fn(arg) warmup + reps times with the caches scrubbed before each timed run;
@@ -50,6 +51,15 @@ typedef fab_status (*bench_fn)(void *arg);
 double bench_time_ms(bench *b, bench_fn fn, void *arg);
 
 bench_row *bench_add_row(bench *b);
+
+/* MPI (bench_mpi.c): initialises it where the build has it, sets b->rank,
+ * b->nranks and b->local_rank, and sends stdout of ranks other than 0 to
+ * /dev/null; 0, or -1 after printing why. */
+int bench_mpi_start(bench *b);
+/* A context as cfg asks, on the GPU of the node-local rank when there are several
+ * ranks and the backend is CUDA (device 0 where the job shows the rank only one);
+ * cfg is updated to what was made. */
+fab_status bench_context_create(const bench *b, fab_context_config *cfg, fab_context **ctx);
 double bench_now_ms(void);
 
 /* Acceptance thresholds (bench_check.c; the file format is described there). */

@@ -171,7 +171,9 @@ int main(int argc, char **argv)
     if (check_path && bench_check_load(&check, check_path) != 0)
         return 2;
 
-    if (fab_context_create(&cfg, &b.ctx) != FAB_OK) {
+    if (bench_mpi_start(&b) != 0)
+        return 1;
+    if (bench_context_create(&b, &cfg, &b.ctx) != FAB_OK) {
         fprintf(stderr, "fab-bench: %s\n", fab_last_error());
         return 1;
     }

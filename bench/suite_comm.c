@@ -394,48 +394,19 @@ done:
 
 /* ----------------------------------------------------------------- the suite */
 
-#ifdef FAB_BENCH_MPI
-static void finalize_mpi(void)
-{
-    int done = 0;
-    MPI_Finalized(&done);
-    if (!done)
-        MPI_Finalize();
-}
-#endif
-
 static fab_status make_comm(comm_bench *cb, bench *b)
 {
     fab_context_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.backend = fab_context_backend(b->ctx);
+    cb->rank = b->rank; /* MPI is fab-bench's (bench_mpi.c) */
+    cb->nranks = b->nranks;
+    cb->mpi = b->nranks > 1;
+    TRY(bench_context_create(b, &cfg, &cb->ctx)); /* its own context, on fab-bench's device */
 #ifdef FAB_BENCH_MPI
-    int init = 0;
-    MPI_Initialized(&init);
-    if (!init) { /* fab-bench's main knows nothing of MPI: init here, finalize at exit */
-        int provided;
-        MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided); /* MULTIPLE: the MPI transport's progress thread */
-        atexit(finalize_mpi);
-    }
-    MPI_Comm_rank(MPI_COMM_WORLD, &cb->rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &cb->nranks);
-    b->rank = cb->rank; /* the driver writes its reports from rank 0 only */
-    cb->mpi = cb->nranks > 1;
-    if (cb->mpi) {
-        int local = 0;
-        TRY(fab_mpi_local_rank(MPI_COMM_WORLD, &local));
-        cfg.device = local; /* one GPU per process; falls back to 0 when the job shows only one */
-        if (cfg.backend == FAB_BACKEND_CUDA && fab_context_create(&cfg, &cb->ctx) != FAB_OK)
-            cfg.device = 0;
-        if (!cb->ctx)
-            TRY(fab_context_create(&cfg, &cb->ctx));
-        if (cb->rank != 0 && !freopen("/dev/null", "w", stdout)) /* one report, from rank 0 */
-            return FAB_ERR_INTERNAL;
+    if (cb->mpi)
         return fab_comm_create_mpi(cb->ctx, MPI_COMM_WORLD, NULL, &cb->comm);
-    }
 #endif
-    cb->nranks = 1;
-    TRY(fab_context_create(&cfg, &cb->ctx));
     return fab_comm_create(cb->ctx, 1, 0, NULL, NULL, &cb->comm);
 }
 

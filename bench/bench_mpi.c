@@ -1,0 +1,74 @@
+/*
+ * bench_mpi.c: fab-bench under mpirun or srun.
+ *
+ * Every rank runs every suite it is given, on its own device: the GPU of its
+ * node-local rank, or GPU 0 where the job shows each rank only one (srun
+ * --gpus-per-task=1). Only rank 0 prints the table and writes the reports; the
+ * others' stdout goes to /dev/null, and a rank that misses an acceptance rule says
+ * so on stderr (fab-bench.c). In a build without MPI, or started without a
+ * launcher, there is one rank.
+ */
+#include "bench.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#ifdef FAB_BENCH_MPI
+#include <mpi.h>
+
+#include "fabriek_mpi.h"
+
+static void finalize_mpi(void)
+{
+    int done = 0;
+    MPI_Finalized(&done);
+    if (!done)
+        MPI_Finalize();
+}
+#endif
+
+int bench_mpi_start(bench *b)
+{
+    b->rank = 0;
+    b->nranks = 1;
+    b->local_rank = 0;
+#ifdef FAB_BENCH_MPI
+    int provided = 0; /* MULTIPLE: the MPI transport's progress thread (comm suite) */
+    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, "fab-bench: MPI_Init_thread failed\n");
+        return -1;
+    }
+    atexit(finalize_mpi);
+    MPI_Comm_rank(MPI_COMM_WORLD, &b->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &b->nranks);
+    if (b->nranks > 1) {
+        if (fab_mpi_local_rank(MPI_COMM_WORLD, &b->local_rank) != FAB_OK) {
+            fprintf(stderr, "fab-bench: %s\n", fab_last_error());
+            return -1;
+        }
+        if (b->rank != 0 && !freopen("/dev/null", "w", stdout)) { /* one table, from rank 0 */
+            perror("fab-bench: /dev/null");
+            return -1;
+        }
+    }
+#endif
+    return 0;
+}
+
+fab_status bench_context_create(const bench *b, fab_context_config *cfg, fab_context **ctx)
+{
+    *ctx = NULL;
+    fab_status s = fab_context_create(cfg, ctx); /* device 0, or the one asked for; resolves AUTO */
+    if (s != FAB_OK || b->nranks == 1 || b->local_rank == 0 || fab_context_backend(*ctx) != FAB_BACKEND_CUDA)
+        return s;
+    fab_context_config mine = *cfg;
+    mine.backend = FAB_BACKEND_CUDA;
+    mine.device = b->local_rank;
+    fab_context *local = NULL;
+    if (fab_context_create(&mine, &local) != FAB_OK) /* the job shows this rank one GPU: keep device 0 */
+        return FAB_OK;
+    fab_context_destroy(*ctx);
+    *ctx = local;
+    *cfg = mine;
+    return FAB_OK;
+}
