@@ -253,7 +253,8 @@ FAB_API fab_status fab_gelu_backward(fab_context *ctx, const fab_gelu_backward_p
  * beta: 0 means 0: C is then not read (NaN or garbage in C does not propagate),
  * as in BLAS. beta = 1 accumulates (gradient accumulation).
  *
- * Aliasing: C must not overlap A, B, bias or pre_act; dbias must not overlap anything.
+ * Aliasing: C must not share an element with A, B, bias or pre_act; dbias with
+ * anything (views interleaved in one buffer with distinct elements are fine).
  * A and B may overlap each other (e.g. A·Aᵀ).
  *
  * Backends:
@@ -406,7 +407,9 @@ FAB_API fab_status fab_matmul_bias_grad(fab_context *ctx, const fab_matmul_bias_
  * atomics (FlashAttention-2's 5 products) unless the context is deterministic,
  * where a separate dq kernel sums each element in a fixed order (7 products).
  *
- * Aliasing: no output may overlap any input or another output. */
+ * Aliasing: no output may share an element with any input or another output, nor
+ * hold one element twice. Views interleaved in one buffer with distinct elements
+ * (llm.c's packed qkv and dqkv) are accepted. */
 typedef struct fab_attention_params {
     fab_tensor q;   /* [b, sq, hq, d], or [total_q, hq, d] with cu_seqlens */
     fab_tensor k;   /* [b, sk, hkv, d], or [total_k, hkv, d] */

@@ -93,8 +93,14 @@ fab_status fab__check_same_dtype(const char *op, const char *name, const fab_ten
 /* dtype one of `n` listed. */
 fab_status fab__check_dtype_in(const char *op, const char *name, const fab_tensor *t,
                                const fab_dtype *allowed, int n);
-/* The memory spans of a and b either do not overlap or are identical (same data,
- * dtype, shape and strides) when `may_be_same` is true. */
+/* An output must not write one element twice: ordered by stride, each dim of more
+ * than one element steps past the span of those before it. (Sufficient, not
+ * necessary: dims interleaved without a collision are refused too.) t has passed
+ * fab__check_tensor. */
+fab_status fab__check_no_self_overlap(const char *op, const char *name, const fab_tensor *t);
+/* a and b share no element, or are identical (same data, dtype, shape and strides)
+ * when `may_be_same` is true. Spans that overlap pass when the elements provably
+ * do not (views interleaved in one buffer); else they are refused. */
 fab_status fab__check_no_partial_overlap(const char *op, const char *a_name, const fab_tensor *a,
                                          const char *b_name, const fab_tensor *b, bool may_be_same);
 /* The memory of t is reachable by the context's backend (device memory for CUDA). */

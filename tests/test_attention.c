@@ -979,6 +979,121 @@ static void test_cpu_kv_cache(void **state)
     fab_context_destroy(ctx);
 }
 
+/* llm.c's layout: q, k and v are strided views of one [B, T, 3C] buffer, and so
+ * are dq, dk and dv of its gradient. The views interleave (their spans overlap,
+ * their elements do not): the backward must take them, write only its own
+ * columns, and give bit for bit what separate buffers get (deterministic
+ * context), as must torch's [b, h, s, d] layout seen as [b, s, h, d]. Views whose
+ * elements do overlap are still refused, nothing written. */
+static void test_packed_qkv(void **state)
+{
+    (void)state;
+    fab_context_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.deterministic = 1;
+    fab_context *ctx = fab_test_context_with(&cfg);
+    const fab_dtype dt = FAB_DTYPE_BF16;
+    const int64_t B = 2, T = 37, NH = 2, hs = 64, C = NH * hs, n3 = B * T * 3 * C, n1 = B * T * C;
+    double *h_inp = malloc(sizeof(double) * (size_t)n3), *h_dout = malloc(sizeof(double) * (size_t)n1);
+    double *h_dinp = malloc(sizeof(double) * (size_t)n3), *h_sep = malloc(sizeof(double) * (size_t)n1);
+    assert_non_null(h_inp);
+    assert_non_null(h_dout);
+    assert_non_null(h_dinp);
+    assert_non_null(h_sep);
+    fab_test_fill_uniform(h_inp, n3, -1, 1);
+    fab_test_fill_uniform(h_dout, n1, -1, 1);
+    char *inp = fab_test_upload(ctx, dt, h_inp, n3, NULL);
+    void *dout = fab_test_upload(ctx, dt, h_dout, n1, NULL);
+    void *out = fab_test_alloc_poisoned(ctx, dt, n1), *lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, B * NH * T);
+    char *dinp = fab_test_alloc_poisoned(ctx, dt, n3);
+    void *sep[3];
+    for (int i = 0; i < 3; i++)
+        sep[i] = fab_test_alloc_poisoned(ctx, dt, n1);
+    const size_t es = fab_dtype_size(dt);
+    int64_t shape[4] = {B, T, NH, hs}, packed[4] = {T * 3 * C, 3 * C, hs, 1};
+    fab_tensor view[3], grad[3], plain[3], o, l, g;
+    for (int i = 0; i < 3; i++) {
+        view[i] = grad[i] = (fab_tensor){0};
+        assert_int_equal(fab_tensor_make(inp + (size_t)(i * C) * es, dt, 4, shape, &view[i]), FAB_OK);
+        assert_int_equal(fab_tensor_make(dinp + (size_t)(i * C) * es, dt, 4, shape, &grad[i]), FAB_OK);
+        memcpy(view[i].stride, packed, sizeof packed);
+        memcpy(grad[i].stride, packed, sizeof packed);
+        assert_int_equal(fab_tensor_make(sep[i], dt, 4, shape, &plain[i]), FAB_OK);
+    }
+    int64_t lshape[3] = {B, NH, T};
+    assert_int_equal(fab_tensor_make(out, dt, 4, shape, &o), FAB_OK);
+    assert_int_equal(fab_tensor_make(dout, dt, 4, shape, &g), FAB_OK);
+    assert_int_equal(fab_tensor_make(lse, FAB_DTYPE_F32, 3, lshape, &l), FAB_OK);
+
+    fab_attention_params fp;
+    memset(&fp, 0, sizeof fp);
+    fp.q = view[0], fp.k = view[1], fp.v = view[2], fp.out = o, fp.lse = l, fp.causal = 1;
+    if (fab_attention_forward(ctx, &fp) != FAB_OK)
+        fail_msg("attention forward on llm.c's packed qkv: %s", fab_last_error());
+    fab_attention_backward_params bp;
+    memset(&bp, 0, sizeof bp);
+    bp.q = view[0], bp.k = view[1], bp.v = view[2], bp.out = o, bp.dout = g, bp.lse = l, bp.causal = 1;
+    bp.dq = grad[0], bp.dk = grad[1], bp.dv = grad[2];
+
+    /* dk shifted by half a head: its elements meet dv's; refused, dinp untouched */
+    bp.dk.data = dinp + (size_t)(C + hs / 2) * es;
+    fab_test_expect_error(fab_attention_backward(ctx, &bp), FAB_ERR_INVALID_ARGUMENT, "dk overlaps dv");
+    fab_test_download(ctx, dt, dinp, n3, h_dinp);
+    for (int64_t i = 0; i < n3; i++)
+        if (!isnan(h_dinp[i]))
+            fail_msg("a refused backward wrote dinp[%lld]", (long long)i);
+
+    bp.dk = grad[1];
+    if (fab_attention_backward(ctx, &bp) != FAB_OK)
+        fail_msg("attention backward into llm.c's packed dinp: %s", fab_last_error());
+    fab_test_download(ctx, dt, dinp, n3, h_dinp);
+    /* and into torch's layout: [B, NH, T, hs] buffers seen as [B, T, NH, hs] */
+    void *tr[3];
+    int64_t torch_strides[4] = {NH * T * hs, hs, T * hs, 1};
+    for (int i = 0; i < 3; i++) {
+        tr[i] = fab_test_alloc_poisoned(ctx, dt, n1);
+        fab_tensor *t = i == 0 ? &bp.dq : i == 1 ? &bp.dk : &bp.dv;
+        assert_int_equal(fab_tensor_make(tr[i], dt, 4, shape, t), FAB_OK);
+        memcpy(t->stride, torch_strides, sizeof torch_strides);
+    }
+    if (fab_attention_backward(ctx, &bp) != FAB_OK)
+        fail_msg("attention backward into torch's [b, h, s, d] layout: %s", fab_last_error());
+    bp.dq = plain[0], bp.dk = plain[1], bp.dv = plain[2];
+    if (fab_attention_backward(ctx, &bp) != FAB_OK)
+        fail_msg("attention backward into separate buffers: %s", fab_last_error());
+    double *h_tr = malloc(sizeof(double) * (size_t)n1);
+    assert_non_null(h_tr);
+    for (int i = 0; i < 3; i++) {
+        fab_test_download(ctx, dt, sep[i], n1, h_sep);
+        fab_test_download(ctx, dt, tr[i], n1, h_tr);
+        for (int64_t r = 0; r < B * T; r++)
+            for (int64_t c = 0; c < C; c++) {
+                int64_t bi = r / T, ti = r % T, hi = c / hs, di = c % hs;
+                double packed_v = h_dinp[r * 3 * C + i * C + c], sep_v = h_sep[r * C + c];
+                double torch_v = h_tr[((bi * NH + hi) * T + ti) * hs + di];
+                if (!(packed_v == sep_v) || !(torch_v == sep_v)) /* NaN: not written */
+                    fail_msg("d%c at row %lld, column %lld: %g in the packed dinp, %g in torch's layout, %g in a "
+                             "separate buffer",
+                             "qkv"[i], (long long)r, (long long)c, packed_v, torch_v, sep_v);
+            }
+    }
+    free(h_tr);
+    for (int i = 0; i < 3; i++) {
+        fab_test_free(ctx, sep[i]);
+        fab_test_free(ctx, tr[i]);
+    }
+    fab_test_free(ctx, dinp);
+    fab_test_free(ctx, lse);
+    fab_test_free(ctx, out);
+    fab_test_free(ctx, dout);
+    fab_test_free(ctx, inp);
+    free(h_inp);
+    free(h_dout);
+    free(h_dinp);
+    free(h_sep);
+    fab_context_destroy(ctx);
+}
+
 /* The CPU attention's tile products on AMX (attention_cpu_tile.h, amx_*), where
  * the CPU has AMX-BF16: bf16 inputs whose head dim pads to a multiple of 32. The
  * other tests check those results against the reference; here the forward's
@@ -1366,6 +1481,9 @@ static void test_bad_arguments(void **state)
     EXPECT(s.f, p.k.data = (char *)s.out + 64, INVALID, "out overlaps k");
     EXPECT(s.f, p.lse.data = s.out, INVALID, "out overlaps lse");
     EXPECT(s.f, p.lse.data = s.v, INVALID, "lse overlaps v");
+    /* an output that would write one element twice */
+    EXPECT(s.f, p.out.stride[1] = 0, INVALID, "out.stride[1]=0 makes elements of out overlap");
+    EXPECT(s.f, p.out.stride[2] = 32, INVALID, "out.stride[2]=32 makes elements of out overlap (must be >= 64");
     /* masks that leave a query row without keys */
     EXPECT(s.f, (p.k.shape[1] = 8, p.v.shape[1] = 8, p.causal = 1), INVALID, "causal mask with seqlen_q=16 > seqlen_k=8 leaves query row 0 without keys");
     EXPECT(s.f, (p.k.shape[1] = 8, p.v.shape[1] = 8, p.window = 1, p.window_left = -1, p.window_right = 7), INVALID,
@@ -1430,6 +1548,8 @@ static void test_bad_arguments(void **state)
     EXPECT_B(b.dq.data = s.dout, INVALID, "dq overlaps dout");
     EXPECT_B(b.lse.data = s.dk, INVALID, "dk overlaps lse");
     EXPECT_B(b.dq.data = s.out, INVALID, "dq overlaps out");
+    EXPECT_B(b.dk.stride[0] = 0, INVALID, "dk.stride[0]=0 makes elements of dk overlap");
+    EXPECT_B((b.dv.stride[1] = 64, b.dv.stride[2] = 512), INVALID, "dv.stride[2]=512 makes elements of dv overlap");
     EXPECT_B(b.lse.shape[0] = 1, INVALID, "lse.shape[0]=1 must be 2");
     EXPECT_B(b.causal = 7, INVALID, "p.causal=7");
     EXPECT_B((b.k.shape[1] = b.v.shape[1] = b.dk.shape[1] = b.dv.shape[1] = 4, b.causal = 1), INVALID, "leaves query row 0 without keys");
@@ -1942,6 +2062,7 @@ int main(int argc, char **argv)
         T(test_cases_f32),
         T(test_long),
         T(test_deterministic),
+        T(test_packed_qkv),
         T(test_cpu_kv_cache),
         T(test_cpu_amx),
         T(test_fast_path),

@@ -304,7 +304,7 @@ static fab_status attention(fab_context *ctx, const common *c)
     if (have_lse)
         FAB__TRY(check_lse(c, varlen, batch, hq, rows_q));
 
-    /* no output overlaps an input or another output */
+    /* no output writes an element twice, or overlaps an input or another output */
     const fab_tensor *ins[8] = {c->q, c->k, c->v, c->out, c->dout, c->lse, c->cu_q, c->cu_k};
     const char *in_names[8] = {"q", "k", "v", "out", "dout", "lse", "cu_seqlens_q", "cu_seqlens_k"};
     const fab_tensor *outs[4] = {c->out, c->lse, NULL, NULL};
@@ -322,6 +322,7 @@ static fab_status attention(fab_context *ctx, const common *c)
     for (int o = 0; o < nout; o++) {
         if (absent(outs[o]))
             continue;
+        FAB__TRY(fab__check_no_self_overlap(op, out_names[o], outs[o]));
         for (int i = 0; i < nin; i++)
             if (!absent(ins[i]))
                 FAB__TRY(fab__check_no_partial_overlap(op, out_names[o], outs[o], in_names[i], ins[i], false));

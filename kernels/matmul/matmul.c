@@ -57,22 +57,6 @@ static fab_status batch_strides(const char *op, const char *name, const fab_tens
     return FAB_OK;
 }
 
-/* An output must not write one element twice: every dim with more than one
- * element has a stride of at least the span of the dims inside it. */
-static fab_status check_output_layout(const char *op, const char *name, const fab_tensor *t)
-{
-    int64_t span = 1; /* elements covered by dims inside the current one */
-    for (int i = t->ndim - 1; i >= 0; i--) {
-        if (t->shape[i] <= 1)
-            continue;
-        if (t->stride[i] < span)
-            return fab__fail(INVALID, "%s: %s.stride[%d]=%" PRId64 " makes elements of %s overlap (must be >= %" PRId64 ")",
-                             op, name, i, t->stride[i], name, span);
-        span = t->stride[i] * (t->shape[i] - 1) + span;
-    }
-    return FAB_OK;
-}
-
 static fab_status check_no_overlap(const char *op, const char *an, const fab_tensor *a, const char *bn,
                                    const fab_tensor *b)
 {
@@ -210,7 +194,7 @@ fab_status fab_matmul(fab_context *ctx, const fab_matmul_params *p)
     }
     FAB__TRY(batch_strides(op, "a", &p->a, &p->c, a.a_bstride));
     FAB__TRY(batch_strides(op, "b", &p->b, &p->c, a.b_bstride));
-    FAB__TRY(check_output_layout(op, "c", &p->c));
+    FAB__TRY(fab__check_no_self_overlap(op, "c", &p->c));
 
     /* bias */
     bool has_bias = !absent(&p->bias);
@@ -231,7 +215,7 @@ fab_status fab_matmul(fab_context *ctx, const fab_matmul_params *p)
         FAB__TRY(fab__check_same_shape(op, "pre_act", &p->pre_act, "c", &p->c));
         FAB__TRY(fab__check_same_dtype(op, "pre_act", &p->pre_act, "c", &p->c));
         if (!p->activation_backward)
-            FAB__TRY(check_output_layout(op, "pre_act", &p->pre_act));
+            FAB__TRY(fab__check_no_self_overlap(op, "pre_act", &p->pre_act));
         for (int j = 0; j < a.nb; j++)
             a.p_bstride[j] = p->pre_act.stride[j];
     }
