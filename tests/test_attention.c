@@ -1094,6 +1094,191 @@ static void test_packed_qkv(void **state)
     fab_context_destroy(ctx);
 }
 
+/* A random strided view of [b, s, h, d] in `big`: dims nested in a random order
+ * (so its own elements are distinct), gaps, an offset. With `slot` >= 0 the views
+ * share one layout whose innermost step leaves room for four rows of `inner`
+ * elements, and this one takes row `slot` of them (now and then moved a little,
+ * onto a neighbour); else its gaps and offset are random. */
+typedef struct rview {
+    int64_t off, stride[4];
+} rview;
+
+static rview random_view(const int64_t *shape, int64_t max_off, int slot, const int *order, int64_t inner,
+                         int64_t base)
+{
+    rview v;
+    v.stride[3] = 1;
+    int64_t span = slot >= 0 ? 4 * inner : shape[3] + (int64_t)(fab_test_rand_u64() % 3); /* a step passes it */
+    for (int i = 0; i < 3; i++) {
+        int dim = order[i];
+        v.stride[dim] = span + (slot < 0 && fab_test_rand_u64() % 2 ? (int64_t)(fab_test_rand_u64() % 9) : 0);
+        span = v.stride[dim] * shape[dim];
+    }
+    if (slot >= 0)
+        v.off = base + slot * inner + (fab_test_rand_u64() % 6 == 0 ? (int64_t)(fab_test_rand_u64() % 3) : 0);
+    else
+        v.off = (int64_t)(fab_test_rand_u64() % (uint64_t)(max_off + 1));
+    return v;
+}
+
+static void shuffle(int *a, int n)
+{
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(fab_test_rand_u64() % (uint64_t)(i + 1)), t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
+static int64_t rview_at(const rview *v, const int64_t *shape, int64_t e) /* row-major element e */
+{
+    int64_t off = v->off;
+    for (int i = 3; i >= 0; i--) {
+        off += e % shape[i] * v->stride[i];
+        e /= shape[i];
+    }
+    return off;
+}
+
+/* The overlap checks against brute force: dout (an input) and dq, dk, dv as random
+ * views of one buffer. Where two of them share an element the backward must refuse
+ * (and write nothing); where none do, whatever their spans, it must run, write
+ * exactly its outputs' elements, and give what separate buffers get, bit for bit.
+ * CPU, f32: any stride is accepted there. */
+static void test_overlap_random(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    if (fab_context_backend(ctx) != FAB_BACKEND_CPU) {
+        fab_context_destroy(ctx);
+        print_message("SKIP: CUDA needs 16-byte aligned strides; the checks are the same code\n");
+        skip();
+    }
+    const fab_dtype dt = FAB_DTYPE_F32;
+    enum { N = 2048, CASES = 600 };
+    double *hb = malloc(sizeof(double) * N), *got = malloc(sizeof(double) * N), *tmp = malloc(sizeof(double) * 256);
+    double *ref[3];
+    unsigned char *owner = malloc(N);
+    assert_non_null(hb);
+    assert_non_null(got);
+    assert_non_null(tmp);
+    assert_non_null(owner);
+    for (int i = 0; i < 3; i++)
+        assert_non_null(ref[i] = malloc(sizeof(double) * 256));
+    int refused = 0, interleaved = 0, apart = 0;
+    for (int c = 0; c < CASES; c++) {
+        int64_t shape[4] = {1 + (int64_t)(fab_test_rand_u64() % 2), 1 + (int64_t)(fab_test_rand_u64() % 3),
+                            1 + (int64_t)(fab_test_rand_u64() % 2), 1 + (int64_t)(fab_test_rand_u64() % 4)};
+        int64_t n = shape[0] * shape[1] * shape[2] * shape[3], lshape[3] = {shape[0], shape[2], shape[1]};
+        rview v[4]; /* dout, dq, dk, dv */
+        int64_t hi[4] = {0};
+        int family = c % 2, slots[4] = {0, 1, 2, 3}, order[3] = {0, 1, 2};
+        int64_t inner = shape[3] + (int64_t)(fab_test_rand_u64() % 2), base = (int64_t)(fab_test_rand_u64() % 8);
+        shuffle(slots, 4);
+        shuffle(order, 3); /* the outer dims' nesting, shared in a family */
+        for (int i = 0; i < 4; i++) {
+            if (!family)
+                shuffle(order, 3);
+            v[i] = random_view(shape, 48, family ? slots[i] : -1, order, inner, base);
+            hi[i] = rview_at(&v[i], shape, n - 1) + 1;
+            assert_true(hi[i] <= N);
+        }
+        memset(owner, 0, N);
+        int shared = 0, spans_meet = 0;
+        for (int i = 0; i < 4; i++)
+            for (int64_t e = 0; e < n; e++) {
+                int64_t at = rview_at(&v[i], shape, e);
+                shared |= owner[at] != 0;
+                owner[at] |= (unsigned char)(1u << i);
+            }
+        for (int i = 0; i < 4; i++)
+            for (int j = i + 1; j < 4; j++)
+                spans_meet |= v[i].off < hi[j] && v[j].off < hi[i];
+
+        double hq[256], hk[256], hv[256];
+        fab_test_fill_uniform(hq, n, -1, 1);
+        fab_test_fill_uniform(hk, n, -1, 1);
+        fab_test_fill_uniform(hv, n, -1, 1);
+        fab_test_fill_uniform(hb, N, -1, 1);
+        void *q = fab_test_upload(ctx, dt, hq, n, NULL), *k = fab_test_upload(ctx, dt, hk, n, NULL);
+        void *vv = fab_test_upload(ctx, dt, hv, n, NULL);
+        char *big = fab_test_upload(ctx, dt, hb, N, hb);
+        for (int64_t e = 0; e < n; e++)
+            tmp[e] = hb[rview_at(&v[0], shape, e)]; /* dout, contiguous */
+        void *dout = fab_test_upload(ctx, dt, tmp, n, NULL);
+        void *out = fab_test_alloc_poisoned(ctx, dt, n), *lse = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, n / shape[3]);
+        void *sep[3];
+        for (int i = 0; i < 3; i++)
+            sep[i] = fab_test_alloc_poisoned(ctx, dt, n);
+        fab_attention_params fp;
+        memset(&fp, 0, sizeof fp);
+        assert_int_equal(fab_tensor_make(q, dt, 4, shape, &fp.q), FAB_OK);
+        assert_int_equal(fab_tensor_make(k, dt, 4, shape, &fp.k), FAB_OK);
+        assert_int_equal(fab_tensor_make(vv, dt, 4, shape, &fp.v), FAB_OK);
+        assert_int_equal(fab_tensor_make(out, dt, 4, shape, &fp.out), FAB_OK);
+        assert_int_equal(fab_tensor_make(lse, FAB_DTYPE_F32, 3, lshape, &fp.lse), FAB_OK);
+        if (fab_attention_forward(ctx, &fp) != FAB_OK)
+            fail_msg("case %d: forward: %s", c, fab_last_error());
+        fab_attention_backward_params bp;
+        memset(&bp, 0, sizeof bp);
+        bp.q = fp.q, bp.k = fp.k, bp.v = fp.v, bp.out = fp.out, bp.lse = fp.lse;
+        assert_int_equal(fab_tensor_make(dout, dt, 4, shape, &bp.dout), FAB_OK);
+        fab_tensor *outs[3] = {&bp.dq, &bp.dk, &bp.dv};
+        for (int i = 0; i < 3; i++)
+            assert_int_equal(fab_tensor_make(sep[i], dt, 4, shape, outs[i]), FAB_OK);
+        if (fab_attention_backward(ctx, &bp) != FAB_OK)
+            fail_msg("case %d: backward into separate buffers: %s", c, fab_last_error());
+        for (int i = 0; i < 3; i++)
+            fab_test_download(ctx, dt, sep[i], n, ref[i]);
+
+        fab_tensor *views[4] = {&bp.dout, &bp.dq, &bp.dk, &bp.dv};
+        for (int i = 0; i < 4; i++) {
+            views[i]->data = big + (size_t)v[i].off * sizeof(float);
+            memcpy(views[i]->stride, v[i].stride, sizeof v[i].stride);
+        }
+        fab_status s = fab_attention_backward(ctx, &bp);
+        fab_test_download(ctx, dt, big, N, got);
+        if (shared) {
+            refused++;
+            fab_test_expect_error(s, FAB_ERR_INVALID_ARGUMENT, "overlaps");
+            for (int64_t i = 0; i < N; i++)
+                if (!(got[i] == hb[i]))
+                    fail_msg("case %d: a refused backward wrote element %lld", c, (long long)i);
+        } else {
+            if (s != FAB_OK)
+                fail_msg("case %d: views sharing no element refused: %s", c, fab_last_error());
+            interleaved += spans_meet;
+            apart += !spans_meet;
+            for (int i = 1; i < 4; i++)
+                for (int64_t e = 0; e < n; e++) {
+                    int64_t at = rview_at(&v[i], shape, e);
+                    if (!(got[at] == ref[i - 1][e]))
+                        fail_msg("case %d: d%c[%lld] = %g in the shared buffer, %g in its own", c, "qkv"[i - 1],
+                                 (long long)e, got[at], ref[i - 1][e]);
+                    got[at] = hb[at]; /* checked */
+                }
+            for (int64_t i = 0; i < N; i++)
+                if (!(got[i] == hb[i]))
+                    fail_msg("case %d: element %lld of no output was written", c, (long long)i);
+        }
+        void *bufs[9] = {q, k, vv, big, dout, out, lse, sep[0], sep[1]};
+        for (int i = 0; i < 9; i++)
+            fab_test_free(ctx, bufs[i]);
+        fab_test_free(ctx, sep[2]);
+    }
+    print_message("# %d cases: %d refused (an element shared), %d interleaved (spans meet, elements do not), %d apart\n",
+                  CASES, refused, interleaved, apart);
+    if (refused < CASES / 10 || interleaved < CASES / 10)
+        fail_msg("the generator is off: %d refused, %d interleaved of %d", refused, interleaved, CASES);
+    for (int i = 0; i < 3; i++)
+        free(ref[i]);
+    free(owner);
+    free(tmp);
+    free(got);
+    free(hb);
+    fab_context_destroy(ctx);
+}
+
 /* The CPU attention's tile products on AMX (attention_cpu_tile.h, amx_*), where
  * the CPU has AMX-BF16: bf16 inputs whose head dim pads to a multiple of 32. The
  * other tests check those results against the reference; here the forward's
@@ -2063,6 +2248,7 @@ int main(int argc, char **argv)
         T(test_long),
         T(test_deterministic),
         T(test_packed_qkv),
+        T(test_overlap_random),
         T(test_cpu_kv_cache),
         T(test_cpu_amx),
         T(test_fast_path),
