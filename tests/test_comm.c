@@ -943,6 +943,16 @@ static void test_zero1(void **state)
         if (nranks > 1 || shard > 1)
             fab_test_expect_error(fab_zero_reduce_scatter(comm, &flat_g, &bad, 0), INVALID, "pad it");
         fab_test_expect_error(fab_zero_allgather(comm, &pshard, NULL), INVALID, "flat_params is NULL");
+        /* the collective's own checks name the helpers' arguments, not send and recv */
+        fab_tensor strided = pshard;
+        strided.stride[0] = 2;
+        if (shard > 1)
+            fab_test_expect_error(fab_zero_allgather(comm, &strided, &flat_p), INVALID,
+                                  "fab_zero_allgather: param_shard.stride[0]=2");
+        fab_tensor half = flat_g;
+        half.dtype = FAB_DTYPE_BF16;
+        fab_test_expect_error(fab_zero_reduce_scatter(comm, &half, &gshard, 0), INVALID,
+                              "fab_zero_reduce_scatter: grad_shard.dtype=f32 must equal flat_grads.dtype=bf16");
         free(g), free(p0), free(want), free(gh), free(ph);
         fab_test_free(ctx, dg);
         fab_test_free(ctx, dp);

@@ -2,7 +2,8 @@
  * test_fuzz.c: every public op fed thousands of random, mostly broken, argument
  * sets. The other tests check each kind of bad argument once, by hand; this one
  * checks the promise for their combinations: bad input never crashes, never
- * writes, and always says why.
+ * writes, and always says why. (The collectives too, on a single-rank
+ * communicator.)
  *
  * Each iteration builds a plausible call (small random shapes, dtypes, flags,
  * usually contiguous), then breaks 0 to 3 things in it: a dtype, an ndim, a
@@ -530,6 +531,59 @@ static void fuzz_attention(void **state)
     teardown(&z, "fab_attention_*");
 }
 
+/* The collectives on a single-rank communicator (the same argument checks as any
+ * other: check_coll in comm.c), all-reduce, reduce-scatter, all-gather, broadcast
+ * and the ZeRO-1 pair, out of place or in place. A rejected call must also leave
+ * the communicator usable: a call that failed for its arguments never faults it,
+ * so every later call would fail (as BACKEND or TIMEOUT, which check() refuses). */
+static void fuzz_comm(void **state)
+{
+    (void)state;
+    fuzz z;
+    fab_context *ctx = setup(&z);
+    fab_comm *comm = NULL;
+    if (fab_comm_create(ctx, 1, 0, NULL, NULL, &comm) != FAB_OK)
+        fail_msg("fab_comm_create (one rank): %s", fab_last_error());
+    static const fab_dtype dts[6] = {FAB_DTYPE_F32, FAB_DTYPE_F16, FAB_DTYPE_BF16,
+                                     FAB_DTYPE_F64, FAB_DTYPE_I32, FAB_DTYPE_I64};
+    static const char *names[6] = {"fab_allreduce", "fab_reduce_scatter", "fab_allgather", "fab_broadcast",
+                                   "fab_zero_reduce_scatter", "fab_zero_allgather"};
+    int n = iters_for(ctx, 1500);
+    for (int it = 0; it < n; it++) {
+        begin(&z, 0xc0a000, it);
+        fab_tensor send, recv;
+        add_field(&z, "send", &send, 0);
+        add_field(&z, "recv", &recv, 1);
+        int kind = (int)rnd(0, 5);
+        fab_dtype dt = dts[rnd(0, kind >= 4 ? 2 : 5)]; /* ZeRO-1: float gradients and parameters */
+        int64_t shape[2] = {rnd(1, 5), rnd(1, 7)};
+        int ndim = (int)rnd(1, 2);
+        make(&z, 0, dt, ndim, shape + 2 - ndim);
+        make(&z, 1, dt, ndim, shape + 2 - ndim);
+        if (chance(20)) /* in place: recv is send (with one rank, every kind's slice is all of it) */
+            recv.data = send.data;
+        int e[2] = {(int)rnd(0, 3), 0}; /* reduce op (sum for ZeRO's flag), root */
+        for (int m = (int)rnd(0, 3); m > 0; m--)
+            mutate(&z, e, NULL, 2, 0);
+        snapshot(&z, it);
+        fab_status st;
+        switch (kind) {
+        case 0: st = fab_allreduce(comm, &send, &recv, (fab_reduce_op)e[0]); break;
+        case 1: st = fab_reduce_scatter(comm, &send, &recv, (fab_reduce_op)e[0]); break;
+        case 2: st = fab_allgather(comm, &send, &recv); break;
+        case 3: st = fab_broadcast(comm, &send, &recv, e[1]); break;
+        case 4: st = fab_zero_reduce_scatter(comm, &send, &recv, e[0]); break;
+        default: st = fab_zero_allgather(comm, &send, &recv); break;
+        }
+        if (st == FAB_OK)
+            st = fab_comm_synchronize(comm);
+        check(&z, names[kind], st, it);
+    }
+    if (fab_comm_destroy(comm) != FAB_OK)
+        fail_msg("fab_comm_destroy: %s", fab_last_error());
+    teardown(&z, "fab_comm collectives");
+}
+
 int main(int argc, char **argv)
 {
     fab_test_init(argc, argv);
@@ -538,6 +592,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(fuzz_matmul),
         cmocka_unit_test(fuzz_bias_grad),
         cmocka_unit_test(fuzz_attention),
+        cmocka_unit_test(fuzz_comm),
     };
     return fab_test_run(tests);
 }

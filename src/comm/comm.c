@@ -561,9 +561,10 @@ static fab_status check_op(const char *op, fab_reduce_op rop, fab_dtype dtype)
     return FAB_OK;
 }
 
-/* Validates a collective's arguments and fills *k. Writes nothing else. */
-static fab_status check_coll(fab_comm *c, const char *op, fab__coll_kind kind, const fab_tensor *send,
-                             const fab_tensor *recv, fab_reduce_op rop, int root, fab__coll *k)
+/* Validates a collective's arguments and fills *k. Writes nothing else. Messages
+ * call the tensors sn and rn (the caller's names for send and recv). */
+static fab_status check_coll(fab_comm *c, const char *op, fab__coll_kind kind, const char *sn, const fab_tensor *send,
+                             const char *rn, const fab_tensor *recv, fab_reduce_op rop, int root, fab__coll *k)
 {
     if (!c)
         return fab__fail(INVALID, "%s: comm is NULL", op);
@@ -575,10 +576,10 @@ static fab_status check_coll(fab_comm *c, const char *op, fab__coll_kind kind, c
     if (kind == FAB__COLL_BROADCAST && (root < 0 || root >= c->nranks))
         return fab__fail(INVALID, "%s: root=%d must be in [0, %d)", op, root, c->nranks);
     bool need_send = kind != FAB__COLL_BROADCAST || c->rank == root;
-    FAB__TRY(check_tensor_arg(c, op, "recv", recv));
+    FAB__TRY(check_tensor_arg(c, op, rn, recv));
     if (need_send || send) {
-        FAB__TRY(check_tensor_arg(c, op, "send", send));
-        FAB__TRY(fab__check_same_dtype(op, "recv", recv, "send", send));
+        FAB__TRY(check_tensor_arg(c, op, sn, send));
+        FAB__TRY(fab__check_same_dtype(op, rn, recv, sn, send));
     }
     if (kind == FAB__COLL_ALLREDUCE || kind == FAB__COLL_REDUCE_SCATTER)
         FAB__TRY(check_op(op, rop, recv->dtype));
@@ -595,23 +596,23 @@ static fab_status check_coll(fab_comm *c, const char *op, fab__coll_kind kind, c
     case FAB__COLL_ALLREDUCE:
     case FAB__COLL_BROADCAST:
         if (send && ns != nr)
-            return fab__fail(INVALID, "%s: recv has %" PRId64 " elements, send has %" PRId64 "; they must be equal", op,
-                             nr, ns);
+            return fab__fail(INVALID, "%s: %s has %" PRId64 " elements, %s has %" PRId64 "; they must be equal", op,
+                             rn, nr, sn, ns);
         k->count = nr;
         break;
     case FAB__COLL_REDUCE_SCATTER:
         if (!fab__is_n_times(ns, p, nr))
             return fab__fail(INVALID,
-                             "%s: send has %" PRId64 " elements; it must have nranks*recv = %" PRId64 "*%" PRId64, op,
-                             ns, p, nr);
+                             "%s: %s has %" PRId64 " elements; it must have nranks*%s = %" PRId64 "*%" PRId64, op,
+                             sn, ns, rn, p, nr);
         k->count = nr;
         slice_ok = (const char *)send->data + (size_t)(c->rank * nr) * es == (const char *)recv->data && nr > 0;
         break;
     case FAB__COLL_ALLGATHER:
         if (!fab__is_n_times(nr, p, ns))
             return fab__fail(INVALID,
-                             "%s: recv has %" PRId64 " elements; it must have nranks*send = %" PRId64 "*%" PRId64, op,
-                             nr, p, ns);
+                             "%s: %s has %" PRId64 " elements; it must have nranks*%s = %" PRId64 "*%" PRId64, op,
+                             rn, nr, sn, p, ns);
         k->count = ns;
         slice_ok = (const char *)recv->data + (size_t)(c->rank * ns) * es == (const char *)send->data && ns > 0;
         break;
@@ -619,7 +620,7 @@ static fab_status check_coll(fab_comm *c, const char *op, fab__coll_kind kind, c
         break;
     }
     if (send && !slice_ok)
-        FAB__TRY(fab__check_no_partial_overlap(op, "recv", recv, "send", send,
+        FAB__TRY(fab__check_no_partial_overlap(op, rn, recv, sn, send,
                                                kind == FAB__COLL_ALLREDUCE || kind == FAB__COLL_BROADCAST));
     return FAB_OK;
 }
@@ -713,38 +714,41 @@ static fab_status issue(fab_comm *c, const char *op, const fab__coll *k)
     return c->tp->post(c, k, 1, 0);
 }
 
-fab_status fab_allreduce(fab_comm *comm, const fab_tensor *send, const fab_tensor *recv, fab_reduce_op op)
+fab_status fab__collective(fab_comm *comm, const char *op, fab__coll_kind kind, const char *send_name,
+                           const fab_tensor *send, const char *recv_name, const fab_tensor *recv, fab_reduce_op rop,
+                           int root)
 {
     fab__coll k;
-    FAB__TRY(check_coll(comm, "fab_allreduce", FAB__COLL_ALLREDUCE, send, recv, op, 0, &k));
-    return issue(comm, "fab_allreduce", &k);
+    FAB__TRY(check_coll(comm, op, kind, send_name, send, recv_name, recv, rop, root, &k));
+    return issue(comm, op, &k);
+}
+
+fab_status fab_allreduce(fab_comm *comm, const fab_tensor *send, const fab_tensor *recv, fab_reduce_op op)
+{
+    return fab__collective(comm, "fab_allreduce", FAB__COLL_ALLREDUCE, "send", send, "recv", recv, op, 0);
 }
 
 fab_status fab_reduce_scatter(fab_comm *comm, const fab_tensor *send, const fab_tensor *recv, fab_reduce_op op)
 {
-    fab__coll k;
-    FAB__TRY(check_coll(comm, "fab_reduce_scatter", FAB__COLL_REDUCE_SCATTER, send, recv, op, 0, &k));
-    return issue(comm, "fab_reduce_scatter", &k);
+    return fab__collective(comm, "fab_reduce_scatter", FAB__COLL_REDUCE_SCATTER, "send", send, "recv", recv, op, 0);
 }
 
 fab_status fab_allgather(fab_comm *comm, const fab_tensor *send, const fab_tensor *recv)
 {
-    fab__coll k;
-    FAB__TRY(check_coll(comm, "fab_allgather", FAB__COLL_ALLGATHER, send, recv, FAB_REDUCE_SUM, 0, &k));
-    return issue(comm, "fab_allgather", &k);
+    return fab__collective(comm, "fab_allgather", FAB__COLL_ALLGATHER, "send", send, "recv", recv, FAB_REDUCE_SUM,
+                           0);
 }
 
 fab_status fab_broadcast(fab_comm *comm, const fab_tensor *send, const fab_tensor *recv, int root)
 {
-    fab__coll k;
-    FAB__TRY(check_coll(comm, "fab_broadcast", FAB__COLL_BROADCAST, send, recv, FAB_REDUCE_SUM, root, &k));
-    return issue(comm, "fab_broadcast", &k);
+    return fab__collective(comm, "fab_broadcast", FAB__COLL_BROADCAST, "send", send, "recv", recv, FAB_REDUCE_SUM,
+                           root);
 }
 
 fab_status fab_barrier(fab_comm *comm)
 {
     fab__coll k;
-    FAB__TRY(check_coll(comm, "fab_barrier", FAB__COLL_BARRIER, NULL, NULL, FAB_REDUCE_SUM, 0, &k));
+    FAB__TRY(check_coll(comm, "fab_barrier", FAB__COLL_BARRIER, NULL, NULL, NULL, NULL, FAB_REDUCE_SUM, 0, &k));
     if (comm->group_depth)
         return fab__fail(INVALID, "fab_barrier: not inside fab_comm_group_start/end");
     return issue(comm, "fab_barrier", &k);

@@ -40,6 +40,13 @@ static inline int fab__is_n_times(int64_t total, int64_t n, int64_t each)
     return total % n == 0 && total / n == each;
 }
 
+/* Validates and issues one collective (comm.c), as fab_allreduce and its siblings
+ * do; the messages name the tensors send_name and recv_name (ZeRO-1's helpers call
+ * them by their own names). Not for barriers. */
+fab_status fab__collective(fab_comm *comm, const char *op, fab__coll_kind kind, const char *send_name,
+                           const fab_tensor *send, const char *recv_name, const fab_tensor *recv, fab_reduce_op rop,
+                           int root);
+
 /* What a transport provides. `side` selects the communication stream of gradient
  * exchange (CUDA); CPU transports ignore it. Every wait honours comm->deadline. */
 typedef struct fab__transport {

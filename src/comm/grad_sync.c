@@ -427,7 +427,8 @@ fab_status fab_zero_reduce_scatter(fab_comm *comm, const fab_tensor *flat_grads,
                          "%s: flat_grads has %" PRId64 " elements; it must be nranks*grad_shard = %d*%" PRId64
                          " (pad it to fab_zero_shard_size(numel, nranks)*nranks)",
                          op, nf, comm->nranks, ns);
-    return fab_reduce_scatter(comm, flat_grads, grad_shard, sum ? FAB_REDUCE_SUM : FAB_REDUCE_AVG);
+    return fab__collective(comm, op, FAB__COLL_REDUCE_SCATTER, "flat_grads", flat_grads, "grad_shard", grad_shard,
+                           sum ? FAB_REDUCE_SUM : FAB_REDUCE_AVG, 0);
 }
 
 fab_status fab_zero_allgather(fab_comm *comm, const fab_tensor *param_shard, const fab_tensor *flat_params)
@@ -445,5 +446,6 @@ fab_status fab_zero_allgather(fab_comm *comm, const fab_tensor *param_shard, con
         return fab__fail(INVALID,
                          "%s: flat_params has %" PRId64 " elements; it must be nranks*param_shard = %d*%" PRId64, op,
                          nf, comm->nranks, ns);
-    return fab_allgather(comm, param_shard, flat_params);
+    return fab__collective(comm, op, FAB__COLL_ALLGATHER, "param_shard", param_shard, "flat_params", flat_params,
+                           FAB_REDUCE_SUM, 0);
 }
