@@ -2,8 +2,8 @@
  * test_fuzz.c: every public op fed thousands of random, mostly broken, argument
  * sets. The other tests check each kind of bad argument once, by hand; this one
  * checks the promise for their combinations: bad input never crashes, never
- * writes, and always says why. (The collectives too, on a single-rank
- * communicator.)
+ * writes, and always says why. (The collectives and the gradient exchange too,
+ * on a single-rank communicator.)
  *
  * Each iteration builds a plausible call (small random shapes, dtypes, flags,
  * usually contiguous), then breaks 0 to 3 things in it: a dtype, an ndim, a
@@ -584,6 +584,85 @@ static void fuzz_comm(void **state)
     teardown(&z, "fab_comm collectives");
 }
 
+/* Gradient exchange on a single-rank communicator: 1-3 gradients, broken or not,
+ * registered; a registration that fails writes nothing. When every one got in, a
+ * whole step (begin, ready in a random order, wait) must succeed and, one rank
+ * averaging or summing with itself, leave each gradient as it was, bit for bit
+ * (not with reduce_bf16: on one rank f32 gradients still travel as they are, so
+ * that holds too, and is checked as well). */
+static void fuzz_grad_sync(void **state)
+{
+    (void)state;
+    fuzz z;
+    fab_context *ctx = setup(&z);
+    fab_comm *comm = NULL;
+    if (fab_comm_create(ctx, 1, 0, NULL, NULL, &comm) != FAB_OK)
+        fail_msg("fab_comm_create (one rank): %s", fab_last_error());
+    static const size_t caps[5] = {0, 1, 8, 100, (size_t)1 << 20};
+    int n = iters_for(ctx, 800);
+    for (int it = 0; it < n; it++) {
+        begin(&z, 0x95c000, it);
+        fab_tensor g[3];
+        int ng = (int)rnd(1, 3);
+        for (int i = 0; i < ng; i++) {
+            add_field(&z, "grad", &g[i], 1);
+            int64_t shape[2] = {rnd(1, 4), rnd(1, 9)};
+            int ndim = (int)rnd(1, 2);
+            make(&z, i, float_dtype(1), ndim, shape + 2 - ndim);
+        }
+        for (int m = (int)rnd(0, 2); m > 0; m--)
+            mutate(&z, NULL, NULL, 0, 0);
+        fab_grad_sync_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.bucket_cap_bytes = caps[rnd(0, 4)];
+        cfg.first_bucket_bytes = caps[rnd(0, 4)];
+        cfg.sum = chance(50);
+        cfg.reduce_bf16 = chance(30);
+        snapshot(&z, it);
+        fab_grad_sync *gs = NULL;
+        if (fab_grad_sync_create(comm, &cfg, &gs) != FAB_OK)
+            fail_msg("fab_grad_sync_create, iteration %d: %s", it, fab_last_error());
+        int registered = 0;
+        fab_status first_error = FAB_OK;
+        for (int i = 0; i < ng; i++) {
+            int index = -1;
+            fab_status st = fab_grad_sync_register(gs, &g[i], &index);
+            const char *why = impossible(&g[i]);
+            if (st == FAB_OK && why)
+                fail_msg("fab_grad_sync_register, iteration %d: accepted gradient %d with %s", it, i, why);
+            if (st == FAB_OK && index != registered)
+                fail_msg("fab_grad_sync_register, iteration %d: index %d, want %d", it, index, registered);
+            registered += st == FAB_OK;
+            if (st != FAB_OK && first_error == FAB_OK)
+                first_error = st;
+        }
+        for (int i = 0; i < ng; i++)
+            z.f[i].output = 0; /* registering writes nothing */
+        if (first_error != FAB_OK) /* every arena as it was, each failure said why */
+            check(&z, "fab_grad_sync_register", first_error, it);
+        if (registered == ng) { /* a step must run and give every gradient back unchanged */
+            int order[3] = {0, 1, 2};
+            for (int i = ng - 1; i > 0; i--) {
+                int j = (int)rnd(0, i), t = order[i];
+                order[i] = order[j];
+                order[j] = t;
+            }
+            fab_status st = fab_grad_sync_begin(gs, 1);
+            for (int i = 0; i < ng && st == FAB_OK; i++)
+                st = fab_grad_sync_ready(gs, order[i]);
+            if (st == FAB_OK)
+                st = fab_grad_sync_wait(gs);
+            if (st != FAB_OK)
+                fail_msg("iteration %d: a step over %d accepted gradients failed: %s", it, ng, fab_last_error());
+            check(&z, "fab_grad_sync_wait", FAB_OK, it); /* one rank: the exchange is the identity */
+        }
+        fab_grad_sync_destroy(gs);
+    }
+    if (fab_comm_destroy(comm) != FAB_OK)
+        fail_msg("fab_comm_destroy: %s", fab_last_error());
+    teardown(&z, "fab_grad_sync_register");
+}
+
 int main(int argc, char **argv)
 {
     fab_test_init(argc, argv);
@@ -593,6 +672,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(fuzz_bias_grad),
         cmocka_unit_test(fuzz_attention),
         cmocka_unit_test(fuzz_comm),
+        cmocka_unit_test(fuzz_grad_sync),
     };
     return fab_test_run(tests);
 }
