@@ -531,6 +531,21 @@ static void fuzz_attention(void **state)
     teardown(&z, "fab_attention_*");
 }
 
+/* The communicator the comm fuzzers call: one rank, the context's transport. */
+static fab_comm *single_rank_comm(fab_context *ctx)
+{
+    fab_comm *comm = NULL;
+    if (fab_comm_create(ctx, 1, 0, NULL, NULL, &comm) != FAB_OK)
+        fail_msg("fab_comm_create (one rank): %s", fab_last_error());
+    return comm;
+}
+
+static void destroy_comm(fab_comm *comm)
+{
+    if (fab_comm_destroy(comm) != FAB_OK) /* a fuzzed call must not have faulted it */
+        fail_msg("fab_comm_destroy: %s", fab_last_error());
+}
+
 /* The collectives on a single-rank communicator (the same argument checks as any
  * other: check_coll in comm.c), all-reduce, reduce-scatter, all-gather, broadcast
  * and the ZeRO-1 pair, out of place or in place. A rejected call must also leave
@@ -541,9 +556,7 @@ static void fuzz_comm(void **state)
     (void)state;
     fuzz z;
     fab_context *ctx = setup(&z);
-    fab_comm *comm = NULL;
-    if (fab_comm_create(ctx, 1, 0, NULL, NULL, &comm) != FAB_OK)
-        fail_msg("fab_comm_create (one rank): %s", fab_last_error());
+    fab_comm *comm = single_rank_comm(ctx);
     static const fab_dtype dts[6] = {FAB_DTYPE_F32, FAB_DTYPE_F16, FAB_DTYPE_BF16,
                                      FAB_DTYPE_F64, FAB_DTYPE_I32, FAB_DTYPE_I64};
     static const char *names[6] = {"fab_allreduce", "fab_reduce_scatter", "fab_allgather", "fab_broadcast",
@@ -579,8 +592,7 @@ static void fuzz_comm(void **state)
             st = fab_comm_synchronize(comm);
         check(&z, names[kind], st, it);
     }
-    if (fab_comm_destroy(comm) != FAB_OK)
-        fail_msg("fab_comm_destroy: %s", fab_last_error());
+    destroy_comm(comm);
     teardown(&z, "fab_comm collectives");
 }
 
@@ -588,16 +600,13 @@ static void fuzz_comm(void **state)
  * registered; a registration that fails writes nothing. When every one got in, a
  * whole step (begin, ready in a random order, wait) must succeed and, one rank
  * averaging or summing with itself, leave each gradient as it was, bit for bit
- * (not with reduce_bf16: on one rank f32 gradients still travel as they are, so
- * that holds too, and is checked as well). */
+ * (with reduce_bf16 too: on one rank f32 gradients travel as they are). */
 static void fuzz_grad_sync(void **state)
 {
     (void)state;
     fuzz z;
     fab_context *ctx = setup(&z);
-    fab_comm *comm = NULL;
-    if (fab_comm_create(ctx, 1, 0, NULL, NULL, &comm) != FAB_OK)
-        fail_msg("fab_comm_create (one rank): %s", fab_last_error());
+    fab_comm *comm = single_rank_comm(ctx);
     static const size_t caps[5] = {0, 1, 8, 100, (size_t)1 << 20};
     int n = iters_for(ctx, 800);
     for (int it = 0; it < n; it++) {
@@ -658,8 +667,7 @@ static void fuzz_grad_sync(void **state)
         }
         fab_grad_sync_destroy(gs);
     }
-    if (fab_comm_destroy(comm) != FAB_OK)
-        fail_msg("fab_comm_destroy: %s", fab_last_error());
+    destroy_comm(comm);
     teardown(&z, "fab_grad_sync_register");
 }
 
