@@ -52,10 +52,11 @@ double bench_time_ms(bench *b, bench_fn fn, void *arg);
 
 bench_row *bench_add_row(bench *b);
 
-/* MPI (bench_mpi.c): initialises it where the build has it, sets b->rank,
- * b->nranks and b->local_rank, and sends stdout of ranks other than 0 to
- * /dev/null; 0, or -1 after printing why. */
-int bench_mpi_start(bench *b);
+/* MPI (bench_mpi.c): where the build has it, initialises it when an MPI launcher
+ * started the process or the comm suite will run; sets b->rank, b->nranks and
+ * b->local_rank, and sends stdout of ranks other than 0 to /dev/null; 0, or -1
+ * after printing why. */
+int bench_mpi_start(bench *b, bool comm_suite);
 /* A context as cfg asks, on the GPU of the node-local rank when there are several
  * ranks and the backend is CUDA (device 0 where the job shows the rank only one);
  * cfg is updated to what was made. */

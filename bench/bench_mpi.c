@@ -6,10 +6,13 @@
  * --gpus-per-task=1). Only rank 0 prints the table and writes the reports; the
  * others' stdout goes to /dev/null, and a rank that misses an acceptance rule says
  * so on stderr (fab-bench.c). In a build without MPI, or started without a
- * launcher, there is one rank.
+ * launcher, there is one rank: then MPI is initialised only for the comm suite
+ * (its single-rank communicator), since an MPI library costs a start-up and, under
+ * LeakSanitizer, reports leaks of its own.
  */
 #include "bench.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -17,6 +20,17 @@
 #include <mpi.h>
 
 #include "fabriek_mpi.h"
+
+/* Started by mpirun, mpiexec or srun: the variables their process managers set. */
+static bool launched_by_mpi(void)
+{
+    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "MPI_LOCALNRANKS"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        if (getenv(vars[i]))
+            return true;
+    const char *tasks = getenv("SLURM_STEP_NUM_TASKS");
+    return tasks && atoi(tasks) > 1;
+}
 
 static void finalize_mpi(void)
 {
@@ -27,12 +41,14 @@ static void finalize_mpi(void)
 }
 #endif
 
-int bench_mpi_start(bench *b)
+int bench_mpi_start(bench *b, bool comm_suite)
 {
     b->rank = 0;
     b->nranks = 1;
     b->local_rank = 0;
 #ifdef FAB_BENCH_MPI
+    if (!comm_suite && !launched_by_mpi())
+        return 0;
     int provided = 0; /* MULTIPLE: the MPI transport's progress thread (comm suite) */
     if (MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "fab-bench: MPI_Init_thread failed\n");
@@ -51,6 +67,8 @@ int bench_mpi_start(bench *b)
             return -1;
         }
     }
+#else
+    (void)comm_suite;
 #endif
     return 0;
 }

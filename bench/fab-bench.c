@@ -171,7 +171,10 @@ int main(int argc, char **argv)
     if (check_path && bench_check_load(&check, check_path) != 0)
         return 2;
 
-    if (bench_mpi_start(&b) != 0)
+    bool comm_suite = nwanted == 0;
+    for (int w = 0; w < nwanted; w++)
+        comm_suite |= !strcmp(wanted[w], "comm");
+    if (bench_mpi_start(&b, comm_suite) != 0)
         return 1;
     if (bench_context_create(&b, &cfg, &b.ctx) != FAB_OK) {
         fprintf(stderr, "fab-bench: %s\n", fab_last_error());
