@@ -1195,6 +1195,60 @@ static void mm_ok(fab_context *ctx, const fab_matmul_params *p, const char *what
         fail_msg("%s: %s", what, fab_last_error());
 }
 
+/* A and C side by side in one buffer X [m, k + n] (A its first k columns, C the
+ * rest): their spans interleave, their elements do not, so the call is accepted,
+ * writes only C's columns, and gives what separate buffers give. C moved one
+ * column left, onto A's last, is refused with nothing written. */
+static void test_interleaved(void **state)
+{
+    (void)state;
+    fab_context *ctx = fab_test_context();
+    const int64_t m = 33, k = 24, n = 40, ld = k + n;
+    double *hx = malloc(sizeof(double) * (size_t)(m * ld)), *hb = malloc(sizeof(double) * (size_t)(k * n));
+    double *got = malloc(sizeof(double) * (size_t)(m * ld)), *want = malloc(sizeof(double) * (size_t)(m * n));
+    assert_non_null(hx);
+    assert_non_null(hb);
+    assert_non_null(got);
+    assert_non_null(want);
+    fab_test_fill_uniform(hx, m * ld, -1, 1);
+    fab_test_fill_uniform(hb, k * n, -1, 1);
+    float *x = fab_test_upload(ctx, FAB_DTYPE_F32, hx, m * ld, hx);
+    void *b = fab_test_upload(ctx, FAB_DTYPE_F32, hb, k * n, NULL), *c = fab_test_alloc_poisoned(ctx, FAB_DTYPE_F32, m * n);
+    fab_matmul_params p;
+    memset(&p, 0, sizeof p);
+    p.a = t2(x, m, k);
+    p.a.stride[0] = ld;
+    p.b = t2(b, k, n);
+    p.c = t2(c, m, n);
+    mm_ok(ctx, &p, "matmul into a buffer of its own");
+    fab_test_download(ctx, FAB_DTYPE_F32, c, m * n, want);
+
+    p.c = t2(x + k, m, n);
+    p.c.stride[0] = ld;
+    p.c.data = x + k - 1; /* onto A's last column */
+    fab_test_expect_error(fab_matmul(ctx, &p), INVALID, "c overlaps a");
+    fab_test_download(ctx, FAB_DTYPE_F32, x, m * ld, got);
+    for (int64_t i = 0; i < m * ld; i++)
+        if (!(got[i] == hx[i]))
+            fail_msg("a refused matmul wrote X[%lld]", (long long)i);
+
+    p.c.data = x + k;
+    mm_ok(ctx, &p, "matmul with C beside A in one buffer");
+    fab_test_download(ctx, FAB_DTYPE_F32, x, m * ld, got);
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < ld; j++) {
+            double g = got[i * ld + j], w = j < k ? hx[i * ld + j] : want[i * n + j - k];
+            if (!(fabs(g - w) <= 1e-5 * (1 + fabs(w))) || (j < k && g != w))
+                fail_msg("X[%lld][%lld] = %.9g, want %.9g (%s)", (long long)i, (long long)j, g, w,
+                         j < k ? "A, unchanged" : "C, as in a buffer of its own");
+        }
+    fab_test_free(ctx, x);
+    fab_test_free(ctx, b);
+    fab_test_free(ctx, c);
+    free(hx), free(hb), free(got), free(want);
+    fab_context_destroy(ctx);
+}
+
 static void gradcheck_param(const char *what, double *param, int64_t n, const double *analytic, double *x,
                             double *w1, double *b1, double *w2, double *b2, const double *g, int act)
 {
@@ -2285,6 +2339,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_epilogues),
         cmocka_unit_test(test_epilogue_widths),
         cmocka_unit_test(test_batched_strided),
+        cmocka_unit_test(test_interleaved),
         cmocka_unit_test(test_gradcheck),
         cmocka_unit_test(test_bias_grad),
         cmocka_unit_test(test_deterministic),
