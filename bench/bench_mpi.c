@@ -76,17 +76,16 @@ int bench_mpi_start(bench *b, bool comm_suite)
 fab_status bench_context_create(const bench *b, fab_context_config *cfg, fab_context **ctx)
 {
     *ctx = NULL;
-    fab_status s = fab_context_create(cfg, ctx); /* device 0, or the one asked for; resolves AUTO */
-    if (s != FAB_OK || b->nranks == 1 || b->local_rank == 0 || fab_context_backend(*ctx) != FAB_BACKEND_CUDA)
-        return s;
-    fab_context_config mine = *cfg;
-    mine.backend = FAB_BACKEND_CUDA;
-    mine.device = b->local_rank;
-    fab_context *local = NULL;
-    if (fab_context_create(&mine, &local) != FAB_OK) /* the job shows this rank one GPU: keep device 0 */
-        return FAB_OK;
-    fab_context_destroy(*ctx);
-    *ctx = local;
-    *cfg = mine;
-    return FAB_OK;
+    /* the node-local rank's GPU first, so that no rank touches GPU 0 unless it is its
+     * own (a CUDA context there costs memory, or fails in exclusive-process mode) */
+    if (b->nranks > 1 && b->local_rank > 0 && cfg->backend != FAB_BACKEND_CPU) {
+        fab_context_config mine = *cfg;
+        mine.backend = FAB_BACKEND_CUDA; /* AUTO would quietly fall back to the CPU */
+        mine.device = b->local_rank;
+        if (fab_context_create(&mine, ctx) == FAB_OK) {
+            *cfg = mine;
+            return FAB_OK;
+        }
+    }
+    return fab_context_create(cfg, ctx); /* as asked: the job shows this rank one GPU, or none */
 }
