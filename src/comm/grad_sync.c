@@ -433,19 +433,7 @@ fab_status fab_zero_reduce_scatter(fab_comm *comm, const fab_tensor *flat_grads,
 
 fab_status fab_zero_allgather(fab_comm *comm, const fab_tensor *param_shard, const fab_tensor *flat_params)
 {
-    const char *op = "fab_zero_allgather";
-    if (!comm)
-        return fab__fail(INVALID, "%s: comm is NULL", op);
-    if (!param_shard)
-        return fab__fail(INVALID, "%s: param_shard is NULL", op);
-    if (!flat_params)
-        return fab__fail(INVALID, "%s: flat_params is NULL", op);
-    int64_t nf = fab_tensor_numel(flat_params), ns = fab_tensor_numel(param_shard);
-    /* a negative count (a bad shape) is left to the collective's checks, which name it */
-    if (nf >= 0 && ns >= 0 && !fab__is_n_times(nf, comm->nranks, ns))
-        return fab__fail(INVALID,
-                         "%s: flat_params has %" PRId64 " elements; it must be nranks*param_shard = %d*%" PRId64, op,
-                         nf, comm->nranks, ns);
-    return fab__collective(comm, op, FAB__COLL_ALLGATHER, "param_shard", param_shard, "flat_params", flat_params,
-                           FAB_REDUCE_SUM, 0);
+    /* the collective's checks name these tensors, counts included */
+    return fab__collective(comm, "fab_zero_allgather", FAB__COLL_ALLGATHER, "param_shard", param_shard, "flat_params",
+                           flat_params, FAB_REDUCE_SUM, 0);
 }
